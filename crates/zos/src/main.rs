@@ -1,0 +1,50 @@
+//! `zos`: one binary, thin subcommands. Each file under `cmd/` parses its arguments, calls a
+//! library crate and prints; no subsystem logic lives here.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Zero-OS in Rust: a stateless, self-operating node OS for a sovereign cloud grid.
+#[derive(Parser, Debug)]
+#[command(name = "zos", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect, hash, sign and check deployment documents.
+    #[command(subcommand)]
+    Deployment(cmd::deployment::DeploymentCmd),
+}
+
+/// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
+/// 2 bad usage (clap's own code).
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Deployment(c) => cmd::deployment::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters them.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
