@@ -11,6 +11,7 @@
 
 pub mod model;
 pub mod primitives;
+pub mod store;
 
 pub use primitives::{
     NodeSecret, PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry,

@@ -41,7 +41,7 @@ pub const INSTALL_ORDER: [&str; 13] = [
 ];
 
 /// Position of a type in [`INSTALL_ORDER`] (unknown names sort last).
-pub fn install_rank(t: WorkloadType) -> usize {
+pub fn install_rank(t: &WorkloadType) -> usize {
     INSTALL_ORDER
         .iter()
         .position(|n| *n == t.as_str())
@@ -239,7 +239,7 @@ pub trait PoolReporter: Send + Sync {
 /// The primitives this node can run, plus host facts they contribute.
 #[derive(Clone, Default)]
 pub struct PrimitiveRegistry {
-    by_type: BTreeMap<&'static str, Arc<dyn Primitive>>,
+    by_type: BTreeMap<String, Arc<dyn Primitive>>,
     pools: Option<Arc<dyn PoolReporter>>,
     features: Vec<String>,
 }
@@ -261,7 +261,8 @@ impl PrimitiveRegistry {
 
     /// Registers `p` for its type; returns the primitive it replaced, if any.
     pub fn register(&mut self, p: Arc<dyn Primitive>) -> Option<Arc<dyn Primitive>> {
-        self.by_type.insert(p.workload_type().as_str(), p)
+        self.by_type
+            .insert(p.workload_type().as_str().to_string(), p)
     }
 
     /// Sets the storage pool reporter (used for capacity, statistics and `zos.storage.pools`).
@@ -275,12 +276,12 @@ impl PrimitiveRegistry {
     }
 
     /// The primitive for `t`.
-    pub fn get(&self, t: WorkloadType) -> Option<&Arc<dyn Primitive>> {
+    pub fn get(&self, t: &WorkloadType) -> Option<&Arc<dyn Primitive>> {
         self.by_type.get(t.as_str())
     }
 
     /// Whether `t` has a primitive.
-    pub fn supports(&self, t: WorkloadType) -> bool {
+    pub fn supports(&self, t: &WorkloadType) -> bool {
         self.by_type.contains_key(t.as_str())
     }
 
@@ -291,7 +292,7 @@ impl PrimitiveRegistry {
 
     /// `zos.system.node_features_get`: registered types in install order, then extra features.
     pub fn features(&self) -> Vec<String> {
-        let mut types: Vec<&'static str> = self.by_type.keys().copied().collect();
+        let mut types: Vec<&str> = self.by_type.keys().map(String::as_str).collect();
         types.sort_by_key(|n| {
             INSTALL_ORDER
                 .iter()
