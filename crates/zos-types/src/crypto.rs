@@ -111,7 +111,7 @@ pub struct KeyPair {
 #[derive(Clone)]
 enum Inner {
     Ed25519(ed25519_dalek::SigningKey),
-    Sr25519(Box<schnorrkel::Keypair>),
+    Sr25519(schnorrkel::Keypair),
 }
 
 impl fmt::Debug for KeyPair {
@@ -129,9 +129,7 @@ impl KeyPair {
             KeyType::Sr25519 => {
                 let mini = schnorrkel::MiniSecretKey::from_bytes(&seed)
                     .expect("a 32-byte array is always a valid mini secret key");
-                Inner::Sr25519(Box::new(
-                    mini.expand_to_keypair(schnorrkel::ExpansionMode::Ed25519),
-                ))
+                Inner::Sr25519(mini.expand_to_keypair(schnorrkel::ExpansionMode::Ed25519))
             }
         };
         KeyPair { seed, inner }
@@ -139,7 +137,10 @@ impl KeyPair {
 
     /// Parses a hex seed (with or without `0x`).
     pub fn from_hex_seed(key_type: KeyType, seed_hex: &str) -> Result<KeyPair, KeyError> {
-        Ok(KeyPair::from_seed(key_type, decode_hex32("seed", seed_hex)?))
+        Ok(KeyPair::from_seed(
+            key_type,
+            decode_hex32("seed", seed_hex)?,
+        ))
     }
 
     /// A fresh random key pair.
