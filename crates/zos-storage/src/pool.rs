@@ -1,0 +1,657 @@
+//! Pools: one btrfs filesystem per disk (or per loop file in development), mounted under the
+//! node's runtime directory, quota enabled. The [`PoolManager`] finds, formats, mounts and at
+//! shutdown releases them.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::btrfs::{self, BtrfsError};
+use crate::exec::{self, CmdError};
+
+/// Name of the subvolume holding the node's own state on the first SSD pool.
+pub const CACHE_SUBVOLUME: &str = "cache";
+
+/// The kind of disk under a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Solid state: volumes, zmount disks, the node cache.
+    Ssd,
+    /// Spinning disk: ZeroDB data.
+    Hdd,
+}
+
+impl FromStr for PoolKind {
+    type Err = PoolError;
+    fn from_str(s: &str) -> Result<Self, PoolError> {
+        match s {
+            "ssd" => Ok(PoolKind::Ssd),
+            "hdd" => Ok(PoolKind::Hdd),
+            other => Err(PoolError::BadSpec {
+                spec: other.into(),
+                reason: "type must be ssd or hdd",
+            }),
+        }
+    }
+}
+
+/// Errors of pool discovery, setup and teardown.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A `FILE:SIZE:ssd|hdd` specification did not parse.
+    #[error("bad pool spec {spec:?}: {reason}")]
+    BadSpec {
+        /// The specification as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A device already holds a filesystem that is not btrfs: it is left untouched.
+    #[error("device {device} of pool {pool} holds a {fs} filesystem, refusing to format it")]
+    ForeignFilesystem {
+        /// Pool name.
+        pool: String,
+        /// The block device.
+        device: String,
+        /// The filesystem found.
+        fs: String,
+    },
+    /// Two pools ended up with the same name.
+    #[error("two pools are named {0:?}")]
+    DuplicateName(String),
+    /// A system command failed.
+    #[error("pool {pool}: {source}")]
+    Cmd {
+        /// Pool name (or device).
+        pool: String,
+        /// The failure.
+        #[source]
+        source: CmdError,
+    },
+    /// A btrfs operation failed.
+    #[error("pool {pool}: {source}")]
+    Btrfs {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: BtrfsError,
+    },
+    /// A file operation failed.
+    #[error("pool {pool}: {op} {path}: {source}")]
+    Io {
+        /// Pool name.
+        pool: String,
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `lsblk` printed something unexpected.
+    #[error("cannot parse lsblk output: {0}")]
+    Lsblk(String),
+}
+
+/// A development pool backed by a file: `FILE:SIZE:ssd|hdd`, SIZE in bytes or with a K/M/G/T
+/// (binary) suffix. The file is created sparse if missing, and kept (with its data) afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopPoolSpec {
+    /// The backing file.
+    pub file: PathBuf,
+    /// Its size when created.
+    pub size: u64,
+    /// How the pool is classified.
+    pub kind: PoolKind,
+}
+
+impl FromStr for LoopPoolSpec {
+    type Err = PoolError;
+    fn from_str(spec: &str) -> Result<Self, PoolError> {
+        let bad = |reason| PoolError::BadSpec {
+            spec: spec.into(),
+            reason,
+        };
+        // Split from the right so that the file path may contain ':'.
+        let mut parts = spec.rsplitn(3, ':');
+        let kind = parts
+            .next()
+            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
+        let size = parts
+            .next()
+            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
+        let file = parts
+            .next()
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
+        let kind = kind.parse().map_err(|_| bad("type must be ssd or hdd"))?;
+        let size = parse_size(size)
+            .ok_or_else(|| bad("size must be a number with an optional K/M/G/T suffix"))?;
+        if size == 0 {
+            return Err(bad("size must not be zero"));
+        }
+        Ok(LoopPoolSpec {
+            file: PathBuf::from(file),
+            size,
+            kind,
+        })
+    }
+}
+
+/// Parse `123`, `512M`, `2G`, `1GiB`, `10T` (binary multiples).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let shift = match suffix.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// A mounted pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The pool name: the filesystem label.
+    pub name: String,
+    /// SSD or HDD.
+    pub kind: PoolKind,
+    /// The block device (`/dev/sdb`, `/dev/loop3`).
+    pub device: PathBuf,
+    /// Where the filesystem is mounted.
+    pub mountpoint: PathBuf,
+    /// Size of the device in bytes.
+    pub size: u64,
+    /// Backing file when this is a loop pool.
+    pub loop_file: Option<PathBuf>,
+}
+
+impl Pool {
+    /// `<mountpoint>/<rel>`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+}
+
+/// What `zos.storage.pools` reports for one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// Pool name.
+    pub name: String,
+    /// `ssd` or `hdd`.
+    #[serde(rename = "type")]
+    pub kind: PoolKind,
+    /// Device size in bytes.
+    pub size: u64,
+    /// Bytes used on the filesystem (data and metadata).
+    pub used: u64,
+}
+
+/// How the [`PoolManager`] finds its pools.
+#[derive(Debug, Clone, Default)]
+pub struct PoolConfig {
+    /// Pools are mounted under `<runtime_dir>/pools/<name>`.
+    pub runtime_dir: PathBuf,
+    /// Loop-file pools (development and tests).
+    pub loop_pools: Vec<LoopPoolSpec>,
+    /// Also take every unused whole disk (formats blank disks!) and every btrfs disk labelled
+    /// `zos-*`. Off by default: a development machine's disks are not ours.
+    pub discover_disks: bool,
+}
+
+/// Owns the node's pools from start to shutdown.
+#[derive(Debug)]
+pub struct PoolManager {
+    pools: Vec<Pool>,
+    /// Loop devices attached (or adopted) for loop pools, detached at shutdown.
+    loops: Vec<PathBuf>,
+}
+
+struct Candidate {
+    name: Option<String>,
+    kind: PoolKind,
+    device: PathBuf,
+    size: u64,
+    loop_file: Option<PathBuf>,
+}
+
+impl PoolManager {
+    /// Attach loop files, discover disks (if enabled), format blank ones, mount all, enable
+    /// quotas and create the cache subvolume on the first SSD pool. Re-running on the same
+    /// files/disks keeps their data. On error, everything already set up is released again.
+    pub async fn start(cfg: &PoolConfig) -> Result<Self, PoolError> {
+        let mut mgr = PoolManager {
+            pools: Vec::new(),
+            loops: Vec::new(),
+        };
+        match mgr.start_inner(cfg).await {
+            Ok(()) => Ok(mgr),
+            Err(e) => {
+                mgr.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_inner(&mut self, cfg: &PoolConfig) -> Result<(), PoolError> {
+        let mut candidates = Vec::new();
+        for spec in &cfg.loop_pools {
+            let device = attach_loop(spec).await?;
+            // Remember right away so that a later failure detaches it again.
+            self.loops.push(device.clone());
+            let stem = spec
+                .file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("pool");
+            candidates.push(Candidate {
+                name: Some(sanitize_label(stem)),
+                kind: spec.kind,
+                device,
+                size: std::fs::metadata(&spec.file)
+                    .map(|m| m.len())
+                    .unwrap_or(spec.size),
+                loop_file: Some(spec.file.clone()),
+            });
+        }
+        if cfg.discover_disks {
+            let out = exec::run(
+                "lsblk",
+                &[
+                    "-J",
+                    "-b",
+                    "-o",
+                    "NAME,PATH,SIZE,ROTA,TYPE,FSTYPE,LABEL,MOUNTPOINT,RO",
+                ],
+            )
+            .await
+            .map_err(|source| PoolError::Cmd {
+                pool: "lsblk".into(),
+                source,
+            })?;
+            for d in usable_disks(&out)? {
+                candidates.push(Candidate {
+                    name: d.label,
+                    kind: d.kind,
+                    device: d.path,
+                    size: d.size,
+                    loop_file: None,
+                });
+            }
+        }
+        for c in candidates {
+            let pool = setup_pool(c, &cfg.runtime_dir).await;
+            match pool {
+                Ok(p) => {
+                    if self.pools.iter().any(|q| q.name == p.name) {
+                        let name = p.name.clone();
+                        self.pools.push(p);
+                        return Err(PoolError::DuplicateName(name));
+                    }
+                    self.pools.push(p)
+                }
+                Err((partial, e)) => {
+                    self.pools.push(partial);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(first) = self.first_ssd() {
+            let cache = first.path(CACHE_SUBVOLUME);
+            btrfs::ensure_subvolume(&cache)
+                .await
+                .map_err(|source| PoolError::Btrfs {
+                    pool: first.name.clone(),
+                    source,
+                })?;
+        }
+        tracing::info!(pools = ?self.pools.iter().map(|p| &p.name).collect::<Vec<_>>(), "storage pools ready");
+        Ok(())
+    }
+
+    /// All pools, in configuration order (loop pools first, then discovered disks).
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Pools of one kind.
+    pub fn of_kind(&self, kind: PoolKind) -> impl Iterator<Item = &Pool> {
+        self.pools.iter().filter(move |p| p.kind == kind)
+    }
+
+    fn first_ssd(&self) -> Option<&Pool> {
+        self.of_kind(PoolKind::Ssd).next()
+    }
+
+    /// The node's state directory (identity, engine store): the `cache` subvolume of the
+    /// first SSD pool. `None` when the node has no SSD (upstream then refuses to register).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.first_ssd().map(|p| p.path(CACHE_SUBVOLUME))
+    }
+
+    /// Name, type, size and used bytes of every pool (`zos.storage.pools`).
+    pub async fn infos(&self) -> Result<Vec<PoolInfo>, PoolError> {
+        let mut out = Vec::with_capacity(self.pools.len());
+        for p in &self.pools {
+            let (size, used) =
+                btrfs::usage(&p.mountpoint)
+                    .await
+                    .map_err(|source| PoolError::Btrfs {
+                        pool: p.name.clone(),
+                        source,
+                    })?;
+            out.push(PoolInfo {
+                name: p.name.clone(),
+                kind: p.kind,
+                size,
+                used,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Unmount every pool and detach the loop devices of loop pools. Best effort: failures
+    /// are logged, and the rest is still released. Data stays in the files and disks.
+    /// Call it after everything using the pools (ZeroDB servers, VMs) has stopped.
+    pub async fn shutdown(&mut self) {
+        for p in self.pools.drain(..).rev() {
+            if !p.mountpoint.as_os_str().is_empty() && btrfs::is_mountpoint(&p.mountpoint) {
+                if let Err(e) = btrfs::umount(&p.mountpoint).await {
+                    tracing::warn!(pool = %p.name, error = %e, "unmount failed");
+                }
+            }
+        }
+        for dev in self.loops.drain(..).rev() {
+            if let Err(e) = exec::run("losetup", &["-d", &dev.to_string_lossy()]).await {
+                tracing::warn!(device = %dev.display(), error = %e, "loop detach failed");
+            }
+        }
+    }
+}
+
+/// Create the file if needed and attach it to a loop device, reusing an existing attachment
+/// (left behind by a crash) rather than attaching twice.
+async fn attach_loop(spec: &LoopPoolSpec) -> Result<PathBuf, PoolError> {
+    let pool = spec.file.display().to_string();
+    let io = |op, source| PoolError::Io {
+        pool: pool.clone(),
+        op,
+        path: spec.file.clone(),
+        source,
+    };
+    if !spec.file.exists() {
+        if let Some(dir) = spec.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io("create dir for", e))?;
+        }
+        let f = std::fs::File::create_new(&spec.file).map_err(|e| io("create", e))?;
+        f.set_len(spec.size).map_err(|e| io("size", e))?;
+    }
+    let file = spec.file.canonicalize().map_err(|e| io("resolve", e))?;
+    let file = file.to_string_lossy();
+    let cmd = |source| PoolError::Cmd {
+        pool: pool.clone(),
+        source,
+    };
+    let existing = exec::run("losetup", &["-n", "-O", "NAME", "-j", &file])
+        .await
+        .map_err(cmd)?;
+    if let Some(dev) = existing.lines().map(str::trim).find(|l| !l.is_empty()) {
+        tracing::info!(file = %file, dev, "reusing loop device");
+        return Ok(PathBuf::from(dev));
+    }
+    let dev = exec::run("losetup", &["--find", "--show", &file])
+        .await
+        .map_err(cmd)?;
+    Ok(PathBuf::from(dev.trim()))
+}
+
+/// Format (if blank), mount and enable quota. On failure returns what was set up so far so
+/// that the caller can release it.
+async fn setup_pool(c: Candidate, runtime: &Path) -> Result<Pool, (Pool, PoolError)> {
+    let mut pool = Pool {
+        name: c.name.clone().unwrap_or_default(),
+        kind: c.kind,
+        device: c.device.clone(),
+        mountpoint: PathBuf::new(),
+        size: c.size,
+        loop_file: c.loop_file.clone(),
+    };
+    let bt = |pool: &Pool, source| PoolError::Btrfs {
+        pool: pool.name.clone(),
+        source,
+    };
+    match btrfs::fs_type(&c.device).await {
+        Ok(None) => {
+            if pool.name.is_empty() {
+                pool.name = sanitize_label(&format!(
+                    "zos-{}",
+                    c.device
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("disk")
+                ));
+            }
+            tracing::info!(pool = %pool.name, device = %c.device.display(), "formatting blank device");
+            if let Err(e) = btrfs::mkfs(&c.device, &pool.name).await {
+                let e = bt(&pool, e);
+                return Err((pool, e));
+            }
+        }
+        Ok(Some(fs)) if fs == "btrfs" => {
+            if let Ok(label) = exec::run(
+                "blkid",
+                &[
+                    "-p",
+                    "-o",
+                    "value",
+                    "-s",
+                    "LABEL",
+                    &c.device.to_string_lossy(),
+                ],
+            )
+            .await
+            {
+                if !label.trim().is_empty() {
+                    pool.name = label.trim().to_string();
+                }
+            }
+        }
+        Ok(Some(fs)) => {
+            let e = PoolError::ForeignFilesystem {
+                pool: pool.name.clone(),
+                device: c.device.display().to_string(),
+                fs,
+            };
+            return Err((pool, e));
+        }
+        Err(e) => {
+            let e = bt(&pool, e);
+            return Err((pool, e));
+        }
+    }
+    let mnt = runtime.join("pools").join(&pool.name);
+    if !btrfs::is_mountpoint(&mnt) {
+        if let Err(e) = btrfs::mount(&c.device, &mnt).await {
+            let e = bt(&pool, e);
+            return Err((pool, e));
+        }
+    }
+    pool.mountpoint = mnt;
+    if let Err(e) = btrfs::quota_enable(&pool.mountpoint).await {
+        let e = bt(&pool, e);
+        return Err((pool, e));
+    }
+    Ok(pool)
+}
+
+/// Btrfs labels: at most 255 bytes; we also keep them to path-safe characters.
+fn sanitize_label(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if out.is_empty() {
+        out.push_str("pool");
+    }
+    out
+}
+
+/// A whole disk the node may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskCandidate {
+    /// `/dev/…`.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// From the rotational flag.
+    pub kind: PoolKind,
+    /// Existing `zos-*` btrfs label, `None` for a blank disk.
+    pub label: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Lsblk {
+    blockdevices: Vec<LsblkDev>,
+}
+
+#[derive(Deserialize)]
+struct LsblkDev {
+    path: Option<String>,
+    size: Option<serde_json::Value>,
+    rota: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    fstype: Option<String>,
+    label: Option<String>,
+    mountpoint: Option<String>,
+    ro: Option<serde_json::Value>,
+    #[serde(default)]
+    children: Vec<LsblkDev>,
+}
+
+fn flag(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "1" || s == "true",
+        Some(serde_json::Value::Number(n)) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+/// From `lsblk -J -b -o NAME,PATH,SIZE,ROTA,TYPE,FSTYPE,LABEL,MOUNTPOINT,RO`: whole disks
+/// that are blank (no partitions, no filesystem, not mounted, writable) or already a `zos-*`
+/// btrfs pool. SSD/HDD comes from the rotational flag.
+pub fn usable_disks(lsblk_json: &str) -> Result<Vec<DiskCandidate>, PoolError> {
+    let parsed: Lsblk =
+        serde_json::from_str(lsblk_json).map_err(|e| PoolError::Lsblk(e.to_string()))?;
+    let mut out = Vec::new();
+    for d in parsed.blockdevices {
+        let size = match &d.size {
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+            Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+            _ => 0,
+        };
+        let Some(path) = d.path.clone() else { continue };
+        if d.kind.as_deref() != Some("disk") || size == 0 || flag(&d.ro) || d.mountpoint.is_some() {
+            continue;
+        }
+        if path.starts_with("/dev/zram") || !d.children.is_empty() {
+            continue;
+        }
+        let kind = if flag(&d.rota) {
+            PoolKind::Hdd
+        } else {
+            PoolKind::Ssd
+        };
+        let label = match (&d.fstype, &d.label) {
+            (None, _) => None,
+            (Some(fs), Some(l)) if fs == "btrfs" && l.starts_with("zos-") => Some(l.clone()),
+            _ => continue,
+        };
+        out.push(DiskCandidate {
+            path: PathBuf::from(path),
+            size,
+            kind,
+            label,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_specs_parse() {
+        let s: LoopPoolSpec = "/tmp/a:b.img:512M:ssd".parse().unwrap();
+        assert_eq!(s.file, PathBuf::from("/tmp/a:b.img"));
+        assert_eq!(s.size, 512 << 20);
+        assert_eq!(s.kind, PoolKind::Ssd);
+        assert_eq!("x:2GiB:hdd".parse::<LoopPoolSpec>().unwrap().size, 2 << 30);
+        for bad in [
+            "",
+            "x",
+            "x:1G",
+            "x:1G:nvme",
+            ":1G:ssd",
+            "x:0:ssd",
+            "x:1Q:ssd",
+            "x:99999999999T:hdd",
+        ] {
+            assert!(bad.parse::<LoopPoolSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lsblk_classifies_disks() {
+        let json = r#"{"blockdevices":[
+          {"name":"loop0","path":"/dev/loop0","size":1,"rota":true,"type":"loop","fstype":null,"label":null,"mountpoint":null,"ro":false},
+          {"name":"vda","path":"/dev/vda","size":100,"rota":true,"type":"disk","fstype":null,"label":null,"mountpoint":"/","ro":false},
+          {"name":"sdb","path":"/dev/sdb","size":100,"rota":"1","type":"disk","fstype":null,"label":null,"mountpoint":null,"ro":"0"},
+          {"name":"sdc","path":"/dev/sdc","size":100,"rota":false,"type":"disk","fstype":"btrfs","label":"zos-sdc","mountpoint":null,"ro":false},
+          {"name":"sdd","path":"/dev/sdd","size":100,"rota":false,"type":"disk","fstype":"ext4","label":"data","mountpoint":null,"ro":false},
+          {"name":"sde","path":"/dev/sde","size":100,"rota":false,"type":"disk","fstype":null,"label":null,"mountpoint":null,"ro":false,
+           "children":[{"name":"sde1","path":"/dev/sde1","size":100,"type":"part"}]},
+          {"name":"zram0","path":"/dev/zram0","size":100,"rota":false,"type":"disk","fstype":null,"label":null,"mountpoint":null,"ro":false}
+        ]}"#;
+        let d = usable_disks(json).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].path, PathBuf::from("/dev/sdb"));
+        assert_eq!(d[0].kind, PoolKind::Hdd);
+        assert_eq!(d[1].label.as_deref(), Some("zos-sdc"));
+        assert_eq!(d[1].kind, PoolKind::Ssd);
+        assert!(usable_disks("not json").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn spec_and_lsblk_parsers_never_panic(s in ".*") {
+            let _ = s.parse::<LoopPoolSpec>();
+            let _ = usable_disks(&s);
+            let _ = parse_size(&s);
+        }
+    }
+}

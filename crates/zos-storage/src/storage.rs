@@ -1,0 +1,208 @@
+//! The [`Storage`] handle: pools plus the node seed, shared by the volume, zmount and zdb
+//! operations; and allocation (which pool gets a new reservation).
+
+use std::path::PathBuf;
+
+use crate::btrfs::{self, BtrfsError};
+use crate::pool::{Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
+use crate::zdb::ZdbSupervisor;
+
+/// No pool can take a reservation.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The node has no pool of that kind at all.
+    #[error("no {kind:?} pool on this node")]
+    NoPool {
+        /// The kind asked for.
+        kind: PoolKind,
+    },
+    /// Every pool of that kind is too full.
+    #[error(
+        "not enough storage: {requested} bytes requested on {kind:?}, largest free is {largest_free} bytes"
+    )]
+    NoSpace {
+        /// The kind asked for.
+        kind: PoolKind,
+        /// Bytes requested.
+        requested: u64,
+        /// Free bytes on the emptiest pool.
+        largest_free: u64,
+    },
+    /// Reading a pool's reservations failed.
+    #[error("pool {pool}: {source}")]
+    Btrfs {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: BtrfsError,
+    },
+}
+
+/// Allocation view of one pool.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolCapacity {
+    /// Pool name.
+    pub name: String,
+    /// SSD or HDD.
+    #[serde(rename = "type")]
+    pub kind: PoolKind,
+    /// Device size in bytes.
+    pub size: u64,
+    /// Bytes promised to workloads.
+    pub reserved: u64,
+    /// `size - reserved`.
+    pub free: u64,
+}
+
+/// Storage settings beyond the pools.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Pools to bring up.
+    pub pools: PoolConfig,
+    /// Whether new zmount disks are qcow2+LUKS (the default) or raw sparse files.
+    pub encrypt_disks: bool,
+    /// Address the ZeroDB servers listen on (upstream: `::`; tests: `127.0.0.1`).
+    pub zdb_listen: std::net::IpAddr,
+    /// IPs reported to users in zdb results (`IPs`); the listen address when empty.
+    pub zdb_public_ips: Vec<std::net::IpAddr>,
+}
+
+impl StorageConfig {
+    /// Defaults: encrypted disks, ZeroDB on `127.0.0.1` (the node's network code widens it).
+    pub fn new(pools: PoolConfig) -> Self {
+        StorageConfig {
+            pools,
+            encrypt_disks: true,
+            zdb_listen: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            zdb_public_ips: Vec::new(),
+        }
+    }
+}
+
+/// Everything storage: pools, the node seed for disk keys and ZeroDB passwords, and the
+/// ZeroDB supervisor. Share it as `Arc<Storage>`.
+pub struct Storage {
+    pub(crate) pools: Vec<Pool>,
+    manager: tokio::sync::Mutex<PoolManager>,
+    pub(crate) seed: [u8; 32],
+    pub(crate) cfg: StorageConfig,
+    /// Serialises allocating operations so that two workloads never get the same free space.
+    pub(crate) lock: tokio::sync::Mutex<()>,
+    pub(crate) zdb: ZdbSupervisor,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("pools", &self.pools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage {
+    /// Bring up the pools only (the node then reads its identity from [`PoolManager::cache_dir`]
+    /// and calls [`Storage::new`] with the seed).
+    pub async fn start_pools(cfg: &PoolConfig) -> Result<PoolManager, PoolError> {
+        PoolManager::start(cfg).await
+    }
+
+    /// Wrap started pools with the node seed. ZeroDB servers are not started yet: call
+    /// [`Storage::start_zdb`].
+    pub fn new(manager: PoolManager, seed: [u8; 32], cfg: StorageConfig) -> Self {
+        let pools = manager.pools().to_vec();
+        Storage {
+            pools,
+            manager: tokio::sync::Mutex::new(manager),
+            seed,
+            cfg,
+            lock: tokio::sync::Mutex::new(()),
+            zdb: ZdbSupervisor::default(),
+        }
+    }
+
+    /// All pools.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// The node's state directory (`cache` subvolume of the first SSD pool).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.pools
+            .iter()
+            .find(|p| p.kind == PoolKind::Ssd)
+            .map(|p| p.path(crate::pool::CACHE_SUBVOLUME))
+    }
+
+    /// `zos.storage.pools`: name, type, size and used bytes (filesystem use) of each pool.
+    pub async fn pool_infos(&self) -> Result<Vec<PoolInfo>, PoolError> {
+        self.manager.lock().await.infos().await
+    }
+
+    /// Stop the ZeroDB servers, then unmount pools and detach loop devices. Data stays.
+    pub async fn shutdown(&self) {
+        self.zdb.stop_all().await;
+        self.manager.lock().await.shutdown().await;
+    }
+
+    /// Bytes reserved on a pool: volume quotas, zmount virtual sizes and ZeroDB namespace
+    /// sizes. This, not the bytes written, is what allocation compares with the pool size.
+    pub async fn reserved(&self, pool: &Pool) -> Result<u64, AllocError> {
+        let bt = |source| AllocError::Btrfs {
+            pool: pool.name.clone(),
+            source,
+        };
+        let mut total = 0u64;
+        for q in btrfs::qgroups(&pool.mountpoint).await.map_err(bt)? {
+            if crate::volume::is_volume_name(&q.path) && btrfs::is_subvolume(&pool.path(&q.path)) {
+                total = total.saturating_add(q.max_referenced.unwrap_or(0));
+            }
+        }
+        total = total.saturating_add(crate::zmount::reserved_on(pool));
+        total = total.saturating_add(self.zdb.reserved_on(&pool.name).await);
+        Ok(total)
+    }
+
+    /// Pick the pool of `kind` with the most free (unreserved) bytes that can take `size`.
+    /// Callers hold `self.lock` from here until the reservation exists on disk.
+    pub(crate) async fn pick_pool(&self, kind: PoolKind, size: u64) -> Result<&Pool, AllocError> {
+        let mut best: Option<(&Pool, u64)> = None;
+        for p in self.pools.iter().filter(|p| p.kind == kind) {
+            let free = p.size.saturating_sub(self.reserved(p).await?);
+            if best.is_none_or(|(_, f)| free > f) {
+                best = Some((p, free));
+            }
+        }
+        match best {
+            None => Err(AllocError::NoPool { kind }),
+            Some((p, free)) if free >= size => Ok(p),
+            Some((_, free)) => Err(AllocError::NoSpace {
+                kind,
+                requested: size,
+                largest_free: free,
+            }),
+        }
+    }
+
+    /// Whether `pool` can grow a reservation by `extra` bytes.
+    pub(crate) async fn has_room(&self, pool: &Pool, extra: u64) -> Result<bool, AllocError> {
+        Ok(self.reserved(pool).await?.saturating_add(extra) <= pool.size)
+    }
+
+    /// Size, reserved and free bytes of every pool, for statistics and the ledger
+    /// (total SRU = Σ SSD sizes, HRU = Σ HDD sizes; used = Σ reserved).
+    pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, AllocError> {
+        let mut out = Vec::new();
+        for p in &self.pools {
+            let reserved = self.reserved(p).await?;
+            out.push(PoolCapacity {
+                name: p.name.clone(),
+                kind: p.kind,
+                size: p.size,
+                reserved,
+                free: p.size.saturating_sub(reserved),
+            });
+        }
+        Ok(out)
+    }
+}
