@@ -1,12 +1,153 @@
-//! `zos deployment …`: challenge, hash, sign and check deployment documents.
+//! `zos deployment …`: challenge, hash, sign and check deployment documents, byte-exact with
+//! upstream so that a user can debug why a node refuses a deployment.
 
-use clap::Subcommand;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Subcommand, ValueEnum};
+use zos_types::{Deployment, KeyPair, KeyType};
 
 /// Deployment document tools.
 #[derive(Subcommand, Debug)]
-pub enum DeploymentCmd {}
+pub enum DeploymentCmd {
+    /// Print the challenge string the hash is computed over.
+    Challenge {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+    },
+    /// Print the deployment hash (lowercase hex MD5), as stored in the node contract.
+    Hash {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+    },
+    /// Add the signature of the deployment's twin and print the signed deployment JSON.
+    Sign {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+        /// The twin's 32-byte seed, hex.
+        #[arg(long, env = "ZOS_SEED", hide_env_values = true)]
+        seed: String,
+        /// Sign with sr25519 (Substrate) instead of ed25519.
+        #[arg(long)]
+        sr25519: bool,
+        /// Signature style; `polka-wallet` signs `<Bytes>hash</Bytes>` (and is hashed).
+        #[arg(long)]
+        style: Option<Style>,
+        /// Sign as this twin instead of the deployment's `twin_id`.
+        #[arg(long)]
+        twin: Option<u32>,
+    },
+    /// Validate and verify the signatures: prints `ok`, or the error on stderr and exits 1.
+    Check {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+        /// A twin's public key: `TWIN=PUBHEX` (repeatable).
+        #[arg(long = "key", value_name = "TWIN=PUBHEX")]
+        keys: Vec<String>,
+    },
+}
+
+/// Signature styles.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Style {
+    /// Sign the raw 16-byte hash.
+    Default,
+    /// Sign `<Bytes>hex(hash)</Bytes>`, as Polkadot wallets do.
+    PolkaWallet,
+}
 
 /// Runs a deployment subcommand.
 pub fn run(cmd: DeploymentCmd) -> anyhow::Result<()> {
-    match cmd {}
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        DeploymentCmd::Challenge { file } => {
+            let d = load(&file)?;
+            let challenge = d.challenge()?;
+            out.write_all(&challenge)?;
+            out.write_all(b"\n")?;
+        }
+        DeploymentCmd::Hash { file } => {
+            writeln!(out, "{}", load(&file)?.challenge_hash_hex()?)?;
+        }
+        DeploymentCmd::Sign {
+            file,
+            seed,
+            sr25519,
+            style,
+            twin,
+        } => {
+            let mut d = load(&file)?;
+            let kt = if sr25519 {
+                KeyType::Sr25519
+            } else {
+                KeyType::Ed25519
+            };
+            let key = KeyPair::from_hex_seed(kt, &seed).context("--seed")?;
+            match style {
+                Some(Style::PolkaWallet) => {
+                    d.signature_requirement.signature_style =
+                        zos_types::deployment::SIGNATURE_STYLE_POLKA.into()
+                }
+                Some(Style::Default) => d.signature_requirement.signature_style.clear(),
+                None => {}
+            }
+            let twin = twin.unwrap_or(d.twin_id);
+            d.sign(twin, &key)?;
+            serde_json::to_writer_pretty(&mut out, &d)?;
+            out.write_all(b"\n")?;
+        }
+        DeploymentCmd::Check { file, keys } => {
+            let keys = parse_keys(&keys)?;
+            let d = load(&file)?;
+            let result = d.validate().map_err(|e| e.to_string()).and_then(|()| {
+                d.verify(|twin| {
+                    keys.get(&twin).cloned().ok_or_else(|| {
+                        format!("no key given for twin {twin} (--key {twin}=PUBHEX)")
+                    })
+                })
+                .map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(()) => writeln!(out, "ok")?,
+                Err(e) => {
+                    // Upstream's exact text alone, so scripts can compare it.
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load(file: &PathBuf) -> anyhow::Result<Deployment> {
+    let mut bytes = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    Deployment::from_json(&bytes).with_context(|| format!("parsing {}", file.display()))
+}
+
+fn parse_keys(keys: &[String]) -> anyhow::Result<HashMap<u32, Vec<u8>>> {
+    let mut map = HashMap::new();
+    for k in keys {
+        let Some((twin, hex_key)) = k.split_once('=') else {
+            bail!("--key {k}: expected TWIN=PUBHEX");
+        };
+        let twin: u32 = twin
+            .trim()
+            .parse()
+            .with_context(|| format!("--key {k}: twin is not a number"))?;
+        let hex_key = hex_key.trim();
+        let bytes = hex::decode(hex_key.strip_prefix("0x").unwrap_or(hex_key))
+            .with_context(|| format!("--key {k}: public key is not hex"))?;
+        map.insert(twin, bytes);
+    }
+    Ok(map)
 }
