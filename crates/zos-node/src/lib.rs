@@ -6,11 +6,20 @@
 //! durable per-deployment transaction log and job queue, and installed asynchronously by a
 //! single worker through [`primitives::Primitive`] implementations registered by other crates.
 //!
-//! Read first: [`primitives`] (the plug-in trait), then the engine.
+//! Read first: [`primitives`] (the plug-in trait), then [`engine`] and [`store`].
 #![forbid(unsafe_code)]
 
+/// What the engine needs from the ledger (trait + test fake).
+pub mod chain;
+/// The provision engine: synchronous checks, job worker, capacity gate.
+pub mod engine;
+/// Prometheus metrics on loopback.
+pub mod metrics;
+/// The deployment model (re-exported from `zos-types`).
 pub mod model;
+/// The primitive trait and registry.
 pub mod primitives;
+/// Durable engine state (redb).
 pub mod store;
 
 pub use primitives::{

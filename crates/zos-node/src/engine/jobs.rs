@@ -1,0 +1,663 @@
+//! The single job worker: ledger validation, install order, results, deprovision, pause.
+
+use std::cmp::Reverse;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+
+use super::{Engine, capacity, now_ms, now_secs};
+use crate::chain::ContractStatus;
+use crate::model::{Deployment, ResultState, Timestamp, Workload, WorkloadResult};
+use crate::primitives::{PrimitiveError, WorkloadCtx, install_rank};
+use crate::store::{Apply, Job, JobOp, StoreError};
+
+/// Why a job must be tried again later instead of being acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Retry {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ledger unreachable: {0}")]
+    Ledger(String),
+}
+
+enum Check {
+    Ok(Option<ContractStatus>),
+    Refused(String),
+}
+
+fn result(state: ResultState, error: String, data: serde_json::Value) -> WorkloadResult {
+    WorkloadResult {
+        created: Timestamp(now_secs()),
+        state,
+        error,
+        data,
+    }
+}
+
+/// Install order: type rank, then (zmount/volume…) largest size first, then name.
+fn install_sort(wls: &mut [Workload]) {
+    wls.sort_by_key(|w| {
+        let size = w.capacity().map(|c| c.sru + c.hru).unwrap_or(0);
+        (
+            install_rank(&w.workload_type),
+            Reverse(size),
+            w.name.clone(),
+        )
+    });
+}
+
+fn op_name(op: &JobOp) -> &'static str {
+    match op {
+        JobOp::Provision => "provision",
+        JobOp::Reprovision => "reprovision",
+        JobOp::Update { .. } => "update",
+        JobOp::Deprovision { .. } => "deprovision",
+        JobOp::Pause => "pause",
+        JobOp::Resume => "resume",
+    }
+}
+
+impl Engine {
+    /// Runs the job worker until `shutdown` resolves. Jobs are processed one at a time in
+    /// queue order; a job is removed only after it was processed, so a crash retries it.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            if (&mut shutdown).now_or_never().is_some() {
+                return;
+            }
+            let next = self.inner.store.peek_job();
+            match next {
+                Ok(Some((id, job))) => {
+                    let op = op_name(&job.op);
+                    match self.process(&job).await {
+                        Ok(()) => {
+                            if let Err(e) = self.inner.store.ack_job(id) {
+                                tracing::error!(error = %e, job = id, "cannot acknowledge job");
+                            }
+                            let latency = now_ms().saturating_sub(job.queued_ms);
+                            self.inner.metrics.job_done(op, latency);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, job = id, op, contract = job.contract, "job will be retried");
+                            tokio::select! {
+                                _ = &mut shutdown => return,
+                                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the job queue");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes every queued job now (tests, tools); returns how many ran.
+    pub async fn drain(&self) -> usize {
+        let mut n = 0;
+        while let Ok(Some((id, job))) = self.inner.store.peek_job() {
+            if self.process(&job).await.is_err() {
+                break;
+            }
+            let _ = self.inner.store.ack_job(id);
+            n += 1;
+        }
+        n
+    }
+
+    pub(crate) async fn process(&self, job: &Job) -> Result<(), Retry> {
+        let (twin, contract) = (job.twin, job.contract);
+        let Some(rec) = self.inner.store.get(twin, contract)? else {
+            return Ok(()); // removed meanwhile: nothing left to do
+        };
+        match &job.op {
+            JobOp::Provision => match self.check_contract(&rec.deployment, true).await? {
+                Check::Ok(status) => {
+                    self.install(twin, contract, false).await?;
+                    if status == Some(ContractStatus::GracePeriod) {
+                        self.pause_all(twin, contract).await?;
+                    }
+                    self.report(contract).await;
+                }
+                Check::Refused(msg) => {
+                    tracing::warn!(twin, contract, %msg, "deployment refused by ledger check");
+                    self.fail(twin, contract, rec.deployment.workloads.clone(), &msg)?;
+                }
+            },
+            JobOp::Reprovision => match self.check_contract(&rec.deployment, false).await {
+                Ok(Check::Ok(status)) => {
+                    self.install(twin, contract, true).await?;
+                    if status == Some(ContractStatus::GracePeriod) {
+                        self.pause_all(twin, contract).await?;
+                    }
+                    self.report(contract).await;
+                }
+                Ok(Check::Refused(reason)) => {
+                    self.deprovision_all(twin, contract, &reason).await?;
+                }
+                // The ledger being down must not keep a rebooted node from serving.
+                Err(Retry::Ledger(e)) => {
+                    tracing::warn!(contract, error = %e, "ledger unreachable, reprovisioning anyway");
+                    self.install(twin, contract, true).await?;
+                }
+                Err(e) => return Err(e),
+            },
+            JobOp::Update { target } => match self.check_contract(target, true).await? {
+                Check::Ok(_) => {
+                    self.apply_update(target).await?;
+                    self.report(contract).await;
+                }
+                Check::Refused(msg) => {
+                    let cur = rec.deployment;
+                    let changed: Vec<Workload> = target
+                        .workloads
+                        .iter()
+                        .filter(|w| {
+                            w.version == target.version
+                                && cur.get(&w.name).is_none_or(|c| c.version != w.version)
+                        })
+                        .cloned()
+                        .collect();
+                    self.fail(twin, contract, changed, &msg)?;
+                }
+            },
+            JobOp::Deprovision { reason } => self.deprovision_all(twin, contract, reason).await?,
+            JobOp::Pause => {
+                self.pause_all(twin, contract).await?;
+                self.report(contract).await;
+            }
+            JobOp::Resume => {
+                self.resume_all(twin, contract).await?;
+                self.report(contract).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream `validate`: the node contract must exist and be a node contract; unless
+    /// `full` is false (reprovision after restart), it must be for this node and carry the
+    /// deployment's hash. A deleted contract is refused in both modes.
+    async fn check_contract(&self, dl: &Deployment, full: bool) -> Result<Check, Retry> {
+        let c = match self.inner.chain.contract(dl.contract_id).await {
+            Ok(c) => c,
+            Err(e) => return Err(Retry::Ledger(e.to_string())),
+        };
+        let Some(c) = c else {
+            return Ok(Check::Refused(format!(
+                "failed to get deployment contract: contract {} not found",
+                dl.contract_id
+            )));
+        };
+        let Some(node) = c.node_id else {
+            return Ok(Check::Refused(
+                "invalid contract type, expecting node contract".into(),
+            ));
+        };
+        if c.status == ContractStatus::Deleted {
+            return Ok(Check::Refused("contract not active on chain".into()));
+        }
+        if full {
+            if node != self.node_id() {
+                return Ok(Check::Refused("invalid node address in contract".into()));
+            }
+            let hash = match dl.challenge_hash_hex() {
+                Ok(h) => h,
+                Err(e) => {
+                    return Ok(Check::Refused(format!(
+                        "failed to compute deployment hash: {e}"
+                    )));
+                }
+            };
+            if c.deployment_hash != hash {
+                return Ok(Check::Refused(
+                    "contract hash does not match deployment hash".into(),
+                ));
+            }
+        }
+        Ok(Check::Ok(Some(c.status)))
+    }
+
+    fn ctx(&self, dl: &Deployment, name: &str) -> WorkloadCtx {
+        WorkloadCtx::new(
+            self.node_id(),
+            Arc::new(dl.clone()),
+            name,
+            self.inner.secret.clone(),
+        )
+    }
+
+    /// Logs `new` and applies it, unless it is identical to the current workload (a retried
+    /// or re-run provision that converged to the same result): then nothing is written.
+    fn save(
+        &self,
+        twin: u32,
+        contract: u64,
+        old: Option<&Workload>,
+        new: Workload,
+        apply: Apply,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            let same = old.version == new.version
+                && old.data == new.data
+                && old.result.state == new.result.state
+                && old.result.error == new.result.error
+                && old.result.data == new.result.data;
+            if same && apply != Apply::Remove {
+                return Ok(());
+            }
+        }
+        self.inner.store.record(twin, contract, &new, apply)?;
+        let wlid = crate::model::workload_id(twin, contract, &new.name);
+        {
+            let mut used = self.inner.used.lock().expect("usage index lock");
+            if apply != Apply::LogOnly && apply != Apply::Remove && new.result.state.is_okay() {
+                used.insert(wlid, (contract, new.capacity().unwrap_or_default()));
+            } else if apply != Apply::LogOnly {
+                used.remove(&wlid);
+            }
+        }
+        self.inner.metrics.result(
+            new.workload_type.as_str(),
+            new.result.state,
+            new.result.created.0,
+        );
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        twin: u32,
+        contract: u64,
+        wls: Vec<Workload>,
+        msg: &str,
+    ) -> Result<(), StoreError> {
+        let cur = self.inner.store.get(twin, contract)?.map(|r| r.deployment);
+        for mut wl in wls {
+            if wl.result.state == ResultState::Deleted {
+                continue;
+            }
+            let old = cur.as_ref().and_then(|d| d.get(&wl.name)).cloned();
+            wl.result = result(ResultState::Error, msg.to_string(), serde_json::Value::Null);
+            self.save(twin, contract, old.as_ref(), wl, Apply::Upsert)?;
+        }
+        Ok(())
+    }
+
+    fn gate(
+        &self,
+        wlid: &str,
+        wl: &Workload,
+        pools: &[crate::primitives::PoolUsage],
+    ) -> Result<(), String> {
+        let required = wl.capacity().map_err(|e| e.to_string())?;
+        let others = {
+            let used = self.inner.used.lock().expect("usage index lock");
+            capacity::used_except(&used, wlid)
+        };
+        capacity::check(
+            self.inner.host,
+            capacity::meminfo("MemAvailable:"),
+            pools,
+            others,
+            required,
+        )
+    }
+
+    async fn pools(&self) -> Vec<crate::primitives::PoolUsage> {
+        match self.inner.registry.pool_reporter() {
+            Some(r) => r.pools().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Provisions one workload (capacity gate first when `gate`) and returns its result.
+    async fn provision_one(&self, dl: &Deployment, wl: &Workload, gate: bool) -> WorkloadResult {
+        let Some(prim) = self.inner.registry.get(&wl.workload_type).cloned() else {
+            return result(
+                ResultState::Error,
+                format!(
+                    "workload type '{}' is not supported on this node",
+                    wl.workload_type
+                ),
+                serde_json::Value::Null,
+            );
+        };
+        let ctx = self.ctx(dl, &wl.name);
+        if gate {
+            let pools = self.pools().await;
+            if let Err(msg) = self.gate(&ctx.workload_id, wl, &pools) {
+                return result(ResultState::Error, msg, serde_json::Value::Null);
+            }
+        }
+        match prim.provision(&ctx, wl).await {
+            Ok(data) => result(ResultState::Ok, String::new(), data),
+            Err(PrimitiveError::NoActionNeeded) => wl.result.clone(),
+            Err(PrimitiveError::Unchanged(why)) => {
+                result(ResultState::Unchanged, why, serde_json::Value::Null)
+            }
+            Err(e) => result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+        }
+    }
+
+    /// Installs every workload of a stored deployment in type order. New (`init`) workloads
+    /// pass the capacity gate; `ok` ones are provisioned again (idempotent); on `reprovision`
+    /// paused ones are provisioned and paused again; `error`/`deleted` ones are left alone.
+    async fn install(&self, twin: u32, contract: u64, reprovision: bool) -> Result<(), StoreError> {
+        let Some(rec) = self.inner.store.get(twin, contract)? else {
+            return Ok(());
+        };
+        let mut order = rec.deployment.workloads.clone();
+        install_sort(&mut order);
+        for wl in order {
+            // Fresh view: earlier workloads of this job may have new results.
+            let Some(rec) = self.inner.store.get(twin, contract)? else {
+                return Ok(());
+            };
+            let Some(cur) = rec.deployment.get(&wl.name).cloned() else {
+                continue;
+            };
+            let state = cur.result.state;
+            let gate = matches!(
+                state,
+                ResultState::Init | ResultState::Unset | ResultState::Unchanged
+            );
+            let run =
+                gate || state == ResultState::Ok || (reprovision && state == ResultState::Paused);
+            if !run {
+                continue;
+            }
+            let mut res = self.provision_one(&rec.deployment, &cur, gate).await;
+            if state == ResultState::Paused && res.state == ResultState::Ok {
+                let ctx = self.ctx(&rec.deployment, &cur.name);
+                let prim = self.inner.registry.get(&cur.workload_type).cloned();
+                if let Some(p) = prim {
+                    if p.pause(&ctx, &cur).await.is_ok() {
+                        res.state = ResultState::Paused;
+                        res.error = "paused".into();
+                    }
+                }
+            }
+            if state != ResultState::Init
+                && res.state == cur.result.state
+                && res.data == cur.result.data
+            {
+                continue; // converged: nothing new to log
+            }
+            let apply = if res.state == ResultState::Unchanged {
+                Apply::LogOnly
+            } else {
+                Apply::Upsert
+            };
+            let mut new = cur.clone();
+            new.result = res;
+            self.save(twin, contract, Some(&cur), new, apply)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a stored deployment to `target` (§4.3): removes first (reverse type order), then
+    /// adds and updates (type order). Idempotent: workloads already at the target version are
+    /// skipped, so a retried job continues where it stopped.
+    async fn apply_update(&self, target: &Deployment) -> Result<(), StoreError> {
+        let (twin, contract) = (target.twin_id, target.contract_id);
+        let Some(rec) = self.inner.store.get(twin, contract)? else {
+            return Ok(());
+        };
+        let mut removes: Vec<Workload> = rec
+            .deployment
+            .workloads
+            .iter()
+            .filter(|w| target.get(&w.name).is_none())
+            .cloned()
+            .collect();
+        install_sort(&mut removes);
+        removes.reverse();
+        for wl in removes {
+            self.deprovision_one(
+                twin,
+                contract,
+                &rec.deployment,
+                &wl,
+                "workload removed by update",
+            )
+            .await?;
+        }
+        let mut changes: Vec<Workload> = target
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.version == target.version
+                    && rec
+                        .deployment
+                        .get(&w.name)
+                        .is_none_or(|c| c.version != w.version)
+            })
+            .cloned()
+            .collect();
+        install_sort(&mut changes);
+        for wl in changes {
+            let Some(rec) = self.inner.store.get(twin, contract)? else {
+                return Ok(());
+            };
+            let cur = rec.deployment.get(&wl.name).cloned();
+            match &cur {
+                None => {
+                    let res = self.provision_one(&rec.deployment, &wl, true).await;
+                    let apply = if res.state == ResultState::Unchanged {
+                        Apply::LogOnly
+                    } else {
+                        Apply::Upsert
+                    };
+                    let mut new = wl.clone();
+                    new.result = res;
+                    self.save(twin, contract, None, new, apply)?;
+                }
+                Some(cur) => {
+                    let (res, apply) = self.update_one(&rec.deployment, cur, &wl).await;
+                    let mut new = wl.clone();
+                    new.result = res;
+                    self.save(twin, contract, Some(cur), new, apply)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_one(
+        &self,
+        dl: &Deployment,
+        cur: &Workload,
+        wl: &Workload,
+    ) -> (WorkloadResult, Apply) {
+        let Some(prim) = self.inner.registry.get(&wl.workload_type).cloned() else {
+            let msg = format!(
+                "workload type '{}' is not supported on this node",
+                wl.workload_type
+            );
+            return (
+                result(ResultState::Unchanged, msg, serde_json::Value::Null),
+                Apply::LogOnly,
+            );
+        };
+        let ctx = self.ctx(dl, &wl.name);
+        let pools = self.pools().await;
+        if let Err(msg) = self.gate(&ctx.workload_id, wl, &pools) {
+            // The running definition stays; the refusal is logged.
+            return (
+                result(ResultState::Unchanged, msg, serde_json::Value::Null),
+                Apply::LogOnly,
+            );
+        }
+        match prim.update(&ctx, wl).await {
+            Ok(data) => (result(ResultState::Ok, String::new(), data), Apply::Upsert),
+            Err(PrimitiveError::NoActionNeeded) => (cur.result.clone(), Apply::Upsert),
+            Err(PrimitiveError::Unchanged(why)) => (
+                result(ResultState::Unchanged, why, serde_json::Value::Null),
+                Apply::LogOnly,
+            ),
+            Err(e) => (
+                result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+                Apply::Upsert,
+            ),
+        }
+    }
+
+    /// Deprovisions one workload: `deleted` (and dropped from the view) or `error`.
+    async fn deprovision_one(
+        &self,
+        twin: u32,
+        contract: u64,
+        dl: &Deployment,
+        wl: &Workload,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let outcome = match self.inner.registry.get(&wl.workload_type).cloned() {
+            Some(p) => p.deprovision(&self.ctx(dl, &wl.name), wl).await,
+            None => Ok(()), // nothing of this type can exist here
+        };
+        let mut new = wl.clone();
+        match outcome {
+            Ok(()) => {
+                new.result = result(
+                    ResultState::Deleted,
+                    reason.to_string(),
+                    wl.result.data.clone(),
+                );
+                self.save(twin, contract, Some(wl), new, Apply::Remove)?;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(twin, contract, name = %wl.name, error = %e, "deprovision failed");
+                new.result = result(
+                    ResultState::Error,
+                    format!("failed to deprovision: {e}"),
+                    serde_json::Value::Null,
+                );
+                self.save(twin, contract, Some(wl), new, Apply::Upsert)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Removes every workload (reverse type order); the deployment is deleted from the store
+    /// only if all succeeded (otherwise the next sync retries).
+    async fn deprovision_all(
+        &self,
+        twin: u32,
+        contract: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let Some(rec) = self.inner.store.get(twin, contract)? else {
+            return Ok(());
+        };
+        let mut order = rec.deployment.workloads.clone();
+        install_sort(&mut order);
+        order.reverse();
+        let mut all_ok = true;
+        for wl in order {
+            all_ok &= self
+                .deprovision_one(twin, contract, &rec.deployment, &wl, reason)
+                .await?;
+        }
+        if all_ok {
+            self.inner.store.delete(twin, contract)?;
+            self.inner
+                .used
+                .lock()
+                .expect("usage index lock")
+                .retain(|_, (c, _)| *c != contract);
+            tracing::info!(twin, contract, reason, "deployment deprovisioned");
+        }
+        Ok(())
+    }
+
+    /// Pauses ok workloads (reverse type order).
+    async fn pause_all(&self, twin: u32, contract: u64) -> Result<(), StoreError> {
+        self.flip(twin, contract, ResultState::Ok, ResultState::Paused)
+            .await
+    }
+
+    /// Resumes paused workloads (type order).
+    async fn resume_all(&self, twin: u32, contract: u64) -> Result<(), StoreError> {
+        self.flip(twin, contract, ResultState::Paused, ResultState::Ok)
+            .await
+    }
+
+    async fn flip(
+        &self,
+        twin: u32,
+        contract: u64,
+        from: ResultState,
+        to: ResultState,
+    ) -> Result<(), StoreError> {
+        let Some(rec) = self.inner.store.get(twin, contract)? else {
+            return Ok(());
+        };
+        let mut order: Vec<Workload> = rec
+            .deployment
+            .workloads
+            .iter()
+            .filter(|w| w.result.state == from)
+            .cloned()
+            .collect();
+        install_sort(&mut order);
+        if to == ResultState::Paused {
+            order.reverse();
+        }
+        for wl in order {
+            let Some(p) = self.inner.registry.get(&wl.workload_type).cloned() else {
+                continue;
+            };
+            let ctx = self.ctx(&rec.deployment, &wl.name);
+            let outcome = if to == ResultState::Paused {
+                p.pause(&ctx, &wl).await
+            } else {
+                p.resume(&ctx, &wl).await
+            };
+            match outcome {
+                Ok(()) => {
+                    let msg = if to == ResultState::Paused {
+                        "paused"
+                    } else {
+                        ""
+                    };
+                    let mut new = wl.clone();
+                    new.result = result(to, msg.to_string(), wl.result.data.clone());
+                    self.save(twin, contract, Some(&wl), new, Apply::Upsert)?;
+                }
+                Err(e) => {
+                    tracing::warn!(twin, contract, name = %wl.name, error = %e, "pause/resume failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the contract's used resources (ok/paused workloads) to the ledger.
+    async fn report(&self, contract: u64) {
+        let mut cap = crate::model::Capacity::default();
+        for (c, w) in self.inner.used.lock().expect("usage index lock").values() {
+            if *c == contract {
+                cap += *w;
+            }
+        }
+        if let Err(e) = self.inner.chain.report_resources(&[(contract, cap)]).await {
+            tracing::warn!(contract, error = %e, "cannot report used resources");
+        }
+    }
+}

@@ -1,0 +1,532 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde_json::json;
+use zos_types::crypto::{KeyPair, KeyType};
+use zos_types::{SignatureRequest, SignatureRequirement, WorkloadType};
+
+use super::*;
+use crate::chain::fake::FakeChain;
+use crate::chain::{ContractInfo, ContractStatus};
+use crate::primitives::{
+    PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError, WorkloadCtx,
+};
+
+const GIB: u64 = 1 << 30;
+
+/// A primitive keeping "real" state in a map, counting calls.
+struct Mem {
+    t: WorkloadType,
+    updatable: bool,
+    live: Mutex<BTreeMap<String, serde_json::Value>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl Mem {
+    fn new(t: WorkloadType, updatable: bool) -> Arc<Mem> {
+        Arc::new(Mem {
+            t,
+            updatable,
+            live: Mutex::default(),
+            calls: Mutex::default(),
+        })
+    }
+    fn calls(&self, what: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with(what))
+            .count()
+    }
+}
+
+#[async_trait]
+impl Primitive for Mem {
+    fn workload_type(&self) -> WorkloadType {
+        self.t.clone()
+    }
+    fn supports_update(&self) -> bool {
+        self.updatable
+    }
+    async fn provision(
+        &self,
+        ctx: &WorkloadCtx,
+        wl: &Workload,
+    ) -> Result<serde_json::Value, PrimitiveError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("provision {}", ctx.workload_id));
+        if wl.data.get("size") == Some(&json!(13)) {
+            return Err(PrimitiveError::Failed("unlucky size".into()));
+        }
+        self.live
+            .lock()
+            .unwrap()
+            .insert(ctx.workload_id.clone(), wl.data.clone());
+        Ok(json!({"id": ctx.workload_id}))
+    }
+    async fn update(
+        &self,
+        ctx: &WorkloadCtx,
+        wl: &Workload,
+    ) -> Result<serde_json::Value, PrimitiveError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("update {}", ctx.workload_id));
+        let mut live = self.live.lock().unwrap();
+        let old = live
+            .get(&ctx.workload_id)
+            .and_then(|d| d["size"].as_u64())
+            .unwrap_or(0);
+        if wl.data["size"].as_u64().unwrap_or(0) < old {
+            return Err(PrimitiveError::Unchanged("cannot shrink".into()));
+        }
+        live.insert(ctx.workload_id.clone(), wl.data.clone());
+        Ok(json!({"id": ctx.workload_id}))
+    }
+    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("deprovision {}", ctx.workload_id));
+        self.live.lock().unwrap().remove(&ctx.workload_id);
+        Ok(())
+    }
+    async fn pause(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("pause {}", ctx.workload_id));
+        Ok(())
+    }
+    async fn resume(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resume {}", ctx.workload_id));
+        Ok(())
+    }
+}
+
+struct Pools;
+#[async_trait]
+impl PoolReporter for Pools {
+    async fn pools(&self) -> Vec<PoolUsage> {
+        vec![PoolUsage {
+            name: "ssd0".into(),
+            kind: PoolKind::Ssd,
+            size: 100 * GIB,
+            used: 0,
+        }]
+    }
+}
+
+struct T {
+    engine: Engine,
+    chain: Arc<FakeChain>,
+    vol: Arc<Mem>,
+    ip: Arc<Mem>,
+    user: KeyPair,
+    _dir: tempfile::TempDir,
+}
+
+const NODE: u32 = 7;
+const TWIN: u32 = 3;
+
+fn setup_at(dir: tempfile::TempDir) -> T {
+    let chain = Arc::new(FakeChain::default());
+    let user = KeyPair::from_seed(KeyType::Ed25519, [3u8; 32]);
+    chain.put_key(TWIN, user.public());
+    let vol = Mem::new(WorkloadType::Volume, true);
+    let ip = Mem::new(WorkloadType::Ip, false);
+    let mut reg = PrimitiveRegistry::new();
+    reg.register(vol.clone());
+    reg.register(ip.clone());
+    reg.set_pool_reporter(Arc::new(Pools));
+    let store = Store::open(&dir.path().join("engine.redb")).unwrap();
+    let engine = Engine::new(
+        store,
+        chain.clone(),
+        reg,
+        NodeSecret::new([1u8; 32]),
+        EngineConfig {
+            host: HostCapacity {
+                memory: 16 * GIB,
+                cores: 4,
+            },
+        },
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    engine.set_node_id(NODE);
+    T {
+        engine,
+        chain,
+        vol,
+        ip,
+        user,
+        _dir: dir,
+    }
+}
+
+fn setup() -> T {
+    setup_at(tempfile::tempdir().unwrap())
+}
+
+fn vol(name: &str, size: u64, version: u32) -> Workload {
+    Workload {
+        version,
+        name: name.into(),
+        workload_type: WorkloadType::Volume,
+        data: json!({"size": size}),
+        ..Workload::default()
+    }
+}
+
+fn ip(name: &str) -> Workload {
+    Workload {
+        name: name.into(),
+        workload_type: WorkloadType::Ip,
+        data: json!({"v4": true, "v6": false}),
+        ..Workload::default()
+    }
+}
+
+impl T {
+    fn dl(&self, contract: u64, version: u32, workloads: Vec<Workload>) -> Deployment {
+        let mut d = Deployment {
+            version,
+            twin_id: TWIN,
+            contract_id: contract,
+            signature_requirement: SignatureRequirement {
+                requests: vec![SignatureRequest {
+                    twin_id: TWIN,
+                    required: false,
+                    weight: 1,
+                }],
+                weight_required: 1,
+                ..Default::default()
+            },
+            workloads,
+            ..Deployment::default()
+        };
+        d.sign(TWIN, &self.user).unwrap();
+        d
+    }
+
+    fn contract(&self, d: &Deployment, node: u32) {
+        self.chain.put_contract(ContractInfo {
+            id: d.contract_id,
+            twin_id: d.twin_id,
+            node_id: Some(node),
+            deployment_hash: d.challenge_hash_hex().unwrap(),
+            status: ContractStatus::Created,
+        });
+    }
+
+    fn states(&self, contract: u64) -> Vec<(String, ResultState, String)> {
+        let mut v: Vec<_> = self
+            .engine
+            .get(TWIN, contract)
+            .unwrap()
+            .workloads
+            .into_iter()
+            .map(|w| (w.name, w.result.state, w.result.error))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[tokio::test]
+async fn deploy_goes_ok_and_logs_init_then_ok() {
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0), ip("p")]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    assert_eq!(t.states(1)[0].1, ResultState::Init);
+    assert_eq!(t.engine.drain().await, 1);
+    assert_eq!(
+        t.states(1),
+        vec![
+            ("a".into(), ResultState::Ok, String::new()),
+            ("p".into(), ResultState::Ok, String::new())
+        ]
+    );
+    let got = t.engine.get(TWIN, 1).unwrap();
+    assert_eq!(got.get("a").unwrap().result.data, json!({"id": "3-1-a"}));
+    let ch = t.engine.changes(TWIN, 1).unwrap();
+    assert_eq!(ch.len(), 4, "{ch:?}");
+    assert_eq!(t.engine.list(TWIN).unwrap().len(), 1);
+    assert!(t.engine.list(TWIN + 1).unwrap().is_empty());
+    // used resources reported after the job
+    assert_eq!(t.chain.reports.lock().unwrap().last().unwrap().1.sru, GIB);
+}
+
+#[tokio::test]
+async fn synchronous_checks_give_upstream_errors() {
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    let e = t.engine.deploy(TWIN + 1, d.clone()).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "twin id mismatch (deployment: 3, message: 4)"
+    );
+
+    let mut bad = d.clone();
+    bad.signature_requirement.signatures[0].signature = hex::encode([0u8; 64]);
+    let e = t.engine.deploy(TWIN, bad).await.unwrap_err();
+    assert_eq!(e.to_string(), "failed to verify signature");
+
+    let e = t
+        .engine
+        .deploy(TWIN, t.dl(1, 1, vec![vol("a", GIB, 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "expected version to be 0 on deployment creation"
+    );
+
+    let e = t
+        .engine
+        .deploy(TWIN, t.dl(1, 0, vec![vol("a", GIB, 1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot be higher than deployment version"),
+        "{e}"
+    );
+
+    let zdb = Workload {
+        name: "z".into(),
+        workload_type: WorkloadType::Zdb,
+        data: json!({"size": GIB, "mode": "user", "password": "", "public": false}),
+        ..Workload::default()
+    };
+    let e = t
+        .engine
+        .deploy(TWIN, t.dl(1, 0, vec![zdb]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "workload type 'zdb' is not supported on this node"
+    );
+
+    t.engine.deploy(TWIN, d.clone()).await.unwrap();
+    let e = t.engine.deploy(TWIN, d).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "deployment with contract id 1 already exists"
+    );
+    assert!(matches!(
+        t.engine.get(TWIN, 2),
+        Err(EngineError::Store(StoreError::NotFound { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn ledger_checks_mark_workloads_error() {
+    let t = setup();
+    // hash mismatch: contract pins another deployment
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    let other = t.dl(1, 0, vec![vol("a", 2 * GIB, 0)]);
+    t.contract(&other, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    // contract of another node
+    let d2 = t.dl(2, 0, vec![vol("b", GIB, 0)]);
+    t.contract(&d2, NODE + 1);
+    t.engine.deploy(TWIN, d2).await.unwrap();
+    // no contract at all
+    t.engine
+        .deploy(TWIN, t.dl(3, 0, vec![vol("c", GIB, 0)]))
+        .await
+        .unwrap();
+    t.engine.drain().await;
+    assert_eq!(
+        t.states(1)[0].2,
+        "contract hash does not match deployment hash"
+    );
+    assert_eq!(t.states(2)[0].2, "invalid node address in contract");
+    assert!(
+        t.states(3)[0]
+            .2
+            .starts_with("failed to get deployment contract")
+    );
+    assert_eq!(t.states(1)[0].1, ResultState::Error);
+    assert_eq!(t.vol.calls("provision"), 0);
+}
+
+#[tokio::test]
+async fn update_adds_updates_removes_and_refuses_non_updatable() {
+    let t = setup();
+    let d0 = t.dl(1, 0, vec![vol("a", GIB, 0), vol("b", GIB, 0), ip("p")]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+
+    // ip cannot be updated
+    let bad = t.dl(
+        1,
+        1,
+        vec![
+            vol("a", GIB, 0),
+            vol("b", GIB, 0),
+            Workload {
+                version: 1,
+                data: json!({"v4": true, "v6": true}),
+                ..ip("p")
+            },
+        ],
+    );
+    let e = t.engine.update(TWIN, bad).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "upgrade validation error: workload 'ip' does not support upgrade"
+    );
+    // wrong version
+    let e = t.engine.update(TWIN, t.dl(1, 2, vec![])).await.unwrap_err();
+    assert_eq!(e.to_string(), "expecting deployment version 1, got 2");
+
+    // a grows, b removed, c added, p untouched
+    let d1 = t.dl(1, 1, vec![vol("a", 2 * GIB, 1), vol("c", GIB, 1), ip("p")]);
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    t.engine.drain().await;
+    let s = t.states(1);
+    assert_eq!(
+        s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["a", "c", "p"]
+    );
+    assert!(s.iter().all(|x| x.1 == ResultState::Ok), "{s:?}");
+    let got = t.engine.get(TWIN, 1).unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.get("a").unwrap().data["size"], json!(2 * GIB));
+    assert!(!t.vol.live.lock().unwrap().contains_key("3-1-b"));
+    assert_eq!(t.ip.calls("provision"), 1);
+
+    // shrink → unchanged: logged, previous definition stays
+    let d2 = t.dl(1, 2, vec![vol("a", GIB, 2), vol("c", GIB, 1), ip("p")]);
+    t.contract(&d2, NODE);
+    t.engine.update(TWIN, d2).await.unwrap();
+    t.engine.drain().await;
+    let got = t.engine.get(TWIN, 1).unwrap();
+    assert_eq!(got.get("a").unwrap().data["size"], json!(2 * GIB));
+    let last = t.engine.changes(TWIN, 1).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.result.state, last.result.error.as_str()),
+        (ResultState::Unchanged, "cannot shrink")
+    );
+}
+
+#[tokio::test]
+async fn retried_jobs_do_not_duplicate() {
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    let (_, job) = t.engine.store().peek_job().unwrap().unwrap();
+    // process without ack = a crash after the work, before the ack
+    t.engine.process(&job).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.engine.changes(TWIN, 1).unwrap().len(), 2);
+    assert_eq!(t.vol.live.lock().unwrap().len(), 1);
+    // reconciliation after restart is idempotent too
+    assert_eq!(t.engine.reconcile_all().unwrap(), 1);
+    t.engine.drain().await;
+    assert_eq!(t.engine.changes(TWIN, 1).unwrap().len(), 2);
+    assert_eq!(t.vol.calls("provision"), 3);
+}
+
+#[tokio::test]
+async fn cancel_pause_resume_and_sync() {
+    let t = setup();
+    for c in [1, 2] {
+        let d = t.dl(c, 0, vec![vol("a", GIB, 0)]);
+        t.contract(&d, NODE);
+        t.engine.deploy(TWIN, d).await.unwrap();
+    }
+    t.engine.drain().await;
+    t.engine.enqueue(TWIN, 1, JobOp::Pause).unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Paused);
+    // sync: contract 1 is created on the ledger → resume; contract 2 gone → deprovision
+    t.chain.set_status(2, ContractStatus::Deleted);
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Ok);
+    assert!(t.engine.get(TWIN, 2).is_err());
+    assert!(!t.vol.live.lock().unwrap().contains_key("3-2-a"));
+    // grace period seen by sync → pause
+    t.chain.set_status(1, ContractStatus::GracePeriod);
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Paused);
+    assert_eq!(t.vol.calls("pause"), 2);
+    assert_eq!(t.vol.calls("resume"), 1);
+}
+
+#[tokio::test]
+async fn capacity_gate_refuses_and_primitive_errors_are_results() {
+    let t = setup();
+    let d = t.dl(
+        1,
+        0,
+        vec![
+            vol("big", 96 * GIB, 0),
+            vol("ok", GIB, 0),
+            vol("bad", 13, 0),
+        ],
+    );
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    t.engine.drain().await;
+    let s = t.states(1);
+    assert!(
+        s[1].2
+            .starts_with("cannot fulfil required ssd storage size"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s[0],
+        ("bad".into(), ResultState::Error, "unlucky size".into())
+    );
+    assert_eq!(s[2].1, ResultState::Ok);
+    // error workloads are not retried on reconciliation
+    t.engine.reconcile_all().unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.vol.calls("provision 3-1-bad"), 1);
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let t = setup_at(dir);
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    let T { engine, _dir, .. } = t;
+    drop(engine);
+    let store = Store::open(&path.join("engine.redb")).unwrap();
+    // the job queued before the "crash" is still there
+    assert!(store.peek_job().unwrap().is_some());
+    assert_eq!(
+        store
+            .get(TWIN, 1)
+            .unwrap()
+            .unwrap()
+            .deployment
+            .workloads
+            .len(),
+        1
+    );
+}
