@@ -1,0 +1,45 @@
+//! RMB, the reliable message bus: end-to-end encrypted request/response between twins,
+//! routed by relays.
+//!
+//! A twin (a user, a node) runs a [`Peer`]: it connects to its relays over WebSocket, logs in
+//! by signing a fresh challenge with its twin key, and exchanges [`envelope::Envelope`]s. An
+//! envelope has a routing header in clear (id, source, destination, timestamp, TTL) and a body
+//! (command, reference, error, payload) sealed for the destination's X25519 key; the sender
+//! signs both. A [`Relay`] routes by destination, holds envelopes for offline twins until their
+//! TTL, forwards to federated relays and bounces what it refuses with a reason.
+//!
+//! Read first: `docs/rmb.md` (design, wire format, differences from upstream rmb-rs), then
+//! [`envelope`] (the format), [`peer`] (the application API) and [`relay`].
+//!
+//! Limits: envelopes up to [`envelope::MAX_SEALED`] bytes (relays default to 4 MiB), TTL up to
+//! one day, queues and rates per [`Limits`]. Delivery is at most once: a relay restart loses
+//! what it had queued (callers see a timeout or a disconnect error, never a wrong answer).
+
+#![forbid(unsafe_code)]
+
+/// Bounded binary primitives for the codecs.
+pub mod codec;
+/// Twin lookups: the trait, a cache with single-flight, an in-memory directory.
+pub mod directory;
+/// X25519 → HKDF → ChaCha20-Poly1305 sealing of envelope bodies.
+pub mod e2e;
+/// The envelope format, signing and opening.
+pub mod envelope;
+/// WebSocket frames between peers and relays (login, envelopes, bounces).
+pub mod frame;
+/// Relay limits and rate limiting.
+pub mod limits;
+/// Relay metrics in Prometheus text format.
+pub mod metrics;
+/// The peer: `call`, `serve` and the router.
+pub mod peer;
+/// The relay server.
+pub mod relay;
+/// WebSocket client connection and login.
+mod transport;
+
+pub use directory::{CachedDirectory, DirectoryError, MemoryDirectory, TwinDirectory, TwinRecord};
+pub use e2e::e2e_public_key;
+pub use limits::Limits;
+pub use peer::{HandlerError, Peer, PeerConfig, RequestContext, RmbError, Router};
+pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};

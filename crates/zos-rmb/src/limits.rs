@@ -1,0 +1,133 @@
+//! Relay limits and the per-twin token-bucket rate limiter.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Per-twin limits a relay enforces; every refusal is bounced to the sender with a reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest encoded envelope accepted (bytes).
+    pub max_envelope_bytes: usize,
+    /// Sustained messages per second per source twin.
+    pub messages_per_sec: f64,
+    /// Burst of messages above the sustained rate.
+    pub message_burst: f64,
+    /// Sustained bytes per second per source twin.
+    pub bytes_per_sec: f64,
+    /// Burst of bytes above the sustained rate.
+    pub byte_burst: f64,
+    /// Messages held for one offline destination twin.
+    pub queue_messages_per_twin: usize,
+    /// Bytes held for one offline destination twin.
+    pub queue_bytes_per_twin: usize,
+    /// Bytes waiting to be written to one connected session before the relay refuses more.
+    pub session_backlog_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_envelope_bytes: 4 * 1024 * 1024,
+            messages_per_sec: 1000.0,
+            message_burst: 2000.0,
+            bytes_per_sec: 64.0 * 1024.0 * 1024.0,
+            byte_burst: 128.0 * 1024.0 * 1024.0,
+            queue_messages_per_twin: 1000,
+            queue_bytes_per_twin: 64 * 1024 * 1024,
+            session_backlog_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    messages: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+/// Token buckets per twin (messages and bytes).
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    limits: Limits,
+    buckets: HashMap<u32, Bucket>,
+}
+
+/// Which budget a message exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Messages,
+    Bytes,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limits: Limits) -> Self {
+        RateLimiter {
+            limits,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one message of `size` bytes from `twin`'s budget, or says which budget is empty.
+    pub(crate) fn take(&mut self, twin: u32, size: usize, now: Instant) -> Result<(), Exceeded> {
+        let l = &self.limits;
+        if self.buckets.len() > 100_000 {
+            // Full buckets carry no state worth keeping.
+            let (mb, bb) = (l.message_burst, l.byte_burst);
+            self.buckets.retain(|_, b| b.messages < mb || b.bytes < bb);
+        }
+        let b = self.buckets.entry(twin).or_insert(Bucket {
+            messages: l.message_burst,
+            bytes: l.byte_burst,
+            at: now,
+        });
+        let dt = now.saturating_duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.messages = (b.messages + dt * l.messages_per_sec).min(l.message_burst);
+        b.bytes = (b.bytes + dt * l.bytes_per_sec).min(l.byte_burst);
+        let size = size as f64;
+        if b.messages < 1.0 {
+            return Err(Exceeded::Messages);
+        }
+        if b.bytes < size {
+            return Err(Exceeded::Bytes);
+        }
+        b.messages -= 1.0;
+        b.bytes -= size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_refills_over_time() {
+        let mut rl = RateLimiter::new(Limits {
+            messages_per_sec: 10.0,
+            message_burst: 2.0,
+            ..Limits::default()
+        });
+        let t0 = Instant::now();
+        assert!(rl.take(1, 10, t0).is_ok());
+        assert!(rl.take(1, 10, t0).is_ok());
+        assert_eq!(rl.take(1, 10, t0), Err(Exceeded::Messages));
+        // Another twin has its own budget.
+        assert!(rl.take(2, 10, t0).is_ok());
+        assert!(rl.take(1, 10, t0 + Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn byte_budget() {
+        let mut rl = RateLimiter::new(Limits {
+            bytes_per_sec: 100.0,
+            byte_burst: 150.0,
+            ..Limits::default()
+        });
+        let t0 = Instant::now();
+        assert!(rl.take(1, 100, t0).is_ok());
+        assert_eq!(rl.take(1, 100, t0), Err(Exceeded::Bytes));
+    }
+}

@@ -1,0 +1,127 @@
+//! One relay link of a peer: log in, pump frames both ways, reconnect with backoff forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Inner, MAX_MESSAGE, RmbError};
+use crate::directory::lock;
+use crate::frame::{Frame, Role};
+use crate::transport::{self, LoginError, Ws};
+
+/// Ping period; a link that heard nothing for three periods is considered dead.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs link `i` until the peer is closed. The outcome of the first login attempt is reported
+/// on `first` (so `Peer::connect` can fail fast with a clear error).
+pub(super) async fn run(inner: Arc<Inner>, i: usize, first: mpsc::Sender<Result<(), RmbError>>) {
+    let url = inner.relays[i].clone();
+    let mut first = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let login = tokio::select! {
+            r = transport::connect_and_login(
+                &url, Role::Peer, inner.twin, inner.session.as_deref(), &inner.key, MAX_MESSAGE,
+            ) => r,
+            _ = shutdown.changed() => return,
+        };
+        match login {
+            Ok(ws) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(())).await;
+                }
+                backoff = Duration::from_millis(100);
+                tracing::debug!(%url, twin = inner.twin, "relay link up");
+                pump(&inner, i, ws, &mut shutdown).await;
+                tracing::info!(%url, twin = inner.twin, "relay link down; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(%url, twin = inner.twin, error = %e, "relay login failed");
+                if let Some(f) = first.take() {
+                    let err = match e {
+                        LoginError::Rejected(reason) => RmbError::AuthRejected {
+                            url: url.clone(),
+                            reason,
+                        },
+                        LoginError::Transient(reason) => RmbError::Connect {
+                            url: url.clone(),
+                            reason,
+                        },
+                    };
+                    let _ = f.send(Err(err)).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn pump(
+    inner: &Arc<Inner>,
+    i: usize,
+    ws: Ws,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let generation = {
+        let mut links = lock(&inner.links);
+        links[i].generation += 1;
+        links[i].tx = Some(tx);
+        links[i].generation
+    };
+    inner.connected.send_modify(|n| *n += 1);
+    let (mut sink, mut stream) = ws.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(b) => if sink.send(Message::Binary(b)).await.is_err() { break },
+                None => break,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    last_heard = Instant::now();
+                    match Frame::decode(&b) {
+                        Ok(Frame::Envelope(env)) => inner.incoming(&env).await,
+                        Ok(Frame::Bounce(bounce)) => inner.bounced(bounce),
+                        Ok(_) => tracing::debug!("unexpected frame from relay"),
+                        Err(e) => tracing::debug!(error = %e, "undecodable frame from relay"),
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => last_heard = Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > 3 * PING_EVERY {
+                    tracing::warn!(url = %inner.relays[i], "relay silent; dropping link");
+                    break;
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            },
+            _ = shutdown.changed() => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        }
+    }
+    lock(&inner.links)[i].tx = None;
+    inner.connected.send_modify(|n| *n = n.saturating_sub(1));
+    inner.fail_calls_on((i, generation));
+}

@@ -1,0 +1,676 @@
+//! The peer: a twin's connection to its relays, with `call` for requests and a [`Router`]
+//! for serving.
+//!
+//! Every incoming envelope goes through the same checks, in order, before anything acts on it:
+//! decode → addressed to us → time (TTL, skew) → source twin exists → signature over every
+//! field (against the ledger key) → replay (id not seen within its TTL) → decrypt. A reply is
+//! accepted only for a pending call, and only from the twin that call went to.
+
+mod link;
+mod replay;
+mod router;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use x25519_dalek::StaticSecret;
+use zos_types::crypto::KeyPair;
+
+use crate::codec::CodecError;
+use crate::directory::{DirectoryError, TwinDirectory, lock};
+use crate::envelope::{
+    Address, Body, Envelope, Header, MAX_SESSION, MAX_TTL, MessageId, new_id, unix_now,
+};
+use crate::frame::{BounceCode, Frame};
+pub use router::{HandlerError, RequestContext, Router};
+
+/// Largest WebSocket message a peer accepts.
+pub const MAX_MESSAGE: usize = crate::envelope::MAX_SEALED + 1024;
+/// Live ids the replay cache holds before refusing new messages.
+const REPLAY_CAPACITY: usize = 1_000_000;
+/// Requests buffered before [`Peer::serve`] is called.
+const EARLY_REQUESTS: usize = 1024;
+
+/// How to connect a peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Relay URLs (`ws://127.0.0.1:PORT`, `wss://relay.example`); all are used at once.
+    pub relays: Vec<String>,
+    /// This twin's id.
+    pub twin_id: u32,
+    /// This twin's key (signing; the X25519 key is derived from its seed).
+    pub key: KeyPair,
+    /// Session name, so several processes of one twin can be connected at once. `None` is the
+    /// default session, which receives requests addressed to the twin.
+    pub session: Option<String>,
+}
+
+/// Peer failures, as seen by a caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RmbError {
+    /// A twin lookup failed.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The twin is not on the ledger.
+    #[error("twin {0} does not exist")]
+    UnknownTwin(u32),
+    /// The twin has not published an X25519 key, so nothing can be encrypted for it.
+    #[error("twin {0} has no e2e key on the ledger")]
+    NoE2eKey(u32),
+    /// The configuration is unusable.
+    #[error("invalid peer config: {0}")]
+    Config(String),
+    /// No relay could be reached at connect time.
+    #[error("cannot connect to relay {url}: {reason}")]
+    Connect {
+        /// The relay URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A relay refused the login (wrong key for the twin, unknown twin).
+    #[error("relay {url} refused login: {reason}")]
+    AuthRejected {
+        /// The relay URL.
+        url: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// No relay link came up before the call's deadline.
+    #[error("not connected to any relay")]
+    NotConnected,
+    /// The relay link carrying the call dropped before the reply came.
+    #[error("relay connection lost while waiting for twin {dst} to answer")]
+    Disconnected {
+        /// The called twin.
+        dst: u32,
+    },
+    /// No reply within the timeout.
+    #[error("twin {dst} did not answer {command} within {after:?}")]
+    Timeout {
+        /// The called twin.
+        dst: u32,
+        /// The command.
+        command: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The remote handler answered with an error.
+    #[error("remote error {code}: {message}")]
+    Remote {
+        /// Application code.
+        code: u32,
+        /// Message.
+        message: String,
+    },
+    /// A relay refused the envelope.
+    #[error("relay refused the message ({code:?}): {message}")]
+    Relay {
+        /// Why.
+        code: BounceCode,
+        /// The relay's detail.
+        message: String,
+    },
+    /// The message could not be encoded (too large, name too long).
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] CodecError),
+    /// A payload was not valid JSON.
+    #[error("payload is not JSON: {0}")]
+    Json(String),
+    /// The peer was closed.
+    #[error("peer closed")]
+    Closed,
+}
+
+/// Counts of incoming envelopes by fate (all dropped ones are silent to the sender).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Envelopes received.
+    pub received: u64,
+    /// Did not decode.
+    pub malformed: u64,
+    /// Addressed to another twin or session.
+    pub misrouted: u64,
+    /// Expired, TTL too long, or from the future.
+    pub expired: u64,
+    /// Source twin unknown, or its lookup failed.
+    pub unknown_source: u64,
+    /// Signature did not verify.
+    pub bad_signature: u64,
+    /// Id seen before (or replay cache full).
+    pub replayed: u64,
+    /// Body did not decrypt or decode.
+    pub undecryptable: u64,
+    /// A reply that matched no pending call (late, or from the wrong twin).
+    pub unexpected_reply: u64,
+    /// Requests handed to the router.
+    pub requests: u64,
+    /// Replies handed to callers.
+    pub replies: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    malformed: AtomicU64,
+    misrouted: AtomicU64,
+    expired: AtomicU64,
+    unknown_source: AtomicU64,
+    bad_signature: AtomicU64,
+    replayed: AtomicU64,
+    undecryptable: AtomicU64,
+    unexpected_reply: AtomicU64,
+    requests: AtomicU64,
+    replies: AtomicU64,
+}
+
+struct Pending {
+    dst: u32,
+    tx: oneshot::Sender<Result<Value, RmbError>>,
+    /// (link index, link generation) that carried the request.
+    link: Option<(usize, u64)>,
+}
+
+#[derive(Default)]
+struct LinkSlot {
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    generation: u64,
+}
+
+enum Serving {
+    Waiting(Vec<(RequestContext, Body, Address)>),
+    Ready(Arc<Router>),
+}
+
+pub(crate) struct Inner {
+    twin: u32,
+    session: Option<String>,
+    key: KeyPair,
+    e2e: StaticSecret,
+    dir: Arc<dyn TwinDirectory>,
+    relays: Vec<String>,
+    links: Mutex<Vec<LinkSlot>>,
+    connected: watch::Sender<usize>,
+    pending: Mutex<HashMap<MessageId, Pending>>,
+    serving: Mutex<Serving>,
+    replay: Mutex<replay::ReplayCache>,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A twin's handle on the bus. Cheap to clone; all clones share the connections.
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("twin", &self.inner.twin)
+            .field("session", &self.inner.session)
+            .finish()
+    }
+}
+
+impl Peer {
+    /// Connects to every relay in `cfg.relays` and logs in. Returns once one relay accepted
+    /// the login; fails if all of them failed their first attempt. From then on each relay
+    /// link reconnects by itself (backoff up to 5 s) until [`Peer::close`].
+    pub async fn connect(cfg: PeerConfig, dir: Arc<dyn TwinDirectory>) -> Result<Peer, RmbError> {
+        if cfg.relays.is_empty() {
+            return Err(RmbError::Config("no relay URL given".into()));
+        }
+        if let Some(s) = &cfg.session
+            && (s.is_empty() || s.len() > MAX_SESSION)
+        {
+            return Err(RmbError::Config(format!(
+                "session name must be 1..={MAX_SESSION} bytes"
+            )));
+        }
+        let e2e = crate::e2e::e2e_secret(cfg.key.seed());
+        let inner = Arc::new(Inner {
+            twin: cfg.twin_id,
+            session: cfg.session,
+            key: cfg.key,
+            e2e,
+            dir,
+            links: Mutex::new((0..cfg.relays.len()).map(|_| LinkSlot::default()).collect()),
+            relays: cfg.relays,
+            connected: watch::channel(0).0,
+            pending: Mutex::new(HashMap::new()),
+            serving: Mutex::new(Serving::Waiting(Vec::new())),
+            replay: Mutex::new(replay::ReplayCache::new(REPLAY_CAPACITY)),
+            counters: Counters::default(),
+            shutdown: watch::channel(false).0,
+        });
+        inner.warn_if_ledger_differs().await;
+        let (first_tx, mut first_rx) = mpsc::channel(inner.relays.len());
+        for i in 0..inner.relays.len() {
+            tokio::spawn(link::run(inner.clone(), i, first_tx.clone()));
+        }
+        drop(first_tx);
+        let mut first_error = None;
+        while let Some(r) = first_rx.recv().await {
+            match r {
+                Ok(()) => return Ok(Peer { inner }),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let _ = inner.shutdown.send(true);
+        Err(first_error.unwrap_or(RmbError::NotConnected))
+    }
+
+    /// Sends `command` with `payload` to twin `dst` and waits up to `timeout` for the reply.
+    /// The envelope's TTL is the timeout (rounded up to whole seconds): a reply nobody waits
+    /// for is useless.
+    pub async fn call(
+        &self,
+        dst: u32,
+        command: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<Value, RmbError> {
+        let deadline = Instant::now() + timeout;
+        let ttl = u32::try_from(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
+            .unwrap_or(MAX_TTL)
+            .clamp(1, MAX_TTL);
+        let body = Body {
+            command: command.to_owned(),
+            reference: None,
+            error: None,
+            payload: serde_json::to_vec(payload).map_err(|e| RmbError::Json(e.to_string()))?,
+        };
+        let inner = &self.inner;
+        let frame = inner.seal(Address::twin(dst), &body, ttl).await?;
+        let (id, frame) = frame;
+        let (tx, rx) = oneshot::channel();
+        lock(&inner.pending).insert(
+            id,
+            Pending {
+                dst,
+                tx,
+                link: None,
+            },
+        );
+        let _guard = PendingGuard { inner, id };
+        inner.send(frame, Some(id), deadline).await?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RmbError::Closed),
+            Err(_) => Err(RmbError::Timeout {
+                dst,
+                command: command.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Starts dispatching incoming requests to `router` (replacing any earlier router).
+    /// Requests that arrived before the first `serve` are dispatched now.
+    pub fn serve(&self, router: Router) {
+        let router = Arc::new(router);
+        let early = {
+            let mut s = lock(&self.inner.serving);
+            match std::mem::replace(&mut *s, Serving::Ready(router.clone())) {
+                Serving::Waiting(v) => v,
+                Serving::Ready(_) => Vec::new(),
+            }
+        };
+        for (ctx, body, reply_to) in early {
+            tokio::spawn(handle_request(
+                self.inner.clone(),
+                router.clone(),
+                ctx,
+                body,
+                reply_to,
+                0,
+            ));
+        }
+    }
+
+    /// This twin's id.
+    pub fn twin_id(&self) -> u32 {
+        self.inner.twin
+    }
+
+    /// Relay links currently logged in.
+    pub fn connected(&self) -> usize {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits until at least one relay link is up; false on timeout.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Counts of incoming envelopes by fate.
+    pub fn stats(&self) -> PeerStats {
+        let c = &self.inner.counters;
+        PeerStats {
+            received: c.received.load(Relaxed),
+            malformed: c.malformed.load(Relaxed),
+            misrouted: c.misrouted.load(Relaxed),
+            expired: c.expired.load(Relaxed),
+            unknown_source: c.unknown_source.load(Relaxed),
+            bad_signature: c.bad_signature.load(Relaxed),
+            replayed: c.replayed.load(Relaxed),
+            undecryptable: c.undecryptable.load(Relaxed),
+            unexpected_reply: c.unexpected_reply.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            replies: c.replies.load(Relaxed),
+        }
+    }
+
+    /// Closes every relay link and stops reconnecting; pending calls fail.
+    pub fn close(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+}
+
+/// Removes a call's pending entry however the call ends.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: MessageId,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pending).remove(&self.id);
+    }
+}
+
+impl Inner {
+    async fn warn_if_ledger_differs(&self) {
+        match self.dir.twin(self.twin).await {
+            Ok(Some(rec)) => {
+                if rec.account != self.key.public() {
+                    tracing::warn!(
+                        twin = self.twin,
+                        "key does not match the twin's ledger account; relays will refuse the login"
+                    );
+                }
+                let own = x25519_dalek::PublicKey::from(&self.e2e).to_bytes();
+                if rec.e2e_key != Some(own) {
+                    tracing::warn!(
+                        twin = self.twin,
+                        "ledger e2e key differs from the one derived from this seed; messages to this twin cannot be decrypted"
+                    );
+                }
+            }
+            Ok(None) => tracing::warn!(twin = self.twin, "twin not found on the ledger"),
+            Err(e) => tracing::warn!(twin = self.twin, error = %e, "own twin lookup failed"),
+        }
+    }
+
+    /// Seals `body` for `dst`: returns the envelope id and the encoded frame.
+    async fn seal(
+        &self,
+        dst: Address,
+        body: &Body,
+        ttl: u32,
+    ) -> Result<(MessageId, Bytes), RmbError> {
+        let rec = self
+            .dir
+            .twin(dst.twin)
+            .await?
+            .ok_or(RmbError::UnknownTwin(dst.twin))?;
+        let e2e = rec.e2e_key.ok_or(RmbError::NoE2eKey(dst.twin))?;
+        let header = Header {
+            id: new_id(),
+            source: Address {
+                twin: self.twin,
+                session: self.session.clone(),
+            },
+            destination: dst,
+            timestamp: unix_now(),
+            ttl,
+        };
+        let id = header.id;
+        let env = Envelope::seal(header, body, &self.key, &e2e)?;
+        let frame = Frame::Envelope(Bytes::from(env.encode()?)).encode()?;
+        Ok((id, frame))
+    }
+
+    /// Sends a frame on the first logged-in link, waiting for one until `deadline`.
+    async fn send(
+        &self,
+        frame: Bytes,
+        call: Option<MessageId>,
+        deadline: Instant,
+    ) -> Result<(), RmbError> {
+        let mut connected = self.connected.subscribe();
+        loop {
+            {
+                let links = lock(&self.links);
+                for (i, slot) in links.iter().enumerate() {
+                    if let Some(tx) = &slot.tx
+                        && tx.send(frame.clone()).is_ok()
+                    {
+                        if let Some(id) = call
+                            && let Some(p) = lock(&self.pending).get_mut(&id)
+                        {
+                            p.link = Some((i, slot.generation));
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            if *self.shutdown.borrow() {
+                return Err(RmbError::Closed);
+            }
+            let wait = tokio::time::timeout_at(deadline.into(), connected.changed());
+            match wait.await {
+                Ok(Ok(())) => continue,
+                _ => return Err(RmbError::NotConnected),
+            }
+        }
+    }
+
+    /// A link went down: calls it carried fail now rather than at their timeout.
+    fn fail_calls_on(&self, link: (usize, u64)) {
+        let mut pending = lock(&self.pending);
+        let ids: Vec<MessageId> = pending
+            .iter()
+            .filter(|(_, p)| p.link == Some(link))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.tx.send(Err(RmbError::Disconnected { dst: p.dst }));
+            }
+        }
+    }
+
+    /// Checks and acts on one incoming envelope.
+    async fn incoming(self: &Arc<Self>, bytes: &Bytes) {
+        let c = &self.counters;
+        c.received.fetch_add(1, Relaxed);
+        let Ok(env) = Envelope::decode(bytes) else {
+            c.malformed.fetch_add(1, Relaxed);
+            return;
+        };
+        let h = &env.header;
+        if h.destination.twin != self.twin
+            || (h.destination.session.is_some() && h.destination.session != self.session)
+        {
+            c.misrouted.fetch_add(1, Relaxed);
+            return;
+        }
+        let now = unix_now();
+        if h.check_time(now).is_err() {
+            c.expired.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut verified = false;
+        for attempt in 0..2 {
+            let rec = match self.dir.twin(h.source.twin).await {
+                Ok(Some(r)) => r,
+                _ => {
+                    c.unknown_source.fetch_add(1, Relaxed);
+                    return;
+                }
+            };
+            if env.verify(&rec.account) {
+                verified = true;
+                break;
+            }
+            if attempt == 0 {
+                self.dir.invalidate(h.source.twin);
+            }
+        }
+        if !verified {
+            c.bad_signature.fetch_add(1, Relaxed);
+            tracing::debug!(source = %h.source, "dropped envelope with a bad signature");
+            return;
+        }
+        if lock(&self.replay)
+            .insert(h.source.twin, h.id, h.expires_at(), now)
+            .is_err()
+        {
+            c.replayed.fetch_add(1, Relaxed);
+            tracing::debug!(source = %h.source, "dropped replayed envelope");
+            return;
+        }
+        let body = match env.open(&self.e2e) {
+            Ok(b) => b,
+            Err(e) => {
+                c.undecryptable.fetch_add(1, Relaxed);
+                tracing::debug!(source = %h.source, error = %e, "dropped undecryptable envelope");
+                return;
+            }
+        };
+        match body.reference {
+            Some(reference) => self.reply(h, reference, body),
+            None => self.request(h, body),
+        }
+    }
+
+    /// A relay refused one of our envelopes: the call fails with the relay's reason.
+    fn bounced(&self, b: crate::frame::Bounce) {
+        if let Some(p) = lock(&self.pending).remove(&b.id) {
+            let _ = p.tx.send(Err(RmbError::Relay {
+                code: b.code,
+                message: b.message,
+            }));
+        } else {
+            tracing::debug!(code = ?b.code, message = %b.message, "relay refused a message");
+        }
+    }
+
+    fn reply(&self, h: &Header, reference: MessageId, body: Body) {
+        let mut pending = lock(&self.pending);
+        // Only the twin we called may answer.
+        let Some(p) = pending
+            .remove(&reference)
+            .filter(|p| p.dst == h.source.twin)
+        else {
+            self.counters.unexpected_reply.fetch_add(1, Relaxed);
+            return;
+        };
+        drop(pending);
+        self.counters.replies.fetch_add(1, Relaxed);
+        let result = match body.error {
+            Some(e) => Err(RmbError::Remote {
+                code: e.code,
+                message: e.message,
+            }),
+            None => {
+                serde_json::from_slice(&body.payload).map_err(|e| RmbError::Json(e.to_string()))
+            }
+        };
+        let _ = p.tx.send(result);
+    }
+
+    fn request(self: &Arc<Self>, h: &Header, body: Body) {
+        self.counters.requests.fetch_add(1, Relaxed);
+        let ctx = RequestContext {
+            source: h.source.twin,
+            session: h.source.session.clone(),
+            id: h.id,
+            command: body.command.clone(),
+        };
+        let remaining = h.expires_at().saturating_sub(unix_now());
+        let mut serving = lock(&self.serving);
+        match &mut *serving {
+            Serving::Ready(router) => {
+                tokio::spawn(handle_request(
+                    self.clone(),
+                    router.clone(),
+                    ctx,
+                    body,
+                    h.source.clone(),
+                    remaining,
+                ));
+            }
+            Serving::Waiting(early) if early.len() < EARLY_REQUESTS => {
+                early.push((ctx, body, h.source.clone()));
+            }
+            Serving::Waiting(_) => {
+                tracing::warn!("dropping request: serve() not called yet and the buffer is full");
+            }
+        }
+    }
+}
+
+async fn handle_request(
+    inner: Arc<Inner>,
+    router: Arc<Router>,
+    ctx: RequestContext,
+    body: Body,
+    reply_to: Address,
+    remaining_ttl: u64,
+) {
+    let id = ctx.id;
+    let command = ctx.command.clone();
+    let result = match serde_json::from_slice::<Value>(&body.payload) {
+        Err(e) => Err(HandlerError::bad_request(format!(
+            "payload is not JSON: {e}"
+        ))),
+        Ok(v) => match router.get(&command) {
+            Some(h) => h(ctx, v).await,
+            None => Err(HandlerError::not_found(format!(
+                "no handler for command {command:?}"
+            ))),
+        },
+    };
+    let (payload, error) = match result {
+        Ok(v) => match serde_json::to_vec(&v) {
+            Ok(p) => (p, None),
+            Err(e) => (Vec::new(), Some(HandlerError::internal(e.to_string()))),
+        },
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let reply = Body {
+        command,
+        reference: Some(id),
+        error: error.map(|e| crate::envelope::ErrorBody {
+            code: e.code,
+            message: e.message,
+        }),
+        payload,
+    };
+    // The reply lives as long as the request would have, with a floor so a slow handler's
+    // answer is not dead on arrival.
+    let ttl = u32::try_from(remaining_ttl)
+        .unwrap_or(MAX_TTL)
+        .clamp(5, MAX_TTL);
+    let deadline = Instant::now() + Duration::from_secs(u64::from(ttl));
+    let sent = match inner.seal(reply_to.clone(), &reply, ttl).await {
+        Ok((_, frame)) => inner.send(frame, None, deadline).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(to = %reply_to, error = %e, "could not send reply");
+    }
+}

@@ -1,0 +1,174 @@
+//! One WebSocket connection on the relay: challenge–response login, then a loop that writes
+//! what the switch hands it and accepts envelopes it reads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rand::RngCore;
+
+use super::switch::{Outbound, SessionTx};
+use super::{Origin, State};
+use crate::frame::{Frame, Role, auth_message};
+
+/// How long a client has to answer the challenge.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(state: Arc<State>, socket: WebSocket) {
+    let _alive = state.alive.clone();
+    let mut shutdown = state.shutdown.clone();
+    if *shutdown.borrow_and_update() {
+        return;
+    }
+    let (mut sink, mut stream) = socket.split();
+    let origin = match login(&state, &mut sink, &mut stream).await {
+        Ok(o) => o,
+        Err(reason) => {
+            state.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%reason, "relay login refused");
+            if let Ok(f) = (Frame::Rejected { reason }).encode() {
+                let _ = sink.send(Message::Binary(f)).await;
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    state.metrics.auth_ok.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(twin = origin.twin, session = ?origin.session, role = ?origin.role, "login");
+
+    let (tx, mut rx) = SessionTx::new();
+    let conn = match origin.role {
+        Role::Peer => Some(state.register(origin.twin, origin.session.clone(), tx.clone())),
+        // A federation link receives only bounces for what it sent, through `tx` directly.
+        Role::Federation => None,
+    };
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Outbound::Frame { bytes, received }) => {
+                    let n = bytes.len();
+                    let sent = sink.send(Message::Binary(bytes)).await;
+                    tx.written(n);
+                    if sent.is_err() {
+                        break;
+                    }
+                    if let Some(r) = received {
+                        state.metrics.delivered(n, r.elapsed());
+                    }
+                }
+                Some(Outbound::Close(why)) => {
+                    tracing::debug!(twin = origin.twin, why, "closing session");
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+                None => break,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(b))) => handle(&state, &origin, &tx, b).await,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {} // text, ping, pong: pings are answered by the library
+            },
+            _ = shutdown.changed() => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        }
+    }
+    if let Some(conn) = conn {
+        state.switch.unregister(origin.twin, conn);
+    }
+}
+
+async fn handle(state: &State, origin: &Origin, tx: &SessionTx, b: Bytes) {
+    match Frame::decode(&b) {
+        Ok(Frame::Envelope(env)) => {
+            if let Err(bounce) = state.accept(origin, env).await
+                && let Ok(f) = Frame::Bounce(bounce).encode()
+            {
+                tx.send(f, None);
+            }
+        }
+        Ok(other) => {
+            tracing::debug!(twin = origin.twin, frame = ?std::mem::discriminant(&other), "unexpected frame ignored");
+        }
+        Err(e) => {
+            tracing::debug!(twin = origin.twin, error = %e, "undecodable frame ignored");
+        }
+    }
+}
+
+async fn login(
+    state: &State,
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+) -> Result<Origin, String> {
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let challenge = Frame::Challenge {
+        nonce,
+        domain: state.domain.clone(),
+    }
+    .encode()
+    .map_err(|e| e.to_string())?;
+    sink.send(Message::Binary(challenge))
+        .await
+        .map_err(|e| format!("send challenge: {e}"))?;
+    let answer = tokio::time::timeout(LOGIN_TIMEOUT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(Message::Close(_))) | None => return Err("closed before login".to_owned()),
+                Some(Err(e)) => return Err(format!("read login: {e}")),
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no login within 10 s".to_owned())??;
+    let Ok(Frame::Auth {
+        role,
+        twin,
+        session,
+        signature,
+    }) = Frame::decode(&answer)
+    else {
+        return Err("expected an Auth frame".to_owned());
+    };
+    if role == Role::Federation && session.is_some() {
+        return Err("federation logins have no session".to_owned());
+    }
+    let msg = auth_message(&nonce, &state.domain, role, twin, session.as_deref());
+    for attempt in 0..2 {
+        let rec = state
+            .dir
+            .twin(twin)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("twin {twin} does not exist"))?;
+        if rec.account.verify(&msg, &signature) {
+            let welcome = Frame::Welcome {
+                session: session.clone(),
+            }
+            .encode()
+            .map_err(|e| e.to_string())?;
+            sink.send(Message::Binary(welcome))
+                .await
+                .map_err(|e| format!("send welcome: {e}"))?;
+            return Ok(Origin {
+                role,
+                twin,
+                session,
+            });
+        }
+        if attempt == 0 {
+            // The key may have been rotated on the ledger since it was cached.
+            state.dir.invalidate(twin);
+        }
+    }
+    Err(format!(
+        "login signature does not match twin {twin}'s key on the ledger"
+    ))
+}

@@ -1,0 +1,106 @@
+//! Client side of the relay WebSocket: connect (`ws://` or `wss://` with rustls and the
+//! webpki root store) and log in with the challenge–response of [`crate::frame`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use zos_types::crypto::KeyPair;
+
+use crate::frame::{Frame, Role, auth_message};
+
+/// A connected client socket.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long connect + login may take.
+pub(crate) const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a login failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum LoginError {
+    /// Network or protocol trouble: worth retrying.
+    #[error("{0}")]
+    Transient(String),
+    /// The relay refused our credentials.
+    #[error("relay refused login: {0}")]
+    Rejected(String),
+}
+
+/// Connects to `url` and logs in as `twin`/`session`.
+pub(crate) async fn connect_and_login(
+    url: &str,
+    role: Role,
+    twin: u32,
+    session: Option<&str>,
+    key: &KeyPair,
+    max_message: usize,
+) -> Result<Ws, LoginError> {
+    let work = async {
+        ensure_crypto_provider();
+        let cfg = WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), true)
+            .await
+            .map_err(|e| LoginError::Transient(format!("connect {url}: {e}")))?;
+        let Frame::Challenge { nonce, domain } = next_frame(&mut ws).await? else {
+            return Err(LoginError::Transient(format!(
+                "{url}: expected a challenge"
+            )));
+        };
+        let msg = auth_message(&nonce, &domain, role, twin, session);
+        let auth = Frame::Auth {
+            role,
+            twin,
+            session: session.map(str::to_owned),
+            signature: key.sign(&msg),
+        }
+        .encode()
+        .map_err(|e| LoginError::Transient(e.to_string()))?;
+        ws.send(Message::Binary(auth))
+            .await
+            .map_err(|e| LoginError::Transient(format!("{url}: send login: {e}")))?;
+        match next_frame(&mut ws).await? {
+            Frame::Welcome { .. } => Ok(ws),
+            Frame::Rejected { reason } => Err(LoginError::Rejected(reason)),
+            _ => Err(LoginError::Transient(format!(
+                "{url}: unexpected answer to login"
+            ))),
+        }
+    };
+    tokio::time::timeout(LOGIN_TIMEOUT, work)
+        .await
+        .map_err(|_| LoginError::Transient(format!("{url}: login timed out")))?
+}
+
+async fn next_frame(ws: &mut Ws) -> Result<Frame, LoginError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                return Frame::decode(&b)
+                    .map_err(|e| LoginError::Transient(format!("bad frame from relay: {e}")));
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(LoginError::Transient("relay closed the connection".into()));
+            }
+            Some(Err(e)) => return Err(LoginError::Transient(e.to_string())),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends one encoded frame.
+pub(crate) async fn send(ws: &mut Ws, frame: Bytes) -> Result<(), String> {
+    ws.send(Message::Binary(frame))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// rustls needs a process-wide provider; install ring once (a no-op if one is set).
+fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
