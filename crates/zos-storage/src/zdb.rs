@@ -1,20 +1,853 @@
-//! ZeroDB: one server per HDD pool (SSD when the node has none), supervised; namespaces per
-//! `zdb` workload.
+//! `zdb` workloads: the node runs one ZeroDB server per HDD pool (per SSD pool when it has no
+//! HDD), each on the pool's `zdb` subvolume, supervised and restarted if it stops. A workload
+//! is a namespace named by the workload id, managed over RESP with the server's admin password
+//! (derived from the node seed, never written down).
+//!
+//! How a server runs is a [`ZdbLauncher`]: in-process (`zos_zdb::Server`) in the node. Each
+//! server's TCP port is chosen once and kept in `<pool>/zdb/port`, so results handed to users
+//! (`{Namespace, IPs, Port}`) stay valid across restarts.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use crate::btrfs::{self, BtrfsError};
+use crate::pool::{Pool, PoolKind};
+use crate::storage::{AllocError, Storage};
 
 /// The subvolume holding ZeroDB data and index on a pool.
 pub const ZDB_DIR: &str = "zdb";
 
-/// Supervises the ZeroDB servers.
-#[derive(Debug, Default)]
-pub struct ZdbSupervisor {}
+/// Errors of ZeroDB servers and namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum ZdbError {
+    /// No ZeroDB server runs on this node (no pools, or `start_zdb` not called).
+    #[error("no ZeroDB server is running on this node")]
+    NoServer,
+    /// The workload data is not acceptable.
+    #[error("zdb {id}: {reason}")]
+    Invalid {
+        /// Workload id.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such namespace.
+    #[error("zdb namespace {0} not found")]
+    NotFound(String),
+    /// Refused without harm (shrink, mode change): engine state `unchanged`.
+    #[error("zdb {id}: {reason}")]
+    Unchanged {
+        /// Workload id.
+        id: String,
+        /// Why nothing changed.
+        reason: String,
+    },
+    /// No pool can hold it.
+    #[error("zdb {id}: {source}")]
+    Alloc {
+        /// Workload id.
+        id: String,
+        /// Why.
+        #[source]
+        source: AllocError,
+    },
+    /// Talking to the server failed.
+    #[error("zdb server {addr}: {op}: {source}")]
+    Redis {
+        /// Server address.
+        addr: SocketAddr,
+        /// What was sent.
+        op: String,
+        /// The failure.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A server could not be started.
+    #[error("zdb server on pool {pool}: {reason}")]
+    Launch {
+        /// Pool name.
+        pool: String,
+        /// Why.
+        reason: String,
+    },
+    /// Preparing the pool failed.
+    #[error("zdb on pool {pool}: {source}")]
+    Btrfs {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: BtrfsError,
+    },
+    /// A file operation failed.
+    #[error("zdb on pool {pool}: {op} {path}: {source}")]
+    Io {
+        /// Pool name.
+        pool: String,
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ZdbError {
+    /// True when the request was refused without harm (upstream `UnChanged`).
+    pub fn is_unchanged(&self) -> bool {
+        matches!(self, ZdbError::Unchanged { .. })
+    }
+}
+
+/// What a launcher must start.
+#[derive(Debug, Clone)]
+pub struct ZdbServerSpec {
+    /// Pool name (for logs).
+    pub pool: String,
+    /// `--data`.
+    pub data_dir: PathBuf,
+    /// `--index`.
+    pub index_dir: PathBuf,
+    /// TCP address; port 0 on the very first start.
+    pub listen: SocketAddr,
+    /// `--admin`.
+    pub admin_password: String,
+}
+
+/// Resolves when a launched server has stopped: `Ok` after a requested stop, `Err(reason)`
+/// when it died.
+pub type ZdbExit = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Starts one ZeroDB server.
+#[async_trait::async_trait]
+pub trait ZdbLauncher: Send + Sync + 'static {
+    /// Start a server for `spec`; it must stop when `stop` turns true. Returns the bound
+    /// address and a future that resolves when the server has stopped.
+    async fn launch(
+        &self,
+        spec: &ZdbServerSpec,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(SocketAddr, ZdbExit), String>;
+}
+
+/// A `zdb` workload's data (`{size, mode, password, public}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceSpec {
+    /// Maximum data size in bytes.
+    pub size: u64,
+    /// `user` or `seq`.
+    pub mode: NamespaceMode,
+    /// Namespace password; empty means none.
+    pub password: String,
+    /// Readable without the password.
+    pub public: bool,
+}
+
+/// Namespace index mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceMode {
+    /// Key-value.
+    User,
+    /// Sequential ids.
+    Seq,
+}
+
+impl NamespaceMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            NamespaceMode::User => "user",
+            NamespaceMode::Seq => "seq",
+        }
+    }
+}
+
+/// The `zdb` workload result, upstream's capitalised keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZdbResult {
+    /// The namespace name (= workload id).
+    #[serde(rename = "Namespace")]
+    pub namespace: String,
+    /// Addresses to reach the server.
+    #[serde(rename = "IPs")]
+    pub ips: Vec<String>,
+    /// Its TCP port.
+    #[serde(rename = "Port")]
+    pub port: u16,
+}
+
+/// What `NSINFO` says about a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// `data_limits_bytes` (0 = unlimited).
+    pub max_size: u64,
+    /// `public: yes`.
+    pub public: bool,
+    /// `password: yes`.
+    pub has_password: bool,
+    /// `mode` (`userkey` / `sequential`).
+    pub mode: String,
+    /// `locked: yes`.
+    pub locked: bool,
+}
+
+/// Parse `NSINFO`'s `key: value` lines.
+pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
+    let mut info = NamespaceInfo::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "data_limits_bytes" => info.max_size = v.parse().unwrap_or(0),
+            "public" => info.public = v == "yes",
+            "password" => info.has_password = v == "yes",
+            "mode" => info.mode = v.to_string(),
+            "locked" => info.locked = v == "yes",
+            _ => {}
+        }
+    }
+    info
+}
+
+/// One supervised server.
+#[derive(Debug)]
+struct Instance {
+    pool: String,
+    addr: SocketAddr,
+    admin: String,
+    /// Bumped on every (re)start: tests and the node can watch restarts.
+    starts: watch::Receiver<u64>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Supervises the node's ZeroDB servers.
+#[derive(Debug)]
+pub struct ZdbSupervisor {
+    instances: std::sync::RwLock<Vec<Arc<Instance>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for ZdbSupervisor {
+    fn default() -> Self {
+        ZdbSupervisor {
+            instances: std::sync::RwLock::new(Vec::new()),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+/// A running server as reported by [`Storage::zdb_servers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ZdbServerInfo {
+    /// Pool it stores on.
+    pub pool: String,
+    /// Its TCP address.
+    pub addr: SocketAddr,
+    /// How many times it has been started (1 = never restarted).
+    pub starts: u64,
+}
 
 impl ZdbSupervisor {
-    /// Bytes reserved by namespaces on pool `pool`.
-    pub async fn reserved_on(&self, pool: &str) -> u64 {
-        let _ = pool;
-        0
+    fn all(&self) -> Vec<Arc<Instance>> {
+        self.instances
+            .read()
+            .expect("zdb instance list lock is never poisoned: no panics while held")
+            .clone()
     }
 
-    /// Stop every server.
-    pub async fn stop_all(&self) {}
+    fn on_pool(&self, pool: &str) -> Option<Arc<Instance>> {
+        self.all().into_iter().find(|i| i.pool == pool)
+    }
+
+    /// Bytes reserved by namespaces of the server on `pool` (Σ maxsize); 0 when it has none
+    /// or cannot be asked (logged).
+    pub async fn reserved_on(&self, pool: &str) -> u64 {
+        let Some(inst) = self.on_pool(pool) else {
+            return 0;
+        };
+        match namespaces(&inst).await {
+            Ok(list) => list
+                .iter()
+                .map(|(_, i)| i.max_size)
+                .fold(0, u64::saturating_add),
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "cannot read zdb reservations");
+                0
+            }
+        }
+    }
+
+    /// Stop every server and wait for them.
+    pub async fn stop_all(&self) {
+        self.stop.send_replace(true);
+        for inst in self.all() {
+            if let Some(task) = inst.task.lock().await.take() {
+                let _ = task.await;
+            }
+        }
+        self.instances
+            .write()
+            .expect("zdb instance list lock is never poisoned")
+            .clear();
+    }
+}
+
+async fn connect(inst: &Instance) -> Result<redis::aio::MultiplexedConnection, ZdbError> {
+    let rerr = |op: &str| {
+        let op = op.to_string();
+        move |source| ZdbError::Redis {
+            addr: inst.addr,
+            op,
+            source,
+        }
+    };
+    let client = redis::Client::open(redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(inst.addr.ip().to_string(), inst.addr.port()),
+        redis: redis::RedisConnectionInfo::default(),
+    })
+    .map_err(rerr("connect"))?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(rerr("connect"))?;
+    redis::cmd("AUTH")
+        .arg(&inst.admin)
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(rerr("AUTH"))?;
+    Ok(c)
+}
+
+async fn query<T: redis::FromRedisValue>(
+    inst: &Instance,
+    c: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> Result<T, ZdbError> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    // Never echo a password into an error message.
+    let op = if args.get(2) == Some(&"password") {
+        format!("{} {} password", args[0], args[1])
+    } else {
+        args.join(" ")
+    };
+    cmd.query_async(c).await.map_err(|source| ZdbError::Redis {
+        addr: inst.addr,
+        op,
+        source,
+    })
+}
+
+/// All namespaces (except `default`) of a server with their NSINFO.
+async fn namespaces(inst: &Instance) -> Result<Vec<(String, NamespaceInfo)>, ZdbError> {
+    let mut c = connect(inst).await?;
+    let names: Vec<String> = query(inst, &mut c, &["NSLIST"]).await?;
+    let mut out = Vec::new();
+    for n in names.into_iter().filter(|n| n != "default") {
+        let text: String = query(inst, &mut c, &["NSINFO", &n]).await?;
+        out.push((n, parse_nsinfo(&text)));
+    }
+    Ok(out)
+}
+
+fn admin_password(seed: &[u8; 32], pool: &str) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"zos-storage-zdb-admin-v1"), seed);
+    let mut out = [0u8; 24];
+    hk.expand(pool.as_bytes(), &mut out)
+        .expect("24 bytes is a valid HKDF-SHA256 output length");
+    hex::encode(out)
+}
+
+impl Storage {
+    /// Start (and from then on supervise) one ZeroDB server per HDD pool, or per SSD pool when
+    /// the node has no HDD. Idempotent: pools that already have a server are skipped.
+    pub async fn start_zdb(&self, launcher: Arc<dyn ZdbLauncher>) -> Result<(), ZdbError> {
+        let hdd: Vec<&Pool> = self
+            .pools
+            .iter()
+            .filter(|p| p.kind == PoolKind::Hdd)
+            .collect();
+        let pools = if hdd.is_empty() {
+            self.pools.iter().collect()
+        } else {
+            hdd
+        };
+        self.zdb.stop.send_replace(false);
+        for pool in pools {
+            if self.zdb.on_pool(&pool.name).is_some() {
+                continue;
+            }
+            let inst = self.launch_supervised(pool, launcher.clone()).await?;
+            self.zdb
+                .instances
+                .write()
+                .expect("zdb instance list lock is never poisoned")
+                .push(inst);
+        }
+        Ok(())
+    }
+
+    async fn launch_supervised(
+        &self,
+        pool: &Pool,
+        launcher: Arc<dyn ZdbLauncher>,
+    ) -> Result<Arc<Instance>, ZdbError> {
+        let root = pool.path(ZDB_DIR);
+        btrfs::ensure_subvolume(&root)
+            .await
+            .map_err(|source| ZdbError::Btrfs {
+                pool: pool.name.clone(),
+                source,
+            })?;
+        let io = |op, path: PathBuf| {
+            move |source| ZdbError::Io {
+                pool: pool.name.clone(),
+                op,
+                path,
+                source,
+            }
+        };
+        let (data_dir, index_dir) = (root.join("data"), root.join("index"));
+        for d in [&data_dir, &index_dir] {
+            std::fs::create_dir_all(d).map_err(io("create", d.clone()))?;
+        }
+        let port_file = root.join("port");
+        let port: u16 = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let mut spec = ZdbServerSpec {
+            pool: pool.name.clone(),
+            data_dir,
+            index_dir,
+            listen: SocketAddr::new(self.cfg.zdb_listen, port),
+            admin_password: admin_password(&self.seed, &pool.name),
+        };
+        let first = launcher.launch(&spec, self.zdb.stop.subscribe()).await;
+        let (addr, exit) = match first {
+            Ok(x) => x,
+            Err(reason) if port != 0 => {
+                // The remembered port is taken: users must be told the new one by re-provisioning.
+                tracing::warn!(pool = %pool.name, port, %reason, "remembered zdb port unavailable, picking a new one");
+                spec.listen.set_port(0);
+                launcher
+                    .launch(&spec, self.zdb.stop.subscribe())
+                    .await
+                    .map_err(|reason| ZdbError::Launch {
+                        pool: pool.name.clone(),
+                        reason,
+                    })?
+            }
+            Err(reason) => {
+                return Err(ZdbError::Launch {
+                    pool: pool.name.clone(),
+                    reason,
+                });
+            }
+        };
+        if addr.port() != port {
+            let tmp = root.join("port.tmp");
+            std::fs::write(&tmp, addr.port().to_string()).map_err(io("write", tmp.clone()))?;
+            std::fs::rename(&tmp, &port_file).map_err(io("rename", tmp.clone()))?;
+        }
+        spec.listen = addr;
+        tracing::info!(pool = %pool.name, %addr, "zdb server started");
+        let (starts_tx, starts) = watch::channel(1u64);
+        let stop = self.zdb.stop.subscribe();
+        let task = tokio::spawn(supervise(launcher, spec.clone(), exit, stop, starts_tx));
+        Ok(Arc::new(Instance {
+            pool: pool.name.clone(),
+            addr,
+            admin: spec.admin_password,
+            starts,
+            task: tokio::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    /// The running ZeroDB servers.
+    pub fn zdb_servers(&self) -> Vec<ZdbServerInfo> {
+        self.zdb
+            .all()
+            .iter()
+            .map(|i| ZdbServerInfo {
+                pool: i.pool.clone(),
+                addr: i.addr,
+                starts: *i.starts.borrow(),
+            })
+            .collect()
+    }
+
+    /// Wait until the server on `pool` has been started more than `n` times.
+    pub async fn zdb_wait_starts(&self, pool: &str, n: u64) -> Result<(), ZdbError> {
+        let inst = self.zdb.on_pool(pool).ok_or(ZdbError::NoServer)?;
+        let mut rx = inst.starts.clone();
+        rx.wait_for(|s| *s > n)
+            .await
+            .map_err(|_| ZdbError::NoServer)?;
+        Ok(())
+    }
+
+    fn result_for(&self, id: &str, inst: &Instance) -> ZdbResult {
+        let ips = if self.cfg.zdb_public_ips.is_empty() {
+            vec![inst.addr.ip()]
+        } else {
+            self.cfg.zdb_public_ips.clone()
+        };
+        ZdbResult {
+            namespace: id.into(),
+            ips: ips.iter().map(IpAddr::to_string).collect(),
+            port: inst.addr.port(),
+        }
+    }
+
+    /// The server holding namespace `id` and its NSINFO.
+    async fn find_namespace(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Arc<Instance>, NamespaceInfo)>, ZdbError> {
+        for inst in self.zdb.all() {
+            let mut c = connect(&inst).await?;
+            let names: Vec<String> = query(&inst, &mut c, &["NSLIST"]).await?;
+            if names.iter().any(|n| n == id) {
+                let text: String = query(&inst, &mut c, &["NSINFO", id]).await?;
+                return Ok(Some((inst, parse_nsinfo(&text))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// NSINFO of namespace `id`, if it exists.
+    pub async fn zdb_get(&self, id: &str) -> Result<Option<NamespaceInfo>, ZdbError> {
+        Ok(self.find_namespace(id).await?.map(|(_, i)| i))
+    }
+
+    /// Create namespace `id` (or converge an existing one: size grows, password and public are
+    /// set) on the server whose pool has the most room.
+    pub async fn zdb_create(&self, id: &str, spec: &NamespaceSpec) -> Result<ZdbResult, ZdbError> {
+        validate(id, spec)?;
+        let _guard = self.lock.lock().await;
+        if let Some((inst, info)) = self.find_namespace(id).await? {
+            self.converge(id, &inst, &info, spec).await?;
+            return Ok(self.result_for(id, &inst));
+        }
+        let inst = self.pick_zdb(id, spec.size).await?;
+        let mut c = connect(&inst).await?;
+        query::<()>(&inst, &mut c, &["NSNEW", id]).await?;
+        // Mode can only be set while the namespace is empty: right after creating it.
+        query::<()>(&inst, &mut c, &["NSSET", id, "mode", spec.mode.as_str()]).await?;
+        self.converge(id, &inst, &NamespaceInfo::default(), spec)
+            .await?;
+        tracing::info!(id, pool = %inst.pool, size = spec.size, "zdb namespace created");
+        Ok(self.result_for(id, &inst))
+    }
+
+    async fn converge(
+        &self,
+        id: &str,
+        inst: &Instance,
+        info: &NamespaceInfo,
+        spec: &NamespaceSpec,
+    ) -> Result<(), ZdbError> {
+        let mut c = connect(inst).await?;
+        let size = spec.size.max(info.max_size).to_string();
+        query::<()>(inst, &mut c, &["NSSET", id, "maxsize", &size]).await?;
+        let password = if spec.password.is_empty() {
+            "*"
+        } else {
+            spec.password.as_str()
+        };
+        query::<()>(inst, &mut c, &["NSSET", id, "password", password]).await?;
+        query::<()>(
+            inst,
+            &mut c,
+            &["NSSET", id, "public", if spec.public { "1" } else { "0" }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Update namespace `id`: grow its size, change password and public flag. A smaller size
+    /// or another mode is refused as [`ZdbError::Unchanged`].
+    pub async fn zdb_update(&self, id: &str, spec: &NamespaceSpec) -> Result<ZdbResult, ZdbError> {
+        validate(id, spec)?;
+        let _guard = self.lock.lock().await;
+        let (inst, info) = self
+            .find_namespace(id)
+            .await?
+            .ok_or_else(|| ZdbError::NotFound(id.into()))?;
+        let unchanged = |reason: String| ZdbError::Unchanged {
+            id: id.into(),
+            reason,
+        };
+        if spec.size < info.max_size {
+            return Err(unchanged(format!(
+                "cannot shrink from {} to {} bytes",
+                info.max_size, spec.size
+            )));
+        }
+        let mode_now = if info.mode.starts_with("seq") {
+            NamespaceMode::Seq
+        } else {
+            NamespaceMode::User
+        };
+        if !info.mode.is_empty() && mode_now != spec.mode {
+            return Err(unchanged(format!(
+                "cannot change mode from {} to {}",
+                mode_now.as_str(),
+                spec.mode.as_str()
+            )));
+        }
+        let extra = spec.size - info.max_size;
+        if extra > 0 {
+            let pool = self
+                .pools
+                .iter()
+                .find(|p| p.name == inst.pool)
+                .ok_or(ZdbError::NoServer)?;
+            let room = self
+                .has_room(pool, extra)
+                .await
+                .map_err(|source| ZdbError::Alloc {
+                    id: id.into(),
+                    source,
+                })?;
+            if !room {
+                let largest_free = pool
+                    .size
+                    .saturating_sub(self.reserved(pool).await.unwrap_or(pool.size));
+                let source = AllocError::NoSpace {
+                    kind: pool.kind,
+                    requested: extra,
+                    largest_free,
+                };
+                return Err(ZdbError::Alloc {
+                    id: id.into(),
+                    source,
+                });
+            }
+        }
+        self.converge(id, &inst, &info, spec).await?;
+        Ok(self.result_for(id, &inst))
+    }
+
+    /// Lock (pause: read-only) or unlock namespace `id`.
+    pub async fn zdb_lock(&self, id: &str, locked: bool) -> Result<(), ZdbError> {
+        let (inst, _) = self
+            .find_namespace(id)
+            .await?
+            .ok_or_else(|| ZdbError::NotFound(id.into()))?;
+        let mut c = connect(&inst).await?;
+        query::<()>(
+            &inst,
+            &mut c,
+            &["NSSET", id, "lock", if locked { "1" } else { "0" }],
+        )
+        .await
+    }
+
+    /// Delete namespace `id` and its data. Absent is success.
+    pub async fn zdb_delete(&self, id: &str) -> Result<(), ZdbError> {
+        let _guard = self.lock.lock().await;
+        if let Some((inst, _)) = self.find_namespace(id).await? {
+            let mut c = connect(&inst).await?;
+            query::<()>(&inst, &mut c, &["NSDEL", id]).await?;
+            tracing::info!(id, pool = %inst.pool, "zdb namespace deleted");
+        }
+        Ok(())
+    }
+
+    async fn pick_zdb(&self, id: &str, size: u64) -> Result<Arc<Instance>, ZdbError> {
+        let mut best: Option<(Arc<Instance>, u64, PoolKind)> = None;
+        for inst in self.zdb.all() {
+            let Some(pool) = self.pools.iter().find(|p| p.name == inst.pool) else {
+                continue;
+            };
+            let reserved = self
+                .reserved(pool)
+                .await
+                .map_err(|source| ZdbError::Alloc {
+                    id: id.into(),
+                    source,
+                })?;
+            let free = pool.size.saturating_sub(reserved);
+            if best.as_ref().is_none_or(|(_, f, _)| free > *f) {
+                best = Some((inst, free, pool.kind));
+            }
+        }
+        match best {
+            None => Err(ZdbError::NoServer),
+            Some((inst, free, _)) if free >= size => Ok(inst),
+            Some((_, free, kind)) => Err(ZdbError::Alloc {
+                id: id.into(),
+                source: AllocError::NoSpace {
+                    kind,
+                    requested: size,
+                    largest_free: free,
+                },
+            }),
+        }
+    }
+}
+
+fn validate(id: &str, spec: &NamespaceSpec) -> Result<(), ZdbError> {
+    let invalid = |reason: &str| ZdbError::Invalid {
+        id: id.into(),
+        reason: reason.into(),
+    };
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid("namespace name must be 1-128 of [A-Za-z0-9_-]"));
+    }
+    if id == "default" {
+        return Err(invalid("the default namespace is reserved"));
+    }
+    if spec.size == 0 {
+        return Err(invalid("size must not be zero"));
+    }
+    if spec.password == "*" {
+        return Err(invalid(
+            "password '*' is reserved (it clears the password in ZeroDB)",
+        ));
+    }
+    Ok(())
+}
+
+/// Keep one server running until `stop`: relaunch (same address) whenever it exits.
+async fn supervise(
+    launcher: Arc<dyn ZdbLauncher>,
+    spec: ZdbServerSpec,
+    mut exit: ZdbExit,
+    mut stop: watch::Receiver<bool>,
+    starts: watch::Sender<u64>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            r = &mut exit => Some(r),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(result) = result else {
+            // Let the server finish its own shutdown.
+            let _ = exit.await;
+            return;
+        };
+        if *stop.borrow() {
+            return;
+        }
+        tracing::error!(pool = %spec.pool, result = ?result, "zdb server stopped unexpectedly, restarting");
+        loop {
+            let stopped = tokio::select! {
+                _ = tokio::time::sleep(backoff) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                return;
+            }
+            match launcher.launch(&spec, stop.clone()).await {
+                Ok((_, e)) => {
+                    exit = e;
+                    starts.send_modify(|n| *n += 1);
+                    backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(reason) => {
+                    tracing::error!(pool = %spec.pool, %reason, "zdb restart failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nsinfo_parses() {
+        let t = "# namespace\nname: 1-2-x\nentries: 3\npublic: no\nworm: no\nlocked: yes\npassword: yes\ndata_limits_bytes: 1048576\nmode: sequential\n";
+        let i = parse_nsinfo(t);
+        assert_eq!(
+            i,
+            NamespaceInfo {
+                max_size: 1 << 20,
+                public: false,
+                has_password: true,
+                mode: "sequential".into(),
+                locked: true
+            }
+        );
+    }
+
+    #[test]
+    fn workload_validation() {
+        let ok = NamespaceSpec {
+            size: 1,
+            mode: NamespaceMode::User,
+            password: "p".into(),
+            public: false,
+        };
+        assert!(validate("1-2-x", &ok).is_ok());
+        assert!(validate("default", &ok).is_err());
+        assert!(validate("a b", &ok).is_err());
+        assert!(
+            validate(
+                "1-2-x",
+                &NamespaceSpec {
+                    size: 0,
+                    ..ok.clone()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            validate(
+                "1-2-x",
+                &NamespaceSpec {
+                    password: "*".into(),
+                    ..ok
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn result_uses_upstream_keys() {
+        let r = ZdbResult {
+            namespace: "1-2-x".into(),
+            ips: vec!["::1".into()],
+            port: 9900,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"Namespace":"1-2-x","IPs":["::1"],"Port":9900}"#
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn nsinfo_parser_never_panics(s in ".*") {
+            let _ = parse_nsinfo(&s);
+        }
+    }
 }

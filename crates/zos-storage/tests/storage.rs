@@ -145,10 +145,7 @@ async fn volume_quota_grow_snapshot_restore_delete() {
     let (written, err) = fill(&v.path.join("big"), 64);
     let err = err.expect("quota must stop the writer");
     assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, got {err}");
-    assert!(
-        (16 * MIB..=32 * MIB).contains(&written),
-        "wrote {written}"
-    );
+    assert!((16 * MIB..=32 * MIB).contains(&written), "wrote {written}");
     std::fs::remove_file(v.path.join("big")).unwrap();
 
     // Snapshot on update; grow.
