@@ -13,6 +13,8 @@
 pub mod chain;
 /// The provision engine: synchronous checks, job worker, capacity gate.
 pub mod engine;
+/// Node identity: the seed file, mirrored per pool.
+pub mod identity;
 /// Prometheus metrics on loopback.
 pub mod metrics;
 /// The deployment model (re-exported from `zos-types`).
