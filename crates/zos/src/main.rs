@@ -20,6 +20,9 @@ enum Command {
     /// Inspect, hash, sign and check deployment documents.
     #[command(subcommand)]
     Deployment(cmd::deployment::DeploymentCmd),
+    /// Grid ledger: `ledger serve|verify`, `twin`, `farm`, `contracts`, `balance`.
+    #[command(flatten)]
+    Ledger(cmd::ledger::LedgerCommands),
 }
 
 /// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Deployment(c) => cmd::deployment::run(c),
+        Command::Ledger(c) => cmd::ledger::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,4 @@
 //! One module per subcommand group.
 
 pub mod deployment;
+pub mod ledger;

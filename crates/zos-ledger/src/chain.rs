@@ -1,0 +1,578 @@
+//! The chain: genesis, block production (billing + transactions, one atomic commit), reads, and
+//! the audit replay behind `zos ledger verify`.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use zos_types::crypto::PublicKey;
+
+use crate::billing;
+use crate::error::LedgerError;
+use crate::runtime::{self, Params, TxError};
+use crate::state::{Overlay, StateError, decode, keys};
+use crate::store::{Batch, LedgerStore, MemStore, Table};
+use crate::tx::{
+    Block, BlockHeader, Event, EventRecord, Receipt, SignedTransaction, TxLocation, events_hash,
+};
+use crate::types::{Account, Contract, Farm, Genesis, Node, PricingPolicy, Twin, ZosVersion};
+
+const META_GENESIS: &[u8] = b"genesis";
+const META_HEAD: &[u8] = b"head";
+const META_DEV_OFFSET: &[u8] = b"dev_offset";
+
+fn height_key(h: u64) -> Vec<u8> {
+    h.to_be_bytes().to_vec()
+}
+
+/// The writer side of a ledger: owned by the single block producer.
+pub struct Chain {
+    store: Arc<dyn LedgerStore>,
+    genesis: Genesis,
+    genesis_hash: [u8; 32],
+    params: Params,
+    head: Block,
+    dev_offset: u64,
+}
+
+/// The outcome of [`Chain::produce`].
+#[derive(Debug)]
+pub struct Produced {
+    /// The committed block (`None` if there was nothing to commit).
+    pub block: Option<Block>,
+    /// Its events.
+    pub events: Vec<EventRecord>,
+    /// One entry per submitted transaction, in order: receipt or rejection text.
+    pub results: Vec<Result<Receipt, String>>,
+}
+
+impl Chain {
+    /// Opens a ledger in `store`, writing genesis (block 0) if the store is empty. A given
+    /// `genesis` must match the stored one.
+    pub fn open(
+        store: Arc<dyn LedgerStore>,
+        genesis: Option<Genesis>,
+    ) -> Result<Chain, LedgerError> {
+        let stored: Option<Genesis> = read_json(&*store, Table::Meta, META_GENESIS)?;
+        let genesis = match (stored, genesis) {
+            (Some(s), Some(g)) if s != g => {
+                return Err(LedgerError::GenesisMismatch {
+                    stored: hex::encode(s.hash()),
+                    given: hex::encode(g.hash()),
+                });
+            }
+            (Some(s), _) => s,
+            (None, Some(g)) => {
+                write_genesis(&*store, &g)?;
+                g
+            }
+            (None, None) => return Err(LedgerError::NoGenesis),
+        };
+        let height: u64 =
+            read_json(&*store, Table::Meta, META_HEAD)?.ok_or(LedgerError::Corrupt {
+                what: "meta head missing".into(),
+            })?;
+        let head: Block = read_json(&*store, Table::Blocks, &height_key(height))?.ok_or(
+            LedgerError::Corrupt {
+                what: format!("head block {height} missing"),
+            },
+        )?;
+        let dev_offset = read_json(&*store, Table::Meta, META_DEV_OFFSET)?.unwrap_or(0);
+        Ok(Chain {
+            params: Params {
+                council: genesis.council,
+                billing_interval: genesis.billing_interval_secs.max(1),
+                grace_period: genesis.grace_period_secs,
+            },
+            genesis_hash: genesis.hash(),
+            genesis,
+            store,
+            head,
+            dev_offset,
+        })
+    }
+
+    /// The genesis config.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The genesis hash (part of every signed transaction).
+    pub fn genesis_hash(&self) -> [u8; 32] {
+        self.genesis_hash
+    }
+
+    /// The store this chain writes to.
+    pub fn store(&self) -> Arc<dyn LedgerStore> {
+        self.store.clone()
+    }
+
+    /// The current head block.
+    pub fn head(&self) -> &Block {
+        &self.head
+    }
+
+    /// Ledger time now: wall clock plus the dev offset, never before the head's time.
+    pub fn now(&self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        wall.saturating_add(self.dev_offset)
+            .max(self.head.header.timestamp)
+    }
+
+    /// Moves ledger time forward by `seconds` (dev mode; persisted with the next block).
+    pub fn advance_time(&mut self, seconds: u64) {
+        self.dev_offset = self.dev_offset.saturating_add(seconds);
+    }
+
+    /// Builds the next block at ledger time `now`: billing first, then each transaction that
+    /// passes its checks; rejected ones leave no trace. Commits it in one store batch unless
+    /// there is nothing to commit and `force` is false.
+    pub fn produce(
+        &mut self,
+        txs: &[SignedTransaction],
+        now: u64,
+        force: bool,
+    ) -> Result<Produced, LedgerError> {
+        let ts = now.max(self.head.header.timestamp);
+        let height = self.head.header.height + 1;
+        let mut st = Overlay::new(&*self.store);
+        let mut events: Vec<Event> = Vec::new();
+        billing::run(&mut st, &self.params, ts, &mut events).map_err(internal)?;
+        st.commit_tx();
+
+        let mut results = Vec::with_capacity(txs.len());
+        let mut included = Vec::new();
+        let mut tx_events = Vec::new();
+        for tx in txs {
+            let hash = tx.hash(&self.genesis_hash);
+            match self.apply_one(&mut st, ts, tx) {
+                Ok(evs) => {
+                    st.commit_tx();
+                    let first = events.len();
+                    events.extend(evs);
+                    tx_events.push((first, events.len()));
+                    results.push(Ok(included.len()));
+                    included.push((tx.clone(), hash));
+                }
+                Err(TxError::State(e)) => return Err(e.into()),
+                Err(e) => {
+                    st.rollback_tx();
+                    results.push(Err(e.to_string()));
+                }
+            }
+        }
+        let writes = st.into_writes();
+        if included.is_empty() && writes.is_empty() && !force {
+            let results = results
+                .into_iter()
+                .map(|r| r.map(|_| unreachable_receipt()))
+                .collect::<Vec<_>>();
+            return Ok(Produced {
+                block: None,
+                events: Vec::new(),
+                results,
+            });
+        }
+
+        let header = BlockHeader {
+            height,
+            parent_hash: self.head.hash.clone(),
+            timestamp: ts,
+            tx_hashes: included.iter().map(|(_, h)| hex::encode(h)).collect(),
+            events_hash: hex::encode(events_hash(&events)),
+        };
+        let hash = header.hash().expect("headers we build have valid hex");
+        let block = Block {
+            header,
+            hash: hex::encode(hash),
+            transactions: included.iter().map(|(t, _)| t.clone()).collect(),
+        };
+        let records: Vec<EventRecord> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EventRecord {
+                height,
+                index: i as u32,
+                event: e.clone(),
+            })
+            .collect();
+
+        let mut batch = Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put(Table::State, k, v),
+                None => batch.delete(Table::State, k),
+            }
+        }
+        for (i, (_, h)) in included.iter().enumerate() {
+            let loc = TxLocation {
+                height,
+                index: i as u32,
+            };
+            batch.put(Table::TxIndex, h.to_vec(), to_json(&loc));
+        }
+        batch.put(Table::Blocks, height_key(height), to_json(&block));
+        batch.put(Table::Events, height_key(height), to_json(&events));
+        batch.put(Table::Meta, META_HEAD.to_vec(), to_json(&height));
+        batch.put(
+            Table::Meta,
+            META_DEV_OFFSET.to_vec(),
+            to_json(&self.dev_offset),
+        );
+        self.store.commit(batch)?;
+        self.head = block.clone();
+
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.map(|idx| {
+                    let (first, end) = tx_events[idx];
+                    Receipt {
+                        tx_hash: hex::encode(included[idx].1),
+                        height,
+                        index: idx as u32,
+                        events: records[first..end].to_vec(),
+                    }
+                })
+            })
+            .collect();
+        Ok(Produced {
+            block: Some(block),
+            events: records,
+            results,
+        })
+    }
+
+    fn apply_one(
+        &self,
+        st: &mut Overlay<'_>,
+        now: u64,
+        tx: &SignedTransaction,
+    ) -> Result<Vec<Event>, TxError> {
+        if !tx.verify(&self.genesis_hash) {
+            return Err(TxError::BadSignature);
+        }
+        let mut acct = runtime::account(st, &tx.account)?;
+        if tx.nonce < acct.nonce {
+            return Err(TxError::StaleNonce {
+                expected: acct.nonce,
+                got: tx.nonce,
+            });
+        }
+        if tx.nonce > acct.nonce {
+            return Err(TxError::FutureNonce {
+                expected: acct.nonce,
+                got: tx.nonce,
+            });
+        }
+        let events = runtime::apply(st, &self.params, now, &tx.account, &tx.call)?;
+        // Re-read: the call may have changed this account's balance.
+        acct = runtime::account(st, &tx.account)?;
+        acct.nonce += 1;
+        st.put(keys::account(&tx.account), &acct);
+        Ok(events)
+    }
+}
+
+/// Never observed: a result is only `Ok` when its transaction was included, which forces a block.
+fn unreachable_receipt() -> Receipt {
+    Receipt {
+        tx_hash: String::new(),
+        height: 0,
+        index: 0,
+        events: Vec::new(),
+    }
+}
+
+fn internal(e: TxError) -> LedgerError {
+    match e {
+        TxError::State(s) => s.into(),
+        other => LedgerError::Corrupt {
+            what: format!("billing failed: {other}"),
+        },
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("ledger records always serialise")
+}
+
+fn read_json<T: DeserializeOwned>(
+    store: &dyn LedgerStore,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, StateError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(b) => decode(table, key, &b).map(Some),
+    }
+}
+
+fn write_genesis(store: &dyn LedgerStore, g: &Genesis) -> Result<(), LedgerError> {
+    let mut st = Overlay::new(store);
+    for a in &g.accounts {
+        let mut acct: Account = st.get(&keys::account(&a.account))?.unwrap_or_default();
+        acct.balance = acct.balance.saturating_add(a.balance);
+        st.put(keys::account(&a.account), &acct);
+    }
+    st.put(keys::PRICING.to_vec(), &g.pricing);
+    st.commit_tx();
+    let header = BlockHeader {
+        height: 0,
+        parent_hash: hex::encode([0u8; 32]),
+        timestamp: g.timestamp,
+        tx_hashes: Vec::new(),
+        events_hash: hex::encode(g.hash()),
+    };
+    let block = Block {
+        hash: hex::encode(header.hash().expect("genesis header has valid hex")),
+        header,
+        transactions: Vec::new(),
+    };
+    let mut batch = Batch::default();
+    for (k, v) in st.into_writes() {
+        if let Some(v) = v {
+            batch.put(Table::State, k, v);
+        }
+    }
+    batch.put(Table::Meta, META_GENESIS.to_vec(), to_json(g));
+    batch.put(Table::Meta, META_HEAD.to_vec(), to_json(&0u64));
+    batch.put(Table::Blocks, height_key(0), to_json(&block));
+    batch.put(Table::Events, height_key(0), to_json(&Vec::<Event>::new()));
+    store.commit(batch)?;
+    Ok(())
+}
+
+/// Read access for RPC handlers and subscriptions (cheap to clone, safe to use concurrently
+/// with the producer: every read sees a committed block).
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<dyn LedgerStore>,
+}
+
+impl Reader {
+    /// A reader over `store`.
+    pub fn new(store: Arc<dyn LedgerStore>) -> Self {
+        Reader { store }
+    }
+
+    fn state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
+        read_json(&*self.store, Table::State, key)
+    }
+
+    /// Head height.
+    pub fn head(&self) -> Result<u64, StateError> {
+        Ok(read_json(&*self.store, Table::Meta, META_HEAD)?.unwrap_or(0))
+    }
+    /// Block by height.
+    pub fn block(&self, h: u64) -> Result<Option<Block>, StateError> {
+        read_json(&*self.store, Table::Blocks, &height_key(h))
+    }
+    /// Events of a block.
+    pub fn events(&self, h: u64) -> Result<Vec<EventRecord>, StateError> {
+        let evs: Vec<Event> =
+            read_json(&*self.store, Table::Events, &height_key(h))?.unwrap_or_default();
+        Ok(evs
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| EventRecord {
+                height: h,
+                index: i as u32,
+                event,
+            })
+            .collect())
+    }
+    /// Where a transaction landed.
+    pub fn tx(&self, hash: &[u8; 32]) -> Result<Option<TxLocation>, StateError> {
+        read_json(&*self.store, Table::TxIndex, hash)
+    }
+    /// Account balance and nonce.
+    pub fn account(&self, a: &PublicKey) -> Result<Account, StateError> {
+        Ok(self.state(&keys::account(a))?.unwrap_or_default())
+    }
+    /// Twin by id.
+    pub fn twin(&self, id: u32) -> Result<Option<Twin>, StateError> {
+        self.state(&keys::twin(id))
+    }
+    /// Twin by account.
+    pub fn twin_by_account(&self, a: &PublicKey) -> Result<Option<Twin>, StateError> {
+        match self.state::<u32>(&keys::twin_by_account(a))? {
+            Some(id) => self.twin(id),
+            None => Ok(None),
+        }
+    }
+    /// Farm by id.
+    pub fn farm(&self, id: u32) -> Result<Option<Farm>, StateError> {
+        self.state(&keys::farm(id))
+    }
+    /// Farm by name.
+    pub fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, StateError> {
+        match self.state::<u32>(&keys::farm_by_name(name))? {
+            Some(id) => self.farm(id),
+            None => Ok(None),
+        }
+    }
+    /// Node by id.
+    pub fn node(&self, id: u32) -> Result<Option<Node>, StateError> {
+        self.state(&keys::node(id))
+    }
+    /// Node by its twin.
+    pub fn node_by_twin(&self, twin: u32) -> Result<Option<Node>, StateError> {
+        match self.state::<u32>(&keys::node_by_twin(twin))? {
+            Some(id) => self.node(id),
+            None => Ok(None),
+        }
+    }
+    /// Contract by id.
+    pub fn contract(&self, id: u64) -> Result<Option<Contract>, StateError> {
+        self.state(&keys::contract(id))
+    }
+    /// Active (created or grace period) contracts of a node, by id.
+    pub fn node_contracts(&self, node: u32) -> Result<Vec<Contract>, StateError> {
+        self.contracts_under(&keys::node_contracts_prefix(node))
+    }
+    /// All contracts of a twin (any state), by id.
+    pub fn twin_contracts(&self, twin: u32) -> Result<Vec<Contract>, StateError> {
+        self.contracts_under(&keys::twin_contracts_prefix(twin))
+    }
+    fn contracts_under(&self, prefix: &[u8]) -> Result<Vec<Contract>, StateError> {
+        let mut out = Vec::new();
+        for (k, _) in self.store.scan_prefix(Table::State, prefix)? {
+            let id = u64::from_be_bytes(
+                k[k.len() - 8..]
+                    .try_into()
+                    .expect("node contract keys end with an 8-byte id"),
+            );
+            if let Some(c) = self.contract(id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+    /// Active name contract by name.
+    pub fn name_contract(&self, name: &str) -> Result<Option<Contract>, StateError> {
+        match self.state::<u64>(&keys::name_contract(name))? {
+            Some(id) => self.contract(id),
+            None => Ok(None),
+        }
+    }
+    /// Current pricing policy.
+    pub fn pricing(&self) -> Result<PricingPolicy, StateError> {
+        Ok(self.state(keys::PRICING)?.unwrap_or_default())
+    }
+    /// Target software version.
+    pub fn zos_version(&self) -> Result<ZosVersion, StateError> {
+        Ok(self.state(keys::ZOS_VERSION)?.unwrap_or_default())
+    }
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Head height.
+    pub head: u64,
+    /// Hex head hash.
+    pub head_hash: String,
+    /// Transactions replayed.
+    pub transactions: u64,
+    /// Events re-derived.
+    pub events: u64,
+}
+
+/// Audits a ledger: block hashes and links, transaction hashes and signatures, and a full
+/// replay from genesis in memory that must re-derive every block hash (hence every event list)
+/// and end in exactly the stored state.
+pub fn verify(store: Arc<dyn LedgerStore>) -> Result<VerifyReport, LedgerError> {
+    let original = Chain::open(store.clone(), None)?;
+    let genesis = original.genesis().clone();
+    let gh = genesis.hash();
+    let head = original.head().header.height;
+    let reader = Reader::new(store.clone());
+    let mut replay = Chain::open(Arc::new(MemStore::new()), Some(genesis))?;
+    let fail = |height: u64, reason: String| LedgerError::Verify { height, reason };
+
+    let b0 = reader.block(0)?.ok_or_else(|| fail(0, "missing".into()))?;
+    if b0 != *replay.head() {
+        return Err(fail(
+            0,
+            "genesis block does not match the genesis config".into(),
+        ));
+    }
+    let (mut prev, mut txs, mut evs) = (b0, 0u64, 0u64);
+    for h in 1..=head {
+        let b = reader.block(h)?.ok_or_else(|| fail(h, "missing".into()))?;
+        if b.header.height != h {
+            return Err(fail(h, format!("stored with height {}", b.header.height)));
+        }
+        if b.header.parent_hash != prev.hash {
+            return Err(fail(
+                h,
+                "parent hash does not link to the previous block".into(),
+            ));
+        }
+        if b.header.hash().map(hex::encode) != Some(b.hash.clone()) {
+            return Err(fail(h, "block hash does not match its header".into()));
+        }
+        if b.header.timestamp < prev.header.timestamp {
+            return Err(fail(h, "timestamp goes backwards".into()));
+        }
+        if b.transactions.len() != b.header.tx_hashes.len() {
+            return Err(fail(h, "transaction count differs from the header".into()));
+        }
+        for (i, (tx, th)) in b.transactions.iter().zip(&b.header.tx_hashes).enumerate() {
+            if hex::encode(tx.hash(&gh)) != *th {
+                return Err(fail(h, format!("transaction {i} hash mismatch")));
+            }
+            if !tx.verify(&gh) {
+                return Err(fail(h, format!("transaction {i} has a bad signature")));
+            }
+        }
+        let out = replay.produce(&b.transactions, b.header.timestamp, true)?;
+        if let Some((i, Err(reason))) = out.results.iter().enumerate().find(|(_, r)| r.is_err()) {
+            return Err(fail(
+                h,
+                format!("transaction {i} does not apply on replay: {reason}"),
+            ));
+        }
+        let rb = out
+            .block
+            .ok_or_else(|| fail(h, "replay produced no block".into()))?;
+        if rb.hash != b.hash {
+            return Err(fail(
+                h,
+                "replay derives different events or transactions".into(),
+            ));
+        }
+        if reader.events(h)? != out.events {
+            return Err(fail(
+                h,
+                "stored events differ from the replayed ones".into(),
+            ));
+        }
+        txs += b.transactions.len() as u64;
+        evs += out.events.len() as u64;
+        prev = b;
+    }
+    let stored = store.range(Table::State, &[], None)?;
+    let derived = replay.store.range(Table::State, &[], None)?;
+    if stored != derived {
+        let diff = stored
+            .iter()
+            .zip(&derived)
+            .find(|(a, b)| a != b)
+            .map(|(a, _)| String::from_utf8_lossy(&a.0).into_owned())
+            .unwrap_or_else(|| "entry count".into());
+        return Err(fail(
+            head,
+            format!("final state differs from the replay (first at {diff})"),
+        ));
+    }
+    Ok(VerifyReport {
+        head,
+        head_hash: prev.hash,
+        transactions: txs,
+        events: evs,
+    })
+}

@@ -1,0 +1,393 @@
+//! The typed client every other crate uses: reads and submissions over HTTP JSON-RPC,
+//! subscriptions over WebSocket.
+//!
+//! HTTP uses `reqwest` (no default features: plain HTTP, JSON): it brings connection pooling
+//! and is built on the same hyper 1 that axum already pulls in, so it adds little; a hand-rolled
+//! hyper client would duplicate pooling and body handling for no gain.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{SinkExt as _, Stream, StreamExt as _};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Message;
+use zos_types::crypto::{KeyPair, PublicKey};
+
+use crate::rpc::{NotificationParams, Request, Response, codes, methods};
+use crate::tx::{Block, BlockHeader, Call, EventRecord, Receipt, SignedTransaction, TxLocation};
+use crate::types::{
+    Account, Balance, Contract, Farm, LedgerInfo, Node, PricingPolicy, Twin, ZosVersion,
+};
+
+/// Client-side failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `http://host:port`.
+    #[error("bad ledger URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The HTTP request failed (connection refused, …).
+    #[error("ledger {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// Transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The transaction was rejected; the text is the ledger's reason.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The ledger answered with an error.
+    #[error("ledger error {code} on {method}: {message}")]
+    Rpc {
+        /// Method called.
+        method: String,
+        /// JSON-RPC code.
+        code: i64,
+        /// Message.
+        message: String,
+    },
+    /// The answer did not decode.
+    #[error("bad answer to {method}: {reason}")]
+    Decode {
+        /// Method called.
+        method: String,
+        /// Decoder message.
+        reason: String,
+    },
+    /// The WebSocket failed or closed.
+    #[error("subscription: {0}")]
+    WebSocket(String),
+}
+
+/// A stream of subscription items; it ends (after an `Err`) when the connection is lost:
+/// resubscribe from the last height you processed + 1.
+pub type SubscriptionStream<T> = Pin<Box<dyn Stream<Item = Result<T, ClientError>> + Send>>;
+
+/// A ledger client; `Clone` is cheap (shared connection pool and cached ledger identity).
+#[derive(Clone, Debug)]
+pub struct LedgerClient {
+    http: reqwest::Client,
+    url: Arc<str>,
+    ws_url: Arc<str>,
+    next_id: Arc<AtomicU64>,
+    genesis_hash: Arc<OnceCell<[u8; 32]>>,
+}
+
+impl LedgerClient {
+    /// A client for `url`, e.g. `http://127.0.0.1:8900` (no request is made yet).
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let url = url.trim_end_matches('/');
+        let bad = |reason: &str| ClientError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("must start with http://"))?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(bad("must be http://host:port"));
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| bad(&e.to_string()))?;
+        Ok(LedgerClient {
+            http,
+            url: url.into(),
+            ws_url: format!("ws://{rest}/ws").into(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            genesis_hash: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Calls `method` with positional `params`.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, ClientError> {
+        let req = Request {
+            jsonrpc: "2.0".into(),
+            id: Some(json!(self.next_id.fetch_add(1, Ordering::Relaxed))),
+            method: method.into(),
+            params,
+        };
+        let http_err = |source| ClientError::Http {
+            url: self.url.to_string(),
+            source,
+        };
+        let resp: Response = self
+            .http
+            .post(&*self.url)
+            .json(&req)
+            .send()
+            .await
+            .map_err(http_err)?
+            .json()
+            .await
+            .map_err(http_err)?;
+        decode_response(method, resp)
+    }
+
+    /// Chain facts (genesis hash, head, dev mode, council, billing parameters).
+    pub async fn info(&self) -> Result<LedgerInfo, ClientError> {
+        self.call(methods::INFO, json!([])).await
+    }
+
+    /// The genesis hash (fetched once, then cached).
+    pub async fn genesis_hash(&self) -> Result<[u8; 32], ClientError> {
+        self.genesis_hash
+            .get_or_try_init(|| async {
+                let info = self.info().await?;
+                crate::tx::decode32(&info.genesis_hash).ok_or_else(|| ClientError::Decode {
+                    method: methods::INFO.into(),
+                    reason: "genesis_hash is not 32 hex bytes".into(),
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// Twin by id.
+    pub async fn twin(&self, id: u32) -> Result<Option<Twin>, ClientError> {
+        self.call(methods::TWIN, json!([id])).await
+    }
+    /// Twin by account.
+    pub async fn twin_by_account(&self, account: &PublicKey) -> Result<Option<Twin>, ClientError> {
+        self.call(methods::TWIN_BY_ACCOUNT, json!([account])).await
+    }
+    /// Farm by id.
+    pub async fn farm(&self, id: u32) -> Result<Option<Farm>, ClientError> {
+        self.call(methods::FARM, json!([id])).await
+    }
+    /// Farm by name.
+    pub async fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, ClientError> {
+        self.call(methods::FARM_BY_NAME, json!([name])).await
+    }
+    /// Node by id.
+    pub async fn node(&self, id: u32) -> Result<Option<Node>, ClientError> {
+        self.call(methods::NODE, json!([id])).await
+    }
+    /// Node by its twin.
+    pub async fn node_by_twin(&self, twin: u32) -> Result<Option<Node>, ClientError> {
+        self.call(methods::NODE_BY_TWIN, json!([twin])).await
+    }
+    /// Contract by id (any state).
+    pub async fn contract(&self, id: u64) -> Result<Option<Contract>, ClientError> {
+        self.call(methods::CONTRACT, json!([id])).await
+    }
+    /// Active (created or grace period) contracts of a node.
+    pub async fn node_contracts(&self, node_id: u32) -> Result<Vec<Contract>, ClientError> {
+        self.call(methods::NODE_CONTRACTS, json!([node_id])).await
+    }
+    /// All contracts of a twin (any state).
+    pub async fn twin_contracts(&self, twin_id: u32) -> Result<Vec<Contract>, ClientError> {
+        self.call(methods::TWIN_CONTRACTS, json!([twin_id])).await
+    }
+    /// Active name contract by name.
+    pub async fn name_contract(&self, name: &str) -> Result<Option<Contract>, ClientError> {
+        self.call(methods::NAME_CONTRACT, json!([name])).await
+    }
+    /// Balance and nonce of an account.
+    pub async fn account(&self, account: &PublicKey) -> Result<Account, ClientError> {
+        self.call(methods::ACCOUNT, json!([account])).await
+    }
+    /// Balance of an account.
+    pub async fn balance(&self, account: &PublicKey) -> Result<Balance, ClientError> {
+        Ok(self.account(account).await?.balance)
+    }
+    /// Current pricing policy.
+    pub async fn pricing_policy(&self) -> Result<PricingPolicy, ClientError> {
+        self.call(methods::PRICING, json!([])).await
+    }
+    /// Target node software version.
+    pub async fn zos_version(&self) -> Result<ZosVersion, ClientError> {
+        self.call(methods::ZOS_VERSION, json!([])).await
+    }
+    /// Head height.
+    pub async fn head(&self) -> Result<u64, ClientError> {
+        self.call(methods::HEAD, json!([])).await
+    }
+    /// Block by height.
+    pub async fn block(&self, height: u64) -> Result<Option<Block>, ClientError> {
+        self.call(methods::BLOCK, json!([height])).await
+    }
+    /// Events of one block.
+    pub async fn events(&self, height: u64) -> Result<Vec<EventRecord>, ClientError> {
+        self.call(methods::EVENTS, json!([height])).await
+    }
+    /// Where a transaction (hex hash) landed, if it did.
+    pub async fn tx(&self, hash: &str) -> Result<Option<TxLocation>, ClientError> {
+        self.call(methods::TX, json!([hash])).await
+    }
+
+    /// Submits a signed transaction; answers once its block is durable.
+    /// A rejection is [`ClientError::Rejected`] with the reason.
+    pub async fn submit(&self, tx: SignedTransaction) -> Result<Receipt, ClientError> {
+        self.call(methods::SUBMIT, json!([tx])).await
+    }
+
+    /// Fetches the account nonce, signs `call` with `key` and submits it. Concurrent `send`s from
+    /// one key race for the same nonce (one gets `Rejected("stale nonce …")`): serialise them,
+    /// or sign with explicit nonces and [`submit`](Self::submit).
+    pub async fn send(&self, key: &KeyPair, call: Call) -> Result<Receipt, ClientError> {
+        let gh = self.genesis_hash().await?;
+        let nonce = self.account(&key.public()).await?.nonce;
+        self.submit(SignedTransaction::sign(key, &gh, nonce, call))
+            .await
+    }
+
+    /// Events from `from_height` on: first the stored ones (catch-up), then live ones, each
+    /// exactly once and in (height, index) order.
+    pub async fn subscribe_events(
+        &self,
+        from_height: u64,
+    ) -> Result<SubscriptionStream<EventRecord>, ClientError> {
+        self.subscribe(
+            methods::SUBSCRIBE_EVENTS,
+            methods::EVENT_NOTIFICATION,
+            from_height,
+        )
+        .await
+    }
+
+    /// Block headers from `from_height` on, each exactly once and in order.
+    pub async fn subscribe_blocks(
+        &self,
+        from_height: u64,
+    ) -> Result<SubscriptionStream<BlockHeader>, ClientError> {
+        self.subscribe(
+            methods::SUBSCRIBE_BLOCKS,
+            methods::BLOCK_NOTIFICATION,
+            from_height,
+        )
+        .await
+    }
+
+    /// Dev only: moves ledger time forward and commits a block at the new time (billing runs).
+    pub async fn dev_advance_time(&self, seconds: u64) -> Result<(), ClientError> {
+        let _height: u64 = self
+            .call(methods::DEV_ADVANCE_TIME, json!([seconds]))
+            .await?;
+        Ok(())
+    }
+
+    /// Dev only: transfers `amount` from the faucet to `account`.
+    pub async fn dev_fund(
+        &self,
+        account: &PublicKey,
+        amount: Balance,
+    ) -> Result<Receipt, ClientError> {
+        self.call(methods::DEV_FUND, json!([account, amount])).await
+    }
+
+    async fn subscribe<T: DeserializeOwned + Send + 'static>(
+        &self,
+        method: &str,
+        notification: &'static str,
+        from: u64,
+    ) -> Result<SubscriptionStream<T>, ClientError> {
+        let ws_err = |e: &dyn std::fmt::Display| ClientError::WebSocket(e.to_string());
+        let (mut ws, _) = tokio_tungstenite::connect_async(&*self.ws_url)
+            .await
+            .map_err(|e| ws_err(&e))?;
+        let req = Request {
+            jsonrpc: "2.0".into(),
+            id: Some(json!(0)),
+            method: method.into(),
+            params: json!([from]),
+        };
+        let text = serde_json::to_string(&req).map_err(|e| ws_err(&e))?;
+        ws.send(Message::Text(text.into()))
+            .await
+            .map_err(|e| ws_err(&e))?;
+        // The first text frame is the answer to the subscribe request.
+        let sub: u64 = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let resp: Response = serde_json::from_str(&t).map_err(|e| ws_err(&e))?;
+                    break decode_response(method, resp)?;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ws_err(&e)),
+                None => return Err(ClientError::WebSocket("closed before answering".into())),
+            }
+        };
+        let stream = futures::stream::unfold(Some(ws), move |ws| async move {
+            let mut ws = ws?;
+            loop {
+                let item = match ws.next().await {
+                    Some(Ok(Message::Text(t))) => parse_notification::<T>(&t, notification, sub),
+                    Some(Ok(Message::Close(_))) | None => {
+                        Some(Err(ClientError::WebSocket("connection closed".into())))
+                    }
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => Some(Err(ClientError::WebSocket(e.to_string()))),
+                };
+                match item {
+                    None => continue,
+                    Some(Ok(v)) => return Some((Ok(v), Some(ws))),
+                    Some(Err(e)) => return Some((Err(e), None)),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+fn parse_notification<T: DeserializeOwned>(
+    text: &str,
+    method: &str,
+    sub: u64,
+) -> Option<Result<T, ClientError>> {
+    #[derive(serde::Deserialize)]
+    struct Note {
+        method: Option<String>,
+        params: Option<NotificationParams>,
+    }
+    let note: Note = match serde_json::from_str(text) {
+        Ok(n) => n,
+        Err(e) => return Some(Err(ClientError::WebSocket(format!("bad frame: {e}")))),
+    };
+    let params = note.params.filter(|p| p.subscription == sub)?;
+    if note.method.as_deref() != Some(method) {
+        return None;
+    }
+    Some(
+        serde_json::from_value(params.result).map_err(|e| ClientError::Decode {
+            method: method.into(),
+            reason: e.to_string(),
+        }),
+    )
+}
+
+fn decode_response<T: DeserializeOwned>(method: &str, resp: Response) -> Result<T, ClientError> {
+    if let Some(e) = resp.error {
+        return Err(if e.code == codes::REJECTED {
+            ClientError::Rejected(e.message)
+        } else {
+            ClientError::Rpc {
+                method: method.into(),
+                code: e.code,
+                message: e.message,
+            }
+        });
+    }
+    serde_json::from_value(resp.result.unwrap_or(Value::Null)).map_err(|e| ClientError::Decode {
+        method: method.into(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,57 @@
+//! The grid ledger: who owns what on a zos grid, as a tamper-evident chain of signed transactions.
+//!
+//! It plays TFChain's role for a self-hosted grid. Accounts (ed25519 or sr25519 public keys)
+//! sign transactions ([`Call`]) with a per-account nonce; a single producer applies them
+//! atomically to the state (twins, farms and their IPv4 pools, nodes, node and name contracts,
+//! balances, governance), groups them into blocks that commit to their transactions, their
+//! events and the previous block (sha2-256), and stores each block in one atomic, durable write.
+//! Contracts are billed from their owner's balance in ledger time (wall clock plus a dev offset);
+//! owners who cannot pay go through a grace period to deletion. Anyone can audit a ledger by
+//! replaying it from genesis ([`verify`]).
+//!
+//! Read first: [`types`] (the objects), [`tx`] (calls, events, blocks, what is signed),
+//! [`runtime`] (the rules), then [`client::LedgerClient`] (the API other crates use).
+//!
+//! Limits: one producer process (no consensus; the [`store::LedgerStore`] trait is where a
+//! replicated backend plugs in); no transaction fees; `verify` needs the ledger stopped (redb
+//! holds a file lock). Design and differences from TFChain: `docs/ledger.md`.
+
+#![forbid(unsafe_code)]
+
+/// Billing: CU/SU/NU/IPv4 pricing, grace period, deletion.
+pub mod billing;
+/// Block production, reads and the audit replay.
+pub mod chain;
+/// The typed JSON-RPC client.
+pub mod client;
+/// Dev-mode keys and genesis.
+pub mod dev;
+/// Server and chain errors.
+pub mod error;
+/// The block producer thread.
+mod producer;
+/// JSON-RPC envelopes, method names and error codes.
+pub mod rpc;
+/// Applying calls: every rule and rejection.
+pub mod runtime;
+/// The ledger process (HTTP + WebSocket).
+pub mod server;
+/// State layout and the per-block write overlay.
+pub mod state;
+/// Persistence trait and its redb and in-memory backends.
+pub mod store;
+/// Transactions, events and blocks.
+pub mod tx;
+/// State objects and genesis.
+pub mod types;
+
+pub use chain::{Chain, Reader, VerifyReport, verify};
+pub use client::{ClientError, LedgerClient, SubscriptionStream};
+pub use error::LedgerError;
+pub use runtime::TxError;
+pub use server::{LedgerConfig, LedgerServer, load_genesis, open_store};
+pub use store::{LedgerStore, MemStore, RedbStore};
+pub use tx::{
+    Block, BlockHeader, Call, Event, EventRecord, Receipt, SignedTransaction, TxLocation,
+};
+pub use types::*;

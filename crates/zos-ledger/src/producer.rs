@@ -1,0 +1,163 @@
+//! The single block producer: one thread owns the [`Chain`] and turns queued jobs into blocks.
+//!
+//! Dev mode: each wake-up takes everything queued and commits it as one block right away (group
+//! commit: many concurrent submissions share one fsync). Otherwise jobs are collected for
+//! `block_interval` and committed together. Either way the producer also wakes every tick to run
+//! billing when a contract is due. Replies are sent only after the block's store commit returned,
+//! so an acknowledged transaction is durable.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error};
+use zos_types::crypto::{KeyPair, PublicKey};
+
+use crate::chain::{Chain, Produced, Reader};
+use crate::error::LedgerError;
+use crate::tx::{Call, Receipt, SignedTransaction};
+
+/// Work for the producer.
+// Jobs are moved once through a channel; boxing the transaction would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Job {
+    /// Include a transaction; reply with its receipt or the rejection text.
+    Submit {
+        /// The transaction.
+        tx: SignedTransaction,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Receipt, String>>,
+    },
+    /// Dev: advance ledger time and commit a block at the new time.
+    Advance {
+        /// Seconds to add.
+        seconds: u64,
+        /// New head height.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Dev: transfer from the faucet.
+    Fund {
+        /// Receiver.
+        to: PublicKey,
+        /// Amount.
+        amount: u64,
+        /// Receipt or rejection text.
+        reply: oneshot::Sender<Result<Receipt, String>>,
+    },
+}
+
+/// Runs until every sender is dropped (shutdown) or a commit fails (returned as error).
+pub fn run(
+    mut chain: Chain,
+    jobs: Receiver<Job>,
+    dev: bool,
+    interval: Duration,
+    faucet: Option<KeyPair>,
+    head: watch::Sender<u64>,
+) -> Result<(), LedgerError> {
+    let tick = if dev {
+        Duration::from_secs(1)
+    } else {
+        interval
+    };
+    let mut deadline = Instant::now() + tick;
+    loop {
+        let mut batch = Vec::new();
+        let mut closed = false;
+        if dev {
+            match jobs.recv_timeout(tick) {
+                Ok(j) => batch.push(j),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+            batch.extend(jobs.try_iter());
+        } else {
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match jobs.recv_timeout(deadline - now) {
+                    Ok(j) => batch.push(j),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            deadline = Instant::now() + tick;
+        }
+        process(&mut chain, batch, faucet.as_ref(), &head)?;
+        if closed {
+            debug!("ledger producer: all senders gone, stopping");
+            return Ok(());
+        }
+    }
+}
+
+type Pending = Vec<(SignedTransaction, oneshot::Sender<Result<Receipt, String>>)>;
+
+fn process(
+    chain: &mut Chain,
+    batch: Vec<Job>,
+    faucet: Option<&KeyPair>,
+    head: &watch::Sender<u64>,
+) -> Result<(), LedgerError> {
+    let mut pending: Pending = Vec::new();
+    for job in batch {
+        match job {
+            Job::Submit { tx, reply } => pending.push((tx, reply)),
+            Job::Advance { seconds, reply } => {
+                flush(chain, &mut pending, false, head)?;
+                chain.advance_time(seconds);
+                flush(chain, &mut pending, true, head)?;
+                let _ = reply.send(Ok(chain.head().header.height));
+            }
+            Job::Fund { to, amount, reply } => {
+                flush(chain, &mut pending, false, head)?;
+                let Some(key) = faucet else {
+                    let _ = reply.send(Err("no faucet on this ledger".into()));
+                    continue;
+                };
+                let nonce = Reader::new(chain.store()).account(&key.public())?.nonce;
+                let call = Call::Transfer { to, amount };
+                let tx = SignedTransaction::sign(key, &chain.genesis_hash(), nonce, call);
+                pending.push((tx, reply));
+                flush(chain, &mut pending, false, head)?;
+            }
+        }
+    }
+    // Billing runs even without transactions, so wake-ups without jobs still try a block.
+    flush(chain, &mut pending, false, head)
+}
+
+fn flush(
+    chain: &mut Chain,
+    pending: &mut Pending,
+    force: bool,
+    head: &watch::Sender<u64>,
+) -> Result<(), LedgerError> {
+    let items = std::mem::take(pending);
+    let txs: Vec<SignedTransaction> = items.iter().map(|(t, _)| t.clone()).collect();
+    let now = chain.now();
+    match chain.produce(&txs, now, force) {
+        Ok(Produced { block, results, .. }) => {
+            // Durable now: tell subscribers, then the submitters.
+            if let Some(b) = &block {
+                head.send_replace(b.header.height);
+            }
+            for ((_, reply), r) in items.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "ledger producer: block commit failed; stopping");
+            for (_, reply) in items {
+                let _ = reply.send(Err(format!("internal: block commit failed: {e}")));
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Transactions, events and blocks: what is signed, what is hashed, what is emitted.
+//!
+//! Signed bytes of a transaction ([`signing_bytes`]):
+//! `"zos-ledger/tx/v1" ‖ genesis_hash(32) ‖ key_type(1: 0 ed25519, 1 sr25519) ‖ account(32) ‖
+//! nonce(u64 BE) ‖ JSON(call)`. The call JSON is canonical because every type here serialises its
+//! fields in declaration order and holds no maps. The transaction hash is
+//! `sha256(signing_bytes ‖ signature)`.
+//!
+//! Block hash ([`BlockHeader::hash`]): `sha256("zos-ledger/block/v1" ‖ height ‖ parent(32) ‖
+//! timestamp ‖ tx_count ‖ tx_hash(32)… ‖ events_hash(32))` with integers as u64 BE.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use zos_types::crypto::{KeyPair, KeyType, PublicKey};
+
+use crate::types::{
+    Balance, ContractResources, Farm, Interface, Location, Node, NruConsumption, PricingPolicy,
+    PublicConfig, PublicIp, Resources, Twin,
+};
+
+/// Everything a signed transaction can ask for. Who may call what is in `docs/ledger.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    /// Move `amount` to `to`.
+    Transfer {
+        /// Receiver.
+        to: PublicKey,
+        /// Amount (> 0).
+        amount: Balance,
+    },
+    /// Create the caller's twin (one per account).
+    CreateTwin {
+        /// Relay addresses.
+        relays: Vec<String>,
+        /// Hex E2E public key.
+        e2e_key: Option<String>,
+    },
+    /// Replace the caller's twin's relays and E2E key.
+    UpdateTwin {
+        /// Relay addresses.
+        relays: Vec<String>,
+        /// Hex E2E public key.
+        e2e_key: Option<String>,
+    },
+    /// Create a farm owned by the caller's twin.
+    CreateFarm {
+        /// Unique farm name.
+        name: String,
+    },
+    /// Add an address to a farm's IPv4 pool (farm owner).
+    AddFarmIp {
+        /// Farm.
+        farm_id: u32,
+        /// Address with prefix, e.g. `185.69.166.10/24`.
+        ip: String,
+        /// Gateway inside that prefix.
+        gateway: String,
+    },
+    /// Remove a free address from a farm's pool (farm owner).
+    RemoveFarmIp {
+        /// Farm.
+        farm_id: u32,
+        /// The address as stored.
+        ip: String,
+    },
+    /// Register the caller's twin as a node of `farm_id` (one node per twin).
+    CreateNode {
+        /// Farm.
+        farm_id: u32,
+        /// Total capacity.
+        resources: Resources,
+        /// Location.
+        location: Location,
+        /// Interfaces.
+        interfaces: Vec<Interface>,
+        /// Optional public config.
+        public_config: Option<PublicConfig>,
+        /// Feature flags.
+        features: Vec<String>,
+        /// Software version.
+        version: String,
+        /// Runs in a VM.
+        virtualized: bool,
+        /// Booted with secure boot.
+        secure_boot: bool,
+        /// Board serial.
+        serial_number: String,
+    },
+    /// Update the caller's node (node twin only); `public_config` is left as is.
+    UpdateNode {
+        /// The node (must belong to the caller's twin).
+        node_id: u32,
+        /// Farm (may move to another existing farm).
+        farm_id: u32,
+        /// Total capacity.
+        resources: Resources,
+        /// Location.
+        location: Location,
+        /// Interfaces.
+        interfaces: Vec<Interface>,
+        /// Feature flags.
+        features: Vec<String>,
+        /// Software version.
+        version: String,
+        /// Runs in a VM.
+        virtualized: bool,
+        /// Booted with secure boot.
+        secure_boot: bool,
+        /// Board serial.
+        serial_number: String,
+    },
+    /// Report the caller's node uptime (seconds since boot).
+    ReportUptime {
+        /// Uptime in seconds.
+        uptime: u64,
+    },
+    /// Set or clear a node's public config (owner of the node's farm).
+    SetNodePublicConfig {
+        /// The node.
+        node_id: u32,
+        /// New config; `None` clears it.
+        config: Option<PublicConfig>,
+    },
+    /// Create a node contract for a deployment.
+    CreateNodeContract {
+        /// The node.
+        node_id: u32,
+        /// 32 lowercase hex characters.
+        deployment_hash: String,
+        /// ≤ 512 bytes of user data.
+        deployment_data: String,
+        /// Number of public IPv4 addresses to reserve from the node's farm.
+        public_ips: u32,
+    },
+    /// Change a node contract's deployment hash and data (owner; not in grace period).
+    UpdateNodeContract {
+        /// The contract.
+        contract_id: u64,
+        /// New hash.
+        deployment_hash: String,
+        /// New data.
+        deployment_data: String,
+    },
+    /// Cancel a node or name contract (owner).
+    CancelContract {
+        /// The contract.
+        contract_id: u64,
+    },
+    /// Reserve a unique gateway name.
+    CreateNameContract {
+        /// The name.
+        name: String,
+    },
+    /// Node-side: used resources per contract (the caller must be the node of each contract).
+    ReportContractResources(Vec<ContractResources>),
+    /// Node-side: network consumption per contract.
+    AddNruReports(Vec<NruConsumption>),
+    /// Council: set the target node software version.
+    SetZosVersion {
+        /// Version.
+        version: String,
+        /// May nodes upgrade now.
+        safe_to_upgrade: bool,
+    },
+    /// Council: replace the pricing policy.
+    SetPricingPolicy {
+        /// New prices.
+        policy: PricingPolicy,
+    },
+}
+
+/// A call signed by its account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedTransaction {
+    /// The signer (pays, owns).
+    pub account: PublicKey,
+    /// Must equal the account's current nonce.
+    pub nonce: u64,
+    /// What to do.
+    pub call: Call,
+    /// Hex 64-byte signature over [`signing_bytes`].
+    pub signature: String,
+}
+
+/// The bytes an account signs (see the module doc).
+pub fn signing_bytes(
+    genesis_hash: &[u8; 32],
+    account: &PublicKey,
+    nonce: u64,
+    call: &Call,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"zos-ledger/tx/v1");
+    out.extend_from_slice(genesis_hash);
+    out.push(match account.key_type {
+        KeyType::Ed25519 => 0,
+        KeyType::Sr25519 => 1,
+    });
+    out.extend_from_slice(&account.bytes);
+    out.extend_from_slice(&nonce.to_be_bytes());
+    serde_json::to_writer(&mut out, call).expect("calls always serialise");
+    out
+}
+
+impl SignedTransaction {
+    /// Signs `call` with `key` for the ledger identified by `genesis_hash`.
+    pub fn sign(key: &KeyPair, genesis_hash: &[u8; 32], nonce: u64, call: Call) -> Self {
+        let account = key.public();
+        let sig = key.sign(&signing_bytes(genesis_hash, &account, nonce, &call));
+        SignedTransaction {
+            account,
+            nonce,
+            call,
+            signature: hex::encode(sig),
+        }
+    }
+
+    /// Whether the signature is valid for this ledger.
+    pub fn verify(&self, genesis_hash: &[u8; 32]) -> bool {
+        let Ok(sig) = hex::decode(&self.signature) else {
+            return false;
+        };
+        self.account.verify(
+            &signing_bytes(genesis_hash, &self.account, self.nonce, &self.call),
+            &sig,
+        )
+    }
+
+    /// `sha256(signing_bytes ‖ signature bytes)`; an undecodable signature hashes as its text.
+    pub fn hash(&self, genesis_hash: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(signing_bytes(
+            genesis_hash,
+            &self.account,
+            self.nonce,
+            &self.call,
+        ));
+        match hex::decode(&self.signature) {
+            Ok(sig) => h.update(sig),
+            Err(_) => h.update(self.signature.as_bytes()),
+        }
+        h.finalize().into()
+    }
+}
+
+/// Something that changed, emitted by a transaction or by billing.
+// Plain (unboxed) payloads keep events easy to match on for every consumer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Balance moved.
+    Transfer {
+        /// Sender.
+        from: PublicKey,
+        /// Receiver.
+        to: PublicKey,
+        /// Amount.
+        amount: Balance,
+    },
+    /// A twin was created or updated.
+    TwinStored {
+        /// The twin as stored.
+        twin: Twin,
+    },
+    /// A farm was created or its pool changed.
+    FarmStored {
+        /// The farm as stored.
+        farm: Farm,
+    },
+    /// A node was created or updated.
+    NodeStored {
+        /// The node as stored.
+        node: Node,
+    },
+    /// A node reported its uptime.
+    NodeUptimeReported {
+        /// Node.
+        node_id: u32,
+        /// Ledger time of the report.
+        timestamp: u64,
+        /// Reported uptime.
+        uptime: u64,
+    },
+    /// A farmer set or cleared a node's public config.
+    NodePublicConfigStored {
+        /// Node.
+        node_id: u32,
+        /// New config.
+        config: Option<PublicConfig>,
+    },
+    /// A node contract was created.
+    NodeContractCreated {
+        /// Contract.
+        contract_id: u64,
+        /// Node.
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+        /// Deployment hash.
+        deployment_hash: String,
+        /// Reserved addresses.
+        public_ips_list: Vec<PublicIp>,
+    },
+    /// A node contract's hash changed.
+    NodeContractUpdated {
+        /// Contract.
+        contract_id: u64,
+        /// Node.
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+        /// New deployment hash.
+        deployment_hash: String,
+    },
+    /// A node contract ended (by its owner or out of funds); its IPs are free again.
+    NodeContractCanceled {
+        /// Contract.
+        contract_id: u64,
+        /// Node.
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+    },
+    /// The owner could not pay: pause the workloads.
+    ContractGracePeriodStarted {
+        /// Contract.
+        contract_id: u64,
+        /// Node (0 for a name contract).
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+    },
+    /// The owner paid again: resume the workloads.
+    ContractGracePeriodEnded {
+        /// Contract.
+        contract_id: u64,
+        /// Node (0 for a name contract).
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+    },
+    /// A name was reserved.
+    NameContractCreated {
+        /// Contract.
+        contract_id: u64,
+        /// Owner.
+        twin_id: u32,
+        /// Name.
+        name: String,
+    },
+    /// A name reservation ended.
+    NameContractCanceled {
+        /// Contract.
+        contract_id: u64,
+        /// Owner.
+        twin_id: u32,
+        /// Name.
+        name: String,
+    },
+    /// A node reported used resources for a contract.
+    ContractResourcesReported {
+        /// Contract.
+        contract_id: u64,
+        /// Used capacity.
+        used: Resources,
+    },
+    /// A node reported network consumption for a contract.
+    NruReported {
+        /// Contract.
+        contract_id: u64,
+        /// Bytes.
+        nru: u64,
+    },
+    /// A contract was charged.
+    ContractBilled {
+        /// Contract.
+        contract_id: u64,
+        /// Ledger time of the charge.
+        timestamp: u64,
+        /// Amount charged.
+        amount: Balance,
+    },
+    /// The council set the target software version.
+    ZosVersionUpdated {
+        /// Version.
+        version: String,
+        /// May nodes upgrade now.
+        safe_to_upgrade: bool,
+    },
+    /// The council replaced the pricing policy.
+    PricingPolicyStored {
+        /// New prices.
+        policy: PricingPolicy,
+    },
+}
+
+/// An event with its position: block height and index within the block's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Block height.
+    pub height: u64,
+    /// Index among the block's events (0, 1, …).
+    pub index: u32,
+    /// The event.
+    pub event: Event,
+}
+
+/// The answer to an accepted transaction, sent once its block is durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Hex transaction hash.
+    pub tx_hash: String,
+    /// Block that holds it.
+    pub height: u64,
+    /// Position in the block's transactions.
+    pub index: u32,
+    /// Events it emitted.
+    pub events: Vec<EventRecord>,
+}
+
+/// Where a transaction landed (answer of `ledger_tx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxLocation {
+    /// Block height.
+    pub height: u64,
+    /// Position in the block.
+    pub index: u32,
+}
+
+/// The hashed part of a block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// 0 for genesis.
+    pub height: u64,
+    /// Hex hash of the previous block (64 zeros for genesis).
+    pub parent_hash: String,
+    /// Ledger time (seconds) at which billing ran and the transactions applied; never decreases.
+    pub timestamp: u64,
+    /// Hex hashes of the transactions, in order.
+    pub tx_hashes: Vec<String>,
+    /// Hex sha256 of the JSON list of the block's events (genesis: the genesis hash).
+    pub events_hash: String,
+}
+
+/// A block: header, its hash, and the transactions it commits to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    /// Hashed header.
+    pub header: BlockHeader,
+    /// Hex [`BlockHeader::hash`].
+    pub hash: String,
+    /// The transactions, in `header.tx_hashes` order.
+    pub transactions: Vec<SignedTransaction>,
+}
+
+impl BlockHeader {
+    /// The block hash (see the module doc); `None` if a hex field is malformed.
+    pub fn hash(&self) -> Option<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update(b"zos-ledger/block/v1");
+        h.update(self.height.to_be_bytes());
+        h.update(decode32(&self.parent_hash)?);
+        h.update(self.timestamp.to_be_bytes());
+        h.update((self.tx_hashes.len() as u64).to_be_bytes());
+        for t in &self.tx_hashes {
+            h.update(decode32(t)?);
+        }
+        h.update(decode32(&self.events_hash)?);
+        Some(h.finalize().into())
+    }
+}
+
+/// Hash of a block's event list, committed in its header.
+pub fn events_hash(events: &[Event]) -> [u8; 32] {
+    Sha256::digest(serde_json::to_vec(events).expect("events always serialise")).into()
+}
+
+/// Decodes 32 bytes of lowercase or uppercase hex.
+pub fn decode32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_binds_nonce_call_and_ledger() {
+        let key = KeyPair::from_seed(KeyType::Ed25519, [7; 32]);
+        let g = [1u8; 32];
+        let tx = SignedTransaction::sign(&key, &g, 3, Call::CreateFarm { name: "f".into() });
+        assert!(tx.verify(&g));
+        assert!(!tx.verify(&[2u8; 32]), "other ledger");
+        let mut t2 = tx.clone();
+        t2.nonce = 4;
+        assert!(!t2.verify(&g));
+        let mut t3 = tx.clone();
+        t3.call = Call::CreateFarm { name: "g".into() };
+        assert!(!t3.verify(&g));
+        assert_ne!(tx.hash(&g), t2.hash(&g));
+    }
+
+    #[test]
+    fn sr25519_transactions_verify() {
+        let key = KeyPair::from_seed(KeyType::Sr25519, [9; 32]);
+        let tx = SignedTransaction::sign(&key, &[0; 32], 0, Call::ReportUptime { uptime: 5 });
+        assert!(tx.verify(&[0; 32]));
+    }
+
+    #[test]
+    fn block_hash_rejects_malformed_hex() {
+        let h = BlockHeader {
+            height: 1,
+            parent_hash: "zz".into(),
+            timestamp: 0,
+            tx_hashes: vec![],
+            events_hash: hex::encode([0u8; 32]),
+        };
+        assert!(h.hash().is_none());
+    }
+}

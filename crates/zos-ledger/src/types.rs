@@ -1,0 +1,372 @@
+//! The ledger's state objects (twins, farms, nodes, contracts, policy, genesis) as they appear on
+//! the JSON-RPC wire and in the store. Field sets follow TFChain's `pallet-tfgrid` and
+//! `pallet-smart-contract` where zos needs them; see `docs/ledger.md` for the differences.
+
+use serde::{Deserialize, Serialize};
+use zos_types::crypto::PublicKey;
+
+/// Token amounts in the smallest unit (TFChain uses 7 decimals: 10_000_000 units = 1 TFT).
+pub type Balance = u64;
+
+/// One account: a balance and the nonce its next transaction must carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Spendable balance.
+    pub balance: Balance,
+    /// Number of transactions this account has had applied; the next one must carry this nonce.
+    pub nonce: u64,
+}
+
+/// A twin: the on-ledger identity of an account on the message bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Twin {
+    /// Twin id (1, 2, …).
+    pub id: u32,
+    /// The account that owns and signs for this twin.
+    pub account: PublicKey,
+    /// RMB relay addresses (domains or URLs) where this twin is reachable.
+    pub relays: Vec<String>,
+    /// Hex public key used for end-to-end encryption on the message bus (X25519 in zos).
+    pub e2e_key: Option<String>,
+}
+
+/// A farm: a named group of nodes owned by a twin, with a public IPv4 pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Farm {
+    /// Farm id (1, 2, …).
+    pub id: u32,
+    /// Unique name.
+    pub name: String,
+    /// Owner twin.
+    pub twin_id: u32,
+    /// The public IPv4 pool; each address is assigned to at most one contract.
+    pub public_ips: Vec<PublicIp>,
+}
+
+/// One public IPv4 address of a farm's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicIp {
+    /// Address with prefix length, e.g. `185.69.166.10/24`.
+    pub ip: String,
+    /// Gateway address, e.g. `185.69.166.1`.
+    pub gateway: String,
+    /// The contract holding this address; 0 = free.
+    pub contract_id: u64,
+}
+
+/// Capacity units: cores, SSD bytes, HDD bytes, memory bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Virtual cores.
+    pub cru: u64,
+    /// SSD bytes.
+    pub sru: u64,
+    /// HDD bytes.
+    pub hru: u64,
+    /// Memory bytes.
+    pub mru: u64,
+}
+
+/// Where a node is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    /// City name.
+    pub city: String,
+    /// Country name.
+    pub country: String,
+    /// Latitude as text (as upstream does, to stay exact).
+    pub latitude: String,
+    /// Longitude as text.
+    pub longitude: String,
+}
+
+/// A network interface of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Interface name (`zos`, …).
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Addresses on it.
+    pub ips: Vec<String>,
+}
+
+/// An address and its gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpConfig {
+    /// Address with prefix length.
+    pub ip: String,
+    /// Gateway address.
+    pub gw: String,
+}
+
+/// Public network configuration of a node, set by its farmer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicConfig {
+    /// IPv4 address and gateway.
+    pub ip4: IpConfig,
+    /// Optional IPv6 address and gateway.
+    pub ip6: Option<IpConfig>,
+    /// Optional domain served by the node's gateway.
+    pub domain: Option<String>,
+}
+
+/// A node, registered and updated by its own twin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node id (1, 2, …).
+    pub id: u32,
+    /// The farm the node belongs to.
+    pub farm_id: u32,
+    /// The node's own twin.
+    pub twin_id: u32,
+    /// Total capacity.
+    pub resources: Resources,
+    /// Location.
+    pub location: Location,
+    /// Network interfaces.
+    pub interfaces: Vec<Interface>,
+    /// Public config (set by the farmer with `SetNodePublicConfig`, or at creation).
+    pub public_config: Option<PublicConfig>,
+    /// Feature flags the node supports (e.g. `zmount`, `network`).
+    pub features: Vec<String>,
+    /// Software version the node runs.
+    pub version: String,
+    /// Whether the node runs in a VM.
+    pub virtualized: bool,
+    /// Whether the node booted with secure boot.
+    pub secure_boot: bool,
+    /// Board serial number.
+    pub serial_number: String,
+    /// Ledger time of registration (seconds).
+    pub created: u64,
+    /// Last reported uptime (seconds).
+    pub uptime: u64,
+    /// Ledger time of the last update or uptime report.
+    pub updated_at: u64,
+}
+
+/// Lifecycle of a contract: created → grace period → deleted (grace can also return to created).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractState {
+    /// Active and paid.
+    Created,
+    /// The owner could not pay since ledger time `since`; workloads should be paused.
+    GracePeriod {
+        /// Ledger time the grace period started.
+        since: u64,
+    },
+    /// Gone; `reason` is `canceled_by_user` or `out_of_funds`.
+    Deleted {
+        /// Why the contract ended.
+        reason: String,
+    },
+}
+
+impl ContractState {
+    /// Created or in grace period (the node keeps the deployment).
+    pub fn is_active(&self) -> bool {
+        !matches!(self, ContractState::Deleted { .. })
+    }
+}
+
+/// What a contract reserves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractKind {
+    /// A deployment on a node.
+    Node {
+        /// The node running the deployment.
+        node_id: u32,
+        /// `hex(md5(challenge))` of the deployment: 32 lowercase hex characters.
+        deployment_hash: String,
+        /// Free-form data for the user (≤ 512 bytes).
+        deployment_data: String,
+        /// Number of public IPv4 addresses requested.
+        public_ips: u32,
+        /// The farm addresses reserved for this contract.
+        public_ips_list: Vec<PublicIp>,
+    },
+    /// A unique gateway name.
+    Name {
+        /// The reserved name.
+        name: String,
+    },
+}
+
+/// Billing bookkeeping of one contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingInfo {
+    /// Ledger time up to which the contract has been charged (or its creation time).
+    pub last_billed: u64,
+    /// Amount due but not yet paid (carried while in grace period).
+    pub amount_unbilled: Balance,
+    /// Network bytes reported since the last successful charge.
+    pub nru_unbilled: u64,
+    /// Resources the node last reported as used by this contract.
+    pub used: Resources,
+    /// Total amount ever charged.
+    pub total_billed: Balance,
+    /// Ledger time of the next scheduled charge.
+    pub next_bill: u64,
+}
+
+/// A contract between a twin and the grid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contract {
+    /// Contract id (1, 2, …).
+    pub id: u64,
+    /// Owner twin (pays).
+    pub twin_id: u32,
+    /// Lifecycle state.
+    pub state: ContractState,
+    /// Node or name contract.
+    pub kind: ContractKind,
+    /// Ledger time of creation.
+    pub created: u64,
+    /// Billing bookkeeping.
+    pub billing: BillingInfo,
+}
+
+impl Contract {
+    /// The node of a node contract.
+    pub fn node_id(&self) -> Option<u32> {
+        match &self.kind {
+            ContractKind::Node { node_id, .. } => Some(*node_id),
+            ContractKind::Name { .. } => None,
+        }
+    }
+}
+
+/// Resources used by one contract, as reported by its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractResources {
+    /// The contract.
+    pub contract_id: u64,
+    /// Used capacity.
+    pub used: Resources,
+}
+
+/// Public network traffic of one contract over a window, as reported by its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NruConsumption {
+    /// The contract.
+    pub contract_id: u64,
+    /// Node's time of the report (seconds).
+    pub timestamp: u64,
+    /// Seconds covered by the report.
+    pub window: u64,
+    /// Bytes of public traffic.
+    pub nru: u64,
+}
+
+/// Prices, set by the council. CU/SU follow upstream's formulas (see [`crate::billing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingPolicy {
+    /// Price of one compute unit per hour.
+    pub cu_per_hour: Balance,
+    /// Price of one storage unit per hour.
+    pub su_per_hour: Balance,
+    /// Price of one GB of public traffic.
+    pub nu_per_gb: Balance,
+    /// Price of one public IPv4 address per hour.
+    pub ipv4_per_hour: Balance,
+    /// Price of one name contract per hour.
+    pub name_per_hour: Balance,
+}
+
+impl Default for PricingPolicy {
+    /// Roughly TFChain's policy 1 in units of 1e-7 TFT.
+    fn default() -> Self {
+        PricingPolicy {
+            cu_per_hour: 300_000,
+            su_per_hour: 150_000,
+            nu_per_gb: 150_000,
+            ipv4_per_hour: 50_000,
+            name_per_hour: 10_000,
+        }
+    }
+}
+
+/// The target node software version, set by the council.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZosVersion {
+    /// Version string nodes should run.
+    pub version: String,
+    /// Whether nodes may upgrade to it now.
+    pub safe_to_upgrade: bool,
+}
+
+/// A funded account at genesis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisAccount {
+    /// The account.
+    pub account: PublicKey,
+    /// Its starting balance.
+    pub balance: Balance,
+}
+
+/// The starting state of a ledger (the `--genesis FILE` JSON). Its hash identifies the ledger
+/// and is part of every signed transaction, so transactions cannot be replayed on another ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// Free text that makes two ledgers with the same accounts distinct.
+    pub chain_name: String,
+    /// Ledger time of block 0 (seconds since the Unix epoch).
+    pub timestamp: u64,
+    /// Funded accounts.
+    pub accounts: Vec<GenesisAccount>,
+    /// The governance account (target version, pricing).
+    pub council: PublicKey,
+    /// Initial prices.
+    #[serde(default)]
+    pub pricing: PricingPolicy,
+    /// Seconds of ledger time between two charges of a contract (default 3600).
+    #[serde(default = "default_billing_interval")]
+    pub billing_interval_secs: u64,
+    /// Seconds a contract may stay unpaid before it is deleted (default 14 days).
+    #[serde(default = "default_grace_period")]
+    pub grace_period_secs: u64,
+}
+
+fn default_billing_interval() -> u64 {
+    3600
+}
+
+fn default_grace_period() -> u64 {
+    14 * 24 * 3600
+}
+
+impl Genesis {
+    /// sha2-256 of the genesis JSON: the ledger's identity.
+    pub fn hash(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let json = serde_json::to_vec(self).expect("genesis always serialises");
+        sha2::Sha256::digest(&json).into()
+    }
+}
+
+/// Chain-wide facts a client needs (answer of `ledger_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerInfo {
+    /// Hex genesis hash (part of every transaction's signed bytes).
+    pub genesis_hash: String,
+    /// Chain name from genesis.
+    pub chain_name: String,
+    /// Current head height.
+    pub head: u64,
+    /// Current ledger time (seconds).
+    pub time: u64,
+    /// Whether dev calls are enabled.
+    pub dev: bool,
+    /// The council account.
+    pub council: PublicKey,
+    /// Billing interval (seconds of ledger time).
+    pub billing_interval_secs: u64,
+    /// Grace period (seconds of ledger time).
+    pub grace_period_secs: u64,
+}

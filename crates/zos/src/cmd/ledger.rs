@@ -1,0 +1,346 @@
+//! `zos ledger serve|verify` and the ledger client commands `zos twin|farm|contracts|balance`.
+//! Results are printed as JSON on stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use zos_ledger::{Call, LedgerClient, LedgerConfig, LedgerServer};
+use zos_types::crypto::{KeyPair, KeyType, PublicKey, decode_hex32};
+
+/// Ledger commands, flattened into the top-level command list.
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommands {
+    /// Run or audit the grid ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// Show or create twins.
+    #[command(subcommand)]
+    Twin(TwinCmd),
+    /// Show or create farms and their public IPs.
+    #[command(subcommand)]
+    Farm(FarmCmd),
+    /// List contracts: yours, a node's active ones, or one by id.
+    Contracts(ContractsArgs),
+    /// Show an account's balance (yours by default).
+    Balance(BalanceArgs),
+}
+
+/// `zos ledger …`
+#[derive(Subcommand, Debug)]
+pub enum LedgerCmd {
+    /// Serve a ledger (JSON-RPC over HTTP `POST /` and WebSocket `/ws`) until SIGINT/SIGTERM.
+    Serve {
+        /// Data directory (holds `ledger.redb`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Listen address, e.g. 127.0.0.1:8900.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Dev mode: dev genesis when empty, instant blocks, dev_* methods.
+        #[arg(long)]
+        dev: bool,
+        /// Genesis JSON for an empty data directory.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// Block interval in milliseconds (outside dev mode).
+        #[arg(long, default_value_t = 1000)]
+        block_interval: u64,
+    },
+    /// Replay a stopped ledger from genesis and check every link, signature, event and the state.
+    Verify {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeyTypeArg {
+    Ed25519,
+    Sr25519,
+}
+
+/// Where the ledger is and who signs.
+#[derive(Args, Debug)]
+pub struct ClientOpts {
+    /// Ledger URL.
+    #[arg(long, env = "ZOS_LEDGER", default_value = "http://127.0.0.1:8900")]
+    ledger: String,
+    /// Hex 32-byte seed of the signing key.
+    #[arg(long, env = "ZOS_KEY", hide_env_values = true)]
+    seed: Option<String>,
+    /// Scheme of the signing key.
+    #[arg(long, value_enum, default_value = "ed25519")]
+    key_type: KeyTypeArg,
+}
+
+impl ClientOpts {
+    fn client(&self) -> anyhow::Result<LedgerClient> {
+        Ok(LedgerClient::new(&self.ledger)?)
+    }
+
+    fn key(&self) -> anyhow::Result<KeyPair> {
+        let seed = self
+            .seed
+            .as_deref()
+            .context("a signing key is needed: --seed HEX or ZOS_KEY")?;
+        let kt = match self.key_type {
+            KeyTypeArg::Ed25519 => KeyType::Ed25519,
+            KeyTypeArg::Sr25519 => KeyType::Sr25519,
+        };
+        Ok(KeyPair::from_hex_seed(kt, seed)?)
+    }
+
+    /// `--account HEX` if given, else the signing key's public key.
+    fn account(&self, account: &Option<String>) -> anyhow::Result<PublicKey> {
+        match account {
+            Some(hex) => Ok(PublicKey {
+                key_type: self.key().map(|k| k.key_type()).unwrap_or(KeyType::Ed25519),
+                bytes: decode_hex32("account", hex)?,
+            }),
+            None => Ok(self.key()?.public()),
+        }
+    }
+}
+
+/// `zos twin …`
+#[derive(Subcommand, Debug)]
+pub enum TwinCmd {
+    /// Create the signing account's twin.
+    Create {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Relay address (repeatable).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        /// Hex E2E public key.
+        #[arg(long)]
+        e2e_key: Option<String>,
+    },
+    /// Show a twin by id, or the signing account's twin.
+    Show {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Twin id.
+        id: Option<u32>,
+    },
+}
+
+/// `zos farm …`
+#[derive(Subcommand, Debug)]
+pub enum FarmCmd {
+    /// Create a farm owned by the signing account's twin.
+    Create {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Unique farm name.
+        name: String,
+    },
+    /// Show a farm by id or name.
+    Show {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Farm id or name.
+        farm: String,
+    },
+    /// Add a public IPv4 address (CIDR) and its gateway to a farm's pool.
+    AddIp {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Farm id.
+        farm_id: u32,
+        /// Address with prefix, e.g. 185.69.166.10/24.
+        ip: String,
+        /// Gateway, e.g. 185.69.166.1.
+        gateway: String,
+    },
+}
+
+/// `zos contracts`
+#[derive(Args, Debug)]
+pub struct ContractsArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// Active contracts of this node instead of your own.
+    #[arg(long, conflicts_with = "id")]
+    node: Option<u32>,
+    /// One contract by id.
+    #[arg(long)]
+    id: Option<u64>,
+}
+
+/// `zos balance`
+#[derive(Args, Debug)]
+pub struct BalanceArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// Hex account key (default: the signing key's).
+    #[arg(long)]
+    account: Option<String>,
+}
+
+/// Runs a ledger command.
+pub fn run(cmd: LedgerCommands) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            LedgerCommands::Ledger(c) => ledger(c).await,
+            LedgerCommands::Twin(c) => twin(c).await,
+            LedgerCommands::Farm(c) => farm(c).await,
+            LedgerCommands::Contracts(a) => contracts(a).await,
+            LedgerCommands::Balance(a) => {
+                let account = a.opts.account(&a.account)?;
+                let acct = a.opts.client()?.account(&account).await?;
+                print(&serde_json::json!({
+                    "account": account,
+                    "balance": acct.balance,
+                    "nonce": acct.nonce,
+                }))
+            }
+        }
+    })
+}
+
+fn print<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(v)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
+    match cmd {
+        LedgerCmd::Serve {
+            data,
+            listen,
+            dev,
+            genesis,
+            block_interval,
+        } => {
+            let genesis = genesis.map(|p| zos_ledger::load_genesis(&p)).transpose()?;
+            let server = LedgerServer::bind(LedgerConfig {
+                data_dir: data,
+                listen,
+                dev,
+                genesis,
+                block_interval: Duration::from_millis(block_interval.max(1)),
+            })
+            .await?;
+            eprintln!("ledger listening on http://{}", server.local_addr());
+            server.run(shutdown_signal()).await?;
+            Ok(())
+        }
+        LedgerCmd::Verify { data } => {
+            let store = zos_ledger::open_store(&data)?;
+            let report = tokio::task::spawn_blocking(move || zos_ledger::verify(store)).await??;
+            print(&report)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn twin(cmd: TwinCmd) -> anyhow::Result<()> {
+    match cmd {
+        TwinCmd::Create {
+            opts,
+            relays,
+            e2e_key,
+        } => {
+            let receipt = opts
+                .client()?
+                .send(&opts.key()?, Call::CreateTwin { relays, e2e_key })
+                .await?;
+            print(&receipt)
+        }
+        TwinCmd::Show { opts, id } => {
+            let c = opts.client()?;
+            let twin = match id {
+                Some(id) => c.twin(id).await?,
+                None => c.twin_by_account(&opts.key()?.public()).await?,
+            };
+            match twin {
+                Some(t) => print(&t),
+                None => bail!("no such twin"),
+            }
+        }
+    }
+}
+
+async fn farm(cmd: FarmCmd) -> anyhow::Result<()> {
+    match cmd {
+        FarmCmd::Create { opts, name } => {
+            let r = opts
+                .client()?
+                .send(&opts.key()?, Call::CreateFarm { name })
+                .await?;
+            print(&r)
+        }
+        FarmCmd::Show { opts, farm } => {
+            let c = opts.client()?;
+            let found = match farm.parse::<u32>() {
+                Ok(id) => c.farm(id).await?,
+                Err(_) => c.farm_by_name(&farm).await?,
+            };
+            match found {
+                Some(f) => print(&f),
+                None => bail!("no such farm {farm:?}"),
+            }
+        }
+        FarmCmd::AddIp {
+            opts,
+            farm_id,
+            ip,
+            gateway,
+        } => {
+            let call = Call::AddFarmIp {
+                farm_id,
+                ip,
+                gateway,
+            };
+            let r = opts.client()?.send(&opts.key()?, call).await?;
+            print(&r)
+        }
+    }
+}
+
+async fn contracts(a: ContractsArgs) -> anyhow::Result<()> {
+    let c = a.opts.client()?;
+    if let Some(id) = a.id {
+        return match c.contract(id).await? {
+            Some(k) => print(&k),
+            None => bail!("no such contract {id}"),
+        };
+    }
+    if let Some(node) = a.node {
+        return print(&c.node_contracts(node).await?);
+    }
+    let me = a.opts.key()?.public();
+    let twin = c
+        .twin_by_account(&me)
+        .await?
+        .with_context(|| format!("account {me} has no twin"))?;
+    print(&c.twin_contracts(twin.id).await?)
+}
