@@ -9,6 +9,8 @@
 //! Read first: [`primitives`] (the plug-in trait), then [`engine`] and [`store`].
 #![forbid(unsafe_code)]
 
+/// The node API over RMB (`zos.*` commands).
+pub mod api;
 /// What the engine needs from the ledger (trait + test fake).
 pub mod chain;
 /// The provision engine: synchronous checks, job worker, capacity gate.
@@ -23,6 +25,8 @@ pub mod model;
 pub mod primitives;
 /// Durable engine state (redb).
 pub mod store;
+/// Host facts from /proc and /sys.
+pub mod sysinfo;
 
 pub use primitives::{
     NodeSecret, PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry,

@@ -1,0 +1,436 @@
+//! The node API over RMB (upstream `pkg/zos_api`): command names, payloads and error texts
+//! follow §5 of the reference. The caller is the authenticated RMB source twin and only ever
+//! sees its own deployments. `zos.admin.*` (also answered as `zos.network.admin.*`) is for
+//! the farm's twin; `zos.debug.*` for the configured admin twins.
+//!
+//! [`Api::dispatch`] is transport-free (tested directly); [`Api::router`] mounts it on RMB.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, EngineError, reserved_memory, reserved_ssd};
+use crate::model::{Capacity, Deployment, ResultState};
+use crate::primitives::PoolKind;
+use crate::store::StoreError;
+use crate::sysinfo;
+
+/// Every command the node answers.
+pub const COMMANDS: &[&str] = &[
+    "zos.deployment.deploy",
+    "zos.deployment.update",
+    "zos.deployment.delete",
+    "zos.deployment.get",
+    "zos.deployment.list",
+    "zos.deployment.changes",
+    "zos.statistics.get",
+    "zos.storage.pools",
+    "zos.network.list_wg_ports",
+    "zos.network.public_config_get",
+    "zos.network.interfaces",
+    "zos.network.has_ipv6",
+    "zos.network.list_public_ips",
+    "zos.network.list_private_ips",
+    "zos.system.version",
+    "zos.system.dmi",
+    "zos.system.hypervisor",
+    "zos.system.diagnostics",
+    "zos.system.node_features_get",
+    "zos.admin.interfaces",
+    "zos.admin.get_public_nic",
+    "zos.admin.set_public_nic",
+    "zos.network.admin.interfaces",
+    "zos.network.admin.get_public_nic",
+    "zos.network.admin.set_public_nic",
+    "zos.debug.deployment.list",
+    "zos.debug.deployment.get",
+    "zos.debug.deployment.history",
+];
+
+/// An API error: an HTTP-like code and the message the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// 400 bad request, 401 not allowed, 404 not found, 500 internal, 503 not ready.
+    pub code: u32,
+    /// Message (upstream text where one exists).
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: u32, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Store(StoreError::NotFound { .. }) => 404,
+            EngineError::Store(StoreError::Db { .. } | StoreError::Corrupt { .. }) => 500,
+            EngineError::Chain(_) => 503,
+            _ => 400,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// Status of a long-running loop, for `zos.system.diagnostics`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleStatus {
+    /// `running`, `idle`, `error`, `stopped`.
+    pub status: String,
+    /// Last error, empty when none.
+    pub error: String,
+}
+
+/// Node facts the API and the loops share.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// Farm id given at start.
+    pub farm_id: u32,
+    /// The node's own twin (0 until registered).
+    pub twin_id: AtomicU32,
+    /// The farm's twin (0 until known): may call `zos.admin.*`.
+    pub farm_twin: AtomicU32,
+    /// Twins allowed to call `zos.debug.*`.
+    pub admin_twins: Vec<u32>,
+    /// Public config from the ledger (upstream JSON shape), if any.
+    pub public_config: RwLock<Option<Value>>,
+    /// Loop statuses by name.
+    pub modules: Mutex<BTreeMap<String, ModuleStatus>>,
+}
+
+impl NodeState {
+    /// Records a loop's status.
+    pub fn set_module(&self, name: &str, status: &str, error: impl Into<String>) {
+        self.modules.lock().expect("module status lock").insert(
+            name.to_string(),
+            ModuleStatus {
+                status: status.to_string(),
+                error: error.into(),
+            },
+        );
+    }
+}
+
+#[derive(Deserialize)]
+struct ContractArg {
+    contract_id: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DebugListArg {
+    twin_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct DebugGetArg {
+    deployment: String,
+}
+
+#[derive(Deserialize)]
+struct NetworkNameArg {
+    network_name: String,
+}
+
+fn arg<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::new(400, format!("invalid request payload: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::new(500, e.to_string()))
+}
+
+/// The API over one engine.
+#[derive(Debug, Clone)]
+pub struct Api {
+    engine: Engine,
+    state: Arc<NodeState>,
+}
+
+impl Api {
+    /// Builds the API.
+    pub fn new(engine: Engine, state: Arc<NodeState>) -> Self {
+        Api { engine, state }
+    }
+
+    /// Handles one command from `source`.
+    pub async fn dispatch(
+        &self,
+        source: u32,
+        command: &str,
+        payload: Value,
+    ) -> Result<Value, ApiError> {
+        let cmd = command.replacen("zos.network.admin.", "zos.admin.", 1);
+        match cmd.as_str() {
+            "zos.deployment.deploy" | "zos.deployment.update" => {
+                let bytes =
+                    serde_json::to_vec(&payload).map_err(|e| ApiError::new(400, e.to_string()))?;
+                let dl = Deployment::from_json(&bytes)
+                    .map_err(|e| ApiError::new(400, format!("invalid deployment: {e}")))?;
+                if cmd == "zos.deployment.deploy" {
+                    self.engine.deploy(source, dl).await?;
+                } else {
+                    self.engine.update(source, dl).await?;
+                }
+                Ok(Value::Null)
+            }
+            "zos.deployment.delete" => Err(EngineError::DeleteDisabled.into()),
+            "zos.deployment.get" => {
+                let a: ContractArg = arg(payload)?;
+                to_value(&self.engine.get(source, a.contract_id)?)
+            }
+            "zos.deployment.list" => to_value(&self.engine.list(source)?),
+            "zos.deployment.changes" => {
+                let a: ContractArg = arg(payload)?;
+                to_value(&self.engine.changes(source, a.contract_id)?)
+            }
+            "zos.statistics.get" => self.statistics().await,
+            "zos.storage.pools" => to_value(&self.pools().await),
+            "zos.network.list_wg_ports" => Ok(json!([])),
+            "zos.network.public_config_get" => {
+                match self
+                    .state
+                    .public_config
+                    .read()
+                    .expect("public config lock")
+                    .clone()
+                {
+                    Some(v) => Ok(v),
+                    None => Err(ApiError::new(404, "no public configuration")),
+                }
+            }
+            "zos.network.interfaces" => Ok(json!({ "zos": sysinfo::host_ips(), "ygg": [] })),
+            "zos.network.has_ipv6" => Ok(json!(sysinfo::has_global_ipv6())),
+            "zos.network.list_public_ips" => self.public_ips(),
+            "zos.network.list_private_ips" => {
+                let a: NetworkNameArg = arg(payload)?;
+                self.private_ips(source, &a.network_name)
+            }
+            "zos.system.version" => Ok(json!({ "zos": env!("CARGO_PKG_VERSION"), "zinit": "" })),
+            "zos.system.dmi" => Ok(sysinfo::dmi()),
+            "zos.system.hypervisor" => Ok(json!(sysinfo::hypervisor())),
+            "zos.system.diagnostics" => Ok(self.diagnostics()),
+            "zos.system.node_features_get" => to_value(&self.engine.registry().features()),
+            c if c.starts_with("zos.admin.") => {
+                let farm_twin = self.state.farm_twin.load(Ordering::Relaxed);
+                if farm_twin == 0 || source != farm_twin {
+                    return Err(ApiError::new(
+                        401,
+                        "unauthorized: only the farm's twin may call admin commands",
+                    ));
+                }
+                match c {
+                    "zos.admin.interfaces" => Ok(sysinfo::interfaces()),
+                    "zos.admin.get_public_nic" => {
+                        Ok(json!({ "is_single": true, "is_dual": false, "dual_interface": "" }))
+                    }
+                    "zos.admin.set_public_nic" => Err(ApiError::new(
+                        400,
+                        "setting a public nic is not supported: this node has no public network bridge yet",
+                    )),
+                    _ => Err(ApiError::new(404, format!("unknown command {command}"))),
+                }
+            }
+            c if c.starts_with("zos.debug.") => {
+                if !self.state.admin_twins.contains(&source) {
+                    return Err(ApiError::new(
+                        401,
+                        "unauthorized: debug commands are for admin twins",
+                    ));
+                }
+                self.debug(c, payload)
+            }
+            _ => Err(ApiError::new(404, format!("unknown command {command}"))),
+        }
+    }
+
+    async fn pools(&self) -> Vec<crate::primitives::PoolUsage> {
+        match self.engine.registry().pool_reporter() {
+            Some(r) => r.pools().await,
+            None => Vec::new(),
+        }
+    }
+
+    async fn statistics(&self) -> Result<Value, ApiError> {
+        let host = self.engine.host();
+        let pools = self.pools().await;
+        let sum = |k: PoolKind| {
+            pools
+                .iter()
+                .filter(|p| p.kind == k)
+                .map(|p| p.size)
+                .sum::<u64>()
+        };
+        let total = Capacity {
+            cru: host.cores,
+            sru: sum(PoolKind::Ssd),
+            hru: sum(PoolKind::Hdd),
+            mru: host.memory,
+            ipv4u: 0,
+        };
+        let system = Capacity {
+            sru: reserved_ssd(total.sru),
+            mru: reserved_memory(host.memory),
+            ..Capacity::default()
+        };
+        let (users, mut used) = self.engine.usage();
+        used += system;
+        Ok(json!({
+            "total": total,
+            "used": used,
+            "system": system,
+            "users": users,
+            "open_connections": 0,
+        }))
+    }
+
+    fn public_ips(&self) -> Result<Value, ApiError> {
+        let mut out = Vec::new();
+        for r in self.engine.store().list(None).map_err(EngineError::from)? {
+            for w in r.deployment.workloads {
+                let t = w.workload_type.as_str();
+                if (t == "ip" || t == "ipv4") && w.result.state == ResultState::Ok {
+                    if let Some(ip) = w.result.data.get("ip").and_then(Value::as_str) {
+                        if !ip.is_empty() {
+                            out.push(ip.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(json!(out))
+    }
+
+    fn private_ips(&self, twin: u32, network: &str) -> Result<Value, ApiError> {
+        let mut out = Vec::new();
+        for r in self
+            .engine
+            .store()
+            .list(Some(twin))
+            .map_err(EngineError::from)?
+        {
+            for w in r.deployment.workloads {
+                let t = w.workload_type.as_str();
+                if t != "zmachine" && t != "zmachine-light" {
+                    continue;
+                }
+                let ifaces = w.data["network"]["interfaces"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for i in ifaces {
+                    if i["network"] == json!(network) {
+                        if let Some(ip) = i["ip"].as_str() {
+                            out.push(ip.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(json!(out))
+    }
+
+    fn diagnostics(&self) -> Value {
+        let modules = self
+            .state
+            .modules
+            .lock()
+            .expect("module status lock")
+            .clone();
+        let healthy = modules
+            .values()
+            .all(|m| m.status != "error" && m.status != "stopped");
+        json!({
+            "system_status_ok": healthy,
+            "modules": modules,
+            "healthy": healthy,
+        })
+    }
+
+    fn debug(&self, cmd: &str, payload: Value) -> Result<Value, ApiError> {
+        match cmd {
+            "zos.debug.deployment.list" => {
+                let a: DebugListArg = if payload.is_null() {
+                    DebugListArg::default()
+                } else {
+                    arg(payload)?
+                };
+                let all = self
+                    .engine
+                    .store()
+                    .list(a.twin_id)
+                    .map_err(EngineError::from)?;
+                let deployments: Vec<Value> = all
+                    .into_iter()
+                    .map(|r| {
+                        let d = r.deployment;
+                        json!({
+                            "twin_id": d.twin_id,
+                            "contract_id": d.contract_id,
+                            "workloads": d.workloads.iter().map(|w| json!({
+                                "type": w.workload_type, "name": w.name, "state": w.result.state,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "deployments": deployments }))
+            }
+            "zos.debug.deployment.get" | "zos.debug.deployment.history" => {
+                let a: DebugGetArg = arg(payload)?;
+                let (twin, contract) = a
+                    .deployment
+                    .split_once(':')
+                    .and_then(|(t, c)| Some((t.parse::<u32>().ok()?, c.parse::<u64>().ok()?)))
+                    .ok_or_else(|| ApiError::new(400, "deployment must be '<twin>:<contract>'"))?;
+                let d = self.engine.get(twin, contract)?;
+                if cmd.ends_with(".get") {
+                    return Ok(json!({ "deployment": d }));
+                }
+                let history: Vec<Value> = self
+                    .engine
+                    .changes(twin, contract)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(seq, w)| {
+                        json!({
+                            "seq": seq + 1, "type": w.workload_type, "name": w.name,
+                            "created": w.result.created, "state": w.result.state,
+                            "message": w.result.error,
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "deployment": d, "history": history }))
+            }
+            _ => Err(ApiError::new(404, format!("unknown command {cmd}"))),
+        }
+    }
+
+    /// An RMB router answering every command in [`COMMANDS`].
+    pub fn router(&self) -> zos_rmb::Router {
+        let mut r = zos_rmb::Router::new();
+        for cmd in COMMANDS {
+            let api = self.clone();
+            let name = cmd.to_string();
+            r.handle(cmd, move |ctx: zos_rmb::RequestContext, payload: Value| {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    api.dispatch(ctx.source, &name, payload)
+                        .await
+                        .map_err(|e| zos_rmb::HandlerError::new(e.code, e.message))
+                }
+            });
+        }
+        r
+    }
+}
