@@ -1,0 +1,469 @@
+//! Typed commands: turns the argument list of one request into a [`Command`].
+//!
+//! Names match case-insensitively and exactly (upstream's prefix matching, where `S` runs
+//! `SET`, is not copied). Argument-count errors use upstream's texts.
+
+use bytes::Bytes;
+
+use crate::Mode;
+
+/// Longest namespace name, as upstream.
+pub const MAX_NS_NAME: usize = 128;
+/// Most keys in one MGET, as upstream.
+pub const MAX_MGET: usize = 1023;
+
+/// How `AUTH` authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthArg {
+    /// `AUTH <password>`
+    Plain(Bytes),
+    /// `AUTH SECURE CHALLENGE`
+    Challenge,
+    /// `AUTH SECURE <sha1hex>`
+    Secure(Bytes),
+}
+
+/// How `SELECT` authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectAuth {
+    /// No password.
+    None,
+    /// `SELECT ns <password>`
+    Plain(Bytes),
+    /// `SELECT ns SECURE <sha1hex>`
+    Secure(Bytes),
+}
+
+/// A namespace property changed by `NSSET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NsProp {
+    /// Payload byte limit, 0 = unlimited.
+    MaxSize(u64),
+    /// `None` clears the password (`*`).
+    Password(Option<String>),
+    /// Public namespaces can be read without the password.
+    Public(bool),
+    /// Write once, read many: no overwrite, no delete.
+    Worm(bool),
+    /// Index mode, only on an empty namespace.
+    Mode(Mode),
+    /// Read-only.
+    Lock(bool),
+    /// No access at all.
+    Freeze(bool),
+    /// Secret for encryption at rest (raw bytes decoded from hex).
+    EncryptionKey(Vec<u8>),
+}
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Variants are the commands of the protocol, documented in docs/zdb.md.
+pub enum Command {
+    Ping,
+    Echo(Bytes),
+    Time,
+    Auth(AuthArg),
+    Info,
+    Stop,
+    Set {
+        key: Bytes,
+        value: Bytes,
+        timestamp: Option<u32>,
+    },
+    Get(Bytes),
+    MGet(Vec<Bytes>),
+    Del(Bytes),
+    Exists(Bytes),
+    Check(Bytes),
+    Length(Bytes),
+    KeyTime(Bytes),
+    KeyCur(Bytes),
+    Scan(Option<Bytes>),
+    RScan(Option<Bytes>),
+    KScan(Bytes),
+    History {
+        key: Bytes,
+        cursor: Option<Bytes>,
+    },
+    DbSize,
+    NsNew(String),
+    NsDel(String),
+    NsList,
+    NsInfo(String),
+    NsSet {
+        ns: String,
+        prop: NsProp,
+    },
+    NsJump,
+    Select {
+        ns: String,
+        auth: SelectAuth,
+    },
+    Flush,
+    Wait {
+        command: String,
+        timeout_ms: u64,
+    },
+    IndexDirty {
+        reset: bool,
+    },
+    DataRaw {
+        fileid: u32,
+        offset: u32,
+    },
+}
+
+impl Command {
+    /// Upper-case name, used by `WAIT` and statistics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "PING",
+            Command::Echo(_) => "ECHO",
+            Command::Time => "TIME",
+            Command::Auth(_) => "AUTH",
+            Command::Info => "INFO",
+            Command::Stop => "STOP",
+            Command::Set { .. } => "SET",
+            Command::Get(_) => "GET",
+            Command::MGet(_) => "MGET",
+            Command::Del(_) => "DEL",
+            Command::Exists(_) => "EXISTS",
+            Command::Check(_) => "CHECK",
+            Command::Length(_) => "LENGTH",
+            Command::KeyTime(_) => "KEYTIME",
+            Command::KeyCur(_) => "KEYCUR",
+            Command::Scan(_) => "SCAN",
+            Command::RScan(_) => "RSCAN",
+            Command::KScan(_) => "KSCAN",
+            Command::History { .. } => "HISTORY",
+            Command::DbSize => "DBSIZE",
+            Command::NsNew(_) => "NSNEW",
+            Command::NsDel(_) => "NSDEL",
+            Command::NsList => "NSLIST",
+            Command::NsInfo(_) => "NSINFO",
+            Command::NsSet { .. } => "NSSET",
+            Command::NsJump => "NSJUMP",
+            Command::Select { .. } => "SELECT",
+            Command::Flush => "FLUSH",
+            Command::Wait { .. } => "WAIT",
+            Command::IndexDirty { .. } => "INDEX",
+            Command::DataRaw { .. } => "DATA",
+        }
+    }
+}
+
+/// Names accepted by `WAIT` (plus `*`).
+pub const COMMAND_NAMES: &[&str] = &[
+    "PING", "ECHO", "TIME", "AUTH", "INFO", "STOP", "SET", "SETX", "GET", "MGET", "DEL", "EXISTS",
+    "CHECK", "LENGTH", "KEYTIME", "KEYCUR", "SCAN", "SCANX", "RSCAN", "KSCAN", "HISTORY", "DBSIZE",
+    "NSNEW", "NSDEL", "NSLIST", "NSINFO", "NSSET", "NSJUMP", "SELECT", "FLUSH", "WAIT", "INDEX",
+    "DATA",
+];
+
+/// A request that is well framed but not a valid command; the text is the error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub &'static str);
+
+const UNEXPECTED: CommandError = CommandError("Unexpected arguments");
+
+fn expect_args(args: &[Bytes], n: usize) -> Result<(), CommandError> {
+    if args.len() == n {
+        Ok(())
+    } else {
+        Err(UNEXPECTED)
+    }
+}
+
+fn ns_name(b: &Bytes) -> Result<String, CommandError> {
+    if b.len() > MAX_NS_NAME {
+        return Err(CommandError("Namespace too long"));
+    }
+    String::from_utf8(b.to_vec()).map_err(|_| CommandError("This name is not allowed"))
+}
+
+fn ascii_str(b: &[u8]) -> Result<&str, CommandError> {
+    std::str::from_utf8(b).map_err(|_| CommandError("Invalid argument"))
+}
+
+fn flag(b: &[u8]) -> bool {
+    b.first() == Some(&b'1')
+}
+
+fn parse_u64(b: &[u8], err: &'static str) -> Result<u64, CommandError> {
+    ascii_str(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(CommandError(err))
+}
+
+/// Parses the arguments of one request (the first is the command name).
+pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
+    let Some(name) = args.first() else {
+        return Err(CommandError("Command not supported"));
+    };
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let one = |n: usize| expect_args(args, n).map(|()| args[1].clone());
+    let cmd = if is("GET") {
+        Command::Get(one(2)?)
+    } else if is("SET") || is("SETX") {
+        let timestamp = match args.len() {
+            3 => None,
+            4 => Some(
+                u32::try_from(parse_u64(&args[3], "Invalid timestamp")?)
+                    .map_err(|_| CommandError("Invalid timestamp"))?,
+            ),
+            _ => return Err(UNEXPECTED),
+        };
+        Command::Set {
+            key: args[1].clone(),
+            value: args[2].clone(),
+            timestamp,
+        }
+    } else if is("PING") {
+        Command::Ping
+    } else if is("ECHO") {
+        Command::Echo(one(2)?)
+    } else if is("TIME") {
+        Command::Time
+    } else if is("AUTH") {
+        match args.len() {
+            2 => Command::Auth(AuthArg::Plain(args[1].clone())),
+            3 if args[1].eq_ignore_ascii_case(b"SECURE") => {
+                if args[2].eq_ignore_ascii_case(b"CHALLENGE") {
+                    Command::Auth(AuthArg::Challenge)
+                } else {
+                    Command::Auth(AuthArg::Secure(args[2].clone()))
+                }
+            }
+            _ => return Err(UNEXPECTED),
+        }
+    } else if is("INFO") {
+        Command::Info
+    } else if is("STOP") {
+        Command::Stop
+    } else if is("MGET") {
+        if args.len() < 2 {
+            return Err(UNEXPECTED);
+        }
+        if args.len() - 1 > MAX_MGET {
+            return Err(CommandError("Too many keys (at most 1023)"));
+        }
+        Command::MGet(args[1..].to_vec())
+    } else if is("DEL") {
+        Command::Del(one(2)?)
+    } else if is("EXISTS") {
+        Command::Exists(one(2)?)
+    } else if is("CHECK") {
+        Command::Check(one(2)?)
+    } else if is("LENGTH") {
+        Command::Length(one(2)?)
+    } else if is("KEYTIME") {
+        Command::KeyTime(one(2)?)
+    } else if is("KEYCUR") {
+        Command::KeyCur(one(2)?)
+    } else if is("SCAN") || is("SCANX") || is("RSCAN") {
+        let cursor = match args.len() {
+            1 => None,
+            2 => Some(args[1].clone()),
+            _ => return Err(UNEXPECTED),
+        };
+        if is("RSCAN") {
+            Command::RScan(cursor)
+        } else {
+            Command::Scan(cursor)
+        }
+    } else if is("KSCAN") {
+        Command::KScan(one(2)?)
+    } else if is("HISTORY") {
+        match args.len() {
+            2 | 3 => Command::History {
+                key: args[1].clone(),
+                cursor: args.get(2).cloned(),
+            },
+            _ => return Err(CommandError("Invalid arguments")),
+        }
+    } else if is("DBSIZE") {
+        Command::DbSize
+    } else if is("NSNEW") {
+        Command::NsNew(ns_name(&one(2)?)?)
+    } else if is("NSDEL") {
+        Command::NsDel(ns_name(&one(2)?)?)
+    } else if is("NSLIST") {
+        Command::NsList
+    } else if is("NSINFO") {
+        Command::NsInfo(ns_name(&one(2)?)?)
+    } else if is("NSSET") {
+        expect_args(args, 4)?;
+        Command::NsSet {
+            ns: ns_name(&args[1])?,
+            prop: parse_prop(&args[2], &args[3])?,
+        }
+    } else if is("NSJUMP") {
+        Command::NsJump
+    } else if is("SELECT") {
+        let auth = match args.len() {
+            2 => SelectAuth::None,
+            3 => SelectAuth::Plain(args[2].clone()),
+            4 if args[2].eq_ignore_ascii_case(b"SECURE") => SelectAuth::Secure(args[3].clone()),
+            _ => return Err(CommandError("Invalid argument")),
+        };
+        Command::Select {
+            ns: ns_name(&args[1])?,
+            auth,
+        }
+    } else if is("FLUSH") {
+        Command::Flush
+    } else if is("WAIT") {
+        parse_wait(args)?
+    } else if is("INDEX") {
+        match args.len() {
+            2 if args[1].eq_ignore_ascii_case(b"DIRTY") => Command::IndexDirty { reset: false },
+            3 if args[1].eq_ignore_ascii_case(b"DIRTY")
+                && args[2].eq_ignore_ascii_case(b"RESET") =>
+            {
+                Command::IndexDirty { reset: true }
+            }
+            _ => return Err(CommandError("Unknown INDEX subcommand")),
+        }
+    } else if is("DATA") {
+        if args.len() != 4 || !args[1].eq_ignore_ascii_case(b"RAW") {
+            return Err(CommandError("Unknown DATA subcommand"));
+        }
+        let fileid = u32::try_from(parse_u64(&args[2], "Invalid fileid")?)
+            .map_err(|_| CommandError("Invalid fileid"))?;
+        let offset = u32::try_from(parse_u64(&args[3], "Invalid offset")?)
+            .map_err(|_| CommandError("Invalid offset"))?;
+        Command::DataRaw { fileid, offset }
+    } else {
+        return Err(CommandError("Command not supported"));
+    };
+    Ok(cmd)
+}
+
+fn parse_wait(args: &[Bytes]) -> Result<Command, CommandError> {
+    if args.len() != 2 && args.len() != 3 {
+        return Err(CommandError("Invalid arguments"));
+    }
+    let want = ascii_str(&args[1])?.to_ascii_uppercase();
+    let command = match want.as_str() {
+        "*" => "*".to_string(),
+        "SETX" => "SET".to_string(),
+        "SCANX" => "SCAN".to_string(),
+        w if COMMAND_NAMES.contains(&w) => want,
+        _ => return Err(CommandError("Unknown command to watch")),
+    };
+    let timeout_ms = match args.get(2) {
+        None => 5000,
+        Some(t) => {
+            let t = parse_u64(t, "Invalid timeout")?;
+            if !(100..=30 * 60 * 1000).contains(&t) {
+                return Err(CommandError("Invalid timeout"));
+            }
+            t
+        }
+    };
+    Ok(Command::Wait {
+        command,
+        timeout_ms,
+    })
+}
+
+fn parse_prop(prop: &[u8], value: &[u8]) -> Result<NsProp, CommandError> {
+    let prop = ascii_str(prop)?.to_ascii_lowercase();
+    if prop == "encryption-key" {
+        let key = hex::decode(value).map_err(|_| CommandError("Invalid value"))?;
+        if !(16..=64).contains(&key.len()) {
+            return Err(CommandError("Invalid value (16 to 64 bytes, hex encoded)"));
+        }
+        return Ok(NsProp::EncryptionKey(key));
+    }
+    if value.len() > 63 {
+        return Err(CommandError("Invalid value"));
+    }
+    let text = ascii_str(value)?;
+    Ok(match prop.as_str() {
+        "maxsize" => NsProp::MaxSize(parse_u64(value, "Invalid value")?),
+        "password" => NsProp::Password((text != "*").then(|| text.to_string())),
+        "public" => NsProp::Public(flag(value)),
+        "worm" => NsProp::Worm(flag(value)),
+        "lock" => NsProp::Lock(flag(value)),
+        "freeze" => NsProp::Freeze(flag(value)),
+        "mode" => NsProp::Mode(match text {
+            "user" => Mode::User,
+            "seq" => Mode::Seq,
+            _ => return Err(CommandError("Unsupported mode")),
+        }),
+        _ => return Err(CommandError("Invalid property")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, CommandError> {
+        let v: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        parse(&v)
+    }
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(p(&["ping"]), Ok(Command::Ping));
+        assert_eq!(p(&["get", "k"]), Ok(Command::Get(Bytes::from_static(b"k"))));
+        assert_eq!(p(&["get"]), Err(UNEXPECTED));
+        assert_eq!(
+            p(&["S", "k", "v"]),
+            Err(CommandError("Command not supported"))
+        );
+        assert_eq!(
+            p(&["AUTH", "secure", "challenge"]),
+            Ok(Command::Auth(AuthArg::Challenge))
+        );
+        assert_eq!(
+            p(&["NSSET", "a", "mode", "seq"]),
+            Ok(Command::NsSet {
+                ns: "a".into(),
+                prop: NsProp::Mode(Mode::Seq)
+            })
+        );
+        assert_eq!(
+            p(&["NSSET", "a", "password", "*"]),
+            Ok(Command::NsSet {
+                ns: "a".into(),
+                prop: NsProp::Password(None)
+            })
+        );
+        assert_eq!(
+            p(&["WAIT", "setx"]),
+            Ok(Command::Wait {
+                command: "SET".into(),
+                timeout_ms: 5000
+            })
+        );
+        assert_eq!(
+            p(&["WAIT", "SET", "99"]),
+            Err(CommandError("Invalid timeout"))
+        );
+        assert_eq!(
+            p(&["WAIT", "NOPE"]),
+            Err(CommandError("Unknown command to watch"))
+        );
+        assert_eq!(
+            p(&["DATA", "RAW", "1", "28"]),
+            Ok(Command::DataRaw {
+                fileid: 1,
+                offset: 28
+            })
+        );
+        assert!(p(&["SET", "k", "v", "notanumber"]).is_err());
+        assert!(p(&["NSSET", "a", "encryption-key", "zz"]).is_err());
+        assert_eq!(
+            p(&["INDEX", "DIRTY", "RESET"]),
+            Ok(Command::IndexDirty { reset: true })
+        );
+    }
+}

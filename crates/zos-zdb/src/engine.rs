@@ -1,0 +1,272 @@
+//! The engine: all namespaces of one server, their directories, and group commit.
+//!
+//! Group commit (`--sync`): every connection flushes its appends to the kernel, reads the
+//! flush epoch, and waits for [`Engine::sync_upto`] that epoch before replying. One task at
+//! a time runs the fsyncs for *all* data files written since the previous round, so the
+//! writes of many connections and whole pipelines share one fsync.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::descriptor::Descriptor;
+use crate::namespace::Namespace;
+use crate::store::StoreError;
+use crate::{Mode, ZdbError};
+
+/// The namespace every connection starts in.
+pub const DEFAULT_NS: &str = "default";
+
+/// Storage settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Root of the data files.
+    pub data_dir: PathBuf,
+    /// Root of the index files and descriptors.
+    pub index_dir: PathBuf,
+    /// Fixed mode for every namespace, or `None` for per-namespace mode (default user).
+    pub mode: Option<Mode>,
+    /// fsync before acknowledging writes.
+    pub sync: bool,
+    /// Data file rotation size in bytes.
+    pub datasize: u64,
+}
+
+#[derive(Default)]
+struct Syncer {
+    /// Bumped after each flush that wrote bytes (after registering the files).
+    flushed: AtomicU64,
+    /// Highest epoch known to be on disk.
+    synced: AtomicU64,
+    /// Data files written since the last fsync round.
+    dirty: Mutex<Vec<Arc<File>>>,
+    /// Serialises fsync rounds.
+    round: tokio::sync::Mutex<()>,
+}
+
+/// All namespaces and the storage policy.
+pub struct Engine {
+    cfg: EngineConfig,
+    namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
+    syncer: Syncer,
+}
+
+/// Namespace names that map safely to one directory.
+pub fn valid_ns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::command::MAX_NS_NAME
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+}
+
+impl Engine {
+    /// Opens every namespace found under the index directory (creating `default`).
+    pub fn open(cfg: EngineConfig) -> Result<Engine, ZdbError> {
+        for dir in [&cfg.data_dir, &cfg.index_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| {
+                ZdbError::Store(StoreError::Io {
+                    op: "mkdir",
+                    path: dir.clone(),
+                    source,
+                })
+            })?;
+        }
+        let mut names = vec![DEFAULT_NS.to_string()];
+        let entries = std::fs::read_dir(&cfg.index_dir).map_err(|source| {
+            ZdbError::Store(StoreError::Io {
+                op: "read dir",
+                path: cfg.index_dir.clone(),
+                source,
+            })
+        })?;
+        for ent in entries.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name != DEFAULT_NS
+                && valid_ns_name(&name)
+                && ent.path().join(crate::descriptor::DESCRIPTOR_FILE).exists()
+            {
+                names.push(name);
+            }
+        }
+        let engine = Engine {
+            cfg,
+            namespaces: RwLock::new(BTreeMap::new()),
+            syncer: Syncer::default(),
+        };
+        for name in names {
+            let ns = engine.open_ns(&name)?;
+            engine.write_map().insert(name, Arc::new(ns));
+        }
+        Ok(engine)
+    }
+
+    fn open_ns(&self, name: &str) -> Result<Namespace, ZdbError> {
+        let desc = Descriptor {
+            mode: self.cfg.mode.unwrap_or_default(),
+            ..Descriptor::default()
+        };
+        let ns = Namespace::open(
+            name,
+            self.cfg.data_dir.join(name),
+            self.cfg.index_dir.join(name),
+            self.cfg.datasize,
+            desc,
+        )
+        .map_err(|source| ZdbError::Namespace {
+            name: name.to_string(),
+            source,
+        })?;
+        if let Some(mode) = self.cfg.mode {
+            let mut st = ns.lock();
+            if st.desc.mode != mode {
+                if !st.is_pristine() {
+                    return Err(ZdbError::Config(format!(
+                        "namespace {name} holds {} data but the server runs in --mode {}",
+                        st.desc.mode.name(),
+                        mode.name()
+                    )));
+                }
+                st.set_mode(mode);
+            }
+        }
+        Ok(ns)
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Namespace>>> {
+        self.namespaces.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Namespace>>> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// A namespace by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.read_map().get(name).cloned()
+    }
+
+    /// The `default` namespace.
+    pub fn default_ns(&self) -> Arc<Namespace> {
+        self.get(DEFAULT_NS)
+            .expect("the default namespace is created at open and cannot be deleted")
+    }
+
+    /// Names, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.read_map().keys().cloned().collect()
+    }
+
+    /// Creates a namespace (`NSNEW`). `Ok(false)` if it exists.
+    pub fn create(&self, name: &str) -> Result<bool, ZdbError> {
+        if self.get(name).is_some() {
+            return Ok(false);
+        }
+        let ns = self.open_ns(name)?;
+        let mut map = self.write_map();
+        if map.contains_key(name) {
+            return Ok(false);
+        }
+        map.insert(name.to_string(), Arc::new(ns));
+        Ok(true)
+    }
+
+    /// Deletes a namespace and its files (`NSDEL`). `Ok(false)` if it does not exist.
+    pub fn delete(&self, name: &str) -> Result<bool, ZdbError> {
+        let Some(ns) = self.write_map().remove(name) else {
+            return Ok(false);
+        };
+        ns.mark_deleted();
+        // Hold the state lock so that no command is half-way through while files go away.
+        let _st = ns.lock();
+        for dir in [&ns.data_dir, &ns.index_dir] {
+            remove_dir(dir).map_err(|source| ZdbError::Namespace {
+                name: name.to_string(),
+                source,
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Flushes a namespace's buffered appends and registers its files for the next fsync
+    /// round. Returns the epoch to wait for with [`Engine::sync_upto`].
+    pub fn flush(&self, ns: &Namespace) -> Result<u64, StoreError> {
+        let mut st = ns.lock();
+        let wrote = st.store.flush()?;
+        if wrote && self.cfg.sync {
+            let files = st.store.take_written();
+            let mut dirty = self.syncer.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            for f in files {
+                if !dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
+                    dirty.push(f);
+                }
+            }
+            drop(dirty);
+            return Ok(self.syncer.flushed.fetch_add(1, Ordering::SeqCst) + 1);
+        }
+        Ok(self.syncer.flushed.load(Ordering::SeqCst))
+    }
+
+    /// Waits until everything flushed up to `epoch` is on disk (no-op without `--sync`).
+    pub async fn sync_upto(&self, epoch: u64) -> Result<(), StoreError> {
+        if !self.cfg.sync || self.syncer.synced.load(Ordering::SeqCst) >= epoch {
+            return Ok(());
+        }
+        let _round = self.syncer.round.lock().await;
+        if self.syncer.synced.load(Ordering::SeqCst) >= epoch {
+            return Ok(());
+        }
+        let target = self.syncer.flushed.load(Ordering::SeqCst);
+        let files =
+            std::mem::take(&mut *self.syncer.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        let res = tokio::task::spawn_blocking(move || {
+            for f in &files {
+                f.sync_data()?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        res.map_err(|source| StoreError::Io {
+            op: "fsync",
+            path: PathBuf::from("<group commit>"),
+            source,
+        })?;
+        self.syncer.synced.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Flushes and fsyncs every namespace (shutdown).
+    pub fn close(&self) -> Result<(), ZdbError> {
+        for ns in self.read_map().values() {
+            ns.lock()
+                .store
+                .sync_all()
+                .map_err(|source| ZdbError::Namespace {
+                    name: ns.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+            op: "remove",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

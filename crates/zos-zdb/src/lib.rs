@@ -1,0 +1,156 @@
+//! ZeroDB: a key-value store compatible with threefoldtech/0-db clients.
+//!
+//! It speaks RESP over TCP and a unix socket with 0-db's command set (namespaces, user and
+//! seq modes, history, scans, admin and namespace passwords, secure challenge), stores each
+//! namespace in append-only data files with a CRC per entry plus index files, and adds
+//! per-namespace encryption at rest, group commit for `--sync` and bounded per-connection
+//! memory. Formats, commands and every difference from upstream: `docs/zdb.md`.
+//!
+//! Layers, each testable alone (read in this order):
+//! [`resp`] (bytes ↔ requests/replies) → [`command`] (typed [`Command`]) → [`session`]
+//! (rights, command execution) → [`engine`] / [`namespace`] / [`store`] (storage, no sockets)
+//! → [`server`] (tokio sockets). Embedding: [`ServerConfig`] → [`Server::bind`] →
+//! [`Server::run`].
+//!
+//! Limits: keys ≤ 255 bytes, one request ≤ 8 MiB of payload and ≤ 1024 arguments, data files
+//! ≤ 4 GiB (`--datasize`), all keys of a user-mode namespace are held in RAM.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Typed commands parsed from requests.
+pub mod command;
+/// Value encryption at rest (ChaCha20-Poly1305, HKDF-SHA256).
+pub mod crypto;
+/// The persistent namespace descriptor.
+pub mod descriptor;
+/// All namespaces, group commit.
+pub mod engine;
+/// On-disk record layouts (file headers, data and index entries).
+pub mod format;
+/// A namespace: descriptor, in-memory index, operations.
+pub mod namespace;
+/// Request/reply codec with hard limits (pure).
+pub mod resp;
+/// TCP/unix listeners and connection tasks.
+pub mod server;
+/// Per-connection rights and command execution.
+pub mod session;
+/// Data and index files of one namespace: append, read, rotate, recover.
+pub mod store;
+
+pub use command::Command;
+pub use server::Server;
+
+/// Index mode of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Mode {
+    /// Key-value: user-chosen binary keys, all held in RAM.
+    #[default]
+    User = 0,
+    /// Sequential: the server assigns 8-byte little-endian ids.
+    Seq = 1,
+}
+
+impl Mode {
+    /// `user` / `seq` (flags, NSSET, descriptor).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::User => "user",
+            Mode::Seq => "seq",
+        }
+    }
+
+    /// The name upstream prints in NSINFO/INFO.
+    pub fn info_name(self) -> &'static str {
+        match self {
+            Mode::User => "userkey",
+            Mode::Seq => "sequential",
+        }
+    }
+
+    /// Parses `user` / `seq` (and upstream's deprecated `direct`, which runs as `seq`).
+    pub fn from_name(s: &str) -> Option<Mode> {
+        match s {
+            "user" => Some(Mode::User),
+            "seq" | "direct" => Some(Mode::Seq),
+            _ => None,
+        }
+    }
+}
+
+/// Server settings, as the `zos zdb serve` flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--data`: root of data files.
+    pub data_dir: PathBuf,
+    /// `--index`: root of index files and namespace descriptors.
+    pub index_dir: PathBuf,
+    /// `--listen`/`--port`: TCP address (port 0 picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// `--socket`: unix socket path.
+    pub socket: Option<PathBuf>,
+    /// `--admin`: admin password; without it nobody is admin.
+    pub admin_password: Option<String>,
+    /// `--mode`: one mode for all namespaces; `None` lets each namespace choose.
+    pub mode: Option<Mode>,
+    /// `--sync`: writes are on disk before they are acknowledged (group commit).
+    pub sync: bool,
+    /// `--datasize`: data file rotation size in bytes (64 KiB ..= 4 GiB).
+    pub datasize: u64,
+    /// `--protect`: `default` is read-only unless selected with the admin password.
+    pub protect: bool,
+    /// Enables `STOP` (upstream: debug builds only).
+    pub debug: bool,
+}
+
+/// Upstream's default data file size: 256 MiB.
+pub const DEFAULT_DATASIZE: u64 = 256 << 20;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("zdb-data"),
+            index_dir: PathBuf::from("zdb-index"),
+            listen: None,
+            socket: None,
+            admin_password: None,
+            mode: None,
+            sync: false,
+            datasize: DEFAULT_DATASIZE,
+            protect: false,
+            debug: false,
+        }
+    }
+}
+
+/// Server start-up and shutdown failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ZdbError {
+    /// A namespace cannot be opened or written.
+    #[error("namespace {name}: {source}")]
+    Namespace {
+        /// Namespace name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: store::StoreError,
+    },
+    /// A storage failure outside a namespace (root directories).
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A socket cannot be bound.
+    #[error("bind {what}: {source}")]
+    Bind {
+        /// Address or path.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Inconsistent settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

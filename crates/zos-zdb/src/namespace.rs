@@ -1,0 +1,599 @@
+//! One namespace: its descriptor, its in-memory index (user: hash map of keys; seq: vector of
+//! ids) and its [`Store`]. Every operation runs under the namespace's mutex; permission
+//! checks that depend on the connection are done by the caller (`session`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::Mode;
+use crate::crypto::Cipher;
+use crate::descriptor::Descriptor;
+use crate::format::{FLAG_DELETED, FLAG_ENCRYPTED, IndexEntry, Loc};
+use crate::store::{Replay, SEAL_OVERHEAD, Store, StoreError};
+
+/// Longest key, as upstream (`uint8_t idlength`).
+pub const MAX_KEY: usize = 255;
+/// Most live entries returned by one SCAN/RSCAN.
+const SCAN_BATCH: usize = 128;
+/// Time after which a SCAN returns what it has, so that the namespace lock is not held long.
+const SCAN_SLICE: Duration = Duration::from_millis(10);
+/// Most keys returned by one KSCAN.
+const KSCAN_MAX: usize = 10_000;
+
+/// A failed operation: a client error with upstream's text, or a storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Sent as `-<text>`.
+    #[error("{0}")]
+    Client(&'static str),
+    /// Logged with its context; the client gets `-Internal Error`.
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn client(msg: &'static str) -> OpError {
+    OpError::Client(msg)
+}
+
+/// What the in-memory index knows about the current version of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    idx: Loc,
+    data_off: u32,
+    length: u32,
+    timestamp: u32,
+    value_crc: u32,
+    flags: u8,
+}
+
+impl Meta {
+    fn of(loc: Loc, e: &IndexEntry) -> Meta {
+        Meta {
+            idx: loc,
+            data_off: e.data_off,
+            length: e.length,
+            timestamp: e.timestamp,
+            value_crc: e.value_crc,
+            flags: e.flags,
+        }
+    }
+}
+
+enum KeyIndex {
+    User(HashMap<Box<[u8]>, Meta>),
+    Seq { slots: Vec<Option<Meta>>, live: u64 },
+}
+
+impl KeyIndex {
+    fn new(mode: Mode) -> KeyIndex {
+        match mode {
+            Mode::User => KeyIndex::User(HashMap::new()),
+            Mode::Seq => KeyIndex::Seq {
+                slots: Vec::new(),
+                live: 0,
+            },
+        }
+    }
+
+    fn seq_id(key: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(key.try_into().ok()?))
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Meta> {
+        match self {
+            KeyIndex::User(m) => m.get(key).copied(),
+            KeyIndex::Seq { slots, .. } => *slots.get(usize::try_from(Self::seq_id(key)?).ok()?)?,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            KeyIndex::User(m) => m.len() as u64,
+            KeyIndex::Seq { live, .. } => *live,
+        }
+    }
+
+    /// Records a new version (or a tombstone); returns the previous live length.
+    fn put(&mut self, key: &[u8], meta: Option<Meta>) -> Option<u32> {
+        match self {
+            KeyIndex::User(m) => match meta {
+                Some(meta) => m.insert(key.into(), meta),
+                None => m.remove(key),
+            }
+            .map(|o| o.length),
+            KeyIndex::Seq { slots, live } => {
+                let id = usize::try_from(Self::seq_id(key)?).ok()?;
+                // Ids are allocated densely, so a valid entry is at most one past the end.
+                if id > slots.len() {
+                    tracing::warn!(id, "seq entry out of order, ignored");
+                    return None;
+                }
+                if id == slots.len() {
+                    slots.push(None);
+                }
+                let old = std::mem::replace(&mut slots[id], meta);
+                *live = *live + u64::from(meta.is_some()) - u64::from(old.is_some());
+                old.map(|o| o.length)
+            }
+        }
+    }
+}
+
+struct Loader<'a> {
+    index: &'a mut KeyIndex,
+    live_bytes: &'a mut u64,
+    next_id: &'a mut u64,
+}
+
+impl Replay for Loader<'_> {
+    fn parent_of(&self, key: &[u8]) -> Loc {
+        self.index.get(key).map_or(Loc::NONE, |m| m.idx)
+    }
+
+    fn apply(&mut self, loc: Loc, e: &IndexEntry) {
+        let meta = (e.flags & FLAG_DELETED == 0).then(|| Meta::of(loc, e));
+        if let Some(id) = KeyIndex::seq_id(&e.key) {
+            *self.next_id = (*self.next_id).max(id + 1);
+        }
+        let old = self.index.put(&e.key, meta);
+        *self.live_bytes = *self.live_bytes - u64::from(old.unwrap_or(0))
+            + meta.map_or(0, |m| u64::from(m.length));
+    }
+}
+
+/// Mutable state of a namespace, reached through [`Namespace::lock`].
+pub struct NsState {
+    /// Persistent settings.
+    pub desc: Descriptor,
+    /// The namespace's files.
+    pub store: Store,
+    index: KeyIndex,
+    live_bytes: u64,
+    next_id: u64,
+    cipher: Option<Cipher>,
+}
+
+/// A namespace shared by connections.
+pub struct Namespace {
+    /// Name (directory name under data and index dirs).
+    pub name: String,
+    /// Data directory of this namespace.
+    pub data_dir: PathBuf,
+    /// Index directory of this namespace.
+    pub index_dir: PathBuf,
+    state: Mutex<NsState>,
+    deleted: AtomicBool,
+    events: broadcast::Sender<&'static str>,
+}
+
+fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// One SCAN result line: key, plaintext length, timestamp.
+pub type ScanItem = (Bytes, u32, u32);
+
+impl Namespace {
+    /// Opens (or creates with `desc`) a namespace and loads its index.
+    pub fn open(
+        name: &str,
+        data_dir: PathBuf,
+        index_dir: PathBuf,
+        datasize: u64,
+        new_desc: Descriptor,
+    ) -> Result<Namespace, StoreError> {
+        std::fs::create_dir_all(&index_dir).map_err(|source| StoreError::Io {
+            op: "mkdir",
+            path: index_dir.clone(),
+            source,
+        })?;
+        let desc = match Descriptor::load(&index_dir)? {
+            Some(d) => d,
+            None => {
+                new_desc.save(&index_dir)?;
+                new_desc
+            }
+        };
+        let mut index = KeyIndex::new(desc.mode);
+        let (mut live_bytes, mut next_id) = (0, 0);
+        let mut loader = Loader {
+            index: &mut index,
+            live_bytes: &mut live_bytes,
+            next_id: &mut next_id,
+        };
+        let store = Store::open(
+            &data_dir,
+            &index_dir,
+            datasize,
+            desc.mode as u8,
+            &mut loader,
+        )?;
+        tracing::info!(ns = name, entries = index.len(), "namespace loaded");
+        let (events, _) = broadcast::channel(64);
+        let st = NsState {
+            desc,
+            store,
+            index,
+            live_bytes,
+            next_id,
+            cipher: None,
+        };
+        Ok(Namespace {
+            name: name.to_string(),
+            data_dir,
+            index_dir,
+            state: Mutex::new(st),
+            deleted: AtomicBool::new(false),
+            events,
+        })
+    }
+
+    /// Locks the namespace state. A panic while holding the lock cannot leave the on-disk
+    /// state inconsistent (appends are self-validating), so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, NsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the namespace deleted: connections using it are disconnected.
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `NSDEL` removed it.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Notifies `WAIT`ers that a command ran here.
+    pub fn notify(&self, command: &'static str) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(command);
+        }
+    }
+
+    /// Subscribes to command notifications (`WAIT`).
+    pub fn subscribe(&self) -> broadcast::Receiver<&'static str> {
+        self.events.subscribe()
+    }
+}
+
+impl NsState {
+    /// Entries (live keys).
+    pub fn entries(&self) -> u64 {
+        self.index.len()
+    }
+
+    /// Whether no entry was ever written (mode and encryption may change only then).
+    pub fn is_pristine(&self) -> bool {
+        self.store.first().is_none()
+    }
+
+    /// Sum of the live values' lengths (what `maxsize` limits).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Next seq id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Values are encrypted but the secret was not given since the start.
+    pub fn is_sealed(&self) -> bool {
+        self.desc.encryption.is_some() && self.cipher.is_none()
+    }
+
+    /// Switches the index mode (caller checked that the namespace is pristine).
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.desc.mode = mode;
+        self.index = KeyIndex::new(mode);
+    }
+
+    /// Enables encryption (pristine namespace) or unseals it after a restart.
+    pub fn set_encryption_key(&mut self, ns: &str, secret: &[u8]) -> Result<bool, OpError> {
+        match self.desc.encryption {
+            Some((salt, check)) => {
+                let c = Cipher::open(secret, ns, &salt, &check)
+                    .ok_or(client("Invalid encryption key"))?;
+                self.cipher = Some(c);
+                Ok(false)
+            }
+            None if self.is_pristine() => {
+                let (c, salt, check) = Cipher::create(secret, ns);
+                self.desc.encryption = Some((salt, check));
+                self.cipher = Some(c);
+                Ok(true)
+            }
+            None => Err(client(
+                "Encryption can only be enabled on an empty namespace",
+            )),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), OpError> {
+        if key.len() > MAX_KEY {
+            return Err(client("Key too large"));
+        }
+        if self.desc.mode == Mode::Seq && !key.is_empty() && key.len() != 8 {
+            return Err(client("Invalid key"));
+        }
+        Ok(())
+    }
+
+    fn value_of(&mut self, key: &[u8], m: &Meta) -> Result<Vec<u8>, OpError> {
+        let enc = m.flags & FLAG_ENCRYPTED != 0;
+        let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
+        let payload = self
+            .store
+            .read_payload_at(m.idx.file, m.data_off, key.len(), stored)?;
+        self.open_payload(key, m.flags, payload, m.idx)
+    }
+
+    fn open_payload(
+        &self,
+        key: &[u8],
+        flags: u8,
+        payload: Vec<u8>,
+        at: Loc,
+    ) -> Result<Vec<u8>, OpError> {
+        if flags & FLAG_ENCRYPTED == 0 {
+            return Ok(payload);
+        }
+        let c = self
+            .cipher
+            .as_ref()
+            .ok_or(client("Namespace is sealed, give its encryption key"))?;
+        c.unseal(key, &payload)
+            .ok_or(OpError::Store(StoreError::BadLoc {
+                file: at.file,
+                off: at.off,
+            }))
+    }
+
+    /// `GET`: the value, `None` if missing or deleted.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
+        if key.len() > MAX_KEY {
+            return Ok(None);
+        }
+        match self.index.get(key) {
+            Some(m) => self.value_of(key, &m).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `SET`: returns the key written (the new id in seq mode), `None` if the value was unchanged.
+    pub fn set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        timestamp: Option<u32>,
+    ) -> Result<Option<Bytes>, OpError> {
+        self.check_key(key)?;
+        let seq = self.desc.mode == Mode::Seq;
+        if !seq && key.is_empty() {
+            return Err(client("Invalid argument, key needed"));
+        }
+        let existing = if key.is_empty() {
+            None
+        } else {
+            self.index.get(key)
+        };
+        if seq && !key.is_empty() && existing.is_none() {
+            return Err(client("Invalid key, only update authorized"));
+        }
+        let value_crc = crc32fast::hash(value);
+        if let Some(m) = existing {
+            if self.desc.worm {
+                return Err(client("Namespace is in WORM mode, overwrite denied"));
+            }
+            // Upstream compares CRCs only; comparing bytes too never drops a real change.
+            if m.length as usize == value.len()
+                && m.value_crc == value_crc
+                && self.value_of(key, &m)? == value
+            {
+                return Ok(None);
+            }
+        }
+        let old_len = existing.map_or(0, |m| u64::from(m.length));
+        if self.desc.maxsize > 0
+            && self.live_bytes - old_len + value.len() as u64 > self.desc.maxsize
+        {
+            return Err(client("No space left on this namespace"));
+        }
+        let key: Bytes = if seq && key.is_empty() {
+            Bytes::copy_from_slice(&self.next_id.to_le_bytes())
+        } else {
+            Bytes::copy_from_slice(key)
+        };
+        let sealed;
+        let (flags, payload) = match &self.cipher {
+            Some(c) => {
+                sealed = c.seal(&key, value);
+                (FLAG_ENCRYPTED, &sealed[..])
+            }
+            None if self.desc.encryption.is_some() => {
+                return Err(client("Namespace is sealed, give its encryption key"));
+            }
+            None => (0, value),
+        };
+        let ts = timestamp.unwrap_or_else(now);
+        let parent = existing.map_or(Loc::NONE, |m| m.idx);
+        let a = self.store.append(
+            &key,
+            flags,
+            payload,
+            value.len() as u32,
+            ts,
+            value_crc,
+            parent,
+        )?;
+        let meta = Meta {
+            idx: a.idx,
+            data_off: a.data_off,
+            length: value.len() as u32,
+            timestamp: ts,
+            value_crc,
+            flags,
+        };
+        self.index.put(&key, Some(meta));
+        self.live_bytes = self.live_bytes - old_len + value.len() as u64;
+        if seq && existing.is_none() {
+            self.next_id += 1;
+        }
+        Ok(Some(key))
+    }
+
+    /// `DEL`: appends a tombstone.
+    pub fn del(&mut self, key: &[u8]) -> Result<(), OpError> {
+        self.check_key(key)?;
+        let m = self.index.get(key).ok_or(client("Key not found"))?;
+        if self.desc.worm {
+            return Err(client("Namespace is in WORM mode, delete denied"));
+        }
+        self.store
+            .append(key, FLAG_DELETED, &[], 0, now(), 0, m.idx)?;
+        self.index.put(key, None);
+        self.live_bytes -= u64::from(m.length);
+        Ok(())
+    }
+
+    /// Metadata of a live key: (length, timestamp, cursor).
+    pub fn meta(&self, key: &[u8]) -> Option<(u32, u32, Loc)> {
+        if key.len() > MAX_KEY {
+            return None;
+        }
+        self.index.get(key).map(|m| (m.length, m.timestamp, m.idx))
+    }
+
+    /// `CHECK`: re-reads the entry and verifies both checksums. `None` if missing.
+    pub fn check(&mut self, key: &[u8]) -> Result<Option<bool>, OpError> {
+        let Some(m) = (key.len() <= MAX_KEY)
+            .then(|| self.index.get(key))
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(match self.value_of(key, &m) {
+            Ok(v) => crc32fast::hash(&v) == m.value_crc,
+            Err(OpError::Store(e)) => {
+                tracing::warn!(error = %e, "CHECK found a damaged entry");
+                false
+            }
+            Err(e) => return Err(e),
+        }))
+    }
+
+    fn is_live(&self, loc: Loc, e: &IndexEntry) -> bool {
+        self.index.get(&e.key).is_some_and(|m| m.idx == loc)
+    }
+
+    /// `SCAN`/`RSCAN`: live entries after (or before) `cursor`, and the next cursor.
+    /// `Ok(None)` at the end.
+    pub fn scan(
+        &mut self,
+        cursor: Option<&[u8]>,
+        forward: bool,
+    ) -> Result<Option<(Loc, Vec<ScanItem>)>, OpError> {
+        let mut pos = match cursor {
+            None => {
+                if forward {
+                    self.store.first()
+                } else {
+                    self.store.last()
+                }
+            }
+            Some(c) => {
+                let loc = Loc::from_bytes(c).ok_or(client("Invalid key format"))?;
+                let e = self
+                    .store
+                    .read_index(loc)
+                    .map_err(|_| client("Invalid key format"))?;
+                if forward {
+                    self.store.next(loc, &e)
+                } else {
+                    self.store.prev(loc, &e)
+                }
+            }
+        };
+        let start = Instant::now();
+        let mut items = Vec::new();
+        let mut last = None;
+        while let Some(loc) = pos {
+            if items.len() >= SCAN_BATCH || (!items.is_empty() && start.elapsed() > SCAN_SLICE) {
+                break;
+            }
+            let e = self.store.read_index(loc)?;
+            if self.is_live(loc, &e) {
+                items.push((Bytes::from(e.key.clone()), e.length, e.timestamp));
+            }
+            last = Some(loc);
+            pos = if forward {
+                self.store.next(loc, &e)
+            } else {
+                self.store.prev(loc, &e)
+            };
+        }
+        Ok(match (items.is_empty(), last) {
+            (false, Some(l)) => Some((l, items)),
+            _ => None,
+        })
+    }
+
+    /// `KSCAN`: live keys starting with `prefix` (user mode).
+    pub fn kscan(&self, prefix: &[u8]) -> Result<Vec<Bytes>, OpError> {
+        let KeyIndex::User(m) = &self.index else {
+            return Err(client("Index running mode doesn't support this feature"));
+        };
+        Ok(m.keys()
+            .filter(|k| k.starts_with(prefix))
+            .take(KSCAN_MAX)
+            .map(|k| Bytes::copy_from_slice(k))
+            .collect())
+    }
+
+    /// `HISTORY`: (parent cursor, timestamp, value) of the current version or of the version at `cursor`.
+    pub fn history(
+        &mut self,
+        key: &[u8],
+        cursor: Option<&[u8]>,
+    ) -> Result<(Loc, u32, Vec<u8>), OpError> {
+        let loc = match cursor {
+            None => self.meta(key).ok_or(client("Key not found"))?.2,
+            Some(c) => {
+                let loc = Loc::from_bytes(c).ok_or(client("Invalid arguments"))?;
+                if !loc.is_some() {
+                    return Err(client("No more history"));
+                }
+                loc
+            }
+        };
+        let e = self
+            .store
+            .read_index(loc)
+            .map_err(|_| client("Invalid arguments (index query)"))?;
+        if e.key != key {
+            return Err(client("Invalid arguments (invalid key)"));
+        }
+        let payload = self.store.read_payload(loc.file, &e)?;
+        let value = self.open_payload(key, e.flags, payload, loc)?;
+        Ok((e.parent, e.timestamp, value))
+    }
+
+    /// `FLUSH`: removes every entry and file.
+    pub fn wipe(&mut self) -> Result<(), OpError> {
+        self.store.wipe()?;
+        self.index = KeyIndex::new(self.desc.mode);
+        self.live_bytes = 0;
+        self.next_id = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! The network side: TCP and unix-socket listeners, one tokio task per connection.
+//!
+//! Each connection reads what is available, executes every complete request in it, then
+//! flushes the namespaces it wrote (and waits for the group fsync with `--sync`) and sends all
+//! replies in one write. Buffers are bounded: the input holds at most one request beyond what
+//! was parsed (≤ 8 MiB + framing), the output is written out whenever it passes 1 MiB. A slow
+//! reader only stalls its own task; no lock is held while writing to a socket.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinSet;
+
+use crate::command;
+use crate::engine::{Engine, EngineConfig};
+use crate::resp::{self, Reply};
+use crate::session::{Outcome, Session, Shared};
+use crate::{ServerConfig, ZdbError};
+
+/// Bytes asked from the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Output size that triggers a write before the rest of the input is processed.
+const OUT_HIGH_WATER: usize = 1 << 20;
+/// How long shutdown waits for connections to finish their current batch.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+    stop: Arc<Notify>,
+}
+
+impl Server {
+    /// Opens the storage (recovering it if needed) and binds the sockets.
+    pub async fn bind(cfg: ServerConfig) -> Result<Server, ZdbError> {
+        if cfg.listen.is_none() && cfg.socket.is_none() {
+            return Err(ZdbError::Config(
+                "nothing to listen on: give a TCP address or a unix socket".into(),
+            ));
+        }
+        let ecfg = EngineConfig {
+            data_dir: cfg.data_dir.clone(),
+            index_dir: cfg.index_dir.clone(),
+            mode: cfg.mode,
+            sync: cfg.sync,
+            datasize: cfg.datasize,
+        };
+        let engine = tokio::task::spawn_blocking(move || Engine::open(ecfg))
+            .await
+            .map_err(|e| ZdbError::Config(format!("storage open task failed: {e}")))??;
+        let tcp = match cfg.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ZdbError::Bind {
+                        what: addr.to_string(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let unix = match &cfg.socket {
+            Some(path) => {
+                // A socket file left by a previous run would make bind fail.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+                    let _ = std::fs::remove_file(path);
+                }
+                let l = UnixListener::bind(path).map_err(|source| ZdbError::Bind {
+                    what: path.display().to_string(),
+                    source,
+                })?;
+                Some((l, path.clone()))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            engine: Arc::new(engine),
+            admin_password: cfg.admin_password.filter(|p| !p.is_empty()),
+            protect: cfg.protect,
+            debug: cfg.debug,
+            instance_id: rand::random(),
+            started: Instant::now(),
+            commands: Default::default(),
+            clients: Default::default(),
+            net_in: Default::default(),
+            net_out: Default::default(),
+        });
+        tracing::info!(tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()), socket = ?cfg.socket, "zdb listening");
+        Ok(Server {
+            shared,
+            tcp,
+            unix,
+            stop: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The bound TCP address (with the real port when port 0 was asked).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes (or `STOP` in debug mode), then lets connections
+    /// finish their current batch and flushes and fsyncs every namespace.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ZdbError> {
+        let (close_tx, close_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.stop.notified() => break,
+                r = accept_tcp(&self.tcp) => match r {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        conns.spawn(serve(s, self.shared.clone(), close_rx.clone(), self.stop.clone()));
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                r = accept_unix(&self.unix) => match r {
+                    Ok(s) => {
+                        conns.spawn(serve(s, self.shared.clone(), close_rx.clone(), self.stop.clone()));
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        tracing::info!("zdb shutting down");
+        let _ = close_tx.send(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            conns.abort_all();
+        }
+        if let Some((_, path)) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        let engine = self.shared.engine.clone();
+        tokio::task::spawn_blocking(move || engine.close())
+            .await
+            .map_err(|e| ZdbError::Config(format!("close task failed: {e}")))?
+    }
+}
+
+async fn accept_tcp(l: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(
+    l: &Option<(UnixListener, PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Out of file descriptors and similar: back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+struct ClientGuard(Arc<Shared>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection until EOF, error, `STOP` or server shutdown.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    shared: Arc<Shared>,
+    mut close: watch::Receiver<bool>,
+    stop: Arc<Notify>,
+) {
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _guard = ClientGuard(shared.clone());
+    let mut session = Session::new(shared.clone());
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+            inbuf.reserve(READ_CHUNK);
+        }
+        let n = tokio::select! {
+            r = s.read_buf(&mut inbuf) => match r { Ok(n) => n, Err(_) => return },
+            _ = close.changed() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        shared.net_in.fetch_add(n as u64, Ordering::Relaxed);
+        let mut close_after = false;
+        let mut stop_after = false;
+        loop {
+            let frame = match resp::parse_request(&inbuf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::err(e.to_string()).encode(&mut out);
+                    close_after = true;
+                    break;
+                }
+            };
+            let data: Bytes = inbuf.split_to(frame.len).freeze();
+            let args: Vec<Bytes> = frame.args.iter().map(|r| data.slice(r.clone())).collect();
+            let outcome = match command::parse(&args) {
+                Ok(cmd) => session.execute(cmd),
+                Err(e) => Outcome::Reply(Reply::err(e.0)),
+            };
+            match outcome {
+                Outcome::Reply(r) => r.encode(&mut out),
+                Outcome::Close(r) => {
+                    r.encode(&mut out);
+                    close_after = true;
+                    break;
+                }
+                Outcome::Stop(r) => {
+                    r.encode(&mut out);
+                    close_after = true;
+                    stop_after = true;
+                    break;
+                }
+                Outcome::Wait {
+                    rx,
+                    command,
+                    timeout,
+                } => {
+                    if commit(&mut s, &mut out, &mut session, &shared)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let r = tokio::select! {
+                        r = wait_for(rx, &command, timeout) => r,
+                        _ = close.changed() => return,
+                    };
+                    r.encode(&mut out);
+                }
+            }
+            if out.len() >= OUT_HIGH_WATER
+                && commit(&mut s, &mut out, &mut session, &shared)
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if commit(&mut s, &mut out, &mut session, &shared)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if stop_after {
+            tracing::info!("STOP received (debug mode)");
+            stop.notify_one();
+        }
+        if close_after {
+            let _ = s.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Makes this session's writes durable as configured, then sends the pending replies.
+/// On a storage failure nothing is sent: the client must not see an acknowledgement.
+async fn commit<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    out: &mut BytesMut,
+    session: &mut Session,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut epoch = 0;
+    for ns in session.take_touched() {
+        match shared.engine.flush(&ns) {
+            Ok(e) => epoch = epoch.max(e),
+            Err(e) => {
+                tracing::error!(ns = %ns.name, error = %e, "flush failed, closing the connection unacknowledged");
+                return Err(std::io::Error::other(e));
+            }
+        }
+    }
+    if let Err(e) = shared.engine.sync_upto(epoch).await {
+        tracing::error!(error = %e, "fsync failed, closing the connection unacknowledged");
+        return Err(std::io::Error::other(e));
+    }
+    if !out.is_empty() {
+        s.write_all(out).await?;
+        shared
+            .net_out
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out.clear();
+    }
+    Ok(())
+}
+
+async fn wait_for(
+    mut rx: broadcast::Receiver<&'static str>,
+    command: &str,
+    timeout: Duration,
+) -> Reply {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Reply::err("Timeout"),
+            r = rx.recv() => match r {
+                Ok(name) if command == "*" || name == command => return Reply::Simple(name.into()),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Reply::err("Timeout"),
+            },
+        }
+    }
+}

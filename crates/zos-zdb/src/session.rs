@@ -1,0 +1,601 @@
+//! One client's session: its namespace, rights and challenge, and the execution of a
+//! [`Command`] into a [`Reply`]. Pure with respect to sockets: the server feeds commands and
+//! writes what comes out.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::RngCore;
+use sha1::{Digest, Sha1};
+use tokio::sync::broadcast;
+
+use crate::command::{AuthArg, Command, NsProp, SelectAuth};
+use crate::engine::{DEFAULT_NS, Engine, valid_ns_name};
+use crate::namespace::{Namespace, NsState, OpError};
+use crate::resp::Reply;
+
+/// Most bytes one MGET may return.
+const MGET_REPLY_MAX: usize = 32 << 20;
+
+/// Server-wide settings and counters shared by sessions.
+pub struct Shared {
+    /// The storage engine.
+    pub engine: Arc<Engine>,
+    /// `--admin`.
+    pub admin_password: Option<String>,
+    /// `--protect`.
+    pub protect: bool,
+    /// Enables `STOP`.
+    pub debug: bool,
+    /// Random id of this server run (INFO).
+    pub instance_id: u32,
+    /// Start time (INFO).
+    pub started: Instant,
+    /// Commands executed.
+    pub commands: AtomicU64,
+    /// Connected clients.
+    pub clients: AtomicU64,
+    /// Bytes received.
+    pub net_in: AtomicU64,
+    /// Bytes sent.
+    pub net_out: AtomicU64,
+}
+
+/// What the connection should do after a command.
+pub enum Outcome {
+    /// Send this reply.
+    Reply(Reply),
+    /// Flush pending replies, then wait for `command` on the namespace (`WAIT`).
+    Wait {
+        /// Receiver subscribed when WAIT ran.
+        rx: broadcast::Receiver<&'static str>,
+        /// Upper-case name or `*`.
+        command: String,
+        /// Give up after this.
+        timeout: Duration,
+    },
+    /// Send the reply, then stop the whole server (`STOP`, debug only).
+    Stop(Reply),
+    /// Send the reply, then close this connection.
+    Close(Reply),
+}
+
+/// Per-connection state.
+pub struct Session {
+    shared: Arc<Shared>,
+    ns: Arc<Namespace>,
+    writable: bool,
+    admin: bool,
+    challenge: Option<String>,
+    touched: Vec<Arc<Namespace>>,
+}
+
+fn err(msg: &'static str) -> Reply {
+    Reply::Error(Cow::Borrowed(msg))
+}
+
+fn sha1_hex(s: &str) -> String {
+    hex::encode(Sha1::digest(s.as_bytes()))
+}
+
+fn op_reply(e: OpError) -> Reply {
+    match e {
+        OpError::Client(m) => err(m),
+        OpError::Store(e) => {
+            tracing::error!(error = %e, "storage failure");
+            err("Internal Error")
+        }
+    }
+}
+
+fn text_reply(s: String) -> Reply {
+    Reply::Bulk(Bytes::from(s.into_bytes()))
+}
+
+fn frozen(st: &NsState) -> Result<(), Reply> {
+    if st.desc.freeze {
+        Err(err("Namespace is temporarily frozen"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Session {
+    /// A new session in the `default` namespace.
+    pub fn new(shared: Arc<Shared>) -> Session {
+        let ns = shared.engine.default_ns();
+        let writable = !shared.protect;
+        Session {
+            shared,
+            ns,
+            writable,
+            admin: false,
+            challenge: None,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Namespaces written since the last call (they need a flush before replies go out).
+    pub fn take_touched(&mut self) -> Vec<Arc<Namespace>> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn touch(&mut self) {
+        if !self.touched.iter().any(|n| Arc::ptr_eq(n, &self.ns)) {
+            self.touched.push(self.ns.clone());
+        }
+    }
+
+    /// Executes one command.
+    pub fn execute(&mut self, cmd: Command) -> Outcome {
+        if self.ns.is_deleted() {
+            return Outcome::Close(err(
+                "Your active namespace is not available anymore (probably removed).",
+            ));
+        }
+        self.shared.commands.fetch_add(1, Ordering::Relaxed);
+        let name = cmd.name();
+        let out = match cmd {
+            Command::Wait {
+                command,
+                timeout_ms,
+            } => {
+                return Outcome::Wait {
+                    rx: self.ns.subscribe(),
+                    command,
+                    timeout: Duration::from_millis(timeout_ms),
+                };
+            }
+            Command::Stop if self.shared.debug => return Outcome::Stop(Reply::ok()),
+            Command::Stop => err("Unauthorized"),
+            cmd => self.run(cmd).unwrap_or_else(|e| e),
+        };
+        if !matches!(out, Reply::Error(_)) {
+            self.ns.notify(name);
+        }
+        Outcome::Reply(out)
+    }
+
+    fn require_admin(&self) -> Result<(), Reply> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(err("Permission denied"))
+        }
+    }
+
+    /// Checks write rights on the current namespace (under its lock).
+    fn writable(&self, st: &NsState) -> Result<(), Reply> {
+        frozen(st)?;
+        if st.desc.lock {
+            return Err(err("Namespace is temporarily locked"));
+        }
+        if !self.writable {
+            return Err(err("Namespace is in read-only mode"));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, cmd: Command) -> Result<Reply, Reply> {
+        let ns = self.ns.clone();
+        Ok(match cmd {
+            Command::Ping => Reply::Simple(Cow::Borrowed("PONG")),
+            Command::Echo(b) => Reply::Bulk(b),
+            Command::Time => {
+                let d = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    text_reply(d.as_secs().to_string()),
+                    text_reply(d.subsec_micros().to_string()),
+                ])
+            }
+            Command::Auth(a) => self.auth(a)?,
+            Command::Info => self.info(),
+            Command::Set {
+                key,
+                value,
+                timestamp,
+            } => {
+                if timestamp.is_some() {
+                    self.require_admin()?;
+                }
+                let mut st = ns.lock();
+                self.writable(&st)?;
+                let r = st.set(&key, &value, timestamp).map_err(op_reply)?;
+                drop(st);
+                self.touch();
+                r.map_or(Reply::Nil, Reply::Bulk)
+            }
+            Command::Get(key) => {
+                let mut st = ns.lock();
+                frozen(&st)?;
+                st.get(&key)
+                    .map_err(op_reply)?
+                    .map_or(Reply::Nil, |v| Reply::Bulk(v.into()))
+            }
+            Command::MGet(keys) => {
+                let mut st = ns.lock();
+                frozen(&st)?;
+                let mut out = Vec::with_capacity(keys.len());
+                let mut total = 0usize;
+                for k in keys {
+                    let v = st.get(&k).map_err(op_reply)?;
+                    total += v.as_ref().map_or(0, Vec::len);
+                    if total > MGET_REPLY_MAX {
+                        return Err(err("Reply too large (MGET is limited to 32 MiB)"));
+                    }
+                    out.push(v.map_or(Reply::Nil, |v| Reply::Bulk(v.into())));
+                }
+                Reply::Array(out)
+            }
+            Command::Del(key) => {
+                let mut st = ns.lock();
+                self.writable(&st)?;
+                st.del(&key).map_err(op_reply)?;
+                drop(st);
+                self.touch();
+                Reply::ok()
+            }
+            Command::Exists(key) => {
+                let st = ns.lock();
+                frozen(&st)?;
+                Reply::Int(i64::from(st.meta(&key).is_some()))
+            }
+            Command::Check(key) => {
+                let mut st = ns.lock();
+                frozen(&st)?;
+                st.check(&key)
+                    .map_err(op_reply)?
+                    .map_or(Reply::Nil, |ok| Reply::Int(i64::from(ok)))
+            }
+            Command::Length(key) => {
+                let st = ns.lock();
+                frozen(&st)?;
+                st.meta(&key)
+                    .map_or(Reply::Nil, |m| Reply::Int(i64::from(m.0)))
+            }
+            Command::KeyTime(key) => {
+                let st = ns.lock();
+                frozen(&st)?;
+                st.meta(&key)
+                    .map_or(Reply::Nil, |m| Reply::Int(i64::from(m.1)))
+            }
+            Command::KeyCur(key) => {
+                let st = ns.lock();
+                frozen(&st)?;
+                let (_, _, loc) = st.meta(&key).ok_or(err("Key not found"))?;
+                Reply::bulk(&loc.to_bytes())
+            }
+            Command::Scan(c) => self.scan(&ns, c, true)?,
+            Command::RScan(c) => self.scan(&ns, c, false)?,
+            Command::KScan(prefix) => {
+                let st = ns.lock();
+                frozen(&st)?;
+                let keys = st.kscan(&prefix).map_err(op_reply)?;
+                if keys.is_empty() {
+                    return Err(err("No keys match"));
+                }
+                Reply::Array(vec![
+                    Reply::bulk(b"0"),
+                    Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+                ])
+            }
+            Command::History { key, cursor } => {
+                let mut st = ns.lock();
+                frozen(&st)?;
+                let (parent, ts, value) = st.history(&key, cursor.as_deref()).map_err(op_reply)?;
+                Reply::Array(vec![
+                    if parent.is_some() {
+                        Reply::bulk(&parent.to_bytes())
+                    } else {
+                        Reply::Nil
+                    },
+                    text_reply(ts.to_string()),
+                    Reply::Bulk(value.into()),
+                ])
+            }
+            Command::DbSize => Reply::Int(ns.lock().entries() as i64),
+            Command::NsNew(name) => {
+                self.require_admin()?;
+                if !valid_ns_name(&name) {
+                    return Err(err("This name is not allowed"));
+                }
+                match self.shared.engine.create(&name) {
+                    Ok(true) => Reply::ok(),
+                    Ok(false) => err("This namespace is not available"),
+                    Err(e) => {
+                        tracing::error!(ns = %name, error = %e, "NSNEW failed");
+                        err("Could not create namespace")
+                    }
+                }
+            }
+            Command::NsDel(name) => {
+                self.require_admin()?;
+                if name == DEFAULT_NS {
+                    return Err(err("Cannot remove default namespace"));
+                }
+                if name == self.ns.name {
+                    return Err(err("Cannot remove namespace you're currently using."));
+                }
+                match self.shared.engine.delete(&name) {
+                    Ok(true) => Reply::ok(),
+                    Ok(false) => err("This namespace doesn't exists"),
+                    Err(e) => {
+                        tracing::error!(ns = %name, error = %e, "NSDEL failed");
+                        err("Could not delete this namespace")
+                    }
+                }
+            }
+            Command::NsList => Reply::Array(
+                self.shared
+                    .engine
+                    .list()
+                    .into_iter()
+                    .map(text_reply)
+                    .collect(),
+            ),
+            Command::NsInfo(name) => {
+                let target = self
+                    .shared
+                    .engine
+                    .get(&name)
+                    .ok_or(err("Namespace not found"))?;
+                text_reply(self.nsinfo(&target))
+            }
+            Command::NsSet { ns: name, prop } => self.nsset(&name, prop)?,
+            Command::NsJump => {
+                self.require_admin()?;
+                ns.lock().store.jump().map_err(|e| op_reply(e.into()))?;
+                Reply::ok()
+            }
+            Command::Select { ns: name, auth } => self.select(&name, auth)?,
+            Command::Flush => {
+                let mut st = ns.lock();
+                if st.desc.public || st.desc.password.is_none() {
+                    return Err(err("Flushing public namespace denied"));
+                }
+                self.writable(&st)?;
+                st.wipe().map_err(op_reply)?;
+                Reply::ok()
+            }
+            Command::IndexDirty { reset } => {
+                self.require_admin()?;
+                let mut st = ns.lock();
+                let ids: Vec<Reply> = st
+                    .store
+                    .dirty_index
+                    .iter()
+                    .map(|&i| Reply::Int(i64::from(i)))
+                    .collect();
+                if reset {
+                    st.store.dirty_index.clear();
+                }
+                Reply::Array(ids)
+            }
+            Command::DataRaw { fileid, offset } => {
+                self.require_admin()?;
+                let mut st = ns.lock();
+                let (h, key, payload) = st
+                    .store
+                    .read_raw(fileid, offset)
+                    .map_err(|_| err("Invalid offset or fileid"))?;
+                Reply::Array(vec![
+                    Reply::Bulk(key.into()),
+                    Reply::Int(i64::from(h.flags)),
+                    Reply::Int(i64::from(h.timestamp)),
+                    Reply::Int(i64::from(h.value_crc)),
+                    Reply::Bulk(payload.into()),
+                ])
+            }
+            Command::Wait { .. } | Command::Stop => err("Command not supported"),
+        })
+    }
+
+    fn scan(&self, ns: &Namespace, cursor: Option<Bytes>, forward: bool) -> Result<Reply, Reply> {
+        let mut st = ns.lock();
+        frozen(&st)?;
+        let (next, items) = st
+            .scan(cursor.as_deref(), forward)
+            .map_err(op_reply)?
+            .ok_or(err("No more data"))?;
+        let list = items
+            .into_iter()
+            .map(|(k, len, ts)| {
+                Reply::Array(vec![
+                    Reply::Bulk(k),
+                    Reply::Int(i64::from(len)),
+                    Reply::Int(i64::from(ts)),
+                ])
+            })
+            .collect();
+        Ok(Reply::Array(vec![
+            Reply::bulk(&next.to_bytes()),
+            Reply::Array(list),
+        ]))
+    }
+
+    fn check_secure(&mut self, hash: &[u8], password: &str) -> Result<(), Reply> {
+        let challenge = self.challenge.take().ok_or(err("No challenge requested"))?;
+        let want = sha1_hex(&format!("{challenge}:{password}"));
+        if hash.eq_ignore_ascii_case(want.as_bytes()) {
+            Ok(())
+        } else {
+            Err(err("Access denied"))
+        }
+    }
+
+    fn auth(&mut self, a: AuthArg) -> Result<Reply, Reply> {
+        if let AuthArg::Challenge = a {
+            let mut nonce = [0u8; 8];
+            rand::thread_rng().fill_bytes(&mut nonce);
+            let c = hex::encode(nonce);
+            self.challenge = Some(c.clone());
+            return Ok(Reply::Simple(c.into()));
+        }
+        let admin = self
+            .shared
+            .admin_password
+            .clone()
+            .ok_or(err("Authentication disabled"))?;
+        match a {
+            AuthArg::Plain(pw) if pw[..] == *admin.as_bytes() => {}
+            AuthArg::Plain(_) => return Err(err("Access denied")),
+            AuthArg::Secure(h) => self.check_secure(&h, &admin)?,
+            AuthArg::Challenge => {}
+        }
+        self.admin = true;
+        Ok(Reply::ok())
+    }
+
+    fn select(&mut self, name: &str, auth: SelectAuth) -> Result<Reply, Reply> {
+        let ns = self
+            .shared
+            .engine
+            .get(name)
+            .ok_or(err("Namespace not found"))?;
+        let writable = if name == DEFAULT_NS {
+            match (&auth, &self.shared.admin_password) {
+                (SelectAuth::None, _) => !self.shared.protect,
+                (SelectAuth::Plain(p), Some(a)) if p[..] == *a.as_bytes() => true,
+                (SelectAuth::Secure(h), Some(a)) => {
+                    let a = a.clone();
+                    self.check_secure(h, &a)?;
+                    true
+                }
+                _ => return Err(err("Access denied")),
+            }
+        } else {
+            let password = ns.lock().desc.password.clone();
+            let public = ns.lock().desc.public;
+            match (password, auth) {
+                (None, _) => true,
+                (Some(_), SelectAuth::None) if public => false,
+                (Some(_), SelectAuth::None) => return Err(err("Namespace protected and private")),
+                (Some(p), SelectAuth::Plain(given)) if given[..] == *p.as_bytes() => true,
+                (Some(_), SelectAuth::Plain(_)) => return Err(err("Access denied")),
+                (Some(p), SelectAuth::Secure(h)) => {
+                    self.check_secure(&h, &p)?;
+                    true
+                }
+            }
+        };
+        self.ns = ns;
+        self.writable = writable;
+        Ok(Reply::ok())
+    }
+
+    fn nsset(&mut self, name: &str, prop: NsProp) -> Result<Reply, Reply> {
+        self.require_admin()?;
+        let is_default = name == DEFAULT_NS;
+        if is_default && !matches!(prop, NsProp::Mode(_) | NsProp::Lock(_) | NsProp::Freeze(_)) {
+            return Err(err("Cannot update default namespace"));
+        }
+        let ns = self
+            .shared
+            .engine
+            .get(name)
+            .ok_or(err("Namespace not found"))?;
+        let mut st = ns.lock();
+        match prop {
+            NsProp::MaxSize(n) => st.desc.maxsize = n,
+            NsProp::Password(p) => st.desc.password = p,
+            NsProp::Public(b) => st.desc.public = b,
+            NsProp::Worm(b) => st.desc.worm = b,
+            NsProp::Lock(b) => st.desc.lock = b,
+            NsProp::Freeze(b) => st.desc.freeze = b,
+            NsProp::Mode(m) => {
+                if self.shared.engine.config().mode.is_some() {
+                    return Err(err(
+                        "This server instance is configured to use a single runtime mode",
+                    ));
+                }
+                if st.desc.mode != m {
+                    if !st.is_pristine() {
+                        return Err(err("Cannot change mode on a non-empty namespace"));
+                    }
+                    st.set_mode(m);
+                }
+            }
+            NsProp::EncryptionKey(secret) => {
+                if !st.set_encryption_key(name, &secret).map_err(op_reply)? {
+                    return Ok(Reply::ok()); // Unsealed: nothing to persist.
+                }
+            }
+        }
+        st.desc
+            .save(&ns.index_dir)
+            .map_err(|e| op_reply(e.into()))?;
+        Ok(Reply::ok())
+    }
+
+    fn nsinfo(&self, ns: &Namespace) -> String {
+        let st = ns.lock();
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let (data_disk, index_disk) = st.store.disk_sizes();
+        let mut s = String::from("# namespace\n");
+        s += &format!("name: {}\n", ns.name);
+        s += &format!("entries: {}\n", st.entries());
+        s += &format!("public: {}\n", yn(st.desc.public));
+        s += &format!("worm: {}\n", yn(st.desc.worm));
+        s += &format!("locked: {}\n", yn(st.desc.lock));
+        s += &format!("frozen: {}\n", yn(st.desc.freeze));
+        s += &format!("password: {}\n", yn(st.desc.password.is_some()));
+        s += &format!("encrypted: {}\n", yn(st.desc.encryption.is_some()));
+        s += &format!("sealed: {}\n", yn(st.is_sealed()));
+        s += &format!("data_size_bytes: {}\n", st.live_bytes());
+        s += &format!(
+            "data_size_mb: {:.2}\n",
+            st.live_bytes() as f64 / (1024.0 * 1024.0)
+        );
+        s += &format!("data_disk_bytes: {data_disk}\n");
+        s += &format!("data_limits_bytes: {}\n", st.desc.maxsize);
+        s += &format!("index_size_bytes: {index_disk}\n");
+        s += &format!("index_size_kb: {:.2}\n", index_disk as f64 / 1024.0);
+        s += &format!("next_internal_id: {}\n", st.next_id());
+        s += &format!("mode: {}\n", st.desc.mode.info_name());
+        if self.admin {
+            if let Some(p) = &st.desc.password {
+                s += &format!("password_raw: {p}\n");
+            }
+            let (id, off) = st.store.data_position();
+            s += &format!("data_path: {}\n", ns.data_dir.display());
+            s += &format!("index_path: {}\n", ns.index_dir.display());
+            s += &format!("data_current_id: {id}\ndata_current_offset: {off}\n");
+        }
+        s
+    }
+
+    fn info(&self) -> Reply {
+        let sh = &self.shared;
+        let mut s = String::from("# server\nserver_name: 0-db (zdb)\n");
+        s += &format!("server_revision: zos-zdb {}\n", env!("CARGO_PKG_VERSION"));
+        s += &format!("instance_id: {}\n", sh.instance_id);
+        s += &format!("uptime: {}\n", sh.started.elapsed().as_secs());
+        s += &format!(
+            "mode: {}\n",
+            sh.engine.config().mode.map_or("mixed", |m| m.info_name())
+        );
+        s += &format!(
+            "sync: {}\n",
+            if sh.engine.config().sync { "yes" } else { "no" }
+        );
+        s += "\n# clients\n";
+        s += &format!(
+            "clients_connected: {}\n",
+            sh.clients.load(Ordering::Relaxed)
+        );
+        s += "\n# stats\n";
+        s += &format!(
+            "commands_executed: {}\n",
+            sh.commands.load(Ordering::Relaxed)
+        );
+        s += &format!("network_rx_bytes: {}\n", sh.net_in.load(Ordering::Relaxed));
+        s += &format!("network_tx_bytes: {}\n", sh.net_out.load(Ordering::Relaxed));
+        s += &format!("namespaces: {}\n", sh.engine.list().len());
+        text_reply(s)
+    }
+}

@@ -1,0 +1,828 @@
+//! One namespace's files: append-only data files `dN` and index files `iN` (same N), with
+//! rotation, buffered appends, positioned reads and crash recovery. No sockets, no keys map:
+//! the caller keeps the in-memory index and is told about every entry through [`Replay`].
+//!
+//! Appends go to an in-memory buffer that [`Store::flush`] writes in one `write` per file;
+//! the server flushes before it sends any reply, so nothing is acknowledged before the
+//! kernel has it (and, with `--sync`, before the disk has it: see `engine::Syncer`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::format::{
+    DATA_HDR_LEN, DATA_MAGIC, DataHeader, FILE_HEADER_LEN, FLAG_DELETED, FLAG_ENCRYPTED,
+    FileHeader, INDEX_HDR_LEN, INDEX_MAGIC, IndexEntry, Loc, data_entry_valid, decode_data_header,
+    encode_data,
+};
+use crate::resp::MAX_PAYLOAD;
+
+/// Ciphertext overhead of an encrypted payload: nonce (12) + tag (16).
+pub const SEAL_OVERHEAD: u32 = 28;
+/// Buffered bytes above which an append flushes by itself.
+const FLUSH_THRESHOLD: usize = 4 << 20;
+/// Most old files kept open for reads.
+const MAX_READERS: usize = 64;
+
+/// Storage failures, with the file and offset involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// File or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file's content cannot be used and cannot be repaired automatically.
+    #[error("corrupt {path} at offset {offset}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// Why.
+        what: &'static str,
+    },
+    /// A position does not hold a valid entry (stale cursor, or data damaged on disk).
+    #[error("no valid entry at file {file} offset {off}")]
+    BadLoc {
+        /// File id.
+        file: u32,
+        /// Offset.
+        off: u32,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Receives every entry while a namespace is loaded.
+pub trait Replay {
+    /// The current version of `key` (history parent of an entry rebuilt from the data file).
+    fn parent_of(&self, key: &[u8]) -> Loc;
+    /// One valid entry, in write order.
+    fn apply(&mut self, loc: Loc, entry: &IndexEntry);
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct FileInfo {
+    data_len: u64,
+    idx_len: u64,
+    last_idx: u32,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    /// The index entry (also the cursor / history position).
+    pub idx: Loc,
+    /// Offset of the data entry in data file `idx.file`.
+    pub data_off: u32,
+}
+
+/// The files of one namespace.
+pub struct Store {
+    data_dir: PathBuf,
+    index_dir: PathBuf,
+    datasize: u64,
+    mode: u8,
+    files: Vec<FileInfo>,
+    cur_data: Arc<File>,
+    cur_index: Arc<File>,
+    data_pending: Vec<u8>,
+    idx_pending: Vec<u8>,
+    data_flushed: u64,
+    idx_flushed: u64,
+    readers: HashMap<(bool, u32), Arc<File>>,
+    written: Vec<Arc<File>>,
+    /// Index file ids appended to since the last `INDEX DIRTY RESET`.
+    pub dirty_index: BTreeSet<u32>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn path_of(dir: &Path, prefix: char, id: u32) -> PathBuf {
+    dir.join(format!("{prefix}{id}"))
+}
+
+fn list_ids(dir: &Path, prefix: char) -> Result<Vec<u32>, StoreError> {
+    let mut ids = Vec::new();
+    for ent in fs::read_dir(dir).map_err(io_err("read dir", dir))? {
+        let ent = ent.map_err(io_err("read dir", dir))?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if let Some(rest) = name.strip_prefix(prefix) {
+            if let Ok(id) = rest.parse::<u32>() {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// fsyncs a directory so that a created or removed file name survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+fn open_rw(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
+/// Writes a fresh header into an empty (or truncated) file.
+fn reset_file(f: &File, path: &Path, magic: [u8; 4], id: u32, mode: u8) -> Result<(), StoreError> {
+    f.set_len(0).map_err(io_err("truncate", path))?;
+    let hdr = FileHeader {
+        magic,
+        fileid: id,
+        mode,
+        created: now(),
+    };
+    (&*f)
+        .write_all(&hdr.encode())
+        .map_err(io_err("write header", path))
+}
+
+fn stored_len(e: &IndexEntry) -> u64 {
+    u64::from(e.length)
+        + if e.flags & FLAG_ENCRYPTED != 0 {
+            u64::from(SEAL_OVERHEAD)
+        } else {
+            0
+        }
+}
+
+/// Streams the index entries of one file; stops at the first invalid or torn one.
+struct IndexReader {
+    r: BufReader<File>,
+    pos: u64,
+}
+
+impl IndexReader {
+    fn new(f: &File, path: &Path) -> Result<IndexReader, StoreError> {
+        let mut f = f.try_clone().map_err(io_err("dup", path))?;
+        f.seek(SeekFrom::Start(FILE_HEADER_LEN as u64))
+            .map_err(io_err("seek", path))?;
+        Ok(IndexReader {
+            r: BufReader::with_capacity(1 << 20, f),
+            pos: FILE_HEADER_LEN as u64,
+        })
+    }
+
+    fn next(&mut self) -> Option<(u32, IndexEntry)> {
+        let mut buf = vec![0u8; INDEX_HDR_LEN];
+        self.r.read_exact(&mut buf).ok()?;
+        buf.resize(INDEX_HDR_LEN + IndexEntry::key_len_of(&buf), 0);
+        self.r.read_exact(&mut buf[INDEX_HDR_LEN..]).ok()?;
+        let e = IndexEntry::decode(&buf)?;
+        let off = u32::try_from(self.pos).ok()?;
+        self.pos += buf.len() as u64;
+        Some((off, e))
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the files in `data_dir`/`index_dir`, repairs a torn tail and
+    /// replays every valid entry into `replay`.
+    pub fn open(
+        data_dir: &Path,
+        index_dir: &Path,
+        datasize: u64,
+        mode: u8,
+        replay: &mut dyn Replay,
+    ) -> Result<Store, StoreError> {
+        fs::create_dir_all(data_dir).map_err(io_err("mkdir", data_dir))?;
+        fs::create_dir_all(index_dir).map_err(io_err("mkdir", index_dir))?;
+        let mut ids = list_ids(data_dir, 'd')?;
+        ids.extend(list_ids(index_dir, 'i')?);
+        let max = ids.iter().copied().max().unwrap_or(0);
+        let mut files = Vec::with_capacity(max as usize + 1);
+        let mut last = None;
+        for id in 0..=max {
+            let (info, d, i) = recover_file(data_dir, index_dir, id, mode, replay)?;
+            files.push(info);
+            last = Some((d, i));
+        }
+        let (cur_data, cur_index) = last.ok_or(StoreError::BadLoc { file: 0, off: 0 })?;
+        let info = files[max as usize];
+        sync_dir(data_dir)?;
+        sync_dir(index_dir)?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            index_dir: index_dir.to_path_buf(),
+            datasize: datasize.clamp(1 << 16, u64::from(u32::MAX)),
+            mode,
+            files,
+            cur_data: Arc::new(cur_data),
+            cur_index: Arc::new(cur_index),
+            data_pending: Vec::new(),
+            idx_pending: Vec::new(),
+            data_flushed: info.data_len,
+            idx_flushed: info.idx_len,
+            readers: HashMap::new(),
+            written: Vec::new(),
+            dirty_index: BTreeSet::new(),
+        })
+    }
+
+    fn cur_id(&self) -> u32 {
+        (self.files.len() - 1) as u32
+    }
+
+    /// Id of the file currently appended to.
+    pub fn current_file(&self) -> u32 {
+        self.cur_id()
+    }
+
+    /// Bytes used on disk by data and index files (including unflushed appends).
+    pub fn disk_sizes(&self) -> (u64, u64) {
+        self.files
+            .iter()
+            .fold((0, 0), |(d, i), f| (d + f.data_len, i + f.idx_len))
+    }
+
+    /// Current data file id and append offset.
+    pub fn data_position(&self) -> (u32, u64) {
+        (self.cur_id(), self.files[self.cur_id() as usize].data_len)
+    }
+
+    /// Appends one entry (data then index). `payload` is what is stored (ciphertext when
+    /// encrypted), `length` the plaintext length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        key: &[u8],
+        flags: u8,
+        payload: &[u8],
+        length: u32,
+        timestamp: u32,
+        value_crc: u32,
+        parent: Loc,
+    ) -> Result<Appended, StoreError> {
+        let key_len =
+            u8::try_from(key.len()).map_err(|_| StoreError::BadLoc { file: 0, off: 0 })?;
+        let entry_len = (DATA_HDR_LEN + key.len() + payload.len()) as u64;
+        let cur = self.files[self.cur_id() as usize];
+        if cur.data_len + entry_len > self.datasize && cur.data_len > FILE_HEADER_LEN as u64 {
+            self.jump()?;
+        }
+        let id = self.cur_id();
+        let info = &mut self.files[id as usize];
+        let data_off = info.data_len as u32;
+        let idx_off = info.idx_len as u32;
+        let h = DataHeader {
+            flags,
+            key_len,
+            stored_len: payload.len() as u32,
+            timestamp,
+            value_crc,
+        };
+        encode_data(&mut self.data_pending, &h, key, payload);
+        let ie = IndexEntry {
+            flags,
+            key: key.to_vec(),
+            data_off,
+            length,
+            timestamp,
+            value_crc,
+            prev: info.last_idx,
+            parent,
+        };
+        ie.encode(&mut self.idx_pending);
+        info.data_len += entry_len;
+        info.idx_len += ie.encoded_len() as u64;
+        info.last_idx = idx_off;
+        self.dirty_index.insert(id);
+        if self.data_pending.len() > FLUSH_THRESHOLD {
+            self.flush()?;
+        }
+        Ok(Appended {
+            idx: Loc {
+                file: id,
+                off: idx_off,
+            },
+            data_off,
+        })
+    }
+
+    /// Writes buffered appends to the kernel (data first, then index). Returns whether
+    /// anything was written. On error the unwritten rest stays buffered.
+    pub fn flush(&mut self) -> Result<bool, StoreError> {
+        if self.data_pending.is_empty() && self.idx_pending.is_empty() {
+            return Ok(false);
+        }
+        let id = self.cur_id();
+        let dpath = path_of(&self.data_dir, 'd', id);
+        write_pending(
+            &self.cur_data,
+            &mut self.data_pending,
+            &mut self.data_flushed,
+            &dpath,
+        )?;
+        let ipath = path_of(&self.index_dir, 'i', id);
+        write_pending(
+            &self.cur_index,
+            &mut self.idx_pending,
+            &mut self.idx_flushed,
+            &ipath,
+        )?;
+        if !self.written.iter().any(|f| Arc::ptr_eq(f, &self.cur_data)) {
+            self.written.push(self.cur_data.clone());
+        }
+        Ok(true)
+    }
+
+    /// Data files written since the last call: what a group commit must fsync.
+    pub fn take_written(&mut self) -> Vec<Arc<File>> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Closes the current files and starts file id + 1 (rotation, and `NSJUMP`).
+    pub fn jump(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        let id = self.cur_id() + 1;
+        let dpath = path_of(&self.data_dir, 'd', id);
+        let ipath = path_of(&self.index_dir, 'i', id);
+        let d = open_rw(&dpath)?;
+        reset_file(&d, &dpath, DATA_MAGIC, id, self.mode)?;
+        let i = open_rw(&ipath)?;
+        reset_file(&i, &ipath, INDEX_MAGIC, id, self.mode)?;
+        sync_dir(&self.data_dir)?;
+        sync_dir(&self.index_dir)?;
+        let h = FILE_HEADER_LEN as u64;
+        self.files.push(FileInfo {
+            data_len: h,
+            idx_len: h,
+            last_idx: 0,
+        });
+        self.cur_data = Arc::new(d);
+        self.cur_index = Arc::new(i);
+        self.data_flushed = h;
+        self.idx_flushed = h;
+        self.dirty_index.insert(id);
+        Ok(())
+    }
+
+    /// Removes every file and starts again at id 0 (`FLUSH`).
+    pub fn wipe(&mut self) -> Result<(), StoreError> {
+        self.data_pending.clear();
+        self.idx_pending.clear();
+        self.readers.clear();
+        self.written.clear();
+        for id in 0..=self.cur_id() {
+            for p in [
+                path_of(&self.data_dir, 'd', id),
+                path_of(&self.index_dir, 'i', id),
+            ] {
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err("remove", &p)(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.files.clear();
+        let (d, i) = create_pair(&self.data_dir, &self.index_dir, 0, self.mode)?;
+        let h = FILE_HEADER_LEN as u64;
+        self.files.push(FileInfo {
+            data_len: h,
+            idx_len: h,
+            last_idx: 0,
+        });
+        self.cur_data = Arc::new(d);
+        self.cur_index = Arc::new(i);
+        self.data_flushed = h;
+        self.idx_flushed = h;
+        self.dirty_index.insert(0);
+        sync_dir(&self.data_dir)?;
+        sync_dir(&self.index_dir)
+    }
+
+    /// Flushes and fsyncs the current files (shutdown).
+    pub fn sync_all(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        let id = self.cur_id();
+        self.cur_data
+            .sync_data()
+            .map_err(io_err("fsync", &path_of(&self.data_dir, 'd', id)))?;
+        self.cur_index
+            .sync_data()
+            .map_err(io_err("fsync", &path_of(&self.index_dir, 'i', id)))
+    }
+
+    fn reader(&mut self, index: bool, file: u32) -> Result<Arc<File>, StoreError> {
+        if file == self.cur_id() {
+            return Ok(if index {
+                self.cur_index.clone()
+            } else {
+                self.cur_data.clone()
+            });
+        }
+        if let Some(f) = self.readers.get(&(index, file)) {
+            return Ok(f.clone());
+        }
+        if self.readers.len() >= MAX_READERS {
+            self.readers.clear();
+        }
+        let path = if index {
+            path_of(&self.index_dir, 'i', file)
+        } else {
+            path_of(&self.data_dir, 'd', file)
+        };
+        let f = Arc::new(File::open(&path).map_err(io_err("open", &path))?);
+        self.readers.insert((index, file), f.clone());
+        Ok(f)
+    }
+
+    /// Reads `len` bytes at `off` of data or index file `file`, from disk and/or the buffer.
+    fn read_at(
+        &mut self,
+        index: bool,
+        file: u32,
+        off: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let bad = StoreError::BadLoc {
+            file,
+            off: off as u32,
+        };
+        let info = *self.files.get(file as usize).ok_or(bad)?;
+        let limit = if index { info.idx_len } else { info.data_len };
+        if off < FILE_HEADER_LEN as u64 || off + len as u64 > limit {
+            return Err(StoreError::BadLoc {
+                file,
+                off: off as u32,
+            });
+        }
+        let mut buf = vec![0u8; len];
+        let (flushed, pending) = if file == self.cur_id() {
+            if index {
+                (self.idx_flushed, &self.idx_pending)
+            } else {
+                (self.data_flushed, &self.data_pending)
+            }
+        } else {
+            (u64::MAX, &self.idx_pending)
+        };
+        let from_file = (flushed.saturating_sub(off) as usize).min(len);
+        if from_file < len {
+            let start = (off + from_file as u64 - flushed) as usize;
+            buf[from_file..].copy_from_slice(&pending[start..start + len - from_file]);
+        }
+        if from_file > 0 {
+            let f = self.reader(index, file)?;
+            f.read_exact_at(&mut buf[..from_file], off)
+                .map_err(|source| StoreError::Io {
+                    op: "read",
+                    path: if index {
+                        path_of(&self.index_dir, 'i', file)
+                    } else {
+                        path_of(&self.data_dir, 'd', file)
+                    },
+                    source,
+                })?;
+        }
+        Ok(buf)
+    }
+
+    /// Reads and verifies the data entry of an index entry; returns the stored payload.
+    pub fn read_payload(&mut self, file: u32, e: &IndexEntry) -> Result<Vec<u8>, StoreError> {
+        self.read_payload_at(file, e.data_off, e.key.len(), stored_len(e) as usize)
+    }
+
+    /// Same as [`Store::read_payload`] from the raw position fields.
+    pub fn read_payload_at(
+        &mut self,
+        file: u32,
+        data_off: u32,
+        key_len: usize,
+        stored: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let head = DATA_HDR_LEN + key_len;
+        let mut entry = self.read_at(false, file, u64::from(data_off), head + stored)?;
+        if !data_entry_valid(&entry) {
+            return Err(StoreError::BadLoc {
+                file,
+                off: data_off,
+            });
+        }
+        entry.drain(..head);
+        Ok(entry)
+    }
+
+    /// Reads a whole raw data entry (`DATA RAW`): header fields, key and stored payload.
+    pub fn read_raw(
+        &mut self,
+        file: u32,
+        off: u32,
+    ) -> Result<(DataHeader, Vec<u8>, Vec<u8>), StoreError> {
+        let hdr = self.read_at(false, file, u64::from(off), DATA_HDR_LEN)?;
+        let h = decode_data_header(&hdr).ok_or(StoreError::BadLoc { file, off })?;
+        let mut entry = self.read_at(false, file, u64::from(off), h.entry_len())?;
+        if !data_entry_valid(&entry) {
+            return Err(StoreError::BadLoc { file, off });
+        }
+        let payload = entry.split_off(DATA_HDR_LEN + h.key_len as usize);
+        entry.drain(..DATA_HDR_LEN);
+        Ok((h, entry, payload))
+    }
+
+    /// Reads and verifies the index entry at `loc`.
+    pub fn read_index(&mut self, loc: Loc) -> Result<IndexEntry, StoreError> {
+        let bad = StoreError::BadLoc {
+            file: loc.file,
+            off: loc.off,
+        };
+        let hdr = self.read_at(true, loc.file, u64::from(loc.off), INDEX_HDR_LEN)?;
+        let len = INDEX_HDR_LEN + IndexEntry::key_len_of(&hdr);
+        let b = self.read_at(true, loc.file, u64::from(loc.off), len)?;
+        IndexEntry::decode(&b).ok_or(bad)
+    }
+
+    /// First entry position, if any.
+    pub fn first(&self) -> Option<Loc> {
+        self.first_from(0)
+    }
+
+    fn first_from(&self, file: u32) -> Option<Loc> {
+        (file as usize..self.files.len())
+            .find(|&i| self.files[i].idx_len > FILE_HEADER_LEN as u64)
+            .map(|i| Loc {
+                file: i as u32,
+                off: FILE_HEADER_LEN as u32,
+            })
+    }
+
+    /// Last entry position, if any.
+    pub fn last(&self) -> Option<Loc> {
+        self.last_before(self.files.len() as u32)
+    }
+
+    fn last_before(&self, file: u32) -> Option<Loc> {
+        (0..file as usize)
+            .rev()
+            .find(|&i| self.files[i].last_idx != 0)
+            .map(|i| Loc {
+                file: i as u32,
+                off: self.files[i].last_idx,
+            })
+    }
+
+    /// Position after the entry `e` stored at `loc`.
+    pub fn next(&self, loc: Loc, e: &IndexEntry) -> Option<Loc> {
+        let next = u64::from(loc.off) + e.encoded_len() as u64;
+        if next < self.files.get(loc.file as usize)?.idx_len {
+            Some(Loc {
+                file: loc.file,
+                off: next as u32,
+            })
+        } else {
+            self.first_from(loc.file + 1)
+        }
+    }
+
+    /// Position before the entry `e` stored at `loc`.
+    pub fn prev(&self, loc: Loc, e: &IndexEntry) -> Option<Loc> {
+        if e.prev != 0 {
+            Some(Loc {
+                file: loc.file,
+                off: e.prev,
+            })
+        } else {
+            self.last_before(loc.file)
+        }
+    }
+}
+
+fn write_pending(
+    f: &File,
+    pending: &mut Vec<u8>,
+    flushed: &mut u64,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let mut done = 0;
+    while done < pending.len() {
+        match (&*f).write(&pending[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                pending.drain(..done);
+                *flushed += done as u64;
+                return Err(io_err("write", path)(e));
+            }
+        }
+    }
+    *flushed += done as u64;
+    pending.drain(..done);
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(io_err("write", path)(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write",
+        )))
+    }
+}
+
+fn create_pair(
+    data_dir: &Path,
+    index_dir: &Path,
+    id: u32,
+    mode: u8,
+) -> Result<(File, File), StoreError> {
+    let dpath = path_of(data_dir, 'd', id);
+    let ipath = path_of(index_dir, 'i', id);
+    let d = open_rw(&dpath)?;
+    reset_file(&d, &dpath, DATA_MAGIC, id, mode)?;
+    let i = open_rw(&ipath)?;
+    reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
+    Ok((d, i))
+}
+
+/// Loads file pair `id`: validates the index, checks it against the data file, rebuilds
+/// missing or torn index entries from the data file and truncates a torn data tail.
+fn recover_file(
+    data_dir: &Path,
+    index_dir: &Path,
+    id: u32,
+    mode: u8,
+    replay: &mut dyn Replay,
+) -> Result<(FileInfo, File, File), StoreError> {
+    let dpath = path_of(data_dir, 'd', id);
+    let ipath = path_of(index_dir, 'i', id);
+    let h = FILE_HEADER_LEN as u64;
+    let d = open_rw(&dpath)?;
+    let i = open_rw(&ipath)?;
+    let dlen = d.metadata().map_err(io_err("stat", &dpath))?.len();
+    let mut hdr = [0u8; FILE_HEADER_LEN];
+    let data_ok = dlen >= h
+        && d.read_exact_at(&mut hdr, 0).is_ok()
+        && FileHeader::decode(&hdr, DATA_MAGIC).is_some_and(|x| x.fileid == id);
+    if !data_ok {
+        if dlen > h {
+            return Err(StoreError::Corrupt {
+                path: dpath,
+                offset: 0,
+                what: "bad data file header",
+            });
+        }
+        // Crash while creating the file: nothing was ever acknowledged from it.
+        tracing::warn!(path = %dpath.display(), "empty or torn data file header, recreating the pair");
+        reset_file(&d, &dpath, DATA_MAGIC, id, mode)?;
+        reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
+        return Ok((
+            FileInfo {
+                data_len: h,
+                idx_len: h,
+                last_idx: 0,
+            },
+            d,
+            i,
+        ));
+    }
+    let ilen = i.metadata().map_err(io_err("stat", &ipath))?.len();
+    let index_ok = ilen >= h
+        && i.read_exact_at(&mut hdr, 0).is_ok()
+        && FileHeader::decode(&hdr, INDEX_MAGIC).is_some_and(|x| x.fileid == id);
+
+    // Pass 1: find the valid end of the index and its last entry.
+    let mut valid_end = h;
+    let mut last: Option<(u32, IndexEntry)> = None;
+    if index_ok {
+        let mut r = IndexReader::new(&i, &ipath)?;
+        while let Some((off, e)) = r.next() {
+            last = Some((off, e));
+            valid_end = r.pos;
+        }
+    }
+    // The index is usable if its last entry points at a valid data entry with the same key.
+    let mut rebuild = !index_ok;
+    let mut data_end = h;
+    if let Some((_, e)) = &last {
+        let end = u64::from(e.data_off) + (DATA_HDR_LEN + e.key.len()) as u64 + stored_len(e);
+        let mut entry = vec![0u8; (end.saturating_sub(u64::from(e.data_off))) as usize];
+        let ok = end <= dlen
+            && d.read_exact_at(&mut entry, u64::from(e.data_off)).is_ok()
+            && data_entry_valid(&entry)
+            && entry[DATA_HDR_LEN..DATA_HDR_LEN + e.key.len()] == e.key[..];
+        if ok { data_end = end } else { rebuild = true }
+    }
+    if rebuild {
+        tracing::warn!(path = %ipath.display(), "index does not match its data file, rebuilding it from data");
+        reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
+        valid_end = h;
+        last = None;
+    } else if valid_end < ilen {
+        tracing::warn!(path = %ipath.display(), valid_end, ilen, "torn index tail, truncating");
+        i.set_len(valid_end).map_err(io_err("truncate", &ipath))?;
+    }
+    let mut info = FileInfo {
+        data_len: h,
+        idx_len: valid_end,
+        last_idx: 0,
+    };
+    // Pass 2: replay the valid index entries.
+    if last.is_some() {
+        let mut r = IndexReader::new(&i, &ipath)?;
+        while r.pos < valid_end {
+            let Some((off, e)) = r.next() else { break };
+            replay.apply(Loc { file: id, off }, &e);
+            info.last_idx = off;
+        }
+    }
+    // Data written after the last indexed entry: index it, up to the first torn entry.
+    let mut pos = data_end;
+    let mut reader = {
+        let mut f = d.try_clone().map_err(io_err("dup", &dpath))?;
+        f.seek(SeekFrom::Start(pos))
+            .map_err(io_err("seek", &dpath))?;
+        BufReader::with_capacity(1 << 20, f)
+    };
+    let mut new_index = Vec::new();
+    while pos < dlen {
+        let Some((e, len)) = read_data_entry(&mut reader, pos, dlen) else {
+            tracing::warn!(path = %dpath.display(), offset = pos, dlen, "torn data tail, truncating");
+            d.set_len(pos).map_err(io_err("truncate", &dpath))?;
+            break;
+        };
+        let mut e = e;
+        e.prev = info.last_idx;
+        e.parent = replay.parent_of(&e.key);
+        let off = info.idx_len as u32;
+        e.encode(&mut new_index);
+        info.idx_len += e.encoded_len() as u64;
+        info.last_idx = off;
+        replay.apply(Loc { file: id, off }, &e);
+        pos += len;
+    }
+    if !new_index.is_empty() {
+        (&i).write_all(&new_index)
+            .map_err(io_err("write", &ipath))?;
+        tracing::info!(path = %ipath.display(), bytes = new_index.len(), "index entries rebuilt from data");
+    }
+    info.data_len = pos.min(dlen).max(data_end);
+    Ok((info, d, i))
+}
+
+/// Reads and validates one data entry at `pos`; `None` if it is torn or invalid.
+fn read_data_entry(r: &mut BufReader<File>, pos: u64, dlen: u64) -> Option<(IndexEntry, u64)> {
+    let mut hdr = [0u8; DATA_HDR_LEN];
+    r.read_exact(&mut hdr).ok()?;
+    let h = decode_data_header(&hdr)?;
+    let len = h.entry_len() as u64;
+    // Never allocate from a length that the file cannot hold or the protocol cannot produce.
+    if h.stored_len as usize > MAX_PAYLOAD + SEAL_OVERHEAD as usize || pos + len > dlen {
+        return None;
+    }
+    let mut entry = hdr.to_vec();
+    entry.resize(len as usize, 0);
+    r.read_exact(&mut entry[DATA_HDR_LEN..]).ok()?;
+    if !data_entry_valid(&entry) {
+        return None;
+    }
+    let enc = h.flags & FLAG_ENCRYPTED != 0;
+    let length = if h.flags & FLAG_DELETED != 0 || !enc {
+        h.stored_len
+    } else {
+        h.stored_len.checked_sub(SEAL_OVERHEAD)?
+    };
+    let key = entry[DATA_HDR_LEN..DATA_HDR_LEN + h.key_len as usize].to_vec();
+    let e = IndexEntry {
+        flags: h.flags,
+        key,
+        data_off: pos as u32,
+        length,
+        timestamp: h.timestamp,
+        value_crc: h.value_crc,
+        prev: 0,
+        parent: Loc::NONE,
+    };
+    Some((e, len))
+}
