@@ -237,7 +237,9 @@ async fn ws_handler(
     ws: WebSocketUpgrade,
     AxState(state): AxState<Arc<State>>,
 ) -> impl IntoResponse {
-    let max = state.limits.max_envelope_bytes + 64;
+    // The socket accepts up to the protocol maximum so that an envelope above this relay's
+    // (smaller) limit is bounced with a reason instead of killing the connection.
+    let max = crate::peer::MAX_MESSAGE;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(state, socket))
