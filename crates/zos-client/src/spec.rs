@@ -468,6 +468,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let s = spec(&text);
+                s.to_deployment(1, None).validate().unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "examples missing in {}", dir.display());
+    }
+
+    #[test]
     fn raw_json_is_accepted() {
         let raw = r#"{"twin_id": 1, "workloads": []}"#;
         assert!(matches!(parse("d.json", raw).unwrap(), SpecInput::Raw(_)));
