@@ -23,6 +23,9 @@ enum Command {
     /// Grid ledger: `ledger serve|verify`, `twin`, `farm`, `contracts`, `balance`.
     #[command(flatten)]
     Ledger(cmd::ledger::LedgerCommands),
+    /// ZeroDB, the 0-db-compatible key-value store: `zdb serve`.
+    #[command(subcommand)]
+    Zdb(cmd::zdb::ZdbCmd),
 }
 
 /// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Deployment(c) => cmd::deployment::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
+        Command::Zdb(c) => cmd::zdb::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

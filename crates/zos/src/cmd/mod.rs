@@ -2,3 +2,4 @@
 
 pub mod deployment;
 pub mod ledger;
+pub mod zdb;

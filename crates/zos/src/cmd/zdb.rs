@@ -1,0 +1,118 @@
+//! `zos zdb …`: the ZeroDB server (0-db compatible), see docs/zdb.md.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+/// ZeroDB commands.
+#[derive(Subcommand, Debug)]
+pub enum ZdbCmd {
+    /// Serve a ZeroDB (RESP over TCP and/or a unix socket) until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+/// Flags of `zos zdb serve`, named as upstream's zdbd flags.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data files directory.
+    #[arg(long, default_value = "./zdb-data")]
+    data: PathBuf,
+    /// Index files directory.
+    #[arg(long, default_value = "./zdb-index")]
+    index: PathBuf,
+    /// TCP listen address (default `::`; with --socket alone, TCP is off).
+    #[arg(long)]
+    listen: Option<IpAddr>,
+    /// TCP port.
+    #[arg(long, default_value_t = 9900)]
+    port: u16,
+    /// Unix socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Admin password (or the ZDB_ADMIN environment variable, which keeps it out of `ps`).
+    #[arg(long, env = "ZDB_ADMIN", hide_env_values = true)]
+    admin: Option<String>,
+    /// One index mode for every namespace: user or seq (`direct` runs as seq). Default: per namespace.
+    #[arg(long)]
+    mode: Option<String>,
+    /// fsync before acknowledging writes (group commit).
+    #[arg(long)]
+    sync: bool,
+    /// Data file rotation size in bytes.
+    #[arg(long, default_value_t = zos_zdb::DEFAULT_DATASIZE)]
+    datasize: u64,
+    /// Make the default namespace read-only unless selected with the admin password.
+    #[arg(long)]
+    protect: bool,
+    /// Enable the STOP command (upstream enables it in debug builds).
+    #[arg(long)]
+    debug: bool,
+}
+
+/// Runs a zdb subcommand.
+pub fn run(cmd: ZdbCmd) -> anyhow::Result<()> {
+    match cmd {
+        ZdbCmd::Serve(a) => serve(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mode = match a.mode.as_deref() {
+        None => None,
+        Some(m) => {
+            if m == "direct" {
+                tracing::warn!("--mode direct is deprecated, running as seq");
+            }
+            Some(
+                zos_zdb::Mode::from_name(m)
+                    .with_context(|| format!("unknown mode {m:?} (user or seq)"))?,
+            )
+        }
+    };
+    let listen = match (a.listen, &a.socket) {
+        (Some(ip), _) => Some(SocketAddr::new(ip, a.port)),
+        (None, Some(_)) => None,
+        (None, None) => Some(SocketAddr::new(IpAddr::from([0u16; 8]), a.port)),
+    };
+    let cfg = zos_zdb::ServerConfig {
+        data_dir: a.data,
+        index_dir: a.index,
+        listen,
+        socket: a.socket,
+        admin_password: a.admin,
+        mode,
+        sync: a.sync,
+        datasize: a.datasize,
+        protect: a.protect,
+        debug: a.debug,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let server = zos_zdb::Server::bind(cfg).await?;
+        if let Some(addr) = server.local_addr() {
+            // Machine-readable line for scripts that start us on port 0.
+            println!("listening {addr}");
+        }
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
