@@ -24,6 +24,17 @@ pub struct TwinRecord {
     pub relays: Vec<String>,
 }
 
+/// The domain of a `Twin.relays` entry: entries are domains (`relay.example:443`), but a
+/// `ws://`/`wss://` URL is accepted too and compares by its `host[:port]`.
+pub fn relay_domain(entry: &str) -> &str {
+    let e = entry.trim();
+    let e = ["wss://", "ws://", "https://", "http://"]
+        .iter()
+        .find_map(|p| e.strip_prefix(p))
+        .unwrap_or(e);
+    e.split('/').next().unwrap_or(e)
+}
+
 /// A lookup failed (as opposed to "no such twin", which is `Ok(None)`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
@@ -221,6 +232,13 @@ mod tests {
         cache.invalidate(1);
         cache.twin(1).await.unwrap();
         assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn relay_entries_compare_by_domain() {
+        assert_eq!(relay_domain("relay.example"), "relay.example");
+        assert_eq!(relay_domain("wss://relay.example/"), "relay.example");
+        assert_eq!(relay_domain("ws://127.0.0.1:8080"), "127.0.0.1:8080");
     }
 
     #[tokio::test]

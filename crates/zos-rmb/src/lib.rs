@@ -27,6 +27,8 @@ pub mod e2e;
 pub mod envelope;
 /// WebSocket frames between peers and relays (login, envelopes, bounces).
 pub mod frame;
+/// Twin lookups against the zos ledger.
+pub mod ledger;
 /// Relay limits and rate limiting.
 pub mod limits;
 /// Relay metrics in Prometheus text format.
@@ -40,6 +42,7 @@ mod transport;
 
 pub use directory::{CachedDirectory, DirectoryError, MemoryDirectory, TwinDirectory, TwinRecord};
 pub use e2e::e2e_public_key;
+pub use ledger::LedgerDirectory;
 pub use limits::Limits;
 pub use peer::{HandlerError, Peer, PeerConfig, RequestContext, RmbError, Router};
 pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};

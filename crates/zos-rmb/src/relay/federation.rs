@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::RelayIdentity;
 use super::switch::Switch;
-use crate::directory::lock;
+use crate::directory::{lock, relay_domain};
 use crate::envelope::{Address, Header, MessageId};
 use crate::frame::{Bounce, BounceCode, Frame, Role};
 use crate::limits::Limits;
@@ -56,7 +56,10 @@ impl Federation {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Federation {
-            urls,
+            urls: urls
+                .into_iter()
+                .map(|(d, u)| (relay_domain(&d).to_owned(), u))
+                .collect(),
             identity,
             max_message: limits.max_envelope_bytes + 64,
             links: Mutex::new(HashMap::new()),
@@ -82,10 +85,10 @@ impl Federation {
         header: &Header,
         frame: Bytes,
     ) -> Result<(), String> {
-        let Some((domain, url)) = relays
-            .iter()
-            .find_map(|d| self.urls.get(d).map(|u| (d.clone(), u.clone())))
-        else {
+        let Some((domain, url)) = relays.iter().find_map(|d| {
+            let d = relay_domain(d);
+            self.urls.get(d).map(|u| (d.to_owned(), u.clone()))
+        }) else {
             return Err(format!(
                 "twin {} is on relays {relays:?}; this relay has no federation link to any of them",
                 header.destination.twin

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use zos_types::crypto::KeyPair;
 
-use crate::directory::{TwinDirectory, lock};
+use crate::directory::{TwinDirectory, lock, relay_domain};
 use crate::envelope::{Envelope, Header, unix_now};
 use crate::frame::{Bounce, BounceCode, Frame, Role};
 use crate::limits::{Exceeded, Limits, RateLimiter};
@@ -380,7 +380,12 @@ impl State {
         let frame = Frame::Envelope(env_bytes)
             .encode()
             .map_err(|e| (BounceCode::Malformed, e.to_string()))?;
-        if rec.relays.is_empty() || rec.relays.iter().any(|r| r == &self.domain) {
+        if rec.relays.is_empty()
+            || rec
+                .relays
+                .iter()
+                .any(|r| relay_domain(r) == relay_domain(&self.domain))
+        {
             let d = self.switch.deliver(header, frame, received)?;
             if d == Delivery::Queued {
                 self.metrics
