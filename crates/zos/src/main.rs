@@ -20,6 +20,9 @@ enum Command {
     /// Inspect, hash, sign and check deployment documents.
     #[command(subcommand)]
     Deployment(cmd::deployment::DeploymentCmd),
+    /// Create or show the user's key.
+    #[command(subcommand)]
+    Key(cmd::key::KeyCmd),
     /// Grid ledger: `ledger serve|verify`, `twin`, `farm`, `contracts`, `balance`.
     #[command(flatten)]
     Ledger(cmd::ledger::LedgerCommands),
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Deployment(c) => cmd::deployment::run(c),
+        Command::Key(c) => cmd::key::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Zdb(c) => cmd::zdb::run(c),
     };

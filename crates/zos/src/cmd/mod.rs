@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
 pub mod deployment;
+pub mod key;
 pub mod ledger;
 pub mod zdb;
