@@ -17,17 +17,26 @@ pub mod chain;
 pub mod engine;
 /// Node identity: the seed file, mirrored per pool.
 pub mod identity;
+/// The real ledger behind `Chain` and RMB's twin directory.
+pub mod ledger;
 /// Prometheus metrics on loopback.
 pub mod metrics;
 /// The deployment model (re-exported from `zos-types`).
 pub mod model;
+/// `run_node`: wiring and the worker loops.
+pub mod node;
 /// The primitive trait and registry.
 pub mod primitives;
+/// Capacity discovery, twin and node registration, uptime.
+pub mod registrar;
 /// Durable engine state (redb).
 pub mod store;
 /// Host facts from /proc and /sys.
 pub mod sysinfo;
+/// The ledger event watcher.
+pub mod watcher;
 
+pub use node::{NodeConfig, NodeError, Worker, run_node};
 pub use primitives::{
     NodeSecret, PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry,
     WorkloadCtx,

@@ -1,0 +1,173 @@
+//! The real ledger behind [`Chain`] and RMB's [`TwinDirectory`], over `zos_ledger::LedgerClient`.
+//!
+//! Every transaction the node signs goes through [`NodeLedger::send`], which serialises them:
+//! the ledger wants consecutive nonces from one account, and registration, uptime and resource
+//! reports run concurrently.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use zos_ledger::{Call, ContractKind, ContractResources, ContractState, LedgerClient, Resources};
+use zos_rmb::{DirectoryError, TwinDirectory, TwinRecord};
+use zos_types::crypto::{KeyPair, PublicKey};
+
+use crate::chain::{Chain, ChainError, ContractInfo, ContractStatus};
+use crate::model::Capacity;
+
+/// The node's ledger access: reads, and transactions signed with the node key.
+#[derive(Clone)]
+pub struct NodeLedger {
+    client: LedgerClient,
+    key: KeyPair,
+    tx_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for NodeLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLedger")
+            .field("url", &self.client.url())
+            .finish()
+    }
+}
+
+fn cerr(op: &'static str, e: impl std::fmt::Display) -> ChainError {
+    ChainError {
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl NodeLedger {
+    /// A ledger handle signing with `key`.
+    pub fn new(client: LedgerClient, key: KeyPair) -> Self {
+        NodeLedger {
+            client,
+            key,
+            tx_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The read client.
+    pub fn client(&self) -> &LedgerClient {
+        &self.client
+    }
+
+    /// Signs and submits `call` (one at a time), waiting for its block.
+    pub async fn send(
+        &self,
+        op: &'static str,
+        call: Call,
+    ) -> Result<zos_ledger::Receipt, ChainError> {
+        let _g = self.tx_lock.lock().await;
+        self.client
+            .send(&self.key, call)
+            .await
+            .map_err(|e| cerr(op, e))
+    }
+}
+
+#[async_trait]
+impl Chain for NodeLedger {
+    async fn contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
+        let Some(c) = self
+            .client
+            .contract(id)
+            .await
+            .map_err(|e| cerr("get contract", e))?
+        else {
+            return Ok(None);
+        };
+        let status = match c.state {
+            ContractState::Created => ContractStatus::Created,
+            ContractState::GracePeriod { .. } => ContractStatus::GracePeriod,
+            ContractState::Deleted { .. } => ContractStatus::Deleted,
+        };
+        let (node_id, deployment_hash) = match &c.kind {
+            ContractKind::Node {
+                node_id,
+                deployment_hash,
+                ..
+            } => (Some(*node_id), deployment_hash.clone()),
+            ContractKind::Name { .. } => (None, String::new()),
+        };
+        Ok(Some(ContractInfo {
+            id: c.id,
+            twin_id: c.twin_id,
+            node_id,
+            deployment_hash,
+            status,
+        }))
+    }
+
+    async fn node_contracts(&self, node_id: u32) -> Result<Vec<u64>, ChainError> {
+        Ok(self
+            .client
+            .node_contracts(node_id)
+            .await
+            .map_err(|e| cerr("node contracts", e))?
+            .into_iter()
+            .filter(|c| c.state.is_active())
+            .map(|c| c.id)
+            .collect())
+    }
+
+    async fn twin_key(&self, twin: u32) -> Result<Option<PublicKey>, ChainError> {
+        Ok(self
+            .client
+            .twin(twin)
+            .await
+            .map_err(|e| cerr("get twin", e))?
+            .map(|t| t.account))
+    }
+
+    async fn report_resources(&self, used: &[(u64, Capacity)]) -> Result<(), ChainError> {
+        let reports = used
+            .iter()
+            .map(|(id, c)| ContractResources {
+                contract_id: *id,
+                used: Resources {
+                    cru: c.cru,
+                    sru: c.sru,
+                    hru: c.hru,
+                    mru: c.mru,
+                },
+            })
+            .collect();
+        self.send(
+            "report contract resources",
+            Call::ReportContractResources(reports),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// RMB twin lookups from the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerTwins(pub LedgerClient);
+
+#[async_trait]
+impl TwinDirectory for LedgerTwins {
+    async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError> {
+        let t = self.0.twin(id).await.map_err(|e| DirectoryError::Backend {
+            id,
+            reason: e.to_string(),
+        })?;
+        let Some(t) = t else { return Ok(None) };
+        let e2e_key = match &t.e2e_key {
+            None => None,
+            Some(h) => Some(zos_types::crypto::decode_hex32("e2e key", h).map_err(|e| {
+                DirectoryError::Invalid {
+                    id,
+                    reason: e.to_string(),
+                }
+            })?),
+        };
+        Ok(Some(TwinRecord {
+            id,
+            account: t.account,
+            e2e_key,
+            relays: t.relays,
+        }))
+    }
+}

@@ -1,0 +1,380 @@
+//! Putting it together: [`run_node`] starts identity, registration, the engine worker, the
+//! watcher, the uptime loop, the metrics endpoint and the RMB API, and stops them all when the
+//! shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use zos_ledger::LedgerClient;
+
+use crate::api::{Api, NodeState};
+use crate::engine::{Engine, EngineConfig, HostCapacity};
+use crate::ledger::{LedgerTwins, NodeLedger};
+use crate::metrics::Metrics;
+use crate::primitives::{NodeSecret, PrimitiveRegistry};
+use crate::registrar::{self, RegistrarError};
+use crate::store::Store;
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Ledger JSON-RPC URL (`http://127.0.0.1:PORT`).
+    pub ledger_url: String,
+    /// RMB relay WebSocket URLs.
+    pub relay_urls: Vec<String>,
+    /// Relay domains written into the node's twin; empty = the host[:port] of each relay URL.
+    pub relay_domains: Vec<String>,
+    /// Farm to register with.
+    pub farm_id: u32,
+    /// Persistent state directory (seed, engine store).
+    pub data_dir: PathBuf,
+    /// Directories the seed is mirrored to (one per storage pool).
+    pub seed_mirrors: Vec<PathBuf>,
+    /// Loopback address for `GET /metrics` (port 0 allowed); `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Twins allowed to call `zos.debug.*`.
+    pub admin_twins: Vec<u32>,
+    /// Full sync period (upstream: 1 h).
+    pub sync_interval: Duration,
+    /// Uptime report period (upstream: 40 min).
+    pub uptime_interval: Duration,
+    /// Registration re-check period (upstream: 24 h).
+    pub registration_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but the addresses, farm and data directory.
+    pub fn new(
+        ledger_url: impl Into<String>,
+        relay_url: impl Into<String>,
+        farm_id: u32,
+        data_dir: PathBuf,
+    ) -> Self {
+        NodeConfig {
+            ledger_url: ledger_url.into(),
+            relay_urls: vec![relay_url.into()],
+            relay_domains: Vec::new(),
+            farm_id,
+            data_dir,
+            seed_mirrors: Vec::new(),
+            metrics_listen: None,
+            admin_twins: Vec::new(),
+            sync_interval: Duration::from_secs(3600),
+            uptime_interval: Duration::from_secs(40 * 60),
+            registration_interval: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Identity could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The engine store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The ledger URL is unusable.
+    #[error("ledger client: {0}")]
+    Ledger(String),
+    /// The metrics endpoint could not bind.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// A long-running loop of the node.
+#[async_trait]
+pub trait Worker: Send + 'static {
+    /// Name shown in diagnostics.
+    fn name(&self) -> &'static str;
+    /// Runs until `shutdown` turns true.
+    async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>);
+}
+
+struct EngineWorker(Engine);
+
+#[async_trait]
+impl Worker for EngineWorker {
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+    async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) {
+        self.0.run(wait(shutdown)).await;
+    }
+}
+
+struct WatcherWorker {
+    ledger: NodeLedger,
+    engine: Engine,
+    state: Arc<NodeState>,
+    sync: Duration,
+}
+
+#[async_trait]
+impl Worker for WatcherWorker {
+    fn name(&self) -> &'static str {
+        "watcher"
+    }
+    async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) {
+        crate::watcher::run(self.ledger, self.engine, self.state, self.sync, shutdown).await;
+    }
+}
+
+struct RegistrarWorker {
+    ledger: NodeLedger,
+    cfg: NodeConfig,
+    registry: PrimitiveRegistry,
+    relays: Vec<String>,
+    e2e: String,
+    public: zos_types::crypto::PublicKey,
+    state: Arc<NodeState>,
+}
+
+#[async_trait]
+impl Worker for RegistrarWorker {
+    fn name(&self) -> &'static str {
+        "registrar"
+    }
+    async fn run(self: Box<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut uptime = tokio::time::interval(self.cfg.uptime_interval);
+        let mut recheck = tokio::time::interval(self.cfg.registration_interval);
+        recheck.tick().await; // registration just ran at start
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = uptime.tick() => {
+                    if let Err(e) = registrar::report_uptime(&self.ledger).await {
+                        tracing::warn!(error = %e, "uptime report failed");
+                    }
+                }
+                _ = recheck.tick() => {
+                    let facts = registrar::discover(self.cfg.farm_id, &self.registry).await;
+                    let public = self.public;
+                    match registrar::register(&self.ledger, &public, &self.relays, &self.e2e, &facts).await {
+                        Ok(r) => self.state.farm_twin.store(r.farm_twin, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "registration re-check failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn domain_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+fn spawn(
+    w: Box<dyn Worker>,
+    state: &Arc<NodeState>,
+    rx: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let name = w.name();
+    state.set_module(name, "running", "");
+    let state = state.clone();
+    let rx = rx.clone();
+    tokio::spawn(async move {
+        w.run(rx).await;
+        state.set_module(name, "stopped", "");
+        tracing::debug!(worker = name, "stopped");
+    })
+}
+
+/// Runs a node until `shutdown` completes. Registration is retried until it succeeds (a node
+/// whose farm does not exist idles and logs why); the API is served once the node is known.
+pub async fn run_node(
+    cfg: NodeConfig,
+    registry: PrimitiveRegistry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let key = crate::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
+    tracing::info!(public = %key.public(), "node identity loaded");
+    let store = Store::open(&cfg.data_dir.join("engine.redb"))?;
+    let client =
+        LedgerClient::new(&cfg.ledger_url).map_err(|e| NodeError::Ledger(e.to_string()))?;
+    let ledger = NodeLedger::new(client.clone(), key.clone());
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::new(
+        store,
+        Arc::new(ledger.clone()),
+        registry.clone(),
+        NodeSecret::new(*key.seed()),
+        EngineConfig {
+            host: HostCapacity::discover(),
+        },
+        metrics,
+    )?;
+    let state = Arc::new(NodeState {
+        farm_id: cfg.farm_id,
+        admin_twins: cfg.admin_twins.clone(),
+        ..NodeState::default()
+    });
+    let relays: Vec<String> = if cfg.relay_domains.is_empty() {
+        cfg.relay_urls.iter().map(|u| domain_of(u)).collect()
+    } else {
+        cfg.relay_domains.clone()
+    };
+    let e2e = hex::encode(zos_rmb::e2e_public_key(key.seed()));
+
+    // Registration: retried until it works or we are told to stop.
+    let mut backoff = Duration::from_millis(200);
+    let reg = loop {
+        let facts = registrar::discover(cfg.farm_id, &registry).await;
+        match registrar::register(&ledger, &key.public(), &relays, &e2e, &facts).await {
+            Ok(r) => break r,
+            Err(e) => {
+                let idle = matches!(e, RegistrarError::NoFarm(_));
+                state.set_module("registrar", "error", e.to_string());
+                if idle {
+                    tracing::warn!(error = %e, "node idles: no farm");
+                } else {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                }
+                tokio::select! {
+                    _ = wait(stop_rx.clone()) => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    engine.set_node_id(reg.node_id);
+    state.twin_id.store(reg.twin_id, Ordering::Relaxed);
+    state.farm_twin.store(reg.farm_twin, Ordering::Relaxed);
+    tracing::info!(
+        node = reg.node_id,
+        twin = reg.twin_id,
+        farm = cfg.farm_id,
+        "node registered"
+    );
+
+    let n = engine.reconcile_all().map_err(|e| match e {
+        crate::engine::EngineError::Store(s) => NodeError::Store(s),
+        other => NodeError::Ledger(other.to_string()),
+    })?;
+    tracing::info!(deployments = n, "reconciliation queued");
+
+    let mut tasks = vec![
+        spawn(Box::new(EngineWorker(engine.clone())), &state, &stop_rx),
+        spawn(
+            Box::new(WatcherWorker {
+                ledger: ledger.clone(),
+                engine: engine.clone(),
+                state: state.clone(),
+                sync: cfg.sync_interval,
+            }),
+            &state,
+            &stop_rx,
+        ),
+        spawn(
+            Box::new(RegistrarWorker {
+                ledger: ledger.clone(),
+                cfg: cfg.clone(),
+                registry: registry.clone(),
+                relays: relays.clone(),
+                e2e: e2e.clone(),
+                public: key.public(),
+                state: state.clone(),
+            }),
+            &state,
+            &stop_rx,
+        ),
+    ];
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = crate::metrics::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            engine.clone(),
+            wait(stop_rx.clone()),
+        )));
+    }
+
+    // The API over RMB.
+    let api = Api::new(engine.clone(), state.clone());
+    let dir: Arc<dyn zos_rmb::TwinDirectory> = Arc::new(zos_rmb::CachedDirectory::new(
+        LedgerTwins(client),
+        Duration::from_secs(30),
+    ));
+    let peer_cfg = zos_rmb::PeerConfig {
+        relays: cfg.relay_urls.clone(),
+        twin_id: reg.twin_id,
+        key: key.clone(),
+        session: None,
+    };
+    let mut backoff = Duration::from_millis(200);
+    let peer = loop {
+        match zos_rmb::Peer::connect(peer_cfg.clone(), dir.clone()).await {
+            Ok(p) => break Some(p),
+            Err(e) => {
+                state.set_module("api", "error", e.to_string());
+                tracing::warn!(error = %e, "cannot connect to the relay; retrying");
+                tokio::select! {
+                    _ = wait(stop_rx.clone()) => break None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Some(peer) = &peer {
+        peer.serve(api.router());
+        state.set_module("api", "running", "");
+        tracing::info!(twin = reg.twin_id, "node API served over RMB");
+    }
+    wait(stop_rx.clone()).await;
+    if let Some(peer) = peer {
+        peer.close();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_domain_is_host_and_port() {
+        assert_eq!(domain_of("ws://127.0.0.1:8080/"), "127.0.0.1:8080");
+        assert_eq!(domain_of("wss://relay.grid.tf"), "relay.grid.tf");
+        assert_eq!(domain_of("relay.local"), "relay.local");
+    }
+}

@@ -1,0 +1,167 @@
+//! The ledger watcher: follows events from the last processed height (persisted in the engine
+//! store as `event_height`) and turns the ones about this node into engine jobs.
+//!
+//! - `NodeContractCanceled` → deprovision ("contract canceled event received");
+//! - `ContractGracePeriodStarted` / `Ended` → pause / resume;
+//! - `NodePublicConfigStored` → the node's public config is replaced (reconfigure);
+//! - `FarmStored` of our farm → the farm twin (admin API) is refreshed.
+//!
+//! The height is persisted after each event; on restart the watcher resubscribes from that
+//! height, so the last block is seen again: every action is idempotent (a second deprovision
+//! finds nothing), so nothing is applied twice with effect and nothing is skipped. Events that
+//! happened while the node was down are therefore applied when it comes back. A full sync
+//! against the node's active contracts runs at start and every `sync_interval`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use zos_ledger::{Event, EventRecord, PublicConfig};
+
+use crate::api::NodeState;
+use crate::engine::Engine;
+use crate::ledger::NodeLedger;
+use crate::store::JobOp;
+
+/// The meta key holding the last processed event height.
+pub const HEIGHT_KEY: &str = "event_height";
+
+/// Upstream's JSON shape of a public config (`zos.network.public_config_get`).
+pub fn public_config_json(c: &PublicConfig) -> Value {
+    json!({
+        "type": "macvlan",
+        "ipv4": c.ip4.ip,
+        "gw4": c.ip4.gw,
+        "ipv6": c.ip6.as_ref().map(|i| i.ip.clone()).unwrap_or_default(),
+        "gw6": c.ip6.as_ref().map(|i| i.gw.clone()).unwrap_or_default(),
+        "domain": c.domain.clone().unwrap_or_default(),
+    })
+}
+
+/// Applies one event to the engine; returns whether it concerned this node.
+pub fn apply(
+    engine: &Engine,
+    state: &NodeState,
+    rec: &EventRecord,
+) -> Result<bool, crate::engine::EngineError> {
+    let me = engine.node_id();
+    match &rec.event {
+        Event::NodeContractCanceled {
+            contract_id,
+            node_id,
+            twin_id,
+        } if *node_id == me => {
+            tracing::info!(contract = contract_id, "contract canceled: deprovisioning");
+            engine.enqueue(
+                *twin_id,
+                *contract_id,
+                JobOp::Deprovision {
+                    reason: "contract canceled event received".into(),
+                },
+            )?;
+        }
+        Event::ContractGracePeriodStarted {
+            contract_id,
+            node_id,
+            twin_id,
+        } if *node_id == me => {
+            tracing::info!(contract = contract_id, "grace period started: pausing");
+            engine.enqueue(*twin_id, *contract_id, JobOp::Pause)?;
+        }
+        Event::ContractGracePeriodEnded {
+            contract_id,
+            node_id,
+            twin_id,
+        } if *node_id == me => {
+            tracing::info!(contract = contract_id, "grace period ended: resuming");
+            engine.enqueue(*twin_id, *contract_id, JobOp::Resume)?;
+        }
+        Event::NodePublicConfigStored { node_id, config } if *node_id == me => {
+            tracing::info!(?config, "public config changed: reconfiguring");
+            *state.public_config.write().expect("public config lock") =
+                config.as_ref().map(public_config_json);
+        }
+        Event::FarmStored { farm } if farm.id == state.farm_id => {
+            state.farm_twin.store(farm.twin_id, Ordering::Relaxed);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Follows events until `shutdown`, reconnecting with backoff; runs the periodic full sync.
+pub async fn run(
+    ledger: NodeLedger,
+    engine: Engine,
+    state: Arc<NodeState>,
+    sync_interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = ledger.client().clone();
+    // First start: nothing before the current head concerns us (the full sync covers state).
+    if engine.store().meta(HEIGHT_KEY).ok().flatten().is_none() {
+        match client.head().await {
+            Ok(h) => {
+                let _ = engine.store().set_meta(HEIGHT_KEY, h);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read ledger head"),
+        }
+    }
+    let mut sync_tick = tokio::time::interval(sync_interval);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let from = engine.store().meta(HEIGHT_KEY).ok().flatten().unwrap_or(0);
+        let mut stream = match client.subscribe_events(from).await {
+            Ok(s) => {
+                state.set_module("watcher", "running", "");
+                backoff = Duration::from_millis(200);
+                s
+            }
+            Err(e) => {
+                state.set_module("watcher", "error", e.to_string());
+                tracing::warn!(error = %e, "event subscription failed; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sync_tick.tick() => {
+                    if let Err(e) = engine.sync().await {
+                        tracing::warn!(error = %e, "full sync failed");
+                    }
+                }
+                item = stream.next() => match item {
+                    Some(Ok(rec)) => {
+                        if let Err(e) = apply(&engine, &state, &rec) {
+                            tracing::error!(error = %e, height = rec.height, "cannot apply event; will retry");
+                            break;
+                        }
+                        if let Err(e) = engine.store().set_meta(HEIGHT_KEY, rec.height) {
+                            tracing::error!(error = %e, "cannot persist event height");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "event stream failed; resubscribing");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
