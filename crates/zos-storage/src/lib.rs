@@ -26,16 +26,23 @@ pub mod btrfs;
 pub mod exec;
 /// Pools: discovery, loop files, format, mount, quota, shutdown.
 pub mod pool;
+/// The node primitives (`volume`, `zmount`, `zdb`), pool reporter and snapshot API.
+pub mod primitives;
 /// The shared `Storage` handle and allocation.
 pub mod storage;
 /// `volume` workloads: subvolumes with quotas and snapshots.
 pub mod volume;
 /// `zdb` workloads: supervised ZeroDB servers and namespaces.
 pub mod zdb;
+/// ZeroDB servers: launcher seam, in-process launcher, supervision.
+pub mod zdb_server;
 /// `zmount` workloads: encrypted sparse VM disks.
 pub mod zmount;
 
 pub use pool::{LoopPoolSpec, Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
+pub use primitives::register;
 pub use storage::{AllocError, PoolCapacity, Storage, StorageConfig};
 pub use volume::{SnapshotInfo, VolumeError, VolumeInfo};
+pub use zdb::{NamespaceMode, NamespaceSpec, ZdbError, ZdbResult};
+pub use zdb_server::{InProcessZdb, ZdbExit, ZdbLauncher, ZdbServerSpec};
 pub use zmount::{DiskError, DiskInfo, DiskKey};

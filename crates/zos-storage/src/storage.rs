@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::btrfs::{self, BtrfsError};
 use crate::pool::{Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
-use crate::zdb::ZdbSupervisor;
+use crate::zdb_server::ZdbSupervisor;
 
 /// No pool can take a reservation.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ pub const SNAPSHOT_DIR: &str = ".snapshots";
 pub enum VolumeError {
     /// The id is not a safe, non-reserved name.
     #[error(
-        "invalid volume id {0:?}: use 1-64 of [A-Za-z0-9_-], not starting with 'zdb' or a reserved name"
+        "invalid volume id {0:?}: use 1-128 of [A-Za-z0-9_-], not starting with 'zdb' or a reserved name"
     )]
     InvalidId(String),
     /// Sizes must be positive.
@@ -120,7 +120,7 @@ const RESERVED: [&str; 3] = [
 /// not hidden, not `zdb*` (upstream reserves that prefix).
 pub fn is_volume_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 128
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -477,7 +477,7 @@ mod tests {
             "a/b",
             "..",
             "x y",
-            &"a".repeat(65),
+            &"a".repeat(129),
         ] {
             assert!(!is_volume_name(bad), "{bad}");
         }

@@ -3,25 +3,19 @@
 //! is a namespace named by the workload id, managed over RESP with the server's admin password
 //! (derived from the node seed, never written down).
 //!
-//! How a server runs is a [`ZdbLauncher`]: in-process (`zos_zdb::Server`) in the node. Each
-//! server's TCP port is chosen once and kept in `<pool>/zdb/port`, so results handed to users
-//! (`{Namespace, IPs, Port}`) stay valid across restarts.
+//! Servers and their supervision live in [`crate::zdb_server`]; this module is the namespace
+//! side.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
-use tokio::sync::watch;
 
-use crate::btrfs::{self, BtrfsError};
-use crate::pool::{Pool, PoolKind};
+use crate::btrfs::BtrfsError;
+use crate::pool::PoolKind;
 use crate::storage::{AllocError, Storage};
+use crate::zdb_server::Instance;
 
 /// The subvolume holding ZeroDB data and index on a pool.
 pub const ZDB_DIR: &str = "zdb";
@@ -110,37 +104,6 @@ impl ZdbError {
     }
 }
 
-/// What a launcher must start.
-#[derive(Debug, Clone)]
-pub struct ZdbServerSpec {
-    /// Pool name (for logs).
-    pub pool: String,
-    /// `--data`.
-    pub data_dir: PathBuf,
-    /// `--index`.
-    pub index_dir: PathBuf,
-    /// TCP address; port 0 on the very first start.
-    pub listen: SocketAddr,
-    /// `--admin`.
-    pub admin_password: String,
-}
-
-/// Resolves when a launched server has stopped: `Ok` after a requested stop, `Err(reason)`
-/// when it died.
-pub type ZdbExit = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// Starts one ZeroDB server.
-#[async_trait::async_trait]
-pub trait ZdbLauncher: Send + Sync + 'static {
-    /// Start a server for `spec`; it must stop when `stop` turns true. Returns the bound
-    /// address and a future that resolves when the server has stopped.
-    async fn launch(
-        &self,
-        spec: &ZdbServerSpec,
-        stop: watch::Receiver<bool>,
-    ) -> Result<(SocketAddr, ZdbExit), String>;
-}
-
 /// A `zdb` workload's data (`{size, mode, password, public}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceSpec {
@@ -222,90 +185,9 @@ pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
     info
 }
 
-/// One supervised server.
-#[derive(Debug)]
-struct Instance {
-    pool: String,
-    addr: SocketAddr,
-    admin: String,
-    /// Bumped on every (re)start: tests and the node can watch restarts.
-    starts: watch::Receiver<u64>,
-    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Supervises the node's ZeroDB servers.
-#[derive(Debug)]
-pub struct ZdbSupervisor {
-    instances: std::sync::RwLock<Vec<Arc<Instance>>>,
-    stop: watch::Sender<bool>,
-}
-
-impl Default for ZdbSupervisor {
-    fn default() -> Self {
-        ZdbSupervisor {
-            instances: std::sync::RwLock::new(Vec::new()),
-            stop: watch::channel(false).0,
-        }
-    }
-}
-
-/// A running server as reported by [`Storage::zdb_servers`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ZdbServerInfo {
-    /// Pool it stores on.
-    pub pool: String,
-    /// Its TCP address.
-    pub addr: SocketAddr,
-    /// How many times it has been started (1 = never restarted).
-    pub starts: u64,
-}
-
-impl ZdbSupervisor {
-    fn all(&self) -> Vec<Arc<Instance>> {
-        self.instances
-            .read()
-            .expect("zdb instance list lock is never poisoned: no panics while held")
-            .clone()
-    }
-
-    fn on_pool(&self, pool: &str) -> Option<Arc<Instance>> {
-        self.all().into_iter().find(|i| i.pool == pool)
-    }
-
-    /// Bytes reserved by namespaces of the server on `pool` (Σ maxsize); 0 when it has none
-    /// or cannot be asked (logged).
-    pub async fn reserved_on(&self, pool: &str) -> u64 {
-        let Some(inst) = self.on_pool(pool) else {
-            return 0;
-        };
-        match namespaces(&inst).await {
-            Ok(list) => list
-                .iter()
-                .map(|(_, i)| i.max_size)
-                .fold(0, u64::saturating_add),
-            Err(e) => {
-                tracing::warn!(pool, error = %e, "cannot read zdb reservations");
-                0
-            }
-        }
-    }
-
-    /// Stop every server and wait for them.
-    pub async fn stop_all(&self) {
-        self.stop.send_replace(true);
-        for inst in self.all() {
-            if let Some(task) = inst.task.lock().await.take() {
-                let _ = task.await;
-            }
-        }
-        self.instances
-            .write()
-            .expect("zdb instance list lock is never poisoned")
-            .clear();
-    }
-}
-
-async fn connect(inst: &Instance) -> Result<redis::aio::MultiplexedConnection, ZdbError> {
+pub(crate) async fn connect(
+    inst: &Instance,
+) -> Result<redis::aio::MultiplexedConnection, ZdbError> {
     let rerr = |op: &str| {
         let op = op.to_string();
         move |source| ZdbError::Redis {
@@ -354,7 +236,7 @@ async fn query<T: redis::FromRedisValue>(
 }
 
 /// All namespaces (except `default`) of a server with their NSINFO.
-async fn namespaces(inst: &Instance) -> Result<Vec<(String, NamespaceInfo)>, ZdbError> {
+pub(crate) async fn namespaces(inst: &Instance) -> Result<Vec<(String, NamespaceInfo)>, ZdbError> {
     let mut c = connect(inst).await?;
     let names: Vec<String> = query(inst, &mut c, &["NSLIST"]).await?;
     let mut out = Vec::new();
@@ -365,143 +247,7 @@ async fn namespaces(inst: &Instance) -> Result<Vec<(String, NamespaceInfo)>, Zdb
     Ok(out)
 }
 
-fn admin_password(seed: &[u8; 32], pool: &str) -> String {
-    let hk = Hkdf::<Sha256>::new(Some(b"zos-storage-zdb-admin-v1"), seed);
-    let mut out = [0u8; 24];
-    hk.expand(pool.as_bytes(), &mut out)
-        .expect("24 bytes is a valid HKDF-SHA256 output length");
-    hex::encode(out)
-}
-
 impl Storage {
-    /// Start (and from then on supervise) one ZeroDB server per HDD pool, or per SSD pool when
-    /// the node has no HDD. Idempotent: pools that already have a server are skipped.
-    pub async fn start_zdb(&self, launcher: Arc<dyn ZdbLauncher>) -> Result<(), ZdbError> {
-        let hdd: Vec<&Pool> = self
-            .pools
-            .iter()
-            .filter(|p| p.kind == PoolKind::Hdd)
-            .collect();
-        let pools = if hdd.is_empty() {
-            self.pools.iter().collect()
-        } else {
-            hdd
-        };
-        self.zdb.stop.send_replace(false);
-        for pool in pools {
-            if self.zdb.on_pool(&pool.name).is_some() {
-                continue;
-            }
-            let inst = self.launch_supervised(pool, launcher.clone()).await?;
-            self.zdb
-                .instances
-                .write()
-                .expect("zdb instance list lock is never poisoned")
-                .push(inst);
-        }
-        Ok(())
-    }
-
-    async fn launch_supervised(
-        &self,
-        pool: &Pool,
-        launcher: Arc<dyn ZdbLauncher>,
-    ) -> Result<Arc<Instance>, ZdbError> {
-        let root = pool.path(ZDB_DIR);
-        btrfs::ensure_subvolume(&root)
-            .await
-            .map_err(|source| ZdbError::Btrfs {
-                pool: pool.name.clone(),
-                source,
-            })?;
-        let io = |op, path: PathBuf| {
-            move |source| ZdbError::Io {
-                pool: pool.name.clone(),
-                op,
-                path,
-                source,
-            }
-        };
-        let (data_dir, index_dir) = (root.join("data"), root.join("index"));
-        for d in [&data_dir, &index_dir] {
-            std::fs::create_dir_all(d).map_err(io("create", d.clone()))?;
-        }
-        let port_file = root.join("port");
-        let port: u16 = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let mut spec = ZdbServerSpec {
-            pool: pool.name.clone(),
-            data_dir,
-            index_dir,
-            listen: SocketAddr::new(self.cfg.zdb_listen, port),
-            admin_password: admin_password(&self.seed, &pool.name),
-        };
-        let first = launcher.launch(&spec, self.zdb.stop.subscribe()).await;
-        let (addr, exit) = match first {
-            Ok(x) => x,
-            Err(reason) if port != 0 => {
-                // The remembered port is taken: users must be told the new one by re-provisioning.
-                tracing::warn!(pool = %pool.name, port, %reason, "remembered zdb port unavailable, picking a new one");
-                spec.listen.set_port(0);
-                launcher
-                    .launch(&spec, self.zdb.stop.subscribe())
-                    .await
-                    .map_err(|reason| ZdbError::Launch {
-                        pool: pool.name.clone(),
-                        reason,
-                    })?
-            }
-            Err(reason) => {
-                return Err(ZdbError::Launch {
-                    pool: pool.name.clone(),
-                    reason,
-                });
-            }
-        };
-        if addr.port() != port {
-            let tmp = root.join("port.tmp");
-            std::fs::write(&tmp, addr.port().to_string()).map_err(io("write", tmp.clone()))?;
-            std::fs::rename(&tmp, &port_file).map_err(io("rename", tmp.clone()))?;
-        }
-        spec.listen = addr;
-        tracing::info!(pool = %pool.name, %addr, "zdb server started");
-        let (starts_tx, starts) = watch::channel(1u64);
-        let stop = self.zdb.stop.subscribe();
-        let task = tokio::spawn(supervise(launcher, spec.clone(), exit, stop, starts_tx));
-        Ok(Arc::new(Instance {
-            pool: pool.name.clone(),
-            addr,
-            admin: spec.admin_password,
-            starts,
-            task: tokio::sync::Mutex::new(Some(task)),
-        }))
-    }
-
-    /// The running ZeroDB servers.
-    pub fn zdb_servers(&self) -> Vec<ZdbServerInfo> {
-        self.zdb
-            .all()
-            .iter()
-            .map(|i| ZdbServerInfo {
-                pool: i.pool.clone(),
-                addr: i.addr,
-                starts: *i.starts.borrow(),
-            })
-            .collect()
-    }
-
-    /// Wait until the server on `pool` has been started more than `n` times.
-    pub async fn zdb_wait_starts(&self, pool: &str, n: u64) -> Result<(), ZdbError> {
-        let inst = self.zdb.on_pool(pool).ok_or(ZdbError::NoServer)?;
-        let mut rx = inst.starts.clone();
-        rx.wait_for(|s| *s > n)
-            .await
-            .map_err(|_| ZdbError::NoServer)?;
-        Ok(())
-    }
-
     fn result_for(&self, id: &str, inst: &Instance) -> ZdbResult {
         let ips = if self.cfg.zdb_public_ips.is_empty() {
             vec![inst.addr.ip()]
@@ -729,53 +475,6 @@ fn validate(id: &str, spec: &NamespaceSpec) -> Result<(), ZdbError> {
         ));
     }
     Ok(())
-}
-
-/// Keep one server running until `stop`: relaunch (same address) whenever it exits.
-async fn supervise(
-    launcher: Arc<dyn ZdbLauncher>,
-    spec: ZdbServerSpec,
-    mut exit: ZdbExit,
-    mut stop: watch::Receiver<bool>,
-    starts: watch::Sender<u64>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let result = tokio::select! {
-            r = &mut exit => Some(r),
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let Some(result) = result else {
-            // Let the server finish its own shutdown.
-            let _ = exit.await;
-            return;
-        };
-        if *stop.borrow() {
-            return;
-        }
-        tracing::error!(pool = %spec.pool, result = ?result, "zdb server stopped unexpectedly, restarting");
-        loop {
-            let stopped = tokio::select! {
-                _ = tokio::time::sleep(backoff) => false,
-                _ = stop.wait_for(|s| *s) => true,
-            };
-            if stopped {
-                return;
-            }
-            match launcher.launch(&spec, stop.clone()).await {
-                Ok((_, e)) => {
-                    exit = e;
-                    starts.send_modify(|n| *n += 1);
-                    backoff = Duration::from_millis(100);
-                    break;
-                }
-                Err(reason) => {
-                    tracing::error!(pool = %spec.pool, %reason, "zdb restart failed");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// The id is not a safe file name.
-    #[error("invalid disk id {0:?}: use 1-64 of [A-Za-z0-9_-]")]
+    #[error("invalid disk id {0:?}: use 1-128 of [A-Za-z0-9_-]")]
     InvalidId(String),
     /// Sizes must be positive.
     #[error("disk {0}: size must not be zero")]
@@ -147,7 +147,7 @@ impl DiskInfo {
 
 fn check_id(id: &str) -> Result<(), DiskError> {
     let ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');

@@ -1,0 +1,286 @@
+//! The node's `volume`, `zmount` and `zdb` primitives over [`Storage`], the pool reporter,
+//! and the snapshot API handlers (`zos.storage.volume.snapshots` / `.restore`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zos_node::{
+    PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry, WorkloadCtx,
+};
+use zos_types::data::{VolumeResult, ZMountResult};
+use zos_types::{Workload, WorkloadType};
+
+use crate::storage::Storage;
+use crate::volume::{SnapshotInfo, VolumeError};
+use crate::zdb::{NamespaceMode, NamespaceSpec, ZdbError};
+use crate::zmount::DiskError;
+use crate::{PoolKind, zdb};
+
+/// Register the storage primitives and the pool reporter with the node.
+pub fn register(registry: &mut PrimitiveRegistry, storage: Arc<Storage>) {
+    registry.register(Arc::new(VolumePrimitive(storage.clone())));
+    registry.register(Arc::new(ZmountPrimitive(storage.clone())));
+    registry.register(Arc::new(ZdbPrimitive(storage.clone())));
+    registry.set_pool_reporter(Arc::new(Reporter(storage)));
+}
+
+fn data<T: serde::de::DeserializeOwned>(wl: &Workload) -> Result<T, PrimitiveError> {
+    serde_json::from_value(wl.data.clone()).map_err(|e| PrimitiveError::InvalidData(e.to_string()))
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Value, PrimitiveError> {
+    serde_json::to_value(v).map_err(PrimitiveError::failed)
+}
+
+fn volume_err(e: VolumeError) -> PrimitiveError {
+    if e.is_unchanged() {
+        PrimitiveError::Unchanged(e.to_string())
+    } else {
+        PrimitiveError::failed(e)
+    }
+}
+
+fn disk_err(e: DiskError) -> PrimitiveError {
+    if e.is_unchanged() {
+        PrimitiveError::Unchanged(e.to_string())
+    } else {
+        PrimitiveError::failed(e)
+    }
+}
+
+fn zdb_err(e: ZdbError) -> PrimitiveError {
+    match e {
+        e if e.is_unchanged() => PrimitiveError::Unchanged(e.to_string()),
+        e @ ZdbError::Invalid { .. } => PrimitiveError::InvalidData(e.to_string()),
+        e => PrimitiveError::failed(e),
+    }
+}
+
+/// `volume`: btrfs subvolume with quota, snapshot before update.
+#[derive(Debug)]
+pub struct VolumePrimitive(pub Arc<Storage>);
+
+#[async_trait]
+impl Primitive for VolumePrimitive {
+    fn workload_type(&self) -> WorkloadType {
+        WorkloadType::Volume
+    }
+    fn supports_update(&self) -> bool {
+        true
+    }
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let d: zos_types::data::Volume = data(wl)?;
+        self.0
+            .volume_create(&ctx.workload_id, d.size)
+            .await
+            .map_err(volume_err)?;
+        json(&VolumeResult {
+            id: ctx.workload_id.clone(),
+        })
+    }
+    async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let d: zos_types::data::Volume = data(wl)?;
+        self.0
+            .volume_update(&ctx.workload_id, d.size)
+            .await
+            .map_err(volume_err)?;
+        json(&VolumeResult {
+            id: ctx.workload_id.clone(),
+        })
+    }
+    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.0
+            .volume_delete(&ctx.workload_id)
+            .await
+            .map_err(volume_err)
+    }
+}
+
+/// `zmount`: encrypted sparse VM disk, grow-only.
+#[derive(Debug)]
+pub struct ZmountPrimitive(pub Arc<Storage>);
+
+#[async_trait]
+impl Primitive for ZmountPrimitive {
+    fn workload_type(&self) -> WorkloadType {
+        WorkloadType::Zmount
+    }
+    fn supports_update(&self) -> bool {
+        true
+    }
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let d: zos_types::data::ZMount = data(wl)?;
+        self.0
+            .disk_create(&ctx.workload_id, d.size)
+            .await
+            .map_err(disk_err)?;
+        json(&ZMountResult {
+            volume_id: ctx.workload_id.clone(),
+        })
+    }
+    async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let d: zos_types::data::ZMount = data(wl)?;
+        self.0
+            .disk_update(&ctx.workload_id, d.size)
+            .await
+            .map_err(disk_err)?;
+        json(&ZMountResult {
+            volume_id: ctx.workload_id.clone(),
+        })
+    }
+    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.0.disk_delete(&ctx.workload_id).await.map_err(disk_err)
+    }
+}
+
+/// `zdb`: a namespace on one of the node's ZeroDB servers.
+#[derive(Debug)]
+pub struct ZdbPrimitive(pub Arc<Storage>);
+
+fn ns_spec(wl: &Workload) -> Result<NamespaceSpec, PrimitiveError> {
+    let d: zos_types::data::Zdb = data(wl)?;
+    let mode = match d.mode.0.as_str() {
+        "user" => NamespaceMode::User,
+        "seq" => NamespaceMode::Seq,
+        other => {
+            return Err(PrimitiveError::InvalidData(format!(
+                "invalid mode {other:?}"
+            )));
+        }
+    };
+    Ok(NamespaceSpec {
+        size: d.size,
+        mode,
+        password: d.password,
+        public: d.public,
+    })
+}
+
+fn zdb_result(r: zdb::ZdbResult) -> Result<Value, PrimitiveError> {
+    json(&zos_types::data::ZdbResult {
+        namespace: r.namespace,
+        ips: r.ips,
+        port: r.port,
+    })
+}
+
+#[async_trait]
+impl Primitive for ZdbPrimitive {
+    fn workload_type(&self) -> WorkloadType {
+        WorkloadType::Zdb
+    }
+    fn supports_update(&self) -> bool {
+        true
+    }
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        zdb_result(
+            self.0
+                .zdb_create(&ctx.workload_id, &ns_spec(wl)?)
+                .await
+                .map_err(zdb_err)?,
+        )
+    }
+    async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        zdb_result(
+            self.0
+                .zdb_update(&ctx.workload_id, &ns_spec(wl)?)
+                .await
+                .map_err(zdb_err)?,
+        )
+    }
+    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.0.zdb_delete(&ctx.workload_id).await.map_err(zdb_err)
+    }
+    async fn pause(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.0
+            .zdb_lock(&ctx.workload_id, true)
+            .await
+            .map_err(zdb_err)
+    }
+    async fn resume(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.0
+            .zdb_lock(&ctx.workload_id, false)
+            .await
+            .map_err(zdb_err)
+    }
+}
+
+/// Reports pools to the node (`zos.storage.pools`, capacity).
+#[derive(Debug)]
+struct Reporter(Arc<Storage>);
+
+#[async_trait]
+impl PoolReporter for Reporter {
+    async fn pools(&self) -> Vec<PoolUsage> {
+        match self.0.pool_infos().await {
+            Ok(list) => list
+                .into_iter()
+                .map(|p| PoolUsage {
+                    name: p.name,
+                    kind: match p.kind {
+                        PoolKind::Ssd => zos_node::PoolKind::Ssd,
+                        PoolKind::Hdd => zos_node::PoolKind::Hdd,
+                    },
+                    size: p.size,
+                    used: p.used,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read pool usage");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Payload of `zos.storage.volume.snapshots` and `zos.storage.volume.restore`: the caller's
+/// own volume, by contract and workload name (the twin is the RMB source twin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSnapshotRequest {
+    /// The deployment's contract.
+    pub contract_id: u64,
+    /// The volume workload's name.
+    pub name: String,
+    /// For restore: the snapshot name from the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// Reply of `zos.storage.volume.restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReply {
+    /// The snapshot of the content just replaced (restore it to undo).
+    pub saved_as: String,
+}
+
+/// `zos.storage.volume.snapshots`: the snapshots of the caller's volume, oldest first.
+pub async fn api_volume_snapshots(
+    storage: &Storage,
+    source_twin: u32,
+    req: &VolumeSnapshotRequest,
+) -> Result<Vec<SnapshotInfo>, VolumeError> {
+    storage
+        .volume_snapshots(&zos_types::workload_id(
+            source_twin,
+            req.contract_id,
+            &req.name,
+        ))
+        .await
+}
+
+/// `zos.storage.volume.restore`: restore the caller's volume to `req.snapshot`.
+pub async fn api_volume_restore(
+    storage: &Storage,
+    source_twin: u32,
+    req: &VolumeSnapshotRequest,
+) -> Result<RestoreReply, VolumeError> {
+    let id = zos_types::workload_id(source_twin, req.contract_id, &req.name);
+    let snapshot = req.snapshot.as_deref().unwrap_or_default();
+    let saved = storage.volume_restore(&id, snapshot).await?;
+    Ok(RestoreReply {
+        saved_as: saved.name,
+    })
+}
