@@ -153,6 +153,8 @@ pub struct ZdbResult {
 /// What `NSINFO` says about a namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceInfo {
+    /// `entries`.
+    pub entries: u64,
     /// `data_limits_bytes` (0 = unlimited).
     pub max_size: u64,
     /// `public: yes`.
@@ -174,6 +176,7 @@ pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
         };
         let v = v.trim();
         match k.trim() {
+            "entries" => info.entries = v.parse().unwrap_or(0),
             "data_limits_bytes" => info.max_size = v.parse().unwrap_or(0),
             "public" => info.public = v == "yes",
             "password" => info.has_password = v == "yes",
@@ -288,6 +291,11 @@ impl Storage {
         validate(id, spec)?;
         let _guard = self.lock.lock().await;
         if let Some((inst, info)) = self.find_namespace(id).await? {
+            if info.entries == 0 && mode_of(&info) != Some(spec.mode) {
+                // A crash between NSNEW and NSSET mode: still empty, so the mode can be set.
+                let mut c = connect(&inst).await?;
+                query::<()>(&inst, &mut c, &["NSSET", id, "mode", spec.mode.as_str()]).await?;
+            }
             self.converge(id, &inst, &info, spec).await?;
             return Ok(self.result_for(id, &inst));
         }
@@ -346,15 +354,10 @@ impl Storage {
                 info.max_size, spec.size
             )));
         }
-        let mode_now = if info.mode.starts_with("seq") {
-            NamespaceMode::Seq
-        } else {
-            NamespaceMode::User
-        };
-        if !info.mode.is_empty() && mode_now != spec.mode {
+        if let Some(now) = mode_of(&info).filter(|m| *m != spec.mode) {
             return Err(unchanged(format!(
                 "cannot change mode from {} to {}",
-                mode_now.as_str(),
+                now.as_str(),
                 spec.mode.as_str()
             )));
         }
@@ -450,6 +453,15 @@ impl Storage {
     }
 }
 
+/// The mode NSINFO reports (`userkey`/`sequential`, or our `user`/`seq`).
+fn mode_of(info: &NamespaceInfo) -> Option<NamespaceMode> {
+    match info.mode.as_str() {
+        "userkey" | "user" => Some(NamespaceMode::User),
+        "sequential" | "seq" => Some(NamespaceMode::Seq),
+        _ => None,
+    }
+}
+
 fn validate(id: &str, spec: &NamespaceSpec) -> Result<(), ZdbError> {
     let invalid = |reason: &str| ZdbError::Invalid {
         id: id.into(),
@@ -488,6 +500,7 @@ mod tests {
         assert_eq!(
             i,
             NamespaceInfo {
+                entries: 3,
                 max_size: 1 << 20,
                 public: false,
                 has_password: true,
