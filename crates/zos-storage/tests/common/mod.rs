@@ -29,6 +29,7 @@ pub fn capable(test: &str) -> bool {
         "qemu-io",
         "chattr",
         "blkid",
+        "mkfs.ext4",
     ];
     let missing: Vec<_> = tools
         .iter()
