@@ -45,6 +45,18 @@ async fn pools_from_loop_files_survive_restart() {
     let mnts: Vec<_> = st.pools().iter().map(|p| p.mountpoint.clone()).collect();
     assert!(mnts.iter().all(|m| mounted(m)));
 
+    // A crash (no shutdown: pools stay mounted, loops attached): the next start adopts them.
+    drop(st);
+    let st = env.storage(SEED).await;
+    assert_eq!(
+        std::fs::read(st.cache_dir().unwrap().join("identity")).unwrap(),
+        b"node-seed"
+    );
+    assert!(
+        env.specs.iter().all(|s| loops_of(&s.file).len() == 1),
+        "no second attachment"
+    );
+
     st.shutdown().await;
     assert!(mnts.iter().all(|m| !mounted(m)), "unmounted at shutdown");
     assert!(
@@ -203,6 +215,12 @@ async fn volume_quota_grow_snapshot_restore_delete() {
         st.volume_create("cache", MIB).await.unwrap_err(),
         VolumeError::InvalidId(_)
     ));
+
+    // A crash between the two renames of a restore: the next access puts the volume back.
+    let pool = st.pools()[0].mountpoint.clone();
+    std::fs::rename(pool.join(id), pool.join(format!(".trash-{id}"))).unwrap();
+    let back = st.volume_get(id).await.unwrap().expect("repaired");
+    assert_eq!(std::fs::read(back.path.join("a")).unwrap(), b"v2");
 
     // Deleting deletes the snapshots too.
     st.volume_delete(id).await.unwrap();
