@@ -26,6 +26,9 @@ enum Command {
     /// Grid ledger: `ledger serve|verify`, `twin`, `farm`, `contracts`, `balance`.
     #[command(flatten)]
     Ledger(cmd::ledger::LedgerCommands),
+    /// The node agent: `node run --ledger URL --relay URL --farm ID --data DIR`.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCmd),
     /// ZeroDB, the 0-db-compatible key-value store: `zdb serve`.
     #[command(subcommand)]
     Zdb(cmd::zdb::ZdbCmd),
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Deployment(c) => cmd::deployment::run(c),
         Command::Key(c) => cmd::key::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
+        Command::Node(c) => cmd::node::run(c),
         Command::Zdb(c) => cmd::zdb::run(c),
     };
     match result {

@@ -3,4 +3,5 @@
 pub mod deployment;
 pub mod key;
 pub mod ledger;
+pub mod node;
 pub mod zdb;

@@ -1,0 +1,122 @@
+//! `zos node run`: the node agent (identity, registration, engine, watcher, API over RMB).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+/// Node agent commands.
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Run the node until SIGINT/SIGTERM.
+    Run(RunArgs),
+}
+
+/// `zos node run` options.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Ledger JSON-RPC URL, e.g. `http://127.0.0.1:9944`.
+    #[arg(long, env = "ZOS_LEDGER")]
+    pub ledger: String,
+    /// RMB relay WebSocket URL (repeatable), e.g. `ws://127.0.0.1:8080`.
+    #[arg(long = "relay", env = "ZOS_RELAY", required = true)]
+    pub relays: Vec<String>,
+    /// Relay domain written into the node's twin (repeatable); default: host:port of each URL.
+    #[arg(long = "relay-domain")]
+    pub relay_domains: Vec<String>,
+    /// Farm to register with (a node whose farm does not exist idles and says why).
+    #[arg(long, env = "ZOS_FARM")]
+    pub farm: u32,
+    /// Persistent state directory (seed, engine store).
+    #[arg(long, env = "ZOS_DATA")]
+    pub data: PathBuf,
+    /// Storage pool as a loop file `FILE:SIZE:ssd|hdd` (repeatable); enables the volume,
+    /// zmount and zdb primitives. Without pools the node runs no storage workloads.
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
+    /// Loopback address of the Prometheus endpoint (`GET /metrics`).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub metrics: Option<SocketAddr>,
+    /// Twin allowed to call `zos.debug.*` (repeatable).
+    #[arg(long = "admin-twin")]
+    pub admin_twins: Vec<u32>,
+    /// Full sync period in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub sync_secs: u64,
+}
+
+/// Runs a node subcommand.
+pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::Run(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            rt.block_on(run_node(a))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+async fn run_node(a: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = zos_node::NodeConfig::new(&a.ledger, a.relays[0].clone(), a.farm, a.data.clone());
+    cfg.relay_urls = a.relays.clone();
+    cfg.relay_domains = a.relay_domains.clone();
+    cfg.metrics_listen = a.metrics;
+    cfg.admin_twins = a.admin_twins.clone();
+    cfg.sync_interval = Duration::from_secs(a.sync_secs.max(1));
+    let mut registry = zos_node::PrimitiveRegistry::new();
+    let mut storage = None;
+    if !a.pools.is_empty() {
+        let loop_pools = a
+            .pools
+            .iter()
+            .map(|p| {
+                p.parse::<zos_storage::LoopPoolSpec>()
+                    .with_context(|| format!("--pool {p}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pool_cfg = zos_storage::PoolConfig {
+            runtime_dir: a.data.join("run"),
+            loop_pools,
+            discover_disks: false,
+        };
+        let manager = zos_storage::Storage::start_pools(&pool_cfg)
+            .await
+            .context("starting pools")?;
+        // The seed is mirrored on every pool; the storage primitives derive disk keys from it.
+        cfg.seed_mirrors = manager
+            .pools()
+            .iter()
+            .map(|p| p.mountpoint.clone())
+            .collect();
+        let key = zos_node::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
+        let s = Arc::new(zos_storage::Storage::new(
+            manager,
+            *key.seed(),
+            zos_storage::StorageConfig::new(pool_cfg),
+        ));
+        s.start_zdb(Arc::new(zos_storage::InProcessZdb))
+            .await
+            .context("starting ZeroDB")?;
+        zos_storage::register(&mut registry, s.clone());
+        storage = Some(s);
+    }
+    let result = zos_node::run_node(cfg, registry, shutdown_signal()).await;
+    if let Some(s) = storage {
+        s.shutdown().await;
+    }
+    result.context("node")
+}
