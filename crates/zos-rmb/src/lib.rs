@@ -44,5 +44,7 @@ pub use directory::{CachedDirectory, DirectoryError, MemoryDirectory, TwinDirect
 pub use e2e::e2e_public_key;
 pub use ledger::LedgerDirectory;
 pub use limits::Limits;
-pub use peer::{HandlerError, Peer, PeerConfig, RequestContext, RmbError, Router};
+pub use peer::{
+    HandlerError, PING_COMMAND, Peer, PeerConfig, PeerStats, RequestContext, RmbError, Router,
+};
 pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};

@@ -318,3 +318,25 @@ async fn rate_and_size_limits_bounce_with_a_reason() {
     assert_eq!(relay.metrics.bounced_total(BounceCode::RateLimited), 1);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn every_peer_answers_ping_even_before_serve() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1"]);
+    let kb = add_twin(&dir, 2, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 1, ka, None).await;
+    let _b = peer(&dir, &relay.url, 2, kb, None).await;
+    let got = a
+        .call(2, zos_rmb::PING_COMMAND, &json!(null), T)
+        .await
+        .unwrap();
+    assert_eq!(got["twin"], json!(2));
+    // A twin can ping itself (the reply comes back to this session).
+    let got = a
+        .call(1, zos_rmb::PING_COMMAND, &json!(null), T)
+        .await
+        .unwrap();
+    assert_eq!(got["twin"], json!(1));
+    relay.stop().await;
+}

@@ -29,6 +29,9 @@ enum Command {
     /// The node agent: `node run --ledger URL --relay URL --farm ID --data DIR`.
     #[command(subcommand)]
     Node(cmd::node::NodeCmd),
+    /// RMB message bus: `relay serve`, `rmb call`, `rmb e2e-key`.
+    #[command(flatten)]
+    Rmb(cmd::rmb::RmbCommands),
     /// ZeroDB, the 0-db-compatible key-value store: `zdb serve`.
     #[command(subcommand)]
     Zdb(cmd::zdb::ZdbCmd),
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Key(c) => cmd::key::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Node(c) => cmd::node::run(c),
+        Command::Rmb(c) => cmd::rmb::run(c),
         Command::Zdb(c) => cmd::zdb::run(c),
     };
     match result {

@@ -42,6 +42,10 @@ pub(super) async fn run(inner: Arc<Inner>, i: usize, first: mpsc::Sender<Result<
                 backoff = Duration::from_millis(100);
                 tracing::debug!(%url, twin = inner.twin, "relay link up");
                 pump(&inner, i, ws, &mut shutdown).await;
+                if *shutdown.borrow() {
+                    tracing::debug!(%url, twin = inner.twin, "relay link closed");
+                    return;
+                }
                 tracing::info!(%url, twin = inner.twin, "relay link down; reconnecting");
             }
             Err(e) => {

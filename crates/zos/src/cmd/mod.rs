@@ -4,4 +4,5 @@ pub mod deployment;
 pub mod key;
 pub mod ledger;
 pub mod node;
+pub mod rmb;
 pub mod zdb;
