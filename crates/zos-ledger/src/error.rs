@@ -1,10 +1,14 @@
-//! Errors of the ledger server and chain (the client has its own [`crate::ClientError`]).
+//! Errors of the ledger server and chain, and transaction rejections (the client has its own
+//! [`crate::ClientError`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use zos_types::crypto::PublicKey;
+
 use crate::state::StateError;
 use crate::store::StoreError;
+use crate::types::Balance;
 
 /// Why the ledger could not open, serve or verify.
 #[derive(Debug, thiserror::Error)]
@@ -72,4 +76,89 @@ pub enum LedgerError {
     /// The block producer stopped (it failed to commit; see the logs).
     #[error("block producer stopped")]
     ProducerGone,
+}
+
+/// Why a transaction was rejected (the text is what the submitter sees).
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The signature does not verify for this ledger.
+    #[error("bad signature")]
+    BadSignature,
+    /// The nonce was already used.
+    #[error("stale nonce {got}: account nonce is {expected}")]
+    StaleNonce {
+        /// Account nonce.
+        expected: u64,
+        /// Transaction nonce.
+        got: u64,
+    },
+    /// The nonce skips ahead.
+    #[error("future nonce {got}: account nonce is {expected}")]
+    FutureNonce {
+        /// Account nonce.
+        expected: u64,
+        /// Transaction nonce.
+        got: u64,
+    },
+    /// The account has no twin but the call needs one.
+    #[error("account {0} has no twin")]
+    NoTwin(PublicKey),
+    /// The caller is not allowed to act on the object.
+    #[error("not the owner of {0}")]
+    NotOwner(String),
+    /// The caller is not the council.
+    #[error("only the council may call {0}")]
+    NotCouncil(&'static str),
+    /// Something unique exists already.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// Twin not found.
+    #[error("unknown twin {0}")]
+    UnknownTwin(u32),
+    /// Farm not found.
+    #[error("unknown farm {0}")]
+    UnknownFarm(u32),
+    /// Node not found.
+    #[error("unknown node {0}")]
+    UnknownNode(u32),
+    /// Contract not found.
+    #[error("unknown contract {0}")]
+    UnknownContract(u64),
+    /// Not enough free IPs in the farm's pool.
+    #[error("farm {farm_id} IP pool exhausted: {requested} requested, {free} free")]
+    IpPoolExhausted {
+        /// Farm.
+        farm_id: u32,
+        /// Requested.
+        requested: u32,
+        /// Free.
+        free: u32,
+    },
+    /// Balance too low.
+    #[error("insufficient funds: {needed} needed, {available} available")]
+    InsufficientFunds {
+        /// Needed.
+        needed: Balance,
+        /// Available.
+        available: Balance,
+    },
+    /// The contract is not in a state that allows this.
+    #[error("contract {id} is {state}")]
+    BadContractState {
+        /// Contract.
+        id: u64,
+        /// Its state.
+        state: String,
+    },
+    /// A field is malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading state failed (not the submitter's fault; the block is abandoned).
+    #[error("internal: {0}")]
+    State(#[from] StateError),
 }

@@ -44,6 +44,8 @@ pub mod store;
 pub mod tx;
 /// State objects and genesis.
 pub mod types;
+/// Field checks (names, hashes, IPs).
+mod validate;
 
 pub use chain::{Chain, Reader, VerifyReport, verify};
 pub use client::{ClientError, LedgerClient, SubscriptionStream};

@@ -3,104 +3,19 @@
 //! [`apply`] writes into the overlay's transaction layer and returns the events; on `Err` the
 //! caller rolls the layer back, so a rejected transaction leaves no trace.
 
-use std::net::Ipv4Addr;
-
 use zos_types::crypto::PublicKey;
 
 use crate::billing;
+pub use crate::error::TxError;
 use crate::state::{Overlay, StateError, keys};
 use crate::tx::{Call, Event};
 use crate::types::{
     Account, Balance, Contract, ContractKind, ContractState, Farm, Node, PricingPolicy, PublicIp,
     Twin, ZosVersion,
 };
+use crate::validate::{check_data, check_hash, check_ip, check_name, check_twin_fields};
 
-/// Why a transaction was rejected (the text is what the submitter sees).
-#[derive(Debug, thiserror::Error)]
-pub enum TxError {
-    /// The signature does not verify for this ledger.
-    #[error("bad signature")]
-    BadSignature,
-    /// The nonce was already used.
-    #[error("stale nonce {got}: account nonce is {expected}")]
-    StaleNonce {
-        /// Account nonce.
-        expected: u64,
-        /// Transaction nonce.
-        got: u64,
-    },
-    /// The nonce skips ahead.
-    #[error("future nonce {got}: account nonce is {expected}")]
-    FutureNonce {
-        /// Account nonce.
-        expected: u64,
-        /// Transaction nonce.
-        got: u64,
-    },
-    /// The account has no twin but the call needs one.
-    #[error("account {0} has no twin")]
-    NoTwin(PublicKey),
-    /// The caller is not allowed to act on the object.
-    #[error("not the owner of {0}")]
-    NotOwner(String),
-    /// The caller is not the council.
-    #[error("only the council may call {0}")]
-    NotCouncil(&'static str),
-    /// Something unique exists already.
-    #[error("{0} already exists")]
-    Duplicate(String),
-    /// Twin not found.
-    #[error("unknown twin {0}")]
-    UnknownTwin(u32),
-    /// Farm not found.
-    #[error("unknown farm {0}")]
-    UnknownFarm(u32),
-    /// Node not found.
-    #[error("unknown node {0}")]
-    UnknownNode(u32),
-    /// Contract not found.
-    #[error("unknown contract {0}")]
-    UnknownContract(u64),
-    /// Not enough free IPs in the farm's pool.
-    #[error("farm {farm_id} IP pool exhausted: {requested} requested, {free} free")]
-    IpPoolExhausted {
-        /// Farm.
-        farm_id: u32,
-        /// Requested.
-        requested: u32,
-        /// Free.
-        free: u32,
-    },
-    /// Balance too low.
-    #[error("insufficient funds: {needed} needed, {available} available")]
-    InsufficientFunds {
-        /// Needed.
-        needed: Balance,
-        /// Available.
-        available: Balance,
-    },
-    /// The contract is not in a state that allows this.
-    #[error("contract {id} is {state}")]
-    BadContractState {
-        /// Contract.
-        id: u64,
-        /// Its state.
-        state: String,
-    },
-    /// A field is malformed.
-    #[error("invalid {field}: {reason}")]
-    Invalid {
-        /// Field name.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Reading state failed (not the submitter's fault; the block is abandoned).
-    #[error("internal: {0}")]
-    State(#[from] StateError),
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> TxError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> TxError {
     TxError::Invalid {
         field,
         reason: reason.into(),
@@ -619,108 +534,4 @@ fn node_contract_of(st: &Overlay<'_>, id: u64, node_id: u32) -> Result<Contract,
         });
     }
     Ok(c)
-}
-
-fn check_twin_fields(relays: &[String], e2e_key: &Option<String>) -> Result<(), TxError> {
-    if relays.len() > 8 || relays.iter().any(|r| r.is_empty() || r.len() > 255) {
-        return Err(invalid(
-            "relays",
-            "at most 8 non-empty entries of ≤ 255 bytes",
-        ));
-    }
-    if let Some(k) = e2e_key {
-        if k.len() > 128 || hex::decode(k).is_err() {
-            return Err(invalid("e2e_key", "must be hex, at most 128 characters"));
-        }
-    }
-    Ok(())
-}
-
-/// Names: 1..=max of `[a-z0-9-]` (plus `_` and upper case for farms).
-fn check_name(field: &'static str, name: &str, max: usize, farm: bool) -> Result<(), TxError> {
-    let ok_char = |c: char| {
-        c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || c == '-'
-            || (farm && (c == '_' || c.is_ascii_uppercase()))
-    };
-    if name.is_empty() || name.len() > max || !name.chars().all(ok_char) {
-        return Err(invalid(
-            field,
-            format!("{name:?} must be 1..={max} characters of a-z, 0-9, -"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_hash(h: &str) -> Result<(), TxError> {
-    if h.len() != 32
-        || !h
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(invalid(
-            "deployment_hash",
-            "must be 32 lowercase hex characters",
-        ));
-    }
-    Ok(())
-}
-
-fn check_data(d: &str) -> Result<(), TxError> {
-    if d.len() > MAX_DEPLOYMENT_DATA {
-        return Err(invalid(
-            "deployment_data",
-            format!("{} bytes, at most {MAX_DEPLOYMENT_DATA}", d.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// `ip` must be IPv4 CIDR and `gateway` an IPv4 address inside it.
-fn check_ip(ip: &str, gateway: &str) -> Result<(), TxError> {
-    let (addr, prefix) = ip
-        .split_once('/')
-        .ok_or_else(|| invalid("ip", format!("{ip:?} is not address/prefix")))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| invalid("ip", format!("{ip:?} is not an IPv4 address")))?;
-    let prefix: u32 = prefix
-        .parse()
-        .ok()
-        .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| invalid("ip", format!("{ip:?} has a bad prefix length")))?;
-    let gw: Ipv4Addr = gateway
-        .parse()
-        .map_err(|_| invalid("gateway", format!("{gateway:?} is not an IPv4 address")))?;
-    let mask = u32::MAX << (32 - prefix);
-    if u32::from(addr) & mask != u32::from(gw) & mask || addr == gw {
-        return Err(invalid(
-            "gateway",
-            format!("{gateway} is not another address in {ip}"),
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_checks() {
-        assert!(check_ip("185.69.166.10/24", "185.69.166.1").is_ok());
-        assert!(check_ip("185.69.166.10/24", "185.69.167.1").is_err());
-        assert!(check_ip("185.69.166.10", "185.69.166.1").is_err());
-        assert!(check_ip("185.69.166.10/33", "185.69.166.1").is_err());
-        assert!(check_ip("::1/64", "::2").is_err());
-        assert!(check_ip("10.0.0.1/24", "10.0.0.1").is_err());
-    }
-
-    #[test]
-    fn hash_checks() {
-        assert!(check_hash("0123456789abcdef0123456789abcdef").is_ok());
-        assert!(check_hash("0123456789ABCDEF0123456789abcdef").is_err());
-        assert!(check_hash("abc").is_err());
-    }
 }

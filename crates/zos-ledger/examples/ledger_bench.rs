@@ -1,0 +1,163 @@
+//! Ledger benchmark (not a test): applied transactions per second and event delivery latency.
+//!
+//! `cargo run --release -p zos-ledger --example ledger_bench -- [clients] [tx_per_client] [block_size]`
+//!
+//! 1. Engine: signed transfers applied by `Chain::produce` on a redb store, `block_size` per block
+//!    (signature checks, nonce, state overlay, one durable commit per block).
+//! 2. End to end: an in-process dev server; `clients` concurrent accounts each send
+//!    `tx_per_client` transfers over HTTP JSON-RPC (each waits for its durable receipt); one
+//!    WebSocket subscriber receives the events. Reports tx/s, submit→receipt latency and
+//!    submit→event delivery latency.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use zos_ledger::store::LedgerStore;
+use zos_ledger::{
+    Call, Chain, Event, LedgerClient, LedgerConfig, LedgerServer, RedbStore, SignedTransaction, dev,
+};
+use zos_types::crypto::{KeyPair, KeyType};
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn engine(n: usize, block: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn LedgerStore> =
+        Arc::new(RedbStore::open(&dir.path().join("b.redb")).unwrap());
+    let mut chain = Chain::open(store, Some(dev::genesis(1_700_000_000))).unwrap();
+    let faucet = dev::faucet_key();
+    let gh = chain.genesis_hash();
+    let to = KeyPair::from_seed(KeyType::Ed25519, [7; 32]).public();
+    let txs: Vec<SignedTransaction> = (0..n as u64)
+        .map(|i| SignedTransaction::sign(&faucet, &gh, i, Call::Transfer { to, amount: 1 }))
+        .collect();
+    let t = Instant::now();
+    for chunk in txs.chunks(block) {
+        let out = chain.produce(chunk, 1_700_000_000, false).unwrap();
+        assert!(out.results.iter().all(|r| r.is_ok()));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "engine: {n} transfers in blocks of {block}: {:.0} tx/s ({:.2} ms per block)",
+        n as f64 / secs,
+        secs * 1000.0 / (n as f64 / block as f64)
+    );
+}
+
+async fn end_to_end(clients: usize, per_client: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LedgerServer::bind(LedgerConfig::dev(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let c = LedgerClient::new(&format!("http://{}", server.local_addr())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let keys: Vec<KeyPair> = (0..clients)
+        .map(|i| KeyPair::from_seed(KeyType::Ed25519, [i as u8 + 1; 32]))
+        .collect();
+    for k in &keys {
+        c.dev_fund(&k.public(), 1_000_000_000).await.unwrap();
+    }
+    let sink = KeyPair::from_seed(KeyType::Ed25519, [250; 32]).public();
+    let start_height = c.head().await.unwrap() + 1;
+
+    // Subscriber: arrival time per transfer amount (amounts are unique per transaction).
+    let arrivals: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let mut sub = c.subscribe_events(start_height).await.unwrap();
+    let total = clients * per_client;
+    let arr = arrivals.clone();
+    let subscriber = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            let ev = sub.next().await.unwrap().unwrap();
+            if let Event::Transfer { amount, .. } = ev.event {
+                arr.lock().unwrap().insert(amount, Instant::now());
+                n += 1;
+            }
+        }
+    });
+
+    let sent: Arc<Mutex<HashMap<u64, (Instant, Instant)>>> = Arc::default();
+    let t = Instant::now();
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .enumerate()
+        .map(|(ci, k)| {
+            let (c, sent) = (c.clone(), sent.clone());
+            tokio::spawn(async move {
+                let gh = c.genesis_hash().await.unwrap();
+                for i in 0..per_client {
+                    let amount = (ci * per_client + i + 1) as u64;
+                    let tx = SignedTransaction::sign(
+                        &k,
+                        &gh,
+                        i as u64,
+                        Call::Transfer { to: sink, amount },
+                    );
+                    let t0 = Instant::now();
+                    c.submit(tx).await.unwrap();
+                    sent.lock().unwrap().insert(amount, (t0, Instant::now()));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    subscriber.await.unwrap();
+    let blocks = c.head().await.unwrap() - start_height + 1;
+    let (mut ack, mut deliver) = {
+        let sent = sent.lock().unwrap();
+        let arrivals = arrivals.lock().unwrap();
+        let ack: Vec<Duration> = sent.values().map(|(a, b)| *b - *a).collect();
+        let deliver: Vec<Duration> = sent
+            .iter()
+            .map(|(amt, (a, _))| arrivals[amt] - *a)
+            .collect();
+        (ack, deliver)
+    };
+    println!(
+        "end-to-end: {clients} clients x {per_client} transfers: {:.0} tx/s, {blocks} blocks ({:.1} tx/block)",
+        total as f64 / secs,
+        total as f64 / blocks as f64
+    );
+    println!(
+        "  submit -> durable receipt: p50 {:?} p99 {:?}",
+        pct(&mut ack, 0.5),
+        pct(&mut ack, 0.99)
+    );
+    println!(
+        "  submit -> event at WebSocket subscriber: p50 {:?} p99 {:?}",
+        pct(&mut deliver, 0.5),
+        pct(&mut deliver, 0.99)
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let clients = args.first().copied().unwrap_or(32);
+    let per_client = args.get(1).copied().unwrap_or(100);
+    let block = args.get(2).copied().unwrap_or(500);
+    engine(20_000, block);
+    engine(2_000, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(end_to_end(1, 300));
+    rt.block_on(end_to_end(clients, per_client));
+}
