@@ -15,6 +15,8 @@ pub struct ChainError {
     pub op: &'static str,
     /// The client's message.
     pub message: String,
+    /// The ledger refused the transaction (retrying the same one cannot succeed).
+    pub rejected: bool,
 }
 
 /// The lifecycle state of a contract, as the engine sees it.

@@ -30,9 +30,10 @@ impl std::fmt::Debug for NodeLedger {
     }
 }
 
-fn cerr(op: &'static str, e: impl std::fmt::Display) -> ChainError {
+fn cerr(op: &'static str, e: zos_ledger::ClientError) -> ChainError {
     ChainError {
         op,
+        rejected: matches!(e, zos_ledger::ClientError::Rejected(_)),
         message: e.to_string(),
     }
 }

@@ -113,6 +113,7 @@ pub async fn register(
     let le = |op: &'static str| {
         move |e: zos_ledger::ClientError| ChainError {
             op,
+            rejected: false,
             message: e.to_string(),
         }
     };

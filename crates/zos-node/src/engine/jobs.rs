@@ -48,6 +48,15 @@ fn install_sort(wls: &mut [Workload]) {
     });
 }
 
+/// Resolves once the watch turns true (or its sender is gone).
+pub(crate) async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn op_name(op: &JobOp) -> &'static str {
     match op {
         JobOp::Provision => "provision",
@@ -60,9 +69,23 @@ fn op_name(op: &JobOp) -> &'static str {
 }
 
 impl Engine {
-    /// Runs the job worker until `shutdown` resolves. Jobs are processed one at a time in
-    /// queue order; a job is removed only after it was processed, so a crash retries it.
+    /// Runs the job worker (and the resource reporter) until `shutdown` resolves. Jobs are
+    /// processed one at a time in queue order; a job is removed only after it was processed,
+    /// so a crash retries it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let trigger = async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        };
+        tokio::join!(
+            self.worker_loop(stopped(rx.clone())),
+            self.run_reporter(stopped(rx)),
+            trigger
+        );
+    }
+
+    async fn worker_loop(&self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             if (&mut shutdown).now_or_never().is_some() {
@@ -117,6 +140,7 @@ impl Engine {
             let _ = self.inner.store.ack_job(id);
             n += 1;
         }
+        self.flush_reports().await;
         n
     }
 
@@ -132,7 +156,7 @@ impl Engine {
                     if status == Some(ContractStatus::GracePeriod) {
                         self.pause_all(twin, contract).await?;
                     }
-                    self.report(contract).await;
+                    self.report(contract);
                 }
                 Check::Refused(msg) => {
                     tracing::warn!(twin, contract, %msg, "deployment refused by ledger check");
@@ -145,7 +169,7 @@ impl Engine {
                     if status == Some(ContractStatus::GracePeriod) {
                         self.pause_all(twin, contract).await?;
                     }
-                    self.report(contract).await;
+                    self.report(contract);
                 }
                 Ok(Check::Refused(reason)) => {
                     self.deprovision_all(twin, contract, &reason).await?;
@@ -160,7 +184,7 @@ impl Engine {
             JobOp::Update { target } => match self.check_contract(target, true).await? {
                 Check::Ok(_) => {
                     self.apply_update(target).await?;
-                    self.report(contract).await;
+                    self.report(contract);
                 }
                 Check::Refused(msg) => {
                     let cur = rec.deployment;
@@ -179,11 +203,11 @@ impl Engine {
             JobOp::Deprovision { reason } => self.deprovision_all(twin, contract, reason).await?,
             JobOp::Pause => {
                 self.pause_all(twin, contract).await?;
-                self.report(contract).await;
+                self.report(contract);
             }
             JobOp::Resume => {
                 self.resume_all(twin, contract).await?;
-                self.report(contract).await;
+                self.report(contract);
             }
         }
         Ok(())
@@ -646,18 +670,5 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// Reports the contract's used resources (ok/paused workloads) to the ledger.
-    async fn report(&self, contract: u64) {
-        let mut cap = crate::model::Capacity::default();
-        for (c, w) in self.inner.used.lock().expect("usage index lock").values() {
-            if *c == contract {
-                cap += *w;
-            }
-        }
-        if let Err(e) = self.inner.chain.report_resources(&[(contract, cap)]).await {
-            tracing::warn!(contract, error = %e, "cannot report used resources");
-        }
     }
 }

@@ -10,6 +10,7 @@
 
 mod capacity;
 mod jobs;
+mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -98,6 +99,11 @@ pub(crate) struct Inner {
     /// Workload id → (contract, capacity) of every ok/paused workload.
     pub(crate) used: Mutex<HashMap<String, (u64, Capacity)>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Contracts whose used resources must be reported (batched by the reporter).
+    pub(crate) pending_reports: Mutex<std::collections::BTreeSet<u64>>,
+    pub(crate) report_wake: Notify,
+    /// Twin keys fetched from the ledger, with fetch time (signature checks).
+    pub(crate) keys: Mutex<HashMap<u32, (std::time::Instant, Vec<u8>)>>,
 }
 
 /// The engine handle (cheap to clone).
@@ -160,6 +166,9 @@ impl Engine {
                 host: config.host,
                 used: Mutex::new(used),
                 metrics,
+                pending_reports: Mutex::default(),
+                report_wake: Notify::new(),
+                keys: Mutex::default(),
             }),
         })
     }
@@ -203,19 +212,75 @@ impl Engine {
                 return Err(EngineError::UnsupportedType(wl.workload_type.to_string()));
             }
         }
-        // Fetch every signer's key first: verification itself is synchronous.
-        let mut keys: BTreeMap<u32, Option<Vec<u8>>> = BTreeMap::new();
-        for r in &dl.signature_requirement.requests {
-            if let std::collections::btree_map::Entry::Vacant(slot) = keys.entry(r.twin_id) {
-                let k = self.inner.chain.twin_key(r.twin_id).await?;
-                slot.insert(k.map(|k| k.bytes.to_vec()));
+        // Fetch every signer's key first (verification itself is synchronous). Keys are
+        // cached for 10 minutes; a failed verification with cached keys is retried fresh, so a
+        // rotated key costs one extra lookup, never a wrong refusal.
+        let twins: Vec<u32> = dl
+            .signature_requirement
+            .requests
+            .iter()
+            .map(|r| r.twin_id)
+            .collect();
+        let keys = self.twin_keys(&twins, false).await?;
+        let verify = |keys: &BTreeMap<u32, Vec<u8>>| {
+            dl.verify(|twin| {
+                keys.get(&twin)
+                    .cloned()
+                    .ok_or_else(|| format!("twin {twin} not found"))
+            })
+        };
+        match verify(&keys) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let keys = self.twin_keys(&twins, true).await?;
+                verify(&keys).map_err(|e| EngineError::Signature(e.to_string()))
             }
         }
-        dl.verify(|twin| match keys.get(&twin) {
-            Some(Some(k)) => Ok(k.clone()),
-            _ => Err(format!("twin {twin} not found")),
-        })
-        .map_err(|e| EngineError::Signature(e.to_string()))
+    }
+
+    async fn twin_keys(
+        &self,
+        twins: &[u32],
+        fresh: bool,
+    ) -> Result<BTreeMap<u32, Vec<u8>>, EngineError> {
+        const TTL: std::time::Duration = std::time::Duration::from_secs(600);
+        let mut out = BTreeMap::new();
+        for &t in twins {
+            if out.contains_key(&t) {
+                continue;
+            }
+            let cached = self
+                .inner
+                .keys
+                .lock()
+                .expect("key cache lock")
+                .get(&t)
+                .filter(|(at, _)| !fresh && at.elapsed() < TTL)
+                .map(|(_, k)| k.clone());
+            let key = match cached {
+                Some(k) => Some(k),
+                None => {
+                    let k = self
+                        .inner
+                        .chain
+                        .twin_key(t)
+                        .await?
+                        .map(|k| k.bytes.to_vec());
+                    if let Some(k) = &k {
+                        self.inner
+                            .keys
+                            .lock()
+                            .expect("key cache lock")
+                            .insert(t, (std::time::Instant::now(), k.clone()));
+                    }
+                    k
+                }
+            };
+            if let Some(k) = key {
+                out.insert(t, k);
+            }
+        }
+        Ok(out)
     }
 
     /// `zos.deployment.deploy`: checks and stores a new deployment, queues its provisioning.
