@@ -13,7 +13,8 @@
 use zos_types::crypto::PublicKey;
 
 use crate::runtime::{Params, TxError, account, pricing, transfer};
-use crate::state::{Overlay, keys};
+use crate::state::{Overlay, keys, trailing_id};
+use crate::store::Table;
 use crate::tx::Event;
 use crate::types::{
     Balance, BillingInfo, Contract, ContractKind, ContractState, Farm, Node, PricingPolicy,
@@ -74,11 +75,9 @@ pub fn run(st: &mut Overlay<'_>, p: &Params, now: u64, ev: &mut Vec<Event>) -> R
     let end = keys::due(now.saturating_add(1), 0);
     let due = st.range_raw(keys::DUE_PREFIX, Some(&end))?;
     for (key, _) in due {
-        let id_bytes: [u8; 8] = key[key.len() - 8..]
-            .try_into()
-            .expect("due keys end with an 8-byte id");
+        let id = trailing_id(Table::State, &key)?;
         st.delete(key);
-        bill(st, p, now, u64::from_be_bytes(id_bytes), ev)?;
+        bill(st, p, now, id, ev)?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use zos_types::crypto::PublicKey;
 use crate::billing;
 use crate::error::LedgerError;
 use crate::runtime::{self, Params, TxError};
-use crate::state::{Overlay, StateError, decode, keys};
+use crate::state::{Overlay, StateError, decode, keys, trailing_id};
 use crate::store::{Batch, LedgerStore, MemStore, Table};
 use crate::tx::{
     Block, BlockHeader, Event, EventRecord, Receipt, SignedTransaction, TxLocation, events_hash,
@@ -19,6 +19,10 @@ use crate::types::{Account, Contract, Farm, Genesis, Node, PricingPolicy, Twin, 
 const META_GENESIS: &[u8] = b"genesis";
 const META_HEAD: &[u8] = b"head";
 const META_DEV_OFFSET: &[u8] = b"dev_offset";
+const META_FORMAT: &[u8] = b"format";
+/// Version of the on-disk layout (keys and JSON records). A store written with another version
+/// is refused rather than misread; a change of layout comes with a migration.
+pub const FORMAT_VERSION: u32 = 1;
 
 fn height_key(h: u64) -> Vec<u8> {
     h.to_be_bytes().to_vec()
@@ -52,6 +56,12 @@ impl Chain {
         store: Arc<dyn LedgerStore>,
         genesis: Option<Genesis>,
     ) -> Result<Chain, LedgerError> {
+        let format: Option<u32> = read_json(&*store, Table::Meta, META_FORMAT)?;
+        if let Some(found) = format.filter(|f| *f != FORMAT_VERSION) {
+            return Err(LedgerError::Corrupt {
+                what: format!("store format {found}, this build reads {FORMAT_VERSION}"),
+            });
+        }
         let stored: Option<Genesis> = read_json(&*store, Table::Meta, META_GENESIS)?;
         let genesis = match (stored, genesis) {
             (Some(s), Some(g)) if s != g => {
@@ -337,6 +347,7 @@ fn write_genesis(store: &dyn LedgerStore, g: &Genesis) -> Result<(), LedgerError
             batch.put(Table::State, k, v);
         }
     }
+    batch.put(Table::Meta, META_FORMAT.to_vec(), to_json(&FORMAT_VERSION));
     batch.put(Table::Meta, META_GENESIS.to_vec(), to_json(g));
     batch.put(Table::Meta, META_HEAD.to_vec(), to_json(&0u64));
     batch.put(Table::Blocks, height_key(0), to_json(&block));
@@ -440,11 +451,7 @@ impl Reader {
     fn contracts_under(&self, prefix: &[u8]) -> Result<Vec<Contract>, StateError> {
         let mut out = Vec::new();
         for (k, _) in self.store.scan_prefix(Table::State, prefix)? {
-            let id = u64::from_be_bytes(
-                k[k.len() - 8..]
-                    .try_into()
-                    .expect("node contract keys end with an 8-byte id"),
-            );
+            let id = trailing_id(Table::State, &k)?;
             if let Some(c) = self.contract(id)? {
                 out.push(c);
             }

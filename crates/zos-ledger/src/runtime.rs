@@ -194,6 +194,17 @@ pub fn apply(
                 return Err(TxError::NotOwner(format!("node {node_id}")));
             }
             farm(st, *farm_id)?;
+            // Reserved IPs belong to the old farm's pool: moving would strand them.
+            if *farm_id != node.farm_id
+                && !st
+                    .scan_prefix(&keys::node_contracts_prefix(node.id))?
+                    .is_empty()
+            {
+                return Err(invalid(
+                    "farm_id",
+                    format!("node {node_id} has active contracts and cannot change farm"),
+                ));
+            }
             node.farm_id = *farm_id;
             node.resources = *resources;
             node.location = location.clone();

@@ -232,6 +232,19 @@ impl<'a> Overlay<'a> {
     }
 }
 
+/// The trailing big-endian u64 id of an index key (`…{id}`), or a corruption error.
+pub fn trailing_id(table: Table, key: &[u8]) -> Result<u64, StateError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|i| key[i..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StateError::Corrupt {
+            table,
+            key: hex::encode(key),
+            reason: "index key shorter than its 8-byte id".into(),
+        })
+}
+
 /// Decodes a JSON value read from `table` at `key`.
 pub fn decode<T: DeserializeOwned>(
     table: Table,

@@ -695,3 +695,47 @@ fn a_block_mixes_accepted_and_rejected_transactions() {
     // And the whole history verifies.
     zos_ledger::verify(h.store.clone()).unwrap();
 }
+
+#[test]
+fn a_node_with_active_contracts_cannot_change_farm() {
+    let (mut h, farmer, node) = grid();
+    h.ok(
+        &farmer,
+        Call::CreateFarm {
+            name: "farm2".into(),
+        },
+    );
+    let user = key(3);
+    h.twin(&user);
+    h.ok(&user, node_contract(1, 1, 1));
+    let Call::CreateNode {
+        resources,
+        location,
+        interfaces,
+        features,
+        version,
+        virtualized,
+        secure_boot,
+        serial_number,
+        ..
+    } = create_node(1)
+    else {
+        unreachable!()
+    };
+    let move_to = |farm_id| Call::UpdateNode {
+        node_id: 1,
+        farm_id,
+        resources,
+        location: location.clone(),
+        interfaces: interfaces.clone(),
+        features: features.clone(),
+        version: version.clone(),
+        virtualized,
+        secure_boot,
+        serial_number: serial_number.clone(),
+    };
+    h.rejects(&node, move_to(2), "cannot change farm");
+    h.ok(&user, Call::CancelContract { contract_id: 1 });
+    h.ok(&node, move_to(2));
+    assert_eq!(h.reader.node(1).unwrap().unwrap().farm_id, 2);
+}
