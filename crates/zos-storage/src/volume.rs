@@ -13,6 +13,10 @@ use crate::storage::{AllocError, Storage};
 /// Directory (per pool) holding the snapshots of every volume.
 pub const SNAPSHOT_DIR: &str = ".snapshots";
 
+/// Snapshots kept per volume; taking one more deletes the oldest. Snapshots are not counted in
+/// reservations, so they must not pile up without bound.
+pub const MAX_SNAPSHOTS: usize = 16;
+
 /// Errors of volume operations.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -457,6 +461,16 @@ async fn snapshot_locked(pool: &Pool, id: &str) -> Result<SnapshotInfo, VolumeEr
             source,
         })?;
     tracing::info!(id, snapshot = %name, "volume snapshot taken");
+    let all = list_snapshots(pool, id)?;
+    for old in &all[..all.len().saturating_sub(MAX_SNAPSHOTS)] {
+        btrfs::subvolume_delete(&dir.join(&old.name))
+            .await
+            .map_err(|source| VolumeError::Btrfs {
+                id: id.into(),
+                source,
+            })?;
+        tracing::info!(id, snapshot = %old.name, "old volume snapshot pruned");
+    }
     Ok(SnapshotInfo { name, seq, created })
 }
 

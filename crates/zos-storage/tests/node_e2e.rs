@@ -376,7 +376,23 @@ async fn zdb_volume_zmount_through_the_node_then_restart_and_cancel() {
     drop(c);
 
     // Node restart: everything is still there and served again.
+    let mounts: Vec<_> = node
+        .storage
+        .pools()
+        .iter()
+        .map(|p| p.mountpoint.clone())
+        .collect();
     node.stop().await;
+    assert!(
+        mounts.iter().all(|m| !common::mounted(m)),
+        "clean unmount (ZeroDB stopped first)"
+    );
+    assert!(
+        env.specs
+            .iter()
+            .all(|s| common::loops_of(&s.file).is_empty()),
+        "loops detached"
+    );
     let node = start_node(&env, chain.clone(), Arc::new(InProcessZdb)).await;
     assert_eq!(
         node.storage.zdb_servers()[0].addr,

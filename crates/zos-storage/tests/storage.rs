@@ -222,6 +222,24 @@ async fn volume_quota_grow_snapshot_restore_delete() {
     let back = st.volume_get(id).await.unwrap().expect("repaired");
     assert_eq!(std::fs::read(back.path.join("a")).unwrap(), b"v2");
 
+    // Snapshots are capped: the oldest go first.
+    for _ in 0..zos_storage::volume::MAX_SNAPSHOTS {
+        st.volume_snapshot(id).await.unwrap();
+    }
+    let snaps = st.volume_snapshots(id).await.unwrap();
+    assert_eq!(snaps.len(), zos_storage::volume::MAX_SNAPSHOTS);
+    assert!(
+        snaps[0].seq > 3,
+        "the first snapshots were pruned: {:?}",
+        snaps[0]
+    );
+    assert_eq!(
+        std::fs::read_dir(pool.join(".snapshots").join(id))
+            .unwrap()
+            .count(),
+        zos_storage::volume::MAX_SNAPSHOTS
+    );
+
     // Deleting deletes the snapshots too.
     st.volume_delete(id).await.unwrap();
     assert!(st.volume_get(id).await.unwrap().is_none());
