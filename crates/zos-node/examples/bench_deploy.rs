@@ -37,7 +37,10 @@ impl Primitive for Timed {
     }
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         let r = self.inner.provision(ctx, wl).await;
-        self.done.lock().unwrap().insert(ctx.workload_id.clone(), Instant::now());
+        self.done
+            .lock()
+            .unwrap()
+            .insert(ctx.workload_id.clone(), Instant::now());
         r
     }
     async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
@@ -61,7 +64,12 @@ async fn main() {
     let done = Arc::new(Mutex::new(HashMap::new()));
     let mut reg = PrimitiveRegistry::new();
     reg.register(Arc::new(Timed {
-        inner: FilePrim { t: WorkloadType::Volume, updatable: false, root: root.clone(), delay: Duration::ZERO },
+        inner: FilePrim {
+            t: WorkloadType::Volume,
+            updatable: false,
+            root: root.clone(),
+            delay: Duration::ZERO,
+        },
         done: done.clone(),
     }));
     reg.set_pool_reporter(Arc::new(FixedPools));
@@ -84,7 +92,13 @@ async fn main() {
         async move {
             let wlid = format!("{}-{}-v", d.twin_id, d.contract_id);
             let start = Instant::now();
-            user.call(node_twin, "zos.deployment.deploy", &serde_json::to_value(&d).unwrap()).await.unwrap();
+            user.call(
+                node_twin,
+                "zos.deployment.deploy",
+                &serde_json::to_value(&d).unwrap(),
+            )
+            .await
+            .unwrap();
             (wlid, start)
         }
     }))
@@ -99,17 +113,32 @@ async fn main() {
     let done = done.lock().unwrap().clone();
     let last = done.values().max().copied().unwrap();
     let total = last.duration_since(t0);
-    let mut lat: Vec<Duration> = sent.iter().map(|(id, s)| done[id].duration_since(*s)).collect();
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .map(|(id, s)| done[id].duration_since(*s))
+        .collect();
     lat.sort();
     // Every deployment must read back as ok.
     for (id, _) in &sent {
         let c: u64 = id.split('-').nth(1).unwrap().parse().unwrap();
         let d = user.get(node_twin, c).await.unwrap();
-        assert_eq!(serde_json::to_value(d.workloads[0].result.state).unwrap(), json!("ok"), "{id}");
+        assert_eq!(
+            serde_json::to_value(d.workloads[0].result.state).unwrap(),
+            json!("ok"),
+            "{id}"
+        );
     }
     println!("deployments: {n}, in flight: {in_flight}");
-    println!("all deploy calls acknowledged in {:.2} s ({:.0} deploy calls/s)", accepted.as_secs_f64(), n as f64 / accepted.as_secs_f64());
-    println!("all ok after {:.2} s: {:.0} deployments/s", total.as_secs_f64(), n as f64 / total.as_secs_f64());
+    println!(
+        "all deploy calls acknowledged in {:.2} s ({:.0} deploy calls/s)",
+        accepted.as_secs_f64(),
+        n as f64 / accepted.as_secs_f64()
+    );
+    println!(
+        "all ok after {:.2} s: {:.0} deployments/s",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64()
+    );
     println!(
         "deploy→ok latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(&lat, 0.50).as_secs_f64() * 1e3,

@@ -434,3 +434,162 @@ impl Api {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::chain::fake::FakeChain;
+    use crate::engine::{EngineConfig, HostCapacity};
+    use crate::metrics::Metrics;
+    use crate::primitives::{NodeSecret, PrimitiveRegistry};
+    use proptest::prelude::*;
+
+    fn api(dir: &tempfile::TempDir) -> Api {
+        let store = crate::store::Store::open(&dir.path().join("e.redb")).unwrap();
+        let engine = Engine::new(
+            store,
+            Arc::new(FakeChain::default()),
+            PrimitiveRegistry::new(),
+            NodeSecret::new([1; 32]),
+            EngineConfig {
+                host: HostCapacity {
+                    memory: 8 << 30,
+                    cores: 2,
+                },
+            },
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let state = NodeState {
+            farm_id: 1,
+            admin_twins: vec![9],
+            ..NodeState::default()
+        };
+        state.farm_twin.store(5, Ordering::Relaxed);
+        Api::new(engine, Arc::new(state))
+    }
+
+    #[tokio::test]
+    async fn access_rules_and_upstream_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        let e = api
+            .dispatch(3, "zos.deployment.delete", json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "deletion over the api is disabled, please cancel your contract instead"
+        );
+        let e = api
+            .dispatch(3, "zos.deployment.get", json!({"contract_id": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (404, "deployment not found"));
+        let e = api
+            .dispatch(3, "zos.deployment.get", json!({"contract": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+        // admin: farm twin only, under both prefixes
+        assert_eq!(
+            api.dispatch(3, "zos.admin.interfaces", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            401
+        );
+        assert!(
+            api.dispatch(5, "zos.admin.interfaces", Value::Null)
+                .await
+                .unwrap()
+                .is_object()
+        );
+        assert!(
+            api.dispatch(5, "zos.network.admin.get_public_nic", Value::Null)
+                .await
+                .unwrap()["is_single"]
+                .as_bool()
+                .unwrap()
+        );
+        // debug: admin twins only
+        assert_eq!(
+            api.dispatch(5, "zos.debug.deployment.list", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            401
+        );
+        assert_eq!(
+            api.dispatch(9, "zos.debug.deployment.list", Value::Null)
+                .await
+                .unwrap(),
+            json!({"deployments": []})
+        );
+        assert_eq!(
+            api.dispatch(9, "zos.debug.deployment.get", json!({"deployment": "x"}))
+                .await
+                .unwrap_err()
+                .code,
+            400
+        );
+        // no primitives: no features; nothing can be deployed
+        assert_eq!(
+            api.dispatch(3, "zos.system.node_features_get", Value::Null)
+                .await
+                .unwrap(),
+            json!([])
+        );
+        assert_eq!(
+            api.dispatch(3, "zos.nope", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            404
+        );
+        let v = api
+            .dispatch(3, "zos.system.version", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(v["zos"], json!(env!("CARGO_PKG_VERSION")));
+        let s = api
+            .dispatch(3, "zos.statistics.get", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(s["system"]["mru"], json!(2u64 << 30));
+        assert_eq!(
+            api.dispatch(3, "zos.network.public_config_get", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            404
+        );
+        *api.state.public_config.write().unwrap() = Some(json!({"ipv4": "1.2.3.4/24"}));
+        assert_eq!(
+            api.dispatch(3, "zos.network.public_config_get", Value::Null)
+                .await
+                .unwrap()["ipv4"],
+            json!("1.2.3.4/24")
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Untrusted payloads never panic the API: every command answers Ok or a clear error.
+        #[test]
+        fn arbitrary_payloads_never_panic(cmd in 0usize..COMMANDS.len(), s in ".{0,64}", n in any::<i64>(), b in any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let api = api(&dir);
+            for payload in [json!(s), json!(n), json!(b), json!({"contract_id": n, "deployment": s, "twin_id": n}), json!([s, n]),
+                            json!({"version": n, "twin_id": 3, "workloads": [{"name": s, "type": s, "data": {"size": n}}]})] {
+                let r = rt.block_on(api.dispatch(3, COMMANDS[cmd], payload));
+                if let Err(e) = r {
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -197,4 +197,13 @@ mod tests {
         let k4 = load_or_create(&data, &[m1]).unwrap();
         assert_eq!(k1.public(), k4.public());
     }
+
+    proptest::proptest! {
+        /// Untrusted seed files never panic the decoder.
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let r = decode(Path::new("x"), &b);
+            proptest::prop_assert_eq!(r.is_ok(), b.len() == 39 && b.starts_with(VERSION_TAG));
+        }
+    }
 }

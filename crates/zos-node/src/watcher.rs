@@ -165,3 +165,123 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::chain::fake::FakeChain;
+    use crate::engine::{EngineConfig, HostCapacity};
+    use crate::metrics::Metrics;
+    use crate::primitives::{NodeSecret, PrimitiveRegistry};
+    use zos_ledger::IpConfig;
+
+    fn rec(event: Event) -> EventRecord {
+        EventRecord {
+            height: 1,
+            index: 0,
+            event,
+        }
+    }
+
+    #[test]
+    fn events_for_this_node_become_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("e.redb")).unwrap();
+        let engine = Engine::new(
+            store,
+            Arc::new(FakeChain::default()),
+            PrimitiveRegistry::new(),
+            NodeSecret::new([1; 32]),
+            EngineConfig {
+                host: HostCapacity {
+                    memory: 8 << 30,
+                    cores: 2,
+                },
+            },
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        engine.set_node_id(7);
+        let state = NodeState {
+            farm_id: 1,
+            ..NodeState::default()
+        };
+        let other = Event::NodeContractCanceled {
+            contract_id: 1,
+            node_id: 8,
+            twin_id: 3,
+        };
+        assert!(!apply(&engine, &state, &rec(other)).unwrap());
+        for ev in [
+            Event::NodeContractCanceled {
+                contract_id: 1,
+                node_id: 7,
+                twin_id: 3,
+            },
+            Event::ContractGracePeriodStarted {
+                contract_id: 2,
+                node_id: 7,
+                twin_id: 3,
+            },
+            Event::ContractGracePeriodEnded {
+                contract_id: 2,
+                node_id: 7,
+                twin_id: 3,
+            },
+        ] {
+            assert!(apply(&engine, &state, &rec(ev)).unwrap());
+        }
+        let mut ops = Vec::new();
+        while let Some((id, job)) = engine.store().peek_job().unwrap() {
+            ops.push((job.contract, job.op));
+            engine.store().ack_job(id).unwrap();
+        }
+        assert_eq!(
+            ops,
+            [
+                (
+                    1,
+                    JobOp::Deprovision {
+                        reason: "contract canceled event received".into()
+                    }
+                ),
+                (2, JobOp::Pause),
+                (2, JobOp::Resume)
+            ]
+        );
+        let cfg = PublicConfig {
+            ip4: IpConfig {
+                ip: "185.1.2.3/24".into(),
+                gw: "185.1.2.1".into(),
+            },
+            ip6: None,
+            domain: Some("gw.example".into()),
+        };
+        apply(
+            &engine,
+            &state,
+            &rec(Event::NodePublicConfigStored {
+                node_id: 7,
+                config: Some(cfg),
+            }),
+        )
+        .unwrap();
+        let v = state.public_config.read().unwrap().clone().unwrap();
+        assert_eq!(
+            (v["ipv4"].as_str(), v["domain"].as_str()),
+            (Some("185.1.2.3/24"), Some("gw.example"))
+        );
+        apply(
+            &engine,
+            &state,
+            &rec(Event::NodePublicConfigStored {
+                node_id: 7,
+                config: None,
+            }),
+        )
+        .unwrap();
+        assert!(state.public_config.read().unwrap().is_none());
+    }
+}

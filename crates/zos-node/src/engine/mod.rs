@@ -10,6 +10,7 @@
 
 mod capacity;
 mod jobs;
+mod lifecycle;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};

@@ -530,3 +530,42 @@ async fn state_survives_reopen() {
         1
     );
 }
+
+#[tokio::test]
+async fn metrics_endpoint_serves_workloads_by_type_and_state() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    t.engine.drain().await;
+    assert!(
+        crate::metrics::bind("0.0.0.0:0".parse().unwrap())
+            .await
+            .is_err()
+    );
+    let l = crate::metrics::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::metrics::serve(l, t.engine.clone(), async move {
+        let _ = rx.await;
+    }));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.contains("zos_node_workloads{type=\"volume\",state=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("zos_node_job_latency_seconds_count{op=\"provision\"}"),
+        "{body}"
+    );
+    let _ = tx.send(());
+    task.await.unwrap();
+}
