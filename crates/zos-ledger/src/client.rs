@@ -213,6 +213,10 @@ impl LedgerClient {
     pub async fn pricing_policy(&self) -> Result<PricingPolicy, ClientError> {
         self.call(methods::PRICING, json!([])).await
     }
+    /// Counters of the ledger process.
+    pub async fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot, ClientError> {
+        self.call(methods::METRICS, json!([])).await
+    }
     /// Target node software version.
     pub async fn zos_version(&self) -> Result<ZosVersion, ClientError> {
         self.call(methods::ZOS_VERSION, json!([])).await

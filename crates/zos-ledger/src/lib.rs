@@ -28,6 +28,8 @@ pub mod client;
 pub mod dev;
 /// Server and chain errors.
 pub mod error;
+/// Process counters (`ledger_metrics`).
+pub mod metrics;
 /// The block producer thread.
 mod producer;
 /// JSON-RPC envelopes, method names and error codes.

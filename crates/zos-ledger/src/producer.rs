@@ -6,6 +6,7 @@
 //! billing when a contract is due. Replies are sent only after the block's store commit returned,
 //! so an acknowledged transaction is durable.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use zos_types::crypto::{KeyPair, PublicKey};
 
 use crate::chain::{Chain, Produced, Reader};
 use crate::error::LedgerError;
+use crate::metrics::Metrics;
 use crate::tx::{Call, Receipt, SignedTransaction};
 
 /// Work for the producer.
@@ -54,7 +56,9 @@ pub fn run(
     interval: Duration,
     faucet: Option<KeyPair>,
     head: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), LedgerError> {
+    let out = Out { head, metrics };
     let tick = if dev {
         Duration::from_secs(1)
     } else {
@@ -88,7 +92,7 @@ pub fn run(
             }
             deadline = Instant::now() + tick;
         }
-        process(&mut chain, batch, faucet.as_ref(), &head)?;
+        process(&mut chain, batch, faucet.as_ref(), &out)?;
         if closed {
             debug!("ledger producer: all senders gone, stopping");
             return Ok(());
@@ -98,24 +102,30 @@ pub fn run(
 
 type Pending = Vec<(SignedTransaction, oneshot::Sender<Result<Receipt, String>>)>;
 
+/// Where the producer reports: the head watch (subscriptions) and the counters.
+struct Out {
+    head: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
 fn process(
     chain: &mut Chain,
     batch: Vec<Job>,
     faucet: Option<&KeyPair>,
-    head: &watch::Sender<u64>,
+    out: &Out,
 ) -> Result<(), LedgerError> {
     let mut pending: Pending = Vec::new();
     for job in batch {
         match job {
             Job::Submit { tx, reply } => pending.push((tx, reply)),
             Job::Advance { seconds, reply } => {
-                flush(chain, &mut pending, false, head)?;
+                flush(chain, &mut pending, false, out)?;
                 chain.advance_time(seconds);
-                flush(chain, &mut pending, true, head)?;
+                flush(chain, &mut pending, true, out)?;
                 let _ = reply.send(Ok(chain.head().header.height));
             }
             Job::Fund { to, amount, reply } => {
-                flush(chain, &mut pending, false, head)?;
+                flush(chain, &mut pending, false, out)?;
                 let Some(key) = faucet else {
                     let _ = reply.send(Err("no faucet on this ledger".into()));
                     continue;
@@ -124,28 +134,42 @@ fn process(
                 let call = Call::Transfer { to, amount };
                 let tx = SignedTransaction::sign(key, &chain.genesis_hash(), nonce, call);
                 pending.push((tx, reply));
-                flush(chain, &mut pending, false, head)?;
+                flush(chain, &mut pending, false, out)?;
             }
         }
     }
     // Billing runs even without transactions, so wake-ups without jobs still try a block.
-    flush(chain, &mut pending, false, head)
+    flush(chain, &mut pending, false, out)
 }
 
 fn flush(
     chain: &mut Chain,
     pending: &mut Pending,
     force: bool,
-    head: &watch::Sender<u64>,
+    out: &Out,
 ) -> Result<(), LedgerError> {
     let items = std::mem::take(pending);
     let txs: Vec<SignedTransaction> = items.iter().map(|(t, _)| t.clone()).collect();
     let now = chain.now();
+    let started = Instant::now();
     match chain.produce(&txs, now, force) {
-        Ok(Produced { block, results, .. }) => {
+        Ok(Produced {
+            block,
+            results,
+            events,
+        }) => {
+            let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+            let micros = started.elapsed().as_micros() as u64;
+            out.metrics.block(
+                applied,
+                results.len() as u64 - applied,
+                events.len() as u64,
+                micros,
+                block.is_some(),
+            );
             // Durable now: tell subscribers, then the submitters.
             if let Some(b) = &block {
-                head.send_replace(b.header.height);
+                out.head.send_replace(b.header.height);
             }
             for ((_, reply), r) in items.into_iter().zip(results) {
                 let _ = reply.send(r);
@@ -153,6 +177,7 @@ fn flush(
             Ok(())
         }
         Err(e) => {
+            out.metrics.commit_failed();
             error!(error = %e, "ledger producer: block commit failed; stopping");
             for (_, reply) in items {
                 let _ = reply.send(Err(format!("internal: block commit failed: {e}")));

@@ -45,6 +45,8 @@ pub mod methods {
     pub const NAME_CONTRACT: &str = "ledger_nameContract";
     /// `[]` → `PricingPolicy`.
     pub const PRICING: &str = "ledger_pricingPolicy";
+    /// `[]` → `MetricsSnapshot` (counters of this ledger process).
+    pub const METRICS: &str = "ledger_metrics";
     /// `[]` → `ZosVersion`.
     pub const ZOS_VERSION: &str = "ledger_zosVersion";
     /// `[SignedTransaction]` → `Receipt` once durable, or error [`super::codes::REJECTED`].

@@ -25,6 +25,7 @@ use zos_types::crypto::PublicKey;
 use crate::chain::{Chain, Reader};
 use crate::dev;
 use crate::error::LedgerError;
+use crate::metrics::Metrics;
 use crate::producer::{self, Job};
 use crate::rpc::{NotificationParams, Request, Response, RpcError, codes, methods};
 use crate::store::{LedgerStore, RedbStore};
@@ -88,6 +89,7 @@ struct App {
     genesis_hash: [u8; 32],
     next_sub: AtomicU64,
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 /// A bound, not yet running ledger server.
@@ -170,7 +172,9 @@ impl LedgerServer {
             info,
             next_sub: AtomicU64::new(1),
             stop: stop_rx,
+            metrics: Arc::new(Metrics::default()),
         });
+        let metrics = app.metrics.clone();
 
         let faucet = cfg.dev.then(dev::faucet_key);
         let exited = Arc::new(Notify::new());
@@ -179,7 +183,7 @@ impl LedgerServer {
         let producer = std::thread::Builder::new()
             .name("ledger-producer".into())
             .spawn(move || {
-                let r = producer::run(chain, jobs_rx, dev_mode, interval, faucet, head_tx);
+                let r = producer::run(chain, jobs_rx, dev_mode, interval, faucet, head_tx, metrics);
                 exited2.notify_one();
                 r
             })
@@ -225,7 +229,9 @@ async fn http_rpc(State(app): State<Arc<App>>, body: Bytes) -> impl IntoResponse
         ),
         Ok(req) => {
             let id = req.id.clone().unwrap_or(Value::Null);
-            Response::from_result(id, dispatch(&app, &req).await)
+            let result = dispatch(&app, &req).await;
+            app.metrics.rpc(result.is_err());
+            Response::from_result(id, result)
         }
     };
     axum::Json(resp)
@@ -293,6 +299,7 @@ async fn dispatch(app: &App, req: &Request) -> Result<Value, RpcError> {
             .name_contract(&params::<(String,)>(p)?.0)
             .map_err(internal)?),
         methods::PRICING => ok(r.pricing().map_err(internal)?),
+        methods::METRICS => ok(app.metrics.snapshot()),
         methods::ZOS_VERSION => ok(r.zos_version().map_err(internal)?),
         methods::SUBMIT => {
             let (tx,): (SignedTransaction,) = params(p)?;
@@ -440,6 +447,7 @@ async fn ws_session(socket: WebSocket, app: Arc<App>) {
             },
             _ => dispatch(&app, &req).await,
         };
+        app.metrics.rpc(result.is_err());
         if send_json(&out_tx, &Response::from_result(id, result))
             .await
             .is_err()
@@ -462,6 +470,15 @@ async fn send_json<T: Serialize>(out: &mpsc::Sender<String>, v: &T) -> Result<()
 /// Sends every event (or block header) from height `from` on, exactly once and in order: reads
 /// committed blocks from the store up to the head, then waits for the head to move.
 async fn subscription(app: Arc<App>, out: mpsc::Sender<String>, sub: u64, from: u64, blocks: bool) {
+    app.metrics.subscription(true);
+    // Counted down when the task ends or is aborted (unsubscribe, connection closed).
+    struct Open(Arc<Metrics>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.subscription(false);
+        }
+    }
+    let _open = Open(app.metrics.clone());
     let mut head = app.head.clone();
     let mut next = from;
     loop {

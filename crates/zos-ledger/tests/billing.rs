@@ -247,6 +247,9 @@ async fn dev_calls_are_refused_outside_dev_mode() {
         matches!(rej, ClientError::Rejected(ref m) if m.contains("already exists")),
         "{rej}"
     );
+    let m = c.metrics().await.unwrap();
+    assert_eq!((m.tx_applied, m.tx_rejected), (1, 1), "{m:?}");
+    assert!(m.blocks_committed >= 1 && m.rpc_errors >= 3, "{m:?}");
     tx.send(()).unwrap();
     h.await.unwrap().unwrap();
 }
