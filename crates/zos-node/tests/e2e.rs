@@ -391,3 +391,79 @@ async fn cancel_deprovisions_and_grace_pauses_then_resumes() {
     let _ = ResultState::Ok;
     node.stop().await;
 }
+
+/// Counts `NodeStored` events for node `id` over the whole ledger history.
+async fn node_writes(grid: &Grid, id: u32) -> usize {
+    let head = grid.client.head().await.unwrap();
+    let mut n = 0;
+    for h in 0..=head {
+        for e in grid.client.events(h).await.unwrap() {
+            if matches!(&e.event, zos_ledger::Event::NodeStored { node } if node.id == id) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_farm_idles_then_registers_once() {
+    let grid = Grid::start().await;
+    let prims = grid.dir.path().join("prims");
+    let data = grid.dir.path().join("node");
+    let mut cfg = grid.node_config(&data);
+    cfg.farm_id = grid.farm_id + 1; // does not exist yet
+    let node = InProcNode::start(cfg.clone(), registry(&prims, Duration::ZERO));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        grid.client.node(NODE).await.unwrap().is_none(),
+        "a node without a farm must not register"
+    );
+    grid.client
+        .send(
+            &grid.farmer,
+            Call::CreateFarm {
+                name: "farm2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let node_twin = grid.node_twin(NODE).await;
+    assert_eq!(
+        grid.client.node(NODE).await.unwrap().unwrap().farm_id,
+        grid.farm_id + 1
+    );
+    node.stop().await;
+    assert_eq!(node_writes(&grid, NODE).await, 1);
+
+    // Restart with the same data: same identity and twin, nothing changed → no node update.
+    let node = InProcNode::start(cfg, registry(&prims, Duration::ZERO));
+    let alice = grid.user(10).await;
+    wait_for("node API after restart", T, || async {
+        alice
+            .call(node_twin, "zos.system.version", &json!(null))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        grid.client
+            .node_by_twin(node_twin)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        NODE
+    );
+    assert_eq!(
+        node_writes(&grid, NODE).await,
+        1,
+        "registration must only write when something changed"
+    );
+    let diag = alice
+        .call(node_twin, "zos.system.diagnostics", &json!(null))
+        .await
+        .unwrap();
+    assert_eq!(diag["healthy"], json!(true), "{diag}");
+    node.stop().await;
+}
