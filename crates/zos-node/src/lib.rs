@@ -6,7 +6,19 @@
 //! durable per-deployment transaction log and job queue, and installed asynchronously by a
 //! single worker through [`primitives::Primitive`] implementations registered by other crates.
 //!
-//! Read first: [`primitives`] (the plug-in trait), then [`engine`] and [`store`].
+//! **Design.** Everything the node must not forget lives in one redb file: the current view
+//! of each deployment, its append-only transaction log, and the job queue; every state change
+//! is one fsynced transaction. Jobs are peeked, processed and only then acknowledged, primitives
+//! are idempotent, and a result identical to the stored one is not logged again, so a crash at
+//! any moment is followed by a retry that converges without loss or duplicates. On start every
+//! stored deployment is re-provisioned (reconciliation); a watcher follows ledger events from
+//! a persisted height and a periodic full sync catches anything missed.
+//!
+//! **Limits.** One job worker (FIFO). No network primitives yet, so no NRU reports; no KYC
+//! check; `set_public_nic` is refused. See `docs/node.md`.
+//!
+//! **Read first:** [`primitives`] (the plug-in trait), then [`engine`] and [`store`], then
+//! [`node::run_node`] for the wiring.
 #![forbid(unsafe_code)]
 
 /// The node API over RMB (`zos.*` commands).
