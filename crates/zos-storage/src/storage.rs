@@ -64,7 +64,8 @@ pub struct StorageConfig {
     pub encrypt_disks: bool,
     /// Address the ZeroDB servers listen on (upstream: `::`; tests: `127.0.0.1`).
     pub zdb_listen: std::net::IpAddr,
-    /// IPs reported to users in zdb results (`IPs`); the listen address when empty.
+    /// IPs reported to users in zdb results (`IPs`); when empty, the listen address (loopback
+    /// if that is a wildcard). Set it when listening on `::`/`0.0.0.0`.
     pub zdb_public_ips: Vec<std::net::IpAddr>,
 }
 

@@ -253,7 +253,12 @@ pub(crate) async fn namespaces(inst: &Instance) -> Result<Vec<(String, Namespace
 impl Storage {
     fn result_for(&self, id: &str, inst: &Instance) -> ZdbResult {
         let ips = if self.cfg.zdb_public_ips.is_empty() {
-            vec![inst.addr.ip()]
+            // A wildcard listen address is no address to hand out: fall back to loopback.
+            vec![match inst.addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                ip => ip,
+            }]
         } else {
             self.cfg.zdb_public_ips.clone()
         };
