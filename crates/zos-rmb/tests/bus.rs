@@ -340,3 +340,28 @@ async fn every_peer_answers_ping_even_before_serve() {
     assert_eq!(got["twin"], json!(1));
     relay.stop().await;
 }
+
+/// Many large envelopes in flight both ways at once: socket buffers fill in both directions,
+/// which deadlocked a reader that waited on its own writes (regression test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_messages_do_not_deadlock() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 2, &["r1"]);
+    let kb = add_twin(&dir, 4, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 2, ka, None).await;
+    let b = peer(&dir, &relay.url, 4, kb, None).await;
+    b.serve(echo_router(Arc::new(AtomicUsize::new(0))));
+    let big = json!("y".repeat(1024 * 1024));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let (a, big) = (a.clone(), big.clone());
+            tokio::spawn(async move { a.call(4, "echo", &big, Duration::from_secs(120)).await })
+        })
+        .collect();
+    for c in calls {
+        let v = c.await.unwrap().unwrap();
+        assert_eq!(v["echo"].as_str().map(str::len), Some(1024 * 1024));
+    }
+    relay.stop().await;
+}

@@ -1,7 +1,7 @@
 //! One relay link of a peer: log in, pump frames both ways, reconnect with backoff forever.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -79,7 +79,7 @@ async fn pump(
     ws: Ws,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let generation = {
         let mut links = lock(&inner.links);
         links[i].generation += 1;
@@ -87,45 +87,70 @@ async fn pump(
         links[i].generation
     };
     inner.connected.send_modify(|n| *n += 1);
-    let (mut sink, mut stream) = ws.split();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    let mut last_heard = Instant::now();
+    let (sink, mut stream) = ws.split();
+    // Reading never waits for writing (see the relay session for the deadlock this avoids).
+    let mut writer = tokio::spawn(write_loop(sink, rx, shutdown.clone()));
+    let mut writer_done = false;
     loop {
         tokio::select! {
-            out = rx.recv() => match out {
-                Some(b) => if sink.send(Message::Binary(b)).await.is_err() { break },
-                None => break,
-            },
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    last_heard = Instant::now();
-                    match Frame::decode(&b) {
-                        Ok(Frame::Envelope(env)) => inner.incoming(&env).await,
-                        Ok(Frame::Bounce(bounce)) => inner.bounced(bounce),
-                        Ok(_) => tracing::debug!("unexpected frame from relay"),
-                        Err(e) => tracing::debug!(error = %e, "undecodable frame from relay"),
-                    }
-                }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => last_heard = Instant::now(),
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > 3 * PING_EVERY {
+            msg = tokio::time::timeout(3 * PING_EVERY, stream.next()) => match msg {
+                Ok(Some(Ok(Message::Binary(b)))) => match Frame::decode(&b) {
+                    Ok(Frame::Envelope(env)) => inner.incoming(&env).await,
+                    Ok(Frame::Bounce(bounce)) => inner.bounced(bounce),
+                    Ok(_) => tracing::debug!("unexpected frame from relay"),
+                    Err(e) => tracing::debug!(error = %e, "undecodable frame from relay"),
+                },
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
+                Ok(Some(Ok(_))) => {} // pong (our pings keep the relay talking)
+                Err(_) => {
                     tracing::warn!(url = %inner.relays[i], "relay silent; dropping link");
                     break;
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
             },
-            _ = shutdown.changed() => {
-                let _ = sink.send(Message::Close(None)).await;
+            _ = &mut writer => {
+                writer_done = true;
                 break;
             }
+            _ = shutdown.changed() => break,
         }
     }
     lock(&inner.links)[i].tx = None;
     inner.connected.send_modify(|n| *n = n.saturating_sub(1));
     inner.fail_calls_on((i, generation));
+    if !writer_done {
+        // On shutdown the writer sends a Close frame itself; otherwise the link is dead.
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<Ws, Message>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(b) => if sink.send(Message::Binary(b)).await.is_err() { return },
+                // The reader dropped the link (slot cleared): nothing more to send.
+                None => return,
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
+        }
+    }
 }

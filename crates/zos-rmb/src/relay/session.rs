@@ -39,46 +39,70 @@ pub(super) async fn run(state: Arc<State>, socket: WebSocket) {
     state.metrics.auth_ok.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(twin = origin.twin, session = ?origin.session, role = ?origin.role, "login");
 
-    let (tx, mut rx) = SessionTx::new();
+    let (tx, rx) = SessionTx::new();
     let conn = match origin.role {
         Role::Peer => Some(state.register(origin.twin, origin.session.clone(), tx.clone())),
         // A federation link receives only bounces for what it sent, through `tx` directly.
         Role::Federation => None,
     };
+    // Reading and writing run separately: a task that blocks writing to a peer which is itself
+    // blocked writing to us would deadlock both (large envelopes fill the socket buffers).
+    let mut writer = tokio::spawn(write_loop(state.clone(), sink, rx, tx.clone()));
+    let mut writer_done = false;
     loop {
         tokio::select! {
-            out = rx.recv() => match out {
-                Some(Outbound::Frame { bytes, received }) => {
-                    let n = bytes.len();
-                    let sent = sink.send(Message::Binary(bytes)).await;
-                    tx.written(n);
-                    if sent.is_err() {
-                        break;
-                    }
-                    if let Some(r) = received {
-                        state.metrics.delivered(n, r.elapsed());
-                    }
-                }
-                Some(Outbound::Close(why)) => {
-                    tracing::debug!(twin = origin.twin, why, "closing session");
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-                None => break,
-            },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(b))) => handle(&state, &origin, &tx, b).await,
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => {} // text, ping, pong: pings are answered by the library
             },
-            _ = shutdown.changed() => {
-                let _ = sink.send(Message::Close(None)).await;
+            _ = &mut writer => {
+                writer_done = true;
                 break;
             }
+            _ = shutdown.changed() => break,
         }
     }
     if let Some(conn) = conn {
         state.switch.unregister(origin.twin, conn);
+    }
+    if !writer_done {
+        // Let the writer send a Close frame, then make sure it is gone.
+        tx.close("session ended");
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}
+
+async fn write_loop(
+    state: Arc<State>,
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    tx: SessionTx,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outbound::Frame { bytes, received } => {
+                let n = bytes.len();
+                let sent = sink.send(Message::Binary(bytes)).await;
+                tx.written(n);
+                if sent.is_err() {
+                    return;
+                }
+                if let Some(r) = received {
+                    state.metrics.delivered(n, r.elapsed());
+                }
+            }
+            Outbound::Close(why) => {
+                tracing::debug!(why, "closing session");
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
+        }
     }
 }
 
