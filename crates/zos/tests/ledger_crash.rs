@@ -119,7 +119,8 @@ fn kill_9_during_submissions_loses_nothing_acknowledged() {
         let c = LedgerClient::new(&url).unwrap();
         rt.block_on(async {
             // Everything acknowledged before any earlier kill is still there, at its height.
-            for r in acked.lock().unwrap().clone() {
+            let prior = acked.lock().unwrap().clone();
+            for r in prior {
                 let loc = c.tx(&r.tx_hash).await.unwrap();
                 assert_eq!(
                     loc.map(|l| (l.height, l.index)),
