@@ -1,6 +1,6 @@
 //! kill -9 the node (a child process) in the middle of a job, change the ledger while it is
-//! down, restart it: it converges, nothing acknowledged is lost, nothing is duplicated, and the
-//! events it missed are applied.
+//! down (a contract canceled, another one entering its grace period), restart it: it converges,
+//! nothing acknowledged is lost, nothing is duplicated, and the events it missed are applied.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -77,6 +77,25 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
     let mut child = spawn_node(&grid, &data, &prims, "node1.log");
     let node_twin = grid.node_twin(NODE).await;
     let alice = grid.user(10).await;
+    let bob = grid.user(11).await;
+
+    // Bob's deployment is running and billed before the crash.
+    let mut bd = bob.deployment(0, "bob", vec![volume("v", 10 * GIB, 0)]);
+    let bc = bob.contract(NODE, &mut bd).await;
+    bd.sign(bob.twin, &bob.key).unwrap();
+    bob.call(
+        node_twin,
+        "zos.deployment.deploy",
+        &serde_json::to_value(&bd).unwrap(),
+    )
+    .await
+    .unwrap();
+    bob.wait_state(node_twin, bc, 0, "ok").await;
+    wait_for("bob's usage reported", T, || async {
+        let c = grid.client.contract(bc).await.ok()??;
+        (c.billing.used.sru > 0).then_some(())
+    })
+    .await;
 
     const N: usize = 10;
     let mut contracts = Vec::new();
@@ -98,10 +117,10 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
             .unwrap();
         contracts.push(c);
     }
-    // Every deploy was acknowledged. Kill while the third deployment's job is half done:
-    // its first volume is being provisioned (250 ms), the second not yet.
-    wait_for("5 provision calls", T, || async {
-        (ops(&prims, "provision").len() >= 5).then_some(())
+    // Every deploy was acknowledged. Kill while Alice's third deployment is half done: its
+    // first volume is being provisioned (250 ms), the second not yet (Bob's was provision 1).
+    wait_for("6 provision calls", T, || async {
+        (ops(&prims, "provision").len() >= 6).then_some(())
     })
     .await;
     child.kill().unwrap(); // SIGKILL
@@ -119,7 +138,28 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
         .await
         .unwrap();
 
+    // ... and Bob runs out of funds: his contract enters its grace period.
+    let bal = grid.client.balance(&bob.key.public()).await.unwrap();
+    grid.client
+        .send(
+            &bob.key,
+            Call::Transfer {
+                to: grid.farmer.public(),
+                amount: bal,
+            },
+        )
+        .await
+        .unwrap();
+    grid.client.dev_advance_time(7200).await.unwrap();
+    assert!(matches!(
+        grid.client.contract(bc).await.unwrap().unwrap().state,
+        zos_ledger::ContractState::GracePeriod { .. }
+    ));
+
     let mut child = spawn_node(&grid, &data, &prims, "node2.log");
+    // Missed events applied: Bob's workload is paused.
+    let paused = bob.wait_state(node_twin, bc, 0, "paused").await;
+    assert_eq!(paused.workloads[0].result.error, "paused");
     for &c in &contracts[1..] {
         alice.wait_state(node_twin, c, 0, "ok").await;
     }
@@ -172,6 +212,13 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
             .len(),
         N - 1
     );
+    // Bob pays again: resumed.
+    grid.client
+        .dev_fund(&bob.key.public(), 1_000_000_000_000)
+        .await
+        .unwrap();
+    grid.client.dev_advance_time(3600).await.unwrap();
+    bob.wait_state(node_twin, bc, 0, "ok").await;
     child.kill().unwrap();
     child.wait().unwrap();
 }
