@@ -20,6 +20,8 @@ pub struct Limits {
     pub queue_messages_per_twin: usize,
     /// Bytes held for one offline destination twin.
     pub queue_bytes_per_twin: usize,
+    /// Bytes held for all offline twins together.
+    pub queue_bytes_total: usize,
     /// Bytes waiting to be written to one connected session before the relay refuses more.
     pub session_backlog_bytes: usize,
 }
@@ -34,6 +36,7 @@ impl Default for Limits {
             byte_burst: 128.0 * 1024.0 * 1024.0,
             queue_messages_per_twin: 1000,
             queue_bytes_per_twin: 64 * 1024 * 1024,
+            queue_bytes_total: 1024 * 1024 * 1024,
             session_backlog_bytes: 64 * 1024 * 1024,
         }
     }

@@ -95,6 +95,8 @@ struct TwinQueue {
 #[derive(Debug, Default)]
 struct Inner {
     next_conn: u64,
+    /// Sum of `TwinQueue::bytes`.
+    queued_bytes: usize,
     sessions: HashMap<u32, Vec<Session>>,
     queues: HashMap<u32, TwinQueue>,
 }
@@ -146,13 +148,14 @@ impl Switch {
             tx: tx.clone(),
         });
         let mut drained = 0;
+        let mut freed = 0;
         if let Some(q) = g.queues.get_mut(&twin) {
             let mut keep = VecDeque::with_capacity(q.items.len());
             for item in q.items.drain(..) {
                 if item.expires_at < now_unix {
-                    q.bytes -= item.frame.len();
+                    freed += item.frame.len();
                 } else if item.session.is_none() || item.session == name {
-                    q.bytes -= item.frame.len();
+                    freed += item.frame.len();
                     drained += 1;
                     tx.send(item.frame, Some(item.received));
                 } else {
@@ -160,10 +163,12 @@ impl Switch {
                 }
             }
             q.items = keep;
+            q.bytes -= freed;
             if q.items.is_empty() {
                 g.queues.remove(&twin);
             }
         }
+        g.queued_bytes -= freed;
         (conn, drained)
     }
 
@@ -207,18 +212,27 @@ impl Switch {
                 }
             }
         }
+        if g.queued_bytes + frame.len() > self.limits.queue_bytes_total {
+            return Err((
+                BounceCode::QueueFull,
+                format!(
+                    "destination {dst} is offline and the relay's queues are full ({} bytes)",
+                    g.queued_bytes
+                ),
+            ));
+        }
+        g.queued_bytes += frame.len();
         let q = g.queues.entry(dst.twin).or_default();
         if q.items.len() >= self.limits.queue_messages_per_twin
             || q.bytes + frame.len() > self.limits.queue_bytes_per_twin
         {
-            return Err((
-                BounceCode::QueueFull,
-                format!(
-                    "destination {dst} is offline and its queue is full ({} messages, {} bytes)",
-                    q.items.len(),
-                    q.bytes
-                ),
-            ));
+            let msg = format!(
+                "destination {dst} is offline and its queue is full ({} messages, {} bytes)",
+                q.items.len(),
+                q.bytes
+            );
+            g.queued_bytes -= frame.len();
+            return Err((BounceCode::QueueFull, msg));
         }
         q.bytes += frame.len();
         q.items.push_back(Queued {
@@ -244,6 +258,7 @@ impl Switch {
     pub(crate) fn sweep(&self, now_unix: u64) -> usize {
         let mut g = lock(&self.inner);
         let mut dropped = 0;
+        let mut freed = 0;
         g.queues.retain(|_, q| {
             let before = q.items.len();
             let mut bytes = q.bytes;
@@ -254,10 +269,12 @@ impl Switch {
                 }
                 keep
             });
+            freed += q.bytes - bytes;
             q.bytes = bytes;
             dropped += before - q.items.len();
             !q.items.is_empty()
         });
+        g.queued_bytes -= freed;
         dropped
     }
 
@@ -275,7 +292,7 @@ impl Switch {
         (
             g.sessions.values().map(Vec::len).sum(),
             g.queues.values().map(|q| q.items.len()).sum(),
-            g.queues.values().map(|q| q.bytes).sum(),
+            g.queued_bytes,
         )
     }
 }
@@ -350,6 +367,29 @@ mod tests {
         let (tx, mut rx) = SessionTx::new();
         sw.register(2, None, tx, 1010);
         assert_eq!(frames(&mut rx), 1);
+    }
+
+    #[test]
+    fn total_queue_bytes_are_bounded_and_accounted() {
+        let sw = Switch::new(Limits {
+            queue_bytes_total: 3,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        sw.deliver(&header(2, None, 60), Bytes::from_static(b"ab"), now)
+            .unwrap();
+        let e = sw
+            .deliver(&header(3, None, 60), Bytes::from_static(b"cd"), now)
+            .unwrap_err();
+        assert!(e.1.contains("relay's queues are full"), "{}", e.1);
+        sw.deliver(&header(3, None, 5), Bytes::from_static(b"e"), now)
+            .unwrap();
+        assert_eq!(sw.gauges(), (0, 2, 3));
+        assert_eq!(sw.sweep(1010), 1);
+        assert_eq!(sw.gauges(), (0, 1, 2));
+        let (tx, _rx) = SessionTx::new();
+        sw.register(2, None, tx, 1010);
+        assert_eq!(sw.gauges(), (1, 0, 0));
     }
 
     #[test]
