@@ -569,3 +569,28 @@ async fn metrics_endpoint_serves_workloads_by_type_and_state() {
     let _ = tx.send(());
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn retried_update_job_is_a_no_op() {
+    let t = setup();
+    let d0 = t.dl(1, 0, vec![vol("a", GIB, 0), vol("b", GIB, 0)]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+    let d1 = t.dl(1, 1, vec![vol("a", 2 * GIB, 1), vol("c", GIB, 1)]);
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    let (_, job) = t.engine.store().peek_job().unwrap().unwrap();
+    t.engine.process(&job).await.unwrap(); // crash before the ack…
+    let log = t.engine.changes(TWIN, 1).unwrap().len();
+    t.engine.drain().await; // …the job runs again
+    assert_eq!(t.engine.changes(TWIN, 1).unwrap().len(), log);
+    assert_eq!(t.vol.calls("update"), 1);
+    assert_eq!(t.vol.calls("deprovision"), 1);
+    assert_eq!(t.vol.calls("provision 3-1-c"), 1);
+    let names: Vec<_> = t.states(1).into_iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        names,
+        [("a".into(), ResultState::Ok), ("c".into(), ResultState::Ok)]
+    );
+}
