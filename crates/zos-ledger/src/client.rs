@@ -96,7 +96,9 @@ impl LedgerClient {
         if rest.is_empty() || rest.contains('/') {
             return Err(bad("must be http://host:port"));
         }
+        // Connecting fails fast; a request itself may legitimately wait for a block interval.
         let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| bad(&e.to_string()))?;
         Ok(LedgerClient {
