@@ -70,6 +70,43 @@ async fn run_size(a: &Peer, size: usize, seq: usize, total: usize) -> (Duration,
     (pct(&lat, 0.50), pct(&lat, 0.99), rate)
 }
 
+/// CPU per envelope for the sender (seal + sign) and the receiver (verify + open), one thread.
+fn crypto_cost(dir: &MemoryDirectory) {
+    use zos_rmb::envelope::{Address, Body, Envelope, Header, new_id, unix_now};
+    let key = KeyPair::from_seed(KeyType::Ed25519, [1; 32]);
+    let dst_secret = zos_rmb::e2e::e2e_secret(&[2; 32]);
+    let dst = e2e_public_key(&[2; 32]);
+    let _ = dir;
+    for (size, name, n) in [(1024usize, "1 KiB", 2000u32), (1024 * 1024, "1 MiB", 20)] {
+        let body = Body {
+            command: "echo".into(),
+            reference: None,
+            error: None,
+            payload: vec![b'x'; size],
+        };
+        let mut sealed = Vec::new();
+        let t = Instant::now();
+        for _ in 0..n {
+            let h = Header {
+                id: new_id(),
+                source: Address::twin(1),
+                destination: Address::twin(2),
+                timestamp: unix_now(),
+                ttl: 60,
+            };
+            sealed.push(Envelope::seal(h, &body, &key, &dst).unwrap());
+        }
+        let seal = t.elapsed() / n;
+        let t = Instant::now();
+        for e in &sealed {
+            assert!(e.verify(&key.public()));
+            e.open(&dst_secret).unwrap();
+        }
+        let open = t.elapsed() / n;
+        println!("{name}: seal+sign {seal:?}, verify+open {open:?} per envelope (one core)");
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,6 +172,7 @@ fn main() {
             "\nrelay delivered {} envelopes",
             metrics.delivered_total()
         );
+        crypto_cost(&dir);
         a.close();
         b.close();
         let _ = stop.send(());
