@@ -73,7 +73,9 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::Store(StoreError::NotFound { .. }) => 404,
-            EngineError::Store(StoreError::Db { .. } | StoreError::Corrupt { .. }) => 500,
+            EngineError::Store(
+                StoreError::Db { .. } | StoreError::Corrupt { .. } | StoreError::Interrupted,
+            ) => 500,
             EngineError::Chain(_) => 503,
             _ => 400,
         };

@@ -62,6 +62,9 @@ pub enum StoreError {
         /// Contract id.
         contract: u64,
     },
+    /// The blocking task running the operation was cancelled (runtime shutting down).
+    #[error("engine store operation interrupted (runtime shutting down)")]
+    Interrupted,
     /// A sharable name is already used by another deployment of the twin.
     #[error("conflict: sharable workload name '{name}' is already used by contract {contract}")]
     Conflict {

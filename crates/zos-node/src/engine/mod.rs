@@ -122,6 +122,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Runs a blocking store operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Interrupted),
+    }
+}
+
 pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -305,7 +316,10 @@ impl Engine {
             op: JobOp::Provision,
             queued_ms: now_ms(),
         };
-        self.inner.store.create(&dl, &job)?;
+        // redb write transactions block (lock + fsync): keep them off the async threads that
+        // carry RMB traffic.
+        let store = self.inner.store.clone();
+        let dl = blocking(move || store.create(&dl, &job).map(|()| dl)).await?;
         tracing::info!(
             twin = dl.twin_id,
             contract = dl.contract_id,
@@ -350,7 +364,8 @@ impl Engine {
             op: JobOp::Update { target: dl.clone() },
             queued_ms: now_ms(),
         };
-        self.inner.store.update_header(&dl, &job)?;
+        let store = self.inner.store.clone();
+        let dl = blocking(move || store.update_header(&dl, &job).map(|()| dl)).await?;
         tracing::info!(
             twin = dl.twin_id,
             contract = dl.contract_id,
