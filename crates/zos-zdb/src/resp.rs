@@ -13,12 +13,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Most arguments (command name included) in one request; `*1025` is refused.
 pub const MAX_ARGS: usize = 1024;
-/// Most payload bytes (sum of all bulk strings) in one request: 8 MiB, as upstream.
+/// Most bytes in one bulk string (a value): 8 MiB, as upstream.
 pub const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Most bytes of all bulk strings of one request: one full value plus room for the command,
+/// key and other small arguments.
+pub const MAX_REQUEST_PAYLOAD: usize = MAX_PAYLOAD + 64 * 1024;
 /// Longest header line (`*1024` / `$8388608`), generous; a longer one is an error.
 const MAX_HEADER_LINE: usize = 24;
 /// Upper bound of one request's encoded size: the read buffer never needs more.
-pub const MAX_FRAME: usize = MAX_PAYLOAD + MAX_ARGS * (MAX_HEADER_LINE + 4) + MAX_HEADER_LINE + 2;
+pub const MAX_FRAME: usize =
+    MAX_REQUEST_PAYLOAD + MAX_ARGS * (MAX_HEADER_LINE + 4) + MAX_HEADER_LINE + 2;
 
 /// Why a request was refused. The connection is closed after replying with it, since the
 /// stream position can no longer be trusted.
@@ -39,7 +43,7 @@ pub enum RespError {
     /// More than [`MAX_ARGS`] arguments.
     #[error("Too many arguments ({0}, at most 1024)")]
     TooManyArgs(u64),
-    /// A bulk string or the sum of them is over [`MAX_PAYLOAD`].
+    /// A bulk string is over [`MAX_PAYLOAD`] or all of them over [`MAX_REQUEST_PAYLOAD`].
     #[error("Payload too large ({0} bytes, at most 8 MiB)")]
     PayloadTooLarge(u64),
     /// A bulk string is not followed by CRLF.
@@ -87,6 +91,15 @@ fn read_len(buf: &[u8], pos: usize) -> Result<Option<(u64, usize)>, RespError> {
     Ok(Some((n, pos + cr + 2)))
 }
 
+/// Length of the empty lines (CR/LF bytes) at the start of `buf`. Redis ignores empty
+/// inline lines and `redis-cli --pipe` sends one before its closing `ECHO`; the caller
+/// discards them so that they can never accumulate.
+pub fn blank_prefix(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
 /// Parses one request at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some(frame))` for a complete request
@@ -121,7 +134,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Frame>, RespError> {
             return Ok(None);
         };
         total += len;
-        if len > MAX_PAYLOAD as u64 || total > MAX_PAYLOAD as u64 {
+        if len > MAX_PAYLOAD as u64 {
+            return Err(RespError::PayloadTooLarge(len));
+        }
+        if total > MAX_REQUEST_PAYLOAD as u64 {
             return Err(RespError::PayloadTooLarge(total));
         }
         let end = start + len as usize;
@@ -270,6 +286,10 @@ mod tests {
             Err(RespError::MissingCrlf)
         );
         assert_eq!(parse_request(&[b'*'; 40]), Err(RespError::BadLength));
+        assert_eq!(
+            parse_request(b"*2\r\n$3\r\nSET\r\n$8388609\r\n"),
+            Err(RespError::PayloadTooLarge(8388609))
+        );
         // Two 5 MiB args: each fits but the sum does not.
         let hdr = b"*3\r\n$3\r\nSET\r\n$5242880\r\n";
         let mut big = hdr.to_vec();

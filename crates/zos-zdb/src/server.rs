@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, broadcast, watch};
@@ -215,6 +215,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let mut close_after = false;
         let mut stop_after = false;
         loop {
+            let blank = resp::blank_prefix(&inbuf);
+            inbuf.advance(blank);
             let frame = match resp::parse_request(&inbuf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,

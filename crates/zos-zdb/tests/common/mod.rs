@@ -94,6 +94,18 @@ impl TestServer {
         TestServer::start(cfg)
     }
 
+    /// Simulates a crash: the runtime is torn down without the clean shutdown path (no final
+    /// flush or fsync); what the kernel already has stays, as after `kill -9`.
+    pub fn crash(mut self) -> ServerConfig {
+        // Keep the stop sender alive: dropping it would start the clean shutdown.
+        let keep = self.stop.take();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        drop(keep);
+        self.cfg.clone()
+    }
+
     /// Whether the server task already ended (STOP).
     pub fn wait_ended(&mut self) -> bool {
         let rt = self.rt.as_ref().unwrap();
