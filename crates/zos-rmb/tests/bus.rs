@@ -365,3 +365,28 @@ async fn concurrent_large_messages_do_not_deadlock() {
     }
     relay.stop().await;
 }
+
+/// A second process logging in as the same twin and session takes the slot; the first is told
+/// why and gives that link up (no flapping between the two), and calls reach the newer one.
+#[tokio::test]
+async fn same_session_login_replaces_the_older_connection() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1"]);
+    let kb = add_twin(&dir, 2, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 1, ka, None).await;
+    let old = peer(&dir, &relay.url, 2, kb.clone(), None).await;
+    let new = peer(&dir, &relay.url, 2, kb, None).await;
+    let hits_old = Arc::new(AtomicUsize::new(0));
+    let hits_new = Arc::new(AtomicUsize::new(0));
+    old.serve(echo_router(hits_old.clone()));
+    new.serve(echo_router(hits_new.clone()));
+    eventually("the older connection to drop", || old.connected() == 0).await;
+    for i in 0..5 {
+        a.call(2, "echo", &json!(i), T).await.unwrap();
+    }
+    assert_eq!(hits_new.load(Ordering::SeqCst), 5);
+    assert_eq!(hits_old.load(Ordering::SeqCst), 0);
+    old.close();
+    relay.stop().await;
+}

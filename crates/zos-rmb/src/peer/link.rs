@@ -41,12 +41,20 @@ pub(super) async fn run(inner: Arc<Inner>, i: usize, first: mpsc::Sender<Result<
                 }
                 backoff = Duration::from_millis(100);
                 tracing::debug!(%url, twin = inner.twin, "relay link up");
-                pump(&inner, i, ws, &mut shutdown).await;
+                let replaced = pump(&inner, i, ws, &mut shutdown).await;
                 if *shutdown.borrow() {
                     tracing::debug!(%url, twin = inner.twin, "relay link closed");
                     return;
                 }
-                tracing::info!(%url, twin = inner.twin, "relay link down; reconnecting");
+                if replaced {
+                    // Another process (or Peer) logged in as this twin and session and took the
+                    // slot. Our own reconnects only follow a closed connection, so this is not
+                    // us: give the link up rather than fight over it.
+                    tracing::warn!(%url, twin = inner.twin, session = ?inner.session, "replaced by another login of this twin and session; link stopped");
+                    return;
+                } else {
+                    tracing::info!(%url, twin = inner.twin, "relay link down; reconnecting");
+                }
             }
             Err(e) => {
                 tracing::warn!(%url, twin = inner.twin, error = %e, "relay login failed");
@@ -78,7 +86,7 @@ async fn pump(
     i: usize,
     ws: Ws,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) {
+) -> bool {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let generation = {
         let mut links = lock(&inner.links);
@@ -91,12 +99,17 @@ async fn pump(
     // Reading never waits for writing (see the relay session for the deadlock this avoids).
     let mut writer = tokio::spawn(write_loop(sink, rx, shutdown.clone()));
     let mut writer_done = false;
+    let mut replaced = false;
     loop {
         tokio::select! {
             msg = tokio::time::timeout(3 * PING_EVERY, stream.next()) => match msg {
                 Ok(Some(Ok(Message::Binary(b)))) => match Frame::decode(&b) {
                     Ok(Frame::Envelope(env)) => inner.incoming(&env).await,
                     Ok(Frame::Bounce(bounce)) => inner.bounced(bounce),
+                    Ok(Frame::Rejected { reason }) => {
+                        tracing::debug!(%reason, "relay ended the session");
+                        replaced = true;
+                    }
                     Ok(_) => tracing::debug!("unexpected frame from relay"),
                     Err(e) => tracing::debug!(error = %e, "undecodable frame from relay"),
                 },
@@ -126,6 +139,7 @@ async fn pump(
             writer.abort();
         }
     }
+    replaced
 }
 
 async fn write_loop(

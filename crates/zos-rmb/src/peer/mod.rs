@@ -235,6 +235,13 @@ impl Peer {
                 "session name must be 1..={MAX_SESSION} bytes"
             )));
         }
+        // Two links to one relay would log in as the same session and displace each other.
+        let mut relays = Vec::with_capacity(cfg.relays.len());
+        for r in cfg.relays {
+            if !relays.contains(&r) {
+                relays.push(r);
+            }
+        }
         let e2e = crate::e2e::e2e_secret(cfg.key.seed());
         let inner = Arc::new(Inner {
             twin: cfg.twin_id,
@@ -242,8 +249,8 @@ impl Peer {
             key: cfg.key,
             e2e,
             dir,
-            links: Mutex::new((0..cfg.relays.len()).map(|_| LinkSlot::default()).collect()),
-            relays: cfg.relays,
+            links: Mutex::new((0..relays.len()).map(|_| LinkSlot::default()).collect()),
+            relays,
             connected: watch::channel(0).0,
             pending: Mutex::new(HashMap::new()),
             serving: Mutex::new(Serving::Waiting(Vec::new())),

@@ -97,6 +97,14 @@ async fn write_loop(
                     state.metrics.delivered(n, r.elapsed());
                 }
             }
+            Outbound::Replaced => {
+                let reason = "replaced by a newer login of this twin and session".to_owned();
+                if let Ok(f) = (Frame::Rejected { reason }).encode() {
+                    let _ = sink.send(Message::Binary(f)).await;
+                }
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
             Outbound::Close(why) => {
                 tracing::debug!(why, "closing session");
                 let _ = sink.send(Message::Close(None)).await;

@@ -27,8 +27,10 @@ pub(crate) enum Outbound {
         bytes: Bytes,
         received: Option<Instant>,
     },
-    /// Close the connection (replaced by a newer login of the same session, or shutdown).
+    /// Close the connection (shutdown, or the session ended).
     Close(&'static str),
+    /// Tell the client it was replaced by a newer login of the same twin and session, then close.
+    Replaced,
 }
 
 /// The write side of a connected session.
@@ -138,9 +140,7 @@ impl Switch {
         let conn = g.next_conn;
         let list = g.sessions.entry(twin).or_default();
         if let Some(pos) = list.iter().position(|s| s.name == name) {
-            list.remove(pos)
-                .tx
-                .close("replaced by a newer login of this session");
+            let _ = list.remove(pos).tx.tx.send(Outbound::Replaced);
         }
         list.push(Session {
             conn,
@@ -399,7 +399,7 @@ mod tests {
         let (tx2, _rx2) = SessionTx::new();
         sw.register(3, None, tx1, 0);
         sw.register(3, None, tx2, 0);
-        assert!(matches!(rx1.try_recv(), Ok(Outbound::Close(_))));
+        assert!(matches!(rx1.try_recv(), Ok(Outbound::Replaced)));
         assert_eq!(sw.gauges().0, 1);
     }
 }
