@@ -6,9 +6,11 @@
 //! - `NodePublicConfigStored` → the node's public config is replaced (reconfigure);
 //! - `FarmStored` of our farm → the farm twin (admin API) is refreshed.
 //!
-//! The height is persisted after each event; on restart the watcher resubscribes from that
-//! height, so the last block is seen again: every action is idempotent (a second deprovision
-//! finds nothing), so nothing is applied twice with effect and nothing is skipped. Events that
+//! The height is persisted after each event concerning this node (and at most every 5 s
+//! otherwise); on restart the watcher resubscribes from that height, so a suffix of history is
+//! seen again, in order: every action is idempotent (a second deprovision finds nothing, a
+//! replayed pause is followed by the replayed resume), so the end state is right and nothing is
+//! skipped. Events that
 //! happened while the node was down are therefore applied when it comes back. A full sync
 //! against the node's active contracts runs at start and every `sync_interval`.
 
@@ -27,6 +29,8 @@ use crate::store::JobOp;
 
 /// The meta key holding the last processed event height.
 pub const HEIGHT_KEY: &str = "event_height";
+/// Longest time the persisted height lags behind events that did not concern this node.
+const PERSIST_EVERY: Duration = Duration::from_secs(5);
 
 /// Upstream's JSON shape of a public config (`zos.network.public_config_get`).
 pub fn public_config_json(c: &PublicConfig) -> Value {
@@ -111,6 +115,7 @@ pub async fn run(
     }
     let mut sync_tick = tokio::time::interval(sync_interval);
     let mut backoff = Duration::from_millis(200);
+    let mut last_persist = std::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
@@ -143,12 +148,22 @@ pub async fn run(
                 }
                 item = stream.next() => match item {
                     Some(Ok(rec)) => {
-                        if let Err(e) = apply(&engine, &state, &rec) {
-                            tracing::error!(error = %e, height = rec.height, "cannot apply event; will retry");
-                            break;
-                        }
-                        if let Err(e) = engine.store().set_meta(HEIGHT_KEY, rec.height) {
-                            tracing::error!(error = %e, "cannot persist event height");
+                        let mine = match apply(&engine, &state, &rec) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::error!(error = %e, height = rec.height, "cannot apply event; will retry");
+                                break;
+                            }
+                        };
+                        // Persisting is only an optimisation of the replay on restart (every
+                        // action is idempotent): do it after our own events, and otherwise at
+                        // most every few seconds, so a busy ledger does not cost an fsync per
+                        // event.
+                        if mine || last_persist.elapsed() >= PERSIST_EVERY {
+                            if let Err(e) = engine.store().set_meta(HEIGHT_KEY, rec.height) {
+                                tracing::error!(error = %e, "cannot persist event height");
+                            }
+                            last_persist = std::time::Instant::now();
                         }
                     }
                     Some(Err(e)) => {
