@@ -1,6 +1,7 @@
 //! Golden vectors: the wire format and key derivation are pinned, so a change is a visible,
 //! deliberate break. `tests/vectors/ok/*.hex` must decode, verify and open; `err/*.hex` must be
-//! refused with the named error.
+//! refused with the named error. The ok vector was made once with `Envelope::seal(header(),
+//! body, ed25519 key of seed [1; 32], e2e_public_key(&[2; 32]))`; the err vectors are edits of it.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
@@ -52,7 +53,8 @@ fn ok_request_decodes_verifies_and_opens() {
 
 #[test]
 fn err_vectors_are_refused_with_the_right_error() {
-    let cases: [(&str, fn(&CodecError) -> bool); 5] = [
+    type Check = fn(&CodecError) -> bool;
+    let cases: [(&str, Check); 5] = [
         ("err/01_truncated_signature.hex", |e| {
             matches!(e, CodecError::Truncated { field: "signature" })
         }),
