@@ -282,3 +282,49 @@ impl RawClientBuilder {
         Envelope::seal(header, &body, &self.key, &dst.e2e_key.unwrap()).unwrap()
     }
 }
+
+/// A federation link may carry any source, so the relay verifies every envelope's signature
+/// against its source twin's ledger key (before charging that twin's rate budget).
+#[tokio::test]
+async fn federation_link_checks_every_envelope_signature() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let k1 = add_twin(&dir, 1, &["r1"]);
+    let kb = add_twin(&dir, 2, &["r2"]);
+    let k_relay = add_twin(&dir, 101, &["r1"]);
+    let relay = start_relay(&dir, "r2").await;
+    let b = peer(&dir, &relay.url, 2, kb, None).await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    b.serve(echo_router(hits.clone()));
+    // A federation login cannot carry a session.
+    assert!(
+        RawClient::login_as(
+            &relay.url,
+            Role::Federation,
+            101,
+            k_relay.clone(),
+            Some("x")
+        )
+        .await
+        .is_err()
+    );
+    let mut link = RawClient::login_as(&relay.url, Role::Federation, 101, k_relay, None)
+        .await
+        .unwrap();
+    let dst = record(&dir, 2);
+    // "From twin 1", signed by someone else.
+    let forged = RawClientBuilder { key: key(99) }.request(&dst, 30);
+    link.send(&forged).await;
+    let bounced = bounce(link.recv().await);
+    assert_eq!(bounced.code, BounceCode::BadSignature);
+    assert_eq!(bounced.id, forged.header.id);
+    assert_eq!(relay.metrics.bounced_total(BounceCode::BadSignature), 1);
+    // Genuinely from twin 1: delivered.
+    let genuine = RawClientBuilder { key: k1 }.request(&dst, 30);
+    link.send(&genuine).await;
+    eventually("the genuine request to be handled", || {
+        hits.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(b.stats().received, 1);
+    relay.stop().await;
+}

@@ -287,7 +287,9 @@ impl Peer {
         payload: &Value,
         timeout: Duration,
     ) -> Result<Value, RmbError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(MAX_TTL)));
         let ttl = u32::try_from(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
             .unwrap_or(MAX_TTL)
             .clamp(1, MAX_TTL);
@@ -298,8 +300,16 @@ impl Peer {
             payload: serde_json::to_vec(payload).map_err(|e| RmbError::Json(e.to_string()))?,
         };
         let inner = &self.inner;
-        let frame = inner.seal(Address::twin(dst), &body, ttl).await?;
-        let (id, frame) = frame;
+        let timed_out = || RmbError::Timeout {
+            dst,
+            command: command.to_owned(),
+            after: timeout,
+        };
+        // Twin lookups count against the timeout too (the ledger may be slow).
+        let (id, frame) =
+            tokio::time::timeout_at(deadline.into(), inner.seal(Address::twin(dst), &body, ttl))
+                .await
+                .map_err(|_| timed_out())??;
         let (tx, rx) = oneshot::channel();
         lock(&inner.pending).insert(
             id,
@@ -314,11 +324,7 @@ impl Peer {
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RmbError::Closed),
-            Err(_) => Err(RmbError::Timeout {
-                dst,
-                command: command.to_owned(),
-                after: timeout,
-            }),
+            Err(_) => Err(timed_out()),
         }
     }
 

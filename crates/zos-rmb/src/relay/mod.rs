@@ -323,6 +323,14 @@ impl State {
         if let Err(why) = header.check_time(unix_now()) {
             return Err(fail(BounceCode::Expired, format!("envelope {why}")));
         }
+        // On a federation link the source is only authenticated by the envelope's signature:
+        // check it before charging the source's rate budget, so forged envelopes cannot use
+        // up a twin's budget.
+        if origin.role == Role::Federation {
+            self.verify_federated(&header, &env_bytes)
+                .await
+                .map_err(|m| fail(BounceCode::BadSignature, m))?;
+        }
         let limited = lock(&self.limiter).take(header.source.twin, env_bytes.len(), received);
         if let Err(which) = limited {
             let what = match which {
@@ -333,11 +341,6 @@ impl State {
                 BounceCode::RateLimited,
                 format!("twin {} exceeded its rate of {what}", header.source.twin),
             ));
-        }
-        if origin.role == Role::Federation {
-            self.verify_federated(&header, &env_bytes)
-                .await
-                .map_err(|m| fail(BounceCode::BadSignature, m))?;
         }
         self.route(&header, env_bytes, origin.role, received)
             .await

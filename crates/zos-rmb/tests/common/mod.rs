@@ -165,13 +165,23 @@ impl RawClient {
         key: KeyPair,
         session: Option<&str>,
     ) -> Result<RawClient, String> {
+        Self::login_as(url, Role::Peer, twin, key, session).await
+    }
+
+    pub async fn login_as(
+        url: &str,
+        role: Role,
+        twin: u32,
+        key: KeyPair,
+        session: Option<&str>,
+    ) -> Result<RawClient, String> {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let Frame::Challenge { nonce, domain } = next(&mut ws).await.unwrap() else {
             panic!("expected challenge")
         };
-        let sig = key.sign(&auth_message(&nonce, &domain, Role::Peer, twin, session));
+        let sig = key.sign(&auth_message(&nonce, &domain, role, twin, session));
         let auth = Frame::Auth {
-            role: Role::Peer,
+            role,
             twin,
             session: session.map(str::to_owned),
             signature: sig,
