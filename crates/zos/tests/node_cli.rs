@@ -1,0 +1,220 @@
+//! Black-box: `zos node run` against a real `zos ledger serve --dev` and `zos relay serve`,
+//! driven with `zos twin|farm` and queried with `zos rmb call`; a node without a farm idles,
+//! registers once the farm exists, answers over RMB, stops on SIGTERM with exit code 0, and
+//! keeps its identity across a restart.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn zos(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
+    c.args(args).env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts a server and returns it with the first stderr line's suffix after `marker`.
+fn serve(args: &[&str], marker: &str) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let found = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(i) = line.find(marker) {
+            break line[i + marker.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), found)
+}
+
+fn node(ledger: &str, relay: &str, data: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args([
+                "node",
+                "run",
+                "--ledger",
+                ledger,
+                "--relay",
+                relay,
+                "--relay-domain",
+                "local",
+            ])
+            .args(["--farm", "1", "--metrics", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn call(env: &[(&str, &str)], twin: &str, cmd: &str) -> Option<serde_json::Value> {
+    let out = zos(env, &["rmb", "call", twin, cmd]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+    let pid = p.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    p.0.wait().unwrap()
+}
+
+#[test]
+fn node_run_registers_serves_and_stops() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = TempDir(std::env::temp_dir().join(format!("zos-node-cli-{nanos}")));
+    let ldir = dir.0.join("ledger");
+    let (_ledger, url) = serve(
+        &[
+            "ledger",
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            ldir.to_str().unwrap(),
+        ],
+        "ledger listening on ",
+    );
+    let (_relay, ws) = serve(
+        &[
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--domain",
+            "local",
+            "--ledger",
+            &url,
+        ],
+        "listening on ",
+    );
+
+    // Twin 1: the user (with its e2e key, reachable through "local").
+    let user = "22".repeat(32);
+    let e2e = ok(zos(&[], &["rmb", "e2e-key", "--seed", &user]))
+        .trim()
+        .to_string();
+    let uenv = [
+        ("ZOS_LEDGER", url.as_str()),
+        ("ZOS_KEY", user.as_str()),
+        ("ZOS_RELAY", ws.as_str()),
+    ];
+    ok(zos(
+        &uenv,
+        &["twin", "create", "--relay", "local", "--e2e-key", &e2e],
+    ));
+
+    // The node starts before its farm exists: it idles (twin 2 is not created yet).
+    let data = dir.0.join("node");
+    let mut n = node(&url, &ws, &data);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        n.0.try_wait().unwrap().is_none(),
+        "an idle node keeps running"
+    );
+    // Twin 2 + farm 1: the farmer.
+    let farmer = "11".repeat(32);
+    let fenv = [("ZOS_LEDGER", url.as_str()), ("ZOS_KEY", farmer.as_str())];
+    ok(zos(&fenv, &["twin", "create", "--relay", "local"]));
+    ok(zos(&fenv, &["farm", "create", "farm-one"]));
+
+    // The node registers (twin 3, node 1) and answers over RMB.
+    let v = wait("node answers", || call(&uenv, "3", "zos.system.version"));
+    assert_eq!(v["zos"], serde_json::json!(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        call(&uenv, "3", "zos.system.node_features_get").unwrap(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        call(&uenv, "3", "zos.deployment.list").unwrap(),
+        serde_json::json!([])
+    );
+    let err = zos(&uenv, &["rmb", "call", "3", "zos.deployment.delete", "{}"]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("please cancel your contract instead"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+    assert!(sigterm(&mut n).success(), "SIGTERM is a clean stop");
+
+    // Restart: same identity, same twin, still node 1.
+    let seed = std::fs::read(data.join("seed.txt")).unwrap();
+    assert_eq!(&seed[..7], b"\"1.0.0\"");
+    let mut n = node(&url, &ws, &data);
+    wait("node answers after restart", || {
+        call(&uenv, "3", "zos.system.version")
+    });
+    assert_eq!(std::fs::read(data.join("seed.txt")).unwrap(), seed);
+    let contracts = ok(zos(&uenv, &["contracts", "--node", "1"]));
+    assert!(contracts.trim_start().starts_with('['), "{contracts}");
+    assert!(sigterm(&mut n).success());
+}
