@@ -202,8 +202,9 @@ impl Engine {
     pub fn flush(&self, ns: &Namespace) -> Result<u64, StoreError> {
         let mut st = ns.lock();
         let wrote = st.store.flush()?;
+        // Always drained, so that rotated files are not kept open when not syncing.
+        let files = st.store.take_written();
         if wrote && self.cfg.sync {
-            let files = st.store.take_written();
             let mut dirty = self.syncer.dirty.lock().unwrap_or_else(|p| p.into_inner());
             for f in files {
                 if !dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {

@@ -24,6 +24,8 @@ use crate::format::{
 pub const SEAL_OVERHEAD: u32 = 28;
 /// Buffered bytes above which an append flushes by itself.
 const FLUSH_THRESHOLD: usize = 4 << 20;
+/// Buffered index bytes written in one go (see [`Store::flush`]).
+pub const INDEX_LAZY: usize = 64 << 10;
 /// Most old files kept open for reads.
 const MAX_READERS: usize = 64;
 
@@ -310,31 +312,40 @@ impl Store {
         })
     }
 
-    /// Writes buffered appends to the kernel (data first, then index). Returns whether
-    /// anything was written. On error the unwritten rest stays buffered.
+    /// Writes buffered data entries to the kernel. Index entries are written only once
+    /// [`INDEX_LAZY`] bytes are buffered (or on rotation and shutdown): the data file alone
+    /// is enough to rebuild them, which recovery does, so acknowledging a write costs one
+    /// `write` instead of two. Returns whether data was written. On error the unwritten
+    /// rest stays buffered.
     pub fn flush(&mut self) -> Result<bool, StoreError> {
-        if self.data_pending.is_empty() && self.idx_pending.is_empty() {
-            return Ok(false);
-        }
+        self.flush_inner(false)
+    }
+
+    fn flush_inner(&mut self, force_index: bool) -> Result<bool, StoreError> {
         let id = self.cur_id();
-        let dpath = path_of(&self.data_dir, 'd', id);
-        write_pending(
-            &self.cur_data,
-            &mut self.data_pending,
-            &mut self.data_flushed,
-            &dpath,
-        )?;
-        let ipath = path_of(&self.index_dir, 'i', id);
-        write_pending(
-            &self.cur_index,
-            &mut self.idx_pending,
-            &mut self.idx_flushed,
-            &ipath,
-        )?;
-        if !self.written.iter().any(|f| Arc::ptr_eq(f, &self.cur_data)) {
-            self.written.push(self.cur_data.clone());
+        let wrote = !self.data_pending.is_empty();
+        if wrote {
+            let dpath = path_of(&self.data_dir, 'd', id);
+            write_pending(
+                &self.cur_data,
+                &mut self.data_pending,
+                &mut self.data_flushed,
+                &dpath,
+            )?;
+            if !self.written.iter().any(|f| Arc::ptr_eq(f, &self.cur_data)) {
+                self.written.push(self.cur_data.clone());
+            }
         }
-        Ok(true)
+        if !self.idx_pending.is_empty() && (force_index || self.idx_pending.len() >= INDEX_LAZY) {
+            let ipath = path_of(&self.index_dir, 'i', id);
+            write_pending(
+                &self.cur_index,
+                &mut self.idx_pending,
+                &mut self.idx_flushed,
+                &ipath,
+            )?;
+        }
+        Ok(wrote)
     }
 
     /// Data files written since the last call: what a group commit must fsync.
@@ -344,7 +355,7 @@ impl Store {
 
     /// Closes the current files and starts file id + 1 (rotation, and `NSJUMP`).
     pub fn jump(&mut self) -> Result<(), StoreError> {
-        self.flush()?;
+        self.flush_inner(true)?;
         let id = self.cur_id() + 1;
         let dpath = path_of(&self.data_dir, 'd', id);
         let ipath = path_of(&self.index_dir, 'i', id);
@@ -406,7 +417,7 @@ impl Store {
 
     /// Flushes and fsyncs the current files (shutdown).
     pub fn sync_all(&mut self) -> Result<(), StoreError> {
-        self.flush()?;
+        self.flush_inner(true)?;
         let id = self.cur_id();
         self.cur_data
             .sync_data()
