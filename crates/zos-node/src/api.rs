@@ -198,7 +198,7 @@ impl Api {
             }
             "zos.statistics.get" => self.statistics().await,
             "zos.storage.pools" => to_value(&self.pools().await),
-            "zos.network.list_wg_ports" => Ok(json!([])),
+            "zos.network.list_wg_ports" => self.wg_ports(),
             "zos.network.public_config_get" => {
                 match self
                     .state
@@ -311,6 +311,24 @@ impl Api {
             }
         }
         Ok(json!(out))
+    }
+
+    /// WireGuard ports reserved by network workloads that hold resources (ok/paused).
+    fn wg_ports(&self) -> Result<Value, ApiError> {
+        let mut ports = Vec::new();
+        for r in self.engine.store().list(None).map_err(EngineError::from)? {
+            for w in r.deployment.workloads {
+                let t = w.workload_type.as_str();
+                if (t == "network" || t == "network-light") && w.result.state.is_okay() {
+                    if let Some(p) = w.data["wireguard_listen_port"].as_u64().filter(|p| *p != 0) {
+                        ports.push(p);
+                    }
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(json!(ports))
     }
 
     fn private_ips(&self, twin: u32, network: &str) -> Result<Value, ApiError> {
@@ -574,6 +592,89 @@ mod tests {
                 .await
                 .unwrap()["ipv4"],
             json!("1.2.3.4/24")
+        );
+    }
+
+    #[tokio::test]
+    async fn network_views_come_from_stored_workloads() {
+        use crate::model::{Workload, WorkloadType};
+        use crate::store::{Apply, Job, JobOp};
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        let wl = |name: &str, t: WorkloadType, data: Value| Workload {
+            name: name.into(),
+            workload_type: t,
+            data,
+            ..Workload::default()
+        };
+        let d = Deployment {
+            twin_id: 3,
+            contract_id: 1,
+            workloads: vec![
+                wl(
+                    "net",
+                    WorkloadType::Network,
+                    json!({"wireguard_listen_port": 3011}),
+                ),
+                wl("pub", WorkloadType::Ip, json!({"v4": true})),
+                wl(
+                    "vm",
+                    WorkloadType::Zmachine,
+                    json!({"network": {"interfaces": [{"network": "net", "ip": "10.1.1.2"}]}}),
+                ),
+            ],
+            ..Deployment::default()
+        };
+        let store = api.engine.store();
+        store
+            .create(
+                &d,
+                &Job {
+                    twin: 3,
+                    contract: 1,
+                    op: JobOp::Provision,
+                    queued_ms: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            api.dispatch(3, "zos.network.list_wg_ports", Value::Null)
+                .await
+                .unwrap(),
+            json!([])
+        );
+        for mut w in d.workloads.clone() {
+            w.result.state = ResultState::Ok;
+            if w.name == "pub" {
+                w.result.data = json!({"ip": "185.1.1.5/24"});
+            }
+            store.record(3, 1, &w, Apply::Upsert).unwrap();
+        }
+        assert_eq!(
+            api.dispatch(3, "zos.network.list_wg_ports", Value::Null)
+                .await
+                .unwrap(),
+            json!([3011])
+        );
+        assert_eq!(
+            api.dispatch(3, "zos.network.list_public_ips", Value::Null)
+                .await
+                .unwrap(),
+            json!(["185.1.1.5/24"])
+        );
+        let arg = json!({"network_name": "net"});
+        assert_eq!(
+            api.dispatch(3, "zos.network.list_private_ips", arg.clone())
+                .await
+                .unwrap(),
+            json!(["10.1.1.2"])
+        );
+        // another twin's network is not visible
+        assert_eq!(
+            api.dispatch(4, "zos.network.list_private_ips", arg)
+                .await
+                .unwrap(),
+            json!([])
         );
     }
 
