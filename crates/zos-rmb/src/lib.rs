@@ -37,6 +37,8 @@ pub mod metrics;
 pub mod peer;
 /// The relay server.
 pub mod relay;
+/// rustls server and client configuration (`wss://`).
+pub mod tls;
 /// WebSocket client connection and login.
 mod transport;
 
@@ -48,3 +50,4 @@ pub use peer::{
     HandlerError, PING_COMMAND, Peer, PeerConfig, PeerStats, RequestContext, RmbError, Router,
 };
 pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};
+pub use tls::{RelayTls, trust_ca_pem};

@@ -1,5 +1,5 @@
-//! Client side of the relay WebSocket: connect (`ws://` or `wss://` with rustls and the
-//! webpki root store) and log in with the challenge–response of [`crate::frame`].
+//! Client side of the relay WebSocket: connect (`ws://`, or `wss://` with rustls and the roots
+//! of [`crate::tls`]) and log in with the challenge–response of [`crate::frame`].
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use zos_types::crypto::KeyPair;
 
 use crate::frame::{Frame, Role, auth_message};
@@ -40,13 +40,20 @@ pub(crate) async fn connect_and_login(
     max_message: usize,
 ) -> Result<Ws, LoginError> {
     let work = async {
-        ensure_crypto_provider();
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), true)
-            .await
-            .map_err(|e| LoginError::Transient(format!("connect {url}: {e}")))?;
+        let connector = if url.starts_with("wss://") {
+            let tls = crate::tls::client_config()
+                .map_err(|e| LoginError::Transient(format!("{url}: {e}")))?;
+            Some(Connector::Rustls(tls))
+        } else {
+            Some(Connector::Plain)
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(cfg), true, connector)
+                .await
+                .map_err(|e| LoginError::Transient(format!("connect {url}: {e}")))?;
         let Frame::Challenge { nonce, domain } = next_frame(&mut ws).await? else {
             return Err(LoginError::Transient(format!(
                 "{url}: expected a challenge"
@@ -98,9 +105,4 @@ pub(crate) async fn send(ws: &mut Ws, frame: Bytes) -> Result<(), String> {
     ws.send(Message::Binary(frame))
         .await
         .map_err(|e| e.to_string())
-}
-
-/// rustls needs a process-wide provider; install ring once (a no-op if one is set).
-fn ensure_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -21,6 +21,7 @@ use axum::Router;
 use axum::extract::{State as AxState, WebSocketUpgrade};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +32,7 @@ use crate::envelope::{Envelope, Header, unix_now};
 use crate::frame::{Bounce, BounceCode, Frame, Role};
 use crate::limits::{Exceeded, Limits, RateLimiter};
 use crate::metrics::{Gauges, RelayMetrics};
+use crate::tls::{RelayTls, TlsError, TlsListener};
 use federation::Federation;
 use switch::{Delivery, SessionTx, Switch};
 
@@ -56,6 +58,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// The relay's twin for outgoing federation links; without it the relay does not forward.
     pub identity: Option<RelayIdentity>,
+    /// Serve `wss://` with this certificate and key; `None` serves plain `ws://`.
+    pub tls: Option<RelayTls>,
 }
 
 impl RelayConfig {
@@ -67,6 +71,7 @@ impl RelayConfig {
             federation: HashMap::new(),
             limits: Limits::default(),
             identity: None,
+            tls: None,
         }
     }
 }
@@ -89,6 +94,9 @@ pub enum RelayError {
     /// The configuration is unusable.
     #[error("invalid relay config: {0}")]
     Config(String),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Shared state of a running relay.
@@ -108,6 +116,7 @@ pub(crate) struct State {
 /// A bound relay.
 pub struct Relay {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<State>,
     stop: watch::Sender<bool>,
     alive_rx: mpsc::Receiver<()>,
@@ -136,6 +145,11 @@ impl Relay {
                 )));
             }
         }
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| RelayError::Bind {
@@ -167,6 +181,7 @@ impl Relay {
         });
         Ok(Relay {
             listener,
+            tls,
             state,
             stop,
             alive_rx,
@@ -193,6 +208,7 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let Relay {
             listener,
+            tls,
             state,
             stop,
             mut alive_rx,
@@ -204,12 +220,26 @@ impl Relay {
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
         let stop = Arc::new(stop);
         let stop2 = stop.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop2.send(true);
-            })
-            .await;
+        let signal = async move {
+            shutdown.await;
+            let _ = stop2.send(true);
+        };
+        let served = match tls {
+            Some(cfg) => {
+                let listener = TlsListener::new(listener, cfg).map_err(RelayError::Serve)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await
+            }
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await
+            }
+        };
         // Sessions and links stop even if serve returned on its own (an I/O error).
         let _ = stop.send(true);
         sweeper.abort();

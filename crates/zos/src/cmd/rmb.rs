@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use zos_rmb::{
     CachedDirectory, LedgerDirectory, Limits, Peer, PeerConfig, Relay, RelayConfig, RelayIdentity,
-    TwinDirectory,
+    RelayTls, TwinDirectory,
 };
 use zos_types::crypto::{KeyPair, KeyType, decode_hex32};
 
@@ -63,6 +64,15 @@ pub enum RelayCmd {
         /// Messages held per offline twin.
         #[arg(long, default_value_t = Limits::default().queue_messages_per_twin)]
         queue: usize,
+        /// Serve wss:// with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Extra CA (PEM) to trust for wss:// federation links.
+        #[arg(long, env = "ZOS_RMB_CA")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -100,6 +110,9 @@ pub enum RmbCmd {
         /// Seconds to wait for the reply (also the message TTL).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Extra CA (PEM) to trust for wss:// relays (a private grid's CA).
+        #[arg(long, env = "ZOS_RMB_CA")]
+        ca_file: Option<PathBuf>,
     },
     /// Print the hex X25519 public key to publish as your twin's e2e key.
     E2eKey {
@@ -145,7 +158,11 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             max_envelope,
             rate,
             queue,
+            tls_cert,
+            tls_key,
+            ca_file,
         }) => {
+            trust_ca(ca_file.as_deref())?;
             let mut federation = HashMap::new();
             for p in &peer_relays {
                 let (d, u) = p
@@ -176,16 +193,23 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
                     ..Limits::default()
                 },
                 identity,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert_chain_pem, key_pem)| RelayTls {
+                        cert_chain_pem,
+                        key_pem,
+                    }),
             };
             let dir: Arc<dyn TwinDirectory> = Arc::new(CachedDirectory::new(
                 LedgerDirectory::connect(&ledger)?,
                 TWIN_CACHE,
             ));
+            let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
             rt.block_on(async move {
                 let domain = cfg.domain.clone();
                 let relay = Relay::bind(cfg, dir).await?;
                 eprintln!(
-                    "relay {domain} listening on ws://{} (metrics on /metrics)",
+                    "relay {domain} listening on {scheme}://{} (metrics on /metrics)",
                     relay.local_addr()
                 );
                 relay.run(shutdown_signal()).await?;
@@ -209,7 +233,9 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             from_twin,
             key_type,
             timeout,
+            ca_file,
         }) => {
+            trust_ca(ca_file.as_deref())?;
             let payload: serde_json::Value = match json {
                 Some(j) => serde_json::from_str(&j).context("the payload is not valid JSON")?,
                 None => serde_json::Value::Null,
@@ -246,6 +272,14 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn trust_ca(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        let pem = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+        zos_rmb::trust_ca_pem(&pem).with_context(|| format!("CA file {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Finds the caller's key scheme and twin id on the ledger.
