@@ -48,6 +48,7 @@ pub const COMMANDS: &[&str] = &[
     "zos.debug.deployment.list",
     "zos.debug.deployment.get",
     "zos.debug.deployment.history",
+    "zos.debug.deployment.health",
 ];
 
 /// An API error: an HTTP-like code and the message the caller sees.
@@ -405,7 +406,9 @@ impl Api {
                     .collect();
                 Ok(json!({ "deployments": deployments }))
             }
-            "zos.debug.deployment.get" | "zos.debug.deployment.history" => {
+            "zos.debug.deployment.get"
+            | "zos.debug.deployment.history"
+            | "zos.debug.deployment.health" => {
                 let a: DebugGetArg = arg(payload)?;
                 let (twin, contract) = a
                     .deployment
@@ -415,6 +418,26 @@ impl Api {
                 let d = self.engine.get(twin, contract)?;
                 if cmd.ends_with(".get") {
                     return Ok(json!({ "deployment": d }));
+                }
+                if cmd.ends_with(".health") {
+                    // Health as the engine knows it: the last recorded state of each workload.
+                    let workloads: Vec<Value> = d
+                        .workloads
+                        .iter()
+                        .map(|w| {
+                            let healthy = w.result.state.is_okay();
+                            json!({
+                                "workload_id": d.workload_id(&w.name), "type": w.workload_type,
+                                "name": w.name,
+                                "status": if healthy { "healthy" } else { "unhealthy" },
+                                "checks": [{ "name": "result", "ok": healthy,
+                                             "state": w.result.state, "message": w.result.error }],
+                            })
+                        })
+                        .collect();
+                    return Ok(
+                        json!({ "twin_id": twin, "contract_id": contract, "workloads": workloads }),
+                    );
                 }
                 let history: Vec<Value> = self
                     .engine
@@ -676,6 +699,36 @@ mod tests {
                 .unwrap(),
             json!([])
         );
+        // debug views for admin twin 9
+        let dep = json!({"deployment": "3:1"});
+        let h = api
+            .dispatch(9, "zos.debug.deployment.history", dep.clone())
+            .await
+            .unwrap();
+        assert_eq!(h["history"].as_array().unwrap().len(), 6);
+        assert_eq!(h["history"][5]["state"], json!("ok"));
+        let health = api
+            .dispatch(9, "zos.debug.deployment.health", dep.clone())
+            .await
+            .unwrap();
+        assert_eq!(health["workloads"][0]["workload_id"], json!("3-1-net"));
+        assert_eq!(health["workloads"][0]["status"], json!("healthy"));
+        let list = api
+            .dispatch(9, "zos.debug.deployment.list", json!({"twin_id": 3}))
+            .await
+            .unwrap();
+        assert_eq!(
+            list["deployments"][0]["workloads"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        let e = api
+            .dispatch(9, "zos.debug.deployment.get", json!({"deployment": "3:2"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 404);
     }
 
     proptest! {
