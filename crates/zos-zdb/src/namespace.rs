@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,8 @@ pub struct Namespace {
     state: Mutex<NsState>,
     deleted: AtomicBool,
     events: broadcast::Sender<&'static str>,
+    /// Connections in `WAIT` here; checked without locking on every command.
+    waiters: AtomicUsize,
 }
 
 fn now() -> u32 {
@@ -234,6 +236,7 @@ impl Namespace {
             state: Mutex::new(st),
             deleted: AtomicBool::new(false),
             events,
+            waiters: AtomicUsize::new(0),
         })
     }
 
@@ -255,14 +258,20 @@ impl Namespace {
 
     /// Notifies `WAIT`ers that a command ran here.
     pub fn notify(&self, command: &'static str) {
-        if self.events.receiver_count() > 0 {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
             let _ = self.events.send(command);
         }
     }
 
-    /// Subscribes to command notifications (`WAIT`).
+    /// Subscribes to command notifications (`WAIT`); call [`Namespace::unsubscribe`] after.
     pub fn subscribe(&self) -> broadcast::Receiver<&'static str> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         self.events.subscribe()
+    }
+
+    /// Ends a [`Namespace::subscribe`].
+    pub fn unsubscribe(&self) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -197,16 +197,28 @@ impl Reply {
                     .collect();
                 line(out, b'-', &clean);
             }
-            Reply::Int(n) => line(out, b':', n.to_string().as_bytes()),
+            Reply::Int(n) => {
+                let mut buf = [0u8; 21];
+                let digits = decimal(n.unsigned_abs(), &mut buf);
+                if *n < 0 {
+                    out.put_slice(b":-");
+                    out.put_slice(digits);
+                    out.put_slice(b"\r\n");
+                } else {
+                    line(out, b':', digits);
+                }
+            }
             Reply::Bulk(b) => {
                 out.reserve(b.len() + 16);
-                line(out, b'$', b.len().to_string().as_bytes());
+                let mut buf = [0u8; 21];
+                line(out, b'$', decimal(b.len() as u64, &mut buf));
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
             Reply::Nil => out.put_slice(b"$-1\r\n"),
             Reply::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+                let mut buf = [0u8; 21];
+                line(out, b'*', decimal(items.len() as u64, &mut buf));
                 for item in items {
                     item.encode(out);
                 }
@@ -222,6 +234,19 @@ impl Reply {
             Reply::Bulk(b) => b.len() + 16,
             Reply::Nil => 5,
             Reply::Array(items) => 16 + items.iter().map(Reply::encoded_len).sum::<usize>(),
+        }
+    }
+}
+
+/// Formats `n` in decimal into the end of `buf` without allocating (replies are hot).
+fn decimal(mut n: u64, buf: &mut [u8; 21]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }

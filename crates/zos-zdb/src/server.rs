@@ -246,20 +246,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 Outcome::Wait {
+                    ns,
                     rx,
                     command,
                     timeout,
                 } => {
-                    if commit(&mut s, &mut out, &mut session, &shared)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let r = tokio::select! {
-                        r = wait_for(rx, &command, timeout) => r,
-                        _ = close.changed() => return,
+                    let committed = commit(&mut s, &mut out, &mut session, &shared).await;
+                    let r = match committed {
+                        Ok(()) => tokio::select! {
+                            r = wait_for(rx, &command, timeout) => Some(r),
+                            _ = close.changed() => None,
+                        },
+                        Err(_) => None,
                     };
+                    ns.unsubscribe();
+                    let Some(r) = r else { return };
                     r.encode(&mut out);
                 }
             }

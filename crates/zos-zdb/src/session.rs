@@ -50,6 +50,8 @@ pub enum Outcome {
     Reply(Reply),
     /// Flush pending replies, then wait for `command` on the namespace (`WAIT`).
     Wait {
+        /// The namespace waited on (to unsubscribe when done).
+        ns: Arc<Namespace>,
         /// Receiver subscribed when WAIT ran.
         rx: broadcast::Receiver<&'static str>,
         /// Upper-case name or `*`.
@@ -144,6 +146,7 @@ impl Session {
                 timeout_ms,
             } => {
                 return Outcome::Wait {
+                    ns: self.ns.clone(),
                     rx: self.ns.subscribe(),
                     command,
                     timeout: Duration::from_millis(timeout_ms),

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Enable the STOP command (upstream enables it in debug builds).
     #[arg(long)]
     debug: bool,
+    /// Worker threads (default: one per CPU). Redis uses one event-loop thread.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// Runs a zdb subcommand.
@@ -88,9 +91,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         protect: a.protect,
         debug: a.debug,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = builder.enable_all().build()?;
     rt.block_on(async {
         let server = zos_zdb::Server::bind(cfg).await?;
         if let Some(addr) = server.local_addr() {
