@@ -324,13 +324,15 @@ impl Engine {
         Ok(())
     }
 
-    fn gate(
-        &self,
-        wlid: &str,
-        wl: &Workload,
-        pools: &[crate::primitives::PoolUsage],
-    ) -> Result<(), String> {
+    /// The capacity gate for `wl`; pool sizes are only asked for when it needs storage (the
+    /// storage crate measures its filesystems for that).
+    async fn gate(&self, wlid: &str, wl: &Workload) -> Result<(), String> {
         let required = wl.capacity().map_err(|e| e.to_string())?;
+        let pools = if required.sru > 0 || required.hru > 0 {
+            self.pools().await
+        } else {
+            Vec::new()
+        };
         let others = {
             let used = self.inner.used.lock().expect("usage index lock");
             capacity::used_except(&used, wlid)
@@ -338,7 +340,7 @@ impl Engine {
         capacity::check(
             self.inner.host,
             capacity::meminfo("MemAvailable:"),
-            pools,
+            &pools,
             others,
             required,
         )
@@ -365,8 +367,7 @@ impl Engine {
         };
         let ctx = self.ctx(dl, &wl.name);
         if gate {
-            let pools = self.pools().await;
-            if let Err(msg) = self.gate(&ctx.workload_id, wl, &pools) {
+            if let Err(msg) = self.gate(&ctx.workload_id, wl).await {
                 return result(ResultState::Error, msg, serde_json::Value::Null);
             }
         }
@@ -521,8 +522,7 @@ impl Engine {
             );
         };
         let ctx = self.ctx(dl, &wl.name);
-        let pools = self.pools().await;
-        if let Err(msg) = self.gate(&ctx.workload_id, wl, &pools) {
+        if let Err(msg) = self.gate(&ctx.workload_id, wl).await {
             // The running definition stays; the refusal is logged.
             return (
                 result(ResultState::Unchanged, msg, serde_json::Value::Null),
