@@ -11,6 +11,10 @@
 //! Read first: `docs/rmb.md` (design, wire format, differences from upstream rmb-rs), then
 //! [`envelope`] (the format), [`peer`] (the application API) and [`relay`].
 //!
+//! Transport: WebSocket, `wss://` with rustls ([`tls`]) for public relays, plain `ws://` on
+//! loopback. Twins are looked up through [`TwinDirectory`]: [`LedgerDirectory`] for the zos
+//! ledger, [`MemoryDirectory`] for tests and embedding, [`CachedDirectory`] in front of either.
+//!
 //! Limits: envelopes up to [`envelope::MAX_SEALED`] bytes (relays default to 4 MiB), TTL up to
 //! one day, queues and rates per [`Limits`]. Delivery is at most once: a relay restart loses
 //! what it had queued (callers see a timeout or a disconnect error, never a wrong answer).

@@ -183,7 +183,13 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             }
             let cfg = RelayConfig {
                 listen,
-                domain: domain.unwrap_or_else(|| listen.to_string()),
+                domain: match domain {
+                    Some(d) => d,
+                    None if listen.port() == 0 => {
+                        bail!("--domain is required with port 0 (twins name their relay by domain)")
+                    }
+                    None => listen.to_string(),
+                },
                 federation,
                 limits: Limits {
                     max_envelope_bytes: max_envelope,
