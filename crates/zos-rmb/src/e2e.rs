@@ -2,7 +2,7 @@
 //! ChaCha20-Poly1305.
 //!
 //! A twin's static X25519 key is derived from its 32-byte seed with HKDF and the label
-//! [`E2E_KEY_LABEL`], so the signing key and the encryption key are independent but need one
+//! [`E2E_KEY_LABEL`](crate::e2e::E2E_KEY_LABEL), so the signing key and the encryption key are independent but need one
 //! secret. Each message uses a fresh ephemeral key: compromise of the *sender's* seed does not
 //! reveal what it sent. The sealed form is `ephemeral_public(32) || nonce(12) || ciphertext+tag`.
 //! The routing header is the AEAD associated data, so a ciphertext cannot be moved under

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The relay sees only the header. Command, reference, error and payload live in the sealed
-//! [`Body`]:
+//! [`Body`](crate::envelope::Body):
 //!
 //! ```text
 //! u8 flags (bit0 = reply: reference present, bit1 = error present; other bits must be 0)

@@ -10,7 +10,7 @@
 //!                 (the relay could not take the envelope `id`; sent to its source)
 //! ```
 //!
-//! The Auth signature is the twin key over [`AUTH_LABEL`] `|| nonce || str8 domain || role ||
+//! The Auth signature is the twin key over [`AUTH_LABEL`](crate::frame::AUTH_LABEL) `|| nonce || str8 domain || role ||
 //! twin || str8 session`: fresh per connection, so it cannot be replayed to the same relay.
 
 use bytes::Bytes;

@@ -11,7 +11,7 @@ use super::{EARLY_REQUESTS, HandlerError, Inner, RequestContext, RmbError, Route
 use crate::directory::lock;
 use crate::envelope::{Address, Body, Envelope, Header, MAX_TTL, MessageId, unix_now};
 
-/// Answered by every peer itself (even before [`Peer::serve`]): `{"twin": id, "time": unix_s}`.
+/// Answered by every peer itself (even before [`Peer::serve`](crate::Peer::serve)): `{"twin": id, "time": unix_s}`.
 /// A liveness check for a twin, end to end through relays, signatures and encryption.
 pub const PING_COMMAND: &str = "rmb.ping";
 
