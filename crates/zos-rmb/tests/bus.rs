@@ -390,3 +390,27 @@ async fn same_session_login_replaces_the_older_connection() {
     old.close();
     relay.stop().await;
 }
+
+/// Dropping the last clone of a peer closes its links: the relay sees the session go.
+#[tokio::test]
+async fn dropping_the_last_peer_clone_closes_it() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 1, ka, None).await;
+    let clone = a.clone();
+    drop(a);
+    assert!(clone.wait_connected(T).await, "a clone keeps the peer open");
+    let sessions = || async { http_get(relay.addr, "/metrics").await };
+    assert!(sessions().await.contains("zos_rmb_relay_sessions 1"));
+    drop(clone);
+    let deadline = tokio::time::Instant::now() + T;
+    while !sessions().await.contains("zos_rmb_relay_sessions 0") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.stop().await;
+}

@@ -205,10 +205,21 @@ pub(crate) struct Inner {
     shutdown: watch::Sender<bool>,
 }
 
-/// A twin's handle on the bus. Cheap to clone; all clones share the connections.
+/// A twin's handle on the bus. Cheap to clone; all clones share the connections, which close
+/// when the last clone is dropped (or on [`Peer::close`]).
 #[derive(Clone)]
 pub struct Peer {
     inner: Arc<Inner>,
+    /// Dropped with the last clone: closes the links (background tasks hold only `inner`).
+    _open: Arc<CloseOnDrop>,
+}
+
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown.send(true);
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -267,7 +278,12 @@ impl Peer {
         let mut first_error = None;
         while let Some(r) = first_rx.recv().await {
             match r {
-                Ok(()) => return Ok(Peer { inner }),
+                Ok(()) => {
+                    return Ok(Peer {
+                        _open: Arc::new(CloseOnDrop(inner.clone())),
+                        inner,
+                    });
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -387,7 +403,8 @@ impl Peer {
         }
     }
 
-    /// Closes every relay link and stops reconnecting; pending calls fail.
+    /// Closes every relay link and stops reconnecting; pending calls fail. Dropping the last
+    /// clone of a `Peer` does the same.
     pub fn close(&self) {
         let _ = self.inner.shutdown.send(true);
     }
