@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 N=${N:-200000}
 N4K=${N4K:-$((N / 2))}
 RUNS=${RUNS:-1}
+# Redis serves from one event-loop thread; zdb gets the same single worker unless told otherwise.
+ZDB_THREADS=${ZDB_THREADS:-1}
 CLIENTS=50
 KEYS=1000000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -50,7 +52,7 @@ start_zdb() { # name, extra flags...
     local name=$1 port
     shift
     port=$(free_port)
-    "$BIN" zdb serve --data "$WORK/$name/data" --index "$WORK/$name/index" \
+    "$BIN" zdb serve --threads "$ZDB_THREADS" --data "$WORK/$name/data" --index "$WORK/$name/index" \
         --listen 127.0.0.1 --port "$port" "$@" >/dev/null 2>"$WORK/$name.log" &
     PID[$name]=$!
     PORT[$name]=$port

@@ -29,6 +29,8 @@ pub mod descriptor;
 pub mod engine;
 /// On-disk record layouts (file headers, data and index entries).
 pub mod format;
+/// Compact keys of the in-memory index.
+pub mod key;
 /// A namespace: descriptor, in-memory index, operations.
 pub mod namespace;
 /// Request/reply codec with hard limits (pure).

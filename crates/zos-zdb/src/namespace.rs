@@ -15,6 +15,7 @@ use crate::Mode;
 use crate::crypto::Cipher;
 use crate::descriptor::Descriptor;
 use crate::format::{FLAG_DELETED, FLAG_ENCRYPTED, IndexEntry, Loc};
+use crate::key::Key;
 use crate::store::{Replay, SEAL_OVERHEAD, Store, StoreError};
 
 /// Longest key, as upstream (`uint8_t idlength`).
@@ -66,7 +67,7 @@ impl Meta {
 }
 
 enum KeyIndex {
-    User(HashMap<Box<[u8]>, Meta>),
+    User(HashMap<Key, Meta>),
     Seq { slots: Vec<Option<Meta>>, live: u64 },
 }
 
@@ -563,9 +564,10 @@ impl NsState {
             return Err(client("Index running mode doesn't support this feature"));
         };
         Ok(m.keys()
+            .map(Key::as_bytes)
             .filter(|k| k.starts_with(prefix))
             .take(KSCAN_MAX)
-            .map(|k| Bytes::copy_from_slice(k))
+            .map(Bytes::copy_from_slice)
             .collect())
     }
 
