@@ -328,3 +328,52 @@ async fn federation_link_checks_every_envelope_signature() {
     assert_eq!(b.stats().received, 1);
     relay.stop().await;
 }
+
+/// A reply is accepted only from the twin the call went to: another twin that learned the
+/// request id (say, with a relay's help) cannot answer in its place.
+#[tokio::test]
+async fn reply_from_another_twin_is_not_accepted() {
+    use zos_rmb::envelope::{Body, Header, new_id};
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1"]);
+    let k3 = add_twin(&dir, 3, &["r1"]);
+    let k4 = add_twin(&dir, 5, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 1, ka, None).await;
+    let mut callee = RawClient::login(&relay.url, 3, k3, None).await.unwrap();
+    let mut impostor = RawClient::login(&relay.url, 5, k4, None).await.unwrap();
+    let call = {
+        let a = a.clone();
+        tokio::spawn(async move { a.call(3, "whoami", &json!(null), T).await })
+    };
+    // The callee sees the request (and its id).
+    let Frame::Envelope(req) = callee.recv().await else {
+        panic!("expected the request")
+    };
+    let req = Envelope::decode(&req).unwrap();
+    let reply_from = |c: &RawClient, answer: &str| {
+        let header = Header {
+            id: new_id(),
+            source: Address::twin(c.twin),
+            destination: req.header.source.clone(),
+            timestamp: unix_now(),
+            ttl: 30,
+        };
+        let body = Body {
+            command: "whoami".into(),
+            reference: Some(req.header.id),
+            error: None,
+            payload: serde_json::to_vec(&json!(answer)).unwrap(),
+        };
+        let dst = record(&dir, 1).e2e_key.unwrap();
+        Envelope::seal(header, &body, &c.key, &dst).unwrap()
+    };
+    impostor.send(&reply_from(&impostor, "impostor")).await;
+    eventually("the impostor's reply to be refused", || {
+        a.stats().unexpected_reply == 1
+    })
+    .await;
+    callee.send(&reply_from(&callee, "callee")).await;
+    assert_eq!(call.await.unwrap().unwrap(), json!("callee"));
+    relay.stop().await;
+}

@@ -102,12 +102,12 @@ impl Inner {
 
     fn reply(&self, h: &Header, reference: MessageId, body: Body) {
         let mut pending = lock(&self.pending);
-        // Only the twin we called may answer.
-        let Some(p) = pending
-            .remove(&reference)
-            .filter(|p| p.dst == h.source.twin)
-        else {
+        // Only the twin we called may answer; anyone else's "reply" leaves the call pending.
+        if pending.get(&reference).map(|p| p.dst) != Some(h.source.twin) {
             self.counters.unexpected_reply.fetch_add(1, Relaxed);
+            return;
+        }
+        let Some(p) = pending.remove(&reference) else {
             return;
         };
         drop(pending);
