@@ -45,6 +45,29 @@ pub const MAX_TTL: u32 = 86_400;
 /// How far in the future a timestamp may be (clock skew between twins).
 pub const MAX_CLOCK_SKEW: u64 = 60;
 
+/// Why an envelope is outside its time window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// The TTL is above [`MAX_TTL`].
+    #[error("ttl {ttl} s is above the maximum of {MAX_TTL} s")]
+    TtlTooLong {
+        /// The envelope's TTL.
+        ttl: u32,
+    },
+    /// The timestamp is further ahead than [`MAX_CLOCK_SKEW`].
+    #[error("timestamp is {ahead} s in the future")]
+    Future {
+        /// Seconds ahead of the receiver's clock.
+        ahead: u64,
+    },
+    /// The TTL has passed.
+    #[error("expired {ago} s ago")]
+    Expired {
+        /// Seconds since expiry.
+        ago: u64,
+    },
+}
+
 /// A message id: 16 random bytes chosen by the sender.
 pub type MessageId = [u8; 16];
 
@@ -98,15 +121,19 @@ impl Header {
     }
 
     /// `Ok` if `now` is within `[timestamp - skew, timestamp + ttl]` and the TTL is allowed.
-    pub fn check_time(&self, now: u64) -> Result<(), &'static str> {
+    pub fn check_time(&self, now: u64) -> Result<(), TimeError> {
         if self.ttl > MAX_TTL {
-            return Err("ttl above the maximum");
+            return Err(TimeError::TtlTooLong { ttl: self.ttl });
         }
         if self.timestamp > now.saturating_add(MAX_CLOCK_SKEW) {
-            return Err("timestamp in the future");
+            return Err(TimeError::Future {
+                ahead: self.timestamp - now,
+            });
         }
         if now > self.expires_at() {
-            return Err("expired");
+            return Err(TimeError::Expired {
+                ago: now - self.expires_at(),
+            });
         }
         Ok(())
     }
@@ -480,10 +507,15 @@ mod tests {
         let h = env.header;
         assert!(h.check_time(h.timestamp).is_ok());
         assert!(h.check_time(h.timestamp + 60).is_ok());
-        assert_eq!(h.check_time(h.timestamp + 61), Err("expired"));
+        assert_eq!(
+            h.check_time(h.timestamp + 61),
+            Err(TimeError::Expired { ago: 1 })
+        );
         assert_eq!(
             h.check_time(h.timestamp - MAX_CLOCK_SKEW - 1),
-            Err("timestamp in the future")
+            Err(TimeError::Future {
+                ahead: MAX_CLOCK_SKEW + 1
+            })
         );
     }
 }
