@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     pub(crate) report_wake: Notify,
     /// Twin keys fetched from the ledger, with fetch time (signature checks).
     pub(crate) keys: Mutex<HashMap<u32, (std::time::Instant, Vec<u8>)>>,
+    /// One API write at a time: redb serialises writers anyway, and without this a burst of
+    /// deploy calls would queue dozens of blocking writers ahead of the job worker's commits.
+    pub(crate) api_writes: tokio::sync::Semaphore,
 }
 
 /// The engine handle (cheap to clone).
@@ -181,6 +184,7 @@ impl Engine {
                 pending_reports: Mutex::default(),
                 report_wake: Notify::new(),
                 keys: Mutex::default(),
+                api_writes: tokio::sync::Semaphore::new(1),
             }),
         })
     }
@@ -319,6 +323,7 @@ impl Engine {
         // redb write transactions block (lock + fsync): keep them off the async threads that
         // carry RMB traffic.
         let store = self.inner.store.clone();
+        let _permit = self.inner.api_writes.acquire().await;
         let dl = blocking(move || store.create(&dl, &job).map(|()| dl)).await?;
         tracing::info!(
             twin = dl.twin_id,
@@ -365,6 +370,7 @@ impl Engine {
             queued_ms: now_ms(),
         };
         let store = self.inner.store.clone();
+        let _permit = self.inner.api_writes.acquire().await;
         let dl = blocking(move || store.update_header(&dl, &job).map(|()| dl)).await?;
         tracing::info!(
             twin = dl.twin_id,
