@@ -238,9 +238,18 @@ async fn deploy_errors_update_and_api() {
         )
         .await
         .unwrap();
-    let got = alice.wait_state(node_twin, c, 1, "ok").await;
-    let names: Vec<_> = got.workloads.iter().map(|w| w.name.as_str()).collect();
-    assert_eq!(names, ["a", "b"]);
+    // The new version is visible at once (header); wait for the job to have applied it.
+    let got = wait_for("update applied", T, || async {
+        let d = alice.get(node_twin, c).await.ok()?;
+        let names: Vec<_> = d.workloads.iter().map(|w| w.name.as_str()).collect();
+        let all_ok = d
+            .workloads
+            .iter()
+            .all(|w| w.result.state == ResultState::Ok);
+        (names == ["a", "b"] && all_ok).then_some(d)
+    })
+    .await;
+    assert_eq!(got.version, 1);
     assert_eq!(got.get("a").unwrap().data["size"], json!(2 * GIB));
     assert!(!prims.join(format!("{}-{c}-p", alice.twin)).exists());
     let changes = alice
@@ -388,7 +397,6 @@ async fn cancel_deprovisions_and_grace_pauses_then_resumes() {
     assert!(!prims.join(format!("{}-{c2}-b.paused", alice.twin)).exists());
     assert_eq!(ops(&prims, "pause").len(), 1);
     assert_eq!(ops(&prims, "resume").len(), 1);
-    let _ = ResultState::Ok;
     node.stop().await;
 }
 
