@@ -414,3 +414,47 @@ async fn dropping_the_last_peer_clone_closes_it() {
     }
     relay.stop().await;
 }
+
+/// Twins on two relays keep talking when one relay goes away: each peer holds a link to both,
+/// and calls go out on whichever link is up.
+#[tokio::test]
+async fn peers_on_two_relays_survive_losing_one() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1", "r2"]);
+    let kb = add_twin(&dir, 2, &["r1", "r2"]);
+    let r1 = start_relay(&dir, "r1").await;
+    let r2 = start_relay(&dir, "r2").await;
+    let both = |k: zos_types::crypto::KeyPair, id: u32| {
+        Peer::connect(
+            PeerConfig {
+                relays: vec![r1.url.clone(), r2.url.clone()],
+                twin_id: id,
+                key: k,
+                session: None,
+            },
+            dir.clone(),
+        )
+    };
+    let a = both(ka, 1).await.unwrap();
+    let b = both(kb, 2).await.unwrap();
+    eventually("both links of both peers", || {
+        a.connected() == 2 && b.connected() == 2
+    })
+    .await;
+    b.serve(echo_router(Arc::new(AtomicUsize::new(0))));
+    assert_eq!(
+        a.call(2, "echo", &json!(1), T).await.unwrap()["echo"],
+        json!(1)
+    );
+    r1.stop().await;
+    eventually("the r1 links to drop", || {
+        a.connected() == 1 && b.connected() == 1
+    })
+    .await;
+    assert_eq!(
+        a.call(2, "echo", &json!(2), T).await.unwrap()["echo"],
+        json!(2)
+    );
+    assert!(r2.metrics.delivered_total() >= 2);
+    r2.stop().await;
+}
