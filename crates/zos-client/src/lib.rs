@@ -6,6 +6,8 @@
 
 /// Client configuration (file, environment, flags).
 pub mod config;
+/// A connected client and the deploy flow.
+pub mod grid;
 /// The user's key file (seed, optional BIP-39 mnemonic).
 pub mod keys;
 /// Human sizes (`10GiB`).

@@ -17,6 +17,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start a whole grid here (dev ledger, relay, node) and configure the client.
+    Up(cmd::up::UpArgs),
+    /// Deploy and manage your workloads: `deploy`, `nodes`, `deployments`, `status`, `cancel`.
+    #[command(flatten)]
+    Client(cmd::client::ClientCommands),
     /// Inspect, hash, sign and check deployment documents.
     #[command(subcommand)]
     Deployment(cmd::deployment::DeploymentCmd),
@@ -41,8 +46,15 @@ enum Command {
 /// 2 bad usage (clap's own code).
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // User commands keep the terminal for their own output; servers log at info.
+    let quiet = matches!(
+        cli.command,
+        Command::Client(_) | Command::Deployment(_) | Command::Key(_)
+    );
+    init_logging(if quiet { "warn" } else { "info" });
     let result = match cli.command {
+        Command::Up(a) => cmd::up::run(a),
+        Command::Client(c) => cmd::client::run(c),
         Command::Deployment(c) => cmd::deployment::run(c),
         Command::Key(c) => cmd::key::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
@@ -60,9 +72,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters them.
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

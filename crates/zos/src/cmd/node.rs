@@ -56,7 +56,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            rt.block_on(run_node(a))
+            rt.block_on(run_node(a, shutdown_signal()))
         }
     }
 }
@@ -70,7 +70,12 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-async fn run_node(a: RunArgs) -> anyhow::Result<()> {
+/// Runs a node (with its storage pools when given) until `shutdown` completes; `zos up`
+/// embeds the node through this too.
+pub async fn run_node(
+    a: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let mut cfg = zos_node::NodeConfig::new(&a.ledger, a.relays[0].clone(), a.farm, a.data.clone());
     cfg.relay_urls = a.relays.clone();
     cfg.relay_domains = a.relay_domains.clone();
@@ -114,7 +119,7 @@ async fn run_node(a: RunArgs) -> anyhow::Result<()> {
         zos_storage::register(&mut registry, s.clone());
         storage = Some(s);
     }
-    let result = zos_node::run_node(cfg, registry, shutdown_signal()).await;
+    let result = zos_node::run_node(cfg, registry, shutdown).await;
     if let Some(s) = storage {
         s.shutdown().await;
     }

@@ -1,0 +1,332 @@
+//! `zos up`: a whole grid in one foreground process — a dev ledger, a relay and a node —
+//! with the user's identity funded, a farm registered and the client configured, so the next
+//! command is `zos deploy`. Ctrl-C stops everything (pools unmounted, loop devices detached);
+//! running it again resumes the same grid with its deployments.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::sync::watch;
+use zos_client::{Config, KeyFile, config};
+use zos_ledger::{Call, LedgerClient, LedgerConfig, LedgerServer};
+use zos_rmb::{CachedDirectory, LedgerDirectory, Relay, RelayConfig, TwinDirectory};
+use zos_types::{KeyPair, KeyType};
+
+/// Dev funds given to the user's account when it runs low.
+const USER_FUNDS: u64 = 1_000_000_000_000;
+
+/// `zos up` options.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where the grid keeps its state (ledger, node, pools).
+    #[arg(long, env = "ZOS_UP_DATA")]
+    pub data: Option<PathBuf>,
+    /// Ledger port on 127.0.0.1.
+    #[arg(long, default_value_t = 7600)]
+    pub ledger_port: u16,
+    /// Relay port on 127.0.0.1.
+    #[arg(long, default_value_t = 7700)]
+    pub relay_port: u16,
+    /// Node metrics port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 7800)]
+    pub metrics_port: u16,
+    /// Size of the SSD pool file (sparse).
+    #[arg(long, default_value = "10GiB")]
+    pub ssd: String,
+    /// Size of the HDD pool file (sparse).
+    #[arg(long, default_value = "20GiB")]
+    pub hdd: String,
+    /// Client config file to write (default: the XDG config directory's config.toml).
+    #[arg(long, env = "ZOS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("zos").join("up");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/zos/up")
+}
+
+/// Why storage pools can or cannot run here (root, loop devices, btrfs tools).
+fn pool_support() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    if !root {
+        return Err("not running as root".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no /dev/loop-control (loop devices)".into());
+    }
+    for tool in ["losetup", "mkfs.btrfs", "btrfs"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Err(format!(
+                "`{tool}` is not installed (apt-get install btrfs-progs mount)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `zos up` until Ctrl-C.
+pub fn run(a: UpArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(up(a))
+}
+
+fn stop_signal(
+    rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let data = a.data.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // The ledger, in dev mode: instant blocks, a funded faucet.
+    let mut lcfg = LedgerConfig::dev(data.join("ledger"));
+    lcfg.listen = SocketAddr::from(([127, 0, 0, 1], a.ledger_port));
+    let ledger_server = LedgerServer::bind(lcfg).await.with_context(|| {
+        format!(
+            "starting the ledger on 127.0.0.1:{} (is another `zos up` running? --ledger-port)",
+            a.ledger_port
+        )
+    })?;
+    let ledger_url = format!("http://{}", ledger_server.local_addr());
+    let ledger_task = tokio::spawn(ledger_server.run(stop_signal(&stop_rx)));
+    let ledger = LedgerClient::new(&ledger_url)?;
+
+    // The relay; twins name it by its address.
+    let relay_addr = SocketAddr::from(([127, 0, 0, 1], a.relay_port));
+    let relay_domain = relay_addr.to_string();
+    let dir: Arc<dyn TwinDirectory> = Arc::new(CachedDirectory::new(
+        LedgerDirectory::new(ledger.clone()),
+        Duration::from_secs(30),
+    ));
+    let relay = Relay::bind(RelayConfig::new(relay_addr, relay_domain.clone()), dir)
+        .await
+        .with_context(|| format!("starting the relay on {relay_addr} (--relay-port)"))?;
+    let relay_url = format!("ws://{}", relay.local_addr());
+    let relay_task = tokio::spawn(relay.run(stop_signal(&stop_rx)));
+
+    // The user: key, funds, twin, farm, client configuration.
+    let config_path = a.config.clone().unwrap_or_else(config::default_path);
+    let mut client_cfg = Config::load(&config_path)?;
+    let key_path = client_cfg
+        .key
+        .clone()
+        .unwrap_or_else(|| config::config_dir().join("key.json"));
+    let key = user_key(&key_path)?;
+    let twin = ensure_twin(&ledger, &key, &relay_domain).await?;
+    let farm = ensure_farm(&ledger, &key, twin).await?;
+    client_cfg.ledger = Some(ledger_url.clone());
+    client_cfg.relay = Some(relay_url.clone());
+    client_cfg.key = Some(key_path.clone());
+    client_cfg.save(&config_path)?;
+
+    // The node, with loop-file pools when this host can run them.
+    let pools_note;
+    let mut node_args = super::node::RunArgs {
+        ledger: ledger_url.clone(),
+        relays: vec![relay_url.clone()],
+        relay_domains: vec![relay_domain.clone()],
+        farm,
+        data: data.join("node"),
+        pools: Vec::new(),
+        metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
+        admin_twins: vec![twin],
+        sync_secs: 3600,
+    };
+    match pool_support() {
+        Ok(()) => {
+            let pools = data.join("pools");
+            std::fs::create_dir_all(&pools)?;
+            node_args.pools = vec![
+                format!("{}:{}:ssd", pools.join("ssd.img").display(), a.ssd),
+                format!("{}:{}:hdd", pools.join("hdd.img").display(), a.hdd),
+            ];
+            pools_note = format!(
+                "storage: btrfs pools on loop files {} ({}) and {} ({})",
+                pools.join("ssd.img").display(),
+                a.ssd,
+                pools.join("hdd.img").display(),
+                a.hdd
+            );
+        }
+        Err(why) => {
+            pools_note = format!(
+                "storage: NONE ({why}). The node runs, but volume, zmount and zdb workloads need \
+                 btrfs pools on loop devices: run `zos up` as root for them."
+            );
+        }
+    }
+    let mut node_task = tokio::spawn(super::node::run_node(node_args, stop_signal(&stop_rx)));
+
+    let node_id = tokio::select! {
+        id = wait_for_node(&ledger, farm) => Some(id),
+        r = &mut node_task => {
+            let _ = stop_tx.send(true);
+            let _ = relay_task.await;
+            let _ = ledger_task.await;
+            return match r {
+                Ok(Err(e)) => Err(e.context("the node stopped")),
+                Ok(Ok(())) => Err(anyhow::anyhow!("the node stopped unexpectedly")),
+                Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
+            };
+        }
+        () = interrupted() => None,
+    };
+    if let Some(node_id) = node_id {
+        let node_id = node_id?;
+        println!("zos grid is up");
+        println!(
+            "  ledger   {ledger_url}   (data {})",
+            data.join("ledger").display()
+        );
+        println!("  relay    {relay_url}");
+        println!(
+            "  node     {node_id} in farm {farm}   (data {})",
+            data.join("node").display()
+        );
+        println!("  {pools_note}");
+        println!("  you      twin {twin}, key {}", key_path.display());
+        println!("  config   {}", config_path.display());
+        println!();
+        println!("next, in another terminal:");
+        println!("  zos deploy examples/zdb.yaml");
+        println!("  zos deployments");
+        println!("Ctrl-C stops the grid; `zos up` again resumes it.");
+        tokio::select! {
+            () = interrupted() => {}
+            r = &mut node_task => {
+                let _ = stop_tx.send(true);
+                let _ = relay_task.await;
+                let _ = ledger_task.await;
+                return match r {
+                    Ok(Err(e)) => Err(e.context("the node stopped")),
+                    _ => Err(anyhow::anyhow!("the node stopped unexpectedly")),
+                };
+            }
+        }
+    }
+    eprintln!("stopping…");
+    let _ = stop_tx.send(true);
+    let node_result = node_task.await.context("node task")?;
+    let _ = relay_task.await;
+    let _ = ledger_task.await;
+    node_result?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn user_key(path: &Path) -> anyhow::Result<KeyPair> {
+    if !path.exists() {
+        KeyFile::generate(KeyType::Ed25519, false).save(path, false)?;
+        eprintln!("created your key at {}", path.display());
+    }
+    KeyFile::load(path)?.key_pair().map_err(anyhow::Error::msg)
+}
+
+async fn ensure_twin(ledger: &LedgerClient, key: &KeyPair, relay: &str) -> anyhow::Result<u32> {
+    if ledger.balance(&key.public()).await? < USER_FUNDS / 10 {
+        ledger
+            .dev_fund(&key.public(), USER_FUNDS)
+            .await
+            .context("funding your account")?;
+    }
+    let e2e = hex::encode(zos_rmb::e2e_public_key(key.seed()));
+    let relays = vec![relay.to_string()];
+    match ledger.twin_by_account(&key.public()).await? {
+        Some(t) if t.relays == relays && t.e2e_key.as_deref() == Some(e2e.as_str()) => Ok(t.id),
+        Some(t) => {
+            ledger
+                .send(
+                    key,
+                    Call::UpdateTwin {
+                        relays,
+                        e2e_key: Some(e2e),
+                    },
+                )
+                .await?;
+            Ok(t.id)
+        }
+        None => {
+            ledger
+                .send(
+                    key,
+                    Call::CreateTwin {
+                        relays,
+                        e2e_key: Some(e2e),
+                    },
+                )
+                .await?;
+            let t = ledger
+                .twin_by_account(&key.public())
+                .await?
+                .context("the ledger did not store your twin")?;
+            Ok(t.id)
+        }
+    }
+}
+
+async fn ensure_farm(ledger: &LedgerClient, key: &KeyPair, twin: u32) -> anyhow::Result<u32> {
+    let name = format!("dev-{twin}");
+    if let Some(f) = ledger.farm_by_name(&name).await? {
+        return Ok(f.id);
+    }
+    ledger
+        .send(key, Call::CreateFarm { name: name.clone() })
+        .await?;
+    Ok(ledger
+        .farm_by_name(&name)
+        .await?
+        .context("the ledger did not store the farm")?
+        .id)
+}
+
+/// Waits until a node of `farm` is registered (the node registers itself at start).
+async fn wait_for_node(ledger: &LedgerClient, farm: u32) -> anyhow::Result<u32> {
+    let start = Instant::now();
+    loop {
+        for id in 1u32.. {
+            match ledger.node(id).await? {
+                Some(n) if n.farm_id == farm => return Ok(n.id),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the node did not register within 2 minutes; see its log above");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
