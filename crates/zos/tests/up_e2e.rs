@@ -1,0 +1,294 @@
+//! `zos up` end to end: a grid in a subprocess, an example deployed with the CLI, a redis
+//! client on the namespace, cancel, and a clean stop that leaves no loop device or mount.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn zos() -> &'static str {
+    env!("CARGO_BIN_EXE_zos")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn can_run_pools() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        return Err("not root".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no loop devices".into());
+    }
+    if Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("mkfs.btrfs missing".into());
+    }
+    Ok(())
+}
+
+/// Kills `zos up` and removes whatever it left, even when the test fails half-way.
+struct Grid {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Grid {
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn client(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(zos())
+            .args(args)
+            .env("ZOS_CONFIG", self.dir.path().join("config.toml"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let data = self.data().display().to_string();
+        let mut left: Vec<String> = std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&data))
+            .map(str::to_string)
+            .collect();
+        let loops = Command::new("losetup").arg("-a").output().unwrap();
+        left.extend(
+            String::from_utf8_lossy(&loops.stdout)
+                .lines()
+                .filter(|l| l.contains(&data))
+                .map(str::to_string),
+        );
+        left
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let data = self.data().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for m in mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&data))
+        {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        let loops = Command::new("losetup")
+            .arg("-a")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        for l in String::from_utf8_lossy(&loops)
+            .lines()
+            .filter(|l| l.contains(&data))
+        {
+            if let Some(dev) = l.split(':').next() {
+                let _ = Command::new("losetup").arg("-d").arg(dev).status();
+            }
+        }
+    }
+}
+
+fn start_grid() -> Grid {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, r) = (free_port(), free_port());
+    let child = Command::new(zos())
+        .args([
+            "up",
+            "--ssd",
+            "2GiB",
+            "--hdd",
+            "2GiB",
+            "--metrics-port",
+            "0",
+        ])
+        .args([
+            "--ledger-port",
+            &l.to_string(),
+            "--relay-port",
+            &r.to_string(),
+        ])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env("ZOS_CONFIG", dir.path().join("config.toml"))
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut grid = Grid {
+        child: Some(child),
+        dir,
+    };
+    let stdout = grid.child.as_mut().unwrap().stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("grid is up") => break,
+            Ok(_) => {}
+            Err(_) => panic!("zos up did not come up within 120 s"),
+        }
+    }
+    grid
+}
+
+fn redis_select(port: u16, ns: &str, password: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_connection()?;
+    redis::cmd("SELECT")
+        .arg(ns)
+        .arg(password)
+        .query::<()>(&mut con)?;
+    Ok(con)
+}
+
+#[test]
+fn up_deploy_use_cancel_stop() {
+    if let Err(why) = can_run_pools() {
+        eprintln!("SKIP: up_deploy_use_cancel_stop needs loop devices and btrfs: {why}");
+        return;
+    }
+    let mut grid = start_grid();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/zdb.yaml");
+    let (code, out, err) = grid.client(&["deploy", example.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "deploy failed: {err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let contract = d["contract_id"].as_u64().unwrap();
+    let result = &d["workloads"][0]["result"];
+    assert_eq!(result["state"], "ok");
+    let ns = result["data"]["Namespace"].as_str().unwrap().to_string();
+    let port = result["data"]["Port"].as_u64().unwrap() as u16;
+    assert!(
+        !out.contains("s3cret-pass"),
+        "secrets must be redacted: {out}"
+    );
+
+    let mut con = redis_select(port, &ns, "s3cret-pass").unwrap();
+    let key: Vec<u8> = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(key, b"greeting");
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut con).unwrap();
+    assert_eq!(v, "hello");
+    assert!(
+        redis_select(port, &ns, "wrong").is_err(),
+        "a wrong password must be refused"
+    );
+
+    let (code, _, err) = grid.client(&["cancel", &contract.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = grid.client(&["deployments", "--json"]);
+        let gone = serde_json::from_str::<Vec<Value>>(&out).is_ok_and(|v| v.is_empty());
+        if gone && redis_select(port, &ns, "s3cret-pass").is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the canceled deployment is still there: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Stop like a user does (Ctrl-C) and check nothing is left attached or mounted.
+    let mut child = grid.child.take().unwrap();
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "zos up did not stop within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "zos up exited with {status}");
+    assert_eq!(
+        grid.leftovers(),
+        Vec::<String>::new(),
+        "left behind after stop"
+    );
+}
+
+#[test]
+fn missing_configuration_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(zos())
+        .args(["deployments"])
+        .env("ZOS_CONFIG", dir.path().join("none.toml"))
+        .env_remove("ZOS_LEDGER")
+        .env_remove("ZOS_RELAY")
+        .env_remove("ZOS_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("run `zos up`"), "{err}");
+}
+
+#[test]
+fn a_spec_error_names_the_line_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "name: x\nworkloads:\n  db:\n    zdb:\n      size: 1GiB\n      pasword: p\n",
+    )
+    .unwrap();
+    let out = Command::new(zos())
+        .arg("deploy")
+        .arg(&spec)
+        .env("ZOS_CONFIG", dir.path().join("none.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("pasword") && err.contains("line 6") && err.contains("bad.yaml"),
+        "{err}"
+    );
+}
