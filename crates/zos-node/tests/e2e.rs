@@ -306,8 +306,11 @@ async fn deploy_errors_update_and_api() {
     );
 
     // the node reported used resources for the contract
-    let contract = grid.client.contract(c).await.unwrap().unwrap();
-    assert_eq!(contract.billing.used.sru, 3 * GIB);
+    wait_for("used resources reported", T, || async {
+        let contract = grid.client.contract(c).await.ok()??;
+        (contract.billing.used.sru == 3 * GIB).then_some(())
+    })
+    .await;
     node.stop().await;
 }
 

@@ -1,12 +1,16 @@
 //! Used-resource reports to the ledger (upstream `cap.go`): after every job the contract is
-//! marked; a reporter task sends all marked contracts in one `ReportContractResources`
-//! transaction, so the job worker never waits for a ledger block.
+//! marked; a reporter task waits 500 ms for more, then sends all marked contracts in one
+//! `ReportContractResources` transaction, so the job worker never waits for a ledger block and
+//! a burst of jobs costs a few transactions.
 
 use std::future::Future;
 use std::time::Duration;
 
 use super::Engine;
 use crate::model::Capacity;
+
+/// How long the reporter waits after the first marked contract before sending the batch.
+const COALESCE: Duration = Duration::from_millis(500);
 
 impl Engine {
     /// Marks `contract` for a used-resources report.
@@ -83,6 +87,12 @@ impl Engine {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.inner.report_wake.notified() => {
+                    // Coalesce: jobs finishing within the window share one transaction, so a
+                    // burst of deployments costs a few ledger blocks, not one per job.
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(COALESCE) => {}
+                    }
                     if !self.flush_reports().await {
                         tokio::select! {
                             _ = &mut shutdown => return,
