@@ -155,3 +155,19 @@ fn bit_rot_is_detected_not_returned() {
     assert_eq!(q(&mut c, &["CHECK", "k1"]), int(1));
     assert_eq!(q(&mut c, &["GET", "k1"]), bulk(value(1).as_bytes()));
 }
+
+#[test]
+fn missing_data_file_is_an_error_not_an_empty_namespace() {
+    let (dir, d, _) = populated();
+    fs::remove_file(&d).unwrap();
+    let err = zos_zdb::engine::Engine::open(zos_zdb::engine::EngineConfig {
+        data_dir: dir.path().join("data"),
+        index_dir: dir.path().join("index"),
+        mode: None,
+        sync: false,
+        datasize: zos_zdb::DEFAULT_DATASIZE,
+    })
+    .err()
+    .expect("opening must fail");
+    assert!(err.to_string().contains("data file missing"), "{err}");
+}

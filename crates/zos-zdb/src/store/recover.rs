@@ -71,6 +71,16 @@ pub(super) fn recover_file(
                 what: "bad data file header",
             });
         }
+        // An index with entries means data was acknowledged from this file: never paper
+        // over a missing or emptied data file.
+        let ilen = i.metadata().map_err(io_err("stat", &ipath))?.len();
+        if ilen > h {
+            return Err(StoreError::Corrupt {
+                path: dpath,
+                offset: 0,
+                what: "data file missing or empty while its index has entries",
+            });
+        }
         // New pair, or a crash while creating it: nothing was ever acknowledged from it.
         if dlen > 0 {
             tracing::warn!(path = %dpath.display(), "torn data file header, recreating the pair");
