@@ -12,7 +12,9 @@
 //!
 //! Every state change (a new deployment with its init results and its job; a result with its
 //! view update) is **one** write transaction, committed with redb's default durability
-//! (fsync), so a crash leaves either the old or the new state, never half of it.
+//! (fsync), so a crash leaves either the old or the new state, never half of it. Two writes
+//! are deliberately not fsynced on their own, because losing them is harmless: a job's ack
+//! (the job runs again and converges) and the watcher's event height (events are replayed).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -446,8 +448,12 @@ impl Store {
     }
 
     /// Removes a processed job.
+    ///
+    /// Not fsynced on its own (it becomes durable with the next durable commit): losing an
+    /// ack in a crash only makes the job run again, which converges without new results.
     pub fn ack_job(&self, id: u64) -> Result<(), StoreError> {
-        let w = self.write()?;
+        let mut w = self.write()?;
+        w.set_durability(redb::Durability::None);
         {
             let mut jobs = w.open_table(JOBS).map_err(|e| self.err(e))?;
             jobs.remove(id).map_err(|e| self.err(e))?;
@@ -464,7 +470,18 @@ impl Store {
 
     /// Sets a counter in `meta`.
     pub fn set_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
-        let w = self.write()?;
+        self.set_meta_with(key, value, redb::Durability::Immediate)
+    }
+
+    /// Sets a counter that may be lost in a crash (e.g. the event height: a replay from an
+    /// older height is harmless); durable with the next durable commit.
+    pub fn set_meta_lazy(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.set_meta_with(key, value, redb::Durability::None)
+    }
+
+    fn set_meta_with(&self, key: &str, value: u64, d: redb::Durability) -> Result<(), StoreError> {
+        let mut w = self.write()?;
+        w.set_durability(d);
         {
             let mut meta = w.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(key, value).map_err(|e| self.err(e))?;

@@ -160,7 +160,7 @@ pub async fn run(
                         // most every few seconds, so a busy ledger does not cost an fsync per
                         // event.
                         if mine || last_persist.elapsed() >= PERSIST_EVERY {
-                            if let Err(e) = engine.store().set_meta(HEIGHT_KEY, rec.height) {
+                            if let Err(e) = engine.store().set_meta_lazy(HEIGHT_KEY, rec.height) {
                                 tracing::error!(error = %e, "cannot persist event height");
                             }
                             last_persist = std::time::Instant::now();
