@@ -6,18 +6,22 @@
 //! the server flushes before it sends any reply, so nothing is acknowledged before the
 //! kernel has it (and, with `--sync`, before the disk has it: see `engine::Syncer`).
 
+mod files;
 mod recover;
 
+pub use files::sync_dir;
+pub(crate) use files::{create_pair, list_ids, open_rw, path_of, reset_file, write_pending};
+
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::format::{
-    DATA_HDR_LEN, DATA_MAGIC, DataHeader, FILE_HEADER_LEN, FLAG_ENCRYPTED, FileHeader,
-    INDEX_HDR_LEN, INDEX_MAGIC, IndexEntry, Loc, data_entry_valid, decode_data_header, encode_data,
+    DATA_HDR_LEN, DATA_MAGIC, DataHeader, FILE_HEADER_LEN, FLAG_ENCRYPTED, INDEX_HDR_LEN,
+    INDEX_MAGIC, IndexEntry, Loc, data_entry_valid, decode_data_header, encode_data,
 };
 
 /// Ciphertext overhead of an encrypted payload: nonce (12) + tag (16).
@@ -115,68 +119,6 @@ pub struct Store {
     written: Vec<Arc<File>>,
     /// Index file ids appended to since the last `INDEX DIRTY RESET`.
     pub dirty_index: BTreeSet<u32>,
-}
-
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub(crate) fn path_of(dir: &Path, prefix: char, id: u32) -> PathBuf {
-    dir.join(format!("{prefix}{id}"))
-}
-
-fn list_ids(dir: &Path, prefix: char) -> Result<Vec<u32>, StoreError> {
-    let mut ids = Vec::new();
-    for ent in fs::read_dir(dir).map_err(io_err("read dir", dir))? {
-        let ent = ent.map_err(io_err("read dir", dir))?;
-        let name = ent.file_name();
-        let name = name.to_string_lossy();
-        if let Some(rest) = name.strip_prefix(prefix) {
-            if let Ok(id) = rest.parse::<u32>() {
-                ids.push(id);
-            }
-        }
-    }
-    Ok(ids)
-}
-
-/// fsyncs a directory so that a created or removed file name survives a power loss.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
-}
-
-pub(crate) fn open_rw(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_err("open", path))
-}
-
-/// Writes a fresh header into an empty (or truncated) file.
-pub(crate) fn reset_file(
-    f: &File,
-    path: &Path,
-    magic: [u8; 4],
-    id: u32,
-    mode: u8,
-) -> Result<(), StoreError> {
-    f.set_len(0).map_err(io_err("truncate", path))?;
-    let hdr = FileHeader {
-        magic,
-        fileid: id,
-        mode,
-        created: now(),
-    };
-    (&*f)
-        .write_all(&hdr.encode())
-        .map_err(io_err("write header", path))
 }
 
 pub(crate) fn stored_len(e: &IndexEntry) -> u64 {
@@ -609,50 +551,4 @@ impl Store {
             self.last_before(loc.file)
         }
     }
-}
-
-fn write_pending(
-    f: &File,
-    pending: &mut Vec<u8>,
-    flushed: &mut u64,
-    path: &Path,
-) -> Result<(), StoreError> {
-    let mut done = 0;
-    while done < pending.len() {
-        match (&*f).write(&pending[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                pending.drain(..done);
-                *flushed += done as u64;
-                return Err(io_err("write", path)(e));
-            }
-        }
-    }
-    *flushed += done as u64;
-    pending.drain(..done);
-    if pending.is_empty() {
-        Ok(())
-    } else {
-        Err(io_err("write", path)(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short write",
-        )))
-    }
-}
-
-fn create_pair(
-    data_dir: &Path,
-    index_dir: &Path,
-    id: u32,
-    mode: u8,
-) -> Result<(File, File), StoreError> {
-    let dpath = path_of(data_dir, 'd', id);
-    let ipath = path_of(index_dir, 'i', id);
-    let d = open_rw(&dpath)?;
-    reset_file(&d, &dpath, DATA_MAGIC, id, mode)?;
-    let i = open_rw(&ipath)?;
-    reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
-    Ok((d, i))
 }
