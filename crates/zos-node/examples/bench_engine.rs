@@ -41,13 +41,21 @@ struct Pools;
 #[async_trait]
 impl PoolReporter for Pools {
     async fn pools(&self) -> Vec<PoolUsage> {
-        vec![PoolUsage { name: "ssd".into(), kind: PoolKind::Ssd, size: 1 << 50, used: 0 }]
+        vec![PoolUsage {
+            name: "ssd".into(),
+            kind: PoolKind::Ssd,
+            size: 1 << 50,
+            used: 0,
+        }]
     }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let chain = Arc::new(FakeChain::default());
     let user = KeyPair::from_seed(KeyType::Ed25519, [3; 32]);
@@ -60,7 +68,9 @@ async fn main() {
         chain.clone(),
         reg,
         NodeSecret::new([1; 32]),
-        EngineConfig { host: HostCapacity::discover() },
+        EngineConfig {
+            host: HostCapacity::discover(),
+        },
         Arc::new(Metrics::default()),
     )
     .unwrap();
@@ -71,7 +81,11 @@ async fn main() {
             twin_id: 3,
             contract_id: c,
             signature_requirement: SignatureRequirement {
-                requests: vec![SignatureRequest { twin_id: 3, required: false, weight: 1 }],
+                requests: vec![SignatureRequest {
+                    twin_id: 3,
+                    required: false,
+                    weight: 1,
+                }],
                 weight_required: 1,
                 ..Default::default()
             },
@@ -102,6 +116,14 @@ async fn main() {
     assert_eq!(engine.drain().await as u64, n);
     let processed = t1.elapsed();
     println!("engine only, {n} deployments (1 workload each):");
-    println!("  accept (checks + signature + fsynced store commit): {:.0}/s ({:.2} ms each)", n as f64 / accepted.as_secs_f64(), accepted.as_secs_f64() * 1e3 / n as f64);
-    println!("  process (contract check + provision + fsynced result): {:.0}/s ({:.2} ms each)", n as f64 / processed.as_secs_f64(), processed.as_secs_f64() * 1e3 / n as f64);
+    println!(
+        "  accept (checks + signature + fsynced store commit): {:.0}/s ({:.2} ms each)",
+        n as f64 / accepted.as_secs_f64(),
+        accepted.as_secs_f64() * 1e3 / n as f64
+    );
+    println!(
+        "  process (contract check + provision + fsynced result): {:.0}/s ({:.2} ms each)",
+        n as f64 / processed.as_secs_f64(),
+        processed.as_secs_f64() * 1e3 / n as f64
+    );
 }
