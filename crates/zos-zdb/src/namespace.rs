@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,9 @@ use tokio::sync::broadcast;
 use crate::Mode;
 use crate::crypto::Cipher;
 use crate::descriptor::Descriptor;
-use crate::format::{FLAG_DELETED, FLAG_ENCRYPTED, IndexEntry, Loc};
+use crate::format::{
+    DATA_HDR_LEN, FLAG_DELETED, FLAG_ENCRYPTED, IndexEntry, Loc, data_entry_valid,
+};
 use crate::key::Key;
 use crate::store::{Replay, SEAL_OVERHEAD, Store, StoreError};
 
@@ -157,7 +159,57 @@ pub struct NsState {
     index: KeyIndex,
     live_bytes: u64,
     next_id: u64,
-    cipher: Option<Cipher>,
+    cipher: Option<Arc<Cipher>>,
+}
+
+/// Outcome of [`NsState::get_plan`].
+pub enum ValueRead {
+    /// Answered under the lock (missing key, or value still in the write buffer).
+    Done(Option<Vec<u8>>),
+    /// A positioned read to do without the lock.
+    Disk(DiskRead),
+}
+
+/// A value to read from an immutable region of a data file.
+pub struct DiskRead {
+    file: Arc<std::fs::File>,
+    at: Loc,
+    off: u32,
+    head: usize,
+    len: usize,
+    key: Vec<u8>,
+    cipher: Option<Arc<Cipher>>,
+}
+
+impl DiskRead {
+    /// Reads, verifies the entry CRC (and the key), and decrypts.
+    pub fn run(self) -> Result<Vec<u8>, OpError> {
+        use std::os::unix::fs::FileExt;
+        let bad = || {
+            OpError::Store(StoreError::BadLoc {
+                file: self.at.file,
+                off: self.off,
+            })
+        };
+        let mut entry = vec![0u8; self.len];
+        self.file
+            .read_exact_at(&mut entry, u64::from(self.off))
+            .map_err(|source| {
+                OpError::Store(StoreError::Io {
+                    op: "read",
+                    path: PathBuf::from(format!("d{}", self.at.file)),
+                    source,
+                })
+            })?;
+        if !data_entry_valid(&entry) || entry[DATA_HDR_LEN..self.head] != self.key[..] {
+            return Err(bad());
+        }
+        entry.drain(..self.head);
+        match &self.cipher {
+            None => Ok(entry),
+            Some(c) => c.unseal(&self.key, &entry).ok_or_else(bad),
+        }
+    }
 }
 
 /// A namespace shared by connections.
@@ -314,13 +366,13 @@ impl NsState {
             Some((salt, check)) => {
                 let c = Cipher::open(secret, ns, &salt, &check)
                     .ok_or(client("Invalid encryption key"))?;
-                self.cipher = Some(c);
+                self.cipher = Some(Arc::new(c));
                 Ok(false)
             }
             None if self.is_pristine() => {
                 let (c, salt, check) = Cipher::create(secret, ns);
                 self.desc.encryption = Some((salt, check));
-                self.cipher = Some(c);
+                self.cipher = Some(Arc::new(c));
                 Ok(true)
             }
             None => Err(client(
@@ -367,6 +419,41 @@ impl NsState {
                 file: at.file,
                 off: at.off,
             }))
+    }
+
+    /// `GET` in two steps: under the lock, find where the value is; the returned
+    /// [`ValueRead::Disk`] is then read without the lock (possibly on another thread), so a
+    /// page-cache miss does not hold up other clients of the namespace.
+    pub fn get_plan(&mut self, key: &[u8]) -> Result<ValueRead, OpError> {
+        let Some(m) = (key.len() <= MAX_KEY)
+            .then(|| self.index.get(key))
+            .flatten()
+        else {
+            return Ok(ValueRead::Done(None));
+        };
+        let enc = m.flags & FLAG_ENCRYPTED != 0;
+        let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
+        let head = DATA_HDR_LEN + key.len();
+        let cipher = match (enc, &self.cipher) {
+            (false, _) => None,
+            (true, Some(c)) => Some(c.clone()),
+            (true, None) => return Err(client("Namespace is sealed, give its encryption key")),
+        };
+        match self
+            .store
+            .data_file_for(m.idx.file, m.data_off, head + stored)?
+        {
+            None => Ok(ValueRead::Done(Some(self.value_of(key, &m)?))),
+            Some(file) => Ok(ValueRead::Disk(DiskRead {
+                file,
+                at: m.idx,
+                off: m.data_off,
+                head,
+                len: head + stored,
+                key: key.to_vec(),
+                cipher,
+            })),
+        }
     }
 
     /// `GET`: the value, `None` if missing or deleted.

@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 
 use crate::command;
 use crate::engine::{Engine, EngineConfig};
+use crate::namespace::OpError;
 use crate::resp::{self, Reply};
-use crate::session::{Outcome, Session, Shared};
+use crate::session::{Outcome, Session, Shared, op_reply};
 use crate::{ServerConfig, ZdbError};
 
 /// Bytes asked from the socket per read.
@@ -94,6 +95,7 @@ impl Server {
             clients: Default::default(),
             net_in: Default::default(),
             net_out: Default::default(),
+            read_ewma_ns: Default::default(),
         });
         tracing::info!(tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()), socket = ?cfg.socket, "zdb listening");
         Ok(Server {
@@ -238,6 +240,29 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     r.encode(&mut out);
                     close_after = true;
                     break;
+                }
+                Outcome::Read(read) => {
+                    let timed = move || {
+                        let t = Instant::now();
+                        let r = read.run();
+                        (r, t.elapsed())
+                    };
+                    // Disk-bound reads go to the blocking pool so that they overlap and do
+                    // not stall the other connections of this worker; cached ones stay here.
+                    let (r, took) = if shared.reads_are_slow() {
+                        match tokio::task::spawn_blocking(timed).await {
+                            Ok(x) => x,
+                            Err(_) => (Err(OpError::Client("Internal Error")), Duration::ZERO),
+                        }
+                    } else {
+                        timed()
+                    };
+                    shared.note_read(took);
+                    match r {
+                        Ok(v) => Reply::Bulk(v.into()),
+                        Err(e) => op_reply(e),
+                    }
+                    .encode(&mut out);
                 }
                 Outcome::Stop(r) => {
                     r.encode(&mut out);

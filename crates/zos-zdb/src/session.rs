@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::command::{AuthArg, Command, NsProp, SelectAuth};
 use crate::engine::{DEFAULT_NS, Engine, valid_ns_name};
-use crate::namespace::{Namespace, NsState, OpError};
+use crate::namespace::{DiskRead, Namespace, NsState, OpError, ValueRead};
 use crate::resp::Reply;
 
 /// Most bytes one MGET may return.
@@ -42,6 +42,27 @@ pub struct Shared {
     pub net_in: AtomicU64,
     /// Bytes sent.
     pub net_out: AtomicU64,
+    /// Moving average of the time one value read from disk took, in nanoseconds.
+    pub read_ewma_ns: AtomicU64,
+}
+
+/// Above this average read time, reads are moved off the event loop (page-cache misses).
+const SLOW_READ_NS: u64 = 50_000;
+
+impl Shared {
+    /// Whether value reads currently hit the disk rather than the page cache.
+    pub fn reads_are_slow(&self) -> bool {
+        self.read_ewma_ns.load(Ordering::Relaxed) > SLOW_READ_NS
+    }
+
+    /// Records how long one value read took.
+    pub fn note_read(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.read_ewma_ns.load(Ordering::Relaxed);
+        // Races between connections only blur the average; it is a heuristic.
+        self.read_ewma_ns
+            .store(old - old / 8 + sample / 8, Ordering::Relaxed);
+    }
 }
 
 /// What the connection should do after a command.
@@ -59,6 +80,8 @@ pub enum Outcome {
         /// Give up after this.
         timeout: Duration,
     },
+    /// Read a value from disk without any lock held, then send it (`GET`).
+    Read(DiskRead),
     /// Send the reply, then stop the whole server (`STOP`, debug only).
     Stop(Reply),
     /// Send the reply, then close this connection.
@@ -83,7 +106,8 @@ fn sha1_hex(s: &str) -> String {
     hex::encode(Sha1::digest(s.as_bytes()))
 }
 
-fn op_reply(e: OpError) -> Reply {
+/// The wire reply of a failed operation (storage failures are logged, not exposed).
+pub fn op_reply(e: OpError) -> Reply {
     match e {
         OpError::Client(m) => err(m),
         OpError::Store(e) => {
@@ -154,6 +178,23 @@ impl Session {
             }
             Command::Stop if self.shared.debug => return Outcome::Stop(Reply::ok()),
             Command::Stop => err("Unauthorized"),
+            Command::Get(key) => {
+                let plan = {
+                    let mut st = self.ns.lock();
+                    match frozen(&st) {
+                        Ok(()) => st.get_plan(&key).map_err(op_reply),
+                        Err(e) => Err(e),
+                    }
+                };
+                match plan {
+                    Ok(ValueRead::Done(v)) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.into())),
+                    Ok(ValueRead::Disk(read)) => {
+                        self.ns.notify(name);
+                        return Outcome::Read(read);
+                    }
+                    Err(e) => e,
+                }
+            }
             cmd => self.run(cmd).unwrap_or_else(|e| e),
         };
         if !matches!(out, Reply::Error(_)) {
@@ -212,13 +253,6 @@ impl Session {
                 drop(st);
                 self.touch();
                 r.map_or(Reply::Nil, Reply::Bulk)
-            }
-            Command::Get(key) => {
-                let mut st = ns.lock();
-                frozen(&st)?;
-                st.get(&key)
-                    .map_err(op_reply)?
-                    .map_or(Reply::Nil, |v| Reply::Bulk(v.into()))
             }
             Command::MGet(keys) => {
                 let mut st = ns.lock();
@@ -394,7 +428,7 @@ impl Session {
                     Reply::Bulk(payload.into()),
                 ])
             }
-            Command::Wait { .. } | Command::Stop => err("Command not supported"),
+            Command::Wait { .. } | Command::Stop | Command::Get(_) => err("Command not supported"),
         })
     }
 

@@ -393,6 +393,27 @@ impl Store {
         Ok(f)
     }
 
+    /// The open data file holding `[off, off + len)` of file `file` when that range is
+    /// entirely on disk (not in the write buffer): such bytes never change (append-only), so
+    /// they can be read without holding the namespace lock. `Ok(None)`: read it under the lock.
+    pub fn data_file_for(
+        &mut self,
+        file: u32,
+        off: u32,
+        len: usize,
+    ) -> Result<Option<Arc<File>>, StoreError> {
+        let bad = StoreError::BadLoc { file, off };
+        let info = *self.files.get(file as usize).ok_or(bad)?;
+        let end = u64::from(off) + len as u64;
+        if u64::from(off) < FILE_HEADER_LEN as u64 || end > info.data_len {
+            return Err(StoreError::BadLoc { file, off });
+        }
+        if file == self.cur_id() && end > self.data_flushed {
+            return Ok(None);
+        }
+        self.reader(false, file).map(Some)
+    }
+
     /// Reads `len` bytes at `off` of data or index file `file`, from disk and/or the buffer.
     fn read_at(
         &mut self,
