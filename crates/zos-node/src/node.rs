@@ -360,8 +360,22 @@ pub async fn run_node(
     if let Some(peer) = peer {
         peer.close();
     }
+    drop(api);
     for t in tasks {
         let _ = t.await;
+    }
+    // The peer's link and request tasks hold the API router (and so the engine and its store)
+    // until they notice the close. Returning before they let go would leave the database open,
+    // and a restart in the same process would fail with "already open".
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.handle_count() > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if engine.handle_count() > 1 {
+        tracing::warn!(
+            handles = engine.handle_count(),
+            "engine still referenced at stop"
+        );
     }
     tracing::info!("node stopped");
     Ok(())

@@ -116,6 +116,13 @@ pub struct Engine {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl Engine {
+    /// How many handles to this engine exist; the store closes with the last one.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
