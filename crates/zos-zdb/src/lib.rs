@@ -29,6 +29,10 @@ pub mod descriptor;
 pub mod engine;
 /// On-disk record layouts (file headers, data and index entries).
 pub mod format;
+/// The in-memory index (key → location of its current version).
+pub mod index;
+/// `INFO` and `NSINFO` texts.
+pub mod info;
 /// Compact keys of the in-memory index.
 pub mod key;
 /// A namespace: descriptor, in-memory index, operations.
