@@ -237,7 +237,7 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             })
             .await?;
             eprintln!("ledger listening on http://{}", server.local_addr());
-            server.run(shutdown_signal()).await?;
+            server.run(super::shutdown_signal()).await?;
             Ok(())
         }
         LedgerCmd::Verify { data } => {
@@ -245,20 +245,6 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             let report = tokio::task::spawn_blocking(move || zos_ledger::verify(store)).await??;
             print(&report)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

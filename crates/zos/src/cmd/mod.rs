@@ -8,3 +8,20 @@ pub mod node;
 pub mod rmb;
 pub mod up;
 pub mod zdb;
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: how every long-running subcommand stops.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}

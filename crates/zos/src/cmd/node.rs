@@ -56,18 +56,9 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            rt.block_on(run_node(a, shutdown_signal()))
+            rt.block_on(run_node(a, super::shutdown_signal()))
         }
     }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-    tracing::info!("shutdown requested");
 }
 
 /// Runs a node (with its storage pools when given) until `shutdown` completes; `zos up`

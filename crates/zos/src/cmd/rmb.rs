@@ -218,7 +218,7 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
                     "relay {domain} listening on {scheme}://{} (metrics on /metrics)",
                     relay.local_addr()
                 );
-                relay.run(shutdown_signal()).await?;
+                relay.run(super::shutdown_signal()).await?;
                 Ok(())
             })
         }
@@ -320,19 +320,5 @@ async fn identify(
         None => bail!(
             "no twin on the ledger for this key (create one with `zos twin create --relay … --e2e-key $(zos rmb e2e-key)`)"
         ),
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

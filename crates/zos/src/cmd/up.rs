@@ -194,7 +194,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
             };
         }
-        () = interrupted() => None,
+        () = super::shutdown_signal() => None,
     };
     if let Some(node_id) = node_id {
         let node_id = node_id?;
@@ -217,7 +217,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         println!("  zos deployments");
         println!("Ctrl-C stops the grid; `zos up` again resumes it.");
         tokio::select! {
-            () = interrupted() => {}
+            () = super::shutdown_signal() => {}
             r = &mut node_task => {
                 let _ = stop_tx.send(true);
                 let _ = relay_task.await;
@@ -237,15 +237,6 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     node_result?;
     eprintln!("stopped");
     Ok(())
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 fn user_key(path: &Path) -> anyhow::Result<KeyPair> {

@@ -102,22 +102,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             // Machine-readable line for scripts that start us on port 0.
             println!("listening {addr}");
         }
-        server.run(shutdown_signal()).await?;
+        server.run(super::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
