@@ -224,6 +224,33 @@ impl Grid {
         })
     }
 
+    /// The snapshots of one of the user's volumes (`zos.storage.volume.snapshots`), oldest first.
+    pub async fn volume_snapshots(&self, contract_id: u64, name: &str) -> Result<Value, GridError> {
+        let (node, _) = self.contract_node(contract_id).await?;
+        self.node_call(
+            &node,
+            "zos.storage.volume.snapshots",
+            json!({"contract_id": contract_id, "name": name}),
+        )
+        .await
+    }
+
+    /// Restores a volume to a snapshot; the state before the restore is kept as a snapshot too.
+    pub async fn volume_restore(
+        &self,
+        contract_id: u64,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<Value, GridError> {
+        let (node, _) = self.contract_node(contract_id).await?;
+        self.node_call(
+            &node,
+            "zos.storage.volume.restore",
+            json!({"contract_id": contract_id, "name": name, "snapshot": snapshot}),
+        )
+        .await
+    }
+
     /// Cancels a contract; its node removes the workloads when it sees the event.
     pub async fn cancel(&self, contract_id: u64) -> Result<(), GridError> {
         self.contract_node(contract_id).await?;

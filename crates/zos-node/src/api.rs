@@ -474,6 +474,21 @@ impl Api {
                 }
             });
         }
+        for (name, command) in self.engine.registry().commands() {
+            if COMMANDS.contains(&name) {
+                continue;
+            }
+            let command = command.clone();
+            r.handle(name, move |ctx: zos_rmb::RequestContext, payload: Value| {
+                let command = command.clone();
+                async move {
+                    command
+                        .call(ctx.source, payload)
+                        .await
+                        .map_err(zos_rmb::HandlerError::bad_request)
+                }
+            });
+        }
         r
     }
 }

@@ -50,6 +50,6 @@ pub mod watcher;
 
 pub use node::{NodeConfig, NodeError, Worker, run_node};
 pub use primitives::{
-    NodeSecret, PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry,
-    WorkloadCtx,
+    ApiCommand, NodeSecret, PoolKind, PoolReporter, PoolUsage, Primitive, PrimitiveError,
+    PrimitiveRegistry, WorkloadCtx,
 };

@@ -242,6 +242,20 @@ pub struct PrimitiveRegistry {
     by_type: BTreeMap<String, Arc<dyn Primitive>>,
     pools: Option<Arc<dyn PoolReporter>>,
     features: Vec<String>,
+    commands: BTreeMap<String, Arc<dyn ApiCommand>>,
+}
+
+/// An extra node API command contributed by a primitive crate (volume snapshots, VM consoles…),
+/// so the node's API grows with its primitives without depending on them.
+#[async_trait]
+pub trait ApiCommand: Send + Sync {
+    /// Handles `payload` from `source_twin` (already authenticated by RMB). Implementations must
+    /// only touch the caller's own workloads; an error goes back to the caller as a 400.
+    async fn call(
+        &self,
+        source_twin: u32,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, String>;
 }
 
 impl fmt::Debug for PrimitiveRegistry {
@@ -273,6 +287,16 @@ impl PrimitiveRegistry {
     /// Advertises an extra node feature (e.g. `"mycelium"`) in `node_features_get`.
     pub fn add_feature(&mut self, feature: impl Into<String>) {
         self.features.push(feature.into());
+    }
+
+    /// Adds an API command (e.g. `zos.storage.volume.snapshots`); built-in names win.
+    pub fn add_command(&mut self, name: impl Into<String>, command: Arc<dyn ApiCommand>) {
+        self.commands.insert(name.into(), command);
+    }
+
+    /// The extra API commands.
+    pub fn commands(&self) -> impl Iterator<Item = (&str, &Arc<dyn ApiCommand>)> {
+        self.commands.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The primitive for `t`.

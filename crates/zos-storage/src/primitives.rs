@@ -23,7 +23,45 @@ pub fn register(registry: &mut PrimitiveRegistry, storage: Arc<Storage>) {
     registry.register(Arc::new(VolumePrimitive(storage.clone())));
     registry.register(Arc::new(ZmountPrimitive(storage.clone())));
     registry.register(Arc::new(ZdbPrimitive(storage.clone())));
-    registry.set_pool_reporter(Arc::new(Reporter(storage)));
+    registry.set_pool_reporter(Arc::new(Reporter(storage.clone())));
+    registry.add_command(
+        "zos.storage.volume.snapshots",
+        Arc::new(SnapshotsCommand(storage.clone())),
+    );
+    registry.add_command(
+        "zos.storage.volume.restore",
+        Arc::new(RestoreCommand(storage)),
+    );
+}
+
+/// `zos.storage.volume.snapshots {contract_id, name}` over RMB.
+struct SnapshotsCommand(Arc<Storage>);
+
+#[async_trait::async_trait]
+impl zos_node::ApiCommand for SnapshotsCommand {
+    async fn call(&self, source_twin: u32, payload: Value) -> Result<Value, String> {
+        let req: VolumeSnapshotRequest =
+            serde_json::from_value(payload).map_err(|e| format!("invalid request: {e}"))?;
+        let list = api_volume_snapshots(&self.0, source_twin, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(list).map_err(|e| e.to_string())
+    }
+}
+
+/// `zos.storage.volume.restore {contract_id, name, snapshot}` over RMB.
+struct RestoreCommand(Arc<Storage>);
+
+#[async_trait::async_trait]
+impl zos_node::ApiCommand for RestoreCommand {
+    async fn call(&self, source_twin: u32, payload: Value) -> Result<Value, String> {
+        let req: VolumeSnapshotRequest =
+            serde_json::from_value(payload).map_err(|e| format!("invalid request: {e}"))?;
+        let reply = api_volume_restore(&self.0, source_twin, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(reply).map_err(|e| e.to_string())
+    }
 }
 
 fn data<T: serde::de::DeserializeOwned>(wl: &Workload) -> Result<T, PrimitiveError> {

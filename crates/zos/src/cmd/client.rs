@@ -266,6 +266,9 @@ pub enum ClientCommands {
         #[command(flatten)]
         args: ClientArgs,
     },
+    /// Volume snapshots: `volume snapshots CONTRACT NAME`, `volume restore CONTRACT NAME SNAPSHOT`.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Cancel a contract: its node removes the workloads.
     Cancel {
         /// Contract id.
@@ -273,6 +276,81 @@ pub enum ClientCommands {
         #[command(flatten)]
         args: ClientArgs,
     },
+}
+
+/// Volume snapshot commands (a snapshot is taken before every update of a volume).
+#[derive(clap::Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// List a volume's snapshots, oldest first.
+    Snapshots {
+        /// Contract id of the deployment.
+        contract: u64,
+        /// Volume workload name.
+        name: String,
+        #[command(flatten)]
+        args: ClientArgs,
+    },
+    /// Restore a volume to a snapshot (the current state is saved as a snapshot first).
+    Restore {
+        /// Contract id of the deployment.
+        contract: u64,
+        /// Volume workload name.
+        name: String,
+        /// Snapshot name, from `zos volume snapshots`.
+        snapshot: String,
+        #[command(flatten)]
+        args: ClientArgs,
+    },
+}
+
+fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let (args, v) = match &cmd {
+            VolumeCmd::Snapshots {
+                contract,
+                name,
+                args,
+            } => (
+                args,
+                args.connect()
+                    .await?
+                    .volume_snapshots(*contract, name)
+                    .await?,
+            ),
+            VolumeCmd::Restore {
+                contract,
+                name,
+                snapshot,
+                args,
+            } => (
+                args,
+                args.connect()
+                    .await?
+                    .volume_restore(*contract, name, snapshot)
+                    .await?,
+            ),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if let Some(list) = v.as_array() {
+            if list.is_empty() {
+                println!("no snapshots yet (one is taken before every update)");
+            }
+            for s in list {
+                println!(
+                    "{}  created {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["created"]
+                );
+            }
+        } else {
+            println!(
+                "restored; the previous state is kept as snapshot {}",
+                v["saved_as"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Runs a client command.
@@ -285,5 +363,6 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
         ClientCommands::Deployments { args } => deployments(&args),
         ClientCommands::Status { contract, args } => status(&args, contract),
         ClientCommands::Cancel { contract, args } => cancel(&args, contract),
+        ClientCommands::Volume(v) => volume(v),
     }
 }
