@@ -98,6 +98,12 @@ pub async fn run_node(
             .iter()
             .map(|p| p.mountpoint.clone())
             .collect();
+        // The node's own state lives on the first SSD pool's `cache` subvolume, as upstream's
+        // /var/cache does; --data keeps only the pool runtime directory.
+        if let Some(cache) = manager.cache_dir() {
+            adopt_state(&a.data, &cache)?;
+            cfg.data_dir = cache;
+        }
         let key = zos_node::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
         let s = Arc::new(zos_storage::Storage::new(
             manager,
@@ -115,4 +121,24 @@ pub async fn run_node(
         s.shutdown().await;
     }
     result.context("node")
+}
+
+/// Moves node state files (seed, engine store) left in `old` by a node that ran before it had
+/// pools into `cache`, once: files already in `cache` win.
+fn adopt_state(old: &std::path::Path, cache: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(old) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let target = cache.join(entry.file_name());
+        if entry.file_type()?.is_file() && !target.exists() {
+            std::fs::copy(entry.path(), &target).with_context(|| {
+                format!("moving {} to {}", entry.path().display(), target.display())
+            })?;
+            std::fs::remove_file(entry.path())?;
+            tracing::info!(file = %target.display(), "node state moved to the cache subvolume");
+        }
+    }
+    Ok(())
 }
