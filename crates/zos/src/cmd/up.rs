@@ -180,6 +180,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let node_pools = !node_args.pools.is_empty();
     let mut node_task = tokio::spawn(super::node::run_node(node_args, stop_signal(&stop_rx)));
 
     let node_id = tokio::select! {
@@ -204,10 +205,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             data.join("ledger").display()
         );
         println!("  relay    {relay_url}");
-        println!(
-            "  node     {node_id} in farm {farm}   (data {})",
-            data.join("node").display()
-        );
+        let state = if node_pools {
+            "state on the SSD pool's cache subvolume".to_string()
+        } else {
+            format!("state in {}", data.join("node").display())
+        };
+        println!("  node     {node_id} in farm {farm}   ({state})");
         println!("  {pools_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
         println!("  config   {}", config_path.display());
