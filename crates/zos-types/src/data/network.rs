@@ -84,6 +84,21 @@ impl Mycelium {
     }
 }
 
+/// The WireGuard part both network types hash the same way: range, subnet, key, port, peers.
+fn wireguard_challenge(
+    c: &mut Challenge,
+    ip_range: &IpNet,
+    subnet: &IpNet,
+    private_key: &str,
+    port: u16,
+    peers: &[Peer],
+) {
+    c.d(ip_range).d(subnet).s(private_key).d(port);
+    for p in peers {
+        p.challenge(c);
+    }
+}
+
 /// A private network resource on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -105,13 +120,14 @@ pub struct Network {
 
 impl Network {
     pub(crate) fn challenge(&self, c: &mut Challenge) {
-        c.d(self.ip_range)
-            .d(self.subnet)
-            .s(&self.wireguard_private_key)
-            .d(self.wireguard_listen_port);
-        for p in &self.peers {
-            p.challenge(c);
-        }
+        wireguard_challenge(
+            c,
+            &self.ip_range,
+            &self.subnet,
+            &self.wireguard_private_key,
+            self.wireguard_listen_port,
+            &self.peers,
+        );
         if let Some(m) = &self.mycelium {
             m.challenge(c);
         }
@@ -159,13 +175,14 @@ pub struct NetworkLight {
 
 impl NetworkLight {
     pub(crate) fn challenge(&self, c: &mut Challenge) {
-        c.d(self.ip_range)
-            .d(self.subnet)
-            .s(&self.wireguard_private_key)
-            .d(self.wireguard_listen_port);
-        for p in &self.peers {
-            p.challenge(c);
-        }
+        wireguard_challenge(
+            c,
+            &self.ip_range,
+            &self.subnet,
+            &self.wireguard_private_key,
+            self.wireguard_listen_port,
+            &self.peers,
+        );
         self.mycelium.challenge(c);
     }
 
