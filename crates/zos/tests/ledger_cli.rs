@@ -3,26 +3,11 @@
 //! `zos ledger verify` after a clean stop (SIGTERM).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+use common::{Proc as Server, TempDir};
+
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Output, Stdio};
 
 fn zos(url: &str, seed: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zos"))

@@ -3,45 +3,16 @@
 //! height its receipt named; after the last kill, `zos ledger verify` must pass.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+use common::{Proc as Server, TempDir};
+
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use zos_ledger::{Call, ClientError, LedgerClient, Receipt};
 use zos_types::crypto::{KeyPair, KeyType};
-
-/// A temporary data directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p =
-            std::env::temp_dir().join(format!("zos-ledger-crash-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `zos ledger serve`; SIGKILLed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start(data: &Path) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))

@@ -3,24 +3,17 @@
 //! twins up on that ledger.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+use common::{Proc, TempDir};
+
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use zos_rmb::{CachedDirectory, LedgerDirectory, Peer, PeerConfig, Router};
 use zos_types::crypto::{KeyPair, KeyType};
-
-/// A child process killed on drop (also when the test fails).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn zos(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zos"))
@@ -52,27 +45,6 @@ fn spawn_until(args: &[&str], prefix: &str) -> (Proc, String) {
     };
     std::thread::spawn(move || for _ in lines {});
     (child, found)
-}
-
-/// A temporary directory removed on drop (also when the test fails).
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!("zos-rmb-cli-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn seed_hex(n: u8) -> String {
