@@ -498,28 +498,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::chain::fake::FakeChain;
-    use crate::engine::{EngineConfig, HostCapacity};
-    use crate::metrics::Metrics;
-    use crate::primitives::{NodeSecret, PrimitiveRegistry};
     use proptest::prelude::*;
 
     fn api(dir: &tempfile::TempDir) -> Api {
-        let store = crate::store::Store::open(&dir.path().join("e.redb")).unwrap();
-        let engine = Engine::new(
-            store,
-            Arc::new(FakeChain::default()),
-            PrimitiveRegistry::new(),
-            NodeSecret::new([1; 32]),
-            EngineConfig {
-                host: HostCapacity {
-                    memory: 8 << 30,
-                    cores: 2,
-                },
-            },
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let engine = crate::engine::test_engine(&dir.path().join("e.redb"));
         let state = NodeState {
             farm_id: 1,
             admin_twins: vec![9],

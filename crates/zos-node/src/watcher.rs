@@ -186,10 +186,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::chain::fake::FakeChain;
-    use crate::engine::{EngineConfig, HostCapacity};
-    use crate::metrics::Metrics;
-    use crate::primitives::{NodeSecret, PrimitiveRegistry};
     use zos_ledger::IpConfig;
 
     fn rec(event: Event) -> EventRecord {
@@ -203,21 +199,7 @@ mod tests {
     #[test]
     fn events_for_this_node_become_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("e.redb")).unwrap();
-        let engine = Engine::new(
-            store,
-            Arc::new(FakeChain::default()),
-            PrimitiveRegistry::new(),
-            NodeSecret::new([1; 32]),
-            EngineConfig {
-                host: HostCapacity {
-                    memory: 8 << 30,
-                    cores: 2,
-                },
-            },
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let engine = crate::engine::test_engine(&dir.path().join("e.redb"));
         engine.set_node_id(7);
         let state = NodeState {
             farm_id: 1,

@@ -116,6 +116,25 @@ pub struct Engine {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// An engine on a fake ledger with no primitives (8 GiB, 2 cores), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_engine(path: &std::path::Path) -> Engine {
+    Engine::new(
+        crate::store::Store::open(path).expect("test store"),
+        Arc::new(crate::chain::fake::FakeChain::default()),
+        crate::primitives::PrimitiveRegistry::new(),
+        crate::primitives::NodeSecret::new([1; 32]),
+        EngineConfig {
+            host: HostCapacity {
+                memory: 8 << 30,
+                cores: 2,
+            },
+        },
+        Arc::new(crate::metrics::Metrics::default()),
+    )
+    .expect("test engine")
+}
+
 impl Engine {
     /// How many handles to this engine exist; the store closes with the last one.
     pub fn handle_count(&self) -> usize {
