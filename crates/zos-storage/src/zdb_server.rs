@@ -75,7 +75,7 @@ impl ZdbLauncher for InProcessZdb {
             sync: true,
             datasize: zos_zdb::DEFAULT_DATASIZE,
             protect: true,
-            debug: false,
+            ..zos_zdb::ServerConfig::default()
         };
         let server = zos_zdb::Server::bind(cfg)
             .await

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::cache::{CacheStats, ValueCache};
 use crate::descriptor::Descriptor;
 use crate::namespace::Namespace;
 use crate::store::StoreError;
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub sync: bool,
     /// Data file rotation size in bytes.
     pub datasize: u64,
+    /// Read cache budget in bytes, shared by all namespaces (0: no cache).
+    pub cache_bytes: u64,
 }
 
 #[derive(Default)]
@@ -51,6 +54,7 @@ pub struct Engine {
     cfg: EngineConfig,
     namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
     syncer: Syncer,
+    cache: Arc<ValueCache>,
 }
 
 /// Namespace names that map safely to one directory.
@@ -94,6 +98,7 @@ impl Engine {
             }
         }
         let engine = Engine {
+            cache: Arc::new(ValueCache::new(cfg.cache_bytes)),
             cfg,
             namespaces: RwLock::new(BTreeMap::new()),
             syncer: Syncer::default(),
@@ -116,6 +121,7 @@ impl Engine {
             self.cfg.index_dir.join(name),
             self.cfg.datasize,
             desc,
+            self.cache.clone(),
         )
         .map_err(|source| ZdbError::Namespace {
             name: name.to_string(),
@@ -148,6 +154,11 @@ impl Engine {
     /// Settings.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Read cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// A namespace by name.

@@ -70,5 +70,12 @@ pub fn server_info(sh: &Shared) -> String {
     s += &format!("network_rx_bytes: {}\n", sh.net_in.load(Ordering::Relaxed));
     s += &format!("network_tx_bytes: {}\n", sh.net_out.load(Ordering::Relaxed));
     s += &format!("namespaces: {}\n", sh.engine.list().len());
+    let c = sh.engine.cache_stats();
+    s += "\n# cache\n";
+    s += &format!("cache_capacity_bytes: {}\n", c.capacity);
+    s += &format!("cache_used_bytes: {}\n", c.used);
+    s += &format!("cache_entries: {}\n", c.entries);
+    s += &format!("cache_hits: {}\n", c.hits);
+    s += &format!("cache_misses: {}\n", c.misses);
     s
 }

@@ -19,6 +19,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The byte-bounded read cache of recently written and read values.
+pub mod cache;
 /// Typed commands parsed from requests.
 pub mod command;
 /// Value encryption at rest (ChaCha20-Poly1305, HKDF-SHA256).
@@ -110,6 +112,8 @@ pub struct ServerConfig {
     pub protect: bool,
     /// Enables `STOP` (upstream: debug builds only).
     pub debug: bool,
+    /// `--cache-size`: bytes of recently written and read values kept in RAM (0: none).
+    pub cache_bytes: u64,
 }
 
 /// Upstream's default data file size: 256 MiB.
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             datasize: DEFAULT_DATASIZE,
             protect: false,
             debug: false,
+            cache_bytes: cache::DEFAULT_CACHE_BYTES,
         }
     }
 }

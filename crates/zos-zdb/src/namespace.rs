@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::Mode;
+use crate::cache::{ValueCache, next_generation};
 use crate::crypto::Cipher;
 use crate::descriptor::Descriptor;
 use crate::format::{
@@ -54,12 +55,15 @@ pub struct NsState {
     live_bytes: u64,
     next_id: u64,
     cipher: Option<Arc<Cipher>>,
+    cache: Arc<ValueCache>,
+    /// This namespace's part of the cache; renewed by `FLUSH` (see `cache`).
+    generation: u64,
 }
 
 /// Outcome of [`NsState::get_plan`].
 pub enum ValueRead {
-    /// Answered under the lock (missing key, or value still in the write buffer).
-    Done(Option<Vec<u8>>),
+    /// Answered under the lock (missing key, cached value, or value still in the write buffer).
+    Done(Option<Bytes>),
     /// A positioned read to do without the lock.
     Disk(DiskRead),
 }
@@ -73,11 +77,13 @@ pub struct DiskRead {
     len: usize,
     key: Vec<u8>,
     cipher: Option<Arc<Cipher>>,
+    cache: Arc<ValueCache>,
+    generation: u64,
 }
 
 impl DiskRead {
-    /// Reads, verifies the entry CRC (and the key), and decrypts.
-    pub fn run(self) -> Result<Vec<u8>, OpError> {
+    /// Reads, verifies the entry CRC (and the key), caches the stored value, and decrypts.
+    pub fn run(self) -> Result<Bytes, OpError> {
         use std::os::unix::fs::FileExt;
         let bad = || {
             OpError::Store(StoreError::BadLoc {
@@ -98,10 +104,14 @@ impl DiskRead {
         if !data_entry_valid(&entry) || entry[DATA_HDR_LEN..self.head] != self.key[..] {
             return Err(bad());
         }
-        entry.drain(..self.head);
+        let stored = Bytes::from(entry).slice(self.head..);
+        self.cache.insert(self.generation, self.at, stored.clone());
         match &self.cipher {
-            None => Ok(entry),
-            Some(c) => c.unseal(&self.key, &entry).ok_or_else(bad),
+            None => Ok(stored),
+            Some(c) => c
+                .unseal(&self.key, &stored)
+                .map(Bytes::from)
+                .ok_or_else(bad),
         }
     }
 }
@@ -139,6 +149,7 @@ impl Namespace {
         index_dir: PathBuf,
         datasize: u64,
         new_desc: Descriptor,
+        cache: Arc<ValueCache>,
     ) -> Result<Namespace, StoreError> {
         std::fs::create_dir_all(&index_dir).map_err(|source| StoreError::Io {
             op: "mkdir",
@@ -175,6 +186,8 @@ impl Namespace {
             live_bytes,
             next_id,
             cipher: None,
+            cache,
+            generation: next_generation(),
         };
         Ok(Namespace {
             name: name.to_string(),
@@ -285,12 +298,29 @@ impl NsState {
         Ok(())
     }
 
-    fn value_of(&mut self, key: &[u8], m: &Meta) -> Result<Vec<u8>, OpError> {
-        let enc = m.flags & FLAG_ENCRYPTED != 0;
-        let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
-        let payload = self
-            .store
-            .read_payload_at(m.idx.file, m.data_off, key.len(), stored)?;
+    /// The value of a live version, from the cache or the files (`fresh`: always the files,
+    /// for `CHECK`, which must see what is on disk).
+    fn value_of(&mut self, key: &[u8], m: &Meta, fresh: bool) -> Result<Bytes, OpError> {
+        let cached = if fresh {
+            None
+        } else {
+            self.cache.get(self.generation, m.idx)
+        };
+        let payload = match cached {
+            Some(p) => p,
+            None => {
+                let enc = m.flags & FLAG_ENCRYPTED != 0;
+                let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
+                let p = Bytes::from(self.store.read_payload_at(
+                    m.idx.file,
+                    m.data_off,
+                    key.len(),
+                    stored,
+                )?);
+                self.cache.insert(self.generation, m.idx, p.clone());
+                p
+            }
+        };
         self.open_payload(key, m.flags, payload, m.idx)
     }
 
@@ -298,9 +328,9 @@ impl NsState {
         &self,
         key: &[u8],
         flags: u8,
-        payload: Vec<u8>,
+        payload: Bytes,
         at: Loc,
-    ) -> Result<Vec<u8>, OpError> {
+    ) -> Result<Bytes, OpError> {
         if flags & FLAG_ENCRYPTED == 0 {
             return Ok(payload);
         }
@@ -309,6 +339,7 @@ impl NsState {
             .as_ref()
             .ok_or(client("Namespace is sealed, give its encryption key"))?;
         c.unseal(key, &payload)
+            .map(Bytes::from)
             .ok_or(OpError::Store(StoreError::BadLoc {
                 file: at.file,
                 off: at.off,
@@ -333,11 +364,16 @@ impl NsState {
             (true, Some(c)) => Some(c.clone()),
             (true, None) => return Err(client("Namespace is sealed, give its encryption key")),
         };
+        if let Some(stored) = self.cache.get(self.generation, m.idx) {
+            return self
+                .open_payload(key, m.flags, stored, m.idx)
+                .map(|v| ValueRead::Done(Some(v)));
+        }
         match self
             .store
             .data_file_for(m.idx.file, m.data_off, head + stored)?
         {
-            None => Ok(ValueRead::Done(Some(self.value_of(key, &m)?))),
+            None => Ok(ValueRead::Done(Some(self.value_of(key, &m, false)?))),
             Some(file) => Ok(ValueRead::Disk(DiskRead {
                 file,
                 at: m.idx,
@@ -346,17 +382,19 @@ impl NsState {
                 len: head + stored,
                 key: key.to_vec(),
                 cipher,
+                cache: self.cache.clone(),
+                generation: self.generation,
             })),
         }
     }
 
     /// `GET`: the value, `None` if missing or deleted.
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>, OpError> {
         if key.len() > MAX_KEY {
             return Ok(None);
         }
         match self.index.get(key) {
-            Some(m) => self.value_of(key, &m).map(Some),
+            Some(m) => self.value_of(key, &m, false).map(Some),
             None => Ok(None),
         }
     }
@@ -389,7 +427,7 @@ impl NsState {
             // Upstream compares CRCs only; comparing bytes too never drops a real change.
             if m.length as usize == value.len()
                 && m.value_crc == value_crc
-                && self.value_of(key, &m)? == value
+                && self.value_of(key, &m, false)? == value
             {
                 return Ok(None);
             }
@@ -418,6 +456,8 @@ impl NsState {
         };
         let ts = timestamp.unwrap_or_else(now);
         let parent = existing.map_or(Loc::NONE, |m| m.idx);
+        // Cached before the append borrows `self.store`; dropped below if the append fails.
+        let stored = Bytes::copy_from_slice(payload);
         let a = self.store.append(
             &key,
             flags,
@@ -436,6 +476,11 @@ impl NsState {
             flags,
         };
         self.index.put(&key, Some(meta));
+        // The newest version is the likeliest to be read next; the old one is unreachable.
+        self.cache.insert(self.generation, a.idx, stored);
+        if let Some(m) = existing {
+            self.cache.remove(self.generation, m.idx);
+        }
         self.live_bytes = self.live_bytes - old_len + value.len() as u64;
         if seq && existing.is_none() {
             self.next_id += 1;
@@ -453,6 +498,7 @@ impl NsState {
         self.store
             .append(key, FLAG_DELETED, &[], 0, now(), 0, m.idx)?;
         self.index.put(key, None);
+        self.cache.remove(self.generation, m.idx);
         self.live_bytes -= u64::from(m.length);
         Ok(())
     }
@@ -473,7 +519,7 @@ impl NsState {
         else {
             return Ok(None);
         };
-        Ok(Some(match self.value_of(key, &m) {
+        Ok(Some(match self.value_of(key, &m, true) {
             Ok(v) => crc32fast::hash(&v) == m.value_crc,
             Err(OpError::Store(e)) => {
                 tracing::warn!(error = %e, "CHECK found a damaged entry");
@@ -557,7 +603,7 @@ impl NsState {
         &mut self,
         key: &[u8],
         cursor: Option<&[u8]>,
-    ) -> Result<(Loc, u32, Vec<u8>), OpError> {
+    ) -> Result<(Loc, u32, Bytes), OpError> {
         let loc = match cursor {
             None => self.meta(key).ok_or(client("Key not found"))?.2,
             Some(c) => {
@@ -575,13 +621,15 @@ impl NsState {
         if e.key != key {
             return Err(client("Invalid arguments (invalid key)"));
         }
-        let payload = self.store.read_payload(loc.file, &e)?;
+        let payload = Bytes::from(self.store.read_payload(loc.file, &e)?);
         let value = self.open_payload(key, e.flags, payload, loc)?;
         Ok((e.parent, e.timestamp, value))
     }
 
     /// `FLUSH`: removes every entry and file.
     pub fn wipe(&mut self) -> Result<(), OpError> {
+        // Locations restart at the beginning: no entry cached before may answer for them.
+        self.generation = next_generation();
         self.store.wipe()?;
         self.index = KeyIndex::new(self.desc.mode);
         self.live_bytes = 0;

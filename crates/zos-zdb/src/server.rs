@@ -55,6 +55,7 @@ impl Server {
             mode: cfg.mode,
             sync: cfg.sync,
             datasize: cfg.datasize,
+            cache_bytes: cfg.cache_bytes,
         };
         let engine = tokio::task::spawn_blocking(move || Engine::open(ecfg))
             .await
@@ -259,7 +260,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     shared.note_read(took);
                     match r {
-                        Ok(v) => Reply::Bulk(v.into()),
+                        Ok(v) => Reply::Bulk(v),
                         Err(e) => op_reply(e),
                     }
                     .encode(&mut out);

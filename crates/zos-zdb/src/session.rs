@@ -187,7 +187,7 @@ impl Session {
                     }
                 };
                 match plan {
-                    Ok(ValueRead::Done(v)) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.into())),
+                    Ok(ValueRead::Done(v)) => v.map_or(Reply::Nil, Reply::Bulk),
                     Ok(ValueRead::Disk(read)) => {
                         self.ns.notify(name);
                         return Outcome::Read(read);
@@ -261,11 +261,11 @@ impl Session {
                 let mut total = 0usize;
                 for k in keys {
                     let v = st.get(&k).map_err(op_reply)?;
-                    total += v.as_ref().map_or(0, Vec::len);
+                    total += v.as_ref().map_or(0, Bytes::len);
                     if total > MGET_REPLY_MAX {
                         return Err(err("Reply too large (MGET is limited to 32 MiB)"));
                     }
-                    out.push(v.map_or(Reply::Nil, |v| Reply::Bulk(v.into())));
+                    out.push(v.map_or(Reply::Nil, Reply::Bulk));
                 }
                 Reply::Array(out)
             }
@@ -332,7 +332,7 @@ impl Session {
                         Reply::Nil
                     },
                     text_reply(ts.to_string()),
-                    Reply::Bulk(value.into()),
+                    Reply::Bulk(value),
                 ])
             }
             Command::DbSize => Reply::Int(ns.lock().entries() as i64),

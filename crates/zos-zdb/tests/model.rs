@@ -21,6 +21,7 @@ enum Op {
     Restart,
     Crash,
     Select(bool),
+    Flush,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Restart),
         1 => Just(Op::Crash),
         1 => any::<bool>().prop_map(Op::Select),
+        1 => Just(Op::Flush),
     ]
 }
 
@@ -101,16 +103,28 @@ fn connect(s: &TestServer, ns: bool) -> redis::Connection {
     c
 }
 
-fn run(ops: Vec<Op>, sync: bool) {
+/// Read cache budgets: none, one that evicts all the time (values reach 3000 B), the default.
+fn cache_budget() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(8 << 10),
+        Just(zos_zdb::cache::DEFAULT_CACHE_BYTES)
+    ]
+}
+
+fn run(ops: Vec<Op>, sync: bool, cache_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.datasize = 64 * 1024; // frequent rotation
     cfg.sync = sync;
+    cfg.cache_bytes = cache_bytes;
     let mut server = TestServer::start(cfg);
     {
         let mut a = server.admin();
         assert_eq!(q(&mut a, &["NSNEW", "other"]), ok());
         assert_eq!(q(&mut a, &["NSSET", "other", "password", "pw"]), ok());
+        // Private, so that FLUSH is allowed there (and denied on the public default).
+        assert_eq!(q(&mut a, &["NSSET", "other", "public", "0"]), ok());
         assert_eq!(
             q(
                 &mut a,
@@ -186,6 +200,14 @@ fn run(ops: Vec<Op>, sync: bool) {
                 cur = ns;
                 c = connect(&server, cur);
             }
+            Op::Flush => {
+                if cur {
+                    *m = Model::default();
+                    assert_eq!(q(&mut c, &["FLUSH"]), ok());
+                } else {
+                    assert_eq!(q(&mut c, &["FLUSH"]), e("Flushing public namespace denied"));
+                }
+            }
         }
         let m = &models[usize::from(cur)];
         assert_eq!(q(&mut c, &["DBSIZE"]), int(m.values.len() as i64));
@@ -204,12 +226,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, false);
+    fn matches_model(ops in proptest::collection::vec(op(), 1..80), cache in cache_budget()) {
+        run(ops, false, cache);
     }
 
     #[test]
-    fn matches_model_with_sync(ops in proptest::collection::vec(op(), 1..40)) {
-        run(ops, true);
+    fn matches_model_with_sync(ops in proptest::collection::vec(op(), 1..40), cache in cache_budget()) {
+        run(ops, true, cache);
     }
 }

@@ -156,6 +156,37 @@ fn bit_rot_is_detected_not_returned() {
     assert_eq!(q(&mut c, &["GET", "k1"]), bulk(value(1).as_bytes()));
 }
 
+/// The read cache answers GET, but CHECK always reads the disk: rot under a cached value is
+/// still reported.
+#[test]
+fn check_reads_the_disk_even_when_the_value_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(dir.path()));
+    let mut c = s.con();
+    q(&mut c, &["SET", "k0", &value(0)]).unwrap();
+    assert_eq!(q(&mut c, &["GET", "k0"]), bulk(value(0).as_bytes()));
+    let info = info_field(&mut c, "cache_hits");
+    assert!(info >= 1, "the GET after SET is a cache hit");
+    let d = dir.path().join("data/default/d0");
+    let mut b = fs::read(&d).unwrap();
+    b[24 + 20 + 2 + 3] ^= 0x55;
+    fs::write(&d, &b).unwrap();
+    assert_eq!(q(&mut c, &["GET", "k0"]), bulk(value(0).as_bytes()));
+    assert_eq!(q(&mut c, &["CHECK", "k0"]), int(0));
+}
+
+fn info_field(c: &mut redis::Connection, name: &str) -> u64 {
+    let Ok(Value::BulkString(text)) = q(c, &["INFO"]) else {
+        panic!("INFO")
+    };
+    let text = String::from_utf8(text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("{name} in INFO:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn missing_data_file_is_an_error_not_an_empty_namespace() {
     let (dir, d, _) = populated();
@@ -166,6 +197,7 @@ fn missing_data_file_is_an_error_not_an_empty_namespace() {
         mode: None,
         sync: false,
         datasize: zos_zdb::DEFAULT_DATASIZE,
+        cache_bytes: 0,
     })
     .err()
     .expect("opening must fail");

@@ -49,9 +49,19 @@ pub struct ServeArgs {
     /// Enable the STOP command (upstream enables it in debug builds).
     #[arg(long)]
     debug: bool,
+    /// Read cache: bytes of recently written and read values kept in RAM, shared by all
+    /// namespaces (suffixes K, M, G; 0 turns it off).
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    cache_size: u64,
     /// Worker threads (default: one per CPU). Redis uses one event-loop thread.
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// `4096`, `64K`, `256M`, `1GiB` (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    zos_storage::pool::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 4096, 64K, 256M, 1G)"))
 }
 
 /// Runs a zdb subcommand.
@@ -90,6 +100,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         datasize: a.datasize,
         protect: a.protect,
         debug: a.debug,
+        cache_bytes: a.cache_size,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {
