@@ -62,6 +62,7 @@ async fn main() {
             size: 2048 * MIB,
             kind: PoolKind::Ssd,
         }],
+        dir_pools: Vec::new(),
         discover_disks: false,
     };
     let mgr = Storage::start_pools(&cfg).await.unwrap();

@@ -13,18 +13,28 @@
 //! Allocation compares *reservations* (quotas, virtual disk sizes, namespace sizes) with pool
 //! sizes: a pool is never promised more than it holds.
 //!
+//! **Without root** a pool can be a plain directory with a declared size
+//! (`dir:PATH:SIZE:ssd|hdd`, [`dirpool`]): the same layout as plain directories, so zmount
+//! disks, ZeroDB namespaces and the node's `cache` work as on btrfs, but volumes are directories
+//! whose size is reserved and *not enforced*, and have no snapshots (those calls fail with
+//! [`VolumeError::NoSnapshots`], which says to run as root). One [`Pool`] type covers both;
+//! [`PoolBackend`] says which it is.
+//!
 //! **Limits.** Tools are run as processes (`losetup`, `mkfs.btrfs`, `mount`, `btrfs`,
-//! `qemu-img`, `chattr`, `blkid`), so this needs root and btrfs-progs and qemu-utils.
+//! `qemu-img`, `chattr`, `blkid`), so btrfs pools need root and btrfs-progs; zmount disks need
+//! qemu-utils (which works without root).
 //!
 //! **Read first:** [`pool`], then [`storage::Storage`], then the workload modules. `docs/storage.md`
-//! has the user-facing side (snapshot commands, formats).
+//! has the user-facing side (snapshot commands, formats, directory pools).
 #![forbid(unsafe_code)]
 
 /// Typed wrappers over `mkfs.btrfs`, `mount`, `btrfs` and `blkid`.
 pub mod btrfs;
+/// Directory pools (no root): spec, marker, free space, usage, volume sizes.
+pub mod dirpool;
 /// Running system tools with errors that carry command, status and stderr.
 pub mod exec;
-/// Pools: discovery, loop files, format, mount, quota, shutdown.
+/// Pools: discovery, loop files, directories, format, mount, quota, shutdown.
 pub mod pool;
 /// The node primitives (`volume`, `zmount`, `zdb`), pool reporter and snapshot API.
 pub mod primitives;
@@ -39,7 +49,11 @@ pub mod zdb_server;
 /// `zmount` workloads: encrypted sparse VM disks.
 pub mod zmount;
 
-pub use pool::{LoopPoolSpec, Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
+pub use dirpool::DirPoolSpec;
+pub use pool::{
+    LoopPoolSpec, Pool, PoolBackend, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager,
+    PoolSpec,
+};
 pub use primitives::register;
 pub use storage::{AllocError, PoolCapacity, Storage, StorageConfig};
 pub use volume::{SnapshotInfo, VolumeError, VolumeInfo};

@@ -1,6 +1,7 @@
 //! Pools: one btrfs filesystem per disk (or per loop file in development), mounted under the
-//! node's runtime directory, quota enabled. The [`PoolManager`] finds, formats, mounts and at
-//! shutdown releases them.
+//! node's runtime directory, quota enabled; or, where btrfs cannot be had (no root), a plain
+//! directory with a declared size ([`crate::dirpool`]). The [`PoolManager`] finds, formats,
+//! mounts and at shutdown releases them.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -8,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::btrfs::{self, BtrfsError};
+use crate::dirpool::{self, DirError, DirPoolSpec};
 use crate::exec::{self, CmdError};
 
 /// Name of the subvolume holding the node's own state on the first SSD pool.
@@ -40,7 +42,7 @@ impl FromStr for PoolKind {
 /// Errors of pool discovery, setup and teardown.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// A `FILE:SIZE:ssd|hdd` specification did not parse.
+    /// A `FILE:SIZE:ssd|hdd` or `dir:PATH:SIZE:ssd|hdd` specification did not parse.
     #[error("bad pool spec {spec:?}: {reason}")]
     BadSpec {
         /// The specification as given.
@@ -57,6 +59,27 @@ pub enum PoolError {
         device: String,
         /// The filesystem found.
         fs: String,
+    },
+    /// A directory pool's directory holds files but no pool marker: it is left untouched.
+    #[error(
+        "directory {path} of pool {pool} is not empty and not a zos pool (no {marker}), refusing to use it"
+    )]
+    ForeignDirectory {
+        /// Pool name.
+        pool: String,
+        /// The directory.
+        path: PathBuf,
+        /// The marker file name that was missing.
+        marker: &'static str,
+    },
+    /// A directory pool operation failed.
+    #[error("pool {pool}: {source}")]
+    Dir {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: DirError,
     },
     /// Two pools ended up with the same name.
     #[error("two pools are named {0:?}")]
@@ -112,33 +135,30 @@ pub struct LoopPoolSpec {
 impl FromStr for LoopPoolSpec {
     type Err = PoolError;
     fn from_str(spec: &str) -> Result<Self, PoolError> {
-        let bad = |reason| PoolError::BadSpec {
-            spec: spec.into(),
-            reason,
-        };
-        // Split from the right so that the file path may contain ':'.
-        let mut parts = spec.rsplitn(3, ':');
-        let kind = parts
-            .next()
-            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
-        let size = parts
-            .next()
-            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
-        let file = parts
-            .next()
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| bad("expected FILE:SIZE:ssd|hdd"))?;
-        let kind = kind.parse().map_err(|_| bad("type must be ssd or hdd"))?;
-        let size = parse_size(size)
-            .ok_or_else(|| bad("size must be a number with an optional K/M/G/T suffix"))?;
-        if size == 0 {
-            return Err(bad("size must not be zero"));
+        let (file, size, kind) = dirpool::split_spec(spec, spec, "expected FILE:SIZE:ssd|hdd")?;
+        Ok(LoopPoolSpec { file, size, kind })
+    }
+}
+
+/// A pool as given on the command line (`zos node run --pool`): a loop file
+/// `FILE:SIZE:ssd|hdd`, or a directory `dir:PATH:SIZE:ssd|hdd` (write `./dir:…` for a loop
+/// file whose path starts with `dir:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolSpec {
+    /// A btrfs pool on a loop file (needs root).
+    Loop(LoopPoolSpec),
+    /// A plain directory (no root needed; no quotas, no snapshots).
+    Dir(DirPoolSpec),
+}
+
+impl FromStr for PoolSpec {
+    type Err = PoolError;
+    fn from_str(spec: &str) -> Result<Self, PoolError> {
+        if spec.starts_with(dirpool::DIR_PREFIX) {
+            spec.parse().map(PoolSpec::Dir)
+        } else {
+            spec.parse().map(PoolSpec::Loop)
         }
-        Ok(LoopPoolSpec {
-            file: PathBuf::from(file),
-            size,
-            kind,
-        })
     }
 }
 
@@ -159,27 +179,60 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-/// A mounted pool.
+/// A pool the node uses.
 #[derive(Debug, Clone)]
 pub struct Pool {
-    /// The pool name: the filesystem label.
+    /// The pool name: the filesystem label (btrfs), the directory's name (directory pool).
     pub name: String,
     /// SSD or HDD.
     pub kind: PoolKind,
-    /// The block device (`/dev/sdb`, `/dev/loop3`).
-    pub device: PathBuf,
-    /// Where the filesystem is mounted.
+    /// Where the pool's files are: the btrfs mount point, or the directory itself.
     pub mountpoint: PathBuf,
-    /// Size of the device in bytes.
+    /// Size in bytes: of the device (btrfs), or as declared (directory pool).
     pub size: u64,
-    /// Backing file when this is a loop pool.
-    pub loop_file: Option<PathBuf>,
+    /// What the pool is made of.
+    pub backend: PoolBackend,
+}
+
+/// What a pool is made of, and so what it can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolBackend {
+    /// A btrfs filesystem on a block device: volumes have quotas and snapshots.
+    Btrfs {
+        /// The block device (`/dev/sdb`, `/dev/loop3`).
+        device: PathBuf,
+        /// Backing file when this is a loop pool.
+        loop_file: Option<PathBuf>,
+    },
+    /// A plain directory: volumes are directories without quota or snapshots.
+    Directory,
 }
 
 impl Pool {
     /// `<mountpoint>/<rel>`.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mountpoint.join(rel)
+    }
+
+    /// Whether this is a directory pool (no quotas, no snapshots).
+    pub fn is_directory(&self) -> bool {
+        self.backend == PoolBackend::Directory
+    }
+
+    /// Create `<pool>/<rel>` as a subvolume (btrfs) or a directory (directory pool), unless it
+    /// exists.
+    pub(crate) async fn ensure_dir(&self, rel: &str) -> Result<PathBuf, BtrfsError> {
+        let path = self.path(rel);
+        if self.is_directory() {
+            std::fs::create_dir_all(&path).map_err(|source| BtrfsError::Io {
+                op: "create dir",
+                path: path.display().to_string(),
+                source,
+            })?;
+        } else {
+            btrfs::ensure_subvolume(&path).await?;
+        }
+        Ok(path)
     }
 }
 
@@ -204,6 +257,8 @@ pub struct PoolConfig {
     pub runtime_dir: PathBuf,
     /// Loop-file pools (development and tests).
     pub loop_pools: Vec<LoopPoolSpec>,
+    /// Directory pools (no root: fewer features), after the loop pools.
+    pub dir_pools: Vec<DirPoolSpec>,
     /// Also take every unused whole disk (formats blank disks!) and every btrfs disk labelled
     /// `zos-*`. Off by default: a development machine's disks are not ours.
     pub discover_disks: bool,
@@ -223,6 +278,16 @@ struct Candidate {
     device: PathBuf,
     size: u64,
     loop_file: Option<PathBuf>,
+}
+
+impl PoolConfig {
+    /// Add a pool given as `FILE:SIZE:ssd|hdd` or `dir:PATH:SIZE:ssd|hdd`.
+    pub fn add(&mut self, spec: PoolSpec) {
+        match spec {
+            PoolSpec::Loop(l) => self.loop_pools.push(l),
+            PoolSpec::Dir(d) => self.dir_pools.push(d),
+        }
+    }
 }
 
 impl PoolManager {
@@ -289,26 +354,25 @@ impl PoolManager {
                 });
             }
         }
-        for c in candidates {
-            let pool = setup_pool(c, &cfg.runtime_dir).await;
-            match pool {
-                Ok(p) => {
-                    if self.pools.iter().any(|q| q.name == p.name) {
-                        let name = p.name.clone();
-                        self.pools.push(p);
-                        return Err(PoolError::DuplicateName(name));
-                    }
-                    self.pools.push(p)
-                }
-                Err((partial, e)) => {
-                    self.pools.push(partial);
-                    return Err(e);
-                }
-            }
+        let mut loop_candidates = candidates.into_iter();
+        // Loop pools come first, then directory pools, then discovered disks.
+        let loops: Vec<_> = loop_candidates
+            .by_ref()
+            .take(cfg.loop_pools.len())
+            .collect();
+        for c in loops {
+            self.add_btrfs(c, &cfg.runtime_dir).await?;
+        }
+        for spec in &cfg.dir_pools {
+            let p = dirpool::setup(spec).await?;
+            self.push_unique(p)?;
+        }
+        for c in loop_candidates {
+            self.add_btrfs(c, &cfg.runtime_dir).await?;
         }
         if let Some(first) = self.first_ssd() {
-            let cache = first.path(CACHE_SUBVOLUME);
-            btrfs::ensure_subvolume(&cache)
+            first
+                .ensure_dir(CACHE_SUBVOLUME)
                 .await
                 .map_err(|source| PoolError::Btrfs {
                     pool: first.name.clone(),
@@ -319,7 +383,28 @@ impl PoolManager {
         Ok(())
     }
 
-    /// All pools, in configuration order (loop pools first, then discovered disks).
+    async fn add_btrfs(&mut self, c: Candidate, runtime: &Path) -> Result<(), PoolError> {
+        match setup_pool(c, runtime).await {
+            Ok(p) => self.push_unique(p),
+            Err((partial, e)) => {
+                self.pools.push(partial);
+                Err(e)
+            }
+        }
+    }
+
+    fn push_unique(&mut self, p: Pool) -> Result<(), PoolError> {
+        let dup = self.pools.iter().any(|q| q.name == p.name);
+        let name = p.name.clone();
+        // Pushed either way, so that shutdown releases it.
+        self.pools.push(p);
+        if dup {
+            return Err(PoolError::DuplicateName(name));
+        }
+        Ok(())
+    }
+
+    /// All pools, in configuration order (loop pools, directory pools, discovered disks).
     pub fn pools(&self) -> &[Pool] {
         &self.pools
     }
@@ -348,13 +433,22 @@ impl PoolManager {
     pub async fn infos(&self) -> Result<Vec<PoolInfo>, PoolError> {
         let mut out = Vec::with_capacity(self.pools.len());
         for p in &self.pools {
-            let (size, used) =
+            let (size, used) = if p.is_directory() {
+                let used = dirpool::usage_blocking(&p.mountpoint)
+                    .await
+                    .map_err(|source| PoolError::Dir {
+                        pool: p.name.clone(),
+                        source,
+                    })?;
+                (p.size, used)
+            } else {
                 btrfs::usage(&p.mountpoint)
                     .await
                     .map_err(|source| PoolError::Btrfs {
                         pool: p.name.clone(),
                         source,
-                    })?;
+                    })?
+            };
             out.push(PoolInfo {
                 name: p.name.clone(),
                 kind: p.kind,
@@ -370,6 +464,10 @@ impl PoolManager {
     /// Call it after everything using the pools (ZeroDB servers, VMs) has stopped.
     pub async fn shutdown(&mut self) {
         for p in self.pools.drain(..).rev() {
+            // A directory pool was never mounted by us: whatever is mounted there is not ours.
+            if p.is_directory() {
+                continue;
+            }
             if !p.mountpoint.as_os_str().is_empty() && btrfs::is_mountpoint(&p.mountpoint) {
                 if let Err(e) = btrfs::umount(&p.mountpoint).await {
                     tracing::warn!(pool = %p.name, error = %e, "unmount failed");
@@ -426,10 +524,12 @@ async fn setup_pool(c: Candidate, runtime: &Path) -> Result<Pool, (Pool, PoolErr
     let mut pool = Pool {
         name: c.name.clone().unwrap_or_default(),
         kind: c.kind,
-        device: c.device.clone(),
         mountpoint: PathBuf::new(),
         size: c.size,
-        loop_file: c.loop_file.clone(),
+        backend: PoolBackend::Btrfs {
+            device: c.device.clone(),
+            loop_file: c.loop_file.clone(),
+        },
     };
     let bt = |pool: &Pool, source| PoolError::Btrfs {
         pool: pool.name.clone(),
@@ -500,7 +600,7 @@ async fn setup_pool(c: Candidate, runtime: &Path) -> Result<Pool, (Pool, PoolErr
 }
 
 /// Btrfs labels: at most 255 bytes; we also keep them to path-safe characters.
-fn sanitize_label(s: &str) -> String {
+pub(crate) fn sanitize_label(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {
@@ -626,6 +726,32 @@ mod tests {
     }
 
     #[test]
+    fn pool_specs_pick_the_backend() {
+        assert!(matches!(
+            "/x/ssd.img:1G:ssd".parse::<PoolSpec>().unwrap(),
+            PoolSpec::Loop(LoopPoolSpec {
+                size: 0x4000_0000,
+                ..
+            })
+        ));
+        match "dir:/x/hdd:2G:hdd".parse::<PoolSpec>().unwrap() {
+            PoolSpec::Dir(d) => {
+                assert_eq!(d.dir, PathBuf::from("/x/hdd"));
+                assert_eq!(d.kind, PoolKind::Hdd);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            "./dir:x:1G:ssd".parse::<PoolSpec>().unwrap(),
+            PoolSpec::Loop(_)
+        ));
+        let mut cfg = PoolConfig::default();
+        cfg.add("dir:/a:1G:ssd".parse().unwrap());
+        cfg.add("/b.img:1G:hdd".parse().unwrap());
+        assert_eq!((cfg.loop_pools.len(), cfg.dir_pools.len()), (1, 1));
+    }
+
+    #[test]
     fn lsblk_classifies_disks() {
         let json = r#"{"blockdevices":[
           {"name":"loop0","path":"/dev/loop0","size":1,"rota":true,"type":"loop","fstype":null,"label":null,"mountpoint":null,"ro":false},
@@ -650,6 +776,7 @@ mod tests {
         #[test]
         fn spec_and_lsblk_parsers_never_panic(s in ".*") {
             let _ = s.parse::<LoopPoolSpec>();
+            let _ = s.parse::<PoolSpec>();
             let _ = usable_disks(&s);
             let _ = parse_size(&s);
         }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::btrfs::{self, BtrfsError};
+use crate::dirpool::{self, DirError};
 use crate::pool::{Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
 use crate::zdb_server::ZdbSupervisor;
 
@@ -37,6 +38,15 @@ pub enum AllocError {
         #[source]
         source: BtrfsError,
     },
+    /// Reading a directory pool's free space failed.
+    #[error("pool {pool}: {source}")]
+    Dir {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: DirError,
+    },
 }
 
 /// Allocation view of one pool.
@@ -47,11 +57,11 @@ pub struct PoolCapacity {
     /// SSD or HDD.
     #[serde(rename = "type")]
     pub kind: PoolKind,
-    /// Device size in bytes.
+    /// Device size in bytes (directory pool: the declared size).
     pub size: u64,
     /// Bytes promised to workloads.
     pub reserved: u64,
-    /// `size - reserved`.
+    /// `size - reserved`; for a directory pool at most the filesystem's free space too.
     pub free: u64,
 }
 
@@ -127,7 +137,7 @@ impl Storage {
         &self.pools
     }
 
-    /// The node's state directory (`cache` subvolume of the first SSD pool).
+    /// The node's state directory (`cache` subvolume, or directory, of the first SSD pool).
     pub fn cache_dir(&self) -> Option<PathBuf> {
         self.pools
             .iter()
@@ -154,9 +164,15 @@ impl Storage {
             source,
         };
         let mut total = 0u64;
-        for q in btrfs::qgroups(&pool.mountpoint).await.map_err(bt)? {
-            if crate::volume::is_volume_name(&q.path) && btrfs::is_subvolume(&pool.path(&q.path)) {
-                total = total.saturating_add(q.max_referenced.unwrap_or(0));
+        if pool.is_directory() {
+            total = dirpool::volume_reservations(pool);
+        } else {
+            for q in btrfs::qgroups(&pool.mountpoint).await.map_err(bt)? {
+                if crate::volume::is_volume_name(&q.path)
+                    && btrfs::is_subvolume(&pool.path(&q.path))
+                {
+                    total = total.saturating_add(q.max_referenced.unwrap_or(0));
+                }
             }
         }
         total = total.saturating_add(crate::zmount::reserved_on(pool));
@@ -164,12 +180,33 @@ impl Storage {
         Ok(total)
     }
 
+    /// Bytes `pool` can still promise: size − reserved. A directory pool's size is only
+    /// declared, so it also gets no more than its filesystem has free right now.
+    pub async fn free(&self, pool: &Pool) -> Result<u64, AllocError> {
+        let reserved = self.reserved(pool).await?;
+        self.free_after(pool, reserved).await
+    }
+
+    async fn free_after(&self, pool: &Pool, reserved: u64) -> Result<u64, AllocError> {
+        let free = pool.size.saturating_sub(reserved);
+        if !pool.is_directory() {
+            return Ok(free);
+        }
+        let avail = dirpool::fs_available(&pool.mountpoint)
+            .await
+            .map_err(|source| AllocError::Dir {
+                pool: pool.name.clone(),
+                source,
+            })?;
+        Ok(free.min(avail))
+    }
+
     /// Pick the pool of `kind` with the most free (unreserved) bytes that can take `size`.
     /// Callers hold `self.lock` from here until the reservation exists on disk.
     pub(crate) async fn pick_pool(&self, kind: PoolKind, size: u64) -> Result<&Pool, AllocError> {
         let mut best: Option<(&Pool, u64)> = None;
         for p in self.pools.iter().filter(|p| p.kind == kind) {
-            let free = p.size.saturating_sub(self.reserved(p).await?);
+            let free = self.free(p).await?;
             if best.is_none_or(|(_, f)| free > f) {
                 best = Some((p, free));
             }
@@ -185,9 +222,17 @@ impl Storage {
         }
     }
 
-    /// Whether `pool` can grow a reservation by `extra` bytes.
-    pub(crate) async fn has_room(&self, pool: &Pool, extra: u64) -> Result<bool, AllocError> {
-        Ok(self.reserved(pool).await?.saturating_add(extra) <= pool.size)
+    /// Grow a reservation on `pool` by `extra` bytes, or say why not ([`AllocError::NoSpace`]).
+    pub(crate) async fn check_room(&self, pool: &Pool, extra: u64) -> Result<(), AllocError> {
+        let free = self.free(pool).await?;
+        if extra <= free {
+            return Ok(());
+        }
+        Err(AllocError::NoSpace {
+            kind: pool.kind,
+            requested: extra,
+            largest_free: free,
+        })
     }
 
     /// Size, reserved and free bytes of every pool, for statistics and the ledger
@@ -201,7 +246,7 @@ impl Storage {
                 kind: p.kind,
                 size: p.size,
                 reserved,
-                free: p.size.saturating_sub(reserved),
+                free: self.free_after(p, reserved).await?,
             });
         }
         Ok(out)

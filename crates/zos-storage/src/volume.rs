@@ -1,12 +1,17 @@
 //! `volume` workloads: a btrfs subvolume `<wlid>` on an SSD pool with a qgroup limit equal to
 //! its size. Grow-only; a read-only snapshot `.snapshots/<wlid>/<n>-<unix time>` is taken
 //! before every update and before every restore, so a restore can itself be undone.
+//!
+//! On a directory pool ([`crate::dirpool`]) a volume is a plain directory whose size is
+//! recorded and reserved but not enforced, and snapshot calls fail with
+//! [`VolumeError::NoSnapshots`].
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::btrfs::{self, BtrfsError};
+use crate::dirpool::{self, DirError};
 use crate::pool::{Pool, PoolKind};
 use crate::storage::{AllocError, Storage};
 
@@ -40,6 +45,27 @@ pub enum VolumeError {
         current: u64,
         /// Requested size.
         requested: u64,
+    },
+    /// The volume is on a directory pool, which has no snapshots.
+    #[error(
+        "volume {id}: snapshots are not available: pool {pool} is a plain directory, not btrfs \
+         (run `zos up` as root, or give `zos node run` a btrfs pool FILE:SIZE:ssd as root, for \
+         snapshots and quotas)"
+    )]
+    NoSnapshots {
+        /// Volume id.
+        id: String,
+        /// The directory pool holding it.
+        pool: String,
+    },
+    /// Recording a volume's size on a directory pool failed.
+    #[error("volume {id}: {source}")]
+    Dir {
+        /// Volume id.
+        id: String,
+        /// The failure.
+        #[source]
+        source: DirError,
     },
     /// No such snapshot.
     #[error("volume {id}: snapshot {snapshot:?} not found")]
@@ -98,7 +124,7 @@ pub struct VolumeInfo {
     pub pool: String,
     /// The subvolume path (what a VM mounts).
     pub path: PathBuf,
-    /// The quota in bytes.
+    /// The quota in bytes (on a directory pool: the reservation, not enforced).
     pub size: u64,
 }
 
@@ -147,10 +173,23 @@ impl Storage {
         }
     }
 
+    fn dir_err(id: &str) -> impl Fn(DirError) -> VolumeError + '_ {
+        move |source| VolumeError::Dir {
+            id: id.to_string(),
+            source,
+        }
+    }
+
     /// Find the pool holding volume `id`, repairing a restore interrupted by a crash.
     fn find_volume(&self, id: &str) -> Option<&Pool> {
         for p in self.pools.iter().filter(|p| p.kind == PoolKind::Ssd) {
             let path = p.path(id);
+            if p.is_directory() {
+                if path.is_dir() {
+                    return Some(p);
+                }
+                continue;
+            }
             let trash = p.path(&format!(".trash-{id}"));
             if !path.exists() && btrfs::is_subvolume(&trash) {
                 // Crash between the two renames of a restore: the old data is still complete.
@@ -165,6 +204,9 @@ impl Storage {
     }
 
     async fn volume_size(&self, pool: &Pool, id: &str) -> Result<u64, VolumeError> {
+        if pool.is_directory() {
+            return Ok(dirpool::volume_size(pool, id));
+        }
         let q = btrfs::qgroups(&pool.mountpoint)
             .await
             .map_err(Self::vol_err(id))?;
@@ -207,18 +249,29 @@ impl Storage {
                         id: id.into(),
                         source,
                     })?;
-                btrfs::subvolume_create(&pool.path(id))
-                    .await
-                    .map_err(Self::vol_err(id))?;
+                if pool.is_directory() {
+                    // Size first: a crash before the directory exists leaves a size that
+                    // reserves nothing (only sizes of existing directories count).
+                    dirpool::set_volume_size(pool, id, size).map_err(Self::dir_err(id))?;
+                    let path = pool.path(id);
+                    std::fs::create_dir(&path).map_err(|source| VolumeError::Io {
+                        id: id.into(),
+                        op: "create",
+                        path,
+                        source,
+                    })?;
+                } else {
+                    btrfs::subvolume_create(&pool.path(id))
+                        .await
+                        .map_err(Self::vol_err(id))?;
+                }
                 tracing::info!(id, pool = %pool.name, size, "volume created");
                 pool
             }
         };
         let current = self.volume_size(pool, id).await?;
         if current < size {
-            btrfs::qgroup_limit(&pool.path(id), size)
-                .await
-                .map_err(Self::vol_err(id))?;
+            set_limit(pool, id, size).await?;
         }
         Ok(VolumeInfo {
             id: id.into(),
@@ -245,32 +298,20 @@ impl Storage {
             });
         }
         let extra = size - current;
-        if extra > 0
-            && !self
-                .has_room(pool, extra)
+        if extra > 0 {
+            self.check_room(pool, extra)
                 .await
                 .map_err(|source| VolumeError::Alloc {
                     id: id.into(),
                     source,
-                })?
-        {
-            let largest_free = pool
-                .size
-                .saturating_sub(self.reserved(pool).await.unwrap_or(pool.size));
-            return Err(VolumeError::Alloc {
-                id: id.into(),
-                source: AllocError::NoSpace {
-                    kind: PoolKind::Ssd,
-                    requested: extra,
-                    largest_free,
-                },
-            });
+                })?;
         }
-        snapshot_locked(pool, id).await?;
+        // A directory pool has no snapshots: the update still happens, without one.
+        if !pool.is_directory() {
+            snapshot_locked(pool, id).await?;
+        }
         if extra > 0 {
-            btrfs::qgroup_limit(&pool.path(id), size)
-                .await
-                .map_err(Self::vol_err(id))?;
+            set_limit(pool, id, size).await?;
             tracing::info!(id, from = current, to = size, "volume grown");
         }
         Ok(VolumeInfo {
@@ -285,18 +326,28 @@ impl Storage {
     pub async fn volume_snapshot(&self, id: &str) -> Result<SnapshotInfo, VolumeError> {
         check_id(id)?;
         let _guard = self.lock.lock().await;
+        let pool = self.find_volume_with_snapshots(id)?;
+        snapshot_locked(pool, id).await
+    }
+
+    /// The pool of volume `id`, if it can have snapshots.
+    fn find_volume_with_snapshots(&self, id: &str) -> Result<&Pool, VolumeError> {
         let pool = self
             .find_volume(id)
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
-        snapshot_locked(pool, id).await
+        if pool.is_directory() {
+            return Err(VolumeError::NoSnapshots {
+                id: id.into(),
+                pool: pool.name.clone(),
+            });
+        }
+        Ok(pool)
     }
 
     /// The volume's snapshots, oldest first.
     pub async fn volume_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, VolumeError> {
         check_id(id)?;
-        let pool = self
-            .find_volume(id)
-            .ok_or_else(|| VolumeError::NotFound(id.into()))?;
+        let pool = self.find_volume_with_snapshots(id)?;
         list_snapshots(pool, id)
     }
 
@@ -307,9 +358,7 @@ impl Storage {
     pub async fn volume_restore(&self, id: &str, name: &str) -> Result<SnapshotInfo, VolumeError> {
         check_id(id)?;
         let _guard = self.lock.lock().await;
-        let pool = self
-            .find_volume(id)
-            .ok_or_else(|| VolumeError::NotFound(id.into()))?;
+        let pool = self.find_volume_with_snapshots(id)?;
         let not_found = || VolumeError::SnapshotNotFound {
             id: id.into(),
             snapshot: name.into(),
@@ -364,6 +413,20 @@ impl Storage {
         check_id(id)?;
         let _guard = self.lock.lock().await;
         for pool in self.pools.iter().filter(|p| p.kind == PoolKind::Ssd) {
+            if pool.is_directory() {
+                let path = pool.path(id);
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).map_err(|source| VolumeError::Io {
+                        id: id.into(),
+                        op: "remove",
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                // After the directory: a crash in between leaves a size that reserves nothing.
+                dirpool::remove_volume_size(pool, id).map_err(Self::dir_err(id))?;
+                continue;
+            }
             for name in [
                 format!(".restore-{id}"),
                 format!(".trash-{id}"),
@@ -399,6 +462,22 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// Set the volume's size: the qgroup limit (btrfs) or the recorded reservation (directory).
+async fn set_limit(pool: &Pool, id: &str, size: u64) -> Result<(), VolumeError> {
+    if pool.is_directory() {
+        return dirpool::set_volume_size(pool, id, size).map_err(|source| VolumeError::Dir {
+            id: id.into(),
+            source,
+        });
+    }
+    btrfs::qgroup_limit(&pool.path(id), size)
+        .await
+        .map_err(|source| VolumeError::Btrfs {
+            id: id.into(),
+            source,
+        })
 }
 
 fn check_id(id: &str) -> Result<(), VolumeError> {

@@ -373,27 +373,12 @@ impl Storage {
                 .iter()
                 .find(|p| p.name == inst.pool)
                 .ok_or(ZdbError::NoServer)?;
-            let room = self
-                .has_room(pool, extra)
+            self.check_room(pool, extra)
                 .await
                 .map_err(|source| ZdbError::Alloc {
                     id: id.into(),
                     source,
                 })?;
-            if !room {
-                let largest_free = pool
-                    .size
-                    .saturating_sub(self.reserved(pool).await.unwrap_or(pool.size));
-                let source = AllocError::NoSpace {
-                    kind: pool.kind,
-                    requested: extra,
-                    largest_free,
-                };
-                return Err(ZdbError::Alloc {
-                    id: id.into(),
-                    source,
-                });
-            }
         }
         self.converge(id, &inst, &info, spec).await?;
         Ok(self.result_for(id, &inst))
@@ -431,14 +416,10 @@ impl Storage {
             let Some(pool) = self.pools.iter().find(|p| p.name == inst.pool) else {
                 continue;
             };
-            let reserved = self
-                .reserved(pool)
-                .await
-                .map_err(|source| ZdbError::Alloc {
-                    id: id.into(),
-                    source,
-                })?;
-            let free = pool.size.saturating_sub(reserved);
+            let free = self.free(pool).await.map_err(|source| ZdbError::Alloc {
+                id: id.into(),
+                source,
+            })?;
             if best.as_ref().is_none_or(|(_, f, _)| free > *f) {
                 best = Some((inst, free, pool.kind));
             }

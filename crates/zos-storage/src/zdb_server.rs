@@ -18,7 +18,6 @@ use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::btrfs;
 use crate::pool::{Pool, PoolKind};
 use crate::storage::Storage;
 use crate::zdb::{ZDB_DIR, ZdbError, namespaces};
@@ -222,8 +221,8 @@ impl Storage {
         pool: &Pool,
         launcher: Arc<dyn ZdbLauncher>,
     ) -> Result<Arc<Instance>, ZdbError> {
-        let root = pool.path(ZDB_DIR);
-        btrfs::ensure_subvolume(&root)
+        let root = pool
+            .ensure_dir(ZDB_DIR)
             .await
             .map_err(|source| ZdbError::Btrfs {
                 pool: pool.name.clone(),

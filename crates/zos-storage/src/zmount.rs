@@ -318,28 +318,12 @@ impl Storage {
         if size == info.size {
             return Ok(info);
         }
-        let extra = size - info.size;
-        if !self
-            .has_room(pool, extra)
+        self.check_room(pool, size - info.size)
             .await
             .map_err(|source| DiskError::Alloc {
                 id: id.into(),
                 source,
-            })?
-        {
-            let largest_free = pool
-                .size
-                .saturating_sub(self.reserved(pool).await.unwrap_or(pool.size));
-            let source = AllocError::NoSpace {
-                kind: PoolKind::Ssd,
-                requested: extra,
-                largest_free,
-            };
-            return Err(DiskError::Alloc {
-                id: id.into(),
-                source,
-            });
-        }
+            })?;
         if info.encrypted {
             let key = self.disk_key(id).passphrase();
             let [o, sec] = secret_args();
@@ -391,9 +375,19 @@ impl Storage {
     }
 }
 
-/// Create the NOCOW `vdisks` subvolume on first use.
+/// Create the NOCOW `vdisks` subvolume on first use (a plain directory on a directory pool:
+/// NOCOW is a btrfs attribute, and the host filesystem under it is not ours to tune).
 async fn ensure_vdisks(pool: &Pool, id: &str) -> Result<PathBuf, DiskError> {
     let dir = pool.path(VDISKS_DIR);
+    if pool.is_directory() {
+        std::fs::create_dir_all(&dir).map_err(|source| DiskError::Io {
+            id: id.into(),
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        return Ok(dir);
+    }
     if !btrfs::is_subvolume(&dir) {
         btrfs::subvolume_create(&dir)
             .await

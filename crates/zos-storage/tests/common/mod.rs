@@ -91,6 +91,7 @@ impl Env {
         PoolConfig {
             runtime_dir: self.runtime.clone(),
             loop_pools: self.specs.clone(),
+            dir_pools: Vec::new(),
             discover_disks: false,
         }
     }

@@ -33,8 +33,10 @@ pub struct RunArgs {
     /// Persistent state directory (seed, engine store).
     #[arg(long, env = "ZOS_DATA")]
     pub data: PathBuf,
-    /// Storage pool as a loop file `FILE:SIZE:ssd|hdd` (repeatable); enables the volume,
-    /// zmount and zdb primitives. Without pools the node runs no storage workloads.
+    /// Storage pool (repeatable): a btrfs loop file `FILE:SIZE:ssd|hdd` (root), or a plain
+    /// directory `dir:PATH:SIZE:ssd|hdd` (no root; volumes without quotas or snapshots).
+    /// Enables the volume, zmount and zdb primitives; without pools the node runs no storage
+    /// workloads.
     #[arg(long = "pool")]
     pub pools: Vec<String>,
     /// Loopback address of the Prometheus endpoint (`GET /metrics`).
@@ -76,19 +78,16 @@ pub async fn run_node(
     let mut registry = zos_node::PrimitiveRegistry::new();
     let mut storage = None;
     if !a.pools.is_empty() {
-        let loop_pools = a
-            .pools
-            .iter()
-            .map(|p| {
-                p.parse::<zos_storage::LoopPoolSpec>()
-                    .with_context(|| format!("--pool {p}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let pool_cfg = zos_storage::PoolConfig {
+        let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),
-            loop_pools,
-            discover_disks: false,
+            ..Default::default()
         };
+        for p in &a.pools {
+            let spec = p
+                .parse::<zos_storage::PoolSpec>()
+                .with_context(|| format!("--pool {p}"))?;
+            pool_cfg.add(spec);
+        }
         let manager = zos_storage::Storage::start_pools(&pool_cfg)
             .await
             .context("starting pools")?;
@@ -98,8 +97,8 @@ pub async fn run_node(
             .iter()
             .map(|p| p.mountpoint.clone())
             .collect();
-        // The node's own state lives on the first SSD pool's `cache` subvolume, as upstream's
-        // /var/cache does; --data keeps only the pool runtime directory.
+        // The node's own state lives on the first SSD pool's `cache` (subvolume or directory),
+        // as upstream's /var/cache does; --data keeps only the pool runtime directory.
         if let Some(cache) = manager.cache_dir() {
             adopt_state(&a.data, &cache)?;
             cfg.data_dir = cache;

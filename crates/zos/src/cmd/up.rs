@@ -2,6 +2,9 @@
 //! with the user's identity funded, a farm registered and the client configured, so the next
 //! command is `zos deploy`. Ctrl-C stops everything (pools unmounted, loop devices detached);
 //! running it again resumes the same grid with its deployments.
+//!
+//! Storage: btrfs pools on loop files under DATA/pools when run as root with loop devices and
+//! btrfs-progs; otherwise directory pools there (no volume quotas, no snapshots), said at start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,10 +37,10 @@ pub struct UpArgs {
     /// Node metrics port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 7800)]
     pub metrics_port: u16,
-    /// Size of the SSD pool file (sparse).
+    /// Size of the SSD pool (a sparse file, or a directory's declared size without root).
     #[arg(long, default_value = "10GiB")]
     pub ssd: String,
-    /// Size of the HDD pool file (sparse).
+    /// Size of the HDD pool (a sparse file, or a directory's declared size without root).
     #[arg(long, default_value = "20GiB")]
     pub hdd: String,
     /// Client config file to write (default: the XDG config directory's config.toml).
@@ -80,6 +83,47 @@ fn pool_support() -> Result<(), String> {
     Ok(())
 }
 
+/// What directory pools can and cannot do, and how to get the rest: said at start.
+const DIR_POOLS_WORK: &str = "zdb namespaces, zmount disks, volumes as plain directories";
+const DIR_POOLS_MISS: &str =
+    "volume quotas (a volume's size is reserved, not enforced) and volume snapshots/restore";
+const DIR_POOLS_FIX: &str =
+    "run `zos up` as root with loop devices and btrfs-progs (btrfs pools on loop files)";
+
+/// Which pools `zos up` gives its node.
+#[derive(Debug, PartialEq, Eq)]
+enum Storage {
+    /// btrfs on loop files `pools/{ssd,hdd}.img`.
+    Btrfs,
+    /// Directories `pools/{ssd,hdd}` with a declared size; the reason btrfs is not used.
+    Directories(String),
+}
+
+/// A grid keeps the kind of pools it was first started with: its node's identity and
+/// deployments live on them, so switching would start a new, empty node. `Err` when the
+/// grid's pools cannot be used here.
+fn choose_storage(pools: &Path) -> Result<Storage, String> {
+    let has_loops = pools.join("ssd.img").exists();
+    let has_dirs = pools
+        .join("ssd")
+        .join(zos_storage::dirpool::MARKER)
+        .is_file();
+    match (has_loops, has_dirs, pool_support()) {
+        (_, true, _) => Ok(Storage::Directories(
+            "this grid was started with them (remove its --data directory to start over with \
+             btrfs pools)"
+                .into(),
+        )),
+        (true, false, Err(why)) => Err(format!(
+            "this grid's node lives on btrfs loop-file pools ({}), which cannot be used: {why}; \
+             run `zos up` as root, or give another --data",
+            pools.join("ssd.img").display()
+        )),
+        (_, false, Ok(())) => Ok(Storage::Btrfs),
+        (false, false, Err(why)) => Ok(Storage::Directories(why)),
+    }
+}
+
 /// Runs `zos up` until Ctrl-C.
 pub fn run(a: UpArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -101,6 +145,14 @@ fn stop_signal(
 async fn up(a: UpArgs) -> anyhow::Result<()> {
     let data = a.data.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let pools = data.join("pools");
+    std::fs::create_dir_all(&pools).with_context(|| format!("creating {}", pools.display()))?;
+    let storage = choose_storage(&pools).map_err(anyhow::Error::msg)?;
+    if let Storage::Directories(why) = &storage {
+        eprintln!(
+            "zos up: no btrfs pools ({why}): using directory pools; MISSING: {DIR_POOLS_MISS}"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The ledger, in dev mode: instant blocks, a funded faucet.
@@ -144,7 +196,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     client_cfg.key = Some(key_path.clone());
     client_cfg.save(&config_path)?;
 
-    // The node, with loop-file pools when this host can run them.
+    // The node, with loop-file pools when this host can run them, directory pools otherwise.
     let pools_note;
     let mut node_args = super::node::RunArgs {
         ledger: ledger_url.clone(),
@@ -157,30 +209,44 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         admin_twins: vec![twin],
         sync_secs: 3600,
     };
-    match pool_support() {
-        Ok(()) => {
-            let pools = data.join("pools");
-            std::fs::create_dir_all(&pools)?;
+    let (ssd_dir, hdd_dir) = (pools.join("ssd"), pools.join("hdd"));
+    let cache_dir;
+    match storage {
+        Storage::Btrfs => {
+            cache_dir = "the SSD pool's cache subvolume".to_string();
             node_args.pools = vec![
                 format!("{}:{}:ssd", pools.join("ssd.img").display(), a.ssd),
                 format!("{}:{}:hdd", pools.join("hdd.img").display(), a.hdd),
             ];
             pools_note = format!(
-                "storage: btrfs pools on loop files {} ({}) and {} ({})",
+                "storage  btrfs pools on loop files {} ({}) and {} ({})",
                 pools.join("ssd.img").display(),
                 a.ssd,
                 pools.join("hdd.img").display(),
                 a.hdd
             );
         }
-        Err(why) => {
-            pools_note = format!(
-                "storage: NONE ({why}). The node runs, but volume, zmount and zdb workloads need \
-                 btrfs pools on loop devices: run `zos up` as root for them."
-            );
+        Storage::Directories(why) => {
+            cache_dir = ssd_dir.join("cache").display().to_string();
+            node_args.pools = vec![
+                format!("dir:{}:{}:ssd", ssd_dir.display(), a.ssd),
+                format!("dir:{}:{}:hdd", hdd_dir.display(), a.hdd),
+            ];
+            pools_note = [
+                format!(
+                    "storage  directory pools {} ({}, ssd) and {} ({}, hdd), because {why}",
+                    ssd_dir.display(),
+                    a.ssd,
+                    hdd_dir.display(),
+                    a.hdd
+                ),
+                format!("           works:   {DIR_POOLS_WORK}"),
+                format!("           MISSING: {DIR_POOLS_MISS}"),
+                format!("           for those, {DIR_POOLS_FIX}"),
+            ]
+            .join("\n");
         }
     }
-    let node_pools = !node_args.pools.is_empty();
     let mut node_task = tokio::spawn(super::node::run_node(node_args, stop_signal(&stop_rx)));
 
     let node_id = tokio::select! {
@@ -205,12 +271,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             data.join("ledger").display()
         );
         println!("  relay    {relay_url}");
-        let state = if node_pools {
-            "state on the SSD pool's cache subvolume".to_string()
-        } else {
-            format!("state in {}", data.join("node").display())
-        };
-        println!("  node     {node_id} in farm {farm}   ({state})");
+        println!("  node     {node_id} in farm {farm}   (state in {cache_dir})");
         println!("  {pools_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
         println!("  config   {}", config_path.display());
