@@ -32,6 +32,8 @@
 pub mod btrfs;
 /// Directory pools (no root): spec, marker, free space, usage, volume sizes.
 pub mod dirpool;
+/// Disk discovery: `lsblk` output to pool candidates.
+pub mod disks;
 /// Running system tools with errors that carry command, status and stderr.
 pub mod exec;
 /// Pools: discovery, loop files, directories, format, mount, quota, shutdown.
