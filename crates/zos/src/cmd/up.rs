@@ -101,14 +101,14 @@ enum Storage {
 
 /// A grid keeps the kind of pools it was first started with: its node's identity and
 /// deployments live on them, so switching would start a new, empty node. `Err` when the
-/// grid's pools cannot be used here.
-fn choose_storage(pools: &Path) -> Result<Storage, String> {
+/// grid's pools cannot be used here. `btrfs` is [`pool_support`]'s verdict on this host.
+fn choose_storage(pools: &Path, btrfs: Result<(), String>) -> Result<Storage, String> {
     let has_loops = pools.join("ssd.img").exists();
     let has_dirs = pools
         .join("ssd")
         .join(zos_storage::dirpool::MARKER)
         .is_file();
-    match (has_loops, has_dirs, pool_support()) {
+    match (has_loops, has_dirs, btrfs) {
         (_, true, _) => Ok(Storage::Directories(
             "this grid was started with them (remove its --data directory to start over with \
              btrfs pools)"
@@ -147,7 +147,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let pools = data.join("pools");
     std::fs::create_dir_all(&pools).with_context(|| format!("creating {}", pools.display()))?;
-    let storage = choose_storage(&pools).map_err(anyhow::Error::msg)?;
+    let storage = choose_storage(&pools, pool_support()).map_err(anyhow::Error::msg)?;
     if let Storage::Directories(why) = &storage {
         eprintln!(
             "zos up: no btrfs pools ({why}): using directory pools; MISSING: {DIR_POOLS_MISS}"
@@ -383,5 +383,39 @@ async fn wait_for_node(ledger: &LedgerClient, farm: u32) -> anyhow::Result<u32> 
             bail!("the node did not register within 2 minutes; see its log above");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grid_keeps_the_pools_it_started_with() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let p = t.path();
+        let no = || Err("not running as root".to_string());
+        // A new grid: btrfs when the host can, directories (saying why) when not.
+        assert_eq!(choose_storage(p, Ok(())), Ok(Storage::Btrfs));
+        assert_eq!(
+            choose_storage(p, no()),
+            Ok(Storage::Directories("not running as root".into()))
+        );
+        // Started on directories: kept, even as root.
+        std::fs::create_dir(p.join("ssd")).expect("mkdir");
+        std::fs::write(p.join("ssd").join(zos_storage::dirpool::MARKER), "").expect("marker");
+        assert!(matches!(
+            choose_storage(p, Ok(())),
+            Ok(Storage::Directories(why)) if why.contains("started with them")
+        ));
+        // Started on loop files: refused without root rather than a new, empty node.
+        let t = tempfile::tempdir().expect("temp dir");
+        std::fs::write(t.path().join("ssd.img"), "").expect("img");
+        assert_eq!(choose_storage(t.path(), Ok(())), Ok(Storage::Btrfs));
+        let e = choose_storage(t.path(), no()).expect_err("refused");
+        assert!(
+            e.contains("not running as root") && e.contains("as root"),
+            "{e}"
+        );
     }
 }
