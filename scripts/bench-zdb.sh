@@ -9,7 +9,10 @@
 #   redis-none     --save "" --appendonly no (nothing survives)
 #   redis-aof-1s   AOF, appendfsync everysec (kill -9 safe, up to 1 s lost on power loss)
 #   redis-aof-all  AOF, appendfsync always (fsynced before the reply)
-# Then memory (RSS) with 1 M keys of 64 B values, zdb and redis-none, and zdb's reload time.
+# zdb runs with --cache-size 1G (ZDB_CACHE), about the RAM Redis needs for this data set, so
+# both serve reads from memory; the RSS of every server after the runs is reported.
+# Then memory (RSS) with 1 M keys of 64 B values: zdb with its default cache, zdb with
+# --cache-size 0 (the index alone), redis-none; and zdb's reload time.
 # Usage: RUNS=3 N=200000 scripts/bench-zdb.sh   (prints a markdown report on stdout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,7 @@ N4K=${N4K:-$((N / 2))}
 RUNS=${RUNS:-1}
 # Redis serves from one event-loop thread; zdb gets the same single worker unless told otherwise.
 ZDB_THREADS=${ZDB_THREADS:-1}
+ZDB_CACHE=${ZDB_CACHE:-1G}
 CLIENTS=50
 KEYS=1000000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -52,7 +56,7 @@ start_zdb() { # name, extra flags...
     local name=$1 port
     shift
     port=$(free_port)
-    "$BIN" zdb serve --threads "$ZDB_THREADS" --data "$WORK/$name/data" --index "$WORK/$name/index" \
+    "$BIN" zdb serve --threads "$ZDB_THREADS" --cache-size "$ZDB_CACHE" --data "$WORK/$name/data" --index "$WORK/$name/index" \
         --listen 127.0.0.1 --port "$port" "$@" >/dev/null 2>"$WORK/$name.log" &
     PID[$name]=$!
     PORT[$name]=$port
@@ -126,6 +130,10 @@ for t in "${TESTS[@]}"; do
     for s in "${SERVERS[@]}"; do row="$row $(echo "${R["$s|$t"]}" | median) |"; done
     echo "$row"
 done
+rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+row="| RSS after the runs (MiB) |"
+for s in "${SERVERS[@]}"; do row="$row $(rss_mib "${PID[$s]}") |"; done
+echo "$row"
 for s in "${SERVERS[@]}"; do stop "$s"; done
 
 # Memory with exactly 1 M keys of 64 B values, loaded with redis-cli --pipe.
@@ -137,28 +145,33 @@ with open(sys.argv[1], "wb") as f:
         v = (b"%012d" % i) + b"v" * 52
         f.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
 EOF
-rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 echo
 echo "### Memory, 1 M keys (16 B keys, 64 B values)"
 echo
 echo "| server | RSS empty (MiB) | RSS with 1 M keys (MiB) | bytes/key | on disk | reload |"
 echo "|---|---|---|---|---|---|"
-for s in zdb redis-none; do
-    if [ "$s" = zdb ]; then start_zdb zdbmem; name=zdbmem; else start_redis redismem --appendonly no; name=redismem; fi
+for s in zdb zdb-nocache redis-none; do
+    cache=256M # the server's default
+    case $s in
+        zdb) name=zdbmem ;;
+        zdb-nocache) name=zdbnocache cache=0 ;;
+        *) name=redismem ;;
+    esac
+    if [ "$s" = redis-none ]; then start_redis $name --appendonly no; else ZDB_CACHE=$cache start_zdb $name; fi
     before=$(rss_mib "${PID[$name]}")
     redis-cli -p "${PORT[$name]}" --pipe <"$WORK/load.resp" >/dev/null
     n=$(redis-cli -p "${PORT[$name]}" DBSIZE)
     after=$(rss_mib "${PID[$name]}")
     per=$(( (after - before) * 1048576 / n ))
     disk=- reload=-
-    if [ "$s" = zdb ]; then
-        disk="$(du -sm "$WORK/zdbmem/data" | cut -f1) MiB data + $(du -sm "$WORK/zdbmem/index" | cut -f1) MiB index"
-        stop zdbmem
+    if [ "$s" != redis-none ]; then
+        disk="$(du -sm "$WORK/$name/data" | cut -f1) MiB data + $(du -sm "$WORK/$name/index" | cut -f1) MiB index"
+        stop $name
         t0=$(date +%s.%N)
-        start_zdb zdbmem
+        ZDB_CACHE=$cache start_zdb $name
         reload="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$t0" "$(date +%s.%N)")"
-        [ "$(redis-cli -p "${PORT[zdbmem]}" DBSIZE)" = "$n" ] || { echo "reload lost keys" >&2; exit 1; }
-        after2=$(rss_mib "${PID[zdbmem]}")
+        [ "$(redis-cli -p "${PORT[$name]}" DBSIZE)" = "$n" ] || { echo "reload lost keys" >&2; exit 1; }
+        after2=$(rss_mib "${PID[$name]}")
         reload="$reload (RSS after reload $after2 MiB)"
     fi
     echo "| $s | $before | $after | $per | $disk | $reload |"
