@@ -29,11 +29,12 @@ pub enum GridError {
     /// The key file cannot be used.
     #[error(transparent)]
     Key(#[from] KeyFileError),
-    /// The ledger refused or failed.
-    #[error("ledger: {0}")]
+    /// The ledger refused or failed. (The cause is the error's source: `{:#}` prints
+    /// "ledger: <cause>"; naming it here too would print it twice.)
+    #[error("ledger")]
     Ledger(#[from] zos_ledger::ClientError),
-    /// The message bus failed.
-    #[error("message bus: {0}")]
+    /// The message bus failed (the cause is the source, as for `Ledger`).
+    #[error("message bus")]
     Rmb(#[from] RmbError),
     /// The user's key has no twin on the ledger.
     #[error(
@@ -463,8 +464,12 @@ impl Grid {
                 });
                 let mut done = current.version == sent.version;
                 for want in &changed {
+                    // The node stores the new header before it applies the workloads, so a
+                    // result counts only once it is for the version sent (an older "ok" is
+                    // not the update's outcome).
                     match current
                         .get(&want.name)
+                        .filter(|w| w.version == want.version)
                         .map(|w| (&w.result.state, &w.result.error))
                     {
                         Some((ResultState::Ok, _)) => {}
