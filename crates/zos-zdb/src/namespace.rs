@@ -82,6 +82,11 @@ pub struct DiskRead {
 }
 
 impl DiskRead {
+    /// Bytes the read will fetch (header, key and stored value).
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
     /// Reads, verifies the entry CRC (and the key), caches the stored value, and decrypts.
     pub fn run(self) -> Result<Bytes, OpError> {
         use std::os::unix::fs::FileExt;

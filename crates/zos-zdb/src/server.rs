@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::command;
 use crate::engine::{Engine, EngineConfig};
-use crate::namespace::OpError;
+use crate::namespace::{DiskRead, OpError};
 use crate::resp::{self, Reply};
 use crate::session::{Outcome, Session, Shared, op_reply};
 use crate::{ServerConfig, ZdbError};
@@ -203,6 +203,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = Session::new(shared.clone());
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut deferred = Deferred::default();
     loop {
         if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
             inbuf.reserve(READ_CHUNK);
@@ -243,27 +244,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 Outcome::Read(read) => {
-                    let timed = move || {
-                        let t = Instant::now();
-                        let r = read.run();
-                        (r, t.elapsed())
-                    };
-                    // Disk-bound reads go to the blocking pool so that they overlap and do
-                    // not stall the other connections of this worker; cached ones stay here.
-                    let (r, took) = if shared.reads_are_slow() {
-                        match tokio::task::spawn_blocking(timed).await {
-                            Ok(x) => x,
-                            Err(_) => (Err(OpError::Client("Internal Error")), Duration::ZERO),
-                        }
+                    // Disk-bound reads go to the blocking pool, all those of this batch in
+                    // one trip, so that they do not stall the other connections of this
+                    // worker; page-cache reads stay here.
+                    if shared.reads_are_slow() {
+                        deferred.push(&mut out, read);
                     } else {
-                        timed()
-                    };
-                    shared.note_read(took);
-                    match r {
-                        Ok(v) => Reply::Bulk(v),
-                        Err(e) => op_reply(e),
+                        let (r, took) = timed_read(read);
+                        shared.note_read(took);
+                        encode_read(r, &mut out);
                     }
-                    .encode(&mut out);
                 }
                 Outcome::Stop(r) => {
                     r.encode(&mut out);
@@ -277,7 +267,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     command,
                     timeout,
                 } => {
-                    let committed = commit(&mut s, &mut out, &mut session, &shared).await;
+                    let committed =
+                        commit(&mut s, &mut out, &mut deferred, &mut session, &shared).await;
                     let r = match committed {
                         Ok(()) => tokio::select! {
                             r = wait_for(rx, &command, timeout) => Some(r),
@@ -290,15 +281,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     r.encode(&mut out);
                 }
             }
-            if out.len() >= OUT_HIGH_WATER
-                && commit(&mut s, &mut out, &mut session, &shared)
+            if out.len() + deferred.bytes >= OUT_HIGH_WATER
+                && commit(&mut s, &mut out, &mut deferred, &mut session, &shared)
                     .await
                     .is_err()
             {
                 return;
             }
         }
-        if commit(&mut s, &mut out, &mut session, &shared)
+        if commit(&mut s, &mut out, &mut deferred, &mut session, &shared)
             .await
             .is_err()
         {
@@ -315,14 +306,75 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+fn timed_read(read: DiskRead) -> (Result<Bytes, OpError>, Duration) {
+    let t = Instant::now();
+    let r = read.run();
+    (r, t.elapsed())
+}
+
+fn encode_read(r: Result<Bytes, OpError>, out: &mut BytesMut) {
+    match r {
+        Ok(v) => Reply::Bulk(v),
+        Err(e) => op_reply(e),
+    }
+    .encode(out);
+}
+
+/// Value reads put off to the end of the input batch, each with the replies that precede it.
+#[derive(Default)]
+struct Deferred {
+    parts: Vec<(BytesMut, DiskRead)>,
+    /// Bytes the reads will return (counted against the output high-water mark).
+    bytes: usize,
+}
+
+impl Deferred {
+    fn push(&mut self, out: &mut BytesMut, read: DiskRead) {
+        self.bytes += read.bytes();
+        self.parts.push((out.split(), read));
+    }
+
+    /// Runs the reads in one blocking task and puts every reply back in its place in `out`.
+    async fn resolve(&mut self, out: &mut BytesMut, shared: &Shared) {
+        if self.parts.is_empty() {
+            return;
+        }
+        self.bytes = 0;
+        let (befores, reads): (Vec<BytesMut>, Vec<DiskRead>) =
+            std::mem::take(&mut self.parts).into_iter().unzip();
+        let count = reads.len();
+        let done = tokio::task::spawn_blocking(move || {
+            reads.into_iter().map(timed_read).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // Only a panic gets here; every read still gets a reply, so that the client's
+            // replies stay aligned with its requests.
+            tracing::error!(error = %e, count, "deferred read task failed");
+            (0..count)
+                .map(|_| (Err(OpError::Client("Internal Error")), Duration::ZERO))
+                .collect()
+        });
+        let tail = out.split();
+        for (before, (r, took)) in befores.into_iter().zip(done) {
+            shared.note_read(took);
+            out.unsplit(before);
+            encode_read(r, out);
+        }
+        out.unsplit(tail);
+    }
+}
+
 /// Makes this session's writes durable as configured, then sends the pending replies.
 /// On a storage failure nothing is sent: the client must not see an acknowledgement.
 async fn commit<S: AsyncWrite + Unpin>(
     s: &mut S,
     out: &mut BytesMut,
+    deferred: &mut Deferred,
     session: &mut Session,
     shared: &Shared,
 ) -> std::io::Result<()> {
+    deferred.resolve(out, shared).await;
     let mut epoch = 0;
     let touched = session.take_touched();
     if !touched.is_empty() {
@@ -371,5 +423,87 @@ async fn wait_for(
                 Err(broadcast::error::RecvError::Closed) => return Reply::err("Timeout"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerConfig;
+    use tokio::net::TcpStream;
+
+    fn resp(commands: &[&[&str]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in *args {
+                out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+            }
+        }
+        out
+    }
+
+    /// With reads classed as slow, GETs of a pipeline are deferred to one blocking task; every
+    /// reply must still come back in request order, between the replies around it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn deferred_reads_keep_reply_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServerConfig {
+            data_dir: dir.path().join("data"),
+            index_dir: dir.path().join("index"),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            cache_bytes: 0, // every GET reads the data file
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shared = server.shared.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stop_rx.await;
+        }));
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&resp(&[&["SET", "a", "1111"], &["SET", "b", "22"]]))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < b"$1\r\na\r\n$1\r\nb\r\n".len() {
+            let n = c.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Far above the threshold; real reads pull it down by 1/8 each, slowly enough here.
+        shared.read_ewma_ns.store(u64::MAX / 4, Ordering::SeqCst);
+        assert!(shared.reads_are_slow());
+        let pipeline = resp(&[
+            &["GET", "a"],
+            &["PING"],
+            &["GET", "b"],
+            &["GET", "nope"],
+            &["GET", "a"],
+            &["DBSIZE"],
+        ]);
+        c.write_all(&pipeline).await.unwrap();
+        let want: &[u8] = b"$4\r\n1111\r\n+PONG\r\n$2\r\n22\r\n$-1\r\n$4\r\n1111\r\n:2\r\n";
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed early after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+        assert!(
+            shared.reads_are_slow(),
+            "the test must have used the deferred path"
+        );
+        drop(c);
+        let _ = stop_tx.send(());
+        task.await.unwrap().unwrap();
     }
 }
