@@ -9,8 +9,9 @@
 #   redis-none     --save "" --appendonly no (nothing survives)
 #   redis-aof-1s   AOF, appendfsync everysec (kill -9 safe, up to 1 s lost on power loss)
 #   redis-aof-all  AOF, appendfsync always (fsynced before the reply)
-# zdb runs with --cache-size 1G (ZDB_CACHE), about the RAM Redis needs for this data set, so
-# both serve reads from memory; the RSS of every server after the runs is reported.
+# zdb runs with its default read cache (--cache-size auto: a quarter of RAM; ZDB_CACHE=1G etc.
+# to choose), so like Redis it serves reads from memory; the RSS of every server after the runs
+# is reported, to compare the memory each needed for that.
 # Then memory (RSS) with 1 M keys of 64 B values: zdb with its default cache, zdb with
 # --cache-size 0 (the index alone), redis-none; and zdb's reload time.
 # Usage: RUNS=3 N=200000 scripts/bench-zdb.sh   (prints a markdown report on stdout)
@@ -21,7 +22,7 @@ N4K=${N4K:-$((N / 2))}
 RUNS=${RUNS:-1}
 # Redis serves from one event-loop thread; zdb gets the same single worker unless told otherwise.
 ZDB_THREADS=${ZDB_THREADS:-1}
-ZDB_CACHE=${ZDB_CACHE:-1G}
+ZDB_CACHE=${ZDB_CACHE:-auto}
 CLIENTS=50
 KEYS=1000000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -151,7 +152,7 @@ echo
 echo "| server | RSS empty (MiB) | RSS with 1 M keys (MiB) | bytes/key | on disk | reload |"
 echo "|---|---|---|---|---|---|"
 for s in zdb zdb-nocache redis-none; do
-    cache=256M # the server's default
+    cache=auto # the server's default
     case $s in
         zdb) name=zdbmem ;;
         zdb-nocache) name=zdbnocache cache=0 ;;

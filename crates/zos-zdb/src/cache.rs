@@ -23,8 +23,17 @@ use crate::format::Loc;
 const ENTRY_OVERHEAD: u64 = 64;
 /// Larger values are not cached: one of them would evict thousands of small hot ones.
 pub const MAX_CACHED_VALUE: usize = 1 << 20;
-/// Default cache budget of a server.
+/// Default cache budget of an embedded server (the node sizes its own).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+/// Share of the usable memory that `--cache-size auto` gives the cache. The rest is for the
+/// key index (about 120 bytes a key), connections, and the page cache under the data files.
+pub const AUTO_CACHE_DIVISOR: u64 = 4;
+
+/// The budget `--cache-size auto` picks: a quarter of the memory this process may use (RAM or
+/// its cgroup limit), [`DEFAULT_CACHE_BYTES`] when that is unknown.
+pub fn auto_cache_bytes(limit: Option<&crate::memlimit::MemoryLimit>) -> u64 {
+    limit.map_or(DEFAULT_CACHE_BYTES, |l| l.bytes / AUTO_CACHE_DIVISOR)
+}
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 

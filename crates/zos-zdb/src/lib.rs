@@ -37,6 +37,8 @@ pub mod index;
 pub mod info;
 /// Compact keys of the in-memory index.
 pub mod key;
+/// The memory this process may use (RAM or cgroup limit), to size the cache.
+pub mod memlimit;
 /// A namespace: descriptor, in-memory index, operations.
 pub mod namespace;
 /// Request/reply codec with hard limits (pure).

@@ -50,18 +50,54 @@ pub struct ServeArgs {
     #[arg(long)]
     debug: bool,
     /// Read cache: bytes of recently written and read values kept in RAM, shared by all
-    /// namespaces (suffixes K, M, G; 0 turns it off).
-    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
-    cache_size: u64,
+    /// namespaces (suffixes K, M, G; 0 turns it off). `auto`: a quarter of the memory this
+    /// process may use (RAM, or its cgroup's limit).
+    #[arg(long, default_value = "auto", value_parser = parse_cache_size)]
+    cache_size: CacheSize,
     /// Worker threads (default: one per CPU). Redis uses one event-loop thread.
     #[arg(long)]
     threads: Option<usize>,
 }
 
-/// `4096`, `64K`, `256M`, `1GiB` (powers of 1024).
-fn parse_bytes(s: &str) -> Result<u64, String> {
+/// `--cache-size`: a size or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheSize {
+    Auto,
+    Bytes(u64),
+}
+
+/// `auto`, `0`, `4096`, `64K`, `256M`, `1GiB` (powers of 1024).
+fn parse_cache_size(s: &str) -> Result<CacheSize, String> {
+    if s == "auto" {
+        return Ok(CacheSize::Auto);
+    }
     zos_storage::pool::parse_size(s)
-        .ok_or_else(|| format!("{s:?} is not a size (e.g. 4096, 64K, 256M, 1G)"))
+        .map(CacheSize::Bytes)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. auto, 0, 64K, 256M, 1G)"))
+}
+
+/// The cache budget in bytes, with a log line saying how `auto` chose it.
+fn cache_bytes(size: CacheSize) -> u64 {
+    match size {
+        CacheSize::Bytes(b) => b,
+        CacheSize::Auto => {
+            let limit = zos_zdb::memlimit::memory_limit();
+            let bytes = zos_zdb::cache::auto_cache_bytes(limit.as_ref());
+            match &limit {
+                Some(l) => tracing::info!(
+                    cache_mib = bytes >> 20,
+                    usable_mib = l.bytes >> 20,
+                    limited_by = %l.cgroup.as_deref().map_or("RAM".into(), |p| p.display().to_string()),
+                    "read cache sized automatically (a quarter of usable memory)"
+                ),
+                None => tracing::warn!(
+                    cache_mib = bytes >> 20,
+                    "cannot read /proc/meminfo, read cache at its default size"
+                ),
+            }
+            bytes
+        }
+    }
 }
 
 /// Runs a zdb subcommand.
@@ -100,7 +136,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         datasize: a.datasize,
         protect: a.protect,
         debug: a.debug,
-        cache_bytes: a.cache_size,
+        cache_bytes: cache_bytes(a.cache_size),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {
@@ -116,4 +152,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         server.run(super::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_size_takes_auto_or_a_size() {
+        assert_eq!(parse_cache_size("auto"), Ok(CacheSize::Auto));
+        assert_eq!(parse_cache_size("0"), Ok(CacheSize::Bytes(0)));
+        assert_eq!(parse_cache_size("1G"), Ok(CacheSize::Bytes(1 << 30)));
+        assert!(parse_cache_size("lots").unwrap_err().contains("auto"));
+    }
 }
