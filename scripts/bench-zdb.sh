@@ -14,6 +14,9 @@
 # is reported, to compare the memory each needed for that.
 # Then memory (RSS) with 1 M keys of 64 B values: zdb with its default cache, zdb with
 # --cache-size 0 (the index alone), redis-none; and zdb's reload time.
+# Every server runs pinned to the last CPU and redis-benchmark to the others (taskset), so
+# that client and server never take turns on one core: unpinned, identical runs on a 2-core
+# host differed by up to 15%.
 # Usage: RUNS=3 N=200000 scripts/bench-zdb.sh   (prints a markdown report on stdout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,11 @@ RUNS=${RUNS:-1}
 ZDB_THREADS=${ZDB_THREADS:-1}
 ZDB_CACHE=${ZDB_CACHE:-auto}
 CLIENTS=50
+PIN_SERVER=() PIN_CLIENT=()
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    PIN_SERVER=(taskset -c "$(($(nproc) - 1))")
+    PIN_CLIENT=(taskset -c "0-$(($(nproc) - 2))")
+fi
 KEYS=1000000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
@@ -57,7 +65,7 @@ start_zdb() { # name, extra flags...
     local name=$1 port
     shift
     port=$(free_port)
-    "$BIN" zdb serve --threads "$ZDB_THREADS" --cache-size "$ZDB_CACHE" --data "$WORK/$name/data" --index "$WORK/$name/index" \
+    "${PIN_SERVER[@]}" "$BIN" zdb serve --threads "$ZDB_THREADS" --cache-size "$ZDB_CACHE" --data "$WORK/$name/data" --index "$WORK/$name/index" \
         --listen 127.0.0.1 --port "$port" "$@" >/dev/null 2>"$WORK/$name.log" &
     PID[$name]=$!
     PORT[$name]=$port
@@ -69,7 +77,7 @@ start_redis() { # name, extra flags...
     shift
     port=$(free_port)
     mkdir -p "$WORK/$name"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK/$name" --save "" \
+    "${PIN_SERVER[@]}" redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK/$name" --save "" \
         --daemonize no "$@" >"$WORK/$name.log" 2>&1 &
     PID[$name]=$!
     PORT[$name]=$port
@@ -94,7 +102,7 @@ bench() { # port op size pipeline
     else
         set -- GET 'key:__rand_int__'
     fi
-    redis-benchmark -p "$port" -c $CLIENTS -n "$n" -P "$p" -r $KEYS --csv "$@" 2>/dev/null |
+    "${PIN_CLIENT[@]}" redis-benchmark -p "$port" -c $CLIENTS -n "$n" -P "$p" -r $KEYS --csv "$@" 2>/dev/null |
         tail -1 | awk -F'","' '{ printf "%d", $2 }'
 }
 
