@@ -92,9 +92,25 @@ value() { # a value of $1 bytes that contains __rand_int__ (12 digits once subst
 V64=$(value 64)
 V4K=$(value 4096)
 
+# Waits until no Redis server is rewriting its AOF: the forked rewrite shares the servers' CPU
+# and would slow down whichever server is measured meanwhile.
+quiesce() {
+    local s waited=0
+    for s in "${!PORT[@]}"; do
+        case $s in redis*) ;; *) continue ;; esac
+        while redis-cli -p "${PORT[$s]}" INFO persistence 2>/dev/null |
+            grep -Eq '^(aof_rewrite|rdb_bgsave)_in_progress:1'; do
+            sleep 0.2
+            waited=1
+        done
+    done
+    [ "$waited" = 0 ] || echo "(waited for a Redis AOF rewrite to finish)" >&2
+}
+
 # One redis-benchmark run; prints requests per second.
 bench() { # port op size pipeline
     local port=$1 op=$2 size=$3 p=$4 n=$N val
+    quiesce
     [ "$size" = 4K ] && n=$N4K
     if [ "$size" = 4K ]; then val=$V4K; else val=$V64; fi
     if [ "$op" = SET ]; then
