@@ -1,56 +1,42 @@
-//! The read cache: values recently written or read, shared by every namespace of an engine
-//! and bounded in bytes.
+//! The read cache: values recently written or read, held in the key index itself and bounded
+//! in bytes for the whole server.
 //!
 //! Why: 0-db reads every `GET` from its data files. That costs a `pread` and a CRC check per
 //! hit even when the page cache has the data, and a disk wait when it does not; Redis answers
-//! from RAM. Entries are keyed by `(generation, index location)`. A location names one
-//! immutable version of one key, so an entry never needs updating. A namespace takes a new
-//! generation when it is opened, flushed or deleted, so a location reused after `FLUSH`
-//! can never hit an old value: stale entries just age out. Values are cached as stored (sealed
-//! for encrypted namespaces), so the cache never holds plaintext that is encrypted at rest.
-//! Eviction is quick_cache's CLOCK-PRO-like policy, which keeps one large scan from flushing
-//! the hot set.
+//! from RAM. A cached value lives in its key's index slot, so a hit is the one hash lookup a
+//! `GET` needs anyway. An overwrite or `DEL` replaces the slot and drops the old value with it;
+//! `FLUSH` drops the whole index. Values are cached as stored (sealed for encrypted
+//! namespaces), so the cache never holds plaintext that is encrypted at rest.
+//!
+//! Eviction is CLOCK (second chance): each namespace keeps a ring of the (key, version) pairs
+//! it cached, in insertion order; when the server's budget is exceeded the hand evicts entries
+//! not read since its last pass and spares the others once. A namespace evicts its own entries
+//! first, then, if that is not enough, those of other namespaces it can lock without waiting,
+//! so an idle namespace cannot keep the budget from an active one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use bytes::Bytes;
-use quick_cache::Weighter;
-use quick_cache::sync::Cache;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::format::Loc;
+use crate::index::{ClockVisit, KeyIndex};
+use crate::key::Key;
+use crate::namespace::Namespace;
 
-/// Bytes counted per entry on top of the value: key, hash slot, `Bytes` header, policy state.
-const ENTRY_OVERHEAD: u64 = 64;
+/// Bytes counted per entry on top of the value: ring entry, `Arc` header, allocator slack.
+pub const ENTRY_OVERHEAD: u64 = 64;
 /// Larger values are not cached: one of them would evict thousands of small hot ones.
 pub const MAX_CACHED_VALUE: usize = 1 << 20;
 /// Default cache budget of an embedded server (the node sizes its own).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Share of the usable memory that `--cache-size auto` gives the cache. The rest is for the
-/// key index (about 120 bytes a key), connections, and the page cache under the data files.
+/// key index (about 140 bytes a key), connections, and the page cache under the data files.
 pub const AUTO_CACHE_DIVISOR: u64 = 4;
 
 /// The budget `--cache-size auto` picks: a quarter of the memory this process may use (RAM or
 /// its cgroup limit), [`DEFAULT_CACHE_BYTES`] when that is unknown.
 pub fn auto_cache_bytes(limit: Option<&crate::memlimit::MemoryLimit>) -> u64 {
     limit.map_or(DEFAULT_CACHE_BYTES, |l| l.bytes / AUTO_CACHE_DIVISOR)
-}
-
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// A generation number never handed out before in this process.
-pub(crate) fn next_generation() -> u64 {
-    GENERATION.fetch_add(1, Ordering::Relaxed)
-}
-
-type CacheKey = (u64, Loc);
-
-#[derive(Clone)]
-struct ByteWeight;
-
-impl Weighter<CacheKey, Bytes> for ByteWeight {
-    fn weight(&self, _key: &CacheKey, value: &Bytes) -> u64 {
-        value.len() as u64 + ENTRY_OVERHEAD
-    }
 }
 
 /// Counters shown by `INFO`.
@@ -68,116 +54,358 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// A byte-bounded cache of stored values; a budget of 0 disables it.
-pub struct ValueCache {
-    inner: Option<Cache<CacheKey, Bytes, ByteWeight>>,
+/// The server-wide budget and counters, shared by every namespace's [`NsCache`].
+pub struct CacheBudget {
     capacity: u64,
+    used: AtomicU64,
+    entries: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Every namespace, for evicting across namespaces.
+    members: Mutex<Vec<Weak<Namespace>>>,
+    /// Where the next cross-namespace eviction starts (round robin).
+    next_member: AtomicUsize,
 }
 
-impl ValueCache {
-    /// A cache holding at most `capacity` bytes (0: no cache).
-    pub fn new(capacity: u64) -> ValueCache {
-        let inner = (capacity > 0).then(|| {
-            // The estimate only sizes the initial tables; they grow with use.
-            let estimated = usize::try_from(capacity / 1024).unwrap_or(usize::MAX);
-            Cache::with_weighter(estimated.clamp(64, 1 << 20), capacity, ByteWeight)
-        });
-        ValueCache {
-            inner,
+impl CacheBudget {
+    /// A budget of `capacity` bytes (0: no cache).
+    pub fn new(capacity: u64) -> Arc<CacheBudget> {
+        Arc::new(CacheBudget {
             capacity,
+            used: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-        }
+            members: Mutex::new(Vec::new()),
+            next_member: AtomicUsize::new(0),
+        })
     }
 
-    /// The stored value of the version at `loc`, if cached.
-    pub fn get(&self, generation: u64, loc: Loc) -> Option<Bytes> {
-        let cache = self.inner.as_ref()?;
-        let found = cache.get(&(generation, loc));
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// Remembers the stored value of the version at `loc` (if small enough).
-    pub fn insert(&self, generation: u64, loc: Loc, stored: Bytes) {
-        if let Some(cache) = &self.inner
-            && stored.len() <= MAX_CACHED_VALUE
-        {
-            cache.insert((generation, loc), stored);
-        }
-    }
-
-    /// Forgets a version that can no longer be read (overwritten or deleted).
-    pub fn remove(&self, generation: u64, loc: Loc) {
-        if let Some(cache) = &self.inner {
-            cache.remove(&(generation, loc));
-        }
+    /// Whether caching is on.
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
     }
 
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             capacity: self.capacity,
-            used: self.inner.as_ref().map_or(0, Cache::weight),
-            entries: self.inner.as_ref().map_or(0, |c| c.len() as u64),
+            used: self.used.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
+    }
+
+    /// Makes `ns` a candidate for evictions requested by other namespaces.
+    pub fn register(&self, ns: &Arc<Namespace>) {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|w| w.strong_count() > 0);
+        members.push(Arc::downgrade(ns));
+    }
+
+    pub(crate) fn count_read(&self, hit: bool) {
+        if self.enabled() {
+            let counter = if hit { &self.hits } else { &self.misses };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes over budget if `extra` more were added.
+    fn excess(&self, extra: u64) -> u64 {
+        (self.used.load(Ordering::Relaxed) + extra).saturating_sub(self.capacity)
+    }
+
+    /// Evicts up to `want` bytes from other namespaces that are not busy; returns what it freed.
+    fn evict_elsewhere(&self, want: u64) -> u64 {
+        let members: Vec<Arc<Namespace>> = {
+            let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            members.iter().filter_map(Weak::upgrade).collect()
+        };
+        let n = members.len();
+        let start = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let mut freed = 0;
+        for i in 0..n {
+            if freed >= want {
+                break;
+            }
+            // The caller holds its own namespace's lock: try_lock fails on it (and on any
+            // busy namespace) instead of waiting, so two evicting namespaces cannot deadlock.
+            if let Some(mut st) = members[(start + i) % n].try_lock() {
+                freed += st.evict_cached(want - freed);
+            }
+        }
+        freed
+    }
+}
+
+/// One namespace's part of the cache: the clock ring of what it cached.
+pub(crate) struct NsCache {
+    budget: Arc<CacheBudget>,
+    ring: VecDeque<(Key, Loc)>,
+    /// Bytes (with overhead) and values this namespace holds in the cache.
+    bytes: u64,
+    entries: u64,
+    /// Ring entries known to be dead (their version overwritten or deleted while cached).
+    stale: usize,
+}
+
+impl NsCache {
+    pub(crate) fn new(budget: Arc<CacheBudget>) -> NsCache {
+        NsCache {
+            budget,
+            ring: VecDeque::new(),
+            bytes: 0,
+            entries: 0,
+            stale: 0,
+        }
+    }
+
+    pub(crate) fn budget(&self) -> &CacheBudget {
+        &self.budget
+    }
+
+    /// Caches `stored` as the value of the version of `key` at `loc` (if it is still current),
+    /// evicting to stay within the budget; a value that cannot fit is simply not cached.
+    pub(crate) fn put(&mut self, index: &mut KeyIndex, key: &[u8], loc: Loc, stored: &[u8]) {
+        if !self.budget.enabled() || stored.len() > MAX_CACHED_VALUE {
+            return;
+        }
+        let weight = stored.len() as u64 + ENTRY_OVERHEAD;
+        let mut excess = self.budget.excess(weight);
+        if excess > 0 {
+            excess = excess.saturating_sub(self.evict(index, excess));
+        }
+        if excess > 0 {
+            excess = excess.saturating_sub(self.budget.evict_elsewhere(excess));
+        }
+        if excess > 0 || !index.cache_value(key, loc, Arc::from(stored)) {
+            return;
+        }
+        self.ring.push_back((Key::from(key), loc));
+        self.bytes += weight;
+        self.entries += 1;
+        self.budget.used.fetch_add(weight, Ordering::Relaxed);
+        self.budget.entries.fetch_add(1, Ordering::Relaxed);
+        self.compact(index);
+    }
+
+    /// Accounts for a cached value dropped with its index slot (overwrite, `DEL`).
+    pub(crate) fn dropped(&mut self, value: &[u8]) {
+        self.release(value.len() as u64 + ENTRY_OVERHEAD, 1);
+        self.stale += 1;
+    }
+
+    /// Forgets everything (`FLUSH`: the caller drops the index and its values).
+    pub(crate) fn clear(&mut self) {
+        self.release(self.bytes, self.entries);
+        self.ring.clear();
+        self.stale = 0;
+    }
+
+    /// Runs the clock hand until `want` bytes are freed or two full turns are done (a second
+    /// turn evicts what the first spared). Returns the bytes freed.
+    pub(crate) fn evict(&mut self, index: &mut KeyIndex, want: u64) -> u64 {
+        let mut freed = 0;
+        let mut steps = 2 * self.ring.len();
+        while freed < want && steps > 0 {
+            steps -= 1;
+            let Some((key, loc)) = self.ring.pop_front() else {
+                break;
+            };
+            match index.clock_visit(key.as_bytes(), loc) {
+                ClockVisit::Stale => self.stale = self.stale.saturating_sub(1),
+                ClockVisit::Spared => self.ring.push_back((key, loc)),
+                ClockVisit::Evicted(len) => {
+                    let w = len as u64 + ENTRY_OVERHEAD;
+                    self.release(w, 1);
+                    freed += w;
+                }
+            }
+        }
+        freed
+    }
+
+    fn release(&mut self, bytes: u64, entries: u64) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.entries = self.entries.saturating_sub(entries);
+        self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.entries.fetch_sub(entries, Ordering::Relaxed);
+    }
+
+    /// Drops dead ring entries once they are the majority, so a namespace whose cache never
+    /// fills (no eviction to skip them) does not grow its ring with every overwrite.
+    fn compact(&mut self, index: &KeyIndex) {
+        if self.stale > 1024 && self.stale > self.ring.len() / 2 {
+            self.ring
+                .retain(|(key, loc)| index.is_cached(key.as_bytes(), *loc));
+            self.stale = 0;
+        }
+    }
+}
+
+impl Drop for NsCache {
+    /// A deleted namespace (`NSDEL`) gives its share back.
+    fn drop(&mut self) {
+        self.release(self.bytes, self.entries);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Mode;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::index::Meta;
 
     fn loc(off: u32) -> Loc {
         Loc { file: 1, off }
     }
 
+    /// An index with `key` at `loc(off)`.
+    fn put(index: &mut KeyIndex, key: &[u8], off: u32) -> Option<Arc<[u8]>> {
+        let meta = Meta {
+            idx: loc(off),
+            data_off: off,
+            length: 0,
+            timestamp: 0,
+            value_crc: 0,
+            flags: 0,
+        };
+        index.put(key, Some(meta)).and_then(|s| s.cached)
+    }
+
+    fn cached(index: &mut KeyIndex, key: &[u8]) -> Option<Vec<u8>> {
+        index.get_for_read(key)?.1.map(|v| v.to_vec())
+    }
+
     #[test]
     fn disabled_cache_holds_nothing() {
-        let c = ValueCache::new(0);
-        c.insert(1, loc(10), Bytes::from_static(b"v"));
-        assert_eq!(c.get(1, loc(10)), None);
-        assert_eq!(c.stats(), CacheStats::default());
+        let mut index = KeyIndex::new(Mode::User);
+        let mut c = NsCache::new(CacheBudget::new(0));
+        put(&mut index, b"k", 10);
+        c.put(&mut index, b"k", loc(10), b"v");
+        assert_eq!(cached(&mut index, b"k"), None);
+        assert_eq!(c.budget().stats(), CacheStats::default());
     }
 
     #[test]
-    fn generations_and_locations_do_not_mix() {
-        let c = ValueCache::new(1 << 20);
-        c.insert(1, loc(10), Bytes::from_static(b"one"));
-        c.insert(2, loc(10), Bytes::from_static(b"two"));
-        assert_eq!(c.get(1, loc(10)).as_deref(), Some(&b"one"[..]));
-        assert_eq!(c.get(2, loc(10)).as_deref(), Some(&b"two"[..]));
-        assert_eq!(c.get(1, loc(11)), None);
-        c.remove(1, loc(10));
-        assert_eq!(c.get(1, loc(10)), None);
-        let s = c.stats();
-        assert_eq!((s.hits, s.misses, s.entries), (2, 2, 1));
+    fn only_the_current_version_is_cached_and_replacing_it_gives_its_bytes_back() {
+        let mut index = KeyIndex::new(Mode::User);
+        let mut c = NsCache::new(CacheBudget::new(1 << 20));
+        put(&mut index, b"k", 10);
+        c.put(&mut index, b"k", loc(9), b"older version");
+        assert_eq!(cached(&mut index, b"k"), None);
+        c.put(&mut index, b"k", loc(10), b"one");
+        assert_eq!(cached(&mut index, b"k").as_deref(), Some(&b"one"[..]));
+        assert_eq!(c.budget().stats().used, 3 + ENTRY_OVERHEAD);
+        // Overwrite: the index drops the old value, the caller reports it.
+        let old = put(&mut index, b"k", 20).expect("old value handed back");
+        c.dropped(&old);
+        assert_eq!(cached(&mut index, b"k"), None);
+        let s = c.budget().stats();
+        assert_eq!((s.used, s.entries), (0, 0));
+        c.put(&mut index, b"k", loc(20), b"two");
+        assert_eq!(cached(&mut index, b"k").as_deref(), Some(&b"two"[..]));
+        drop(c);
     }
 
     #[test]
-    fn stays_within_its_budget() {
-        let c = ValueCache::new(64 << 10);
-        for off in 0..10_000 {
-            c.insert(1, loc(off), Bytes::from(vec![0u8; 100]));
+    fn stays_within_its_budget_and_spares_what_is_read() {
+        let mut index = KeyIndex::new(Mode::User);
+        let budget = CacheBudget::new(64 << 10);
+        let mut c = NsCache::new(budget.clone());
+        put(&mut index, b"hot", 1);
+        c.put(&mut index, b"hot", loc(1), &[7u8; 100]);
+        for off in 2..10_000u32 {
+            let key = off.to_le_bytes();
+            put(&mut index, &key, off);
+            c.put(&mut index, &key, loc(off), &[0u8; 100]);
+            // Read often enough to be marked again between two passes of the hand.
+            if off % 64 == 0 {
+                assert!(
+                    cached(&mut index, b"hot").is_some(),
+                    "hot value evicted at {off}"
+                );
+            }
         }
-        let s = c.stats();
+        let s = budget.stats();
         assert!(s.used <= 64 << 10, "{s:?}");
-        assert!(s.entries > 100, "{s:?}");
+        assert!(s.entries > 300, "{s:?}");
+        assert_eq!(s.used, s.entries * (100 + ENTRY_OVERHEAD));
+        c.clear();
+        assert_eq!(budget.stats().used, 0);
     }
 
     #[test]
     fn oversized_values_are_not_cached() {
-        let c = ValueCache::new(64 << 20);
-        c.insert(1, loc(1), Bytes::from(vec![0u8; MAX_CACHED_VALUE + 1]));
-        assert_eq!(c.get(1, loc(1)), None);
+        let mut index = KeyIndex::new(Mode::User);
+        let mut c = NsCache::new(CacheBudget::new(64 << 20));
+        put(&mut index, b"k", 1);
+        c.put(&mut index, b"k", loc(1), &vec![0u8; MAX_CACHED_VALUE + 1]);
+        assert_eq!(cached(&mut index, b"k"), None);
+    }
+
+    #[test]
+    fn overwrites_do_not_grow_the_ring_without_bound() {
+        let mut index = KeyIndex::new(Mode::Seq);
+        let mut c = NsCache::new(CacheBudget::new(1 << 30));
+        let key = 0u64.to_le_bytes();
+        for off in 1..100_000u32 {
+            if let Some(old) = put(&mut index, &key, off) {
+                c.dropped(&old);
+            }
+            c.put(&mut index, &key, loc(off), b"value");
+        }
+        assert!(c.ring.len() < 4096, "ring holds {} entries", c.ring.len());
+        assert_eq!(c.budget().stats().entries, 1);
+    }
+
+    #[test]
+    fn a_busy_namespace_takes_the_budget_from_an_idle_one_and_nsdel_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig {
+            data_dir: dir.path().join("data"),
+            index_dir: dir.path().join("index"),
+            mode: None,
+            sync: false,
+            datasize: 1 << 20,
+            cache_bytes: 32 << 10,
+        })
+        .unwrap();
+        engine.create("idle").unwrap();
+        engine.create("busy").unwrap();
+        let idle = engine.get("idle").unwrap();
+        let busy = engine.get("busy").unwrap();
+        for i in 0..100u32 {
+            idle.lock()
+                .set(format!("k{i}").as_bytes(), &[1u8; 200], None)
+                .unwrap();
+        }
+        let full = engine.cache_stats();
+        assert!(full.used > 24 << 10, "{full:?}");
+        for i in 0..100u32 {
+            busy.lock()
+                .set(format!("k{i}").as_bytes(), &[2u8; 200], None)
+                .unwrap();
+        }
+        // The newest values of the busy namespace are cached, at the idle one's expense.
+        let before = engine.cache_stats();
+        assert_eq!(
+            busy.lock().get(b"k99").unwrap().as_deref(),
+            Some(&[2u8; 200][..])
+        );
+        assert_eq!(engine.cache_stats().hits, before.hits + 1);
+        assert!(engine.cache_stats().used <= 32 << 10);
+        // Values evicted from the idle namespace still read from disk.
+        assert_eq!(
+            idle.lock().get(b"k0").unwrap().as_deref(),
+            Some(&[1u8; 200][..])
+        );
+        drop((idle, busy));
+        assert!(engine.delete("busy").unwrap());
+        assert!(engine.delete("idle").unwrap());
+        let s = engine.cache_stats();
+        assert_eq!((s.used, s.entries), (0, 0), "{s:?}");
     }
 }

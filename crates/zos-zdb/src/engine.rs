@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::cache::{CacheStats, ValueCache};
+use crate::cache::{CacheBudget, CacheStats};
 use crate::descriptor::Descriptor;
 use crate::namespace::Namespace;
 use crate::store::StoreError;
@@ -54,7 +54,7 @@ pub struct Engine {
     cfg: EngineConfig,
     namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
     syncer: Syncer,
-    cache: Arc<ValueCache>,
+    cache: Arc<CacheBudget>,
 }
 
 /// Namespace names that map safely to one directory.
@@ -98,14 +98,15 @@ impl Engine {
             }
         }
         let engine = Engine {
-            cache: Arc::new(ValueCache::new(cfg.cache_bytes)),
+            cache: CacheBudget::new(cfg.cache_bytes),
             cfg,
             namespaces: RwLock::new(BTreeMap::new()),
             syncer: Syncer::default(),
         };
         for name in names {
-            let ns = engine.open_ns(&name)?;
-            engine.write_map().insert(name, Arc::new(ns));
+            let ns = Arc::new(engine.open_ns(&name)?);
+            engine.cache.register(&ns);
+            engine.write_map().insert(name, ns);
         }
         Ok(engine)
     }
@@ -187,7 +188,9 @@ impl Engine {
         if map.contains_key(name) {
             return Ok(false);
         }
-        map.insert(name.to_string(), Arc::new(ns));
+        let ns = Arc::new(ns);
+        self.cache.register(&ns);
+        map.insert(name.to_string(), ns);
         Ok(true)
     }
 

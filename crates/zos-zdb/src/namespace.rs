@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::Mode;
-use crate::cache::{ValueCache, next_generation};
+use crate::cache::{CacheBudget, NsCache};
 use crate::crypto::Cipher;
 use crate::descriptor::Descriptor;
 use crate::format::{
@@ -55,8 +55,9 @@ pub struct NsState {
     live_bytes: u64,
     next_id: u64,
     cipher: Option<Arc<Cipher>>,
-    cache: Arc<ValueCache>,
-    /// This namespace's part of the cache; renewed by `FLUSH` (see `cache`).
+    cache: NsCache,
+    /// Bumped by `FLUSH`, after which locations are reused: a read planned before it must not
+    /// cache its value for the new entry at the same place.
     generation: u64,
 }
 
@@ -77,7 +78,8 @@ pub struct DiskRead {
     len: usize,
     key: Vec<u8>,
     cipher: Option<Arc<Cipher>>,
-    cache: Arc<ValueCache>,
+    /// Where to cache the value once read (set by [`DiskRead::cache_in`]).
+    ns: Option<Arc<Namespace>>,
     generation: u64,
 }
 
@@ -85,6 +87,12 @@ impl DiskRead {
     /// Bytes the read will fetch (header, key and stored value).
     pub fn bytes(&self) -> usize {
         self.len
+    }
+
+    /// Caches the value in `ns` (the namespace it was planned in) once read.
+    pub fn cache_in(mut self, ns: Arc<Namespace>) -> DiskRead {
+        self.ns = Some(ns);
+        self
     }
 
     /// Reads, verifies the entry CRC (and the key), caches the stored value, and decrypts.
@@ -109,8 +117,13 @@ impl DiskRead {
         if !data_entry_valid(&entry) || entry[DATA_HDR_LEN..self.head] != self.key[..] {
             return Err(bad());
         }
+        if let Some(ns) = &self.ns {
+            let mut st = ns.lock();
+            if st.generation == self.generation {
+                st.cache_put(&self.key, self.at, &entry[self.head..]);
+            }
+        }
         let stored = Bytes::from(entry).slice(self.head..);
-        self.cache.insert(self.generation, self.at, stored.clone());
         match &self.cipher {
             None => Ok(stored),
             Some(c) => c
@@ -154,7 +167,7 @@ impl Namespace {
         index_dir: PathBuf,
         datasize: u64,
         new_desc: Descriptor,
-        cache: Arc<ValueCache>,
+        cache: Arc<CacheBudget>,
     ) -> Result<Namespace, StoreError> {
         std::fs::create_dir_all(&index_dir).map_err(|source| StoreError::Io {
             op: "mkdir",
@@ -191,8 +204,8 @@ impl Namespace {
             live_bytes,
             next_id,
             cipher: None,
-            cache,
-            generation: next_generation(),
+            cache: NsCache::new(cache),
+            generation: 0,
         };
         Ok(Namespace {
             name: name.to_string(),
@@ -209,6 +222,15 @@ impl Namespace {
     /// state inconsistent (appends are self-validating), so poisoning is ignored.
     pub fn lock(&self) -> MutexGuard<'_, NsState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state if nobody holds it (cross-namespace cache eviction never waits).
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, NsState>> {
+        match self.state.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Marks the namespace deleted: connections using it are disconnected.
@@ -269,7 +291,18 @@ impl NsState {
     /// Switches the index mode (caller checked that the namespace is pristine).
     pub fn set_mode(&mut self, mode: Mode) {
         self.desc.mode = mode;
+        self.cache.clear();
         self.index = KeyIndex::new(mode);
+    }
+
+    /// Caches the stored value of the version of `key` at `loc` (if still current).
+    fn cache_put(&mut self, key: &[u8], loc: Loc, stored: &[u8]) {
+        self.cache.put(&mut self.index, key, loc, stored);
+    }
+
+    /// Evicts up to `want` bytes of this namespace's cached values (for another namespace).
+    pub(crate) fn evict_cached(&mut self, want: u64) -> u64 {
+        self.cache.evict(&mut self.index, want)
     }
 
     /// Enables encryption (pristine namespace) or unseals it after a restart.
@@ -309,10 +342,15 @@ impl NsState {
         let cached = if fresh {
             None
         } else {
-            self.cache.get(self.generation, m.idx)
+            self.index
+                .get_for_read(key)
+                .and_then(|(cur, v)| v.filter(|_| cur.idx == m.idx))
         };
+        if !fresh {
+            self.cache.budget().count_read(cached.is_some());
+        }
         let payload = match cached {
-            Some(p) => p,
+            Some(p) => Bytes::from_owner(p),
             None => {
                 let enc = m.flags & FLAG_ENCRYPTED != 0;
                 let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
@@ -322,7 +360,9 @@ impl NsState {
                     key.len(),
                     stored,
                 )?);
-                self.cache.insert(self.generation, m.idx, p.clone());
+                if !fresh {
+                    self.cache_put(key, m.idx, &p);
+                }
                 p
             }
         };
@@ -355,8 +395,8 @@ impl NsState {
     /// [`ValueRead::Disk`] is then read without the lock (possibly on another thread), so a
     /// page-cache miss does not hold up other clients of the namespace.
     pub fn get_plan(&mut self, key: &[u8]) -> Result<ValueRead, OpError> {
-        let Some(m) = (key.len() <= MAX_KEY)
-            .then(|| self.index.get(key))
+        let Some((m, cached)) = (key.len() <= MAX_KEY)
+            .then(|| self.index.get_for_read(key))
             .flatten()
         else {
             return Ok(ValueRead::Done(None));
@@ -369,9 +409,10 @@ impl NsState {
             (true, Some(c)) => Some(c.clone()),
             (true, None) => return Err(client("Namespace is sealed, give its encryption key")),
         };
-        if let Some(stored) = self.cache.get(self.generation, m.idx) {
+        if let Some(stored) = cached {
+            self.cache.budget().count_read(true);
             return self
-                .open_payload(key, m.flags, stored, m.idx)
+                .open_payload(key, m.flags, Bytes::from_owner(stored), m.idx)
                 .map(|v| ValueRead::Done(Some(v)));
         }
         match self
@@ -379,17 +420,20 @@ impl NsState {
             .data_file_for(m.idx.file, m.data_off, head + stored)?
         {
             None => Ok(ValueRead::Done(Some(self.value_of(key, &m, false)?))),
-            Some(file) => Ok(ValueRead::Disk(DiskRead {
-                file,
-                at: m.idx,
-                off: m.data_off,
-                head,
-                len: head + stored,
-                key: key.to_vec(),
-                cipher,
-                cache: self.cache.clone(),
-                generation: self.generation,
-            })),
+            Some(file) => {
+                self.cache.budget().count_read(false);
+                Ok(ValueRead::Disk(DiskRead {
+                    file,
+                    at: m.idx,
+                    off: m.data_off,
+                    head,
+                    len: head + stored,
+                    key: key.to_vec(),
+                    cipher,
+                    ns: None,
+                    generation: self.generation,
+                }))
+            }
         }
     }
 
@@ -461,8 +505,6 @@ impl NsState {
         };
         let ts = timestamp.unwrap_or_else(now);
         let parent = existing.map_or(Loc::NONE, |m| m.idx);
-        // Cached before the append borrows `self.store`; dropped below if the append fails.
-        let stored = Bytes::copy_from_slice(payload);
         let a = self.store.append(
             &key,
             flags,
@@ -480,12 +522,11 @@ impl NsState {
             value_crc,
             flags,
         };
-        self.index.put(&key, Some(meta));
-        // The newest version is the likeliest to be read next; the old one is unreachable.
-        self.cache.insert(self.generation, a.idx, stored);
-        if let Some(m) = existing {
-            self.cache.remove(self.generation, m.idx);
+        if let Some(old) = self.index.put(&key, Some(meta)).and_then(|s| s.cached) {
+            self.cache.dropped(&old);
         }
+        // The newest version is the likeliest to be read next.
+        self.cache_put(&key, a.idx, payload);
         self.live_bytes = self.live_bytes - old_len + value.len() as u64;
         if seq && existing.is_none() {
             self.next_id += 1;
@@ -502,8 +543,9 @@ impl NsState {
         }
         self.store
             .append(key, FLAG_DELETED, &[], 0, now(), 0, m.idx)?;
-        self.index.put(key, None);
-        self.cache.remove(self.generation, m.idx);
+        if let Some(old) = self.index.put(key, None).and_then(|s| s.cached) {
+            self.cache.dropped(&old);
+        }
         self.live_bytes -= u64::from(m.length);
         Ok(())
     }
@@ -633,9 +675,10 @@ impl NsState {
 
     /// `FLUSH`: removes every entry and file.
     pub fn wipe(&mut self) -> Result<(), OpError> {
-        // Locations restart at the beginning: no entry cached before may answer for them.
-        self.generation = next_generation();
+        // Locations restart at the beginning: no read planned before may cache for them.
+        self.generation += 1;
         self.store.wipe()?;
+        self.cache.clear();
         self.index = KeyIndex::new(self.desc.mode);
         self.live_bytes = 0;
         self.next_id = 0;

@@ -190,7 +190,7 @@ impl Session {
                     Ok(ValueRead::Done(v)) => v.map_or(Reply::Nil, Reply::Bulk),
                     Ok(ValueRead::Disk(read)) => {
                         self.ns.notify(name);
-                        return Outcome::Read(read);
+                        return Outcome::Read(read.cache_in(self.ns.clone()));
                     }
                     Err(e) => e,
                 }
