@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::format::Loc;
-use crate::index::{ClockVisit, KeyIndex};
+use crate::index::{CachedValue, ClockVisit, KeyIndex};
 use crate::key::Key;
 use crate::namespace::Namespace;
 
@@ -179,7 +179,7 @@ impl NsCache {
         if excess > 0 {
             excess = excess.saturating_sub(self.budget.evict_elsewhere(excess));
         }
-        if excess > 0 || !index.cache_value(key, loc, Arc::from(stored)) {
+        if excess > 0 || !index.cache_value(key, loc, CachedValue::new(stored)) {
             return;
         }
         self.ring.push_back((Key::from(key), loc));
@@ -263,7 +263,7 @@ mod tests {
     }
 
     /// An index with `key` at `loc(off)`.
-    fn put(index: &mut KeyIndex, key: &[u8], off: u32) -> Option<Arc<[u8]>> {
+    fn put(index: &mut KeyIndex, key: &[u8], off: u32) -> Option<CachedValue> {
         let meta = Meta {
             idx: loc(off),
             data_off: off,
@@ -276,7 +276,7 @@ mod tests {
     }
 
     fn cached(index: &mut KeyIndex, key: &[u8]) -> Option<Vec<u8>> {
-        index.get_for_read(key)?.1.map(|v| v.to_vec())
+        index.get_for_read(key)?.1.map(|v| v.as_slice().to_vec())
     }
 
     #[test]
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(c.budget().stats().used, 3 + ENTRY_OVERHEAD);
         // Overwrite: the index drops the old value, the caller reports it.
         let old = put(&mut index, b"k", 20).expect("old value handed back");
-        c.dropped(&old);
+        c.dropped(old.as_slice());
         assert_eq!(cached(&mut index, b"k"), None);
         let s = c.budget().stats();
         assert_eq!((s.used, s.entries), (0, 0));
@@ -353,7 +353,7 @@ mod tests {
         let key = 0u64.to_le_bytes();
         for off in 1..100_000u32 {
             if let Some(old) = put(&mut index, &key, off) {
-                c.dropped(&old);
+                c.dropped(old.as_slice());
             }
             c.put(&mut index, &key, loc(off), b"value");
         }

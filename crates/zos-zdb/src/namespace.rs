@@ -523,7 +523,7 @@ impl NsState {
             flags,
         };
         if let Some(old) = self.index.put(&key, Some(meta)).and_then(|s| s.cached) {
-            self.cache.dropped(&old);
+            self.cache.dropped(old.as_slice());
         }
         // The newest version is the likeliest to be read next.
         self.cache_put(&key, a.idx, payload);
@@ -544,7 +544,7 @@ impl NsState {
         self.store
             .append(key, FLAG_DELETED, &[], 0, now(), 0, m.idx)?;
         if let Some(old) = self.index.put(key, None).and_then(|s| s.cached) {
-            self.cache.dropped(&old);
+            self.cache.dropped(old.as_slice());
         }
         self.live_bytes -= u64::from(m.length);
         Ok(())
