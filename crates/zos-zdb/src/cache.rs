@@ -9,13 +9,19 @@
 //! namespaces), so the cache never holds plaintext that is encrypted at rest.
 //!
 //! Eviction is CLOCK (second chance): each namespace keeps a ring of the (key, version) pairs
-//! it cached, in insertion order; when the server's budget is exceeded the hand evicts entries
-//! not read since its last pass and spares the others once. A namespace evicts its own entries
-//! first, then, if that is not enough, those of other namespaces it can lock without waiting,
-//! so an idle namespace cannot keep the budget from an active one.
+//! it cached, in insertion order; its hand evicts entries not read since the hand last passed
+//! and spares the others once. When the server's budget is exceeded, the namespaces take
+//! turns (round robin over all of them, the one inserting included): in the first round each
+//! hand makes at most one pass, so a namespace whose values are all being read gives nothing
+//! and the next one, whose values are cold, gives instead; a second round evicts what the
+//! first spared. Other namespaces are locked with `try_lock` (a busy one is skipped), so two
+//! evicting namespaces cannot deadlock. An idle namespace's values are cold, so they are the
+//! first to go: it cannot keep the budget from an active one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+static NEXT_NS_ID: AtomicU64 = AtomicU64::new(1);
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::format::Loc;
@@ -61,8 +67,8 @@ pub struct CacheBudget {
     entries: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
-    /// Every namespace, for evicting across namespaces.
-    members: Mutex<Vec<Weak<Namespace>>>,
+    /// Every namespace (with its cache id), for evicting across namespaces.
+    members: Mutex<Vec<(u64, Weak<Namespace>)>>,
     /// Where the next cross-namespace eviction starts (round robin).
     next_member: AtomicUsize,
 }
@@ -99,9 +105,10 @@ impl CacheBudget {
 
     /// Makes `ns` a candidate for evictions requested by other namespaces.
     pub fn register(&self, ns: &Arc<Namespace>) {
+        let id = ns.lock().cache_id();
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        members.retain(|w| w.strong_count() > 0);
-        members.push(Arc::downgrade(ns));
+        members.retain(|(_, w)| w.strong_count() > 0);
+        members.push((id, Arc::downgrade(ns)));
     }
 
     pub(crate) fn count_read(&self, hit: bool) {
@@ -116,32 +123,28 @@ impl CacheBudget {
         (self.used.load(Ordering::Relaxed) + extra).saturating_sub(self.capacity)
     }
 
-    /// Evicts up to `want` bytes from other namespaces that are not busy; returns what it freed.
-    fn evict_elsewhere(&self, want: u64) -> u64 {
-        let members: Vec<Arc<Namespace>> = {
+    /// The namespaces to evict from, starting with the next one's turn.
+    fn turn_order(&self) -> Vec<(u64, Arc<Namespace>)> {
+        let mut order: Vec<(u64, Arc<Namespace>)> = {
             let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-            members.iter().filter_map(Weak::upgrade).collect()
+            members
+                .iter()
+                .filter_map(|(id, w)| Some((*id, w.upgrade()?)))
+                .collect()
         };
-        let n = members.len();
-        let start = self.next_member.fetch_add(1, Ordering::Relaxed);
-        let mut freed = 0;
-        for i in 0..n {
-            if freed >= want {
-                break;
-            }
-            // The caller holds its own namespace's lock: try_lock fails on it (and on any
-            // busy namespace) instead of waiting, so two evicting namespaces cannot deadlock.
-            if let Some(mut st) = members[(start + i) % n].try_lock() {
-                freed += st.evict_cached(want - freed);
-            }
+        if !order.is_empty() {
+            let start = self.next_member.fetch_add(1, Ordering::Relaxed) % order.len();
+            order.rotate_left(start);
         }
-        freed
+        order
     }
 }
 
 /// One namespace's part of the cache: the clock ring of what it cached.
 pub(crate) struct NsCache {
     budget: Arc<CacheBudget>,
+    /// Tells this namespace apart in the budget's member list.
+    id: u64,
     ring: VecDeque<(Key, Loc)>,
     /// Bytes (with overhead) and values this namespace holds in the cache.
     bytes: u64,
@@ -154,6 +157,7 @@ impl NsCache {
     pub(crate) fn new(budget: Arc<CacheBudget>) -> NsCache {
         NsCache {
             budget,
+            id: NEXT_NS_ID.fetch_add(1, Ordering::Relaxed),
             ring: VecDeque::new(),
             bytes: 0,
             entries: 0,
@@ -165,6 +169,15 @@ impl NsCache {
         &self.budget
     }
 
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Values this namespace holds in the cache.
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
     /// Caches `stored` as the value of the version of `key` at `loc` (if it is still current),
     /// evicting to stay within the budget; a value that cannot fit is simply not cached.
     pub(crate) fn put(&mut self, index: &mut KeyIndex, key: &[u8], loc: Loc, stored: &[u8]) {
@@ -172,14 +185,11 @@ impl NsCache {
             return;
         }
         let weight = stored.len() as u64 + ENTRY_OVERHEAD;
-        let mut excess = self.budget.excess(weight);
-        if excess > 0 {
-            excess = excess.saturating_sub(self.evict(index, excess));
+        let excess = self.budget.excess(weight);
+        if excess > 0 && self.make_room(index, excess) < excess {
+            return;
         }
-        if excess > 0 {
-            excess = excess.saturating_sub(self.budget.evict_elsewhere(excess));
-        }
-        if excess > 0 || !index.cache_value(key, loc, CachedValue::new(stored)) {
+        if !index.cache_value(key, loc, CachedValue::new(stored)) {
             return;
         }
         self.ring.push_back((Key::from(key), loc));
@@ -203,11 +213,36 @@ impl NsCache {
         self.stale = 0;
     }
 
-    /// Runs the clock hand until `want` bytes are freed or two full turns are done (a second
-    /// turn evicts what the first spared). Returns the bytes freed.
-    pub(crate) fn evict(&mut self, index: &mut KeyIndex, want: u64) -> u64 {
+    /// Frees `want` bytes, namespaces taking turns (see the module doc). Returns the bytes freed.
+    fn make_room(&mut self, index: &mut KeyIndex, want: u64) -> u64 {
+        let order = self.budget.turn_order();
+        if order.len() <= 1 {
+            // Alone (or not registered, in unit tests): nobody else to ask.
+            return self.evict(index, want, 2);
+        }
         let mut freed = 0;
-        let mut steps = 2 * self.ring.len();
+        for passes in [1, 2] {
+            for (id, ns) in &order {
+                if freed >= want {
+                    return freed;
+                }
+                freed += if *id == self.id {
+                    self.evict(index, want - freed, passes)
+                } else if let Some(mut st) = ns.try_lock() {
+                    st.evict_cached(want - freed, passes)
+                } else {
+                    0
+                };
+            }
+        }
+        freed
+    }
+
+    /// Runs the clock hand until `want` bytes are freed or `passes` turns are done (a second
+    /// turn evicts what the first spared). Returns the bytes freed.
+    pub(crate) fn evict(&mut self, index: &mut KeyIndex, want: u64, passes: usize) -> u64 {
+        let mut freed = 0;
+        let mut steps = passes * self.ring.len();
         while freed < want && steps > 0 {
             steps -= 1;
             let Some((key, loc)) = self.ring.pop_front() else {
@@ -384,12 +419,20 @@ mod tests {
         }
         let full = engine.cache_stats();
         assert!(full.used > 24 << 10, "{full:?}");
+        let idle_before = idle.lock().cached_entries();
         for i in 0..100u32 {
-            busy.lock()
-                .set(format!("k{i}").as_bytes(), &[2u8; 200], None)
-                .unwrap();
+            let key = format!("k{i}");
+            let mut st = busy.lock();
+            st.set(key.as_bytes(), &[2u8; 200], None).unwrap();
+            assert!(st.get(key.as_bytes()).unwrap().is_some());
         }
-        // The newest values of the busy namespace are cached, at the idle one's expense.
+        // Values being read win over values nobody reads: the busy namespace holds most of
+        // the cache now, at the idle one's expense.
+        let (idle_after, busy_after) = (idle.lock().cached_entries(), busy.lock().cached_entries());
+        assert!(
+            busy_after > idle_after && idle_after < idle_before / 2,
+            "idle {idle_before} -> {idle_after}, busy {busy_after}"
+        );
         let before = engine.cache_stats();
         assert_eq!(
             busy.lock().get(b"k99").unwrap().as_deref(),

@@ -300,9 +300,20 @@ impl NsState {
         self.cache.put(&mut self.index, key, loc, stored);
     }
 
-    /// Evicts up to `want` bytes of this namespace's cached values (for another namespace).
-    pub(crate) fn evict_cached(&mut self, want: u64) -> u64 {
-        self.cache.evict(&mut self.index, want)
+    /// Evicts up to `want` bytes of this namespace's cached values in at most `passes` turns
+    /// of its clock hand (for another namespace over budget).
+    pub(crate) fn evict_cached(&mut self, want: u64, passes: usize) -> u64 {
+        self.cache.evict(&mut self.index, want, passes)
+    }
+
+    /// This namespace's id in the cache budget.
+    pub(crate) fn cache_id(&self) -> u64 {
+        self.cache.id()
+    }
+
+    /// Values of this namespace in the read cache.
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.entries()
     }
 
     /// Enables encryption (pristine namespace) or unseals it after a restart.
