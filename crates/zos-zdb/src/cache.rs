@@ -11,12 +11,15 @@
 //! Eviction is CLOCK (second chance): each namespace keeps a ring of the (key, version) pairs
 //! it cached, in insertion order; its hand evicts entries not read since the hand last passed
 //! and spares the others once. When the server's budget is exceeded, the namespaces take
-//! turns (round robin over all of them, the one inserting included): in the first round each
+//! turns (round robin over a window of up to 8 that moves one step per eviction, the one
+//! inserting included, and its own hand as the last resort): in the first round each
 //! hand makes at most one pass, so a namespace whose values are all being read gives nothing
 //! and the next one, whose values are cold, gives instead; a second round evicts what the
 //! first spared. Other namespaces are locked with `try_lock` (a busy one is skipped), so two
 //! evicting namespaces cannot deadlock. An idle namespace's values are cold, so they are the
-//! first to go: it cannot keep the budget from an active one.
+//! first to go: it cannot keep the budget from an active one. The budget is checked before
+//! each insert without a lock, so inserts racing on several workers may overshoot it by one
+//! value each.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +36,8 @@ use crate::namespace::Namespace;
 pub const ENTRY_OVERHEAD: u64 = 64;
 /// Larger values are not cached: one of them would evict thousands of small hot ones.
 pub const MAX_CACHED_VALUE: usize = 1 << 20;
+/// Namespaces asked in one eviction round.
+const EVICTION_WINDOW: usize = 8;
 /// Default cache budget of an embedded server (the node sizes its own).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Share of the usable memory that `--cache-size auto` gives the cache. The rest is for the
@@ -123,20 +128,22 @@ impl CacheBudget {
         (self.used.load(Ordering::Relaxed) + extra).saturating_sub(self.capacity)
     }
 
-    /// The namespaces to evict from, starting with the next one's turn.
+    /// The next few namespaces in turn to evict from (a bounded window that moves one step
+    /// per call, so a server with thousands of namespaces does not visit them all per insert).
     fn turn_order(&self) -> Vec<(u64, Arc<Namespace>)> {
-        let mut order: Vec<(u64, Arc<Namespace>)> = {
-            let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-            members
-                .iter()
-                .filter_map(|(id, w)| Some((*id, w.upgrade()?)))
-                .collect()
-        };
-        if !order.is_empty() {
-            let start = self.next_member.fetch_add(1, Ordering::Relaxed) % order.len();
-            order.rotate_left(start);
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let n = members.len();
+        if n == 0 {
+            return Vec::new();
         }
-        order
+        let start = self.next_member.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .filter_map(|i| {
+                let (id, w) = &members[(start + i) % n];
+                Some((*id, w.upgrade()?))
+            })
+            .take(EVICTION_WINDOW)
+            .collect()
     }
 }
 
@@ -234,6 +241,10 @@ impl NsCache {
                     0
                 };
             }
+        }
+        if freed < want {
+            // Outside this round's window, or the others were busy: our own hand still can.
+            freed += self.evict(index, want - freed, 2);
         }
         freed
     }
