@@ -23,8 +23,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-static NEXT_NS_ID: AtomicU64 = AtomicU64::new(1);
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::format::Loc;
@@ -32,7 +30,9 @@ use crate::index::{CachedValue, ClockVisit, KeyIndex};
 use crate::key::Key;
 use crate::namespace::Namespace;
 
-/// Bytes counted per entry on top of the value: ring entry, `Arc` header, allocator slack.
+static NEXT_NS_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes counted per entry on top of the value: ring entry, `ThinArc` header, allocator slack.
 pub const ENTRY_OVERHEAD: u64 = 64;
 /// Larger values are not cached: one of them would evict thousands of small hot ones.
 pub const MAX_CACHED_VALUE: usize = 1 << 20;
@@ -74,6 +74,9 @@ pub struct CacheBudget {
     misses: AtomicU64,
     /// Every namespace (with its cache id), for evicting across namespaces.
     members: Mutex<Vec<(u64, Weak<Namespace>)>>,
+    /// Length of `members` (deleted namespaces included until the next `register`), read
+    /// without the lock so that a server with one namespace skips the turn order entirely.
+    member_count: AtomicUsize,
     /// Where the next cross-namespace eviction starts (round robin).
     next_member: AtomicUsize,
 }
@@ -88,6 +91,7 @@ impl CacheBudget {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
+            member_count: AtomicUsize::new(0),
             next_member: AtomicUsize::new(0),
         })
     }
@@ -114,6 +118,7 @@ impl CacheBudget {
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         members.retain(|(_, w)| w.strong_count() > 0);
         members.push((id, Arc::downgrade(ns)));
+        self.member_count.store(members.len(), Ordering::Relaxed);
     }
 
     pub(crate) fn count_read(&self, hit: bool) {
@@ -222,7 +227,12 @@ impl NsCache {
 
     /// Frees `want` bytes, namespaces taking turns (see the module doc). Returns the bytes freed.
     fn make_room(&mut self, index: &mut KeyIndex, want: u64) -> u64 {
-        let order = self.budget.turn_order();
+        // A full cache makes room on every insert: with one namespace, no lock, no list.
+        let order = if self.budget.member_count.load(Ordering::Relaxed) > 1 {
+            self.budget.turn_order()
+        } else {
+            Vec::new()
+        };
         if order.len() <= 1 {
             // Alone (or not registered, in unit tests): nobody else to ask.
             return self.evict(index, want, 2);
