@@ -185,6 +185,16 @@ impl Deployment {
     {
         let message = self.signing_message()?;
         let req = &self.signature_requirement;
+        // Upstream counts a twin listed twice twice (one signature, double weight): refused.
+        let mut seen = HashSet::new();
+        for request in &req.requests {
+            if !seen.insert(request.twin_id) {
+                return Err(VerifyError(format!(
+                    "twin '{}' is listed more than once in the signature requests",
+                    request.twin_id
+                )));
+            }
+        }
         let mut originator_found = false;
         let mut weight: u64 = 0;
         for request in &req.requests {
@@ -210,10 +220,21 @@ impl Deployment {
             let signature = signature.unwrap_or(&default);
             let bytes = go_hex_decode(&signature.signature)
                 .map_err(|e| VerifyError(format!("invalid signature: {e}")))?;
-            if !verify_go(&signature.signature_type, &pk, &message, &bytes) {
+            // An absent optional signature is checked against empty bytes, as upstream does
+            // (and fails with its text); present bytes of the wrong length are named.
+            if !bytes.is_empty() && bytes.len() != SIGNATURE_LEN {
+                return Err(VerifyError(format!(
+                    "invalid signature: expected {SIGNATURE_LEN} bytes, got {}",
+                    bytes.len()
+                )));
+            }
+            if !verify_strict(&signature.signature_type, &pk, &message, &bytes) {
                 return Err(VerifyError("failed to verify signature".into()));
             }
-            weight = weight.wrapping_add(request.weight);
+            // Upstream adds with wrap-around, so huge weights could sum to anything.
+            weight = weight.checked_add(request.weight).ok_or_else(|| {
+                VerifyError("signature weights overflow: their sum exceeds 2^64-1".into())
+            })?;
         }
         if !originator_found {
             return Err(VerifyError(
@@ -327,19 +348,13 @@ impl Deployment {
     }
 }
 
-/// Upstream's verifiers: ed25519 needs exactly 64 signature bytes; sr25519 copies the bytes
-/// into a 64-byte array first (padding or truncating), as the Go code does.
-fn verify_go(signature_type: &str, pk: &[u8], message: &[u8], sig: &[u8]) -> bool {
-    match KeyType::from_wire(signature_type) {
-        KeyType::Ed25519 => crate::crypto::verify(KeyType::Ed25519, pk, message, sig),
-        KeyType::Sr25519 => {
-            let mut fixed = [0u8; 64];
-            let n = sig.len().min(64);
-            fixed[..n].copy_from_slice(&sig[..n]);
-            let mut pk32 = [0u8; 32];
-            let m = pk.len().min(32);
-            pk32[..m].copy_from_slice(&pk[..m]);
-            crate::crypto::verify(KeyType::Sr25519, &pk32, message, &fixed)
-        }
-    }
+/// Both schemes sign with 64 bytes.
+const SIGNATURE_LEN: usize = 64;
+
+/// Upstream's sr25519 verifier copies the bytes into a 64-byte array (padding or truncating),
+/// so a signature with junk appended verifies there; here every scheme needs exactly 64
+/// signature bytes and a 32-byte key (docs/deployment.md, "Deliberate differences").
+fn verify_strict(signature_type: &str, pk: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    sig.len() == SIGNATURE_LEN
+        && crate::crypto::verify(KeyType::from_wire(signature_type), pk, message, sig)
 }
