@@ -24,16 +24,14 @@ pub const COMMANDS: &[&str] = &[
     "zos.deployment.update",
     "zos.deployment.delete",
     "zos.deployment.get",
+    "zos.deployment.wait",
     "zos.deployment.list",
     "zos.deployment.changes",
     "zos.statistics.get",
     "zos.storage.pools",
-    "zos.network.list_wg_ports",
     "zos.network.public_config_get",
     "zos.network.interfaces",
     "zos.network.has_ipv6",
-    "zos.network.list_public_ips",
-    "zos.network.list_private_ips",
     "zos.system.version",
     "zos.system.dmi",
     "zos.system.hypervisor",
@@ -128,6 +126,23 @@ struct ContractArg {
     contract_id: u64,
 }
 
+/// `zos.deployment.wait`: the version to wait for and how long (capped, see [`MAX_WAIT_MS`]).
+#[derive(Deserialize)]
+struct WaitArg {
+    contract_id: u64,
+    version: u32,
+    #[serde(default = "default_wait_ms")]
+    timeout_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    10_000
+}
+
+/// The longest a `zos.deployment.wait` call holds: below the clients' RMB call timeouts, so a
+/// reply ("not settled yet") always arrives and the client asks again.
+pub const MAX_WAIT_MS: u64 = 15_000;
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct DebugListArg {
@@ -137,11 +152,6 @@ struct DebugListArg {
 #[derive(Deserialize)]
 struct DebugGetArg {
     deployment: String,
-}
-
-#[derive(Deserialize)]
-struct NetworkNameArg {
-    network_name: String,
 }
 
 fn arg<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, ApiError> {
@@ -192,6 +202,15 @@ impl Api {
                 let a: ContractArg = arg(payload)?;
                 to_value(&self.engine.get(source, a.contract_id)?)
             }
+            "zos.deployment.wait" => {
+                let a: WaitArg = arg(payload)?;
+                let timeout = std::time::Duration::from_millis(a.timeout_ms.min(MAX_WAIT_MS));
+                let (d, settled) = self
+                    .engine
+                    .wait(source, a.contract_id, a.version, timeout)
+                    .await?;
+                Ok(json!({ "settled": settled, "deployment": to_value(&d)? }))
+            }
             "zos.deployment.list" => to_value(&self.engine.list(source)?),
             "zos.deployment.changes" => {
                 let a: ContractArg = arg(payload)?;
@@ -199,7 +218,6 @@ impl Api {
             }
             "zos.statistics.get" => self.statistics().await,
             "zos.storage.pools" => to_value(&self.pools().await),
-            "zos.network.list_wg_ports" => self.wg_ports(),
             "zos.network.public_config_get" => {
                 match self
                     .state
@@ -214,11 +232,6 @@ impl Api {
             }
             "zos.network.interfaces" => Ok(json!({ "zos": sysinfo::host_ips(), "ygg": [] })),
             "zos.network.has_ipv6" => Ok(json!(sysinfo::has_global_ipv6())),
-            "zos.network.list_public_ips" => self.public_ips(),
-            "zos.network.list_private_ips" => {
-                let a: NetworkNameArg = arg(payload)?;
-                self.private_ips(source, &a.network_name)
-            }
             "zos.system.version" => Ok(json!({ "zos": env!("CARGO_PKG_VERSION"), "zinit": "" })),
             "zos.system.dmi" => Ok(sysinfo::dmi()),
             "zos.system.hypervisor" => Ok(json!(sysinfo::hypervisor())),
@@ -253,8 +266,20 @@ impl Api {
                 }
                 self.debug(c, payload)
             }
-            _ => Err(ApiError::new(404, format!("unknown command {command}"))),
+            _ => self.extra(source, command, payload).await,
         }
+    }
+
+    /// A command added by a primitive crate (volume snapshots, network views…): it reads the
+    /// node through [`crate::primitives::StoreView`]; its errors are the caller's (400).
+    async fn extra(&self, source: u32, command: &str, payload: Value) -> Result<Value, ApiError> {
+        let Some(c) = self.engine.registry().command(command) else {
+            return Err(ApiError::new(404, format!("unknown command {command}")));
+        };
+        let view = crate::primitives::StoreView(self.engine.store());
+        c.call(&view, source, payload)
+            .await
+            .map_err(|e| ApiError::new(400, e))
     }
 
     async fn pools(&self) -> Vec<crate::primitives::PoolUsage> {
@@ -295,70 +320,6 @@ impl Api {
             "users": users,
             "open_connections": 0,
         }))
-    }
-
-    fn public_ips(&self) -> Result<Value, ApiError> {
-        let mut out = Vec::new();
-        for r in self.engine.store().list(None).map_err(EngineError::from)? {
-            for w in r.deployment.workloads {
-                let t = w.workload_type.as_str();
-                if (t == "ip" || t == "ipv4") && w.result.state == ResultState::Ok {
-                    if let Some(ip) = w.result.data.get("ip").and_then(Value::as_str) {
-                        if !ip.is_empty() {
-                            out.push(ip.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(json!(out))
-    }
-
-    /// WireGuard ports reserved by network workloads that hold resources (ok/paused).
-    fn wg_ports(&self) -> Result<Value, ApiError> {
-        let mut ports = Vec::new();
-        for r in self.engine.store().list(None).map_err(EngineError::from)? {
-            for w in r.deployment.workloads {
-                let t = w.workload_type.as_str();
-                if (t == "network" || t == "network-light") && w.result.state.is_okay() {
-                    if let Some(p) = w.data["wireguard_listen_port"].as_u64().filter(|p| *p != 0) {
-                        ports.push(p);
-                    }
-                }
-            }
-        }
-        ports.sort_unstable();
-        ports.dedup();
-        Ok(json!(ports))
-    }
-
-    fn private_ips(&self, twin: u32, network: &str) -> Result<Value, ApiError> {
-        let mut out = Vec::new();
-        for r in self
-            .engine
-            .store()
-            .list(Some(twin))
-            .map_err(EngineError::from)?
-        {
-            for w in r.deployment.workloads {
-                let t = w.workload_type.as_str();
-                if t != "zmachine" && t != "zmachine-light" {
-                    continue;
-                }
-                let ifaces = w.data["network"]["interfaces"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                for i in ifaces {
-                    if i["network"] == json!(network) {
-                        if let Some(ip) = i["ip"].as_str() {
-                            out.push(ip.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(json!(out))
     }
 
     fn diagnostics(&self) -> Value {
@@ -474,18 +435,20 @@ impl Api {
                 }
             });
         }
-        for (name, command) in self.engine.registry().commands() {
+        // Commands of primitive crates go through `dispatch` too (it finds them in the registry).
+        for (name, _) in self.engine.registry().commands() {
             if COMMANDS.contains(&name) {
                 continue;
             }
-            let command = command.clone();
-            r.handle(name, move |ctx: zos_rmb::RequestContext, payload: Value| {
-                let command = command.clone();
+            let api = self.clone();
+            let name = name.to_string();
+            r.handle(&name.clone(), move |ctx: zos_rmb::RequestContext, payload: Value| {
+                let api = api.clone();
+                let name = name.clone();
                 async move {
-                    command
-                        .call(ctx.source, payload)
+                    api.dispatch(ctx.source, &name, payload)
                         .await
-                        .map_err(zos_rmb::HandlerError::bad_request)
+                        .map_err(|e| zos_rmb::HandlerError::new(e.code, e.message))
                 }
             });
         }

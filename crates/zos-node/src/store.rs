@@ -440,6 +440,26 @@ impl Store {
         }
     }
 
+    /// Whether a job for this deployment is queued (or being processed: jobs are removed only
+    /// once done). `zos.deployment.wait` uses it to know a version has been applied.
+    pub fn has_job_for(&self, twin: u32, contract: u64) -> Result<bool, StoreError> {
+        #[derive(Deserialize)]
+        struct Owner {
+            twin: u32,
+            contract: u64,
+        }
+        let r = self.read()?;
+        let jobs = r.open_table(JOBS).map_err(|e| self.err(e))?;
+        for entry in jobs.iter().map_err(|e| self.err(e))? {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let o: Owner = dec(|| format!("job {}", k.value()), v.value())?;
+            if o.twin == twin && o.contract == contract {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Number of queued jobs.
     pub fn job_count(&self) -> Result<u64, StoreError> {
         let r = self.read()?;

@@ -100,6 +100,7 @@ impl Engine {
                             if let Err(e) = self.inner.store.ack_job(id) {
                                 tracing::error!(error = %e, job = id, "cannot acknowledge job");
                             }
+                            self.bump();
                             let latency = now_ms().saturating_sub(job.queued_ms);
                             self.inner.metrics.job_done(op, latency);
                         }
@@ -138,6 +139,7 @@ impl Engine {
                 break;
             }
             let _ = self.inner.store.ack_job(id);
+            self.bump();
             let latency = now_ms().saturating_sub(job.queued_ms);
             self.inner.metrics.job_done(op_name(&job.op), latency);
             n += 1;
@@ -288,6 +290,7 @@ impl Engine {
             }
         }
         self.inner.store.record(twin, contract, &new, apply)?;
+        self.bump();
         let wlid = crate::model::workload_id(twin, contract, &new.name);
         {
             let mut used = self.inner.used.lock().expect("usage index lock");
@@ -483,16 +486,21 @@ impl Engine {
             };
             let cur = rec.deployment.get(&wl.name).cloned();
             match &cur {
+                // New, or failed before: nothing to update on the node, so provision it (an
+                // update would fail with "… not found").
                 None => {
-                    let res = self.provision_one(&rec.deployment, &wl, true).await;
-                    let apply = if res.state == ResultState::Unchanged {
-                        Apply::LogOnly
-                    } else {
-                        Apply::Upsert
-                    };
-                    let mut new = wl.clone();
-                    new.result = res;
-                    self.save(twin, contract, None, new, apply)?;
+                    self.provision_into(twin, contract, &rec.deployment, None, &wl)
+                        .await?
+                }
+                Some(c) if super::needs_provision(c.result.state) => {
+                    // Provisioned as the deployment being applied (the target's workloads).
+                    let mut target_view = rec.deployment.clone();
+                    if let Some(slot) = target_view.workloads.iter_mut().find(|w| w.name == wl.name)
+                    {
+                        *slot = wl.clone();
+                    }
+                    self.provision_into(twin, contract, &target_view, Some(c), &wl)
+                        .await?
                 }
                 Some(cur) => {
                     let (res, apply) = self.update_one(&rec.deployment, cur, &wl).await;
@@ -503,6 +511,26 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Provisions `wl` (capacity gate first) and stores its result in place of `old`.
+    async fn provision_into(
+        &self,
+        twin: u32,
+        contract: u64,
+        dl: &Deployment,
+        old: Option<&Workload>,
+        wl: &Workload,
+    ) -> Result<(), StoreError> {
+        let res = self.provision_one(dl, wl, true).await;
+        let apply = if res.state == ResultState::Unchanged {
+            Apply::LogOnly
+        } else {
+            Apply::Upsert
+        };
+        let mut new = wl.clone();
+        new.result = res;
+        self.save(twin, contract, old, new, apply)
     }
 
     async fn update_one(

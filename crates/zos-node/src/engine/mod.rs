@@ -108,6 +108,9 @@ pub(crate) struct Inner {
     /// One API write at a time: redb serialises writers anyway, and without this a burst of
     /// deploy calls would queue dozens of blocking writers ahead of the job worker's commits.
     pub(crate) api_writes: tokio::sync::Semaphore,
+    /// Bumped on every stored result, accepted deployment and finished job: what
+    /// `zos.deployment.wait` sleeps on instead of having clients poll.
+    pub(crate) changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The engine handle (cheap to clone).
@@ -211,6 +214,7 @@ impl Engine {
                 report_wake: Notify::new(),
                 keys: Mutex::default(),
                 api_writes: tokio::sync::Semaphore::new(1),
+                changed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -356,6 +360,7 @@ impl Engine {
             contract = dl.contract_id,
             "deployment accepted"
         );
+        self.bump();
         self.inner.wake.notify_one();
         Ok(())
     }
@@ -380,6 +385,14 @@ impl Engine {
                 continue;
             }
             let Some(wl) = dl.get(name) else { continue };
+            // A workload that failed holds nothing to update: the job provisions it again.
+            if rec
+                .deployment
+                .get(name)
+                .is_some_and(|c| needs_provision(c.result.state))
+            {
+                continue;
+            }
             let updatable = self
                 .inner
                 .registry
@@ -404,8 +417,44 @@ impl Engine {
             version = dl.version,
             "update accepted"
         );
+        self.bump();
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// Wakes `wait` callers (something about a deployment changed).
+    pub(crate) fn bump(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `zos.deployment.wait`: waits until `version` of the caller's deployment has been
+    /// applied (no job queued for it and the stored version is at least `version`) or
+    /// `timeout` passes, then answers the deployment and whether it settled. The deployment
+    /// must exist (a `deploy` or `update` answered before the wait).
+    pub async fn wait(
+        &self,
+        twin: u32,
+        contract: u64,
+        version: u32,
+        timeout: std::time::Duration,
+    ) -> Result<(Deployment, bool), EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before looking, so a change between the look and the sleep still wakes us.
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let d = self.get(twin, contract)?;
+            let settled = d.version > version
+                || (d.version == version && !self.inner.store.has_job_for(twin, contract)?);
+            if settled {
+                return Ok((d, true));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out (or the engine is going away): the caller sees where it is.
+                Ok(Err(_)) | Err(_) => return Ok((self.get(twin, contract)?, false)),
+            }
+        }
     }
 
     /// `zos.deployment.get`: the caller's deployment with current results.
@@ -537,6 +586,15 @@ impl Engine {
     pub fn queued_jobs(&self) -> u64 {
         self.inner.store.job_count().unwrap_or(0)
     }
+}
+
+/// States in which a workload holds nothing on the node, so an update provisions it afresh
+/// instead of updating it (the primitive's update would not find it).
+pub(crate) fn needs_provision(state: ResultState) -> bool {
+    matches!(
+        state,
+        ResultState::Error | ResultState::Init | ResultState::Unset | ResultState::Deleted
+    )
 }
 
 #[cfg(test)]

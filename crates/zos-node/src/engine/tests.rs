@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -593,4 +594,102 @@ async fn retried_update_job_is_a_no_op() {
         names,
         [("a".into(), ResultState::Ok), ("c".into(), ResultState::Ok)]
     );
+}
+
+#[tokio::test]
+async fn update_of_a_failed_workload_provisions_it_again() {
+    let t = setup();
+    // Size 13 makes the primitive fail: the workload ends in error, holding nothing.
+    let d0 = t.dl(1, 0, vec![vol("a", 13, 0), ip("p")]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Error);
+    // A corrected size: provisioned afresh (the primitive's update would not find it), and
+    // the non-updatable ip keeps its version so it is not touched.
+    let d1 = t.dl(1, 1, vec![vol("a", GIB, 1), ip("p")]);
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    t.engine.drain().await;
+    let s = t.states(1);
+    assert!(s.iter().all(|x| x.1 == ResultState::Ok), "{s:?}");
+    assert_eq!(t.vol.calls("update"), 0);
+    assert_eq!(t.vol.calls("provision"), 2);
+    assert!(t.vol.live.lock().unwrap().contains_key("3-1-a"));
+
+    // A failed non-updatable workload may be corrected too: it is provisioned, not updated.
+    let t = setup();
+    let bad_ip = Workload {
+        data: json!({"v4": true, "v6": false, "size": 13}),
+        ..ip("p")
+    };
+    let d0 = t.dl(2, 0, vec![bad_ip]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(2)[0].1, ResultState::Error);
+    let d1 = t.dl(
+        2,
+        1,
+        vec![Workload {
+            version: 1,
+            data: json!({"v4": true, "v6": true}),
+            ..ip("p")
+        }],
+    );
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(2)[0].1, ResultState::Ok);
+    assert_eq!(t.ip.calls("provision"), 2);
+}
+
+#[tokio::test]
+async fn wait_answers_when_the_version_is_applied() {
+    let t = setup();
+    let d0 = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    // No worker runs: the job stays queued, so the wait times out unsettled.
+    let (d, settled) = t
+        .engine
+        .wait(TWIN, 1, 0, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(!settled);
+    assert_eq!(d.workloads[0].result.state, ResultState::Init);
+    // With the worker running, a waiter started before the job is answered once it is done.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiter = {
+        let e = t.engine.clone();
+        tokio::spawn(async move { e.wait(TWIN, 1, 0, Duration::from_secs(20)).await })
+    };
+    let worker = {
+        let e = t.engine.clone();
+        tokio::spawn(async move {
+            e.run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let (d, settled) = waiter.await.unwrap().unwrap();
+    assert!(settled);
+    assert_eq!(d.workloads[0].result.state, ResultState::Ok);
+    // Settled versions answer at once; an older version is settled by a newer one.
+    let (_, settled) = t
+        .engine
+        .wait(TWIN, 1, 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(settled);
+    let _ = stop_tx.send(());
+    worker.await.unwrap();
+    // An unknown deployment is an error, not a wait.
+    let e = t
+        .engine
+        .wait(TWIN, 9, 0, Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "deployment not found");
 }
