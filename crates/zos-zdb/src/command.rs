@@ -61,6 +61,11 @@ pub enum NsProp {
 pub enum Command {
     Ping,
     Echo(Bytes),
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]` (Redis's handshake; RESP2 only).
+    Hello {
+        proto: Option<u64>,
+        password: Option<Bytes>,
+    },
     Time,
     Auth(AuthArg),
     Info,
@@ -119,6 +124,7 @@ impl Command {
         match self {
             Command::Ping => "PING",
             Command::Echo(_) => "ECHO",
+            Command::Hello { .. } => "HELLO",
             Command::Time => "TIME",
             Command::Auth(_) => "AUTH",
             Command::Info => "INFO",
@@ -154,10 +160,10 @@ impl Command {
 
 /// Names accepted by `WAIT` (plus `*`).
 pub const COMMAND_NAMES: &[&str] = &[
-    "PING", "ECHO", "TIME", "AUTH", "INFO", "STOP", "SET", "SETX", "GET", "MGET", "DEL", "EXISTS",
-    "CHECK", "LENGTH", "KEYTIME", "KEYCUR", "SCAN", "SCANX", "RSCAN", "KSCAN", "HISTORY", "DBSIZE",
-    "NSNEW", "NSDEL", "NSLIST", "NSINFO", "NSSET", "NSJUMP", "SELECT", "FLUSH", "WAIT", "INDEX",
-    "DATA",
+    "PING", "ECHO", "HELLO", "TIME", "AUTH", "INFO", "STOP", "SET", "SETX", "GET", "MGET", "DEL",
+    "EXISTS", "CHECK", "LENGTH", "KEYTIME", "KEYCUR", "SCAN", "SCANX", "RSCAN", "KSCAN", "HISTORY",
+    "DBSIZE", "NSNEW", "NSDEL", "NSLIST", "NSINFO", "NSSET", "NSJUMP", "SELECT", "FLUSH", "WAIT",
+    "INDEX", "DATA",
 ];
 
 /// A request that is well framed but not a valid command; the text is the error reply.
@@ -224,6 +230,8 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         Command::Ping
     } else if is("ECHO") {
         Command::Echo(one(2)?)
+    } else if is("HELLO") {
+        parse_hello(args)?
     } else if is("TIME") {
         Command::Time
     } else if is("AUTH") {
@@ -339,6 +347,35 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         return Err(CommandError("Command not supported"));
     };
     Ok(cmd)
+}
+
+/// `HELLO`'s arguments, with Redis's error texts (clients match on them).
+fn parse_hello(args: &[Bytes]) -> Result<Command, CommandError> {
+    let Some(p) = args.get(1) else {
+        return Ok(Command::Hello {
+            proto: None,
+            password: None,
+        });
+    };
+    let proto = parse_u64(p, "ERR Protocol version is not an integer or out of range")?;
+    let mut password = None;
+    let mut i = 2;
+    while i < args.len() {
+        let opt = &args[i];
+        if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            // 0-db has no users: the user name is ignored, the password is the admin's.
+            password = Some(args[i + 2].clone());
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+            i += 2;
+        } else {
+            return Err(CommandError("ERR Syntax error in HELLO option"));
+        }
+    }
+    Ok(Command::Hello {
+        proto: Some(proto),
+        password,
+    })
 }
 
 fn parse_wait(args: &[Bytes]) -> Result<Command, CommandError> {
@@ -461,6 +498,15 @@ mod tests {
         );
         assert!(p(&["SET", "k", "v", "notanumber"]).is_err());
         assert!(p(&["NSSET", "a", "encryption-key", "zz"]).is_err());
+        assert_eq!(
+            p(&["hello", "3", "AUTH", "default", "pw", "SETNAME", "x"]),
+            Ok(Command::Hello {
+                proto: Some(3),
+                password: Some(Bytes::from_static(b"pw"))
+            })
+        );
+        assert!(p(&["HELLO", "two"]).is_err());
+        assert!(p(&["HELLO", "2", "AUTH", "u"]).is_err());
         assert_eq!(
             p(&["INDEX", "DIRTY", "RESET"]),
             Ok(Command::IndexDirty { reset: true })

@@ -70,6 +70,31 @@ pub fn server_info(sh: &Shared) -> String {
     s += &format!("network_rx_bytes: {}\n", sh.net_in.load(Ordering::Relaxed));
     s += &format!("network_tx_bytes: {}\n", sh.net_out.load(Ordering::Relaxed));
     s += &format!("namespaces: {}\n", sh.engine.list().len());
+    let l = &sh.limits;
+    let st = &sh.stats;
+    let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    s += "\n# limits\n";
+    s += &format!("maxclients: {}\n", l.max_clients);
+    s += &format!("idle_timeout_secs: {}\n", secs(l.idle_timeout));
+    s += &format!("request_timeout_secs: {}\n", secs(l.request_timeout));
+    s += &format!("pending_budget_bytes: {}\n", l.max_pending_bytes);
+    s += &format!(
+        "pending_bytes: {}\n",
+        st.pending_bytes.load(Ordering::Relaxed)
+    );
+    s += &format!("rejected_connections_maxclients: {}\n", n(&st.refused_full));
+    s += &format!("rejected_connections_banned: {}\n", n(&st.refused_banned));
+    s += &format!("timeouts_idle: {}\n", n(&st.idle_timeouts));
+    s += &format!("timeouts_request: {}\n", n(&st.request_timeouts));
+    s += &format!("pending_refused: {}\n", n(&st.pending_refused));
+    s += &format!("auth_failures: {}\n", n(&st.auth_failures));
+    s += &format!("auth_delayed: {}\n", n(&st.auth_delayed));
+    s += &format!("auth_disconnects: {}\n", n(&st.auth_closed));
+    s += &format!("auth_bans: {}\n", n(&st.auth_bans));
+    s += &format!("auth_banned_sources: {}\n", sh.throttle.banned_now());
+    s += &format!("synctime_secs: {}\n", sh.synctime);
+    s += &format!("periodic_fsyncs: {}\n", n(&st.periodic_syncs));
     let c = sh.engine.cache_stats();
     s += "\n# cache\n";
     s += &format!("cache_capacity_bytes: {}\n", c.capacity);

@@ -49,6 +49,8 @@ pub mod server;
 pub mod session;
 /// Data and index files of one namespace: append, read, rotate, recover.
 pub mod store;
+/// Authentication throttling per connection and per source address, connection counters.
+pub mod throttle;
 
 pub use command::Command;
 pub use server::Server;
@@ -116,6 +118,58 @@ pub struct ServerConfig {
     pub debug: bool,
     /// `--cache-size`: bytes of recently written and read values kept in RAM (0: none).
     pub cache_bytes: u64,
+    /// `--synctime`: without `--sync`, fsync every namespace's current files at most every
+    /// this many seconds (0: never, the kernel's writeback decides).
+    pub synctime: u64,
+    /// Connection limits and authentication throttling.
+    pub limits: Limits,
+}
+
+/// Connection limits and authentication throttling (`docs/zdb.md`, "Connection limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `--max-clients`: connections served at once; more are told
+    /// `-ERR max number of clients reached` and closed. Lowered at start to what the open-file
+    /// limit allows.
+    pub max_clients: usize,
+    /// `--idle-timeout`: a client that sends nothing for this long is closed (`None`: never).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `--request-timeout`: a started request (or a reply the client does not read) must be
+    /// finished within this (`None`: never). Stops slowloris clients.
+    pub request_timeout: Option<std::time::Duration>,
+    /// `--max-pending`: bytes of unfinished requests buffered by all connections together
+    /// beyond a small allowance each; a connection that would pass it is told and closed.
+    pub max_pending_bytes: usize,
+    /// Authentication failures (AUTH, SELECT with a password) answered at once on one
+    /// connection; each later one is answered after [`Limits::auth_delay`].
+    pub auth_free_failures: u32,
+    /// Delay before answering a failure past the free ones.
+    pub auth_delay: std::time::Duration,
+    /// Failures after which a connection is closed.
+    pub auth_close_after: u32,
+    /// Failures from one source address (IPv6: its /64) after which each failure is delayed.
+    pub auth_ip_delay_after: u32,
+    /// Failures from one source address after which it is banned.
+    pub auth_ip_ban_after: u32,
+    /// How long a ban lasts; a source's failure count also resets after this much quiet.
+    pub auth_ban: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: 10_000,
+            idle_timeout: Some(std::time::Duration::from_secs(300)),
+            request_timeout: Some(std::time::Duration::from_secs(30)),
+            max_pending_bytes: 256 << 20,
+            auth_free_failures: 3,
+            auth_delay: std::time::Duration::from_secs(1),
+            auth_close_after: 10,
+            auth_ip_delay_after: 10,
+            auth_ip_ban_after: 30,
+            auth_ban: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// Upstream's default data file size: 256 MiB.
@@ -135,6 +189,8 @@ impl Default for ServerConfig {
             protect: false,
             debug: false,
             cache_bytes: cache::DEFAULT_CACHE_BYTES,
+            synctime: 0,
+            limits: Limits::default(),
         }
     }
 }

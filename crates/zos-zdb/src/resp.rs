@@ -153,6 +153,31 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Frame>, RespError> {
     Ok(Some(Frame { args, len: pos }))
 }
 
+/// A lower bound of the encoded size of the incomplete request at the start of `buf`, from
+/// the headers received so far (used to size the read buffer of a large request without
+/// doubling past it). Call only when [`parse_request`] returned `Ok(None)`; never more
+/// than [`MAX_FRAME`].
+pub fn needed_len(buf: &[u8]) -> usize {
+    let floor = buf.len() + 1;
+    let Ok(Some((count, mut pos))) = read_len(buf, 1) else {
+        return floor.min(MAX_FRAME);
+    };
+    for _ in 0..count.min(MAX_ARGS as u64) {
+        if buf.get(pos) != Some(&b'$') {
+            break;
+        }
+        let Ok(Some((len, start))) = read_len(buf, pos + 1) else {
+            break;
+        };
+        // Lengths were checked against the limits by parse_request; clamp anyway.
+        pos = start.saturating_add(len.min(MAX_PAYLOAD as u64) as usize + 2);
+        if pos > buf.len() {
+            break;
+        }
+    }
+    pos.max(floor).min(MAX_FRAME)
+}
+
 /// A reply, encoded by [`Reply::encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -324,6 +349,17 @@ mod tests {
             parse_request(&big),
             Err(RespError::PayloadTooLarge(_))
         ));
+    }
+
+    #[test]
+    fn needed_len_sees_the_announced_value() {
+        let mut req = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n".to_vec();
+        let full = req.len() + 1000 + 2;
+        assert_eq!(needed_len(&req), full);
+        req.extend_from_slice(&[b'x'; 10]);
+        assert_eq!(needed_len(&req), full);
+        assert_eq!(needed_len(b"*3\r\n$3"), 7);
+        assert_eq!(needed_len(b"junk"), 5);
     }
 
     #[test]

@@ -5,25 +5,34 @@
 //! replies in one write. Buffers are bounded: the input holds at most one request beyond what
 //! was parsed (≤ 8 MiB + framing), the output is written out whenever it passes 1 MiB. A slow
 //! reader only stalls its own task; no lock is held while writing to a socket.
+//!
+//! Limits (`docs/zdb.md`, "Connection limits"): at most `max_clients` connections (more are
+//! told and closed), an idle timeout, a deadline for finishing a started request or a reply,
+//! and a server-wide budget for the bytes of unfinished requests. The deadlines share one
+//! timer per connection that is re-armed only when it fires (at most once per the shorter
+//! timeout), so a request costs no timer operation; an idle connection holds no buffer.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 
 use crate::command;
 use crate::engine::{Engine, EngineConfig};
 use crate::namespace::{DiskRead, OpError};
 use crate::resp::{self, Reply};
 use crate::session::{Outcome, Session, Shared, op_reply};
+use crate::throttle::{AuthThrottle, BANNED_MSG};
 use crate::{ServerConfig, ZdbError};
 
 /// Bytes asked from the socket per read.
@@ -32,6 +41,23 @@ const READ_CHUNK: usize = 64 * 1024;
 const OUT_HIGH_WATER: usize = 1 << 20;
 /// How long shutdown waits for connections to finish their current batch.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of an unfinished request a connection holds without charging `max_pending_bytes`
+/// (one read): pipelines of small requests never touch the shared counter.
+const FREE_PENDING: usize = READ_CHUNK;
+/// A buffer above this size is replaced by a small one once its large request is done, so
+/// that the memory is given back.
+const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
+/// File descriptors kept for data/index files and the rest when `max_clients` is lowered to
+/// the open-file limit.
+const FD_RESERVE: u64 = 128;
+/// Reply to a client past `max_clients` (Redis's text).
+const FULL_MSG: &str = "ERR max number of clients reached";
+/// Reply to a client whose unfinished request does not fit `max_pending_bytes`.
+const PENDING_MSG: &str = "ERR too much unfinished request data on this server, try again later";
+/// Reply to a client that did not finish its request in time.
+const REQUEST_TIMEOUT_MSG: &str = "ERR request not completed in time, closing";
+/// How long a refusal or a goodbye may take to write.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
@@ -39,6 +65,37 @@ pub struct Server {
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
     stop: Arc<Notify>,
+    synctime: u64,
+}
+
+/// The soft open-file limit of this process (`/proc/self/limits`), if readable.
+pub fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+/// `max_clients` as the open-file limit allows: a connection past the limit must still be
+/// accepted to be told, so it needs a descriptor to spare.
+fn effective_max_clients(asked: usize) -> usize {
+    let Some(nofile) = open_file_limit() else {
+        return asked.max(1);
+    };
+    let room = nofile.saturating_sub(FD_RESERVE).max(nofile / 2).max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if room < asked {
+        tracing::warn!(
+            asked,
+            allowed = room,
+            open_file_limit = nofile,
+            "max clients lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+    }
+    asked.min(room).max(1)
 }
 
 impl Server {
@@ -85,6 +142,9 @@ impl Server {
             }
             None => None,
         };
+        let mut limits = cfg.limits.clone();
+        limits.max_clients = effective_max_clients(limits.max_clients);
+        let synctime = if cfg.sync { 0 } else { cfg.synctime };
         let shared = Arc::new(Shared {
             engine: Arc::new(engine),
             admin_password: cfg.admin_password.filter(|p| !p.is_empty()),
@@ -97,13 +157,28 @@ impl Server {
             net_in: Default::default(),
             net_out: Default::default(),
             read_ewma_ns: Default::default(),
+            throttle: AuthThrottle::new(limits.clone()),
+            limits,
+            stats: Default::default(),
+            next_client_id: Default::default(),
+            synctime,
         });
-        tracing::info!(tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()), socket = ?cfg.socket, "zdb listening");
+        tracing::info!(
+            tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()),
+            socket = ?cfg.socket,
+            max_clients = shared.limits.max_clients,
+            idle_timeout = ?shared.limits.idle_timeout,
+            request_timeout = ?shared.limits.request_timeout,
+            max_pending_bytes = shared.limits.max_pending_bytes,
+            synctime,
+            "zdb listening"
+        );
         Ok(Server {
             shared,
             tcp,
             unix,
             stop: Arc::new(Notify::new()),
+            synctime,
         })
     }
 
@@ -120,21 +195,39 @@ impl Server {
     ) -> Result<(), ZdbError> {
         let (close_tx, close_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
+        let syncer = (self.synctime > 0).then(|| {
+            tokio::spawn(periodic_sync(
+                self.shared.clone(),
+                Duration::from_secs(self.synctime),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.stop.notified() => break,
                 r = accept_tcp(&self.tcp) => match r {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        conns.spawn(serve(s, self.shared.clone(), close_rx.clone(), self.stop.clone()));
+                    Ok((s, peer)) => {
+                        let ip = Some(peer.ip());
+                        if self.shared.throttle.is_banned(ip) {
+                            self.shared.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
+                            conns.spawn(refuse(s, BANNED_MSG));
+                        } else if let Some(guard) = ClientGuard::admit(&self.shared) {
+                            let _ = s.set_nodelay(true);
+                            conns.spawn(serve(s, ip, guard, close_rx.clone(), self.stop.clone()));
+                        } else {
+                            conns.spawn(refuse(s, FULL_MSG));
+                        }
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 r = accept_unix(&self.unix) => match r {
                     Ok(s) => {
-                        conns.spawn(serve(s, self.shared.clone(), close_rx.clone(), self.stop.clone()));
+                        if let Some(guard) = ClientGuard::admit(&self.shared) {
+                            conns.spawn(serve(s, None, guard, close_rx.clone(), self.stop.clone()));
+                        } else {
+                            conns.spawn(refuse(s, FULL_MSG));
+                        }
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -142,6 +235,9 @@ impl Server {
             }
         }
         tracing::info!("zdb shutting down");
+        if let Some(t) = syncer {
+            t.abort();
+        }
         let _ = close_tx.send(true);
         if tokio::time::timeout(DRAIN_TIMEOUT, async {
             while conns.join_next().await.is_some() {}
@@ -161,16 +257,82 @@ impl Server {
     }
 }
 
-async fn accept_tcp(l: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+/// `--synctime`: every `every`, writes each namespace's buffered entries to the kernel and
+/// fsyncs its current data and index files (and those rotated since the previous round),
+/// outside the namespace lock. Namespaces not written since the previous round are skipped.
+async fn periodic_sync(shared: Arc<Shared>, every: Duration) {
+    use std::collections::HashMap;
+    // Per namespace: (file id, data position) at the previous round.
+    let mut seen: HashMap<String, (u32, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut work = Vec::new();
+        let names = shared.engine.list();
+        seen.retain(|n, _| names.contains(n));
+        for name in names {
+            let Some(ns) = shared.engine.get(&name) else {
+                continue;
+            };
+            let mut st = ns.lock();
+            let pos = st.store.data_position();
+            let before = seen.get(&name).copied();
+            if before == Some(pos) {
+                continue;
+            }
+            let (id, data, index) = match st.store.flush_for_sync() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(ns = %name, error = %e, "periodic flush failed");
+                    continue;
+                }
+            };
+            // Files rotated since the previous round: their last writes were flushed by the
+            // rotation, they only need an fsync, by path.
+            let first = before.map_or(id, |(old, _)| old.min(id));
+            let rotated: Vec<(PathBuf, PathBuf)> =
+                (first..id).map(|i| st.store.paths_of(i)).collect();
+            drop(st);
+            seen.insert(name.clone(), pos);
+            work.push((name, data, index, rotated));
+        }
+        if work.is_empty() {
+            continue;
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            for (name, data, index, rotated) in work {
+                let mut res = data.sync_data().and_then(|()| index.sync_data());
+                for (d, i) in rotated {
+                    for p in [d, i] {
+                        res = res.and_then(|()| match std::fs::File::open(&p) {
+                            Ok(f) => f.sync_data(),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e),
+                        });
+                    }
+                }
+                if let Err(e) = res {
+                    tracing::error!(ns = %name, error = %e, "periodic fsync failed");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "periodic fsync task failed");
+        }
+        shared.stats.periodic_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_tcp(l: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
+        Some(l) => l.accept().await,
         None => std::future::pending().await,
     }
 }
 
-async fn accept_unix(
-    l: &Option<(UnixListener, PathBuf)>,
-) -> std::io::Result<tokio::net::UnixStream> {
+async fn accept_unix(l: &Option<(UnixListener, PathBuf)>) -> std::io::Result<UnixStream> {
     match l {
         Some((l, _)) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
@@ -183,7 +345,32 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Tells a client why it is not served and closes (as Redis does past `maxclients`).
+async fn refuse<S: AsyncWrite + Unpin>(mut s: S, msg: &'static str) {
+    let mut b = BytesMut::new();
+    Reply::err(msg).encode(&mut b);
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        s.write_all(&b).await?;
+        s.shutdown().await
+    })
+    .await;
+}
+
+/// One admitted connection, counted in `clients` until dropped.
 struct ClientGuard(Arc<Shared>);
+
+impl ClientGuard {
+    /// Admits a connection unless `max_clients` are connected (then counts a refusal).
+    fn admit(shared: &Arc<Shared>) -> Option<ClientGuard> {
+        let max = shared.limits.max_clients as u64;
+        if shared.clients.fetch_add(1, Ordering::Relaxed) >= max {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
+            shared.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ClientGuard(shared.clone()))
+    }
+}
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
@@ -191,33 +378,290 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Serves one connection until EOF, error, `STOP` or server shutdown.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+/// A client socket: the connection waits for readability before taking a read buffer, so
+/// that an idle client holds no memory.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
+}
+
+impl Socket for TcpStream {
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+}
+
+impl Socket for UnixStream {
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+}
+
+/// Why a connection's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Nothing received for `idle_timeout`.
+    Idle,
+    /// A request or a reply not finished within `request_timeout`.
+    Request,
+}
+
+/// The deadlines of one connection, checked when its timer fires.
+struct Deadlines {
+    idle: Option<Duration>,
+    request: Option<Duration>,
+    /// Longest time between two checks: the shorter timeout, so that a deadline that
+    /// starts after the timer was armed is never missed.
+    period: Duration,
+    last_read: Instant,
+    /// Since when the buffered partial request has made no complete request.
+    partial_since: Option<Instant>,
+    /// Since when (at least) a write has been blocked; set lazily by the timer.
+    writing_since: Option<Instant>,
+}
+
+impl Deadlines {
+    fn new(shared: &Shared) -> Deadlines {
+        let l = &shared.limits;
+        let period = [l.idle_timeout, l.request_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(10));
+        Deadlines {
+            idle: l.idle_timeout,
+            request: l.request_timeout,
+            period,
+            last_read: Instant::now(),
+            partial_since: None,
+            writing_since: None,
+        }
+    }
+
+    /// The earliest deadline in force, and what passing it means.
+    fn next(&self) -> Option<(Instant, Expiry)> {
+        let started = self.writing_since.or(self.partial_since);
+        let request = started
+            .zip(self.request)
+            .map(|(t, d)| (t + d, Expiry::Request));
+        // A blocked write is the client's doing, not idleness: only its deadline counts.
+        let idle = if self.writing_since.is_some() {
+            None
+        } else {
+            self.idle.map(|d| (self.last_read + d, Expiry::Idle))
+        };
+        match (request, idle) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the timer fires: the expiry that passed, or when to check again.
+    fn check(&self, now: Instant) -> Result<Instant, Expiry> {
+        match self.next() {
+            Some((t, kind)) if t <= now => Err(kind),
+            Some((t, _)) => Ok(t.min(now + self.period)),
+            None => Ok(now + self.period),
+        }
+    }
+}
+
+/// Bytes of this connection's unfinished request charged to the server-wide budget.
+struct PendingCharge {
     shared: Arc<Shared>,
+    charged: usize,
+}
+
+impl PendingCharge {
+    /// Charges the `held` bytes of an unfinished request (nothing within the free
+    /// allowance). `false`: the budget is exhausted, the connection must go.
+    fn set(&mut self, held: usize) -> bool {
+        let held = if held > FREE_PENDING { held } else { 0 };
+        if held == self.charged {
+            return true;
+        }
+        let total = &self.shared.stats.pending_bytes;
+        if held > self.charged {
+            let add = held - self.charged;
+            let before = total.fetch_add(add, Ordering::Relaxed);
+            if before + add > self.shared.limits.max_pending_bytes {
+                total.fetch_sub(add, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .pending_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        } else {
+            total.fetch_sub(self.charged - held, Ordering::Relaxed);
+        }
+        self.charged = held;
+        true
+    }
+}
+
+impl Drop for PendingCharge {
+    fn drop(&mut self) {
+        self.shared
+            .stats
+            .pending_bytes
+            .fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
+/// A client socket with its deadlines and their timer.
+struct Conn<S> {
+    s: S,
+    dl: Deadlines,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S: Socket> Conn<S> {
+    /// The timer fired: re-arms it, or says which deadline passed.
+    fn on_timer(&mut self) -> Result<(), Expiry> {
+        let now = Instant::now();
+        let next = self.dl.check(now)?;
+        self.timer.as_mut().reset(next.into());
+        Ok(())
+    }
+
+    /// Counts an expiry and says goodbye (a slow request is told why; an idle client is
+    /// closed silently, as Redis does).
+    async fn expire(&mut self, kind: Expiry, shared: &Shared) {
+        let stats = &shared.stats;
+        match kind {
+            Expiry::Idle => {
+                stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Expiry::Request => {
+                stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                if self.dl.writing_since.is_none() {
+                    self.goodbye(REQUEST_TIMEOUT_MSG).await;
+                }
+            }
+        }
+        tracing::debug!(?kind, "closing a connection past its deadline");
+    }
+
+    /// Best-effort error reply, then close.
+    async fn goodbye(&mut self, msg: &'static str) {
+        let mut b = BytesMut::new();
+        Reply::err(msg).encode(&mut b);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            self.s.write_all(&b).await?;
+            self.s.shutdown().await
+        })
+        .await;
+    }
+
+    /// Writes all of `out`; a client that does not read it within `request_timeout` is
+    /// dropped. `write` (not `write_all`) so that the timer can interrupt without losing
+    /// track of what was sent.
+    async fn write_out(&mut self, out: &[u8], shared: &Shared) -> std::io::Result<()> {
+        let mut sent = 0;
+        while sent < out.len() {
+            tokio::select! {
+                biased;
+                r = self.s.write(&out[sent..]) => match r? {
+                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                    n => sent += n,
+                },
+                _ = &mut self.timer => {
+                    if self.dl.writing_since.is_none() {
+                        self.dl.writing_since = Some(Instant::now());
+                    }
+                    if let Err(kind) = self.on_timer() {
+                        self.expire(kind, shared).await;
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                }
+            }
+        }
+        self.dl.writing_since = None;
+        Ok(())
+    }
+}
+
+/// Makes room to read: one chunk, or for a large request its announced size (at most
+/// doubling what is held, so a client cannot make us reserve what it does not send).
+fn reserve(inbuf: &mut BytesMut) {
+    if inbuf.capacity() - inbuf.len() >= READ_CHUNK / 4 {
+        return;
+    }
+    let add = if inbuf.len() > READ_CHUNK {
+        resp::needed_len(inbuf)
+            .saturating_sub(inbuf.len())
+            .clamp(READ_CHUNK / 4, inbuf.len())
+    } else {
+        READ_CHUNK
+    };
+    inbuf.reserve(add);
+}
+
+/// Serves one connection until EOF, error, a deadline, `STOP` or server shutdown.
+async fn serve<S: Socket>(
+    s: S,
+    peer: Option<IpAddr>,
+    guard: ClientGuard,
     mut close: watch::Receiver<bool>,
     stop: Arc<Notify>,
 ) {
-    shared.clients.fetch_add(1, Ordering::Relaxed);
-    let _guard = ClientGuard(shared.clone());
-    let mut session = Session::new(shared.clone());
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let shared = guard.0.clone();
+    let dl = Deadlines::new(&shared);
+    let first = Instant::now() + dl.period;
+    let mut c = Conn {
+        s,
+        dl,
+        timer: Box::pin(tokio::time::sleep_until(first.into())),
+    };
+    let mut pending = PendingCharge {
+        shared: shared.clone(),
+        charged: 0,
+    };
+    let mut session = Session::with_peer(shared.clone(), peer);
+    let mut inbuf = BytesMut::new();
+    let mut out = BytesMut::new();
     let mut deferred = Deferred::default();
     loop {
-        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-            inbuf.reserve(READ_CHUNK);
+        if inbuf.capacity() == 0 {
+            // Idle: no buffer until the client sends something.
+            tokio::select! {
+                r = c.s.ready_to_read() => if r.is_err() { return },
+                _ = close.changed() => return,
+                _ = &mut c.timer => {
+                    if let Err(kind) = c.on_timer() {
+                        c.expire(kind, &shared).await;
+                        return;
+                    }
+                    continue;
+                }
+            }
         }
+        reserve(&mut inbuf);
         let n = tokio::select! {
-            r = s.read_buf(&mut inbuf) => match r { Ok(n) => n, Err(_) => return },
+            r = c.s.read_buf(&mut inbuf) => match r { Ok(n) => n, Err(_) => return },
             _ = close.changed() => return,
+            _ = &mut c.timer => {
+                if let Err(kind) = c.on_timer() {
+                    c.expire(kind, &shared).await;
+                    return;
+                }
+                if inbuf.is_empty() {
+                    // Quiet for a while: give the buffers back.
+                    inbuf = BytesMut::new();
+                    out = BytesMut::new();
+                }
+                continue;
+            }
         };
         if n == 0 {
             return;
         }
+        c.dl.last_read = Instant::now();
         shared.net_in.fetch_add(n as u64, Ordering::Relaxed);
         let mut close_after = false;
         let mut stop_after = false;
+        let mut completed = false;
         loop {
             let blank = resp::blank_prefix(&inbuf);
             inbuf.advance(blank);
@@ -230,6 +674,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             };
+            completed = true;
             let data: Bytes = inbuf.split_to(frame.len).freeze();
             let args: Vec<Bytes> = frame.args.iter().map(|r| data.slice(r.clone())).collect();
             let outcome = match command::parse(&args) {
@@ -242,6 +687,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     r.encode(&mut out);
                     close_after = true;
                     break;
+                }
+                Outcome::Delayed(r, delay) => {
+                    // A throttled password failure: what came before goes out now, the
+                    // rest of this client's requests wait.
+                    if commit(&mut c, &mut out, &mut deferred, &mut session, &shared)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = close.changed() => return,
+                    }
+                    r.encode(&mut out);
                 }
                 Outcome::Read(read) => {
                     // Disk-bound reads go to the blocking pool, all those of this batch in
@@ -268,7 +728,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     timeout,
                 } => {
                     let committed =
-                        commit(&mut s, &mut out, &mut deferred, &mut session, &shared).await;
+                        commit(&mut c, &mut out, &mut deferred, &mut session, &shared).await;
                     let r = match committed {
                         Ok(()) => tokio::select! {
                             r = wait_for(rx, &command, timeout) => Some(r),
@@ -279,17 +739,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     ns.unsubscribe();
                     let Some(r) = r else { return };
                     r.encode(&mut out);
+                    // Waiting is activity, not idleness.
+                    c.dl.last_read = Instant::now();
                 }
             }
             if out.len() + deferred.bytes >= OUT_HIGH_WATER
-                && commit(&mut s, &mut out, &mut deferred, &mut session, &shared)
+                && commit(&mut c, &mut out, &mut deferred, &mut session, &shared)
                     .await
                     .is_err()
             {
                 return;
             }
         }
-        if commit(&mut s, &mut out, &mut deferred, &mut session, &shared)
+        if commit(&mut c, &mut out, &mut deferred, &mut session, &shared)
             .await
             .is_err()
         {
@@ -300,8 +762,35 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             stop.notify_one();
         }
         if close_after {
-            let _ = s.shutdown().await;
+            let _ = c.s.shutdown().await;
             return;
+        }
+        // A request counts against the request deadline from the end of the previous one.
+        if inbuf.is_empty() {
+            c.dl.partial_since = None;
+        } else if completed || c.dl.partial_since.is_none() {
+            c.dl.partial_since = Some(c.dl.last_read);
+        }
+        if !pending.set(inbuf.len()) {
+            tracing::warn!(
+                held = inbuf.len(),
+                budget = shared.limits.max_pending_bytes,
+                "unfinished requests over budget, closing a connection"
+            );
+            c.goodbye(PENDING_MSG).await;
+            return;
+        }
+        // Give back the memory of a large request once it is done.
+        if inbuf.capacity() > SHRINK_ABOVE && inbuf.len() <= READ_CHUNK {
+            let mut small = BytesMut::new();
+            if !inbuf.is_empty() {
+                small.reserve(READ_CHUNK);
+                small.extend_from_slice(&inbuf);
+            }
+            inbuf = small;
+        }
+        if out.capacity() > SHRINK_ABOVE {
+            out = BytesMut::new();
         }
     }
 }
@@ -367,8 +856,8 @@ impl Deferred {
 
 /// Makes this session's writes durable as configured, then sends the pending replies.
 /// On a storage failure nothing is sent: the client must not see an acknowledgement.
-async fn commit<S: AsyncWrite + Unpin>(
-    s: &mut S,
+async fn commit<S: Socket>(
+    c: &mut Conn<S>,
     out: &mut BytesMut,
     deferred: &mut Deferred,
     session: &mut Session,
@@ -398,7 +887,7 @@ async fn commit<S: AsyncWrite + Unpin>(
         return Err(std::io::Error::other(e));
     }
     if !out.is_empty() {
-        s.write_all(out).await?;
+        c.write_out(out, shared).await?;
         shared
             .net_out
             .fetch_add(out.len() as u64, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! writes what comes out.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,7 @@ use crate::command::{AuthArg, Command, NsProp, SelectAuth};
 use crate::engine::{DEFAULT_NS, Engine, valid_ns_name};
 use crate::namespace::{DiskRead, Namespace, NsState, OpError, ValueRead};
 use crate::resp::Reply;
+use crate::throttle::{AuthThrottle, BANNED_MSG, CLOSED_MSG, Stats, Verdict};
 
 /// Most bytes one MGET may return.
 const MGET_REPLY_MAX: usize = 32 << 20;
@@ -44,6 +46,16 @@ pub struct Shared {
     pub net_out: AtomicU64,
     /// Moving average of the time one value read from disk took, in nanoseconds.
     pub read_ewma_ns: AtomicU64,
+    /// Connection limits in force (`max_clients` as lowered to the open-file limit).
+    pub limits: crate::Limits,
+    /// Counters of the limits.
+    pub stats: Stats,
+    /// Failure counts per source address and bans.
+    pub throttle: AuthThrottle,
+    /// Id given to the next connection (`HELLO`).
+    pub next_client_id: AtomicU64,
+    /// `--synctime` in force (0: off, or `--sync`).
+    pub synctime: u64,
 }
 
 /// Above this average read time, reads are moved off the event loop (page-cache misses).
@@ -86,6 +98,8 @@ pub enum Outcome {
     Stop(Reply),
     /// Send the reply, then close this connection.
     Close(Reply),
+    /// Send the reply after this delay (a throttled password failure).
+    Delayed(Reply, Duration),
 }
 
 /// Per-connection state.
@@ -96,6 +110,17 @@ pub struct Session {
     admin: bool,
     challenge: Option<String>,
     touched: Vec<Arc<Namespace>>,
+    /// Source address (TCP), for throttling password failures; `None` on the unix socket.
+    peer: Option<IpAddr>,
+    /// Connection id (`HELLO`).
+    id: u64,
+    /// Wrong passwords on this connection.
+    auth_failures: u32,
+    /// Set by the command being run when it rejected a password.
+    denied: bool,
+    /// Password-protected namespaces this connection selected with their password: it may
+    /// see them in `NSLIST`/`NSINFO`.
+    unlocked: Vec<String>,
 }
 
 fn err(msg: &'static str) -> Reply {
@@ -132,8 +157,14 @@ fn frozen(st: &NsState) -> Result<(), Reply> {
 impl Session {
     /// A new session in the `default` namespace.
     pub fn new(shared: Arc<Shared>) -> Session {
+        Session::with_peer(shared, None)
+    }
+
+    /// A new session of a client at `peer` (TCP) in the `default` namespace.
+    pub fn with_peer(shared: Arc<Shared>, peer: Option<IpAddr>) -> Session {
         let ns = shared.engine.default_ns();
         let writable = !shared.protect;
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         Session {
             shared,
             ns,
@@ -141,6 +172,36 @@ impl Session {
             admin: false,
             challenge: None,
             touched: Vec::new(),
+            peer,
+            id,
+            auth_failures: 0,
+            denied: false,
+            unlocked: Vec::new(),
+        }
+    }
+
+    /// Whether this command carries a password (throttled).
+    fn is_password_attempt(cmd: &Command) -> bool {
+        match cmd {
+            Command::Auth(a) => !matches!(a, AuthArg::Challenge),
+            Command::Select { auth, .. } => !matches!(auth, SelectAuth::None),
+            Command::Hello { password, .. } => password.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Throttles a rejected password: delay, close, ban (see [`crate::throttle`]).
+    fn password_failed(&mut self, reply: Reply) -> Outcome {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        let verdict =
+            self.shared
+                .throttle
+                .failure(self.peer, self.auth_failures, &self.shared.stats);
+        tracing::debug!(peer = ?self.peer, failures = self.auth_failures, ?verdict, "password rejected");
+        match verdict {
+            Verdict::Answer => Outcome::Reply(reply),
+            Verdict::Delay(d) => Outcome::Delayed(reply, d),
+            Verdict::Close => Outcome::Close(Reply::err(CLOSED_MSG)),
         }
     }
 
@@ -164,6 +225,21 @@ impl Session {
         }
         self.shared.commands.fetch_add(1, Ordering::Relaxed);
         let name = cmd.name();
+        if Self::is_password_attempt(&cmd) {
+            // A banned source guesses no more, even on a connection opened before the ban.
+            if self.shared.throttle.is_banned(self.peer) {
+                return Outcome::Close(Reply::err(BANNED_MSG));
+            }
+            self.denied = false;
+            let out = self.run(cmd).unwrap_or_else(|e| e);
+            if std::mem::take(&mut self.denied) {
+                return self.password_failed(out);
+            }
+            if !matches!(out, Reply::Error(_)) {
+                self.ns.notify(name);
+            }
+            return Outcome::Reply(out);
+        }
         let out = match cmd {
             Command::Wait {
                 command,
@@ -228,6 +304,7 @@ impl Session {
         Ok(match cmd {
             Command::Ping => Reply::Simple(Cow::Borrowed("PONG")),
             Command::Echo(b) => Reply::Bulk(b),
+            Command::Hello { proto, password } => self.hello(proto, password)?,
             Command::Time => {
                 let d = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -372,6 +449,12 @@ impl Session {
                     .engine
                     .list()
                     .into_iter()
+                    .filter(|n| {
+                        self.shared
+                            .engine
+                            .get(n)
+                            .is_some_and(|ns| self.may_see(&ns))
+                    })
                     .map(text_reply)
                     .collect(),
             ),
@@ -381,6 +464,9 @@ impl Session {
                     .engine
                     .get(&name)
                     .ok_or(err("Namespace not found"))?;
+                if !self.may_see(&target) {
+                    return Err(err("Permission denied"));
+                }
                 text_reply(crate::info::namespace_info(&target, self.admin))
             }
             Command::NsSet { ns: name, prop } => self.nsset(&name, prop)?,
@@ -461,6 +547,7 @@ impl Session {
         if hash.eq_ignore_ascii_case(want.as_bytes()) {
             Ok(())
         } else {
+            self.denied = true;
             Err(err("Access denied"))
         }
     }
@@ -480,7 +567,10 @@ impl Session {
             .ok_or(err("Authentication disabled"))?;
         match a {
             AuthArg::Plain(pw) if pw[..] == *admin.as_bytes() => {}
-            AuthArg::Plain(_) => return Err(err("Access denied")),
+            AuthArg::Plain(_) => {
+                self.denied = true;
+                return Err(err("Access denied"));
+            }
             AuthArg::Secure(h) => self.check_secure(&h, &admin)?,
             AuthArg::Challenge => {}
         }
@@ -503,26 +593,87 @@ impl Session {
                     self.check_secure(h, &a)?;
                     true
                 }
+                (SelectAuth::Plain(_), Some(_)) => {
+                    self.denied = true;
+                    return Err(err("Access denied"));
+                }
                 _ => return Err(err("Access denied")),
             }
         } else {
             let password = ns.lock().desc.password.clone();
             let public = ns.lock().desc.public;
-            match (password, auth) {
+            let unlocked = match (password, auth) {
                 (None, _) => true,
                 (Some(_), SelectAuth::None) if public => false,
                 (Some(_), SelectAuth::None) => return Err(err("Namespace protected and private")),
                 (Some(p), SelectAuth::Plain(given)) if given[..] == *p.as_bytes() => true,
-                (Some(_), SelectAuth::Plain(_)) => return Err(err("Access denied")),
+                (Some(_), SelectAuth::Plain(_)) => {
+                    self.denied = true;
+                    return Err(err("Access denied"));
+                }
                 (Some(p), SelectAuth::Secure(h)) => {
                     self.check_secure(&h, &p)?;
                     true
                 }
+            };
+            if unlocked && !self.unlocked.iter().any(|n| n == name) {
+                self.unlocked.push(name.to_string());
             }
+            unlocked
         };
         self.ns = ns;
         self.writable = writable;
         Ok(Reply::ok())
+    }
+
+    /// Whether `NSLIST`/`NSINFO` show `ns` to this connection: the admin sees every
+    /// namespace; others see those anyone may open without a password (no password, or
+    /// public), the one they are in, and those they selected with the password.
+    fn may_see(&self, ns: &Arc<Namespace>) -> bool {
+        if self.admin || Arc::ptr_eq(ns, &self.ns) || self.unlocked.iter().any(|n| *n == ns.name) {
+            return true;
+        }
+        let st = ns.lock();
+        st.desc.password.is_none() || st.desc.public
+    }
+
+    /// `HELLO`: RESP2 only. `HELLO 3` gets Redis's `-NOPROTO`, so that RESP3 clients
+    /// (redis-py 8) fall back to RESP2; the reply is Redis's map as a flat array.
+    fn hello(&mut self, proto: Option<u64>, password: Option<Bytes>) -> Result<Reply, Reply> {
+        if proto.is_some_and(|p| p != 2) {
+            return Err(err("NOPROTO sorry, this protocol version is not supported"));
+        }
+        if let Some(pw) = password {
+            let Some(admin) = self.shared.admin_password.clone() else {
+                return Err(err(
+                    "ERR AUTH <password> called without any password configured",
+                ));
+            };
+            if pw[..] != *admin.as_bytes() {
+                self.denied = true;
+                return Err(err(
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                ));
+            }
+            self.admin = true;
+        }
+        let s = |t: &str| Reply::bulk(t.as_bytes());
+        Ok(Reply::Array(vec![
+            s("server"),
+            s("zdb"),
+            s("version"),
+            s(env!("CARGO_PKG_VERSION")),
+            s("proto"),
+            Reply::Int(2),
+            s("id"),
+            Reply::Int(i64::try_from(self.id).unwrap_or(i64::MAX)),
+            s("mode"),
+            s("standalone"),
+            s("role"),
+            s("master"),
+            s("modules"),
+            Reply::Array(Vec::new()),
+        ]))
     }
 
     fn nsset(&mut self, name: &str, prop: NsProp) -> Result<Reply, Reply> {

@@ -357,6 +357,22 @@ impl Store {
         sync_dir(&self.index_dir)
     }
 
+    /// For `--synctime`: writes every buffered entry (index ones too) to the kernel and
+    /// returns the current file id with the current data and index files, so that the caller
+    /// fsyncs them after releasing the namespace lock.
+    pub fn flush_for_sync(&mut self) -> Result<(u32, Arc<File>, Arc<File>), StoreError> {
+        self.flush_inner(true)?;
+        Ok((self.cur_id(), self.cur_data.clone(), self.cur_index.clone()))
+    }
+
+    /// Paths of data and index file `id` (to fsync files rotated since the last round).
+    pub fn paths_of(&self, id: u32) -> (PathBuf, PathBuf) {
+        (
+            path_of(&self.data_dir, 'd', id),
+            path_of(&self.index_dir, 'i', id),
+        )
+    }
+
     /// Flushes and fsyncs the current files (shutdown).
     pub fn sync_all(&mut self) -> Result<(), StoreError> {
         self.flush_inner(true)?;
