@@ -35,6 +35,21 @@ pub fn relay_domain(entry: &str) -> &str {
     e.split('/').next().unwrap_or(e)
 }
 
+/// True if two `host[:port]` names are the same relay: case-insensitive, and a default port
+/// (`:443`, `:80`) on either side is ignored.
+pub fn same_host(a: &str, b: &str) -> bool {
+    fn norm(h: &str) -> String {
+        let h = h.trim().to_ascii_lowercase();
+        for p in [":443", ":80"] {
+            if let Some(s) = h.strip_suffix(p) {
+                return s.to_owned();
+            }
+        }
+        h
+    }
+    norm(relay_domain(a)) == norm(relay_domain(b))
+}
+
 /// A lookup failed (as opposed to "no such twin", which is `Ok(None)`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
@@ -62,9 +77,13 @@ pub trait TwinDirectory: Send + Sync + 'static {
     /// The twin's record, `Ok(None)` if it does not exist.
     async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError>;
 
-    /// Forgets any cached record of `id` (after a failed signature check: the key may have
-    /// rotated). Uncached directories ignore it.
-    fn invalidate(&self, _id: u32) {}
+    /// Asks for a fresh record of `id` on the next lookup (after a failed signature check:
+    /// the key may have rotated). Returns true if the next lookup will go to the backend.
+    /// A cache honours this at most once per refresh interval per twin, so bad signatures
+    /// cannot buy backend round trips; uncached directories always go to the backend.
+    fn invalidate(&self, _id: u32) -> bool {
+        true
+    }
 }
 
 /// An in-memory directory.
@@ -105,24 +124,46 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Option<TwinRecord>)>>>;
 
-/// Caches another directory's answers: found twins for `ttl`, unknown twins for `negative_ttl`.
-/// Errors are not cached. Concurrent lookups of one id wait for a single backend request.
+/// Caches another directory's answers: found twins for `ttl`, unknown twins (negative
+/// answers) for `negative_ttl`. Errors are not cached. Concurrent lookups of one id wait for a
+/// single backend request. [`TwinDirectory::invalidate`] forces a re-fetch only if the cached
+/// answer is at least `min_refresh` old: whatever arrives with bad signatures, each twin costs
+/// at most one backend lookup per `min_refresh`.
 pub struct CachedDirectory<D> {
     inner: D,
     ttl: Duration,
     negative_ttl: Duration,
+    min_refresh: Duration,
     slots: Mutex<HashMap<u32, Slot>>,
+    /// Sweep expired slots when the map grows past this (doubles after each sweep, so a
+    /// large live cache is not rescanned on every lookup).
+    next_sweep: std::sync::atomic::AtomicUsize,
 }
 
 impl<D: TwinDirectory> CachedDirectory<D> {
-    /// Caches found twins for `ttl` and unknown ones for `min(ttl, 5 s)`.
+    /// Caches found twins for `ttl`, unknown ones for `min(ttl, 10 s)`, and re-fetches on
+    /// request at most every `min(ttl, 10 s)`.
     pub fn new(inner: D, ttl: Duration) -> Self {
         CachedDirectory {
             inner,
             ttl,
-            negative_ttl: ttl.min(Duration::from_secs(5)),
+            negative_ttl: ttl.min(Duration::from_secs(10)),
+            min_refresh: ttl.min(Duration::from_secs(10)),
             slots: Mutex::new(HashMap::new()),
+            next_sweep: std::sync::atomic::AtomicUsize::new(SWEEP_ABOVE),
         }
+    }
+
+    /// Sets how long an unknown twin is remembered as unknown.
+    pub fn with_negative_ttl(mut self, d: Duration) -> Self {
+        self.negative_ttl = d;
+        self
+    }
+
+    /// Sets the shortest interval between forced re-fetches of one twin.
+    pub fn with_min_refresh(mut self, d: Duration) -> Self {
+        self.min_refresh = d;
+        self
     }
 
     /// The wrapped directory.
@@ -139,12 +180,15 @@ impl<D: TwinDirectory> TwinDirectory for CachedDirectory<D> {
     async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError> {
         let slot = {
             let mut slots = lock(&self.slots);
-            if slots.len() > SWEEP_ABOVE {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            if slots.len() > self.next_sweep.load(relaxed) {
                 let ttl = self.ttl;
                 slots.retain(|_, s| match s.try_lock() {
                     Ok(g) => g.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl),
                     Err(_) => true, // a lookup is in flight
                 });
+                self.next_sweep
+                    .store((2 * slots.len()).max(SWEEP_ABOVE), relaxed);
             }
             slots.entry(id).or_default().clone()
         };
@@ -165,9 +209,23 @@ impl<D: TwinDirectory> TwinDirectory for CachedDirectory<D> {
         Ok(rec)
     }
 
-    fn invalidate(&self, id: u32) {
-        lock(&self.slots).remove(&id);
-        self.inner.invalidate(id);
+    fn invalidate(&self, id: u32) -> bool {
+        let slot = match lock(&self.slots).get(&id) {
+            Some(s) => s.clone(),
+            None => return true,
+        };
+        // A lookup in flight will be fresh anyway.
+        let Ok(mut g) = slot.try_lock() else {
+            return false;
+        };
+        match g.as_ref() {
+            Some((at, _)) if at.elapsed() < self.min_refresh => false,
+            _ => {
+                *g = None;
+                self.inner.invalidate(id);
+                true
+            }
+        }
     }
 }
 
@@ -177,7 +235,7 @@ impl<T: TwinDirectory + ?Sized> TwinDirectory for Arc<T> {
         (**self).twin(id).await
     }
 
-    fn invalidate(&self, id: u32) {
+    fn invalidate(&self, id: u32) -> bool {
         (**self).invalidate(id)
     }
 }
@@ -229,8 +287,32 @@ mod tests {
             assert_eq!(l.await.unwrap().unwrap().unwrap().id, 1);
         }
         assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 1);
-        cache.invalidate(1);
-        cache.twin(1).await.unwrap();
+        // A fresh answer is not re-fetched however often it is invalidated...
+        for _ in 0..100 {
+            assert!(!cache.invalidate(1));
+            cache.twin(1).await.unwrap();
+        }
+        assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalidate_refreshes_at_most_once_per_interval() {
+        let c = Counting {
+            calls: AtomicUsize::new(0),
+            mem: MemoryDirectory::new(),
+        };
+        let cache = CachedDirectory::new(c, Duration::from_secs(60))
+            .with_min_refresh(Duration::from_millis(50));
+        // Negative answers are cached too.
+        for _ in 0..50 {
+            assert_eq!(cache.twin(9).await.unwrap(), None);
+            cache.invalidate(9);
+        }
+        assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.invalidate(9));
+        cache.inner().mem.insert(rec(9));
+        assert_eq!(cache.twin(9).await.unwrap().unwrap().id, 9);
         assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 2);
     }
 
@@ -239,6 +321,10 @@ mod tests {
         assert_eq!(relay_domain("relay.example"), "relay.example");
         assert_eq!(relay_domain("wss://relay.example/"), "relay.example");
         assert_eq!(relay_domain("ws://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert!(same_host("wss://Relay.example", "relay.example:443"));
+        assert!(same_host("127.0.0.1:8080", "ws://127.0.0.1:8080/"));
+        assert!(!same_host("127.0.0.1:8080", "127.0.0.1:8081"));
+        assert!(!same_host("relay-a.example", "relay-b.example"));
     }
 
     #[tokio::test]

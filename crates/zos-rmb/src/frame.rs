@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! 0x01 Challenge  [32] nonce | str8 relay domain                      relay → client
-//! 0x02 Auth       u8 role | u32 twin | str8 session | [64] signature  client → relay
+//! 0x02 Auth       u8 role | u32 twin | str8 session | str8 host | [64] signature
+//!                                                                      client → relay
 //! 0x03 Welcome    str8 session                                        relay → client
 //! 0x04 Rejected   str16 reason                                        relay → client, then close
 //! 0x05 Envelope   the rest of the message is an encoded Envelope      both ways
@@ -10,8 +11,11 @@
 //!                 (the relay could not take the envelope `id`; sent to its source)
 //! ```
 //!
-//! The Auth signature is the twin key over [`AUTH_LABEL`](crate::frame::AUTH_LABEL) `|| nonce || str8 domain || role ||
-//! twin || str8 session`: fresh per connection, so it cannot be replayed to the same relay.
+//! The Auth signature is the twin key over [`AUTH_LABEL`](crate::frame::AUTH_LABEL) `|| nonce || str8 domain ||
+//! str8 host || role || twin || str8 session`: fresh per connection, so it cannot be replayed
+//! to the same relay. `host` is the `host[:port]` of the URL the client dialed; the relay
+//! refuses a login whose host is not one of its own, so a relay that passes another relay's
+//! challenge through to its clients (or anyone on a `ws://` path) cannot log in as them there.
 
 use bytes::Bytes;
 
@@ -19,7 +23,7 @@ use crate::codec::{CodecError, Reader, Writer, check_len};
 use crate::envelope::{Address, MAX_ERROR_MESSAGE, MAX_SESSION, MessageId};
 
 /// Domain separation for the relay login signature.
-pub const AUTH_LABEL: &[u8] = b"zos-rmb-auth-v1";
+pub const AUTH_LABEL: &[u8] = b"zos-rmb-auth-v2";
 /// Longest relay domain name.
 pub const MAX_DOMAIN: usize = 255;
 
@@ -117,6 +121,8 @@ pub enum Frame {
         twin: u32,
         /// Session name (`None` = default session).
         session: Option<String>,
+        /// `host[:port]` of the URL the client dialed (signed).
+        host: String,
         /// Signature, see [`auth_message`].
         signature: [u8; 64],
     },
@@ -151,14 +157,17 @@ impl Frame {
                 role,
                 twin,
                 session,
+                host,
                 signature,
             } => {
                 let s = session.as_deref().unwrap_or("");
                 check_len("session", s.len(), MAX_SESSION)?;
+                check_len("host", host.len(), MAX_DOMAIN)?;
                 w.u8(2);
                 w.u8(role_byte(*role));
                 w.u32(*twin);
                 w.str8(s);
+                w.str8(host);
                 w.bytes(signature);
             }
             Frame::Welcome { session } => {
@@ -215,6 +224,7 @@ impl Frame {
                     role,
                     twin: r.u32("twin")?,
                     session: opt(r.str8("session", MAX_SESSION)?),
+                    host: r.str8("host", MAX_DOMAIN)?,
                     signature: r.array("signature")?,
                 }
             }
@@ -268,10 +278,12 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The bytes a client signs to log in.
+/// The bytes a client signs to log in: the relay's challenge (`nonce`, `domain`) and the
+/// `host` the client dialed.
 pub fn auth_message(
     nonce: &[u8; 32],
     domain: &str,
+    host: &str,
     role: Role,
     twin: u32,
     session: Option<&str>,
@@ -280,6 +292,7 @@ pub fn auth_message(
     w.bytes(AUTH_LABEL);
     w.bytes(nonce);
     w.str8(truncate(domain, MAX_DOMAIN));
+    w.str8(truncate(host, MAX_DOMAIN));
     w.u8(role_byte(role));
     w.u32(twin);
     w.str8(truncate(session.unwrap_or(""), MAX_SESSION));
@@ -301,6 +314,7 @@ mod tests {
                 role: Role::Federation,
                 twin: 9,
                 session: Some("s".into()),
+                host: "127.0.0.1:8080".into(),
                 signature: [4; 64],
             },
             Frame::Welcome { session: None },

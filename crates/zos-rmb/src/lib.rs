@@ -41,6 +41,8 @@ pub mod metrics;
 pub mod peer;
 /// The relay server.
 pub mod relay;
+/// Seen envelope ids (replay cache, duplicate filter).
+mod replay;
 /// rustls server and client configuration (`wss://`).
 pub mod tls;
 /// WebSocket client connection and login.

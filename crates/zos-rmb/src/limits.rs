@@ -1,7 +1,7 @@
 //! Relay limits and the per-twin token-bucket rate limiter.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Per-twin limits a relay enforces; every refusal is bounced to the sender with a reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +24,41 @@ pub struct Limits {
     pub queue_bytes_total: usize,
     /// Bytes waiting to be written to one connected session before the relay refuses more.
     pub session_backlog_bytes: usize,
+    /// Longest TTL the relay accepts (seconds); longer envelopes bounce with `Expired`. Bounds
+    /// how long queued envelopes and remembered ids live.
+    pub max_ttl: u32,
+    /// Open connections (any state); further ones get `503` and are closed.
+    pub max_connections: usize,
+    /// From accept to a successful login (TLS, HTTP upgrade, challenge and answer): a
+    /// connection that is not logged in by then is closed (slowloris, idle sockets).
+    pub login_timeout: Duration,
+    /// Bytes of an unfinished message a connection may hold without drawing on the shared
+    /// budget (and the most a connection may send before it logs in).
+    pub frame_allowance: usize,
+    /// Bytes of unfinished messages above the per-connection allowances, for all connections
+    /// together; a connection that needs more is closed.
+    pub frame_memory_total: usize,
+    /// A message larger than the allowance must arrive completely within this time.
+    pub frame_timeout: Duration,
+    /// Failed logins per source address (IPv4 address, IPv6 /64) within `login_failure_window`
+    /// that are answered at once; later failures are answered after `login_failure_delay`.
+    pub login_free_failures: u32,
+    /// Delay before a throttled failure is answered.
+    pub login_failure_delay: Duration,
+    /// Failures within the window after which the address is banned.
+    pub login_ban_after: u32,
+    /// The window failures are counted in.
+    pub login_failure_window: Duration,
+    /// How long a banned address's connections are refused at accept.
+    pub login_ban: Duration,
+    /// Envelope ids remembered per source twin for the duplicate filter (and the most
+    /// envelopes of one twin in flight within their TTL).
+    pub ids_per_twin: usize,
+    /// Envelope ids remembered in total before only twins below their fair share are taken.
+    pub ids_total: usize,
+    /// A federation link's budget is this many times a twin's (federated traffic is charged
+    /// to the link, not to the envelopes' sources).
+    pub federation_rate_factor: f64,
 }
 
 impl Default for Limits {
@@ -38,6 +73,20 @@ impl Default for Limits {
             queue_bytes_per_twin: 64 * 1024 * 1024,
             queue_bytes_total: 1024 * 1024 * 1024,
             session_backlog_bytes: 64 * 1024 * 1024,
+            max_ttl: 3600,
+            max_connections: 4096,
+            login_timeout: Duration::from_secs(10),
+            frame_allowance: 64 * 1024,
+            frame_memory_total: 256 * 1024 * 1024,
+            frame_timeout: Duration::from_secs(60),
+            login_free_failures: 5,
+            login_failure_delay: Duration::from_secs(1),
+            login_ban_after: 20,
+            login_failure_window: Duration::from_secs(60),
+            login_ban: Duration::from_secs(300),
+            ids_per_twin: 100_000,
+            ids_total: 1_000_000,
+            federation_rate_factor: 10.0,
         }
     }
 }
@@ -69,6 +118,16 @@ impl RateLimiter {
             limits,
             buckets: HashMap::new(),
         }
+    }
+
+    /// A limiter whose rates and bursts are `factor` times those of `limits`.
+    pub(crate) fn scaled(limits: &Limits, factor: f64) -> Self {
+        let mut l = limits.clone();
+        l.messages_per_sec *= factor;
+        l.message_burst *= factor;
+        l.bytes_per_sec *= factor;
+        l.byte_burst *= factor;
+        Self::new(l)
     }
 
     /// Takes one message of `size` bytes from `twin`'s budget, or says which budget is empty.

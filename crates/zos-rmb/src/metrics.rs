@@ -35,6 +35,15 @@ pub struct RelayMetrics {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) auth_ok: AtomicU64,
     pub(crate) auth_failed: AtomicU64,
+    pub(crate) refused_full: AtomicU64,
+    pub(crate) refused_banned: AtomicU64,
+    pub(crate) timeout_handshake: AtomicU64,
+    pub(crate) timeout_login: AtomicU64,
+    pub(crate) timeout_frame: AtomicU64,
+    pub(crate) frame_refused: AtomicU64,
+    pub(crate) logins_delayed: AtomicU64,
+    pub(crate) login_bans: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
     bounced: [AtomicU64; BOUNCE_CODES.len()],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -48,6 +57,10 @@ pub(crate) struct Gauges {
     pub queued_messages: usize,
     pub queued_bytes: usize,
     pub federation_links: usize,
+    pub connections: usize,
+    pub frame_bytes: usize,
+    pub banned_addresses: usize,
+    pub seen_ids: usize,
 }
 
 impl RelayMetrics {
@@ -76,6 +89,39 @@ impl RelayMetrics {
     /// Total envelopes delivered (for tests and `zos up`).
     pub fn delivered_total(&self) -> u64 {
         self.delivered.load(Relaxed)
+    }
+
+    /// Connections refused at accept: (relay full, address banned).
+    pub fn connections_refused(&self) -> (u64, u64) {
+        (
+            self.refused_full.load(Relaxed),
+            self.refused_banned.load(Relaxed),
+        )
+    }
+
+    /// Connections closed for missing a deadline: (HTTP/WebSocket handshake, login,
+    /// unfinished message).
+    pub fn connections_timed_out(&self) -> (u64, u64, u64) {
+        (
+            self.timeout_handshake.load(Relaxed),
+            self.timeout_login.load(Relaxed),
+            self.timeout_frame.load(Relaxed),
+        )
+    }
+
+    /// Connections closed for holding too much of an unfinished message.
+    pub fn frame_refused_total(&self) -> u64 {
+        self.frame_refused.load(Relaxed)
+    }
+
+    /// Logins: (accepted, failed).
+    pub fn logins(&self) -> (u64, u64) {
+        (self.auth_ok.load(Relaxed), self.auth_failed.load(Relaxed))
+    }
+
+    /// Envelopes dropped by the duplicate filter.
+    pub fn duplicates_total(&self) -> u64 {
+        self.duplicates.load(Relaxed)
     }
 
     /// Total envelopes bounced with `code`.
@@ -139,7 +185,71 @@ impl RelayMetrics {
             self.auth_ok.load(Relaxed),
             self.auth_failed.load(Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP zos_rmb_relay_connections_refused_total Connections refused at accept.\n\
+             # TYPE zos_rmb_relay_connections_refused_total counter\n\
+             zos_rmb_relay_connections_refused_total{{reason=\"full\"}} {}\n\
+             zos_rmb_relay_connections_refused_total{{reason=\"banned\"}} {}",
+            self.refused_full.load(Relaxed),
+            self.refused_banned.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP zos_rmb_relay_connections_timed_out_total Connections closed for missing a deadline.\n\
+             # TYPE zos_rmb_relay_connections_timed_out_total counter\n\
+             zos_rmb_relay_connections_timed_out_total{{stage=\"handshake\"}} {}\n\
+             zos_rmb_relay_connections_timed_out_total{{stage=\"login\"}} {}\n\
+             zos_rmb_relay_connections_timed_out_total{{stage=\"frame\"}} {}",
+            self.timeout_handshake.load(Relaxed),
+            self.timeout_login.load(Relaxed),
+            self.timeout_frame.load(Relaxed)
+        );
+        c(
+            &mut o,
+            "zos_rmb_relay_frame_refused_total",
+            "Connections closed for unfinished-message memory (budget, or data before login).",
+            self.frame_refused.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "zos_rmb_relay_logins_delayed_total",
+            "Failed logins answered late (address over its free failures).",
+            self.logins_delayed.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "zos_rmb_relay_login_bans_total",
+            "Addresses banned for failed logins.",
+            self.login_bans.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "zos_rmb_relay_duplicates_total",
+            "Envelopes dropped by the (source, id) duplicate filter.",
+            self.duplicates.load(Relaxed),
+        );
         for (name, help, v) in [
+            (
+                "zos_rmb_relay_connections",
+                "Connections open (any state).",
+                g.connections,
+            ),
+            (
+                "zos_rmb_relay_frame_bytes",
+                "Unfinished-message bytes drawn from the shared budget.",
+                g.frame_bytes,
+            ),
+            (
+                "zos_rmb_relay_banned_addresses",
+                "Source addresses banned now.",
+                g.banned_addresses,
+            ),
+            (
+                "zos_rmb_relay_seen_ids",
+                "Envelope ids held by the duplicate filter.",
+                g.seen_ids,
+            ),
             (
                 "zos_rmb_relay_sessions",
                 "Authenticated sessions connected.",

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::directory::lock;
+use crate::relay::guard::{Guarded, GuardedListener};
 
 /// How long a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,29 +127,27 @@ pub(crate) fn server_config(tls: &RelayTls) -> Result<Arc<rustls::ServerConfig>,
 }
 
 /// A listener that yields TLS streams. Handshakes run in their own tasks (a slow client cannot
-/// hold up the others); the accept loop stops when the listener is dropped.
+/// hold up the others); the accept loop stops when the listener is dropped. Connections come
+/// from the relay's guarded listener, so the connection cap, bans and the login deadline
+/// cover the handshake too.
 pub(crate) struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<Guarded<TcpStream>>, std::net::SocketAddr)>,
     addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub(crate) fn new(tcp: TcpListener, cfg: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        mut tcp: GuardedListener,
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        use axum::serve::Listener as _;
         let addr = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(cfg);
         let task = tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let (stream, peer) = tcp.accept().await;
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -172,7 +171,7 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

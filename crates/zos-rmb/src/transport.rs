@@ -59,11 +59,15 @@ pub(crate) async fn connect_and_login(
                 "{url}: expected a challenge"
             )));
         };
-        let msg = auth_message(&nonce, &domain, role, twin, session);
+        // The host we dialed is signed too: the relay refuses it unless it is its own, so our
+        // answer is useless to anyone who passed another relay's challenge on to us.
+        let host = crate::directory::relay_domain(url).to_ascii_lowercase();
+        let msg = auth_message(&nonce, &domain, &host, role, twin, session);
         let auth = Frame::Auth {
             role,
             twin,
             session: session.map(str::to_owned),
+            host,
             signature: key.sign(&msg),
         }
         .encode()

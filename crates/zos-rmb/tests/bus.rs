@@ -77,7 +77,7 @@ async fn request_response_through_two_federated_relays() {
     let k_r2 = add_twin(&dir, 102, &["r2"]);
     // r2 must exist before r1 knows its URL, and vice versa: bind both, then run.
     let relay_b = zos_rmb::Relay::bind(
-        federated_config("r2", (102, k_r2.clone()), &[]),
+        federated_config("r2", (102, k_r2.clone()), &[], &[101]),
         dir.clone(),
     )
     .await
@@ -85,11 +85,11 @@ async fn request_response_through_two_federated_relays() {
     let url_b = format!("ws://{}", relay_b.local_addr());
     drop(relay_b);
     let r1 = start_relay_with(
-        federated_config("r1", (101, k_r1), &[("r2", &url_b)]),
+        federated_config("r1", (101, k_r1), &[("r2", &url_b)], &[102]),
         dir.clone(),
     )
     .await;
-    let mut cfg_b = federated_config("r2", (102, k_r2), &[("r1", &r1.url)]);
+    let mut cfg_b = federated_config("r2", (102, k_r2), &[("r1", &r1.url)], &[101]);
     cfg_b.listen = url_b.trim_start_matches("ws://").parse().unwrap();
     let r2 = start_relay_with(cfg_b, dir.clone()).await;
 
@@ -124,7 +124,7 @@ async fn federation_to_an_unreachable_relay_bounces() {
         .local_addr()
         .unwrap();
     let r1 = start_relay_with(
-        federated_config("r1", (101, k_r1), &[("r2", &format!("ws://{dead}"))]),
+        federated_config("r1", (101, k_r1), &[("r2", &format!("ws://{dead}"))], &[]),
         dir.clone(),
     )
     .await;

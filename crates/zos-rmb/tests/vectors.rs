@@ -120,10 +120,10 @@ fn pinned_encodings() {
         "030163aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000001940002 6e6f00000000".replace(' ', "")
     );
     assert_eq!(
-        hex::encode(auth_message(&[7; 32], "r1", Role::Peer, 5, Some("s"))),
+        hex::encode(auth_message(&[7; 32], "r1", "h", Role::Peer, 5, Some("s"))),
         format!(
-            "{}{}027231010000000501 73",
-            hex::encode(b"zos-rmb-auth-v1"),
+            "{}{}027231 0168 010000000501 73",
+            hex::encode(b"zos-rmb-auth-v2"),
             "07".repeat(32)
         )
         .replace(' ', "")

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{EARLY_REQUESTS, HandlerError, Inner, RequestContext, RmbError, Router, Serving};
+use super::{
+    EARLY_REQUESTS, HandlerError, Inner, MAX_REPLY_TTL, RECEIVE_WINDOW, RequestContext, RmbError,
+    Router, Serving,
+};
 use crate::directory::lock;
-use crate::envelope::{Address, Body, Envelope, Header, MAX_TTL, MessageId, unix_now};
+use crate::envelope::{Address, Body, Envelope, Header, MessageId, unix_now};
+use crate::replay::Refused;
 
 /// Answered by every peer itself (even before [`Peer::serve`](crate::Peer::serve)): `{"twin": id, "time": unix_s}`.
 /// A liveness check for a twin, end to end through relays, signatures and encryption.
@@ -40,38 +44,40 @@ impl Inner {
             return;
         }
         let now = unix_now();
-        if h.check_time(now).is_err() {
+        // The receiver keeps an envelope for at most its window, whatever the TTL says: that
+        // bounds how long the replay cache must remember ids.
+        let expires_at = h
+            .expires_at()
+            .min(h.timestamp.saturating_add(u64::from(RECEIVE_WINDOW)));
+        if h.check_time(now).is_err() || now > expires_at {
             c.expired.fetch_add(1, Relaxed);
             return;
         }
-        let mut verified = false;
-        for attempt in 0..2 {
-            let rec = match self.dir.twin(h.source.twin).await {
-                Ok(Some(r)) => r,
-                _ => {
-                    c.unknown_source.fetch_add(1, Relaxed);
-                    return;
-                }
-            };
-            if env.verify(&rec.account) {
-                verified = true;
-                break;
-            }
-            if attempt == 0 {
-                self.dir.invalidate(h.source.twin);
-            }
-        }
-        if !verified {
-            c.bad_signature.fetch_add(1, Relaxed);
-            tracing::debug!(source = %h.source, "dropped envelope with a bad signature");
-            return;
-        }
-        if lock(&self.replay)
-            .insert(h.source.twin, h.id, h.expires_at(), now)
-            .is_err()
-        {
+        // A known id is dropped before any lookup or crypto.
+        if lock(&self.replay).contains(h.source.twin, &h.id, now) {
             c.replayed.fetch_add(1, Relaxed);
             tracing::debug!(source = %h.source, "dropped replayed envelope");
+            return;
+        }
+        let rec = match self.dir.twin(h.source.twin).await {
+            Ok(Some(r)) => r,
+            _ => {
+                c.unknown_source.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        if !env.verify(&rec.account) {
+            c.bad_signature.fetch_add(1, Relaxed);
+            tracing::debug!(source = %h.source, "dropped envelope with a bad signature");
+            // The key may have rotated: refresh the record in the background (the directory
+            // allows this at most once per twin per interval), never while the link waits.
+            if self.dir.invalidate(h.source.twin) {
+                let inner = self.clone();
+                let twin = h.source.twin;
+                tokio::spawn(async move {
+                    let _ = inner.dir.twin(twin).await;
+                });
+            }
             return;
         }
         let body = match env.open(&self.e2e) {
@@ -82,6 +88,21 @@ impl Inner {
                 return;
             }
         };
+        // Recorded only now, once the envelope is known to be genuine and readable: what a
+        // sender cannot get through costs it no room in the cache.
+        match lock(&self.replay).insert(h.source.twin, h.id, expires_at, now) {
+            Ok(()) => {}
+            Err(Refused::Replay) => {
+                c.replayed.fetch_add(1, Relaxed);
+                tracing::debug!(source = %h.source, "dropped replayed envelope");
+                return;
+            }
+            Err(Refused::SenderFull | Refused::Full) => {
+                c.over_quota.fetch_add(1, Relaxed);
+                tracing::debug!(source = %h.source, "dropped envelope: sender over its replay-cache quota");
+                return;
+            }
+        }
         match body.reference {
             Some(reference) => self.reply(h, reference, body),
             None => self.request(h, body),
@@ -132,7 +153,9 @@ impl Inner {
             id: h.id,
             command: body.command.clone(),
         };
-        let remaining = h.expires_at().saturating_sub(unix_now());
+        let expires_at = h
+            .expires_at()
+            .min(h.timestamp.saturating_add(u64::from(RECEIVE_WINDOW)));
         let mut serving = lock(&self.serving);
         match &mut *serving {
             _ if body.command == PING_COMMAND => {
@@ -142,7 +165,7 @@ impl Inner {
                     ctx,
                     body,
                     h.source.clone(),
-                    remaining,
+                    expires_at,
                 ));
             }
             Serving::Ready(router) => {
@@ -152,11 +175,11 @@ impl Inner {
                     ctx,
                     body,
                     h.source.clone(),
-                    remaining,
+                    expires_at,
                 ));
             }
             Serving::Waiting(early) if early.len() < EARLY_REQUESTS => {
-                early.push((ctx, body, h.source.clone()));
+                early.push((ctx, body, h.source.clone(), expires_at));
             }
             Serving::Waiting(_) => {
                 tracing::warn!("dropping request: serve() not called yet and the buffer is full");
@@ -171,7 +194,7 @@ pub(super) async fn handle_request(
     ctx: RequestContext,
     body: Body,
     reply_to: Address,
-    remaining_ttl: u64,
+    request_expires_at: u64,
 ) {
     let id = ctx.id;
     let command = ctx.command.clone();
@@ -202,11 +225,16 @@ pub(super) async fn handle_request(
         }),
         payload,
     };
-    // The reply lives as long as the request would have, with a floor so a slow handler's
-    // answer is not dead on arrival.
+    // A reply never outlives its request (nobody waits for it after that), and lives at most
+    // MAX_REPLY_TTL: a captured reply is only worth replaying for that long.
+    let remaining_ttl = request_expires_at.saturating_sub(unix_now());
+    if remaining_ttl == 0 {
+        tracing::debug!(to = %reply_to, "request expired before its reply; not sent");
+        return;
+    }
     let ttl = u32::try_from(remaining_ttl)
-        .unwrap_or(MAX_TTL)
-        .clamp(5, MAX_TTL);
+        .unwrap_or(MAX_REPLY_TTL)
+        .min(MAX_REPLY_TTL);
     let deadline = Instant::now() + Duration::from_secs(u64::from(ttl));
     let sent = match inner.seal(reply_to.clone(), &reply, ttl).await {
         Ok((_, frame)) => inner.send(frame, None, deadline).await,

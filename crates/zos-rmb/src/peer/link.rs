@@ -16,6 +16,10 @@ use crate::transport::{self, LoginError, Ws};
 /// Ping period; a link that heard nothing for three periods is considered dead.
 const PING_EVERY: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait after the relay said another login replaced this one; doubles up to
+/// `MAX_REPLACED_BACKOFF` while it keeps happening.
+const REPLACED_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_REPLACED_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Runs link `i` until the peer is closed. The outcome of the first login attempt is reported
 /// on `first` (so `Peer::connect` can fail fast with a clear error).
@@ -23,6 +27,7 @@ pub(super) async fn run(inner: Arc<Inner>, i: usize, first: mpsc::Sender<Result<
     let url = inner.relays[i].clone();
     let mut first = Some(first);
     let mut backoff = Duration::from_millis(100);
+    let mut replaced_backoff = REPLACED_BACKOFF;
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         if *shutdown.borrow_and_update() {
@@ -48,10 +53,16 @@ pub(super) async fn run(inner: Arc<Inner>, i: usize, first: mpsc::Sender<Result<
                 }
                 if replaced {
                     // Another process (or Peer) logged in as this twin and session and took the
-                    // slot. Our own reconnects only follow a closed connection, so this is not
-                    // us: give the link up rather than fight over it.
-                    tracing::warn!(%url, twin = inner.twin, session = ?inner.session, "replaced by another login of this twin and session; link stopped");
-                    return;
+                    // slot. Take it back, but slowly: two processes sharing a session trade it
+                    // every few minutes instead of flapping, and a link that someone else
+                    // pushed off (with a relayed login, say) comes back by itself.
+                    tracing::warn!(%url, twin = inner.twin, session = ?inner.session, retry_in = ?replaced_backoff, "replaced by another login of this twin and session; give each process its own session");
+                    tokio::select! {
+                        _ = tokio::time::sleep(replaced_backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    replaced_backoff = (replaced_backoff * 2).min(MAX_REPLACED_BACKOFF);
+                    continue;
                 } else {
                     tracing::info!(%url, twin = inner.twin, "relay link down; reconnecting");
                 }

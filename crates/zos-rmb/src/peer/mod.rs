@@ -8,7 +8,6 @@
 
 mod inbound;
 mod link;
-mod replay;
 mod router;
 
 use std::collections::HashMap;
@@ -33,8 +32,15 @@ pub use router::{HandlerError, RequestContext, Router};
 
 /// Largest WebSocket message a peer accepts.
 pub const MAX_MESSAGE: usize = crate::envelope::MAX_SEALED + 1024;
-/// Live ids the replay cache holds before refusing new messages.
+/// Live ids the replay cache holds before only senders below their fair share are taken.
 const REPLAY_CAPACITY: usize = 1_000_000;
+/// Live ids one source twin may have in the replay cache; more are refused until some expire.
+const REPLAY_PER_SENDER: usize = 50_000;
+/// The longest an envelope lives at a receiver, whatever its TTL says (seconds): bounds the
+/// replay cache's window. Calls with longer timeouts send envelopes with this TTL.
+pub const RECEIVE_WINDOW: u32 = 3600;
+/// The longest a reply lives (seconds), and never longer than its request has left.
+pub const MAX_REPLY_TTL: u32 = 300;
 /// Requests buffered before [`Peer::serve`] is called.
 const EARLY_REQUESTS: usize = 1024;
 
@@ -144,8 +150,11 @@ pub struct PeerStats {
     pub unknown_source: u64,
     /// Signature did not verify.
     pub bad_signature: u64,
-    /// Id seen before (or replay cache full).
+    /// Id seen before.
     pub replayed: u64,
+    /// Refused because the sender has too many ids in the replay cache (or the cache is
+    /// full and the sender holds at least its fair share).
+    pub over_quota: u64,
     /// Body did not decrypt or decode.
     pub undecryptable: u64,
     /// A reply that matched no pending call (late, or from the wrong twin).
@@ -165,6 +174,7 @@ struct Counters {
     unknown_source: AtomicU64,
     bad_signature: AtomicU64,
     replayed: AtomicU64,
+    over_quota: AtomicU64,
     undecryptable: AtomicU64,
     unexpected_reply: AtomicU64,
     requests: AtomicU64,
@@ -185,7 +195,8 @@ struct LinkSlot {
 }
 
 enum Serving {
-    Waiting(Vec<(RequestContext, Body, Address)>),
+    /// Requests that arrived before `serve`, with their expiry (unix s).
+    Waiting(Vec<(RequestContext, Body, Address, u64)>),
     Ready(Arc<Router>),
 }
 
@@ -200,7 +211,7 @@ pub(crate) struct Inner {
     connected: watch::Sender<usize>,
     pending: Mutex<HashMap<MessageId, Pending>>,
     serving: Mutex<Serving>,
-    replay: Mutex<replay::ReplayCache>,
+    replay: Mutex<crate::replay::SeenIds>,
     counters: Counters,
     shutdown: watch::Sender<bool>,
 }
@@ -265,7 +276,10 @@ impl Peer {
             connected: watch::channel(0).0,
             pending: Mutex::new(HashMap::new()),
             serving: Mutex::new(Serving::Waiting(Vec::new())),
-            replay: Mutex::new(replay::ReplayCache::new(REPLAY_CAPACITY)),
+            replay: Mutex::new(crate::replay::SeenIds::new(
+                REPLAY_PER_SENDER,
+                REPLAY_CAPACITY,
+            )),
             counters: Counters::default(),
             shutdown: watch::channel(false).0,
         });
@@ -294,8 +308,8 @@ impl Peer {
     }
 
     /// Sends `command` with `payload` to twin `dst` and waits up to `timeout` for the reply.
-    /// The envelope's TTL is the timeout (rounded up to whole seconds): a reply nobody waits
-    /// for is useless.
+    /// The envelope's TTL is the timeout (rounded up to whole seconds, at most
+    /// [`RECEIVE_WINDOW`]): a reply nobody waits for is useless.
     pub async fn call(
         &self,
         dst: u32,
@@ -307,8 +321,8 @@ impl Peer {
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(MAX_TTL)));
         let ttl = u32::try_from(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
-            .unwrap_or(MAX_TTL)
-            .clamp(1, MAX_TTL);
+            .unwrap_or(RECEIVE_WINDOW)
+            .clamp(1, RECEIVE_WINDOW.min(MAX_TTL));
         let body = Body {
             command: command.to_owned(),
             reference: None,
@@ -355,14 +369,14 @@ impl Peer {
                 Serving::Ready(_) => Vec::new(),
             }
         };
-        for (ctx, body, reply_to) in early {
+        for (ctx, body, reply_to, expires_at) in early {
             tokio::spawn(inbound::handle_request(
                 self.inner.clone(),
                 router.clone(),
                 ctx,
                 body,
                 reply_to,
-                0,
+                expires_at,
             ));
         }
     }
@@ -396,6 +410,7 @@ impl Peer {
             unknown_source: c.unknown_source.load(Relaxed),
             bad_signature: c.bad_signature.load(Relaxed),
             replayed: c.replayed.load(Relaxed),
+            over_quota: c.over_quota.load(Relaxed),
             undecryptable: c.undecryptable.load(Relaxed),
             unexpected_reply: c.unexpected_reply.load(Relaxed),
             requests: c.requests.load(Relaxed),

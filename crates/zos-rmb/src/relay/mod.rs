@@ -7,10 +7,11 @@
 //! source twin's ledger key, because the link may carry any source.
 
 mod federation;
+pub(crate) mod guard;
 mod session;
 mod switch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,22 +19,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{State as AxState, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use zos_types::crypto::KeyPair;
 
-use crate::directory::{TwinDirectory, lock, relay_domain};
+use crate::directory::{TwinDirectory, lock, relay_domain, same_host};
 use crate::envelope::{Envelope, Header, unix_now};
 use crate::frame::{Bounce, BounceCode, Frame, Role};
 use crate::limits::{Exceeded, Limits, RateLimiter};
 use crate::metrics::{Gauges, RelayMetrics};
+use crate::replay::{Refused, SeenIds};
 use crate::tls::{RelayTls, TlsError, TlsListener};
 use federation::Federation;
+use guard::{ConnInfo, Guard, GuardedListener};
 use switch::{Delivery, SessionTx, Switch};
 
 /// A relay's own twin: used to log in to other relays for federation.
@@ -60,6 +62,12 @@ pub struct RelayConfig {
     pub identity: Option<RelayIdentity>,
     /// Serve `wss://` with this certificate and key; `None` serves plain `ws://`.
     pub tls: Option<RelayTls>,
+    /// Twins allowed to log in as federation links (other relays' twins). Nobody else may:
+    /// a federation link may carry envelopes of any source.
+    pub federation_peers: Vec<u32>,
+    /// URLs (or `host[:port]`) clients use to reach this relay, besides its domain and listen
+    /// address (a proxy's name, say). A login signed for any other host is refused.
+    pub public_urls: Vec<String>,
 }
 
 impl RelayConfig {
@@ -72,6 +80,8 @@ impl RelayConfig {
             limits: Limits::default(),
             identity: None,
             tls: None,
+            federation_peers: Vec::new(),
+            public_urls: Vec::new(),
         }
     }
 }
@@ -102,10 +112,18 @@ pub enum RelayError {
 /// Shared state of a running relay.
 pub(crate) struct State {
     domain: String,
+    /// `host[:port]` names a login may be signed for (see [`RelayConfig::public_urls`]).
+    hosts: Vec<String>,
     limits: Limits,
     dir: Arc<dyn TwinDirectory>,
     switch: Arc<Switch>,
     limiter: Mutex<RateLimiter>,
+    /// Budgets of federation links, by the link's twin.
+    link_limiter: Mutex<RateLimiter>,
+    federation_peers: HashSet<u32>,
+    /// The `(source, id)` duplicate filter.
+    seen: Mutex<SeenIds>,
+    guard: Arc<Guard>,
     metrics: Arc<RelayMetrics>,
     federation: Federation,
     shutdown: watch::Receiver<bool>,
@@ -156,6 +174,20 @@ impl Relay {
                 addr: cfg.listen,
                 source,
             })?;
+        let local = listener.local_addr().map_err(|source| RelayError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let mut hosts = vec![relay_domain(&cfg.domain).to_owned(), local.to_string()];
+        hosts.extend(cfg.public_urls.iter().map(|u| relay_domain(u).to_owned()));
+        if local.ip().is_loopback() || local.ip().is_unspecified() {
+            let port = local.port();
+            hosts.extend([
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        }
         let (stop, shutdown) = watch::channel(false);
         let (alive, alive_rx) = mpsc::channel(1);
         let metrics = Arc::new(RelayMetrics::default());
@@ -170,10 +202,18 @@ impl Relay {
         );
         let state = Arc::new(State {
             domain: cfg.domain.clone(),
+            hosts,
             limits: cfg.limits.clone(),
             dir,
             switch,
             limiter: Mutex::new(RateLimiter::new(cfg.limits.clone())),
+            link_limiter: Mutex::new(RateLimiter::scaled(
+                &cfg.limits,
+                cfg.limits.federation_rate_factor,
+            )),
+            federation_peers: cfg.federation_peers.iter().copied().collect(),
+            seen: Mutex::new(SeenIds::new(cfg.limits.ids_per_twin, cfg.limits.ids_total)),
+            guard: Guard::new(cfg.limits.clone(), metrics.clone()),
             metrics,
             federation,
             shutdown,
@@ -224,6 +264,8 @@ impl Relay {
             shutdown.await;
             let _ = stop2.send(true);
         };
+        let listener = GuardedListener::new(listener, state.guard.clone());
+        let app = app.into_make_service_with_connect_info::<ConnInfo>();
         let served = match tls {
             Some(cfg) => {
                 let listener = TlsListener::new(listener, cfg).map_err(RelayError::Serve)?;
@@ -232,9 +274,6 @@ impl Relay {
                     .await
             }
             None => {
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
                 axum::serve(listener, app)
                     .with_graceful_shutdown(signal)
                     .await
@@ -256,7 +295,9 @@ async fn sweep_loop(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let n = state.switch.sweep(unix_now());
+        let now = unix_now();
+        lock(&state.seen).expire(now);
+        let n = state.switch.sweep(now);
         if n > 0 {
             tracing::debug!(dropped = n, "expired queued envelopes");
         }
@@ -265,14 +306,18 @@ async fn sweep_loop(state: Arc<State>) {
 
 async fn ws_handler(
     ws: WebSocketUpgrade,
+    ConnectInfo(ConnInfo(conn)): ConnectInfo<ConnInfo>,
     AxState(state): AxState<Arc<State>>,
 ) -> impl IntoResponse {
-    // The socket accepts up to the protocol maximum so that an envelope above this relay's
-    // (smaller) limit is bounced with a reason instead of killing the connection.
-    let max = crate::peer::MAX_MESSAGE;
+    // The socket accepts a little more than this relay's envelope limit, so that a slightly
+    // larger envelope is bounced with a reason; far larger messages close the connection
+    // (they would otherwise be held in memory in full before being refused).
+    let max = (state.limits.max_envelope_bytes + 64 * 1024).min(crate::peer::MAX_MESSAGE);
+    // A read buffer of the allowance keeps what a connection holds uncounted small.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(state, socket))
+        .read_buffer_size(state.limits.frame_allowance.clamp(4096, 128 * 1024))
+        .on_upgrade(move |socket| session::run(state, socket, conn))
 }
 
 async fn metrics_handler(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
@@ -282,6 +327,10 @@ async fn metrics_handler(AxState(state): AxState<Arc<State>>) -> impl IntoRespon
         queued_messages,
         queued_bytes,
         federation_links: state.federation.links_up(),
+        connections: state.guard.open(),
+        frame_bytes: state.guard.frame_bytes(),
+        banned_addresses: state.guard.banned_addresses(),
+        seen_ids: lock(&state.seen).len(),
     });
     (
         [(
@@ -350,31 +399,89 @@ impl State {
                 ),
             ));
         }
-        if let Err(why) = header.check_time(unix_now()) {
+        let now = unix_now();
+        if let Err(why) = header.check_time(now) {
             return Err(fail(BounceCode::Expired, format!("envelope {why}")));
         }
-        // On a federation link the source is only authenticated by the envelope's signature:
-        // check it before charging the source's rate budget, so forged envelopes cannot use
-        // up a twin's budget.
+        if header.ttl > self.limits.max_ttl {
+            return Err(fail(
+                BounceCode::Expired,
+                format!(
+                    "ttl {} s is above this relay's maximum of {} s",
+                    header.ttl, self.limits.max_ttl
+                ),
+            ));
+        }
+        // Duplicates go before any budget is charged: a replayed envelope costs its source
+        // nothing. Dropped silently: a bounce carrying the id could fail the sender's call.
+        if lock(&self.seen).contains(header.source.twin, &header.id, now) {
+            self.duplicate(&header);
+            return Ok(());
+        }
+        // A federation link is charged for what it carries (it vouches for nothing: every
+        // envelope's signature is checked below), so a link replaying or flooding cannot use
+        // up a twin's budget. Charged before the signature check, which may need a lookup.
+        let limited = match origin.role {
+            Role::Peer => lock(&self.limiter).take(header.source.twin, env_bytes.len(), received),
+            Role::Federation => {
+                lock(&self.link_limiter).take(origin.twin, env_bytes.len(), received)
+            }
+        };
+        if let Err(which) = limited {
+            let factor = match origin.role {
+                Role::Peer => 1.0,
+                Role::Federation => self.limits.federation_rate_factor,
+            };
+            let what = match which {
+                Exceeded::Messages => {
+                    format!("{} messages/s", self.limits.messages_per_sec * factor)
+                }
+                Exceeded::Bytes => format!("{} bytes/s", self.limits.bytes_per_sec * factor),
+            };
+            let who = match origin.role {
+                Role::Peer => format!("twin {}", header.source.twin),
+                Role::Federation => format!("federation link of twin {}", origin.twin),
+            };
+            return Err(fail(
+                BounceCode::RateLimited,
+                format!("{who} exceeded its rate of {what}"),
+            ));
+        }
         if origin.role == Role::Federation {
             self.verify_federated(&header, &env_bytes)
                 .await
                 .map_err(|m| fail(BounceCode::BadSignature, m))?;
         }
-        let limited = lock(&self.limiter).take(header.source.twin, env_bytes.len(), received);
-        if let Err(which) = limited {
-            let what = match which {
-                Exceeded::Messages => format!("{} messages/s", self.limits.messages_per_sec),
-                Exceeded::Bytes => format!("{} bytes/s", self.limits.bytes_per_sec),
-            };
-            return Err(fail(
-                BounceCode::RateLimited,
-                format!("twin {} exceeded its rate of {what}", header.source.twin),
-            ));
+        // Recorded only once the source is authenticated (session or signature), so forged
+        // envelopes cannot claim a genuine twin's ids.
+        let recorded =
+            lock(&self.seen).insert(header.source.twin, header.id, header.expires_at(), now);
+        match recorded {
+            Ok(()) => {}
+            Err(Refused::Replay) => {
+                self.duplicate(&header);
+                return Ok(());
+            }
+            Err(Refused::SenderFull | Refused::Full) => {
+                return Err(fail(
+                    BounceCode::RateLimited,
+                    format!(
+                        "twin {} has too many envelopes in flight on this relay",
+                        header.source.twin
+                    ),
+                ));
+            }
         }
         self.route(&header, env_bytes, origin.role, received)
             .await
             .map_err(|(code, msg)| fail(code, msg))
+    }
+
+    fn duplicate(&self, header: &Header) {
+        self.metrics
+            .duplicates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(source = %header.source, "dropped duplicate envelope");
     }
 
     async fn verify_federated(&self, header: &Header, env_bytes: &Bytes) -> Result<(), String> {
@@ -390,11 +497,18 @@ impl State {
             if env.verify(&rec.account) {
                 return Ok(());
             }
-            if attempt == 0 {
-                self.dir.invalidate(twin);
+            // Retry with a fresh record (the key may have rotated) only if the directory
+            // allows a refresh now: at most one lookup per twin per interval.
+            if attempt == 0 && !self.dir.invalidate(twin) {
+                break;
             }
         }
         Err(format!("signature of source twin {twin} does not verify"))
+    }
+
+    /// True if a client that dialed `host` reached this relay.
+    pub(crate) fn is_own_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| same_host(h, host))
     }
 
     async fn route(

@@ -87,12 +87,16 @@ pub async fn start_relay(dir: &Arc<MemoryDirectory>, domain: &str) -> RunningRel
     start_relay_with(cfg, dir.clone()).await
 }
 
+/// A relay with its own twin, links to `peers` (domain, URL), accepting federation links from
+/// `federation_peers` (relay twins).
 pub fn federated_config(
     domain: &str,
     identity: (u32, KeyPair),
     peers: &[(&str, &str)],
+    federation_peers: &[u32],
 ) -> RelayConfig {
     let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), domain);
+    cfg.federation_peers = federation_peers.to_vec();
     cfg.identity = Some(RelayIdentity {
         twin: identity.0,
         key: identity.1,
@@ -148,11 +152,29 @@ pub fn echo_router(hits: Arc<AtomicUsize>) -> Router {
     r
 }
 
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` (a `ws://` loopback URL) from `src` (another loopback address
+/// such as 127.0.0.2, to look like another client to per-address throttling).
+pub async fn connect_from(
+    url: &str,
+    src: Option<std::net::IpAddr>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let addr: SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = src {
+        sock.bind(SocketAddr::new(ip, 0)).unwrap();
+    }
+    let tcp = sock.connect(addr).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await?;
+    Ok(ws)
+}
+
 /// A hand-driven protocol client (for attacks the real `Peer` refuses to make).
 pub struct RawClient {
-    pub ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    pub ws: Ws,
     pub twin: u32,
     pub session: Option<String>,
     pub key: KeyPair,
@@ -175,20 +197,39 @@ impl RawClient {
         key: KeyPair,
         session: Option<&str>,
     ) -> Result<RawClient, String> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let Frame::Challenge { nonce, domain } = next(&mut ws).await.unwrap() else {
-            panic!("expected challenge")
+        let ws = connect_from(url, None)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        Self::login_on(ws, url, role, twin, key, session, None).await
+    }
+
+    /// Logs in on an open socket, signing `host` (default: the host of `url`).
+    pub async fn login_on(
+        mut ws: Ws,
+        url: &str,
+        role: Role,
+        twin: u32,
+        key: KeyPair,
+        session: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<RawClient, String> {
+        let Some(Frame::Challenge { nonce, domain }) = next(&mut ws).await else {
+            return Err("no challenge".into());
         };
-        let sig = key.sign(&auth_message(&nonce, &domain, role, twin, session));
+        let host = host
+            .unwrap_or_else(|| zos_rmb::directory::relay_domain(url))
+            .to_owned();
+        let sig = key.sign(&auth_message(&nonce, &domain, &host, role, twin, session));
         let auth = Frame::Auth {
             role,
             twin,
             session: session.map(str::to_owned),
+            host,
             signature: sig,
         };
         ws.send(Message::Binary(auth.encode().unwrap()))
             .await
-            .unwrap();
+            .map_err(|e| format!("send auth: {e}"))?;
         match next(&mut ws).await {
             Some(Frame::Welcome { .. }) => Ok(RawClient {
                 ws,
@@ -256,7 +297,7 @@ where
 {
     loop {
         match ws.next().await? {
-            Ok(Message::Binary(b)) => return Some(Frame::decode(&b).unwrap()),
+            Ok(Message::Binary(b)) => return Frame::decode(&b).ok(),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }

@@ -64,6 +64,36 @@ pub enum RelayCmd {
         /// Messages held per offline twin.
         #[arg(long, default_value_t = Limits::default().queue_messages_per_twin)]
         queue: usize,
+        /// Longest envelope TTL accepted, seconds.
+        #[arg(long, default_value_t = Limits::default().max_ttl)]
+        max_ttl: u32,
+        /// Open connections; more get HTTP 503 (keep it below `ulimit -n`).
+        #[arg(long, default_value_t = Limits::default().max_connections)]
+        max_connections: usize,
+        /// Seconds from connect to a completed login (TLS, HTTP upgrade, challenge); slower
+        /// connections are closed.
+        #[arg(long, default_value_t = Limits::default().login_timeout.as_secs())]
+        login_timeout: u64,
+        /// Bytes of unfinished messages held for all connections together (above 64 KiB each).
+        #[arg(long, default_value_t = Limits::default().frame_memory_total)]
+        frame_memory: usize,
+        /// Seconds a message above 64 KiB may take to arrive.
+        #[arg(long, default_value_t = Limits::default().frame_timeout.as_secs())]
+        frame_timeout: u64,
+        /// Failed logins per address within a minute before the address is banned.
+        #[arg(long, default_value_t = Limits::default().login_ban_after)]
+        login_ban_after: u32,
+        /// Seconds a banned address is refused.
+        #[arg(long, default_value_t = Limits::default().login_ban.as_secs())]
+        login_ban: u64,
+        /// Twin of another relay allowed to open a federation link to this one (repeatable).
+        /// Without any, no relay may forward to this one.
+        #[arg(long = "federation-peer", value_name = "TWIN")]
+        federation_peers: Vec<u32>,
+        /// Another URL clients reach this relay by (repeatable), e.g. wss://rmb.example.org
+        /// behind a proxy; logins signed for other hosts are refused.
+        #[arg(long = "public-url", value_name = "URL")]
+        public_urls: Vec<String>,
         /// Serve wss:// with this PEM certificate chain (with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -87,20 +117,22 @@ pub enum RmbCmd {
         command: String,
         /// JSON payload (default: null).
         json: Option<String>,
-        /// Relay URL (repeatable), e.g. ws://127.0.0.1:8080.
-        #[arg(
-            long = "relay",
-            env = "ZOS_RELAY",
-            value_delimiter = ',',
-            required = true
-        )]
+        /// Relay URL (repeatable), e.g. ws://127.0.0.1:8080 (default: ZOS_RELAY, else the
+        /// config file).
+        #[arg(long = "relay", value_delimiter = ',')]
         relays: Vec<String>,
-        /// Hex 32-byte seed of your twin's key.
-        #[arg(long, env = "ZOS_KEY", hide_env_values = true)]
-        seed: String,
-        /// Ledger URL.
-        #[arg(long, env = "ZOS_LEDGER")]
-        ledger: String,
+        /// Hex 32-byte seed of your twin's key (default: ZOS_SEED; else the key file).
+        #[arg(long)]
+        seed: Option<String>,
+        /// Your key file (default: ZOS_KEY, else the config file's).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Ledger URL (default: ZOS_LEDGER, else the config file).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Config file.
+        #[arg(long, env = "ZOS_CONFIG")]
+        config: Option<PathBuf>,
         /// Your twin id (default: looked up on the ledger by your key).
         #[arg(long = "from-twin")]
         from_twin: Option<u32>,
@@ -116,9 +148,15 @@ pub enum RmbCmd {
     },
     /// Print the hex X25519 public key to publish as your twin's e2e key.
     E2eKey {
-        /// Hex 32-byte seed of your twin's key.
-        #[arg(long, env = "ZOS_KEY", hide_env_values = true)]
-        seed: String,
+        /// Hex 32-byte seed of your twin's key (default: ZOS_SEED; else the key file).
+        #[arg(long)]
+        seed: Option<String>,
+        /// Your key file (default: ZOS_KEY, else the config file's).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Config file.
+        #[arg(long, env = "ZOS_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -158,6 +196,15 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             max_envelope,
             rate,
             queue,
+            max_ttl,
+            max_connections,
+            login_timeout,
+            frame_memory,
+            frame_timeout,
+            login_ban_after,
+            login_ban,
+            federation_peers,
+            public_urls,
             tls_cert,
             tls_key,
             ca_file,
@@ -196,8 +243,17 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
                     messages_per_sec: rate,
                     message_burst: rate * 2.0,
                     queue_messages_per_twin: queue,
+                    max_ttl,
+                    max_connections,
+                    login_timeout: Duration::from_secs(login_timeout.max(1)),
+                    frame_memory_total: frame_memory,
+                    frame_timeout: Duration::from_secs(frame_timeout.max(1)),
+                    login_ban_after: login_ban_after.max(1),
+                    login_ban: Duration::from_secs(login_ban),
                     ..Limits::default()
                 },
+                federation_peers,
+                public_urls,
                 identity,
                 tls: tls_cert
                     .zip(tls_key)
@@ -222,11 +278,15 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        RmbCommands::Rmb(RmbCmd::E2eKey { seed }) => {
-            println!(
-                "{}",
-                hex::encode(zos_rmb::e2e_public_key(&decode_hex32("seed", &seed)?))
-            );
+        RmbCommands::Rmb(RmbCmd::E2eKey { seed, key, config }) => {
+            let cfg = zos_client::Config::lookup(&zos_client::Overrides {
+                config,
+                key,
+                seed,
+                ..Default::default()
+            })?;
+            let key = cfg.key_pair()?;
+            println!("{}", hex::encode(zos_rmb::e2e_public_key(key.seed())));
             Ok(())
         }
         RmbCommands::Rmb(RmbCmd::Call {
@@ -235,18 +295,41 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
             json,
             relays,
             seed,
+            key,
             ledger,
+            config,
             from_twin,
             key_type,
             timeout,
             ca_file,
         }) => {
+            // The same lookup as every client command: flag, environment, config file.
+            let cfg = zos_client::Config::lookup(&zos_client::Overrides {
+                config,
+                ledger,
+                relay: None,
+                key,
+                seed,
+                key_type: key_type.map(KeyType::from),
+            })?;
+            let relays = if relays.is_empty() {
+                cfg.require_relay()?.split(',').map(str::to_owned).collect()
+            } else {
+                relays
+            };
+            let ledger = cfg.require_ledger()?.to_owned();
+            let my_key = cfg.key_pair()?;
+            // A bare seed may be either scheme: the one with a twin is used.
+            let key_type = match (&cfg.seed, key_type) {
+                (Some(_), None) => None,
+                _ => Some(my_key.key_type()),
+            };
             trust_ca(ca_file.as_deref())?;
             let payload: serde_json::Value = match json {
                 Some(j) => serde_json::from_str(&j).context("the payload is not valid JSON")?,
                 None => serde_json::Value::Null,
             };
-            let seed = decode_hex32("seed", &seed)?;
+            let seed = *my_key.seed();
             let ledger_dir = LedgerDirectory::connect(&ledger)?;
             rt.block_on(async move {
                 let (key, me) = identify(&ledger_dir, seed, key_type, from_twin).await?;
@@ -292,11 +375,11 @@ fn trust_ca(path: Option<&std::path::Path>) -> anyhow::Result<()> {
 async fn identify(
     dir: &LedgerDirectory,
     seed: [u8; 32],
-    key_type: Option<KeyTypeArg>,
+    key_type: Option<KeyType>,
     from_twin: Option<u32>,
 ) -> anyhow::Result<(KeyPair, u32)> {
     let types = match key_type {
-        Some(k) => vec![KeyType::from(k)],
+        Some(k) => vec![k],
         None => vec![KeyType::Ed25519, KeyType::Sr25519],
     };
     for kt in &types {
