@@ -115,7 +115,7 @@ async fn end_to_end(clients: usize, per_client: usize) {
     let secs = t.elapsed().as_secs_f64();
     subscriber.await.unwrap();
     let blocks = c.head().await.unwrap() - start_height + 1;
-    let (mut ack, mut deliver) = {
+    let (mut ack, mut deliver, mut after) = {
         let sent = sent.lock().unwrap();
         let arrivals = arrivals.lock().unwrap();
         let ack: Vec<Duration> = sent.values().map(|(a, b)| *b - *a).collect();
@@ -123,7 +123,21 @@ async fn end_to_end(clients: usize, per_client: usize) {
             .iter()
             .map(|(amt, (a, _))| arrivals[amt] - *a)
             .collect();
-        (ack, deliver)
+        // Event arrival minus receipt arrival, in signed microseconds: the producer publishes
+        // the block to subscribers just before it answers the submitter, so this is the
+        // delivery cost beyond the durable commit itself (negative: the event came first).
+        let after: Vec<i64> = sent
+            .iter()
+            .map(|(amt, (_, b))| {
+                let (e, r) = (arrivals[amt], *b);
+                if e >= r {
+                    (e - r).as_micros() as i64
+                } else {
+                    -((r - e).as_micros() as i64)
+                }
+            })
+            .collect();
+        (ack, deliver, after)
     };
     println!(
         "end-to-end: {clients} clients x {per_client} transfers: {:.0} tx/s, {blocks} blocks ({:.1} tx/block)",
@@ -139,6 +153,12 @@ async fn end_to_end(clients: usize, per_client: usize) {
         "  submit -> event at WebSocket subscriber: p50 {:?} p99 {:?}",
         pct(&mut deliver, 0.5),
         pct(&mut deliver, 0.99)
+    );
+    after.sort();
+    println!(
+        "  event at subscriber - receipt at submitter: p50 {} us p99 {} us",
+        after[(after.len() - 1) / 2],
+        after[((after.len() - 1) as f64 * 0.99).round() as usize]
     );
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();

@@ -19,6 +19,13 @@ use crate::types::{Account, Contract, Farm, Genesis, Node, PricingPolicy, Twin, 
 const META_GENESIS: &[u8] = b"genesis";
 const META_HEAD: &[u8] = b"head";
 const META_DEV_OFFSET: &[u8] = b"dev_offset";
+
+/// Largest step of one dev time advance: 10 years of 365.25 days.
+pub const MAX_ADVANCE_SECS: u64 = 315_576_000;
+
+/// Latest ledger time a dev advance may reach (9999-12-31T23:59:59Z): far beyond any real
+/// deadline, far below where `u64` arithmetic on times could overflow.
+pub const MAX_LEDGER_TIME: u64 = 253_402_300_799;
 const META_FORMAT: &[u8] = b"format";
 /// Version of the on-disk layout (keys and JSON records). A store written with another version
 /// is refused rather than misread; a change of layout comes with a migration.
@@ -131,9 +138,31 @@ impl Chain {
             .max(self.head.header.timestamp)
     }
 
-    /// Moves ledger time forward by `seconds` (dev mode; persisted with the next block).
-    pub fn advance_time(&mut self, seconds: u64) {
-        self.dev_offset = self.dev_offset.saturating_add(seconds);
+    /// Moves ledger time forward by `seconds` (dev mode; persisted with the next block). At most
+    /// [`MAX_ADVANCE_SECS`] per call, and ledger time may not pass [`MAX_LEDGER_TIME`]: a huge
+    /// jump would leave every deadline (billing, grace periods) at the end of time for good.
+    pub fn advance_time(&mut self, seconds: u64) -> Result<(), String> {
+        if seconds > MAX_ADVANCE_SECS {
+            return Err(format!(
+                "dev_advanceTime: at most {MAX_ADVANCE_SECS} s (10 years) per call, got {seconds}"
+            ));
+        }
+        let offset = self
+            .dev_offset
+            .checked_add(seconds)
+            .ok_or_else(|| "dev_advanceTime: the time offset would overflow".to_string())?;
+        let after = self.now().checked_add(seconds);
+        match after {
+            Some(t) if t <= MAX_LEDGER_TIME => {
+                self.dev_offset = offset;
+                Ok(())
+            }
+            _ => Err(format!(
+                "dev_advanceTime: ledger time {} + {seconds} s would pass {MAX_LEDGER_TIME} \
+                 (9999-12-31T23:59:59Z)",
+                self.now()
+            )),
+        }
     }
 
     /// Builds the next block at ledger time `now`: billing first, then each transaction that

@@ -307,7 +307,8 @@ impl LedgerClient {
         from: u64,
     ) -> Result<SubscriptionStream<T>, ClientError> {
         let ws_err = |e: &dyn std::fmt::Display| ClientError::WebSocket(e.to_string());
-        let (mut ws, _) = tokio_tungstenite::connect_async(&*self.ws_url)
+        // TCP_NODELAY: the pongs this stream sends must not wait behind Nagle.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&*self.ws_url, None, true)
             .await
             .map_err(|e| ws_err(&e))?;
         let req = Request {

@@ -70,6 +70,9 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    /// A limit or option is out of range.
+    #[error("bad ledger configuration: {0}")]
+    Config(String),
     /// Serving failed.
     #[error("server: {0}")]
     Serve(#[source] std::io::Error),

@@ -24,10 +24,14 @@ pub mod billing;
 pub mod chain;
 /// The typed JSON-RPC client.
 pub mod client;
+/// The accept loop: connection slots, timeouts, polite refusal.
+mod conn;
 /// Dev-mode keys and genesis.
 pub mod dev;
 /// Server and chain errors.
 pub mod error;
+/// Server limits (connections, deadlines, body sizes, signature throttling).
+pub mod limits;
 /// Process counters (`ledger_metrics`).
 pub mod metrics;
 /// The block producer thread.
@@ -42,6 +46,8 @@ pub mod server;
 pub mod state;
 /// Persistence trait and its redb and in-memory backends.
 pub mod store;
+/// Bad-signature throttling per source address.
+mod throttle;
 /// Transactions, events and blocks.
 pub mod tx;
 /// State objects and genesis.
@@ -52,6 +58,7 @@ mod validate;
 pub use chain::{Chain, Reader, VerifyReport, verify};
 pub use client::{ClientError, LedgerClient, SubscriptionStream};
 pub use error::LedgerError;
+pub use limits::{Limits, SigThrottle};
 pub use runtime::TxError;
 pub use server::{LedgerConfig, LedgerServer, load_genesis, open_store};
 pub use store::{LedgerStore, MemStore, RedbStore};

@@ -16,6 +16,14 @@ pub struct Metrics {
     block_commit_micros_total: AtomicU64,
     events_emitted: AtomicU64,
     subscriptions_active: AtomicU64,
+    connections_open: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_timed_out: AtomicU64,
+    requests_too_large: AtomicU64,
+    sig_failures: AtomicU64,
+    sig_bans: AtomicU64,
+    sig_refused_banned: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -39,6 +47,30 @@ pub struct MetricsSnapshot {
     pub events_emitted: u64,
     /// Subscriptions currently open.
     pub subscriptions_active: u64,
+    /// Connections currently open (HTTP and WebSocket; a gauge).
+    #[serde(default)]
+    pub connections_open: u64,
+    /// Connections accepted and served since start.
+    #[serde(default)]
+    pub connections_accepted: u64,
+    /// Connections refused because `max_connections` were open.
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// Connections closed by a deadline: request head, request body or WebSocket idle.
+    #[serde(default)]
+    pub connections_timed_out: u64,
+    /// Requests refused for a body or message over the size limit.
+    #[serde(default)]
+    pub requests_too_large: u64,
+    /// Submissions whose signature did not verify.
+    #[serde(default)]
+    pub sig_failures: u64,
+    /// Source addresses banned for bad signatures (each ban counted).
+    #[serde(default)]
+    pub sig_bans: u64,
+    /// Submissions refused unverified because their source address was banned.
+    #[serde(default)]
+    pub sig_refused_banned: u64,
 }
 
 impl Metrics {
@@ -55,6 +87,14 @@ impl Metrics {
             block_commit_micros_total: g(&self.block_commit_micros_total),
             events_emitted: g(&self.events_emitted),
             subscriptions_active: g(&self.subscriptions_active),
+            connections_open: g(&self.connections_open),
+            connections_accepted: g(&self.connections_accepted),
+            connections_refused: g(&self.connections_refused),
+            connections_timed_out: g(&self.connections_timed_out),
+            requests_too_large: g(&self.requests_too_large),
+            sig_failures: g(&self.sig_failures),
+            sig_bans: g(&self.sig_bans),
+            sig_refused_banned: g(&self.sig_refused_banned),
         }
     }
 
@@ -93,5 +133,37 @@ impl Metrics {
         } else {
             self.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn connection(&self, opened: bool) {
+        if opened {
+            self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            self.connections_open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn too_large(&self) {
+        self.requests_too_large.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sig_failed(&self, banned: bool) {
+        self.sig_failures.fetch_add(1, Ordering::Relaxed);
+        if banned {
+            self.sig_bans.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sig_refused(&self) {
+        self.sig_refused_banned.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -120,7 +120,10 @@ fn process(
             Job::Submit { tx, reply } => pending.push((tx, reply)),
             Job::Advance { seconds, reply } => {
                 flush(chain, &mut pending, false, out)?;
-                chain.advance_time(seconds);
+                if let Err(reason) = chain.advance_time(seconds) {
+                    let _ = reply.send(Err(reason));
+                    continue;
+                }
                 flush(chain, &mut pending, true, out)?;
                 let _ = reply.send(Ok(chain.head().header.height));
             }

@@ -1,7 +1,8 @@
 //! The JSON-RPC 2.0 wire shared by server and client: envelopes, method names, error codes.
 //!
-//! Transport: HTTP `POST /` (one request per body, no batches) and WebSocket `GET /ws` (the same
-//! methods plus subscriptions). Params are positional arrays, e.g.
+//! Transport: HTTP `POST /` (one request per body; a batch, i.e. a JSON array, is refused with
+//! [`codes::INVALID_REQUEST`]) and WebSocket `GET /ws` (the same methods plus subscriptions).
+//! Params are positional arrays, e.g.
 //! `{"jsonrpc":"2.0","id":1,"method":"ledger_twin","params":[1]}`.
 //! Subscriptions answer with a subscription id, then send notifications
 //! `{"jsonrpc":"2.0","method":"ledger_event","params":{"subscription":7,"result":<EventRecord>}}`.
@@ -85,6 +86,12 @@ pub mod codes {
     pub const DEV_ONLY: i64 = -32001;
     /// The method needs a WebSocket.
     pub const WS_ONLY: i64 = -32002;
+    /// The source address is banned for too many bad signatures (HTTP 429); the message says
+    /// for how long.
+    pub const BANNED: i64 = -32003;
+    /// The server is at a limit (connections, memory for request bodies, subscriptions per
+    /// connection); retry later (HTTP 503).
+    pub const BUSY: i64 = -32004;
 }
 
 /// A request (or, without `id`, a notification).

@@ -306,7 +306,7 @@ pub fn apply(
             st.put(keys::twin_contract(twin.id, id), &());
             st.put(keys::node_contract(*node_id, id), &());
             st.put(keys::node_hash(*node_id, deployment_hash), &id);
-            st.put(keys::due(now + p.billing_interval, id), &());
+            st.put(keys::due(now.saturating_add(p.billing_interval), id), &());
             ev.push(Event::NodeContractCreated {
                 contract_id: id,
                 node_id: *node_id,
@@ -399,7 +399,7 @@ pub fn apply(
             st.put(keys::contract(id), &contract);
             st.put(keys::twin_contract(twin.id, id), &());
             st.put(keys::name_contract(name), &id);
-            st.put(keys::due(now + p.billing_interval, id), &());
+            st.put(keys::due(now.saturating_add(p.billing_interval), id), &());
             ev.push(Event::NameContractCreated {
                 contract_id: id,
                 twin_id: twin.id,

@@ -1,34 +1,41 @@
 //! The ledger process: opens the store, starts the block producer thread and serves JSON-RPC
 //! over HTTP and WebSocket (axum). Embeddable: `zos up` and tests run it in-process.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use futures::{SinkExt as _, StreamExt as _};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 use zos_types::crypto::PublicKey;
 
-use crate::chain::{Chain, Reader};
+use crate::chain::{Chain, MAX_ADVANCE_SECS, Reader};
+use crate::conn::{self, ConnCtx};
 use crate::dev;
 use crate::error::LedgerError;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::producer::{self, Job};
 use crate::rpc::{NotificationParams, Request, Response, RpcError, codes, methods};
 use crate::store::{LedgerStore, RedbStore};
+use crate::throttle::Throttle;
 use crate::tx::{SignedTransaction, decode32};
 use crate::types::{Genesis, LedgerInfo};
 
@@ -45,6 +52,8 @@ pub struct LedgerConfig {
     pub genesis: Option<Genesis>,
     /// Block interval outside dev mode.
     pub block_interval: Duration,
+    /// Connection, request and signature-failure limits.
+    pub limits: Limits,
 }
 
 impl LedgerConfig {
@@ -56,8 +65,51 @@ impl LedgerConfig {
             dev: true,
             genesis: None,
             block_interval: Duration::from_millis(1000),
+            limits: Limits::default(),
         }
     }
+}
+
+/// How long shutdown waits for open connections to finish their request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Largest `max_connections` (the slots are a semaphore counted in `u32`).
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+fn check_limits(l: &Limits) -> Result<(), LedgerError> {
+    let bad = |what: String| Err(LedgerError::Config(what));
+    if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
+        return bad(format!(
+            "max connections must be 1..={MAX_CONNECTIONS}, got {}",
+            l.max_connections
+        ));
+    }
+    if l.max_body_bytes == 0 || l.max_body_bytes > u32::MAX as usize {
+        return bad(format!(
+            "max body bytes must be 1..={}, got {}",
+            u32::MAX,
+            l.max_body_bytes
+        ));
+    }
+    if l.body_memory < l.max_body_bytes || l.body_memory > Semaphore::MAX_PERMITS {
+        return bad(format!(
+            "body memory ({}) must be at least the max body size ({})",
+            l.body_memory, l.max_body_bytes
+        ));
+    }
+    for (name, d) in [
+        ("header timeout", l.header_timeout),
+        ("body timeout", l.body_timeout),
+        ("idle timeout", l.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return bad(format!("{name} must be more than 0"));
+        }
+    }
+    if l.max_subscriptions == 0 {
+        return bad("max subscriptions per connection must be at least 1".into());
+    }
+    Ok(())
 }
 
 /// Reads a genesis JSON file.
@@ -81,15 +133,21 @@ pub fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn LedgerStore>, Le
     Ok(Arc::new(RedbStore::open(&data_dir.join("ledger.redb"))?))
 }
 
-struct App {
+pub(crate) struct App {
     reader: Reader,
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     head: watch::Receiver<u64>,
     info: LedgerInfo,
     genesis_hash: [u8; 32],
     next_sub: AtomicU64,
-    stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    /// `max_connections` slots (see `conn.rs`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Bytes of request bodies being received, all connections together.
+    body_memory: Arc<Semaphore>,
+    throttle: Throttle,
 }
 
 /// A bound, not yet running ledger server.
@@ -103,6 +161,7 @@ pub struct LedgerServer {
 impl LedgerServer {
     /// Opens (or creates) the ledger in `cfg.data_dir` and binds `cfg.listen`.
     pub async fn bind(cfg: LedgerConfig) -> Result<Self, LedgerError> {
+        check_limits(&cfg.limits)?;
         let store = open_store(&cfg.data_dir)?;
         let chain = match Chain::open(store.clone(), cfg.genesis.clone()) {
             Err(LedgerError::NoGenesis) if cfg.dev => {
@@ -173,6 +232,10 @@ impl LedgerServer {
             next_sub: AtomicU64::new(1),
             stop: stop_rx,
             metrics: Arc::new(Metrics::default()),
+            slots: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            body_memory: Arc::new(Semaphore::new(cfg.limits.body_memory)),
+            throttle: Throttle::new(cfg.limits.sig_throttle.clone()),
+            limits: cfg.limits.clone(),
         });
         let metrics = app.metrics.clone();
 
@@ -193,16 +256,19 @@ impl LedgerServer {
             .route("/", post(http_rpc))
             .route("/ws", get(ws_upgrade))
             .with_state(app.clone());
-        info!(addr = %local_addr, dev = cfg.dev, "ledger listening");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    () = exited.notified() => warn!("ledger producer stopped; shutting down"),
-                }
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        info!(addr = %local_addr, dev = cfg.dev, max_connections = cfg.limits.max_connections,
+            "ledger listening");
+        let accept = conn::accept_loop(listener, router, app.clone(), app.stop.clone());
+        tokio::pin!(accept);
+        tokio::select! {
+            () = shutdown => {}
+            () = exited.notified() => warn!("ledger producer stopped; shutting down"),
+            () = &mut accept => {}
+        }
+        let _ = stop_tx.send(true);
+        // Connections finish their request in flight (graceful shutdown); wait for them all to
+        // give their slot back, but not forever (a client may hold a slot for a while).
+        conn::drain(&app, SHUTDOWN_GRACE).await;
         // Dropping the last sender lets the producer drain its queue and exit.
         if let Ok(mut g) = app.jobs.lock() {
             g.take();
@@ -210,7 +276,6 @@ impl LedgerServer {
         let joined = tokio::task::spawn_blocking(move || producer.join())
             .await
             .map_err(|e| LedgerError::Serve(std::io::Error::other(e)))?;
-        served.map_err(LedgerError::Serve)?;
         match joined {
             Ok(r) => r,
             Err(_) => Err(LedgerError::ProducerGone),
@@ -218,23 +283,188 @@ impl LedgerServer {
     }
 }
 
-async fn http_rpc(State(app): State<Arc<App>>, body: Bytes) -> impl IntoResponse {
-    let resp = match serde_json::from_slice::<Request>(&body) {
-        Err(e) => Response::from_result(
-            Value::Null,
-            Err(RpcError::new(
-                codes::PARSE_ERROR,
-                format!("bad request: {e}"),
-            )),
-        ),
-        Ok(req) => {
-            let id = req.id.clone().unwrap_or(Value::Null);
-            let result = dispatch(&app, &req).await;
-            app.metrics.rpc(result.is_err());
-            Response::from_result(id, result)
+/// Who sent a request, and what its answer should do to the connection.
+struct Caller {
+    ip: IpAddr,
+    /// Set when the connection should close after this answer (signature throttling).
+    close: AtomicBool,
+}
+
+impl Caller {
+    fn new(ip: IpAddr) -> Self {
+        Caller {
+            ip,
+            close: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A JSON-RPC error answer with an HTTP status other than 200.
+fn http_error(status: StatusCode, code: i64, message: String) -> axum::response::Response {
+    let resp = Response::from_result(Value::Null, Err(RpcError::new(code, message)));
+    (status, axum::Json(resp)).into_response()
+}
+
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    TimedOut,
+    Busy,
+    Broken(String),
+}
+
+/// Reads a request body within the size limit, the body deadline and the shared memory
+/// budget (the returned permit holds the body's bytes until the request is answered).
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), BodyError> {
+    let max = app.limits.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let waiting = AtomicBool::new(false);
+    let read = async {
+        let mut body = body;
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            // Frames are at most hyper's read buffer, and the total is under max (a u32).
+            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+            waiting.store(true, Ordering::Relaxed);
+            let permit = app
+                .body_memory
+                .clone()
+                .acquire_many_owned(n)
+                .await
+                .map_err(|_| BodyError::Busy)?;
+            waiting.store(false, Ordering::Relaxed);
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok((buf, held))
+    };
+    match tokio::time::timeout(app.limits.body_timeout, read).await {
+        Ok(r) => r,
+        // Out of time while waiting for the shared budget: the server's fault, not the client's.
+        Err(_) if waiting.load(Ordering::Relaxed) => Err(BodyError::Busy),
+        Err(_) => Err(BodyError::TimedOut),
+    }
+}
+
+async fn http_rpc(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnCtx>,
+    headers: HeaderMap,
+    body: Body,
+) -> axum::response::Response {
+    let (body, _held) = match read_body(&app, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => {
+            app.metrics.rpc(true);
+            let mut resp = match e {
+                BodyError::TooLarge => {
+                    app.metrics.too_large();
+                    http_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        codes::INVALID_REQUEST,
+                        format!(
+                            "request body over the limit of {} bytes",
+                            app.limits.max_body_bytes
+                        ),
+                    )
+                }
+                BodyError::TimedOut => {
+                    app.metrics.timed_out();
+                    http_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        codes::INVALID_REQUEST,
+                        format!(
+                            "request body not received within {} s",
+                            app.limits.body_timeout.as_secs_f64()
+                        ),
+                    )
+                }
+                BodyError::Busy => http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::BUSY,
+                    "server busy; retry later".into(),
+                ),
+                BodyError::Broken(reason) => http_error(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_REQUEST,
+                    format!("request body: {reason}"),
+                ),
+            };
+            // The rest of the body is unread: the connection cannot carry another request.
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
     };
-    axum::Json(resp)
+    let caller = Caller::new(conn.peer.ip());
+    let (status, resp) = match parse_request(&body) {
+        Err(e) => {
+            app.metrics.rpc(true);
+            let status = if is_batch(&body) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            (status, Response::from_result(Value::Null, Err(e)))
+        }
+        Ok(req) => {
+            let id = req.id.clone().unwrap_or(Value::Null);
+            let result = dispatch(&app, &req, &caller).await;
+            app.metrics.rpc(result.is_err());
+            let status = match &result {
+                Err(e) if e.code == codes::BANNED => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::OK,
+            };
+            (status, Response::from_result(id, result))
+        }
+    };
+    let mut out = (status, axum::Json(resp)).into_response();
+    if caller.close.load(Ordering::Relaxed) {
+        out.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    out
+}
+
+/// A JSON array: a JSON-RPC batch.
+fn is_batch(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[')
+}
+
+/// Decodes one request; a batch gets a clear refusal instead of a confusing parse error.
+fn parse_request(body: &[u8]) -> Result<Request, RpcError> {
+    if is_batch(body) {
+        return Err(RpcError::new(
+            codes::INVALID_REQUEST,
+            "batch requests are not supported: send one JSON-RPC request per HTTP body or \
+             WebSocket message",
+        ));
+    }
+    serde_json::from_slice::<Request>(body)
+        .map_err(|e| RpcError::new(codes::PARSE_ERROR, format!("bad request: {e}")))
 }
 
 fn params<T: DeserializeOwned>(v: &Value) -> Result<T, RpcError> {
@@ -250,7 +480,7 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(codes::INTERNAL, e.to_string())
 }
 
-async fn dispatch(app: &App, req: &Request) -> Result<Value, RpcError> {
+async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, RpcError> {
     if req.jsonrpc != "2.0" {
         return Err(RpcError::new(
             codes::INVALID_REQUEST,
@@ -302,9 +532,31 @@ async fn dispatch(app: &App, req: &Request) -> Result<Value, RpcError> {
         methods::METRICS => ok(app.metrics.snapshot()),
         methods::ZOS_VERSION => ok(r.zos_version().map_err(internal)?),
         methods::SUBMIT => {
+            if let Some(left) = app.throttle.banned(caller.ip) {
+                app.metrics.sig_refused();
+                return Err(RpcError::new(
+                    codes::BANNED,
+                    format!(
+                        "too many bad signatures from {}: submissions refused for {} s more",
+                        caller.ip,
+                        left.as_secs().max(1)
+                    ),
+                ));
+            }
             let (tx,): (SignedTransaction,) = params(p)?;
             // Cheap early answer; the producer checks again (it is the authority).
             if !tx.verify(&app.genesis_hash) {
+                let penalty = app.throttle.failed(caller.ip);
+                app.metrics.sig_failed(penalty.banned);
+                if penalty.banned {
+                    warn!(source = %caller.ip, "banned for repeated bad signatures");
+                }
+                if penalty.close {
+                    caller.close.store(true, Ordering::Relaxed);
+                }
+                if !penalty.delay.is_zero() {
+                    tokio::time::sleep(penalty.delay).await;
+                }
                 return Err(RpcError::new(codes::REJECTED, "bad signature"));
             }
             let (reply, rx) = oneshot::channel();
@@ -314,6 +566,15 @@ async fn dispatch(app: &App, req: &Request) -> Result<Value, RpcError> {
         methods::DEV_ADVANCE_TIME => {
             dev_only(app)?;
             let (seconds,): (u64,) = params(p)?;
+            if seconds > MAX_ADVANCE_SECS {
+                return Err(RpcError::new(
+                    codes::INVALID_PARAMS,
+                    format!(
+                        "dev_advanceTime: at most {MAX_ADVANCE_SECS} s (10 years) per call, \
+                         got {seconds}"
+                    ),
+                ));
+            }
             let (reply, rx) = oneshot::channel();
             enqueue(app, Job::Advance { seconds, reply })?;
             outcome(rx.await)
@@ -374,40 +635,74 @@ fn outcome<T: Serialize>(
     }
 }
 
-async fn ws_upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> impl IntoResponse {
-    ws.on_upgrade(move |socket| ws_session(socket, app))
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnCtx>,
+) -> impl IntoResponse {
+    let max = app.limits.max_body_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| ws_session(socket, app, conn))
 }
 
 /// One WebSocket connection: requests are answered in order of completion; each subscription
 /// runs in its own task and writes through the same bounded queue (a slow reader slows its
-/// subscriptions down instead of growing memory).
-async fn ws_session(socket: WebSocket, app: Arc<App>) {
+/// subscriptions down instead of growing memory). The session keeps its connection's slot
+/// (`conn._slot`) until it ends. The server pings every third of the idle timeout; a client
+/// that sends nothing at all (not even the pong) for the idle timeout is disconnected.
+async fn ws_session(socket: WebSocket, app: Arc<App>, conn: ConnCtx) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
+    let idle = app.limits.idle_timeout;
     let writer = tokio::spawn(async move {
-        while let Some(text) = out_rx.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
+        let mut ping = tokio::time::interval(idle / 3);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            let msg = tokio::select! {
+                m = out_rx.recv() => match m {
+                    Some(text) => Message::Text(text.into()),
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Bytes::new()),
+            };
+            if sink.send(msg).await.is_err() {
                 break;
             }
         }
         let _ = sink.close().await;
     });
+    let caller = Caller::new(conn.peer.ip());
     let mut subs: Vec<(u64, tokio::task::JoinHandle<()>)> = Vec::new();
     let mut stop = app.stop.clone();
     loop {
         let msg = tokio::select! {
-            m = stream.next() => m,
+            m = tokio::time::timeout(idle, stream.next()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    app.metrics.timed_out();
+                    debug!(peer = %conn.peer, "websocket idle; closing");
+                    None
+                }
+            },
             _ = stop.wait_for(|s| *s) => None,
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t.to_string(),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(e)) => {
+                // Most likely a message over the size limit: say so before closing.
+                let err = RpcError::new(codes::INVALID_REQUEST, format!("websocket: {e}"));
+                let _ = send_json(&out_tx, &Response::from_result(Value::Null, Err(err))).await;
+                break;
+            }
             Some(Ok(_)) => continue,
         };
-        let req = match serde_json::from_str::<Request>(&text) {
+        let req = match parse_request(text.as_bytes()) {
             Ok(r) => r,
-            Err(e) => {
-                let err = RpcError::new(codes::PARSE_ERROR, format!("bad request: {e}"));
+            Err(err) => {
+                app.metrics.rpc(true);
                 let resp = Response::from_result(Value::Null, Err(err));
                 if send_json(&out_tx, &resp).await.is_err() {
                     break;
@@ -418,7 +713,15 @@ async fn ws_session(socket: WebSocket, app: Arc<App>) {
         let id = req.id.clone().unwrap_or(Value::Null);
         let result = match req.method.as_str() {
             methods::SUBSCRIBE_EVENTS | methods::SUBSCRIBE_BLOCKS => {
+                subs.retain(|(_, t)| !t.is_finished());
                 match params::<(u64,)>(&req.params) {
+                    Ok(_) if subs.len() >= app.limits.max_subscriptions => Err(RpcError::new(
+                        codes::BUSY,
+                        format!(
+                            "at most {} subscriptions per connection",
+                            app.limits.max_subscriptions
+                        ),
+                    )),
                     Ok((from,)) => {
                         let sub = app.next_sub.fetch_add(1, Ordering::Relaxed);
                         let blocks = req.method == methods::SUBSCRIBE_BLOCKS;
@@ -445,12 +748,13 @@ async fn ws_session(socket: WebSocket, app: Arc<App>) {
                 }
                 Err(e) => Err(e),
             },
-            _ => dispatch(&app, &req).await,
+            _ => dispatch(&app, &req, &caller).await,
         };
         app.metrics.rpc(result.is_err());
         if send_json(&out_tx, &Response::from_result(id, result))
             .await
             .is_err()
+            || caller.close.load(Ordering::Relaxed)
         {
             break;
         }
@@ -460,6 +764,7 @@ async fn ws_session(socket: WebSocket, app: Arc<App>) {
     }
     drop(out_tx);
     let _ = writer.await;
+    drop(conn);
 }
 
 async fn send_json<T: Serialize>(out: &mpsc::Sender<String>, v: &T) -> Result<(), ()> {

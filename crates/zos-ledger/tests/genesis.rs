@@ -31,6 +31,7 @@ async fn genesis_file_sets_up_the_ledger() {
         dev: false,
         genesis: Some(genesis.clone()),
         block_interval: std::time::Duration::from_millis(20),
+        limits: Default::default(),
     };
     let server = LedgerServer::bind(cfg.clone()).await.unwrap();
     let c = LedgerClient::new(&format!("http://{}", server.local_addr())).unwrap();
@@ -100,6 +101,7 @@ async fn genesis_file_sets_up_the_ledger() {
         dev: false,
         genesis: None,
         block_interval: std::time::Duration::from_millis(20),
+        limits: Default::default(),
     };
     assert!(matches!(
         LedgerServer::bind(empty).await.err().unwrap(),

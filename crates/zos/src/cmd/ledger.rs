@@ -49,6 +49,8 @@ pub enum LedgerCmd {
         /// Block interval in milliseconds (outside dev mode).
         #[arg(long, default_value_t = 1000)]
         block_interval: u64,
+        #[command(flatten)]
+        limits: ServeLimits,
     },
     /// Replay a stopped ledger from genesis and check every link, signature, event and the state.
     Verify {
@@ -56,6 +58,70 @@ pub enum LedgerCmd {
         #[arg(long)]
         data: PathBuf,
     },
+}
+
+/// Connection, request and signature-failure limits of `zos ledger serve` (docs/ledger.md).
+#[derive(Args, Debug, Clone)]
+pub struct ServeLimits {
+    /// Connections served at once (HTTP and WebSocket); more get HTTP 503 and are closed.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds allowed for an HTTP request head; also the idle limit between keep-alive requests.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds allowed to receive a whole request body.
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Seconds a WebSocket may stay silent (the server pings every third of it).
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+    /// Largest request body or WebSocket message, in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    max_body_bytes: usize,
+    /// Bytes all unfinished request bodies may hold together.
+    #[arg(long, default_value_t = 64 << 20)]
+    body_memory: usize,
+    /// Requests served on one keep-alive connection before it is closed.
+    #[arg(long, default_value_t = 10_000)]
+    keep_alive_requests: u64,
+    /// Subscriptions open at once on one WebSocket.
+    #[arg(long, default_value_t = 64)]
+    max_subscriptions: usize,
+    /// Bad signatures from one address before it is banned (0: no throttling at all).
+    #[arg(long, default_value_t = 10)]
+    sig_ban_after: u32,
+    /// Seconds of the first ban (doubling per repeat, up to an hour or this if longer).
+    #[arg(long, default_value_t = 60)]
+    sig_ban: u64,
+}
+
+impl ServeLimits {
+    fn limits(&self) -> zos_ledger::Limits {
+        let secs = Duration::from_secs;
+        let sig_throttle = if self.sig_ban_after == 0 {
+            zos_ledger::SigThrottle::off()
+        } else {
+            let d = zos_ledger::SigThrottle::default();
+            zos_ledger::SigThrottle {
+                free_failures: d.free_failures.min(self.sig_ban_after),
+                ban_after: self.sig_ban_after,
+                ban: secs(self.sig_ban),
+                max_ban: d.max_ban.max(secs(self.sig_ban)),
+                ..d
+            }
+        };
+        zos_ledger::Limits {
+            max_connections: self.max_connections,
+            header_timeout: secs(self.header_timeout),
+            body_timeout: secs(self.body_timeout),
+            idle_timeout: secs(self.idle_timeout),
+            max_body_bytes: self.max_body_bytes,
+            body_memory: self.body_memory,
+            keep_alive_requests: self.keep_alive_requests,
+            max_subscriptions: self.max_subscriptions,
+            sig_throttle,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -226,6 +292,7 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             dev,
             genesis,
             block_interval,
+            limits,
         } => {
             let genesis = genesis.map(|p| zos_ledger::load_genesis(&p)).transpose()?;
             let server = LedgerServer::bind(LedgerConfig {
@@ -234,6 +301,7 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
                 dev,
                 genesis,
                 block_interval: Duration::from_millis(block_interval.max(1)),
+                limits: limits.limits(),
             })
             .await?;
             eprintln!("ledger listening on http://{}", server.local_addr());
