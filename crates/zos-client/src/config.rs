@@ -1,9 +1,15 @@
 //! Client configuration: a TOML file in the XDG config directory, overridden by the
-//! environment (`ZOS_LEDGER`, `ZOS_RELAY`, `ZOS_KEY`) and then by flags.
+//! environment (`ZOS_LEDGER`, `ZOS_RELAY`, `ZOS_KEY`, `ZOS_SEED`) and then by flags.
+//!
+//! [`Config::lookup`] is the one place every client command (`deploy`, `deployments`,
+//! `contracts`, `balance`, `rmb call`, …) finds the ledger, the relay and the user's key.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zos_types::{KeyPair, KeyType};
+
+use crate::keys::{KeyFile, KeyFileError};
 
 /// The client configuration file (`$XDG_CONFIG_HOME/zos/config.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +21,44 @@ pub struct Config {
     pub relay: Option<String>,
     /// Path of the user's key file.
     pub key: Option<PathBuf>,
+    /// A hex seed given instead of a key file (`--seed` or `ZOS_SEED`; never written to the
+    /// file). It wins over the key file.
+    #[serde(skip)]
+    pub seed: Option<String>,
+    /// The scheme of `seed` (`--key-type`; ed25519 when not given).
+    #[serde(skip)]
+    pub key_type: Option<KeyType>,
+}
+
+/// What the command line says, each overriding the environment and the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config` (else `ZOS_CONFIG`, else [`default_path`]).
+    pub config: Option<PathBuf>,
+    /// `--ledger`.
+    pub ledger: Option<String>,
+    /// `--relay`.
+    pub relay: Option<String>,
+    /// `--key` (a key file).
+    pub key: Option<PathBuf>,
+    /// `--seed` (hex).
+    pub seed: Option<String>,
+    /// `--key-type` for the seed.
+    pub key_type: Option<KeyType>,
+}
+
+/// The user's key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Nothing configured.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The seed is not 32 bytes of hex.
+    #[error("seed (--seed or ZOS_SEED): {0}")]
+    Seed(String),
 }
 
 /// Errors loading configuration.
@@ -101,7 +145,58 @@ impl Config {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Applies `ZOS_LEDGER`, `ZOS_RELAY`, `ZOS_KEY` (a key file path).
+    /// The one lookup: the config file (`--config`, else `ZOS_CONFIG`, else the default
+    /// path), then the environment, then the flags; the highest one set wins, per setting.
+    pub fn lookup(o: &Overrides) -> Result<Config, ConfigError> {
+        let path = o
+            .config
+            .clone()
+            .or_else(|| {
+                std::env::var_os("ZOS_CONFIG")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(default_path);
+        let mut cfg = Config::load(&path)?.with_env();
+        if let Some(v) = &o.ledger {
+            cfg.ledger = Some(v.clone());
+        }
+        if let Some(v) = &o.relay {
+            cfg.relay = Some(v.clone());
+        }
+        if let Some(v) = &o.key {
+            cfg.key = Some(v.clone());
+            // A key file on the command line beats a seed from the environment.
+            cfg.seed = None;
+        }
+        if let Some(v) = &o.seed {
+            cfg.seed = Some(v.clone());
+        }
+        if o.key_type.is_some() {
+            cfg.key_type = o.key_type;
+        }
+        Ok(cfg)
+    }
+
+    /// The user's key: the seed if one is given (`--seed`, `ZOS_SEED`), else the key file.
+    pub fn key_pair(&self) -> Result<KeyPair, IdentityError> {
+        if let Some(seed) = &self.seed {
+            let kt = self.key_type.unwrap_or(KeyType::Ed25519);
+            return KeyPair::from_hex_seed(kt, seed)
+                .map_err(|e| IdentityError::Seed(e.to_string()));
+        }
+        let path = self.require_key()?;
+        KeyFile::load(path)?
+            .key_pair()
+            .map_err(|reason| KeyFileError::Format {
+                path: path.to_path_buf(),
+                reason,
+            })
+            .map_err(IdentityError::from)
+    }
+
+    /// Applies `ZOS_LEDGER`, `ZOS_RELAY`, `ZOS_KEY` (a key file path), `ZOS_SEED` (a hex
+    /// seed, which wins over any key file).
     pub fn with_env(mut self) -> Config {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(v) = var("ZOS_LEDGER") {
@@ -112,6 +207,9 @@ impl Config {
         }
         if let Some(v) = var("ZOS_KEY") {
             self.key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("ZOS_SEED") {
+            self.seed = Some(v);
         }
         self
     }
@@ -134,7 +232,7 @@ impl Config {
     pub fn require_key(&self) -> Result<&Path, ConfigError> {
         self.key
             .as_deref()
-            .ok_or_else(|| missing("key file", "ZOS_KEY", "key"))
+            .ok_or_else(|| missing("key file", "ZOS_KEY (a key file) or ZOS_SEED", "key"))
     }
 }
 
@@ -160,6 +258,7 @@ mod tests {
             ledger: Some("http://127.0.0.1:1".into()),
             relay: None,
             key: Some("/k".into()),
+            ..Config::default()
         };
         c.save(&path).unwrap();
         assert_eq!(Config::load(&path).unwrap(), c);
@@ -171,5 +270,51 @@ mod tests {
         std::fs::write(&path, "ledgr = 1\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("ledgr") && err.contains("line 1"), "{err}");
+    }
+
+    /// Flags over the file (the environment's place between them is tested through the
+    /// binary, crates/zos/tests/client_cli.rs: setting variables here would need `unsafe`).
+    #[test]
+    fn flags_override_the_file_and_a_seed_wins_over_a_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        Config {
+            ledger: Some("http://file".into()),
+            relay: Some("ws://file".into()),
+            key: Some("/file/key.json".into()),
+            ..Config::default()
+        }
+        .save(&path)
+        .unwrap();
+        let flags = |o: Overrides| {
+            Config::lookup(&Overrides {
+                config: Some(path.clone()),
+                ..o
+            })
+            .unwrap()
+        };
+        let c = flags(Overrides {
+            ledger: Some("http://flag".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(c.ledger.as_deref(), Some("http://flag"));
+        assert_eq!(c.relay.as_deref(), Some("ws://file"));
+        assert_eq!(c.key.as_deref(), Some(Path::new("/file/key.json")));
+        let c = flags(Overrides {
+            seed: Some("11".repeat(32)),
+            key_type: Some(KeyType::Sr25519),
+            ..Overrides::default()
+        });
+        let want = KeyPair::from_seed(KeyType::Sr25519, [0x11; 32]).public();
+        assert_eq!(c.key_pair().unwrap().public(), want);
+        let c = flags(Overrides {
+            seed: Some("zz".into()),
+            ..Overrides::default()
+        });
+        let err = c.key_pair().unwrap_err().to_string();
+        assert!(err.contains("ZOS_SEED"), "{err}");
+        // The seed is never written to the file.
+        c.save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("zz"));
     }
 }

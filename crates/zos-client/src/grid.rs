@@ -1,8 +1,9 @@
 //! A connected client: the ledger for contracts, the message bus for the nodes.
 //!
 //! The deploy flow is upstream's: build the deployment, create (or update) the node contract
-//! with its hash, sign, send it to the node over RMB, then poll the node until every changed
-//! workload is `ok` or one fails.
+//! with its hash, sign, send it to the node over RMB, then wait for the node to apply it
+//! (`zos.deployment.wait`, polling for nodes without it). Failed workloads cancel a new
+//! contract or roll an update back, unless the user keeps them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +14,8 @@ use zos_ledger::{Call, Contract, ContractKind, ContractState, Event, LedgerClien
 use zos_rmb::{Peer, PeerConfig, RmbError};
 use zos_types::{Capacity, Deployment, KeyPair, ResultState, Workload};
 
-use crate::config::{Config, ConfigError};
-use crate::keys::{KeyFile, KeyFileError};
+use crate::config::{Config, ConfigError, IdentityError};
+use crate::keys::KeyFileError;
 use crate::spec::{NodeSelector, Spec, SpecInput};
 
 /// How long one RMB call to a node may take.
@@ -29,6 +30,9 @@ pub enum GridError {
     /// The key file cannot be used.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// No usable key (file or seed).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// The ledger refused or failed. (The cause is the error's source: `{:#}` prints
     /// "ledger: <cause>"; naming it here too would print it twice.)
     #[error("ledger")]
@@ -52,13 +56,18 @@ pub enum GridError {
         /// What went wrong.
         message: String,
     },
-    /// A workload failed.
-    #[error("workload {name:?} failed: {message}")]
-    Workload {
-        /// Workload name.
-        name: String,
-        /// The node's error.
-        message: String,
+    /// Workloads ended in error; `outcome` says what was done about the contract.
+    #[error(
+        "deployment of contract {contract} failed:{}\n{outcome}",
+        list_errors(errors)
+    )]
+    Failed {
+        /// The contract.
+        contract: u64,
+        /// `(workload, the node's message)` of every failed workload.
+        errors: Vec<(String, String)>,
+        /// Canceled, rolled back or kept.
+        outcome: String,
     },
     /// The deployment did not converge in time.
     #[error(
@@ -68,6 +77,22 @@ pub enum GridError {
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
+}
+
+fn list_errors(errors: &[(String, String)]) -> String {
+    errors
+        .iter()
+        .map(|(name, message)| format!("\n  workload {name:?}: {message}"))
+        .collect()
+}
+
+/// How `deploy` behaves.
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// How long to wait for the node.
+    pub wait: Duration,
+    /// Keep a contract whose workloads failed (no cancel, no rollback).
+    pub keep_on_error: bool,
 }
 
 /// A node with its free capacity, as `zos nodes` shows it.
@@ -86,6 +111,22 @@ pub struct DeploymentView {
     pub node_id: u32,
     /// The deployment as the node reports it.
     pub deployment: Deployment,
+    /// Why the node could not show it (`zos deployments --all`: the contract is listed with
+    /// what the ledger knows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl DeploymentView {
+    /// Whether a workload is in error (or the node does not have the deployment).
+    pub fn has_failures(&self) -> bool {
+        self.problem.is_some()
+            || self
+                .deployment
+                .workloads
+                .iter()
+                .any(|w| w.result.state == ResultState::Error)
+    }
 }
 
 /// Progress of a deployment, for display.
@@ -118,9 +159,7 @@ impl Grid {
     pub async fn connect(cfg: &Config) -> Result<Grid, GridError> {
         let ledger = LedgerClient::new(cfg.require_ledger()?)?;
         let relay = cfg.require_relay()?.to_string();
-        let key = KeyFile::load(cfg.require_key()?)?
-            .key_pair()
-            .map_err(GridError::Other)?;
+        let key = cfg.key_pair()?;
         let twin = ledger
             .twin_by_account(&key.public())
             .await?
@@ -191,8 +230,13 @@ impl Grid {
         Ok(out)
     }
 
-    /// The user's deployments on every node that answers.
-    pub async fn deployments(&self) -> Result<Vec<DeploymentView>, GridError> {
+    /// The user's deployments on every node that answers. With `all`, every contract that is
+    /// not deleted, as its node reports it, also those whose workloads all failed (which
+    /// nodes leave out of `zos.deployment.list`) and those the node does not have.
+    pub async fn deployments(&self, all: bool) -> Result<Vec<DeploymentView>, GridError> {
+        if all {
+            return self.all_deployments().await;
+        }
         let mut out = Vec::new();
         for node in self.list_nodes().await? {
             if let Ok(list) = self
@@ -202,7 +246,50 @@ impl Grid {
                 out.extend(list.into_iter().map(|deployment| DeploymentView {
                     node_id: node.id,
                     deployment,
+                    problem: None,
                 }));
+            }
+        }
+        out.sort_by_key(|d| d.deployment.contract_id);
+        Ok(out)
+    }
+
+    async fn all_deployments(&self) -> Result<Vec<DeploymentView>, GridError> {
+        let mut out = Vec::new();
+        for (contract, node_id) in self.active_contracts().await? {
+            let placeholder = |problem: String| DeploymentView {
+                node_id,
+                deployment: Deployment {
+                    twin_id: self.twin,
+                    contract_id: contract.id,
+                    metadata: match &contract.kind {
+                        ContractKind::Node {
+                            deployment_data, ..
+                        } => deployment_data.clone(),
+                        ContractKind::Name { .. } => String::new(),
+                    },
+                    ..Deployment::default()
+                },
+                problem: Some(problem),
+            };
+            let Some(node) = self.ledger.node(node_id).await? else {
+                out.push(placeholder(format!("node {node_id} does not exist")));
+                continue;
+            };
+            match self
+                .node_call::<Deployment>(
+                    &node,
+                    "zos.deployment.get",
+                    json!({"contract_id": contract.id}),
+                )
+                .await
+            {
+                Ok(deployment) => out.push(DeploymentView {
+                    node_id,
+                    deployment,
+                    problem: None,
+                }),
+                Err(e) => out.push(placeholder(format!("node {node_id}: {e:#}"))),
             }
         }
         out.sort_by_key(|d| d.deployment.contract_id);
@@ -222,6 +309,7 @@ impl Grid {
         Ok(DeploymentView {
             node_id: node.id,
             deployment,
+            problem: None,
         })
     }
 
@@ -289,15 +377,17 @@ impl Grid {
         Ok((node, contract))
     }
 
-    /// Deploys (or updates, when a deployment of the same name exists) and waits until every
-    /// changed workload is `ok`. Returns the deployment as the node reports it.
+    /// Deploys (or updates, when a deployment of the same name exists) and waits until the
+    /// node has applied it. When workloads end in error, a new contract is canceled and an
+    /// update is rolled back to the previous definition, unless `opts.keep_on_error`; the
+    /// error lists every failed workload and what was done.
     pub async fn deploy(
         &self,
         input: SpecInput,
-        wait: Duration,
+        opts: &DeployOptions,
         mut progress: impl FnMut(&Progress),
     ) -> Result<DeploymentView, GridError> {
-        let (node, mut d, previous) = match input {
+        let (node, d, previous) = match input {
             SpecInput::Spec(spec) => self.plan(&spec).await?,
             SpecInput::Raw(raw) => {
                 let mut raw = *raw;
@@ -306,95 +396,255 @@ impl Grid {
                 (node, raw, None)
             }
         };
+        let sent = self.send(&node, d, previous.is_some()).await?;
+        let view = self.wait(&node, &sent, opts.wait, &mut progress).await?;
+        let errors = failures(
+            &sent,
+            &view.deployment,
+            self.refusals(&node, &sent, &view).await,
+        );
+        if errors.is_empty() {
+            return Ok(view);
+        }
+        let outcome = if opts.keep_on_error {
+            format!(
+                "kept as asked (--keep-on-error): contract {} stays and is billed; fix the spec and deploy it again, or `zos cancel {}`",
+                sent.contract_id, sent.contract_id
+            )
+        } else if let Some(old) = &previous {
+            match self
+                .roll_back(&node, old, &view.deployment, opts, &mut progress)
+                .await
+            {
+                Ok(v) => format!(
+                    "rolled back: contract {} runs the previous definition again (version {})",
+                    sent.contract_id, v.deployment.version
+                ),
+                Err(e) => format!(
+                    "rolling back failed too ({e}); `zos status {}` shows where it is",
+                    sent.contract_id
+                ),
+            }
+        } else {
+            match self.cancel_contract(sent.contract_id).await {
+                Ok(()) => format!(
+                    "contract {} canceled, so nothing is billed (use --keep-on-error to keep it)",
+                    sent.contract_id
+                ),
+                Err(e) => format!(
+                    "canceling contract {} failed ({e}): run `zos cancel {}`",
+                    sent.contract_id, sent.contract_id
+                ),
+            }
+        };
+        Err(GridError::Failed {
+            contract: sent.contract_id,
+            errors,
+            outcome,
+        })
+    }
+
+    /// Creates or updates the contract for `d`, signs it and sends it to `node`. A new contract
+    /// whose deployment the node refuses is canceled at once, so it never bills.
+    async fn send(
+        &self,
+        node: &Node,
+        mut d: Deployment,
+        update: bool,
+    ) -> Result<Deployment, GridError> {
         let hash = d
             .challenge_hash_hex()
             .map_err(|e| GridError::Other(e.to_string()))?;
-        let created = match &previous {
-            Some(old) => {
-                self.ledger
-                    .send(
-                        &self.key,
-                        Call::UpdateNodeContract {
-                            contract_id: old.contract_id,
-                            deployment_hash: hash,
-                            deployment_data: d.metadata.clone(),
-                        },
-                    )
-                    .await?;
-                None
-            }
-            None => {
-                let receipt = self
-                    .ledger
-                    .send(
-                        &self.key,
-                        Call::CreateNodeContract {
-                            node_id: node.id,
-                            deployment_hash: hash,
-                            deployment_data: d.metadata.clone(),
-                            public_ips: 0,
-                        },
-                    )
-                    .await?;
-                let id = receipt
-                    .events
-                    .iter()
-                    .find_map(|e| match &e.event {
-                        Event::NodeContractCreated { contract_id, .. } => Some(*contract_id),
-                        _ => None,
-                    })
-                    .ok_or_else(|| {
-                        GridError::Other("the ledger did not report the new contract".into())
-                    })?;
-                d.contract_id = id;
-                Some(id)
-            }
+        let created = if update {
+            self.ledger
+                .send(
+                    &self.key,
+                    Call::UpdateNodeContract {
+                        contract_id: d.contract_id,
+                        deployment_hash: hash,
+                        deployment_data: d.metadata.clone(),
+                    },
+                )
+                .await?;
+            None
+        } else {
+            let receipt = self
+                .ledger
+                .send(
+                    &self.key,
+                    Call::CreateNodeContract {
+                        node_id: node.id,
+                        deployment_hash: hash,
+                        deployment_data: d.metadata.clone(),
+                        public_ips: 0,
+                    },
+                )
+                .await?;
+            let id = receipt
+                .events
+                .iter()
+                .find_map(|e| match &e.event {
+                    Event::NodeContractCreated { contract_id, .. } => Some(*contract_id),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    GridError::Other("the ledger did not report the new contract".into())
+                })?;
+            d.contract_id = id;
+            Some(id)
         };
         d.sign(self.twin, &self.key)
             .map_err(|e| GridError::Other(e.to_string()))?;
-        let command = if previous.is_some() {
+        let command = if update {
             "zos.deployment.update"
         } else {
             "zos.deployment.deploy"
         };
-        let sent = self
+        let payload = serde_json::to_value(&d).map_err(|e| GridError::Other(e.to_string()))?;
+        if let Err(e) = self
             .peer
-            .call(
-                node.twin_id,
-                command,
-                &serde_json::to_value(&d).expect("deployment serialises"),
-                CALL_TIMEOUT,
-            )
-            .await;
-        if let Err(e) = sent {
-            // A refused new deployment must not leave a contract that bills the user.
+            .call(node.twin_id, command, &payload, CALL_TIMEOUT)
+            .await
+        {
             if let Some(id) = created {
-                let _ = self
-                    .ledger
-                    .send(&self.key, Call::CancelContract { contract_id: id })
-                    .await;
+                let _ = self.cancel_contract(id).await;
             }
             return Err(e.into());
         }
-        self.wait(&node, &d, wait, &mut progress).await
+        Ok(d)
+    }
+
+    async fn cancel_contract(&self, contract_id: u64) -> Result<(), GridError> {
+        self.ledger
+            .send(&self.key, Call::CancelContract { contract_id })
+            .await?;
+        Ok(())
+    }
+
+    /// Puts the previous definition back: a new version whose workloads are `old`'s (unchanged
+    /// ones keep their version, so the node leaves them alone; failed ones are provisioned
+    /// again; ones the failed update added are removed).
+    async fn roll_back(
+        &self,
+        node: &Node,
+        old: &Deployment,
+        current: &Deployment,
+        opts: &DeployOptions,
+        progress: &mut impl FnMut(&Progress),
+    ) -> Result<DeploymentView, GridError> {
+        let back = rollback_of(old, current);
+        let sent = self.send(node, back, true).await?;
+        let view = self.wait(node, &sent, opts.wait, progress).await?;
+        let errors = failures(
+            &sent,
+            &view.deployment,
+            self.refusals(node, &sent, &view).await,
+        );
+        match errors.first() {
+            None => Ok(view),
+            Some((name, message)) => Err(GridError::Other(format!(
+                "workload {name:?} of the previous definition failed: {message}"
+            ))),
+        }
+    }
+
+    /// Messages of changed workloads the node logged as `unchanged` (an update it refused,
+    /// e.g. for capacity), which stay at their old version in the current view.
+    async fn refusals(
+        &self,
+        node: &Node,
+        sent: &Deployment,
+        view: &DeploymentView,
+    ) -> Vec<(String, String)> {
+        let refused: Vec<&Workload> = changed(sent)
+            .filter(|w| {
+                view.deployment
+                    .get(&w.name)
+                    .is_some_and(|c| c.version != w.version)
+            })
+            .collect();
+        if refused.is_empty() {
+            return Vec::new();
+        }
+        let log: Vec<Workload> = self
+            .node_call(
+                node,
+                "zos.deployment.changes",
+                json!({"contract_id": sent.contract_id}),
+            )
+            .await
+            .unwrap_or_default();
+        refused
+            .iter()
+            .map(|w| {
+                let message = log
+                    .iter()
+                    .rev()
+                    .find(|l| l.name == w.name && l.version == w.version)
+                    .map(|l| l.result.error.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "the node did not apply the update".into());
+                (w.name.clone(), message)
+            })
+            .collect()
     }
 
     async fn plan(&self, spec: &Spec) -> Result<(Node, Deployment, Option<Deployment>), GridError> {
-        // An existing deployment with this name is updated on its node.
+        // An existing deployment with this name is updated on its node, also one whose
+        // workloads all failed (kept with --keep-on-error): it is found by its contract.
         let metadata = spec.metadata();
-        for view in self.deployments().await? {
-            if view.deployment.metadata == metadata {
-                let node =
-                    self.ledger.node(view.node_id).await?.ok_or_else(|| {
-                        GridError::Other(format!("node {} vanished", view.node_id))
-                    })?;
-                let d = spec.to_deployment(self.twin, Some(&view.deployment));
-                return Ok((node, d, Some(view.deployment)));
+        let mut mine = self.active_contracts().await?;
+        mine.retain(|(c, _)| match &c.kind {
+            ContractKind::Node {
+                deployment_data, ..
+            } => *deployment_data == metadata,
+            ContractKind::Name { .. } => false,
+        });
+        mine.sort_by_key(|(c, _)| std::cmp::Reverse(c.id));
+        for (contract, node_id) in mine {
+            let node = self
+                .ledger
+                .node(node_id)
+                .await?
+                .ok_or_else(|| GridError::Other(format!("node {node_id} vanished")))?;
+            let got = self
+                .node_call::<Deployment>(
+                    &node,
+                    "zos.deployment.get",
+                    json!({"contract_id": contract.id}),
+                )
+                .await;
+            match got {
+                Ok(current) => {
+                    let d = spec.to_deployment(self.twin, Some(&current));
+                    return Ok((node, d, Some(current)));
+                }
+                // The node never took it (refused, or removed): the contract only bills.
+                Err(GridError::Rmb(RmbError::Remote { code: 404, .. })) => {
+                    tracing::info!(
+                        contract = contract.id,
+                        "canceling a contract its node does not know"
+                    );
+                    self.cancel_contract(contract.id).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
         let d = spec.to_deployment(self.twin, None);
         let node = self.pick_node(&spec.node, &d).await?;
         Ok((node, d, None))
+    }
+
+    /// The user's node contracts that are not deleted, with their node.
+    async fn active_contracts(&self) -> Result<Vec<(Contract, u32)>, GridError> {
+        Ok(self
+            .ledger
+            .twin_contracts(self.twin)
+            .await?
+            .into_iter()
+            .filter(|c| !matches!(c.state, ContractState::Deleted { .. }))
+            .filter_map(|c| c.node_id().map(|n| (c, n)))
+            .collect())
     }
 
     async fn pick_node(&self, selector: &NodeSelector, d: &Deployment) -> Result<Node, GridError> {
@@ -426,6 +676,9 @@ impl Grid {
         ))
     }
 
+    /// Waits until the node has applied `sent` (its version): with `zos.deployment.wait`,
+    /// which answers as soon as the node's job for it is done, else (older nodes) by polling
+    /// `zos.deployment.get` from 5 ms, doubling to 200 ms.
     async fn wait(
         &self,
         node: &Node,
@@ -433,21 +686,50 @@ impl Grid {
         wait: Duration,
         progress: &mut impl FnMut(&Progress),
     ) -> Result<DeploymentView, GridError> {
-        let start = Instant::now();
-        let changed: Vec<&Workload> = sent
-            .workloads
-            .iter()
-            .filter(|w| w.version == sent.version)
-            .collect();
+        let deadline = Instant::now() + wait;
+        let mut long_poll = true;
+        let mut pause = Duration::from_millis(5);
         loop {
-            let got: Result<Deployment, _> = self
-                .node_call(
+            let left = deadline.saturating_duration_since(Instant::now());
+            let current = if long_poll {
+                let hold = left.min(WAIT_HOLD);
+                let got: Result<WaitReply, _> = self
+                    .node_call(
+                        node,
+                        "zos.deployment.wait",
+                        json!({"contract_id": sent.contract_id, "version": sent.version,
+                               "timeout_ms": hold.as_millis() as u64}),
+                    )
+                    .await;
+                match got {
+                    Ok(r) => Some((r.deployment, r.settled)),
+                    Err(GridError::Rmb(RmbError::Remote { code: 404, message }))
+                        if !message.contains("deployment not found") =>
+                    {
+                        tracing::debug!("node {} has no zos.deployment.wait: polling", node.id);
+                        long_poll = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "waiting for the node");
+                        None
+                    }
+                }
+            } else {
+                self.node_call::<Deployment>(
                     node,
                     "zos.deployment.get",
                     json!({"contract_id": sent.contract_id}),
                 )
-                .await;
-            if let Ok(current) = got {
+                .await
+                .ok()
+                .map(|d| {
+                    let done = polled_done(sent, &d);
+                    (d, done)
+                })
+            };
+            let answered = current.is_some();
+            if let Some((current, settled)) = current {
                 progress(&Progress {
                     workloads: current
                         .workloads
@@ -462,38 +744,126 @@ impl Grid {
                         })
                         .collect(),
                 });
-                let mut done = current.version == sent.version;
-                for want in &changed {
-                    // The node stores the new header before it applies the workloads, so a
-                    // result counts only once it is for the version sent (an older "ok" is
-                    // not the update's outcome).
-                    match current
-                        .get(&want.name)
-                        .filter(|w| w.version == want.version)
-                        .map(|w| (&w.result.state, &w.result.error))
-                    {
-                        Some((ResultState::Ok, _)) => {}
-                        Some((ResultState::Error, message)) => {
-                            return Err(GridError::Workload {
-                                name: want.name.clone(),
-                                message: message.clone(),
-                            });
-                        }
-                        _ => done = false,
-                    }
-                }
-                if done {
+                if settled {
                     return Ok(DeploymentView {
                         node_id: node.id,
                         deployment: current,
+                        problem: None,
                     });
                 }
             }
-            if start.elapsed() > wait {
+            if Instant::now() >= deadline {
                 return Err(GridError::Timeout(wait, sent.contract_id));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A long-poll that answered unsettled held on the node already: ask again at once.
+            if !long_poll || !answered {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
         }
+    }
+}
+
+/// How long one `zos.deployment.wait` call may hold (below [`CALL_TIMEOUT`]).
+const WAIT_HOLD: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+struct WaitReply {
+    settled: bool,
+    deployment: Deployment,
+}
+
+/// The workloads `sent` changes (their version is the deployment's).
+fn changed(sent: &Deployment) -> impl Iterator<Item = &Workload> {
+    sent.workloads.iter().filter(|w| w.version == sent.version)
+}
+
+/// Polling without `zos.deployment.wait`: done when every changed workload has a final
+/// result for the version sent (the node stores the new header before it applies the
+/// workloads, so an older result is not the update's outcome).
+fn polled_done(sent: &Deployment, current: &Deployment) -> bool {
+    current.version == sent.version
+        && changed(sent).all(|want| {
+            current
+                .get(&want.name)
+                .filter(|w| w.version == want.version)
+                .is_some_and(|w| {
+                    matches!(
+                        w.result.state,
+                        ResultState::Ok | ResultState::Error | ResultState::Deleted
+                    )
+                })
+        })
+}
+
+/// Every changed workload that did not end `ok`, with the node's message; `refused` are
+/// the updates the node logged as unchanged.
+fn failures(
+    sent: &Deployment,
+    current: &Deployment,
+    refused: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = changed(sent)
+        .filter_map(|want| {
+            let got = current.get(&want.name)?;
+            if got.version != want.version {
+                return None; // in `refused`
+            }
+            match got.result.state {
+                ResultState::Ok | ResultState::Paused => None,
+                state => Some((
+                    want.name.clone(),
+                    if got.result.error.is_empty() {
+                        format!("ended in state {state:?}")
+                    } else {
+                        got.result.error.clone()
+                    },
+                )),
+            }
+        })
+        .collect();
+    out.extend(refused);
+    out
+}
+
+/// The deployment that puts `old`'s workloads back over `current` (the failed version), as
+/// the next version: workloads whose definition is what `current` has keep their version
+/// (the node leaves them alone), the others get the new one, and workloads `old` did not
+/// have are dropped (the node removes them).
+pub fn rollback_of(old: &Deployment, current: &Deployment) -> Deployment {
+    let version = current.version.wrapping_add(1);
+    let workloads = old
+        .workloads
+        .iter()
+        .map(|o| {
+            let mut w = o.clone();
+            w.result = Default::default();
+            let same = current.get(&o.name).is_some_and(|c| {
+                c.workload_type == o.workload_type
+                    && c.data == o.data
+                    && c.description == o.description
+                    && c.metadata == o.metadata
+                    && c.result.state.is_okay()
+            });
+            w.version = match current.get(&o.name) {
+                Some(c) if same => c.version,
+                _ => version,
+            };
+            w
+        })
+        .collect();
+    let mut signature_requirement = old.signature_requirement.clone();
+    signature_requirement.signatures.clear();
+    Deployment {
+        version,
+        twin_id: old.twin_id,
+        contract_id: old.contract_id,
+        metadata: old.metadata.clone(),
+        description: old.description.clone(),
+        expiration: old.expiration,
+        signature_requirement,
+        workloads,
     }
 }
 

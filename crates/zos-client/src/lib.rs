@@ -15,6 +15,6 @@ pub mod size;
 /// The YAML deployment spec and its translation to the wire model.
 pub mod spec;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, IdentityError, Overrides};
 pub use keys::{KeyFile, KeyFileError};
 pub use spec::{NodeSelector, Spec, SpecError, SpecInput};

@@ -8,6 +8,9 @@ use serde::de::{self, Deserializer, Visitor};
 /// `TB`) suffixes; `K`/`M`/`G`/`T` alone are binary, as users of storage tools expect.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("size must not be negative (got {s:?})"));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -90,7 +93,15 @@ pub fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error
             Ok(v)
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
+            u64::try_from(v).map_err(|_| E::custom(format!("size must not be negative (got {v})")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            if v < 0.0 {
+                return Err(E::custom(format!("size must not be negative (got {v})")));
+            }
+            Err(E::custom(format!(
+                "a size without a unit is a whole number of bytes (got {v}); write e.g. 1.5GiB"
+            )))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
             parse_size(v).map_err(E::custom)
@@ -116,6 +127,10 @@ mod tests {
                 .contains("unknown size unit")
         );
         assert!(parse_size("GiB").is_err());
+        for neg in ["-1GiB", " -5", "-0.5 MB"] {
+            let e = parse_size(neg).unwrap_err();
+            assert!(e.contains("size must not be negative"), "{neg}: {e}");
+        }
         assert!(
             parse_size("99999999999TiB")
                 .unwrap_err()

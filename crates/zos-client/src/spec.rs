@@ -460,6 +460,15 @@ mod tests {
         assert!(e.contains("node") && e.contains("line 2"), "{e}");
         let e = err("name: a\nworkloads:\n  v:\n    volume: { size: 0 }\n");
         assert!(e.contains("\"v\"") && e.contains("invalid size"), "{e}");
+        for size in ["-1GiB", "-5", "-1.5"] {
+            let e = err(&format!(
+                "name: a\nworkloads:\n  v:\n    volume: {{ size: {size} }}\n"
+            ));
+            assert!(
+                e.contains("size must not be negative") && !e.contains("unknown size unit"),
+                "{size}: {e}"
+            );
+        }
         let e = err("name: a\nworkloads:\n  v:\n    zdb: { size: 1GiB, mode: fast }\n");
         assert!(
             e.contains("mode") && e.contains("fast") && e.contains("line 4"),

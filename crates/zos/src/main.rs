@@ -5,7 +5,9 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal as _;
+
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Zero-OS in Rust: a stateless, self-operating node OS for a sovereign cloud grid.
 #[derive(Parser, Debug)]
@@ -40,6 +42,11 @@ enum Command {
     /// ZeroDB, the 0-db-compatible key-value store: `zdb serve`.
     #[command(subcommand)]
     Zdb(cmd::zdb::ZdbCmd),
+    /// Print a shell completion script: `source <(zos completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
@@ -49,7 +56,7 @@ fn main() -> ExitCode {
     // User commands keep the terminal for their own output; servers log at info.
     let quiet = matches!(
         cli.command,
-        Command::Client(_) | Command::Deployment(_) | Command::Key(_)
+        Command::Client(_) | Command::Deployment(_) | Command::Key(_) | Command::Completions { .. }
     );
     init_logging(if quiet { "warn" } else { "info" });
     let result = match cli.command {
@@ -61,6 +68,10 @@ fn main() -> ExitCode {
         Command::Node(c) => cmd::node::run(c),
         Command::Rmb(c) => cmd::rmb::run(c),
         Command::Zdb(c) => cmd::zdb::run(c),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "zos", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,12 +82,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters them.
+/// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters them. Colour
+/// codes only when stderr is a terminal (log files and pipes get plain text) and `NO_COLOR`
+/// is not set.
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }

@@ -9,14 +9,27 @@ use common::{Proc as Server, TempDir};
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
 
+/// A client command with the ledger and a hex seed from the environment (`ZOS_SEED`: `ZOS_KEY`
+/// is a key file for every command) and no config file.
 fn zos(url: &str, seed: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zos"))
+    bare()
         .args(args)
         .env("ZOS_LEDGER", url)
-        .env("ZOS_KEY", seed)
-        .env("RUST_LOG", "warn")
+        .env("ZOS_SEED", seed)
         .output()
         .unwrap()
+}
+
+/// The binary with none of the client settings from the test's environment.
+fn bare() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
+    c.env("ZOS_CONFIG", "/nonexistent/zos/config.toml")
+        .env("RUST_LOG", "warn")
+        .env_remove("ZOS_LEDGER")
+        .env_remove("ZOS_RELAY")
+        .env_remove("ZOS_KEY")
+        .env_remove("ZOS_SEED");
+    c
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -98,12 +111,62 @@ fn client_commands_against_a_real_ledger() {
     let dup = zos(&url, &farmer, &["farm", "create", "farm-one"]);
     assert!(String::from_utf8_lossy(&dup.stderr).contains("farm name \"farm-one\" already exists"));
     // A missing key is a clear usage error.
-    let nokey = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(["balance", "--ledger", &url])
-        .env_remove("ZOS_KEY")
+    let nokey = bare().args(["balance", "--ledger", &url]).output().unwrap();
+    let err = String::from_utf8_lossy(&nokey.stderr);
+    assert!(
+        err.contains("run `zos up`") && err.contains("ZOS_KEY") && err.contains("ZOS_SEED"),
+        "{err}"
+    );
+
+    // ZOS_KEY is a key file here too, as for `zos deploy`: the same account as the seed.
+    let key_dir = TempDir::new();
+    let key_file = key_dir.0.join("key.json");
+    let words = "legal winner thank year wave sausage worth useful legal winner thank yellow";
+    let made = bare()
+        .args(["key", "new", "--from-mnemonic", words, "--file"])
+        .arg(&key_file)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&nokey.stderr).contains("--seed HEX or ZOS_KEY"));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let by_file = bare()
+        .args(["balance", "--ledger", &url])
+        .env("ZOS_KEY", &key_file)
+        .output()
+        .unwrap();
+    let by_file = json(&by_file);
+    let by_flag = bare()
+        .args(["balance", "--ledger", &url, "--key"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(json(&by_flag)["account"], by_file["account"]);
+    // A hex seed in ZOS_KEY is read as a file name, and the message says so.
+    let seed_as_key = bare()
+        .args(["balance", "--ledger", &url])
+        .env("ZOS_KEY", &farmer)
+        .output()
+        .unwrap();
+    assert_eq!(seed_as_key.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&seed_as_key.stderr);
+    assert!(
+        err.contains(&farmer) && err.contains("No such file"),
+        "{err}"
+    );
+
+    // `zos contracts` finds the ledger in the config file `zos up` writes (no flag, no env).
+    let cfg = key_dir.0.join("config.toml");
+    std::fs::write(&cfg, format!("ledger = {url:?}\n")).unwrap();
+    let listed = bare()
+        .args(["contracts"])
+        .env("ZOS_CONFIG", &cfg)
+        .env("ZOS_SEED", &farmer)
+        .output()
+        .unwrap();
+    assert_eq!(json(&listed), serde_json::json!([]));
 
     // Clean stop on SIGTERM, then the audit passes.
     let pid = server.0.id().to_string();

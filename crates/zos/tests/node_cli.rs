@@ -13,7 +13,13 @@ use std::time::{Duration, Instant};
 
 fn zos(envs: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
-    c.args(args).env("RUST_LOG", "warn");
+    // Only what the test gives: no config file, no client settings of the caller's shell.
+    c.args(args)
+        .env("RUST_LOG", "warn")
+        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml");
+    for k in ["ZOS_LEDGER", "ZOS_RELAY", "ZOS_KEY", "ZOS_SEED"] {
+        c.env_remove(k);
+    }
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -149,7 +155,7 @@ fn node_run_registers_serves_and_stops() {
         .to_string();
     let uenv = [
         ("ZOS_LEDGER", url.as_str()),
-        ("ZOS_KEY", user.as_str()),
+        ("ZOS_SEED", user.as_str()),
         ("ZOS_RELAY", ws.as_str()),
     ];
     ok(zos(
@@ -167,7 +173,7 @@ fn node_run_registers_serves_and_stops() {
     );
     // Twin 2 + farm 1: the farmer.
     let farmer = "11".repeat(32);
-    let fenv = [("ZOS_LEDGER", url.as_str()), ("ZOS_KEY", farmer.as_str())];
+    let fenv = [("ZOS_LEDGER", url.as_str()), ("ZOS_SEED", farmer.as_str())];
     ok(zos(&fenv, &["twin", "create", "--relay", "local"]));
     ok(zos(&fenv, &["farm", "create", "farm-one"]));
 

@@ -19,6 +19,8 @@ fn zos(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zos"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml")
+        .env_remove("ZOS_SEED")
         .env_remove("ZOS_KEY")
         .env_remove("ZOS_RELAY")
         .env_remove("ZOS_LEDGER")

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use zos_client::grid::{DeploymentView, Grid, Progress, redact};
+use zos_client::grid::{DeployOptions, DeploymentView, Grid, Progress, redact};
 use zos_client::size::format_size;
-use zos_client::{Config, config};
-use zos_types::ResultState;
+use zos_client::{Config, Overrides};
+use zos_types::{KeyType, ResultState};
 
 /// Where to find the grid and the user's key (each overrides the config file and environment).
 #[derive(Args, Debug, Clone)]
@@ -26,25 +26,45 @@ pub struct ClientArgs {
     /// Key file (overrides ZOS_KEY and the config file).
     #[arg(long, global = true)]
     pub key: Option<PathBuf>,
+    /// Hex 32-byte seed instead of a key file (overrides ZOS_SEED; wins over key files).
+    #[arg(long, global = true)]
+    pub seed: Option<String>,
+    /// Scheme of --seed / ZOS_SEED.
+    #[arg(long, global = true, value_enum)]
+    pub key_type: Option<KeyTypeArg>,
     /// Print JSON for scripts.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
+/// Key scheme on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KeyTypeArg {
+    /// ed25519.
+    Ed25519,
+    /// sr25519 (Substrate).
+    Sr25519,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(k: KeyTypeArg) -> KeyType {
+        match k {
+            KeyTypeArg::Ed25519 => KeyType::Ed25519,
+            KeyTypeArg::Sr25519 => KeyType::Sr25519,
+        }
+    }
+}
+
 impl ClientArgs {
     fn config(&self) -> anyhow::Result<Config> {
-        let path = self.config.clone().unwrap_or_else(config::default_path);
-        let mut cfg = Config::load(&path)?.with_env();
-        if let Some(v) = &self.ledger {
-            cfg.ledger = Some(v.clone());
-        }
-        if let Some(v) = &self.relay {
-            cfg.relay = Some(v.clone());
-        }
-        if let Some(v) = &self.key {
-            cfg.key = Some(v.clone());
-        }
-        Ok(cfg)
+        Ok(Config::lookup(&Overrides {
+            config: self.config.clone(),
+            ledger: self.ledger.clone(),
+            relay: self.relay.clone(),
+            key: self.key.clone(),
+            seed: self.seed.clone(),
+            key_type: self.key_type.map(KeyType::from),
+        })?)
     }
 
     async fn connect(&self) -> anyhow::Result<Grid> {
@@ -61,7 +81,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `zos deploy SPEC`.
-pub fn deploy(args: &ClientArgs, spec: PathBuf, wait: Duration) -> anyhow::Result<()> {
+pub fn deploy(args: &ClientArgs, spec: PathBuf, opts: DeployOptions) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
     let input = zos_client::spec::parse(&spec.display().to_string(), &text)?;
@@ -70,7 +90,7 @@ pub fn deploy(args: &ClientArgs, spec: PathBuf, wait: Duration) -> anyhow::Resul
         let tty = std::io::stderr().is_terminal() && !args.json;
         let mut last = String::new();
         let view = grid
-            .deploy(input, wait, |p: &Progress| {
+            .deploy(input, &opts, |p: &Progress| {
                 let line = progress_line(p);
                 if line != last {
                     if tty {
@@ -127,6 +147,12 @@ fn print_view(view: &DeploymentView, json: bool) {
         "contract {}  node {}  version {}  {}",
         d.contract_id, view.node_id, d.version, name
     );
+    if let Some(problem) = &view.problem {
+        println!(
+            "  (not on its node: {problem}; `zos cancel {}` ends it)",
+            d.contract_id
+        );
+    }
     for w in &d.workloads {
         let mut data = redact_value(&w.result.data);
         if data.is_null() {
@@ -186,17 +212,20 @@ pub fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `zos deployments`.
-pub fn deployments(args: &ClientArgs) -> anyhow::Result<()> {
+/// `zos deployments [--all]`.
+pub fn deployments(args: &ClientArgs, all: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let grid = args.connect().await?;
-        let list = grid.deployments().await?;
+        let list = grid.deployments(all).await?;
         if args.json {
             let v: Vec<_> = list
                 .iter()
                 .map(|d| {
                     let mut v = redact(&d.deployment);
                     v["node_id"] = d.node_id.into();
+                    if let Some(p) = &d.problem {
+                        v["problem"] = p.clone().into();
+                    }
                     v
                 })
                 .collect();
@@ -208,6 +237,14 @@ pub fn deployments(args: &ClientArgs) -> anyhow::Result<()> {
         }
         for d in &list {
             print_view(d, false);
+        }
+        let failed = list.iter().filter(|d| d.has_failures()).count();
+        if failed > 0 {
+            println!(
+                "{failed} contract(s) with failed workloads are billed: fix and deploy again, or `zos cancel CONTRACT`"
+            );
+        } else if !all {
+            println!("(contracts whose workloads all failed show with --all)");
         }
         Ok(())
     })
@@ -246,6 +283,10 @@ pub enum ClientCommands {
         /// How long to wait for the workloads, in seconds.
         #[arg(long, default_value_t = 180)]
         wait: u64,
+        /// When workloads fail, keep the contract (billed) instead of canceling a new one or
+        /// rolling an update back.
+        #[arg(long)]
+        keep_on_error: bool,
         #[command(flatten)]
         args: ClientArgs,
     },
@@ -256,6 +297,9 @@ pub enum ClientCommands {
     },
     /// Your deployments and their workloads.
     Deployments {
+        /// Every contract that is not deleted, also those whose workloads all failed.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         args: ClientArgs,
     },
@@ -356,11 +400,21 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
 /// Runs a client command.
 pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
     match cmd {
-        ClientCommands::Deploy { spec, wait, args } => {
-            deploy(&args, spec, Duration::from_secs(wait))
-        }
+        ClientCommands::Deploy {
+            spec,
+            wait,
+            keep_on_error,
+            args,
+        } => deploy(
+            &args,
+            spec,
+            DeployOptions {
+                wait: Duration::from_secs(wait),
+                keep_on_error,
+            },
+        ),
         ClientCommands::Nodes { args } => nodes(&args),
-        ClientCommands::Deployments { args } => deployments(&args),
+        ClientCommands::Deployments { all, args } => deployments(&args, all),
         ClientCommands::Status { contract, args } => status(&args, contract),
         ClientCommands::Cancel { contract, args } => cancel(&args, contract),
         ClientCommands::Volume(v) => volume(v),

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use zos_ledger::{Call, LedgerClient, LedgerConfig, LedgerServer};
 use zos_types::crypto::{KeyPair, KeyType, PublicKey, decode_hex32};
+
+use super::client::KeyTypeArg;
 
 /// Ledger commands, flattened into the top-level command list.
 #[derive(Subcommand, Debug)]
@@ -124,41 +126,46 @@ impl ServeLimits {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum KeyTypeArg {
-    Ed25519,
-    Sr25519,
-}
-
-/// Where the ledger is and who signs.
+/// Where the ledger is and who signs: found like every client command's (flag, then
+/// `ZOS_LEDGER` / `ZOS_KEY` (a key file) / `ZOS_SEED` (a hex seed), then the config file that
+/// `zos up` writes).
 #[derive(Args, Debug)]
 pub struct ClientOpts {
-    /// Ledger URL.
-    #[arg(long, env = "ZOS_LEDGER", default_value = "http://127.0.0.1:8900")]
-    ledger: String,
-    /// Hex 32-byte seed of the signing key.
-    #[arg(long, env = "ZOS_KEY", hide_env_values = true)]
+    /// Config file.
+    #[arg(long, env = "ZOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Ledger URL (overrides ZOS_LEDGER and the config file).
+    #[arg(long)]
+    ledger: Option<String>,
+    /// Key file of the signing key (overrides ZOS_KEY and the config file).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Hex 32-byte seed of the signing key instead of a key file (overrides ZOS_SEED).
+    #[arg(long)]
     seed: Option<String>,
-    /// Scheme of the signing key.
-    #[arg(long, value_enum, default_value = "ed25519")]
-    key_type: KeyTypeArg,
+    /// Scheme of --seed / ZOS_SEED (ed25519 by default; a key file names its own).
+    #[arg(long, value_enum)]
+    key_type: Option<KeyTypeArg>,
 }
 
 impl ClientOpts {
+    fn config(&self) -> anyhow::Result<zos_client::Config> {
+        Ok(zos_client::Config::lookup(&zos_client::Overrides {
+            config: self.config.clone(),
+            ledger: self.ledger.clone(),
+            relay: None,
+            key: self.key.clone(),
+            seed: self.seed.clone(),
+            key_type: self.key_type.map(KeyType::from),
+        })?)
+    }
+
     fn client(&self) -> anyhow::Result<LedgerClient> {
-        Ok(LedgerClient::new(&self.ledger)?)
+        Ok(LedgerClient::new(self.config()?.require_ledger()?)?)
     }
 
     fn key(&self) -> anyhow::Result<KeyPair> {
-        let seed = self
-            .seed
-            .as_deref()
-            .context("a signing key is needed: --seed HEX or ZOS_KEY")?;
-        let kt = match self.key_type {
-            KeyTypeArg::Ed25519 => KeyType::Ed25519,
-            KeyTypeArg::Sr25519 => KeyType::Sr25519,
-        };
-        Ok(KeyPair::from_hex_seed(kt, seed)?)
+        Ok(self.config()?.key_pair()?)
     }
 
     /// `--account HEX` if given, else the signing key's public key.
