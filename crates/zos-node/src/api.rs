@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, EngineError, reserved_memory, reserved_ssd};
-use crate::model::{Capacity, Deployment, ResultState};
+use crate::model::{Capacity, Deployment};
 use crate::primitives::PoolKind;
 use crate::store::StoreError;
 use crate::sysinfo;
@@ -422,35 +422,29 @@ impl Api {
     /// An RMB router answering every command in [`COMMANDS`].
     pub fn router(&self) -> zos_rmb::Router {
         let mut r = zos_rmb::Router::new();
-        for cmd in COMMANDS {
+        // Commands of primitive crates go through `dispatch` too (it finds them in the
+        // registry); a built-in name wins over theirs.
+        let extra = self.engine.registry().commands().map(|(name, _)| name);
+        let names: Vec<String> = COMMANDS
+            .iter()
+            .copied()
+            .chain(extra.filter(|n| !COMMANDS.contains(n)))
+            .map(str::to_string)
+            .collect();
+        for name in names {
             let api = self.clone();
-            let name = cmd.to_string();
-            r.handle(cmd, move |ctx: zos_rmb::RequestContext, payload: Value| {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    api.dispatch(ctx.source, &name, payload)
-                        .await
-                        .map_err(|e| zos_rmb::HandlerError::new(e.code, e.message))
-                }
-            });
-        }
-        // Commands of primitive crates go through `dispatch` too (it finds them in the registry).
-        for (name, _) in self.engine.registry().commands() {
-            if COMMANDS.contains(&name) {
-                continue;
-            }
-            let api = self.clone();
-            let name = name.to_string();
-            r.handle(&name.clone(), move |ctx: zos_rmb::RequestContext, payload: Value| {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    api.dispatch(ctx.source, &name, payload)
-                        .await
-                        .map_err(|e| zos_rmb::HandlerError::new(e.code, e.message))
-                }
-            });
+            r.handle(
+                &name.clone(),
+                move |ctx: zos_rmb::RequestContext, payload: Value| {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        api.dispatch(ctx.source, &name, payload)
+                            .await
+                            .map_err(|e| zos_rmb::HandlerError::new(e.code, e.message))
+                    }
+                },
+            );
         }
         r
     }
@@ -579,8 +573,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn network_views_come_from_stored_workloads() {
-        use crate::model::{Workload, WorkloadType};
+    async fn debug_views_come_from_stored_workloads() {
+        use crate::model::{ResultState, Workload, WorkloadType};
         use crate::store::{Apply, Job, JobOp};
         let dir = tempfile::tempdir().unwrap();
         let api = api(&dir);
@@ -594,17 +588,9 @@ mod tests {
             twin_id: 3,
             contract_id: 1,
             workloads: vec![
-                wl(
-                    "net",
-                    WorkloadType::Network,
-                    json!({"wireguard_listen_port": 3011}),
-                ),
+                wl("net", WorkloadType::Network, json!({})),
                 wl("pub", WorkloadType::Ip, json!({"v4": true})),
-                wl(
-                    "vm",
-                    WorkloadType::Zmachine,
-                    json!({"network": {"interfaces": [{"network": "net", "ip": "10.1.1.2"}]}}),
-                ),
+                wl("vm", WorkloadType::Zmachine, json!({})),
             ],
             ..Deployment::default()
         };
@@ -620,45 +606,10 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(
-            api.dispatch(3, "zos.network.list_wg_ports", Value::Null)
-                .await
-                .unwrap(),
-            json!([])
-        );
         for mut w in d.workloads.clone() {
             w.result.state = ResultState::Ok;
-            if w.name == "pub" {
-                w.result.data = json!({"ip": "185.1.1.5/24"});
-            }
             store.record(3, 1, &w, Apply::Upsert).unwrap();
         }
-        assert_eq!(
-            api.dispatch(3, "zos.network.list_wg_ports", Value::Null)
-                .await
-                .unwrap(),
-            json!([3011])
-        );
-        assert_eq!(
-            api.dispatch(3, "zos.network.list_public_ips", Value::Null)
-                .await
-                .unwrap(),
-            json!(["185.1.1.5/24"])
-        );
-        let arg = json!({"network_name": "net"});
-        assert_eq!(
-            api.dispatch(3, "zos.network.list_private_ips", arg.clone())
-                .await
-                .unwrap(),
-            json!(["10.1.1.2"])
-        );
-        // another twin's network is not visible
-        assert_eq!(
-            api.dispatch(4, "zos.network.list_private_ips", arg)
-                .await
-                .unwrap(),
-            json!([])
-        );
         // debug views for admin twin 9
         let dep = json!({"deployment": "3:1"});
         let h = api
@@ -689,6 +640,86 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, 404);
+    }
+
+    /// A command of a primitive crate: answered through `dispatch`, reading the store only
+    /// through its `NodeView`, errors as 400; built-in names win.
+    #[tokio::test]
+    async fn primitive_commands_read_the_node_through_their_view() {
+        struct Count;
+        #[async_trait::async_trait]
+        impl crate::primitives::ApiCommand for Count {
+            async fn call(
+                &self,
+                node: &dyn crate::primitives::NodeView,
+                source_twin: u32,
+                payload: Value,
+            ) -> Result<Value, String> {
+                if payload.is_string() {
+                    return Err("no strings".into());
+                }
+                Ok(json!(node.deployments(Some(source_twin))?.len()))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = crate::primitives::PrimitiveRegistry::new();
+        registry.add_command("zos.test.count", Arc::new(Count));
+        registry.add_command("zos.system.version", Arc::new(Count));
+        let engine = crate::engine::Engine::new(
+            crate::store::Store::open(&dir.path().join("e.redb")).unwrap(),
+            Arc::new(crate::chain::fake::FakeChain::default()),
+            registry,
+            crate::primitives::NodeSecret::new([1; 32]),
+            crate::engine::EngineConfig {
+                host: crate::engine::HostCapacity {
+                    memory: 8 << 30,
+                    cores: 2,
+                },
+            },
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let d = Deployment {
+            twin_id: 3,
+            contract_id: 1,
+            ..Deployment::default()
+        };
+        engine
+            .store()
+            .create(
+                &d,
+                &crate::store::Job {
+                    twin: 3,
+                    contract: 1,
+                    op: crate::store::JobOp::Provision,
+                    queued_ms: 0,
+                },
+            )
+            .unwrap();
+        let api = Api::new(engine, Arc::new(NodeState::default()));
+        assert_eq!(
+            api.dispatch(3, "zos.test.count", Value::Null)
+                .await
+                .unwrap(),
+            json!(1)
+        );
+        assert_eq!(
+            api.dispatch(4, "zos.test.count", Value::Null)
+                .await
+                .unwrap(),
+            json!(0)
+        );
+        let e = api
+            .dispatch(3, "zos.test.count", json!("x"))
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (400, "no strings"));
+        assert!(
+            api.dispatch(3, "zos.system.version", Value::Null)
+                .await
+                .unwrap()
+                .is_object()
+        );
     }
 
     proptest! {

@@ -6,8 +6,8 @@
 
 pub use zos_primitive::{
     ApiCommand, Health, INSTALL_ORDER, LegacyKey, Lifecycle, NodeSecret, NodeView, PoolKind,
-    PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry, SiblingRef,
-    WorkloadCtx, install_rank,
+    PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry, SiblingRef, WorkloadCtx,
+    install_rank,
 };
 
 use crate::model::Deployment;

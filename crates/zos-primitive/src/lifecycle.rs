@@ -49,6 +49,7 @@ pub trait Lifecycle: Send + Sync {
         Health::ok()
     }
 
-    /// Stops what `start` brought up; best effort, logs its own failures. Data stays.
+    /// Stops what `start` brought up, also after a `start` that failed halfway; best effort,
+    /// logs its own failures. Data stays.
     async fn shutdown(&self) {}
 }

@@ -107,13 +107,14 @@ impl PrimitiveRegistry {
         out
     }
 
-    /// Runs every [`Lifecycle::start`] in order. On the first failure the sets already started
-    /// are shut down again (reverse order) and the error names the set that failed.
+    /// Runs every [`Lifecycle::start`] in order. On the first failure that set and those
+    /// already started are shut down again (reverse order; a set's shutdown must cope with its
+    /// own half-done start) and the error names the set that failed.
     pub async fn start(&self) -> Result<(), String> {
         for (i, l) in self.lifecycles.iter().enumerate() {
             tracing::info!(set = l.name(), "starting primitive set");
             if let Err(e) = l.start().await {
-                for started in self.lifecycles[..i].iter().rev() {
+                for started in self.lifecycles[..=i].iter().rev() {
                     started.shutdown().await;
                 }
                 return Err(format!("{}: {e}", l.name()));
@@ -210,7 +211,10 @@ mod tests {
     async fn a_failed_start_stops_what_was_started() {
         let (r, log) = registry(true);
         assert_eq!(r.start().await, Err("b: broken".to_string()));
-        assert_eq!(*log.lock().expect("log"), ["start a", "start b", "stop a"]);
+        assert_eq!(
+            *log.lock().expect("log"),
+            ["start a", "start b", "stop b", "stop a"]
+        );
     }
 
     #[test]

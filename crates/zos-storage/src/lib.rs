@@ -18,7 +18,8 @@
 //! disks, ZeroDB namespaces and the node's `cache` work as on btrfs, but volumes are directories
 //! whose size is reserved and *not enforced*, and have no snapshots (those calls fail with
 //! [`VolumeError::NoSnapshots`], which says to run as root). One [`Pool`] type covers both;
-//! [`PoolBackend`] says which it is.
+//! [`PoolBackend`] says which it is, and [`backend::Backend`] holds what differs (an
+//! in-memory backend runs the storage logic in tests without root).
 //!
 //! **Limits.** Tools are run as processes (`losetup`, `mkfs.btrfs`, `mount`, `btrfs`,
 //! `qemu-img`, `chattr`, `blkid`), so btrfs pools need root and btrfs-progs; zmount disks need
@@ -28,6 +29,8 @@
 //! has the user-facing side (snapshot commands, formats, directory pools).
 #![forbid(unsafe_code)]
 
+/// Pool backends (btrfs, directory, in-memory for tests) behind one trait.
+pub mod backend;
 /// Typed wrappers over `mkfs.btrfs`, `mount`, `btrfs` and `blkid`.
 pub mod btrfs;
 /// Directory pools (no root): spec, marker, free space, usage, volume sizes.
@@ -51,12 +54,13 @@ pub mod zdb_server;
 /// `zmount` workloads: encrypted sparse VM disks.
 pub mod zmount;
 
+pub use backend::{Backend, BackendError, MemoryBackend};
 pub use dirpool::DirPoolSpec;
 pub use pool::{
     LoopPoolSpec, Pool, PoolBackend, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager,
     PoolSpec,
 };
-pub use primitives::register;
+pub use primitives::{StorageSet, register, register_with};
 pub use storage::{AllocError, PoolCapacity, Storage, StorageConfig};
 pub use volume::{SnapshotInfo, VolumeError, VolumeInfo};
 pub use zdb::{NamespaceMode, NamespaceSpec, ZdbError, ZdbResult};

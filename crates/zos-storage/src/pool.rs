@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, BackendError, BtrfsBackend, DirectoryBackend, MemoryBackend};
 use crate::btrfs::{self, BtrfsError};
 use crate::dirpool::{self, DirError, DirPoolSpec};
 use crate::exec::{self, CmdError};
@@ -17,29 +19,8 @@ pub use crate::disks::{DiskCandidate, usable_disks};
 /// Name of the subvolume holding the node's own state on the first SSD pool.
 pub const CACHE_SUBVOLUME: &str = "cache";
 
-/// The kind of disk under a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolKind {
-    /// Solid state: volumes, zmount disks, the node cache.
-    Ssd,
-    /// Spinning disk: ZeroDB data.
-    Hdd,
-}
-
-impl FromStr for PoolKind {
-    type Err = PoolError;
-    fn from_str(s: &str) -> Result<Self, PoolError> {
-        match s {
-            "ssd" => Ok(PoolKind::Ssd),
-            "hdd" => Ok(PoolKind::Hdd),
-            other => Err(PoolError::BadSpec {
-                spec: other.into(),
-                reason: "type must be ssd or hdd",
-            }),
-        }
-    }
-}
+/// The kind of disk under a pool (the contract's: the agent counts SRU/HRU by it).
+pub use zos_primitive::PoolKind;
 
 /// Errors of pool discovery, setup and teardown.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +97,15 @@ pub enum PoolError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A pool backend operation failed.
+    #[error("pool {pool}: {source}")]
+    Backend {
+        /// Pool name.
+        pool: String,
+        /// The failure.
+        #[source]
+        source: BackendError,
     },
     /// `lsblk` printed something unexpected.
     #[error("cannot parse lsblk output: {0}")]
@@ -197,7 +187,7 @@ pub struct Pool {
 }
 
 /// What a pool is made of, and so what it can do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PoolBackend {
     /// A btrfs filesystem on a block device: volumes have quotas and snapshots.
     Btrfs {
@@ -208,6 +198,25 @@ pub enum PoolBackend {
     },
     /// A plain directory: volumes are directories without quota or snapshots.
     Directory,
+    /// Volume sizes and snapshots in memory, files in a directory: for tests.
+    Memory(Arc<MemoryBackend>),
+}
+
+impl PartialEq for PoolBackend {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                PoolBackend::Btrfs { device, loop_file },
+                PoolBackend::Btrfs {
+                    device: d,
+                    loop_file: l,
+                },
+            ) => device == d && loop_file == l,
+            (PoolBackend::Directory, PoolBackend::Directory) => true,
+            (PoolBackend::Memory(a), PoolBackend::Memory(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl Pool {
@@ -216,25 +225,44 @@ impl Pool {
         self.mountpoint.join(rel)
     }
 
-    /// Whether this is a directory pool (no quotas, no snapshots).
-    pub fn is_directory(&self) -> bool {
-        self.backend == PoolBackend::Directory
+    /// What this kind of pool does differently: the one place that looks at
+    /// [`Pool::backend`]; everything else asks the [`Backend`].
+    pub fn ops(&self) -> &dyn Backend {
+        match &self.backend {
+            PoolBackend::Btrfs { .. } => &BtrfsBackend,
+            PoolBackend::Directory => &DirectoryBackend,
+            PoolBackend::Memory(m) => m.as_ref(),
+        }
     }
 
-    /// Create `<pool>/<rel>` as a subvolume (btrfs) or a directory (directory pool), unless it
-    /// exists.
-    pub(crate) async fn ensure_dir(&self, rel: &str) -> Result<PathBuf, BtrfsError> {
-        let path = self.path(rel);
-        if self.is_directory() {
-            std::fs::create_dir_all(&path).map_err(|source| BtrfsError::Io {
-                op: "create dir",
-                path: path.display().to_string(),
-                source,
-            })?;
-        } else {
-            btrfs::ensure_subvolume(&path).await?;
-        }
-        Ok(path)
+    /// A pool in `dir` (created if missing) on a fresh [`MemoryBackend`], for tests of the
+    /// storage logic without root; the backend is returned too, to set its free space.
+    pub fn memory(
+        name: &str,
+        kind: PoolKind,
+        dir: &Path,
+        size: u64,
+    ) -> Result<(Pool, Arc<MemoryBackend>), PoolError> {
+        std::fs::create_dir_all(dir).map_err(|source| PoolError::Io {
+            pool: name.into(),
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let backend = Arc::new(MemoryBackend::default());
+        let pool = Pool {
+            name: name.into(),
+            kind,
+            mountpoint: dir.to_path_buf(),
+            size,
+            backend: PoolBackend::Memory(backend.clone()),
+        };
+        Ok((pool, backend))
+    }
+
+    /// Create `<pool>/<rel>` (a subvolume on btrfs, a directory elsewhere) unless it exists.
+    pub(crate) async fn ensure_dir(&self, rel: &str) -> Result<PathBuf, BackendError> {
+        self.ops().ensure_dir(self, rel).await
     }
 }
 
@@ -372,16 +400,35 @@ impl PoolManager {
         for c in loop_candidates {
             self.add_btrfs(c, &cfg.runtime_dir).await?;
         }
+        self.ensure_cache().await?;
+        tracing::info!(pools = ?self.pools.iter().map(|p| &p.name).collect::<Vec<_>>(), "storage pools ready");
+        Ok(())
+    }
+
+    /// Pools built by the caller (e.g. [`Pool::memory`] in tests): names must be unique; the
+    /// `cache` directory is made on the first SSD pool as by [`PoolManager::start`].
+    pub async fn adopt(pools: Vec<Pool>) -> Result<Self, PoolError> {
+        let mut mgr = PoolManager {
+            pools: Vec::new(),
+            loops: Vec::new(),
+        };
+        for p in pools {
+            mgr.push_unique(p)?;
+        }
+        mgr.ensure_cache().await?;
+        Ok(mgr)
+    }
+
+    async fn ensure_cache(&self) -> Result<(), PoolError> {
         if let Some(first) = self.first_ssd() {
             first
                 .ensure_dir(CACHE_SUBVOLUME)
                 .await
-                .map_err(|source| PoolError::Btrfs {
+                .map_err(|source| PoolError::Backend {
                     pool: first.name.clone(),
                     source,
                 })?;
         }
-        tracing::info!(pools = ?self.pools.iter().map(|p| &p.name).collect::<Vec<_>>(), "storage pools ready");
         Ok(())
     }
 
@@ -435,22 +482,14 @@ impl PoolManager {
     pub async fn infos(&self) -> Result<Vec<PoolInfo>, PoolError> {
         let mut out = Vec::with_capacity(self.pools.len());
         for p in &self.pools {
-            let (size, used) = if p.is_directory() {
-                let used = dirpool::usage_blocking(&p.mountpoint)
-                    .await
-                    .map_err(|source| PoolError::Dir {
-                        pool: p.name.clone(),
-                        source,
-                    })?;
-                (p.size, used)
-            } else {
-                btrfs::usage(&p.mountpoint)
-                    .await
-                    .map_err(|source| PoolError::Btrfs {
-                        pool: p.name.clone(),
-                        source,
-                    })?
-            };
+            let (size, used) = p
+                .ops()
+                .usage(p)
+                .await
+                .map_err(|source| PoolError::Backend {
+                    pool: p.name.clone(),
+                    source,
+                })?;
             out.push(PoolInfo {
                 name: p.name.clone(),
                 kind: p.kind,
@@ -466,15 +505,7 @@ impl PoolManager {
     /// Call it after everything using the pools (ZeroDB servers, VMs) has stopped.
     pub async fn shutdown(&mut self) {
         for p in self.pools.drain(..).rev() {
-            // A directory pool was never mounted by us: whatever is mounted there is not ours.
-            if p.is_directory() {
-                continue;
-            }
-            if !p.mountpoint.as_os_str().is_empty() && btrfs::is_mountpoint(&p.mountpoint) {
-                if let Err(e) = btrfs::umount(&p.mountpoint).await {
-                    tracing::warn!(pool = %p.name, error = %e, "unmount failed");
-                }
-            }
+            p.ops().release(&p).await;
         }
         for dev in self.loops.drain(..).rev() {
             if let Err(e) = exec::run("losetup", &["-d", &dev.to_string_lossy()]).await {

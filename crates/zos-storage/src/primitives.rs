@@ -1,13 +1,15 @@
 //! The node's `volume`, `zmount` and `zdb` primitives over [`Storage`], the pool reporter,
-//! and the snapshot API handlers (`zos.storage.volume.snapshots` / `.restore`).
+//! the snapshot API handlers (`zos.storage.volume.snapshots` / `.restore`), and the storage
+//! lifecycle ([`StorageSet`]: ZeroDB servers up before reconciliation, pools released last).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use zos_node::{
-    PoolReporter, PoolUsage, Primitive, PrimitiveError, PrimitiveRegistry, WorkloadCtx,
+use zos_primitive::{
+    ApiCommand, Health, Lifecycle, NodeView, PoolReporter, PoolUsage, Primitive, PrimitiveError,
+    PrimitiveRegistry, WorkloadCtx,
 };
 use zos_types::data::{VolumeResult, ZMountResult};
 use zos_types::{Workload, WorkloadType};
@@ -15,11 +17,25 @@ use zos_types::{Workload, WorkloadType};
 use crate::storage::Storage;
 use crate::volume::{SnapshotInfo, VolumeError};
 use crate::zdb::{NamespaceMode, NamespaceSpec, ZdbError};
+use crate::zdb_server::{InProcessZdb, ZdbLauncher};
 use crate::zmount::DiskError;
-use crate::{PoolKind, zdb};
 
-/// Register the storage primitives and the pool reporter with the node.
+/// Register the storage primitives, pool reporter, API commands and lifecycle with the node;
+/// ZeroDB servers run in the node's process ([`InProcessZdb`]).
 pub fn register(registry: &mut PrimitiveRegistry, storage: Arc<Storage>) {
+    register_with(registry, storage, Arc::new(InProcessZdb));
+}
+
+/// [`register`] with another way to run ZeroDB servers (tests).
+pub fn register_with(
+    registry: &mut PrimitiveRegistry,
+    storage: Arc<Storage>,
+    launcher: Arc<dyn ZdbLauncher>,
+) {
+    registry.add_lifecycle(Arc::new(StorageSet {
+        storage: storage.clone(),
+        launcher,
+    }));
     registry.register(Arc::new(VolumePrimitive(storage.clone())));
     registry.register(Arc::new(ZmountPrimitive(storage.clone())));
     registry.register(Arc::new(ZdbPrimitive(storage.clone())));
@@ -37,9 +53,14 @@ pub fn register(registry: &mut PrimitiveRegistry, storage: Arc<Storage>) {
 /// `zos.storage.volume.snapshots {contract_id, name}` over RMB.
 struct SnapshotsCommand(Arc<Storage>);
 
-#[async_trait::async_trait]
-impl zos_node::ApiCommand for SnapshotsCommand {
-    async fn call(&self, source_twin: u32, payload: Value) -> Result<Value, String> {
+#[async_trait]
+impl ApiCommand for SnapshotsCommand {
+    async fn call(
+        &self,
+        _node: &dyn NodeView,
+        source_twin: u32,
+        payload: Value,
+    ) -> Result<Value, String> {
         let req: VolumeSnapshotRequest =
             serde_json::from_value(payload).map_err(|e| format!("invalid request: {e}"))?;
         let list = api_volume_snapshots(&self.0, source_twin, &req)
@@ -52,9 +73,14 @@ impl zos_node::ApiCommand for SnapshotsCommand {
 /// `zos.storage.volume.restore {contract_id, name, snapshot}` over RMB.
 struct RestoreCommand(Arc<Storage>);
 
-#[async_trait::async_trait]
-impl zos_node::ApiCommand for RestoreCommand {
-    async fn call(&self, source_twin: u32, payload: Value) -> Result<Value, String> {
+#[async_trait]
+impl ApiCommand for RestoreCommand {
+    async fn call(
+        &self,
+        _node: &dyn NodeView,
+        source_twin: u32,
+        payload: Value,
+    ) -> Result<Value, String> {
         let req: VolumeSnapshotRequest =
             serde_json::from_value(payload).map_err(|e| format!("invalid request: {e}"))?;
         let reply = api_volume_restore(&self.0, source_twin, &req)
@@ -196,12 +222,8 @@ fn ns_spec(wl: &Workload) -> Result<NamespaceSpec, PrimitiveError> {
     })
 }
 
-fn zdb_result(r: zdb::ZdbResult) -> Result<Value, PrimitiveError> {
-    json(&zos_types::data::ZdbResult {
-        namespace: r.namespace,
-        ips: r.ips,
-        port: r.port,
-    })
+fn zdb_result(r: zos_types::data::ZdbResult) -> Result<Value, PrimitiveError> {
+    json(&r)
 }
 
 #[async_trait]
@@ -257,10 +279,7 @@ impl PoolReporter for Reporter {
                 .into_iter()
                 .map(|p| PoolUsage {
                     name: p.name,
-                    kind: match p.kind {
-                        PoolKind::Ssd => zos_node::PoolKind::Ssd,
-                        PoolKind::Hdd => zos_node::PoolKind::Hdd,
-                    },
+                    kind: p.kind,
                     size: p.size,
                     used: p.used,
                 })
@@ -270,6 +289,59 @@ impl PoolReporter for Reporter {
                 Vec::new()
             }
         }
+    }
+}
+
+/// Storage's lifecycle: ZeroDB servers start before the node reconciles (so that stored zdb
+/// workloads find their server), are checked for health, and stop, with the pools, after it.
+pub struct StorageSet {
+    storage: Arc<Storage>,
+    launcher: Arc<dyn ZdbLauncher>,
+}
+
+impl std::fmt::Debug for StorageSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSet")
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for StorageSet {
+    fn name(&self) -> &str {
+        "storage"
+    }
+
+    async fn start(&self) -> Result<(), String> {
+        self.storage
+            .start_zdb(self.launcher.clone())
+            .await
+            .map_err(|e| format!("starting ZeroDB: {e}"))
+    }
+
+    /// Unhealthy when no ZeroDB server runs (none started, or all stopped for good), or the
+    /// pools cannot be read.
+    async fn health(&self) -> Health {
+        if let Err(e) = self.storage.pool_infos().await {
+            return Health::failing(format!("cannot read pools: {e}"));
+        }
+        let servers = self.storage.zdb_servers();
+        if servers.is_empty() && !self.storage.pools().is_empty() {
+            return Health::failing("no ZeroDB server is running");
+        }
+        Health {
+            ok: true,
+            message: format!(
+                "{} pools, {} ZeroDB servers",
+                self.storage.pools().len(),
+                servers.len()
+            ),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.storage.shutdown().await;
     }
 }
 

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::btrfs::{self, BtrfsError};
-use crate::dirpool::{self, DirError};
+use zos_primitive::NodeSecret;
+
+use crate::backend::BackendError;
 use crate::pool::{Pool, PoolConfig, PoolError, PoolInfo, PoolKind, PoolManager};
 use crate::zdb_server::ZdbSupervisor;
 
@@ -29,23 +30,14 @@ pub enum AllocError {
         /// Free bytes on the emptiest pool.
         largest_free: u64,
     },
-    /// Reading a pool's reservations failed.
+    /// Reading a pool's reservations or free space failed.
     #[error("pool {pool}: {source}")]
-    Btrfs {
+    Backend {
         /// Pool name.
         pool: String,
         /// The failure.
         #[source]
-        source: BtrfsError,
-    },
-    /// Reading a directory pool's free space failed.
-    #[error("pool {pool}: {source}")]
-    Dir {
-        /// Pool name.
-        pool: String,
-        /// The failure.
-        #[source]
-        source: DirError,
+        source: BackendError,
     },
 }
 
@@ -91,12 +83,12 @@ impl StorageConfig {
     }
 }
 
-/// Everything storage: pools, the node seed for disk keys and ZeroDB passwords, and the
+/// Everything storage: pools, the node secret for disk keys and ZeroDB passwords, and the
 /// ZeroDB supervisor. Share it as `Arc<Storage>`.
 pub struct Storage {
     pub(crate) pools: Vec<Pool>,
     manager: tokio::sync::Mutex<PoolManager>,
-    pub(crate) seed: [u8; 32],
+    pub(crate) secret: NodeSecret,
     pub(crate) cfg: StorageConfig,
     /// Serialises allocating operations so that two workloads never get the same free space.
     pub(crate) lock: tokio::sync::Mutex<()>,
@@ -118,14 +110,15 @@ impl Storage {
         PoolManager::start(cfg).await
     }
 
-    /// Wrap started pools with the node seed. ZeroDB servers are not started yet: call
-    /// [`Storage::start_zdb`].
-    pub fn new(manager: PoolManager, seed: [u8; 32], cfg: StorageConfig) -> Self {
+    /// Wrap started pools with the node secret (or its seed, in tests). ZeroDB servers are not
+    /// started yet: call [`Storage::start_zdb`] (the storage [`crate::primitives::StorageSet`]
+    /// does, as its lifecycle start).
+    pub fn new(manager: PoolManager, secret: impl Into<NodeSecret>, cfg: StorageConfig) -> Self {
         let pools = manager.pools().to_vec();
         Storage {
             pools,
             manager: tokio::sync::Mutex::new(manager),
-            seed,
+            secret: secret.into(),
             cfg,
             lock: tokio::sync::Mutex::new(()),
             zdb: ZdbSupervisor::default(),
@@ -159,29 +152,22 @@ impl Storage {
     /// Bytes reserved on a pool: volume quotas, zmount virtual sizes and ZeroDB namespace
     /// sizes. This, not the bytes written, is what allocation compares with the pool size.
     pub async fn reserved(&self, pool: &Pool) -> Result<u64, AllocError> {
-        let bt = |source| AllocError::Btrfs {
-            pool: pool.name.clone(),
-            source,
-        };
-        let mut total = 0u64;
-        if pool.is_directory() {
-            total = dirpool::volume_reservations(pool);
-        } else {
-            for q in btrfs::qgroups(&pool.mountpoint).await.map_err(bt)? {
-                if crate::volume::is_volume_name(&q.path)
-                    && btrfs::is_subvolume(&pool.path(&q.path))
-                {
-                    total = total.saturating_add(q.max_referenced.unwrap_or(0));
-                }
-            }
-        }
+        let mut total = pool
+            .ops()
+            .volume_reservations(pool)
+            .await
+            .map_err(|source| AllocError::Backend {
+                pool: pool.name.clone(),
+                source,
+            })?;
         total = total.saturating_add(crate::zmount::reserved_on(pool));
         total = total.saturating_add(self.zdb.reserved_on(&pool.name).await);
         Ok(total)
     }
 
     /// Bytes `pool` can still promise: size − reserved. A directory pool's size is only
-    /// declared, so it also gets no more than its filesystem has free right now.
+    /// declared, so it also gets no more than its filesystem has free right now
+    /// ([`crate::backend::Backend::available`]).
     pub async fn free(&self, pool: &Pool) -> Result<u64, AllocError> {
         let reserved = self.reserved(pool).await?;
         self.free_after(pool, reserved).await
@@ -189,16 +175,15 @@ impl Storage {
 
     async fn free_after(&self, pool: &Pool, reserved: u64) -> Result<u64, AllocError> {
         let free = pool.size.saturating_sub(reserved);
-        if !pool.is_directory() {
-            return Ok(free);
-        }
-        let avail = dirpool::fs_available(&pool.mountpoint)
+        let avail = pool
+            .ops()
+            .available(pool)
             .await
-            .map_err(|source| AllocError::Dir {
+            .map_err(|source| AllocError::Backend {
                 pool: pool.name.clone(),
                 source,
             })?;
-        Ok(free.min(avail))
+        Ok(avail.map_or(free, |a| free.min(a)))
     }
 
     /// Pick the pool of `kind` with the most free (unreserved) bytes that can take `size`.

@@ -4,14 +4,14 @@
 //!
 //! On a directory pool ([`crate::dirpool`]) a volume is a plain directory whose size is
 //! recorded and reserved but not enforced, and snapshot calls fail with
-//! [`VolumeError::NoSnapshots`].
+//! [`VolumeError::NoSnapshots`]. What differs per pool is in [`crate::backend`]; this module
+//! is the logic they share (allocation, grow-only, snapshot naming, pruning, restore order).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::btrfs::{self, BtrfsError};
-use crate::dirpool::{self, DirError};
+use crate::backend::BackendError;
 use crate::pool::{Pool, PoolKind};
 use crate::storage::{AllocError, Storage};
 
@@ -58,15 +58,6 @@ pub enum VolumeError {
         /// The directory pool holding it.
         pool: String,
     },
-    /// Recording a volume's size on a directory pool failed.
-    #[error("volume {id}: {source}")]
-    Dir {
-        /// Volume id.
-        id: String,
-        /// The failure.
-        #[source]
-        source: DirError,
-    },
     /// No such snapshot.
     #[error("volume {id}: snapshot {snapshot:?} not found")]
     SnapshotNotFound {
@@ -84,14 +75,14 @@ pub enum VolumeError {
         #[source]
         source: AllocError,
     },
-    /// A btrfs operation failed.
+    /// The pool's backend failed (btrfs, directory).
     #[error("volume {id}: {source}")]
-    Btrfs {
+    Backend {
         /// Volume id.
         id: String,
         /// The failure.
         #[source]
-        source: BtrfsError,
+        source: BackendError,
     },
     /// A file operation failed.
     #[error("volume {id}: {op} {path}: {source}")]
@@ -165,55 +156,27 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+fn backend_err(id: &str) -> impl FnOnce(BackendError) -> VolumeError + '_ {
+    move |source| VolumeError::Backend {
+        id: id.to_string(),
+        source,
+    }
+}
+
 impl Storage {
-    fn vol_err(id: &str) -> impl Fn(BtrfsError) -> VolumeError + '_ {
-        move |source| VolumeError::Btrfs {
-            id: id.to_string(),
-            source,
-        }
-    }
-
-    fn dir_err(id: &str) -> impl Fn(DirError) -> VolumeError + '_ {
-        move |source| VolumeError::Dir {
-            id: id.to_string(),
-            source,
-        }
-    }
-
-    /// Find the pool holding volume `id`, repairing a restore interrupted by a crash.
+    /// Find the SSD pool holding volume `id` (btrfs repairs a restore interrupted by a crash).
     fn find_volume(&self, id: &str) -> Option<&Pool> {
-        for p in self.pools.iter().filter(|p| p.kind == PoolKind::Ssd) {
-            let path = p.path(id);
-            if p.is_directory() {
-                if path.is_dir() {
-                    return Some(p);
-                }
-                continue;
-            }
-            let trash = p.path(&format!(".trash-{id}"));
-            if !path.exists() && btrfs::is_subvolume(&trash) {
-                // Crash between the two renames of a restore: the old data is still complete.
-                tracing::warn!(id, "repairing interrupted restore");
-                let _ = std::fs::rename(&trash, &path);
-            }
-            if btrfs::is_subvolume(&path) {
-                return Some(p);
-            }
-        }
-        None
+        self.pools
+            .iter()
+            .filter(|p| p.kind == PoolKind::Ssd)
+            .find(|p| p.ops().volume_exists(p, id))
     }
 
     async fn volume_size(&self, pool: &Pool, id: &str) -> Result<u64, VolumeError> {
-        if pool.is_directory() {
-            return Ok(dirpool::volume_size(pool, id));
-        }
-        let q = btrfs::qgroups(&pool.mountpoint)
+        pool.ops()
+            .volume_size(pool, id)
             .await
-            .map_err(Self::vol_err(id))?;
-        Ok(q.iter()
-            .find(|q| q.path == id)
-            .and_then(|q| q.max_referenced)
-            .unwrap_or(0))
+            .map_err(backend_err(id))
     }
 
     /// The volume, if it exists.
@@ -249,22 +212,10 @@ impl Storage {
                         id: id.into(),
                         source,
                     })?;
-                if pool.is_directory() {
-                    // Size first: a crash before the directory exists leaves a size that
-                    // reserves nothing (only sizes of existing directories count).
-                    dirpool::set_volume_size(pool, id, size).map_err(Self::dir_err(id))?;
-                    let path = pool.path(id);
-                    std::fs::create_dir(&path).map_err(|source| VolumeError::Io {
-                        id: id.into(),
-                        op: "create",
-                        path,
-                        source,
-                    })?;
-                } else {
-                    btrfs::subvolume_create(&pool.path(id))
-                        .await
-                        .map_err(Self::vol_err(id))?;
-                }
+                pool.ops()
+                    .volume_create(pool, id, size)
+                    .await
+                    .map_err(backend_err(id))?;
                 tracing::info!(id, pool = %pool.name, size, "volume created");
                 pool
             }
@@ -281,8 +232,9 @@ impl Storage {
         })
     }
 
-    /// Update: snapshot, then grow the quota to `size`. A smaller size is refused
-    /// ([`VolumeError::Shrink`], nothing changes); the same size only takes the snapshot.
+    /// Update: snapshot (where the pool has snapshots), then grow the quota to `size`. A
+    /// smaller size is refused ([`VolumeError::Shrink`], nothing changes); the same size only
+    /// takes the snapshot.
     pub async fn volume_update(&self, id: &str, size: u64) -> Result<VolumeInfo, VolumeError> {
         check_id(id)?;
         let _guard = self.lock.lock().await;
@@ -306,8 +258,8 @@ impl Storage {
                     source,
                 })?;
         }
-        // A directory pool has no snapshots: the update still happens, without one.
-        if !pool.is_directory() {
+        // A pool without snapshots (directory) still gets the update, without one.
+        if pool.ops().has_snapshots() {
             snapshot_locked(pool, id).await?;
         }
         if extra > 0 {
@@ -335,7 +287,7 @@ impl Storage {
         let pool = self
             .find_volume(id)
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
-        if pool.is_directory() {
+        if !pool.ops().has_snapshots() {
             return Err(VolumeError::NoSnapshots {
                 id: id.into(),
                 pool: pool.name.clone(),
@@ -359,51 +311,18 @@ impl Storage {
         check_id(id)?;
         let _guard = self.lock.lock().await;
         let pool = self.find_volume_with_snapshots(id)?;
-        let not_found = || VolumeError::SnapshotNotFound {
-            id: id.into(),
-            snapshot: name.into(),
-        };
-        let snaps = list_snapshots(pool, id)?;
-        let target = snaps
-            .iter()
+        let target = list_snapshots(pool, id)?
+            .into_iter()
             .find(|s| s.name == name)
-            .ok_or_else(not_found)?;
-        let src = snapshot_path(pool, id, &target.name);
-        let size = self.volume_size(pool, id).await?;
-        let before = snapshot_locked(pool, id).await?;
-
-        let live = pool.path(id);
-        let staged = pool.path(&format!(".restore-{id}"));
-        let trash = pool.path(&format!(".trash-{id}"));
-        for leftover in [&staged, &trash] {
-            if btrfs::is_subvolume(leftover) {
-                btrfs::subvolume_delete(leftover)
-                    .await
-                    .map_err(Self::vol_err(id))?;
-            }
-        }
-        btrfs::snapshot(&src, &staged, false)
-            .await
-            .map_err(Self::vol_err(id))?;
-        if size > 0 {
-            btrfs::qgroup_limit(&staged, size)
-                .await
-                .map_err(Self::vol_err(id))?;
-        }
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| VolumeError::Io {
+            .ok_or_else(|| VolumeError::SnapshotNotFound {
                 id: id.into(),
-                op,
-                path,
-                source,
-            }
-        };
-        std::fs::rename(&live, &trash).map_err(io("move aside", &live))?;
-        std::fs::rename(&staged, &live).map_err(io("move in", &staged))?;
-        btrfs::subvolume_delete(&trash)
+                snapshot: name.into(),
+            })?;
+        let before = snapshot_locked(pool, id).await?;
+        pool.ops()
+            .snapshot_restore(pool, id, &target.name)
             .await
-            .map_err(Self::vol_err(id))?;
+            .map_err(backend_err(id))?;
         tracing::info!(id, snapshot = name, saved_as = %before.name, "volume restored");
         Ok(before)
     }
@@ -413,52 +332,10 @@ impl Storage {
         check_id(id)?;
         let _guard = self.lock.lock().await;
         for pool in self.pools.iter().filter(|p| p.kind == PoolKind::Ssd) {
-            if pool.is_directory() {
-                let path = pool.path(id);
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path).map_err(|source| VolumeError::Io {
-                        id: id.into(),
-                        op: "remove",
-                        path: path.clone(),
-                        source,
-                    })?;
-                }
-                // After the directory: a crash in between leaves a size that reserves nothing.
-                dirpool::remove_volume_size(pool, id).map_err(Self::dir_err(id))?;
-                continue;
-            }
-            for name in [
-                format!(".restore-{id}"),
-                format!(".trash-{id}"),
-                id.to_string(),
-            ] {
-                let path = pool.path(&name);
-                if btrfs::is_subvolume(&path) {
-                    btrfs::subvolume_delete(&path)
-                        .await
-                        .map_err(Self::vol_err(id))?;
-                }
-            }
-            let dir = pool.path(SNAPSHOT_DIR).join(id);
-            if dir.is_dir() {
-                for s in list_snapshots(pool, id)? {
-                    btrfs::subvolume_delete(&snapshot_path(pool, id, &s.name))
-                        .await
-                        .map_err(Self::vol_err(id))?;
-                }
-                std::fs::remove_dir_all(&dir).map_err(|source| VolumeError::Io {
-                    id: id.into(),
-                    op: "remove",
-                    path: dir.clone(),
-                    source,
-                })?;
-            }
-            // Qgroups of deleted subvolumes linger until the cleaner is done; best effort.
-            let _ = crate::exec::run(
-                "btrfs",
-                &["qgroup", "clear-stale", &pool.mountpoint.to_string_lossy()],
-            )
-            .await;
+            pool.ops()
+                .volume_delete(pool, id)
+                .await
+                .map_err(backend_err(id))?;
         }
         Ok(())
     }
@@ -466,18 +343,10 @@ impl Storage {
 
 /// Set the volume's size: the qgroup limit (btrfs) or the recorded reservation (directory).
 async fn set_limit(pool: &Pool, id: &str, size: u64) -> Result<(), VolumeError> {
-    if pool.is_directory() {
-        return dirpool::set_volume_size(pool, id, size).map_err(|source| VolumeError::Dir {
-            id: id.into(),
-            source,
-        });
-    }
-    btrfs::qgroup_limit(&pool.path(id), size)
+    pool.ops()
+        .volume_set_size(pool, id, size)
         .await
-        .map_err(|source| VolumeError::Btrfs {
-            id: id.into(),
-            source,
-        })
+        .map_err(backend_err(id))
 }
 
 fn check_id(id: &str) -> Result<(), VolumeError> {
@@ -488,28 +357,15 @@ fn check_id(id: &str) -> Result<(), VolumeError> {
     }
 }
 
-fn snapshot_path(pool: &Pool, id: &str, name: &str) -> PathBuf {
-    pool.path(SNAPSHOT_DIR).join(id).join(name)
-}
-
+/// The snapshots of volume `id`, oldest first (names the backend holds that are not
+/// `<seq>-<unix time>` are not ours and are left out).
 fn list_snapshots(pool: &Pool, id: &str) -> Result<Vec<SnapshotInfo>, VolumeError> {
-    let dir = pool.path(SNAPSHOT_DIR).join(id);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(VolumeError::Io {
-                id: id.into(),
-                op: "list",
-                path: dir,
-                source,
-            });
-        }
-    };
-    let mut out: Vec<SnapshotInfo> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
+    let mut out: Vec<SnapshotInfo> = pool
+        .ops()
+        .snapshot_names(pool, id)
+        .map_err(backend_err(id))?
+        .into_iter()
+        .filter_map(|name| {
             let (seq, created) = name.split_once('-')?;
             Some(SnapshotInfo {
                 seq: seq.parse().ok()?,
@@ -522,32 +378,23 @@ fn list_snapshots(pool: &Pool, id: &str) -> Result<Vec<SnapshotInfo>, VolumeErro
     Ok(out)
 }
 
+/// Take the next snapshot of `id` and prune the oldest beyond [`MAX_SNAPSHOTS`]. Callers hold
+/// the storage lock.
 async fn snapshot_locked(pool: &Pool, id: &str) -> Result<SnapshotInfo, VolumeError> {
-    let dir = pool.path(SNAPSHOT_DIR).join(id);
-    std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Io {
-        id: id.into(),
-        op: "create",
-        path: dir.clone(),
-        source,
-    })?;
     let seq = list_snapshots(pool, id)?.last().map_or(1, |s| s.seq + 1);
     let created = now();
     let name = format!("{seq}-{created}");
-    btrfs::snapshot(&pool.path(id), &dir.join(&name), true)
+    pool.ops()
+        .snapshot_create(pool, id, &name)
         .await
-        .map_err(|source| VolumeError::Btrfs {
-            id: id.into(),
-            source,
-        })?;
+        .map_err(backend_err(id))?;
     tracing::info!(id, snapshot = %name, "volume snapshot taken");
     let all = list_snapshots(pool, id)?;
     for old in &all[..all.len().saturating_sub(MAX_SNAPSHOTS)] {
-        btrfs::subvolume_delete(&dir.join(&old.name))
+        pool.ops()
+            .snapshot_delete(pool, id, &old.name)
             .await
-            .map_err(|source| VolumeError::Btrfs {
-                id: id.into(),
-                source,
-            })?;
+            .map_err(backend_err(id))?;
         tracing::info!(id, snapshot = %old.name, "old volume snapshot pruned");
     }
     Ok(SnapshotInfo { name, seq, created })

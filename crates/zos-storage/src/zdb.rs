@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::btrfs::BtrfsError;
+use crate::backend::BackendError;
 use crate::pool::PoolKind;
 use crate::storage::{AllocError, Storage};
 use crate::zdb_server::Instance;
@@ -75,12 +75,12 @@ pub enum ZdbError {
     },
     /// Preparing the pool failed.
     #[error("zdb on pool {pool}: {source}")]
-    Btrfs {
+    Backend {
         /// Pool name.
         pool: String,
         /// The failure.
         #[source]
-        source: BtrfsError,
+        source: BackendError,
     },
     /// A file operation failed.
     #[error("zdb on pool {pool}: {op} {path}: {source}")]
@@ -136,19 +136,8 @@ impl NamespaceMode {
     }
 }
 
-/// The `zdb` workload result, upstream's capitalised keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ZdbResult {
-    /// The namespace name (= workload id).
-    #[serde(rename = "Namespace")]
-    pub namespace: String,
-    /// Addresses to reach the server.
-    #[serde(rename = "IPs")]
-    pub ips: Vec<String>,
-    /// Its TCP port.
-    #[serde(rename = "Port")]
-    pub port: u16,
-}
+/// The `zdb` workload result (`{Namespace, IPs, Port}`), as `zos-types` defines it.
+pub use zos_types::data::ZdbResult;
 
 /// What `NSINFO` says about a namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

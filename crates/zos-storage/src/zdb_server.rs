@@ -13,10 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hkdf::Hkdf;
 use serde::Serialize;
-use sha2::Sha256;
 use tokio::sync::watch;
+use zos_primitive::{LegacyKey, NodeSecret};
 
 use crate::pool::{Pool, PoolKind};
 use crate::storage::Storage;
@@ -179,12 +178,10 @@ impl ZdbSupervisor {
     }
 }
 
-fn admin_password(seed: &[u8; 32], pool: &str) -> String {
-    let hk = Hkdf::<Sha256>::new(Some(b"zos-storage-zdb-admin-v1"), seed);
-    let mut out = [0u8; 24];
-    hk.expand(pool.as_bytes(), &mut out)
-        .expect("24 bytes is a valid HKDF-SHA256 output length");
-    hex::encode(out)
+/// The admin password of the server on `pool`: 24 bytes of [`LegacyKey::ZdbAdminV1`], hex.
+/// Frozen: a node upgraded in place must still manage the namespaces it made before.
+fn admin_password(secret: &NodeSecret, pool: &str) -> String {
+    hex::encode(&secret.derive_legacy(LegacyKey::ZdbAdminV1, pool)[..24])
 }
 
 impl Storage {
@@ -224,7 +221,7 @@ impl Storage {
         let root = pool
             .ensure_dir(ZDB_DIR)
             .await
-            .map_err(|source| ZdbError::Btrfs {
+            .map_err(|source| ZdbError::Backend {
                 pool: pool.name.clone(),
                 source,
             })?;
@@ -250,7 +247,7 @@ impl Storage {
             data_dir,
             index_dir,
             listen: SocketAddr::new(self.cfg.zdb_listen, port),
-            admin_password: admin_password(&self.seed, &pool.name),
+            admin_password: admin_password(&self.secret, &pool.name),
         };
         let first = launcher.launch(&spec, self.zdb.stop.subscribe()).await;
         let (addr, exit) = match first {
@@ -361,5 +358,20 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The password the previous version derived (its own HKDF here) for seed 0x5a×32 and
+    /// pool `hdd`: an upgraded node still authenticates to the servers it ran before.
+    #[test]
+    fn admin_password_matches_the_previous_version() {
+        assert_eq!(
+            admin_password(&NodeSecret::new([0x5a; 32]), "hdd"),
+            "e467a08b56ad69126cbf5278704fde0eafd2e29954b9e77d"
+        );
     }
 }

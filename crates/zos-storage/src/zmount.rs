@@ -11,11 +11,10 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use hkdf::Hkdf;
 use serde::Serialize;
-use sha2::Sha256;
+use zos_primitive::{LegacyKey, NodeSecret};
 
-use crate::btrfs::{self, BtrfsError};
+use crate::backend::BackendError;
 use crate::exec::{self, CmdError};
 use crate::pool::{Pool, PoolKind};
 use crate::storage::{AllocError, Storage};
@@ -65,14 +64,14 @@ pub enum DiskError {
         #[source]
         source: CmdError,
     },
-    /// A btrfs operation failed.
+    /// The pool's backend failed (creating the image directory).
     #[error("disk {id}: {source}")]
-    Btrfs {
+    Backend {
         /// Disk id.
         id: String,
         /// The failure.
         #[source]
-        source: BtrfsError,
+        source: BackendError,
     },
     /// A file operation failed.
     #[error("disk {id}: {op} {path}: {source}")]
@@ -100,14 +99,11 @@ impl DiskError {
 pub struct DiskKey([u8; 32]);
 
 impl DiskKey {
-    /// Derive the key of disk `id` from the node seed: HKDF-SHA256, salt
-    /// `zos-storage-zmount-v1`, info = the workload id.
-    pub fn derive(seed: &[u8; 32], id: &str) -> DiskKey {
-        let hk = Hkdf::<Sha256>::new(Some(b"zos-storage-zmount-v1"), seed);
-        let mut out = [0u8; 32];
-        hk.expand(id.as_bytes(), &mut out)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        DiskKey(out)
+    /// The key of disk `id`: [`LegacyKey::ZmountDiskV1`] of the node secret (HKDF-SHA256,
+    /// salt `zos-storage-zmount-v1`, info = the workload id). Frozen: every encrypted disk
+    /// written so far opens only with it.
+    pub fn derive(secret: &NodeSecret, id: &str) -> DiskKey {
+        DiskKey(secret.derive_legacy(LegacyKey::ZmountDiskV1, id))
     }
 
     /// The passphrase as QEMU gets it (`secret` object data): 64 lowercase hex characters.
@@ -192,7 +188,7 @@ fn secret_args() -> [&'static str; 2] {
 impl Storage {
     /// The key of disk `id` (for the VM that opens it).
     pub fn disk_key(&self, id: &str) -> DiskKey {
-        DiskKey::derive(&self.seed, id)
+        DiskKey::derive(&self.secret, id)
     }
 
     fn find_disk(&self, id: &str) -> Option<&Pool> {
@@ -375,35 +371,15 @@ impl Storage {
     }
 }
 
-/// Create the NOCOW `vdisks` subvolume on first use (a plain directory on a directory pool:
-/// NOCOW is a btrfs attribute, and the host filesystem under it is not ours to tune).
+/// Create the `vdisks` directory on first use (a NOCOW subvolume on btrfs).
 async fn ensure_vdisks(pool: &Pool, id: &str) -> Result<PathBuf, DiskError> {
-    let dir = pool.path(VDISKS_DIR);
-    if pool.is_directory() {
-        std::fs::create_dir_all(&dir).map_err(|source| DiskError::Io {
+    pool.ops()
+        .ensure_image_dir(pool, VDISKS_DIR)
+        .await
+        .map_err(|source| DiskError::Backend {
             id: id.into(),
-            op: "create",
-            path: dir.clone(),
             source,
-        })?;
-        return Ok(dir);
-    }
-    if !btrfs::is_subvolume(&dir) {
-        btrfs::subvolume_create(&dir)
-            .await
-            .map_err(|source| DiskError::Btrfs {
-                id: id.into(),
-                source,
-            })?;
-        // +C only applies to files created afterwards: set it while the directory is empty.
-        exec::run("chattr", &["+C", &dir.to_string_lossy()])
-            .await
-            .map_err(|source| DiskError::Cmd {
-                id: id.into(),
-                source,
-            })?;
-    }
-    Ok(dir)
+        })
 }
 
 #[cfg(test)]
@@ -412,11 +388,25 @@ mod tests {
 
     #[test]
     fn keys_are_per_disk_and_per_node() {
-        let a = DiskKey::derive(&[1; 32], "1-2-disk").passphrase();
-        assert_eq!(a, DiskKey::derive(&[1; 32], "1-2-disk").passphrase());
+        let one = NodeSecret::new([1; 32]);
+        let a = DiskKey::derive(&one, "1-2-disk").passphrase();
+        assert_eq!(a, DiskKey::derive(&one, "1-2-disk").passphrase());
         assert_eq!(a.len(), 64);
-        assert_ne!(a, DiskKey::derive(&[1; 32], "1-2-other").passphrase());
-        assert_ne!(a, DiskKey::derive(&[2; 32], "1-2-disk").passphrase());
+        assert_ne!(a, DiskKey::derive(&one, "1-2-other").passphrase());
+        assert_ne!(
+            a,
+            DiskKey::derive(&NodeSecret::new([2; 32]), "1-2-disk").passphrase()
+        );
+    }
+
+    /// Disks made by the previous version (its own HKDF in this module) open with the key
+    /// derived now: the passphrase the previous build printed for seed 0x5a×32.
+    #[test]
+    fn keys_match_disks_of_the_previous_version() {
+        assert_eq!(
+            DiskKey::derive(&NodeSecret::new([0x5a; 32]), "7-42-disk").passphrase(),
+            "8bf146026f481b9ed67bf943c25041bd0ebc983980c9e6374d6ef7349a971e8b"
+        );
     }
 
     #[test]

@@ -76,7 +76,6 @@ pub async fn run_node(
     cfg.admin_twins = a.admin_twins.clone();
     cfg.sync_interval = Duration::from_secs(a.sync_secs.max(1));
     let mut registry = zos_node::PrimitiveRegistry::new();
-    let mut storage = None;
     if !a.pools.is_empty() {
         let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),
@@ -106,19 +105,20 @@ pub async fn run_node(
         let key = zos_node::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
         let s = Arc::new(zos_storage::Storage::new(
             manager,
-            *key.seed(),
+            zos_node::NodeSecret::new(*key.seed()),
             zos_storage::StorageConfig::new(pool_cfg),
         ));
-        s.start_zdb(Arc::new(zos_storage::InProcessZdb))
-            .await
-            .context("starting ZeroDB")?;
-        zos_storage::register(&mut registry, s.clone());
-        storage = Some(s);
+        zos_storage::register(&mut registry, s);
     }
-    let result = zos_node::run_node(cfg, registry, shutdown).await;
-    if let Some(s) = storage {
-        s.shutdown().await;
-    }
+    // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
+    // reconciles, and release it (servers, then pools) after the node has stopped.
+    registry
+        .start()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting primitives")?;
+    let result = zos_node::run_node(cfg, registry.clone(), shutdown).await;
+    registry.shutdown().await;
     result.context("node")
 }
 

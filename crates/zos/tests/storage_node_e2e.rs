@@ -1,8 +1,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 //! zdb, volume and zmount workloads deployed through the node's engine on loop-device pools,
 //! used with a real redis client, paused, updated, the ZeroDB server killed, the node
-//! restarted, and finally the contract cancelled.
+//! restarted, and finally the contract cancelled. Lives in the binary crate because it composes
+//! the agent (`zos-node`) with a primitive crate (`zos-storage`), which depend on neither.
 
+// The storage tests' loop-device sandbox (cleanup on drop, loud SKIP without root).
+#[path = "../../zos-storage/tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
@@ -60,6 +63,7 @@ impl ZdbLauncher for Killable {
 
 struct Node {
     storage: Arc<Storage>,
+    registry: PrimitiveRegistry,
     engine: Engine,
 }
 
@@ -70,9 +74,10 @@ async fn start_node(env: &Env, chain: Arc<FakeChain>, launcher: Arc<dyn ZdbLaunc
         SEED,
         StorageConfig::new(env.pool_config()),
     ));
-    storage.start_zdb(launcher).await.unwrap();
     let mut reg = PrimitiveRegistry::new();
-    zos_storage::register(&mut reg, storage.clone());
+    zos_storage::register_with(&mut reg, storage.clone(), launcher);
+    // The storage lifecycle starts the ZeroDB servers, as `zos node run` does.
+    reg.start().await.unwrap();
     let store = Store::open(&storage.cache_dir().unwrap().join("engine.redb")).unwrap();
     let host = HostCapacity {
         memory: 16 << 30,
@@ -81,22 +86,31 @@ async fn start_node(env: &Env, chain: Arc<FakeChain>, launcher: Arc<dyn ZdbLaunc
     let engine = Engine::new(
         store,
         chain,
-        reg,
+        reg.clone(),
         NodeSecret::new(SEED),
         EngineConfig { host },
         Arc::new(Metrics::default()),
     )
     .unwrap();
     engine.set_node_id(NODE);
-    Node { storage, engine }
+    Node {
+        storage,
+        registry: reg,
+        engine,
+    }
 }
 
 impl Node {
     /// The engine holds the store file in the cache subvolume: drop it before unmounting.
     async fn stop(self) {
-        let Node { storage, engine } = self;
+        let Node {
+            storage,
+            registry,
+            engine,
+        } = self;
         drop(engine);
-        storage.shutdown().await;
+        drop(storage);
+        registry.shutdown().await;
     }
 }
 
