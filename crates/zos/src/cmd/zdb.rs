@@ -57,6 +57,39 @@ pub struct ServeArgs {
     /// Worker threads (default: one per CPU). Redis uses one event-loop thread.
     #[arg(long)]
     threads: Option<usize>,
+    /// Without --sync: fsync the data and index files at most every N seconds (0: never; the
+    /// kernel's writeback then decides, typically within 30 s).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    synctime: u64,
+    /// Most clients connected at once; more get `-ERR max number of clients reached`.
+    /// Lowered at start to fit the open-file limit.
+    #[arg(long, default_value_t = zos_zdb::Limits::default().max_clients)]
+    max_clients: usize,
+    /// Close a client that sends nothing for this many seconds (0: never).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    idle_timeout: u64,
+    /// Close a client that does not finish a started request, or read a reply, within this
+    /// many seconds (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    request_timeout: u64,
+    /// Bytes of unfinished requests all clients together may hold beyond 64 KiB each
+    /// (suffixes K, M, G); a client that would pass it is told and closed.
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    max_pending: u64,
+    /// How long a source address is banned after repeated wrong passwords, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    auth_ban: u64,
+}
+
+/// A size in bytes (`0`, `4096`, `64K`, `256M`, `1G`).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    zos_storage::pool::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 64K, 256M, 1G)"))
+}
+
+/// `0` means off.
+fn secs(n: u64) -> Option<std::time::Duration> {
+    (n > 0).then(|| std::time::Duration::from_secs(n))
 }
 
 /// `--cache-size`: a size or `auto`.
@@ -137,7 +170,19 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         protect: a.protect,
         debug: a.debug,
         cache_bytes: cache_bytes(a.cache_size),
+        synctime: a.synctime,
+        limits: zos_zdb::Limits {
+            max_clients: a.max_clients.max(1),
+            idle_timeout: secs(a.idle_timeout),
+            request_timeout: secs(a.request_timeout),
+            max_pending_bytes: usize::try_from(a.max_pending).unwrap_or(usize::MAX),
+            auth_ban: std::time::Duration::from_secs(a.auth_ban),
+            ..zos_zdb::Limits::default()
+        },
     };
+    if a.sync && a.synctime > 0 {
+        tracing::info!("--synctime has no effect with --sync (every write is fsynced)");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {
         builder.worker_threads(n.max(1));
