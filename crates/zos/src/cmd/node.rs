@@ -75,7 +75,9 @@ pub async fn run_node(
     cfg.metrics_listen = a.metrics;
     cfg.admin_twins = a.admin_twins.clone();
     cfg.sync_interval = Duration::from_secs(a.sync_secs.max(1));
+    // The binary composes the node from primitive crates; the agent knows no workload type.
     let mut registry = zos_node::PrimitiveRegistry::new();
+    zos_network::register(&mut registry);
     if !a.pools.is_empty() {
         let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),

@@ -1,0 +1,222 @@
+//! Network primitives for the zos node. There is no network primitive yet (no bridges,
+//! WireGuard or public IPs are made); what lives here are the node API's **views** of network,
+//! public IP and VM workloads, as [`ApiCommand`]s over the stored deployments, so that the
+//! agent itself knows no workload type. The `network`, `ip` and `zmachine` primitives will
+//! join them here (and in `zos-vm`).
+//!
+//! Commands (upstream `pkg/zos_api` names and shapes):
+//! - `zos.network.list_wg_ports`: WireGuard ports of network workloads holding resources
+//!   (state ok or paused) on this node, every twin's (the port space is the node's), sorted;
+//! - `zos.network.list_public_ips`: IPs of `ip`/`ipv4` workloads in state ok, every twin's;
+//! - `zos.network.list_private_ips {network_name}`: the caller's VM addresses in that network.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zos_primitive::{ApiCommand, NodeView, PrimitiveRegistry};
+use zos_types::data::{PublicIpResult, WorkloadData};
+use zos_types::{Deployment, ResultState, Workload, WorkloadType};
+
+/// Adds the network views to the node API.
+pub fn register(registry: &mut PrimitiveRegistry) {
+    registry.add_command("zos.network.list_wg_ports", Arc::new(WgPorts));
+    registry.add_command("zos.network.list_public_ips", Arc::new(PublicIps));
+    registry.add_command("zos.network.list_private_ips", Arc::new(PrivateIps));
+}
+
+fn workloads(node: &dyn NodeView, twin: Option<u32>) -> Result<Vec<Workload>, String> {
+    Ok(node
+        .deployments(twin)?
+        .into_iter()
+        .flat_map(|d: Deployment| d.workloads)
+        .collect())
+}
+
+/// `zos.network.list_wg_ports`.
+struct WgPorts;
+
+#[async_trait]
+impl ApiCommand for WgPorts {
+    async fn call(
+        &self,
+        node: &dyn NodeView,
+        _twin: u32,
+        _payload: Value,
+    ) -> Result<Value, String> {
+        let mut ports: Vec<u16> = workloads(node, None)?
+            .iter()
+            .filter(|w| w.result.state.is_okay())
+            .filter_map(|w| match w.typed_data() {
+                Ok(WorkloadData::Network(n)) => Some(n.wireguard_listen_port),
+                _ => None,
+            })
+            .filter(|p| *p != 0)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(json!(ports))
+    }
+}
+
+/// `zos.network.list_public_ips`.
+struct PublicIps;
+
+#[async_trait]
+impl ApiCommand for PublicIps {
+    async fn call(
+        &self,
+        node: &dyn NodeView,
+        _twin: u32,
+        _payload: Value,
+    ) -> Result<Value, String> {
+        let ips: Vec<String> = workloads(node, None)?
+            .iter()
+            .filter(|w| matches!(w.workload_type, WorkloadType::Ip | WorkloadType::Ipv4))
+            .filter(|w| w.result.state == ResultState::Ok)
+            .filter_map(|w| serde_json::from_value::<PublicIpResult>(w.result.data.clone()).ok())
+            .filter_map(|r| serde_json::to_value(r.ip).ok())
+            .filter_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+            .collect();
+        Ok(json!(ips))
+    }
+}
+
+#[derive(Deserialize)]
+struct NetworkNameArg {
+    network_name: String,
+}
+
+/// `zos.network.list_private_ips {network_name}`: only the caller's VMs.
+struct PrivateIps;
+
+#[async_trait]
+impl ApiCommand for PrivateIps {
+    async fn call(&self, node: &dyn NodeView, twin: u32, payload: Value) -> Result<Value, String> {
+        let a: NetworkNameArg =
+            serde_json::from_value(payload).map_err(|e| format!("invalid request payload: {e}"))?;
+        let mut out = Vec::new();
+        for w in workloads(node, Some(twin))? {
+            let interfaces = match w.typed_data() {
+                Ok(WorkloadData::Zmachine(m)) => m.network.interfaces,
+                Ok(WorkloadData::ZmachineLight(m)) => m.network.interfaces,
+                _ => continue,
+            };
+            for i in interfaces
+                .into_iter()
+                .filter(|i| i.network == a.network_name)
+            {
+                if let Some(ip) = serde_json::to_value(i.ip)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .filter(|s| !s.is_empty())
+                {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(json!(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The stored deployments, as the agent's store would hand them out.
+    struct Stored(Vec<Deployment>);
+
+    impl NodeView for Stored {
+        fn deployments(&self, twin: Option<u32>) -> Result<Vec<Deployment>, String> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|d| twin.is_none_or(|t| d.twin_id == t))
+                .cloned()
+                .collect())
+        }
+    }
+
+    fn wl(name: &str, t: WorkloadType, data: Value, state: ResultState) -> Workload {
+        let mut w = Workload {
+            name: name.into(),
+            workload_type: t,
+            data,
+            ..Workload::default()
+        };
+        w.result.state = state;
+        w
+    }
+
+    fn node(state: ResultState) -> Stored {
+        let mut public = wl("pub", WorkloadType::Ip, json!({"v4": true}), state);
+        public.result.data = json!({"ip": "185.1.1.5/24"});
+        Stored(vec![Deployment {
+            twin_id: 3,
+            contract_id: 1,
+            workloads: vec![
+                wl(
+                    "net",
+                    WorkloadType::Network,
+                    json!({"ip_range": "10.1.0.0/16", "subnet": "10.1.1.0/24",
+                           "wireguard_listen_port": 3011}),
+                    state,
+                ),
+                public,
+                wl(
+                    "vm",
+                    WorkloadType::Zmachine,
+                    json!({"flist": "x", "network": {"interfaces": [{"network": "net", "ip": "10.1.1.2"}]},
+                           "compute_capacity": {"cpu": 1, "memory": 268435456}, "size": 0,
+                           "entrypoint": "/sbin/init"}),
+                    state,
+                ),
+            ],
+            ..Deployment::default()
+        }])
+    }
+
+    async fn call(node: &Stored, name: &str, twin: u32, payload: Value) -> Result<Value, String> {
+        let mut r = PrimitiveRegistry::new();
+        register(&mut r);
+        r.command(name).unwrap().call(node, twin, payload).await
+    }
+
+    #[tokio::test]
+    async fn views_come_from_stored_workloads() {
+        let init = node(ResultState::Init);
+        assert_eq!(
+            call(&init, "zos.network.list_wg_ports", 3, Value::Null).await,
+            Ok(json!([]))
+        );
+        assert_eq!(
+            call(&init, "zos.network.list_public_ips", 3, Value::Null).await,
+            Ok(json!([]))
+        );
+        let ok = node(ResultState::Ok);
+        assert_eq!(
+            call(&ok, "zos.network.list_wg_ports", 3, Value::Null).await,
+            Ok(json!([3011]))
+        );
+        assert_eq!(
+            call(&ok, "zos.network.list_public_ips", 9, Value::Null).await,
+            Ok(json!(["185.1.1.5/24"]))
+        );
+        let arg = json!({"network_name": "net"});
+        assert_eq!(
+            call(&ok, "zos.network.list_private_ips", 3, arg.clone()).await,
+            Ok(json!(["10.1.1.2"]))
+        );
+        // another twin's network is not visible
+        assert_eq!(
+            call(&ok, "zos.network.list_private_ips", 4, arg).await,
+            Ok(json!([]))
+        );
+        let e = call(&ok, "zos.network.list_private_ips", 3, json!({"name": 1})).await;
+        assert!(e.unwrap_err().starts_with("invalid request payload"));
+    }
+}
