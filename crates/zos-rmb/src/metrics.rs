@@ -44,6 +44,7 @@ pub struct RelayMetrics {
     pub(crate) logins_delayed: AtomicU64,
     pub(crate) login_bans: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) frame_bytes_peak: AtomicU64,
     bounced: [AtomicU64; BOUNCE_CODES.len()],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -117,6 +118,11 @@ impl RelayMetrics {
     /// Logins: (accepted, failed).
     pub fn logins(&self) -> (u64, u64) {
         (self.auth_ok.load(Relaxed), self.auth_failed.load(Relaxed))
+    }
+
+    /// The most unfinished-message bytes ever drawn from the shared budget at once.
+    pub fn frame_bytes_peak(&self) -> u64 {
+        self.frame_bytes_peak.load(Relaxed)
     }
 
     /// Envelopes dropped by the duplicate filter.
@@ -239,6 +245,11 @@ impl RelayMetrics {
                 "zos_rmb_relay_frame_bytes",
                 "Unfinished-message bytes drawn from the shared budget.",
                 g.frame_bytes,
+            ),
+            (
+                "zos_rmb_relay_frame_bytes_peak",
+                "Most unfinished-message bytes drawn from the shared budget at once.",
+                usize::try_from(self.frame_bytes_peak.load(Relaxed)).unwrap_or(usize::MAX),
             ),
             (
                 "zos_rmb_relay_banned_addresses",

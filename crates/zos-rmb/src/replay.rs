@@ -52,6 +52,11 @@ impl SeenIds {
         }
     }
 
+    pub(crate) fn set_limits(&mut self, per_sender: usize, total: usize) {
+        self.per_sender = per_sender.max(1);
+        self.total = total.max(1);
+    }
+
     /// Drops every id whose bucket has wholly expired at `now` (amortised: each id is
     /// touched once when it is recorded and once when its bucket goes).
     pub(crate) fn expire(&mut self, now: u64) {

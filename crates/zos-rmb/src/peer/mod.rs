@@ -381,6 +381,13 @@ impl Peer {
         }
     }
 
+    /// Sets the replay cache's bounds: live ids per source twin (default 50,000) and in
+    /// total (default 1,000,000; past it only twins below their fair share are taken). Ids
+    /// already recorded stay.
+    pub fn set_replay_limits(&self, per_sender: usize, total: usize) {
+        lock(&self.inner.replay).set_limits(per_sender, total);
+    }
+
     /// This twin's id.
     pub fn twin_id(&self) -> u32 {
         self.inner.twin

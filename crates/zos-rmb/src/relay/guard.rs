@@ -304,6 +304,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         }
         let charge = (held - l.frame_allowance) - (held - n).saturating_sub(l.frame_allowance);
         let total = guard.frame_bytes.fetch_add(charge, Ordering::AcqRel) + charge;
+        guard
+            .metrics
+            .frame_bytes_peak
+            .fetch_max(total as u64, Ordering::Relaxed);
         if total > l.frame_memory_total {
             guard.metrics.frame_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %conn.addr, held, total, "closing connection: unfinished-message memory budget exhausted");
