@@ -2,9 +2,10 @@
 //! for serving.
 //!
 //! Every incoming envelope goes through the same checks, in order, before anything acts on it:
-//! decode → addressed to us → time (TTL, skew) → source twin exists → signature over every
-//! field (against the ledger key) → replay (id not seen within its TTL) → decrypt. A reply is
-//! accepted only for a pending call, and only from the twin that call went to.
+//! decode → addressed to us → time (TTL, skew, one-hour window) → id not already seen →
+//! source twin exists → signature over every field (against the ledger key) → decrypt →
+//! record the id (per-sender quota). A reply is accepted only for a pending call, and only
+//! from the twin that call went to.
 
 mod inbound;
 mod link;
