@@ -235,7 +235,7 @@ impl Api {
             "zos.system.version" => Ok(json!({ "zos": env!("CARGO_PKG_VERSION"), "zinit": "" })),
             "zos.system.dmi" => Ok(sysinfo::dmi()),
             "zos.system.hypervisor" => Ok(json!(sysinfo::hypervisor())),
-            "zos.system.diagnostics" => Ok(self.diagnostics()),
+            "zos.system.diagnostics" => Ok(self.diagnostics().await),
             "zos.system.node_features_get" => to_value(&self.engine.registry().features()),
             c if c.starts_with("zos.admin.") => {
                 let farm_twin = self.state.farm_twin.load(Ordering::Relaxed);
@@ -322,13 +322,25 @@ impl Api {
         }))
     }
 
-    fn diagnostics(&self) -> Value {
-        let modules = self
+    /// The node's loops, plus the health of every primitive set (`Lifecycle::health`) as
+    /// module `primitives.<name>`.
+    async fn diagnostics(&self) -> Value {
+        let mut modules = self
             .state
             .modules
             .lock()
             .expect("module status lock")
             .clone();
+        for (name, h) in self.engine.registry().health().await {
+            let status = if h.ok { "running" } else { "error" };
+            modules.insert(
+                format!("primitives.{name}"),
+                ModuleStatus {
+                    status: status.into(),
+                    error: if h.ok { String::new() } else { h.message },
+                },
+            );
+        }
         let healthy = modules
             .values()
             .all(|m| m.status != "error" && m.status != "stopped");
@@ -665,6 +677,17 @@ mod tests {
         let mut registry = crate::primitives::PrimitiveRegistry::new();
         registry.add_command("zos.test.count", Arc::new(Count));
         registry.add_command("zos.system.version", Arc::new(Count));
+        struct Sick;
+        #[async_trait::async_trait]
+        impl crate::primitives::Lifecycle for Sick {
+            fn name(&self) -> &str {
+                "sick"
+            }
+            async fn health(&self) -> crate::primitives::Health {
+                crate::primitives::Health::failing("disk gone")
+            }
+        }
+        registry.add_lifecycle(Arc::new(Sick));
         let engine = crate::engine::Engine::new(
             crate::store::Store::open(&dir.path().join("e.redb")).unwrap(),
             Arc::new(crate::chain::fake::FakeChain::default()),
@@ -720,6 +743,12 @@ mod tests {
                 .unwrap()
                 .is_object()
         );
+        let d = api
+            .dispatch(3, "zos.system.diagnostics", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(d["healthy"], json!(false));
+        assert_eq!(d["modules"]["primitives.sick"]["error"], json!("disk gone"));
     }
 
     proptest! {
