@@ -3,10 +3,11 @@
 //! every socket, and a polite refusal (HTTP 503 + JSON-RPC error) when every slot is taken.
 //! A WebSocket keeps its connection's slot after the upgrade (see [`ConnCtx`]).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 use crate::server::App;
+use crate::throttle::Source;
 
 /// Largest HTTP request head (hyper's read buffer; its minimum is 8 KiB). JSON-RPC requests
 /// need a few hundred bytes of headers.
@@ -44,16 +46,50 @@ pub(crate) struct ConnCtx {
     pub _slot: Arc<Slot>,
 }
 
-/// One of `max_connections`; counted in `connections_open` while it lives.
+/// One of `max_connections`; counted in `connections_open` and in its source's count while
+/// it lives.
 #[derive(Debug)]
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
+    per_source: Arc<PerSource>,
+    source: Source,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.metrics.connection(false);
+        self.per_source.release(self.source);
+    }
+}
+
+/// Open connections per source address (an IPv4 address or an IPv6 /64), so that one host
+/// cannot take every slot.
+#[derive(Debug, Default)]
+pub(crate) struct PerSource {
+    open: Mutex<HashMap<Source, usize>>,
+}
+
+impl PerSource {
+    /// Counts a connection from `src` unless it has `max` open already.
+    fn try_take(&self, src: Source, max: usize) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(src).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, src: Source) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&src) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&src);
+            }
+        }
     }
 }
 
@@ -65,6 +101,8 @@ pub(crate) async fn accept_loop(
     stop: watch::Receiver<bool>,
 ) {
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let per_source = Arc::new(PerSource::default());
+    let per_ip = app.limits.max_connections_per_ip;
     let mut stop_accepting = stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -84,30 +122,31 @@ pub(crate) async fn accept_loop(
         // Small JSON-RPC answers and notifications must leave at once, not wait for the
         // previous segment's ACK (Nagle + delayed ACK cost up to 40 ms per event).
         let _ = stream.set_nodelay(true);
-        match app.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let source = Source::from(peer.ip());
+        let refusal = match app.slots.clone().try_acquire_owned() {
+            Ok(permit) if per_source.try_take(source, per_ip) => {
                 app.metrics.connection(true);
                 let slot = Arc::new(Slot {
                     _permit: permit,
                     metrics: app.metrics.clone(),
+                    per_source: per_source.clone(),
+                    source,
                 });
                 let ctx = ConnCtx { peer, _slot: slot };
-                tokio::spawn(serve(
-                    stream,
-                    ctx,
-                    router.clone(),
-                    app.clone(),
-                    stop.clone(),
-                ));
+                let conn = serve(stream, ctx, router.clone(), app.clone(), stop.clone());
+                tokio::spawn(conn);
+                continue;
             }
-            Err(_) => {
-                app.metrics.refused();
-                debug!(%peer, "ledger full; refusing a connection");
-                if let Ok(p) = refusals.clone().try_acquire_owned() {
-                    let max = app.limits.max_connections;
-                    tokio::spawn(refuse(stream, max, p));
-                }
-            }
+            Ok(_) => format!("too many connections from {}: at most {per_ip}", peer.ip()),
+            Err(_) => format!(
+                "server full: {} connections open",
+                app.limits.max_connections
+            ),
+        };
+        app.metrics.refused();
+        debug!(%peer, reason = %refusal, "refusing a connection");
+        if let Ok(p) = refusals.clone().try_acquire_owned() {
+            tokio::spawn(refuse(stream, refusal, p));
         }
     }
 }
@@ -167,13 +206,16 @@ async fn serve(
     }
 }
 
-/// Answers a connection over the cap with a 503 and a JSON-RPC error, then closes it.
-async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit) {
-    let body = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{{\"code\":{},\"message\":\"server full: \
-         {max} connections open; retry later\"}}}}",
-        crate::rpc::codes::BUSY
+/// Answers a connection over a cap with a 503 and a JSON-RPC error, then closes it.
+async fn refuse(mut stream: TcpStream, reason: String, _permit: OwnedSemaphorePermit) {
+    let error = crate::rpc::Response::from_result(
+        serde_json::Value::Null,
+        Err(crate::rpc::RpcError::new(
+            crate::rpc::codes::BUSY,
+            format!("{reason}; retry later"),
+        )),
     );
+    let body = serde_json::to_string(&error).unwrap_or_default();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",

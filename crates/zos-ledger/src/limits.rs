@@ -10,6 +10,9 @@ pub struct Limits {
     /// Connections served at once (HTTP and WebSocket alike). When full, a new connection gets
     /// an HTTP 503 with a JSON-RPC error and is closed.
     pub max_connections: usize,
+    /// Connections from one source address (an IPv4 address or an IPv6 /64) at once, so that
+    /// one host cannot take every slot; more are refused the same way.
+    pub max_connections_per_ip: usize,
     /// Time allowed for an HTTP request head. The timer starts as soon as the connection waits
     /// for a request, so it is also the idle limit of a keep-alive connection between requests
     /// (hyper's `header_read_timeout`).
@@ -37,6 +40,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),

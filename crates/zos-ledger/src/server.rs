@@ -91,6 +91,9 @@ fn check_limits(l: &Limits) -> Result<(), LedgerError> {
             l.max_body_bytes
         ));
     }
+    if l.max_connections_per_ip == 0 {
+        return bad("max connections per address must be at least 1".into());
+    }
     if l.body_memory < l.max_body_bytes || l.body_memory > Semaphore::MAX_PERMITS {
         return bad(format!(
             "body memory ({}) must be at least the max body size ({})",
@@ -318,20 +321,20 @@ enum BodyError {
 async fn read_body(
     app: &App,
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), BodyError> {
     let max = app.limits.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(BodyError::TooLarge);
-    }
     let waiting = AtomicBool::new(false);
     let read = async {
-        let mut body = body;
-        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(BodyError::TooLarge);
+        }
+        // Grown as bytes arrive (and are budgeted), not reserved on the client's word.
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(PREALLOC));
         let mut held: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
@@ -341,31 +344,63 @@ async fn read_body(
             if buf.len() + data.len() > max {
                 return Err(BodyError::TooLarge);
             }
-            // Frames are at most hyper's read buffer, and the total is under max (a u32).
-            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
-            waiting.store(true, Ordering::Relaxed);
-            let permit = app
-                .body_memory
-                .clone()
-                .acquire_many_owned(n)
-                .await
-                .map_err(|_| BodyError::Busy)?;
-            waiting.store(false, Ordering::Relaxed);
-            match held.as_mut() {
-                Some(h) => h.merge(permit),
-                None => held = Some(permit),
+            // The first FREE_BODY_BYTES of every body are not budgeted, so ordinary requests
+            // never queue behind large ones waiting for the budget.
+            let over = (buf.len() + data.len()).saturating_sub(FREE_BODY_BYTES.max(buf.len()));
+            if over > 0 {
+                // Frames are at most hyper's read buffer, and the total is under max (a u32).
+                let n = u32::try_from(over).map_err(|_| BodyError::TooLarge)?;
+                waiting.store(true, Ordering::Relaxed);
+                let permit = app
+                    .body_memory
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| BodyError::Busy)?;
+                waiting.store(false, Ordering::Relaxed);
+                match held.as_mut() {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
             }
             buf.extend_from_slice(&data);
         }
         Ok((buf, held))
     };
-    match tokio::time::timeout(app.limits.body_timeout, read).await {
+    let result = match tokio::time::timeout(app.limits.body_timeout, read).await {
         Ok(r) => r,
         // Out of time while waiting for the shared budget: the server's fault, not the client's.
         Err(_) if waiting.load(Ordering::Relaxed) => Err(BodyError::Busy),
         Err(_) => Err(BodyError::TimedOut),
+    };
+    if matches!(result, Err(BodyError::TooLarge)) {
+        // Read (and drop) what the client is still sending, within bounds: closing a socket
+        // with unread input resets it, and the client would lose the 413 it should see.
+        let drain = async {
+            let mut left = DRAIN_BYTES;
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len());
+                left = left.saturating_sub(n);
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(app.limits.body_timeout.min(DRAIN_TIME), drain).await;
     }
+    result
 }
+
+/// Bytes of each request body outside the shared `body_memory` budget (every ordinary JSON-RPC
+/// request fits): unfinished bodies hold at most `body_memory` + this × connections.
+const FREE_BODY_BYTES: usize = 16 << 10;
+
+/// Largest buffer reserved up front for a request body.
+const PREALLOC: usize = 64 << 10;
+
+/// Bytes and time spent reading an oversized body to the end before answering 413.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 async fn http_rpc(
     State(app): State<Arc<App>>,

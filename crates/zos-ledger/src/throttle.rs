@@ -133,7 +133,10 @@ impl Throttle {
         r.failures = r.failures.saturating_add(1);
         r.last_failure = now;
         let mut banned = false;
-        if r.failures >= p.ban_after {
+        // A failure during a running ban was admitted before it began (a request in flight):
+        // it counts, but only a failure after the ban ends bans again, for twice as long.
+        let running = r.banned_until.is_some_and(|t| t > now);
+        if r.failures >= p.ban_after && !running {
             let factor = 1u32.checked_shl(r.bans.min(31)).unwrap_or(u32::MAX);
             let ban = p.ban.saturating_mul(factor).min(p.max_ban);
             // A ban past the end of `Instant` (an absurd --sig-max-ban) is capped at an hour.
@@ -171,7 +174,11 @@ mod tests {
 
     #[test]
     fn free_then_delayed_then_banned_with_doubling() {
-        let t = Throttle::new(policy());
+        let t = Throttle::new(SigThrottle {
+            ban: Duration::from_millis(100),
+            max_ban: Duration::from_millis(250),
+            ..policy()
+        });
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..2 {
             let p = t.failed(ip);
@@ -184,15 +191,22 @@ mod tests {
         assert!(t.banned(ip).is_none());
         let p = t.failed(ip);
         assert!(p.banned);
-        let left = t.banned(ip).unwrap();
-        assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
-        // Another failure (one that slipped in concurrently) bans for twice as long, then the cap.
-        t.failed(ip);
-        assert!(t.banned(ip).unwrap() > Duration::from_secs(119));
-        t.failed(ip);
-        assert!(t.banned(ip).unwrap() <= Duration::from_secs(150));
+        assert!(t.banned(ip).unwrap() <= Duration::from_millis(100));
+        // A failure that was in flight when the ban began does not extend it.
+        assert!(!t.failed(ip).banned);
+        assert!(t.banned(ip).unwrap() <= Duration::from_millis(100));
         // Other addresses are not affected.
         assert!(t.banned("10.0.0.2".parse().unwrap()).is_none());
+        // After the ban, one failure bans again for twice as long, then at most max_ban.
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(t.banned(ip).is_none());
+        assert!(t.failed(ip).banned);
+        assert!(t.banned(ip).unwrap() > Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(t.banned(ip).is_none());
+        assert!(t.failed(ip).banned);
+        let left = t.banned(ip).unwrap();
+        assert!(left > Duration::from_millis(200) && left <= Duration::from_millis(250));
     }
 
     #[test]

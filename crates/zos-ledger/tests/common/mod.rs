@@ -171,3 +171,82 @@ pub async fn spawn_dev_server(
     });
     (LedgerClient::new(&url).unwrap(), tx, handle)
 }
+
+/// A ledger server with chosen limits, stopped by `shutdown`.
+pub struct Server {
+    pub _dir: tempfile::TempDir,
+    pub addr: std::net::SocketAddr,
+    pub url: String,
+    pub client: LedgerClient,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(limits: zos_ledger::Limits, dev_mode: bool) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = zos_ledger::LedgerConfig::dev(dir.path().to_path_buf());
+        cfg.limits = limits;
+        if !dev_mode {
+            cfg.dev = false;
+            cfg.genesis = Some(dev::genesis(wall()));
+            cfg.block_interval = std::time::Duration::from_millis(10);
+        }
+        let server = zos_ledger::LedgerServer::bind(cfg).await.unwrap();
+        let addr = server.local_addr();
+        let url = format!("http://{addr}");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            _dir: dir,
+            addr,
+            client: LedgerClient::new(&url).unwrap(),
+            url,
+            stop,
+            handle,
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(15), self.handle)
+            .await
+            .expect("ledger stops within 15 s")
+            .unwrap();
+    }
+}
+
+pub fn wall() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Resident memory of this process in bytes.
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The soft limit on open files of this process.
+pub fn nofile_soft() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}

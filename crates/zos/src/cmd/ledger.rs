@@ -68,6 +68,9 @@ pub struct ServeLimits {
     /// Connections served at once (HTTP and WebSocket); more get HTTP 503 and are closed.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Connections from one address (IPv4, or IPv6 /64) at once; more are refused the same way.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Seconds allowed for an HTTP request head; also the idle limit between keep-alive requests.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
@@ -114,6 +117,7 @@ impl ServeLimits {
         };
         zos_ledger::Limits {
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             header_timeout: secs(self.header_timeout),
             body_timeout: secs(self.body_timeout),
             idle_timeout: secs(self.idle_timeout),
