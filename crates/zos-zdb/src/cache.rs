@@ -536,7 +536,7 @@ mod tests {
                             }
                             _ => {
                                 if model.remove(&(n, key.clone())).is_some() {
-                                    ns.lock().del(&key).unwrap();
+                                    ns.lock().del(&key, None).unwrap();
                                 }
                             }
                         }

@@ -77,7 +77,11 @@ pub enum Command {
     },
     Get(Bytes),
     MGet(Vec<Bytes>),
-    Del(Bytes),
+    /// `DEL key [timestamp]` (the timestamp is admin-only, as upstream: replication).
+    Del {
+        key: Bytes,
+        timestamp: Option<u32>,
+    },
     Exists(Bytes),
     Check(Bytes),
     Length(Bytes),
@@ -116,6 +120,14 @@ pub enum Command {
         fileid: u32,
         offset: u32,
     },
+    /// `RELOAD <ns>`: reopen a namespace from its files.
+    Reload(String),
+    /// `HOOKS`: recent hook runs.
+    Hooks,
+    /// `MIRROR [<ns> <entries>]…`: this connection becomes a replication feed.
+    Mirror(Vec<(String, u64)>),
+    /// `MASTER`: this connection is the replication source of this server.
+    Master,
 }
 
 impl Command {
@@ -132,7 +144,7 @@ impl Command {
             Command::Set { .. } => "SET",
             Command::Get(_) => "GET",
             Command::MGet(_) => "MGET",
-            Command::Del(_) => "DEL",
+            Command::Del { .. } => "DEL",
             Command::Exists(_) => "EXISTS",
             Command::Check(_) => "CHECK",
             Command::Length(_) => "LENGTH",
@@ -154,6 +166,10 @@ impl Command {
             Command::Wait { .. } => "WAIT",
             Command::IndexDirty { .. } => "INDEX",
             Command::DataRaw { .. } => "DATA",
+            Command::Reload(_) => "RELOAD",
+            Command::Hooks => "HOOKS",
+            Command::Mirror(_) => "MIRROR",
+            Command::Master => "MASTER",
         }
     }
 }
@@ -163,7 +179,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "PING", "ECHO", "HELLO", "TIME", "AUTH", "INFO", "STOP", "SET", "SETX", "GET", "MGET", "DEL",
     "EXISTS", "CHECK", "LENGTH", "KEYTIME", "KEYCUR", "SCAN", "SCANX", "RSCAN", "KSCAN", "HISTORY",
     "DBSIZE", "NSNEW", "NSDEL", "NSLIST", "NSINFO", "NSSET", "NSJUMP", "SELECT", "FLUSH", "WAIT",
-    "INDEX", "DATA",
+    "INDEX", "DATA", "RELOAD", "HOOKS", "MIRROR", "MASTER",
 ];
 
 /// A request that is well framed but not a valid command; the text is the error reply.
@@ -172,6 +188,20 @@ pub const COMMAND_NAMES: &[&str] = &[
 pub struct CommandError(pub &'static str);
 
 const UNEXPECTED: CommandError = CommandError("Unexpected arguments");
+/// Upstream's answer to a key longer than [`crate::namespace::MAX_KEY`], for every key command.
+const INVALID_KEY: CommandError = CommandError("Invalid key");
+
+/// A key argument: over the limit is `-Invalid key` (upstream), never a silent miss.
+fn key_arg(b: &Bytes) -> Result<Bytes, CommandError> {
+    if b.len() > crate::namespace::MAX_KEY {
+        return Err(INVALID_KEY);
+    }
+    Ok(b.clone())
+}
+
+fn parse_ts(b: &[u8]) -> Result<u32, CommandError> {
+    u32::try_from(parse_u64(b, "Invalid timestamp")?).map_err(|_| CommandError("Invalid timestamp"))
+}
 
 fn expect_args(args: &[Bytes], n: usize) -> Result<(), CommandError> {
     if args.len() == n {
@@ -210,19 +240,17 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
     };
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     let one = |n: usize| expect_args(args, n).map(|()| args[1].clone());
+    let key = |n: usize| expect_args(args, n).and_then(|()| key_arg(&args[1]));
     let cmd = if is("GET") {
-        Command::Get(one(2)?)
+        Command::Get(key(2)?)
     } else if is("SET") || is("SETX") {
         let timestamp = match args.len() {
             3 => None,
-            4 => Some(
-                u32::try_from(parse_u64(&args[3], "Invalid timestamp")?)
-                    .map_err(|_| CommandError("Invalid timestamp"))?,
-            ),
+            4 => Some(parse_ts(&args[3])?),
             _ => return Err(UNEXPECTED),
         };
         Command::Set {
-            key: args[1].clone(),
+            key: key_arg(&args[1])?,
             value: args[2].clone(),
             timestamp,
         }
@@ -259,17 +287,25 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         }
         Command::MGet(args[1..].to_vec())
     } else if is("DEL") {
-        Command::Del(one(2)?)
+        let timestamp = match args.len() {
+            2 => None,
+            3 => Some(parse_ts(&args[2])?),
+            _ => return Err(UNEXPECTED),
+        };
+        Command::Del {
+            key: key_arg(&args[1])?,
+            timestamp,
+        }
     } else if is("EXISTS") {
-        Command::Exists(one(2)?)
+        Command::Exists(key(2)?)
     } else if is("CHECK") {
-        Command::Check(one(2)?)
+        Command::Check(key(2)?)
     } else if is("LENGTH") {
-        Command::Length(one(2)?)
+        Command::Length(key(2)?)
     } else if is("KEYTIME") {
-        Command::KeyTime(one(2)?)
+        Command::KeyTime(key(2)?)
     } else if is("KEYCUR") {
-        Command::KeyCur(one(2)?)
+        Command::KeyCur(key(2)?)
     } else if is("SCAN") || is("SCANX") || is("RSCAN") {
         let cursor = match args.len() {
             1 => None,
@@ -286,7 +322,7 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
     } else if is("HISTORY") {
         match args.len() {
             2 | 3 => Command::History {
-                key: args[1].clone(),
+                key: key_arg(&args[1])?,
                 cursor: args.get(2).cloned(),
             },
             _ => return Err(CommandError("Invalid arguments")),
@@ -343,6 +379,26 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         let offset = u32::try_from(parse_u64(&args[3], "Invalid offset")?)
             .map_err(|_| CommandError("Invalid offset"))?;
         Command::DataRaw { fileid, offset }
+    } else if is("RELOAD") {
+        Command::Reload(ns_name(&one(2)?)?)
+    } else if is("HOOKS") {
+        expect_args(args, 1)?;
+        Command::Hooks
+    } else if is("MIRROR") {
+        if args.len() % 2 != 1 {
+            return Err(CommandError("Invalid arguments"));
+        }
+        let mut have = Vec::with_capacity(args.len() / 2);
+        for pair in args[1..].chunks(2) {
+            have.push((
+                ns_name(&pair[0])?,
+                parse_u64(&pair[1], "Invalid arguments")?,
+            ));
+        }
+        Command::Mirror(have)
+    } else if is("MASTER") {
+        expect_args(args, 1)?;
+        Command::Master
     } else {
         return Err(CommandError("Command not supported"));
     };
@@ -497,6 +553,26 @@ mod tests {
             })
         );
         assert!(p(&["SET", "k", "v", "notanumber"]).is_err());
+        let long = "k".repeat(256);
+        for cmd in [
+            "GET", "EXISTS", "CHECK", "LENGTH", "KEYTIME", "DEL", "KEYCUR",
+        ] {
+            assert_eq!(p(&[cmd, &long]), Err(INVALID_KEY), "{cmd}");
+            assert!(p(&[cmd, &long[1..]]).is_ok(), "{cmd}");
+        }
+        assert_eq!(p(&["SET", &long, "v"]), Err(INVALID_KEY));
+        assert_eq!(
+            p(&["DEL", "k", "7"]),
+            Ok(Command::Del {
+                key: Bytes::from_static(b"k"),
+                timestamp: Some(7)
+            })
+        );
+        assert_eq!(
+            p(&["MIRROR", "default", "3"]),
+            Ok(Command::Mirror(vec![("default".into(), 3)]))
+        );
+        assert!(p(&["MIRROR", "default"]).is_err());
         assert!(p(&["NSSET", "a", "encryption-key", "zz"]).is_err());
         assert_eq!(
             p(&["hello", "3", "AUTH", "default", "pw", "SETNAME", "x"]),

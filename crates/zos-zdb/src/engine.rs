@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cache::{CacheBudget, CacheStats};
 use crate::descriptor::Descriptor;
+use crate::hooks::Hooks;
 use crate::namespace::Namespace;
 use crate::store::StoreError;
 use crate::{Mode, ZdbError};
@@ -55,6 +56,7 @@ pub struct Engine {
     namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
     syncer: Syncer,
     cache: Arc<CacheBudget>,
+    hooks: Option<Arc<Hooks>>,
 }
 
 /// Namespace names that map safely to one directory.
@@ -71,6 +73,14 @@ pub fn valid_ns_name(name: &str) -> bool {
 impl Engine {
     /// Opens every namespace found under the index directory (creating `default`).
     pub fn open(cfg: EngineConfig) -> Result<Engine, ZdbError> {
+        Engine::open_with_hooks(cfg, None)
+    }
+
+    /// [`Engine::open`], telling `hooks` about namespace events and file rotations.
+    pub fn open_with_hooks(
+        cfg: EngineConfig,
+        hooks: Option<Arc<Hooks>>,
+    ) -> Result<Engine, ZdbError> {
         for dir in [&cfg.data_dir, &cfg.index_dir] {
             std::fs::create_dir_all(dir).map_err(|source| {
                 ZdbError::Store(StoreError::Io {
@@ -102,6 +112,7 @@ impl Engine {
             cfg,
             namespaces: RwLock::new(BTreeMap::new()),
             syncer: Syncer::default(),
+            hooks,
         };
         for name in names {
             let ns = Arc::new(engine.open_ns(&name)?);
@@ -128,6 +139,22 @@ impl Engine {
             name: name.to_string(),
             source,
         })?;
+        if let Some(h) = &self.hooks {
+            let h = h.clone();
+            ns.lock().store.on_jump = Some(Arc::new(move |ci, ni, cd, nd| {
+                let p = |p: &Path| p.display().to_string();
+                h.fire("jump-index", vec![p(ci), p(ni)]);
+                h.fire("jump-data", vec![p(cd), p(nd)]);
+            }));
+        }
+        self.enforce_mode(&ns)?;
+        Ok(ns)
+    }
+
+    /// With `--mode`, a namespace holding the other mode's data is refused; an empty one is
+    /// switched.
+    fn enforce_mode(&self, ns: &Namespace) -> Result<(), ZdbError> {
+        let name = &ns.name;
         if let Some(mode) = self.cfg.mode {
             let mut st = ns.lock();
             if st.desc.mode != mode {
@@ -141,7 +168,34 @@ impl Engine {
                 st.set_mode(mode);
             }
         }
-        Ok(ns)
+        Ok(())
+    }
+
+    /// Queues a hook event (no-op without `--hook`).
+    pub fn fire(&self, event: &str, args: Vec<String>) {
+        if let Some(h) = &self.hooks {
+            h.fire(event, args);
+        }
+    }
+
+    /// The hook runner, if `--hook` was given.
+    pub fn hooks(&self) -> Option<&Arc<Hooks>> {
+        self.hooks.as_ref()
+    }
+
+    /// `RELOAD`: reopens a namespace from its files. `Ok(false)` if it does not exist.
+    pub fn reload(&self, name: &str) -> Result<bool, ZdbError> {
+        let Some(ns) = self.get(name) else {
+            return Ok(false);
+        };
+        ns.reload(self.cfg.datasize)
+            .map_err(|source| ZdbError::Namespace {
+                name: name.to_string(),
+                source,
+            })?;
+        self.enforce_mode(&ns)?;
+        self.fire("namespace-reloaded", vec![name.to_string()]);
+        Ok(true)
     }
 
     fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Namespace>>> {
@@ -191,6 +245,8 @@ impl Engine {
         let ns = Arc::new(ns);
         self.cache.register(&ns);
         map.insert(name.to_string(), ns);
+        drop(map);
+        self.fire("namespace-created", vec![name.to_string()]);
         Ok(true)
     }
 
@@ -200,14 +256,17 @@ impl Engine {
             return Ok(false);
         };
         ns.mark_deleted();
+        self.fire("namespace-closing", vec![name.to_string()]);
         // Hold the state lock so that no command is half-way through while files go away.
-        let _st = ns.lock();
+        let st = ns.lock();
         for dir in [&ns.data_dir, &ns.index_dir] {
             remove_dir(dir).map_err(|source| ZdbError::Namespace {
                 name: name.to_string(),
                 source,
             })?;
         }
+        drop(st);
+        self.fire("namespace-deleted", vec![name.to_string()]);
         Ok(true)
     }
 

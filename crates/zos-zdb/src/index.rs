@@ -200,13 +200,10 @@ impl KeyIndex {
             },
             KeyIndex::Seq { slots, live } => {
                 let id = usize::try_from(Self::seq_id(key)?).ok()?;
-                // Ids are allocated densely, so a valid entry is at most one past the end.
-                if id > slots.len() {
-                    tracing::warn!(id, "seq entry out of order, ignored");
-                    return None;
-                }
-                if id == slots.len() {
-                    slots.push(None);
+                // Ids an update consumed stay empty (callers bound `id` by the next id, so a
+                // damaged entry cannot make this allocate without limit).
+                if id >= slots.len() {
+                    slots.resize(id + 1, None);
                 }
                 let old = std::mem::replace(&mut slots[id], meta.map(Slot::new));
                 *live = *live + u64::from(meta.is_some()) - u64::from(old.is_some());
@@ -230,7 +227,23 @@ impl Replay for Loader<'_> {
     fn apply(&mut self, loc: Loc, e: &IndexEntry) {
         let meta = (e.flags & FLAG_DELETED == 0).then(|| Meta::of(loc, e));
         if let Some(id) = KeyIndex::seq_id(&e.key) {
-            *self.next_id = (*self.next_id).max(id + 1);
+            if matches!(self.index, KeyIndex::Seq { .. }) {
+                // Every written version took one id (an update too); a tombstone none. A new
+                // id is always the next one: anything beyond cannot come from this server.
+                if id > *self.next_id {
+                    tracing::warn!(
+                        id,
+                        next = *self.next_id,
+                        "seq entry beyond the next id, ignored"
+                    );
+                    return;
+                }
+                if meta.is_some() {
+                    *self.next_id = (*self.next_id + 1).max(id + 1);
+                }
+            } else {
+                *self.next_id = (*self.next_id).max(id + 1);
+            }
         }
         let old = self.index.put(&e.key, meta);
         *self.live_bytes = *self.live_bytes - old.map_or(0, |o| u64::from(o.meta.length))

@@ -31,6 +31,8 @@ pub mod descriptor;
 pub mod engine;
 /// On-disk record layouts (file headers, data and index entries).
 pub mod format;
+/// `--hook`: the executable run on server and namespace events.
+pub mod hooks;
 /// The in-memory index (key → location of its current version).
 pub mod index;
 /// `INFO` and `NSINFO` texts.
@@ -104,7 +106,8 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// `--socket`: unix socket path.
     pub socket: Option<PathBuf>,
-    /// `--admin`: admin password; without it nobody is admin.
+    /// `--admin`: admin password; without it every client is admin (upstream's rule, warned
+    /// about at start).
     pub admin_password: Option<String>,
     /// `--mode`: one mode for all namespaces; `None` lets each namespace choose.
     pub mode: Option<Mode>,

@@ -156,6 +156,52 @@ fn now() -> u32 {
         .unwrap_or(0)
 }
 
+/// A namespace as read from disk.
+struct Loaded {
+    desc: Descriptor,
+    store: Store,
+    index: KeyIndex,
+    live_bytes: u64,
+    next_id: u64,
+}
+
+fn load(
+    name: &str,
+    data_dir: &std::path::Path,
+    index_dir: &std::path::Path,
+    datasize: u64,
+    new_desc: Descriptor,
+) -> Result<Loaded, StoreError> {
+    std::fs::create_dir_all(index_dir).map_err(|source| StoreError::Io {
+        op: "mkdir",
+        path: index_dir.to_path_buf(),
+        source,
+    })?;
+    let desc = match Descriptor::load(index_dir)? {
+        Some(d) => d,
+        None => {
+            new_desc.save(index_dir)?;
+            new_desc
+        }
+    };
+    let mut index = KeyIndex::new(desc.mode);
+    let (mut live_bytes, mut next_id) = (0, 0);
+    let mut loader = Loader {
+        index: &mut index,
+        live_bytes: &mut live_bytes,
+        next_id: &mut next_id,
+    };
+    let store = Store::open(data_dir, index_dir, datasize, desc.mode as u8, &mut loader)?;
+    tracing::info!(ns = name, entries = index.len(), "namespace loaded");
+    Ok(Loaded {
+        desc,
+        store,
+        index,
+        live_bytes,
+        next_id,
+    })
+}
+
 /// One SCAN result line: key, plaintext length, timestamp.
 pub type ScanItem = (Bytes, u32, u32);
 
@@ -169,40 +215,14 @@ impl Namespace {
         new_desc: Descriptor,
         cache: Arc<CacheBudget>,
     ) -> Result<Namespace, StoreError> {
-        std::fs::create_dir_all(&index_dir).map_err(|source| StoreError::Io {
-            op: "mkdir",
-            path: index_dir.clone(),
-            source,
-        })?;
-        let desc = match Descriptor::load(&index_dir)? {
-            Some(d) => d,
-            None => {
-                new_desc.save(&index_dir)?;
-                new_desc
-            }
-        };
-        let mut index = KeyIndex::new(desc.mode);
-        let (mut live_bytes, mut next_id) = (0, 0);
-        let mut loader = Loader {
-            index: &mut index,
-            live_bytes: &mut live_bytes,
-            next_id: &mut next_id,
-        };
-        let store = Store::open(
-            &data_dir,
-            &index_dir,
-            datasize,
-            desc.mode as u8,
-            &mut loader,
-        )?;
-        tracing::info!(ns = name, entries = index.len(), "namespace loaded");
+        let l = load(name, &data_dir, &index_dir, datasize, new_desc)?;
         let (events, _) = broadcast::channel(64);
         let st = NsState {
-            desc,
-            store,
-            index,
-            live_bytes,
-            next_id,
+            desc: l.desc,
+            store: l.store,
+            index: l.index,
+            live_bytes: l.live_bytes,
+            next_id: l.next_id,
             cipher: None,
             cache: NsCache::new(cache),
             generation: 0,
@@ -216,6 +236,35 @@ impl Namespace {
             events,
             waiters: AtomicUsize::new(0),
         })
+    }
+
+    /// `RELOAD`: writes out what is buffered, then reads the descriptor and every file again,
+    /// as a restart would (recovering what changed on disk), in place: connections in this
+    /// namespace stay. The encryption secret given since the start is kept if it still fits.
+    pub fn reload(&self, datasize: u64) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        st.store.sync_all()?;
+        let l = load(
+            &self.name,
+            &self.data_dir,
+            &self.index_dir,
+            datasize,
+            st.desc.clone(),
+        )?;
+        st.cache.clear();
+        if l.desc.encryption != st.desc.encryption {
+            st.cipher = None;
+        }
+        let on_jump = st.store.on_jump.take();
+        st.desc = l.desc;
+        st.store = l.store;
+        st.store.on_jump = on_jump;
+        st.index = l.index;
+        st.live_bytes = l.live_bytes;
+        st.next_id = l.next_id;
+        // Reads planned before must not cache their value into the new index.
+        st.generation += 1;
+        Ok(())
     }
 
     /// Locks the namespace state. A panic while holding the lock cannot leave the on-disk
@@ -539,21 +588,30 @@ impl NsState {
         // The newest version is the likeliest to be read next.
         self.cache_put(&key, a.idx, payload);
         self.live_bytes = self.live_bytes - old_len + value.len() as u64;
-        if seq && existing.is_none() {
+        // Upstream's seq ids are positions in the index: an update takes one too, so the next
+        // append skips it (SET "" a → 0, SET 0 b, then SET "" c → 2 and id 1 stays empty).
+        if seq {
             self.next_id += 1;
         }
         Ok(Some(key))
     }
 
-    /// `DEL`: appends a tombstone.
-    pub fn del(&mut self, key: &[u8]) -> Result<(), OpError> {
+    /// `DEL`: appends a tombstone (at `timestamp`, or now). It takes no seq id.
+    pub fn del(&mut self, key: &[u8], timestamp: Option<u32>) -> Result<(), OpError> {
         self.check_key(key)?;
         let m = self.index.get(key).ok_or(client("Key not found"))?;
         if self.desc.worm {
             return Err(client("Namespace is in WORM mode, delete denied"));
         }
-        self.store
-            .append(key, FLAG_DELETED, &[], 0, now(), 0, m.idx)?;
+        self.store.append(
+            key,
+            FLAG_DELETED,
+            &[],
+            0,
+            timestamp.unwrap_or_else(now),
+            0,
+            m.idx,
+        )?;
         if let Some(old) = self.index.put(key, None).and_then(|s| s.cached) {
             self.cache.dropped(old.as_slice());
         }

@@ -142,6 +142,13 @@ impl Server {
             }
             None => None,
         };
+        if cfg.admin_password.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "no admin password (--admin): EVERY client is admin and may create, change and \
+                 delete namespaces, read their passwords and write timestamps, as upstream 0-db \
+                 does; set --admin unless this server is reachable only by trusted clients"
+            );
+        }
         let mut limits = cfg.limits.clone();
         limits.max_clients = effective_max_clients(limits.max_clients);
         let synctime = if cfg.sync { 0 } else { cfg.synctime };
@@ -715,6 +722,7 @@ async fn serve<S: Socket>(
                         encode_read(r, &mut out);
                     }
                 }
+                Outcome::Mirror(_) => Reply::err("Command not supported").encode(&mut out),
                 Outcome::Stop(r) => {
                     r.encode(&mut out);
                     close_after = true;

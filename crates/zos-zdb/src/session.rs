@@ -100,6 +100,9 @@ pub enum Outcome {
     Close(Reply),
     /// Send the reply after this delay (a throttled password failure).
     Delayed(Reply, Duration),
+    /// `MIRROR`: from now on this connection is a replication feed, starting after the
+    /// given number of entries of each namespace the replica already holds.
+    Mirror(Vec<(String, u64)>),
 }
 
 /// Per-connection state.
@@ -121,6 +124,8 @@ pub struct Session {
     /// Password-protected namespaces this connection selected with their password: it may
     /// see them in `NSLIST`/`NSINFO`.
     unlocked: Vec<String>,
+    /// `MASTER` was sent: this connection replays a master's writes (seq ids kept).
+    master: bool,
 }
 
 fn err(msg: &'static str) -> Reply {
@@ -165,11 +170,14 @@ impl Session {
         let ns = shared.engine.default_ns();
         let writable = !shared.protect;
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        // Upstream's rule: without an admin password every client is admin (the server warns
+        // at start; docs/zdb.md says why that is unsafe).
+        let admin = shared.admin_password.is_none();
         Session {
             shared,
             ns,
             writable,
-            admin: false,
+            admin,
             challenge: None,
             touched: Vec::new(),
             peer,
@@ -177,6 +185,7 @@ impl Session {
             auth_failures: 0,
             denied: false,
             unlocked: Vec::new(),
+            master: false,
         }
     }
 
@@ -253,6 +262,12 @@ impl Session {
                 };
             }
             Command::Stop if self.shared.debug => return Outcome::Stop(Reply::ok()),
+            Command::Mirror(have) => {
+                if let Err(e) = self.require_admin() {
+                    return Outcome::Reply(e);
+                }
+                return Outcome::Mirror(have);
+            }
             Command::Stop => err("Unauthorized"),
             Command::Get(key) => {
                 let plan = {
@@ -346,10 +361,13 @@ impl Session {
                 }
                 Reply::Array(out)
             }
-            Command::Del(key) => {
+            Command::Del { key, timestamp } => {
+                if timestamp.is_some() {
+                    self.require_admin()?;
+                }
                 let mut st = ns.lock();
                 self.writable(&st)?;
-                st.del(&key).map_err(op_reply)?;
+                st.del(&key, timestamp).map_err(op_reply)?;
                 drop(st);
                 self.touch();
                 Reply::ok()
@@ -514,7 +532,48 @@ impl Session {
                     Reply::Bulk(payload.into()),
                 ])
             }
-            Command::Wait { .. } | Command::Stop | Command::Get(_) => err("Command not supported"),
+            Command::Reload(name) => {
+                self.require_admin()?;
+                match self.shared.engine.reload(&name) {
+                    Ok(true) => Reply::ok(),
+                    Ok(false) => err("Namespace not found"),
+                    Err(e) => {
+                        tracing::error!(ns = %name, error = %e, "RELOAD failed");
+                        err("Could not reload namespace")
+                    }
+                }
+            }
+            Command::Hooks => {
+                self.require_admin()?;
+                let runs = self
+                    .shared
+                    .engine
+                    .hooks()
+                    .map(|h| h.runs())
+                    .unwrap_or_default();
+                Reply::Array(
+                    runs.into_iter()
+                        .map(|r| {
+                            Reply::Array(vec![
+                                text_reply(r.event),
+                                Reply::Array(r.args.into_iter().map(text_reply).collect()),
+                                Reply::Int(i64::from(r.pid)),
+                                Reply::Int(i64::try_from(r.created).unwrap_or(i64::MAX)),
+                                Reply::Int(i64::try_from(r.finished).unwrap_or(i64::MAX)),
+                                r.status.map_or(Reply::Nil, |c| Reply::Int(i64::from(c))),
+                            ])
+                        })
+                        .collect(),
+                )
+            }
+            Command::Master => {
+                self.require_admin()?;
+                self.master = true;
+                Reply::ok()
+            }
+            Command::Wait { .. } | Command::Stop | Command::Get(_) | Command::Mirror(_) => {
+                err("Command not supported")
+            }
         })
     }
 
@@ -717,6 +776,10 @@ impl Session {
         st.desc
             .save(&ns.index_dir)
             .map_err(|e| op_reply(e.into()))?;
+        drop(st);
+        self.shared
+            .engine
+            .fire("namespace-updated", vec![name.to_string()]);
         Ok(Reply::ok())
     }
 }

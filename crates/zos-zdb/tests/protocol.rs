@@ -66,7 +66,23 @@ fn basic_commands() {
         e("Invalid argument, key needed")
     );
     let long = "x".repeat(256);
-    assert_eq!(q(&mut c, &["SET", &long, "v"]), e("Key too large"));
+    // Upstream's answer for a key over 255 bytes, on every key command.
+    for cmd in [
+        &["SET", &long, "v"][..],
+        &["GET", &long],
+        &["EXISTS", &long],
+        &["CHECK", &long],
+        &["LENGTH", &long],
+        &["KEYTIME", &long],
+        &["DEL", &long],
+    ] {
+        assert_eq!(q(&mut c, cmd), e("Invalid key"), "{}", cmd[0]);
+    }
+    assert_eq!(
+        q(&mut c, &["SET", &long[1..], "v"]),
+        bulk(&long.as_bytes()[1..])
+    );
+    assert_eq!(q(&mut c, &["EXISTS", &long[1..]]), int(1));
     assert_eq!(q(&mut c, &["BOGUS"]), e("Command not supported"));
     assert_eq!(q(&mut c, &["GET"]), e("Unexpected arguments"));
     // Binary keys and values, and a value with CRLF inside.
@@ -128,15 +144,56 @@ fn authentication_paths() {
     assert_eq!(q(&mut c2, &["KEYTIME", "k"]), int(12345));
     drop(s);
 
-    // Without --admin nobody is admin.
+    // Without --admin every client is admin, as upstream (warned about at start).
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.admin_password = None;
     let s = TestServer::start(cfg);
     let mut c = s.con();
     assert_eq!(q(&mut c, &["AUTH", "root"]), e("Authentication disabled"));
-    assert_eq!(q(&mut c, &["NSNEW", "a"]), e("Permission denied"));
-    assert_eq!(q(&mut c, &["SET", "k", "v"]), bulk(b"k"));
+    assert_eq!(q(&mut c, &["NSNEW", "a"]), ok());
+    assert_eq!(q(&mut c, &["NSSET", "a", "password", "pw"]), ok());
+    assert_eq!(q(&mut c, &["SET", "k", "v", "12345"]), bulk(b"k"));
+    assert_eq!(q(&mut c, &["KEYTIME", "k"]), int(12345));
+    assert_eq!(q(&mut c, &["NSDEL", "a"]), ok());
+}
+
+/// The node's own ZeroDB always has an admin password: then no command reserved to the
+/// admin runs before AUTH, on TCP or on the unix socket.
+#[test]
+fn an_admin_password_grants_nothing_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(dir.path()));
+    let mut a = s.admin();
+    assert_eq!(q(&mut a, &["NSNEW", "x"]), ok());
+    assert_eq!(q(&mut a, &["SET", "k", "v"]), bulk(b"k"));
+    let unix = redis::Client::open(format!("unix://{}", s.socket.display()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for mut c in [s.con(), unix] {
+        for cmd in [
+            &["NSNEW", "y"][..],
+            &["NSSET", "x", "public", "0"],
+            &["NSDEL", "x"],
+            &["NSJUMP"],
+            &["INDEX", "DIRTY"],
+            &["DATA", "RAW", "0", "29"],
+            &["SET", "k", "w", "12345"],
+        ] {
+            assert_eq!(q(&mut c, cmd), e("Permission denied"), "{cmd:?}");
+        }
+        assert!(!text(q(&mut c, &["NSINFO", "default"])).contains("data_path"));
+    }
+    assert_eq!(q(&mut a, &["GET", "k"]), bulk(b"v"));
+    assert_eq!(list_len(q(&mut a, &["NSLIST"])), 2);
+}
+
+fn list_len(v: Result<Value, String>) -> usize {
+    match v {
+        Ok(Value::Array(a)) => a.len(),
+        other => panic!("expected an array, got {other:?}"),
+    }
 }
 
 #[test]
@@ -465,15 +522,47 @@ fn seq_mode_server() {
     drop(c);
     let s = s.restart();
     let mut c = s.con();
+    // The update of id 3 consumed id 5 (upstream: ids are index positions).
     assert_eq!(
         q(&mut c, &["SET", "", "after"]),
-        Ok(Value::BulkString(id(5))),
+        Ok(Value::BulkString(id(6))),
         "ids continue after restart"
     );
     assert_eq!(qb(&mut c, &[b"GET", &id(3)]), bulk(b"new"));
     assert_eq!(qb(&mut c, &[b"GET", &id(1)]), nil());
+    assert_eq!(qb(&mut c, &[b"GET", &id(5)]), nil());
     let info = text(q(&mut c, &["NSINFO", "default"]));
-    assert!(info.contains("next_internal_id: 6"), "{info}");
+    assert!(info.contains("next_internal_id: 7"), "{info}");
+}
+
+/// The sequence: an update takes an id, a delete does not, and the result is the
+/// same after a restart.
+#[test]
+fn seq_ids_follow_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.mode = Some(Mode::Seq);
+    let s = TestServer::start(cfg);
+    let mut c = s.con();
+    assert_eq!(q(&mut c, &["SET", "", "a"]), Ok(Value::BulkString(id(0))));
+    assert_eq!(
+        qb(&mut c, &[b"SET", &id(0), b"b"]),
+        Ok(Value::BulkString(id(0)))
+    );
+    assert_eq!(qb(&mut c, &[b"DEL", &id(0)]), ok());
+    assert_eq!(q(&mut c, &["SET", "", "c"]), Ok(Value::BulkString(id(2))));
+    assert_eq!(qb(&mut c, &[b"GET", &id(1)]), nil());
+    assert_eq!(qb(&mut c, &[b"GET", &id(0)]), nil());
+    assert_eq!(qb(&mut c, &[b"GET", &id(2)]), bulk(b"c"));
+    assert_eq!(
+        qb(&mut c, &[b"SET", &id(1), b"x"]),
+        e("Invalid key, only update authorized")
+    );
+    drop(c);
+    let s = s.restart();
+    let mut c = s.con();
+    assert_eq!(q(&mut c, &["SET", "", "d"]), Ok(Value::BulkString(id(3))));
+    assert_eq!(qb(&mut c, &[b"GET", &id(2)]), bulk(b"c"));
 }
 
 #[test]

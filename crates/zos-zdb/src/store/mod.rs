@@ -93,6 +93,10 @@ pub(crate) struct FileInfo {
     pub(crate) last_idx: u32,
 }
 
+/// Called after a rotation with (closed index, new index, closed data, new data) paths
+/// (`jump-index`/`jump-data` hooks).
+pub type JumpHook = Arc<dyn Fn(&Path, &Path, &Path, &Path) + Send + Sync>;
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -119,6 +123,8 @@ pub struct Store {
     written: Vec<Arc<File>>,
     /// Index file ids appended to since the last `INDEX DIRTY RESET`.
     pub dirty_index: BTreeSet<u32>,
+    /// Told about every rotation.
+    pub on_jump: Option<JumpHook>,
 }
 
 pub(crate) fn stored_len(e: &IndexEntry) -> u64 {
@@ -171,6 +177,7 @@ impl Store {
             readers: HashMap::new(),
             written: Vec::new(),
             dirty_index: BTreeSet::new(),
+            on_jump: None,
         })
     }
 
@@ -318,6 +325,14 @@ impl Store {
         self.data_flushed = h;
         self.idx_flushed = h;
         self.dirty_index.insert(id);
+        if let Some(f) = &self.on_jump {
+            f(
+                &path_of(&self.index_dir, 'i', id - 1),
+                &ipath,
+                &path_of(&self.data_dir, 'd', id - 1),
+                &dpath,
+            );
+        }
         Ok(())
     }
 
