@@ -22,7 +22,8 @@ pub struct Limits {
     /// A WebSocket that sends nothing (not even a pong to the server's pings, sent every third
     /// of this) for this long is closed.
     pub idle_timeout: Duration,
-    /// Largest request body (HTTP) or message (WebSocket) in bytes.
+    /// Largest HTTP request body in bytes (WebSocket messages: this or 64 KiB, whichever is
+    /// lower).
     pub max_body_bytes: usize,
     /// Bytes all unfinished request bodies may hold together; a body that cannot get its share
     /// within `body_timeout` is refused with "server busy".

@@ -391,6 +391,11 @@ async fn read_body(
     result
 }
 
+/// Largest WebSocket message (or the HTTP limit, if lower). A partial message is buffered
+/// whole, so this bounds what each WebSocket can make the server hold; submissions larger than
+/// this go over HTTP (which `LedgerClient` uses for everything but subscriptions).
+const WS_MAX_MESSAGE: usize = 64 << 10;
+
 /// Bytes of each request body outside the shared `body_memory` budget (every ordinary JSON-RPC
 /// request fits): unfinished bodies hold at most `body_memory` + this × connections.
 const FREE_BODY_BYTES: usize = 16 << 10;
@@ -675,7 +680,7 @@ async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Extension(conn): Extension<ConnCtx>,
 ) -> impl IntoResponse {
-    let max = app.limits.max_body_bytes;
+    let max = app.limits.max_body_bytes.min(WS_MAX_MESSAGE);
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| ws_session(socket, app, conn))

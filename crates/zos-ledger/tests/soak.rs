@@ -151,7 +151,10 @@ async fn soak_idle_and_slowloris_connections_do_not_starve_a_good_client() {
         }
         let took = t.elapsed();
         if took > Duration::from_millis(500) {
-            eprintln!("slow good call {calls} ({took:?}) at {:?}", started.elapsed());
+            eprintln!(
+                "slow good call {calls} ({took:?}) at {:?}",
+                started.elapsed()
+            );
         }
         worst = worst.max(took);
         assert!(took < Duration::from_secs(2), "good client waited {took:?}");

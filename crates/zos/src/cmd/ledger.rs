@@ -80,7 +80,7 @@ pub struct ServeLimits {
     /// Seconds a WebSocket may stay silent (the server pings every third of it).
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
-    /// Largest request body or WebSocket message, in bytes.
+    /// Largest HTTP request body in bytes (WebSocket messages: at most 64 KiB).
     #[arg(long, default_value_t = 2 << 20)]
     max_body_bytes: usize,
     /// Bytes all unfinished request bodies may hold together.
