@@ -261,13 +261,19 @@ impl LedgerServer {
             .with_state(app.clone());
         info!(addr = %local_addr, dev = cfg.dev, max_connections = cfg.limits.max_connections,
             "ledger listening");
-        let accept = conn::accept_loop(listener, router, app.clone(), app.stop.clone());
-        tokio::pin!(accept);
+        let mut accept = Box::pin(conn::accept_loop(
+            listener,
+            router,
+            app.clone(),
+            app.stop.clone(),
+        ));
         tokio::select! {
             () = shutdown => {}
             () = exited.notified() => warn!("ledger producer stopped; shutting down"),
             () = &mut accept => {}
         }
+        // Closes the listener: new connections are refused by the OS from here on.
+        drop(accept);
         let _ = stop_tx.send(true);
         // Connections finish their request in flight (graceful shutdown); wait for them all to
         // give their slot back, but not forever (a client may hold a slot for a while).
