@@ -13,6 +13,9 @@ use crate::model::{Deployment, ResultState, Timestamp, Workload, WorkloadResult}
 use crate::primitives::{PrimitiveError, WorkloadCtx, install_rank};
 use crate::store::{Apply, Job, JobOp, StoreError};
 
+/// How long the capacity gate reuses measured pool sizes.
+const POOL_SIZES_TTL: Duration = Duration::from_secs(5);
+
 /// Why a job must be tried again later instead of being acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Retry {
@@ -332,7 +335,7 @@ impl Engine {
     async fn gate(&self, wlid: &str, wl: &Workload) -> Result<(), String> {
         let required = wl.capacity().map_err(|e| e.to_string())?;
         let pools = if required.sru > 0 || required.hru > 0 {
-            self.pools().await
+            self.pool_sizes().await
         } else {
             Vec::new()
         };
@@ -347,6 +350,21 @@ impl Engine {
             others,
             required,
         )
+    }
+
+    /// Pools for the capacity gate, which reads only their sizes: measured at most once per
+    /// [`POOL_SIZES_TTL`] (measuring runs `btrfs filesystem usage` per pool, a few ms each, on
+    /// every job otherwise). A pool's size changes only when it is added or grown.
+    async fn pool_sizes(&self) -> Vec<crate::primitives::PoolUsage> {
+        if let Some((at, pools)) = &*self.inner.pool_sizes.lock().expect("pool size cache lock") {
+            if at.elapsed() < POOL_SIZES_TTL {
+                return pools.clone();
+            }
+        }
+        let pools = self.pools().await;
+        *self.inner.pool_sizes.lock().expect("pool size cache lock") =
+            Some((std::time::Instant::now(), pools.clone()));
+        pools
     }
 
     async fn pools(&self) -> Vec<crate::primitives::PoolUsage> {

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     /// Bumped on every stored result, accepted deployment and finished job: what
     /// `zos.deployment.wait` sleeps on instead of having clients poll.
     pub(crate) changed: tokio::sync::watch::Sender<u64>,
+    /// Pool sizes for the capacity gate, with when they were measured.
+    pub(crate) pool_sizes: Mutex<Option<(std::time::Instant, Vec<crate::primitives::PoolUsage>)>>,
 }
 
 /// The engine handle (cheap to clone).
@@ -215,6 +217,7 @@ impl Engine {
                 keys: Mutex::default(),
                 api_writes: tokio::sync::Semaphore::new(1),
                 changed: tokio::sync::watch::Sender::new(0),
+                pool_sizes: Mutex::default(),
             }),
         })
     }
