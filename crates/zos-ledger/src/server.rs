@@ -76,6 +76,36 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest `max_connections` (the slots are a semaphore counted in `u32`).
 const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// Descriptors kept free for everything but client connections: the store, the listener,
+/// polite refusals (at most 64 at once), logs.
+const RESERVED_FDS: u64 = 128;
+
+/// The soft limit on open files (Linux `/proc`; `None` where it cannot be read).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Lowers `max_connections` to what the open-file limit allows: past it, `accept` fails and
+/// no one gets in, where the cap refuses politely and lets the rest keep working.
+fn fit_to_open_files(l: &mut Limits) {
+    let Some(soft) = open_files_limit() else {
+        return;
+    };
+    let fits = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    if l.max_connections > fits {
+        warn!(
+            max_connections = l.max_connections,
+            open_files = soft,
+            lowered_to = fits,
+            "max connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+        l.max_connections = fits;
+        l.max_connections_per_ip = l.max_connections_per_ip.min(fits);
+    }
+}
+
 fn check_limits(l: &Limits) -> Result<(), LedgerError> {
     let bad = |what: String| Err(LedgerError::Config(what));
     if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
@@ -163,8 +193,9 @@ pub struct LedgerServer {
 
 impl LedgerServer {
     /// Opens (or creates) the ledger in `cfg.data_dir` and binds `cfg.listen`.
-    pub async fn bind(cfg: LedgerConfig) -> Result<Self, LedgerError> {
+    pub async fn bind(mut cfg: LedgerConfig) -> Result<Self, LedgerError> {
         check_limits(&cfg.limits)?;
+        fit_to_open_files(&mut cfg.limits);
         let store = open_store(&cfg.data_dir)?;
         let chain = match Chain::open(store.clone(), cfg.genesis.clone()) {
             Err(LedgerError::NoGenesis) if cfg.dev => {
@@ -870,5 +901,46 @@ async fn subscription(app: Arc<App>, out: mpsc::Sender<String>, sub: u64, from: 
         if head.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn max_connections_fit_the_open_file_limit() {
+        let Some(soft) = open_files_limit() else {
+            eprintln!("SKIPPING: /proc/self/limits unreadable");
+            return;
+        };
+        let mut l = Limits {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS,
+            ..Limits::default()
+        };
+        fit_to_open_files(&mut l);
+        let fits = soft.saturating_sub(RESERVED_FDS).max(1) as usize;
+        assert_eq!(l.max_connections, fits.min(MAX_CONNECTIONS));
+        assert!(l.max_connections_per_ip <= l.max_connections);
+        // Below the limit nothing changes.
+        let mut small = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        fit_to_open_files(&mut small);
+        assert_eq!(small.max_connections, 1);
+    }
+
+    #[test]
+    fn batches_are_told_apart_from_bad_json() {
+        let e = parse_request(b"  [{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ledger_head\"}]")
+            .unwrap_err();
+        assert_eq!(e.code, codes::INVALID_REQUEST);
+        assert!(e.message.contains("batch requests are not supported"));
+        let e = parse_request(b"{not json").unwrap_err();
+        assert_eq!(e.code, codes::PARSE_ERROR);
+        assert!(parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"ledger_head"}"#).is_ok());
     }
 }
