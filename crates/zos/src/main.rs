@@ -42,6 +42,13 @@ enum Command {
     /// ZeroDB, the 0-db-compatible key-value store: `zdb serve`.
     #[command(subcommand)]
     Zdb(cmd::zdb::ZdbCmd),
+    /// Flists, content-addressed read-only images (upstream `.fl`): `pack`, `inspect`,
+    /// `mount`, `unpack`, `verify`, `push`.
+    #[command(subcommand)]
+    Flist(cmd::flist::FlistCmd),
+    /// The flist hub: `hub serve`.
+    #[command(subcommand)]
+    Hub(cmd::flist::HubCmd),
     /// Print a shell completion script: `source <(zos completions bash)`.
     Completions {
         /// The shell.
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
         Command::Node(c) => cmd::node::run(c),
         Command::Rmb(c) => cmd::rmb::run(c),
         Command::Zdb(c) => cmd::zdb::run(c),
+        Command::Flist(c) => cmd::flist::run(c),
+        Command::Hub(c) => cmd::flist::run_hub(c),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "zos", &mut std::io::stdout());
             Ok(())

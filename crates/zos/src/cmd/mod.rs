@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod deployment;
+pub mod flist;
 pub mod key;
 pub mod ledger;
 pub mod node;
