@@ -427,6 +427,7 @@ mod tests {
             sync: false,
             datasize: 1 << 20,
             cache_bytes: 32 << 10,
+            strict_index: false,
         })
         .unwrap();
         engine.create("idle").unwrap();
@@ -494,6 +495,7 @@ mod tests {
                 sync: false,
                 datasize: 64 << 10,
                 cache_bytes: BUDGET,
+                strict_index: false,
             })
             .unwrap(),
         );

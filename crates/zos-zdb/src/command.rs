@@ -124,8 +124,9 @@ pub enum Command {
     Reload(String),
     /// `HOOKS`: recent hook runs.
     Hooks,
-    /// `MIRROR [<ns> <entries>]…`: this connection becomes a replication feed.
-    Mirror(Vec<(String, u64)>),
+    /// `MIRROR [<ns> <entries> <last-entry-signature>]…`: this connection becomes a
+    /// replication feed.
+    Mirror(Vec<(String, u64, String)>),
     /// `MASTER`: this connection is the replication source of this server.
     Master,
 }
@@ -385,14 +386,15 @@ pub fn parse(args: &[Bytes]) -> Result<Command, CommandError> {
         expect_args(args, 1)?;
         Command::Hooks
     } else if is("MIRROR") {
-        if args.len() % 2 != 1 {
+        if args.len() % 3 != 1 {
             return Err(CommandError("Invalid arguments"));
         }
-        let mut have = Vec::with_capacity(args.len() / 2);
-        for pair in args[1..].chunks(2) {
+        let mut have = Vec::with_capacity(args.len() / 3);
+        for t in args[1..].chunks(3) {
             have.push((
-                ns_name(&pair[0])?,
-                parse_u64(&pair[1], "Invalid arguments")?,
+                ns_name(&t[0])?,
+                parse_u64(&t[1], "Invalid arguments")?,
+                ascii_str(&t[2])?.to_string(),
             ));
         }
         Command::Mirror(have)
@@ -569,10 +571,10 @@ mod tests {
             })
         );
         assert_eq!(
-            p(&["MIRROR", "default", "3"]),
-            Ok(Command::Mirror(vec![("default".into(), 3)]))
+            p(&["MIRROR", "default", "3", "-"]),
+            Ok(Command::Mirror(vec![("default".into(), 3, "-".into())]))
         );
-        assert!(p(&["MIRROR", "default"]).is_err());
+        assert!(p(&["MIRROR", "default", "3"]).is_err());
         assert!(p(&["NSSET", "a", "encryption-key", "zz"]).is_err());
         assert_eq!(
             p(&["hello", "3", "AUTH", "default", "pw", "SETNAME", "x"]),

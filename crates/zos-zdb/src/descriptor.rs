@@ -105,6 +105,16 @@ impl Descriptor {
         Some(d)
     }
 
+    /// The descriptor as its file holds it (replication sends it to mirrors).
+    pub fn to_text(&self) -> String {
+        self.render()
+    }
+
+    /// Parses [`Descriptor::to_text`]; `None` if damaged.
+    pub fn from_text(text: &str) -> Option<Descriptor> {
+        Descriptor::parse(text)
+    }
+
     /// Reads the descriptor of the namespace whose index directory is `dir`.
     /// `Ok(None)` if there is none yet.
     pub fn load(dir: &Path) -> Result<Option<Descriptor>, StoreError> {
@@ -139,6 +149,9 @@ impl Descriptor {
             }
         };
         let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        // It holds the namespace password: owner only.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io("chmod", &tmp))?;
         f.write_all(self.render().as_bytes())
             .map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;

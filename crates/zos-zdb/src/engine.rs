@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub datasize: u64,
     /// Read cache budget in bytes, shared by all namespaces (0: no cache).
     pub cache_bytes: u64,
+    /// Refuse a damaged index instead of rebuilding it from the data files.
+    pub strict_index: bool,
 }
 
 #[derive(Default)]
@@ -57,6 +59,18 @@ pub struct Engine {
     syncer: Syncer,
     cache: Arc<CacheBudget>,
     hooks: Option<Arc<Hooks>>,
+    /// Mirror feeds connected: writers wake them only when there is one.
+    mirrors: Arc<std::sync::atomic::AtomicUsize>,
+    mirror_signal: tokio::sync::Notify,
+}
+
+/// Counts a connected mirror feed while alive.
+pub struct MirrorGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MirrorGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Namespace names that map safely to one directory.
@@ -113,6 +127,8 @@ impl Engine {
             namespaces: RwLock::new(BTreeMap::new()),
             syncer: Syncer::default(),
             hooks,
+            mirrors: Default::default(),
+            mirror_signal: tokio::sync::Notify::new(),
         };
         for name in names {
             let ns = Arc::new(engine.open_ns(&name)?);
@@ -132,6 +148,7 @@ impl Engine {
             self.cfg.data_dir.join(name),
             self.cfg.index_dir.join(name),
             self.cfg.datasize,
+            self.cfg.strict_index,
             desc,
             self.cache.clone(),
         )
@@ -171,6 +188,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers a mirror feed (writers start waking [`Engine::mirror_signal`]).
+    pub fn mirror_attached(&self) -> MirrorGuard {
+        self.mirrors.fetch_add(1, Ordering::SeqCst);
+        MirrorGuard(self.mirrors.clone())
+    }
+
+    /// Woken after writes while a mirror feed is connected.
+    pub fn mirror_signal(&self) -> &tokio::sync::Notify {
+        &self.mirror_signal
+    }
+
+    /// Mirror feeds connected.
+    pub fn mirrors(&self) -> usize {
+        self.mirrors.load(Ordering::Relaxed)
+    }
+
     /// Queues a hook event (no-op without `--hook`).
     pub fn fire(&self, event: &str, args: Vec<String>) {
         if let Some(h) = &self.hooks {
@@ -188,7 +221,7 @@ impl Engine {
         let Some(ns) = self.get(name) else {
             return Ok(false);
         };
-        ns.reload(self.cfg.datasize)
+        ns.reload(self.cfg.datasize, self.cfg.strict_index)
             .map_err(|source| ZdbError::Namespace {
                 name: name.to_string(),
                 source,
@@ -277,6 +310,12 @@ impl Engine {
         let wrote = st.store.flush()?;
         // Always drained, so that rotated files are not kept open when not syncing.
         let files = st.store.take_written();
+        // One relaxed load when no mirror is connected.
+        if wrote && self.mirrors.load(Ordering::Relaxed) > 0 {
+            self.mirror_signal.notify_waiters();
+        }
+        // The namespace lock stays held until the epoch is bumped: a connection whose
+        // appends this flush wrote must not read an older epoch.
         if wrote && self.cfg.sync {
             let mut dirty = self.syncer.dirty.lock().unwrap_or_else(|p| p.into_inner());
             for f in files {

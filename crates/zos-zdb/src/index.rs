@@ -217,6 +217,8 @@ pub(crate) struct Loader<'a> {
     pub(crate) index: &'a mut KeyIndex,
     pub(crate) live_bytes: &'a mut u64,
     pub(crate) next_id: &'a mut u64,
+    /// Every entry replayed (a mirror's position).
+    pub(crate) entries: &'a mut u64,
 }
 
 impl Replay for Loader<'_> {
@@ -225,6 +227,7 @@ impl Replay for Loader<'_> {
     }
 
     fn apply(&mut self, loc: Loc, e: &IndexEntry) {
+        *self.entries += 1;
         let meta = (e.flags & FLAG_DELETED == 0).then(|| Meta::of(loc, e));
         if let Some(id) = KeyIndex::seq_id(&e.key) {
             if matches!(self.index, KeyIndex::Seq { .. }) {

@@ -43,6 +43,8 @@ pub mod key;
 pub mod memlimit;
 /// A namespace: descriptor, in-memory index, operations.
 pub mod namespace;
+/// `MIRROR` feeds and `--replicate-from` mirrors.
+pub mod replication;
 /// Request/reply codec with hard limits (pure).
 pub mod resp;
 /// TCP/unix listeners and connection tasks.
@@ -53,6 +55,8 @@ pub mod session;
 pub mod store;
 /// Authentication throttling per connection and per source address, connection counters.
 pub mod throttle;
+/// Offline `check`, `repair` and `dump` of a stopped server's directories.
+pub mod tools;
 
 pub use command::Command;
 pub use server::Server;
@@ -126,6 +130,31 @@ pub struct ServerConfig {
     pub synctime: u64,
     /// Connection limits and authentication throttling.
     pub limits: Limits,
+    /// `--hook`: executable run on server and namespace events (`hooks`).
+    pub hook: Option<PathBuf>,
+    /// `--maxsize`: limit of the `default` namespace's live data in bytes, applied at start.
+    pub default_maxsize: Option<u64>,
+    /// `--rotate`: start new data/index files every this many seconds when the current ones
+    /// hold data (0: only at `--datasize`).
+    pub rotate: u64,
+    /// `--secure`: passwords only through the SHA1 challenge (`AUTH SECURE`, `SELECT … SECURE`).
+    pub secure: bool,
+    /// `--dualnet`: listen on IPv4 and IPv6 (the other family's any-address, same port).
+    pub dualnet: bool,
+    /// `--strict-index`: refuse to start on a damaged index instead of rebuilding it from
+    /// the data files.
+    pub strict_index: bool,
+    /// `--replicate-from`: this server is a mirror of the master at this address.
+    pub replicate_from: Option<Replication>,
+}
+
+/// How a mirror reaches its master.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// The master's TCP address.
+    pub master: SocketAddr,
+    /// The master's admin password (`MIRROR` is admin-only).
+    pub password: Option<String>,
 }
 
 /// Connection limits and authentication throttling (`docs/zdb.md`, "Connection limits").
@@ -194,6 +223,13 @@ impl Default for ServerConfig {
             cache_bytes: cache::DEFAULT_CACHE_BYTES,
             synctime: 0,
             limits: Limits::default(),
+            hook: None,
+            default_maxsize: None,
+            rotate: 0,
+            secure: false,
+            dualnet: false,
+            strict_index: false,
+            replicate_from: None,
         }
     }
 }

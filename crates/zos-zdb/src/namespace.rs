@@ -27,6 +27,9 @@ pub const MAX_KEY: usize = 255;
 const SCAN_BATCH: usize = 128;
 /// Time after which a SCAN returns what it has, so that the namespace lock is not held long.
 const SCAN_SLICE: Duration = Duration::from_millis(10);
+/// How far past the next seq id a replicated write may create one (bounds the index's growth
+/// from a bad feed).
+const MAX_ID_SKIP: u64 = 1 << 20;
 /// Most keys returned by one KSCAN.
 const KSCAN_MAX: usize = 10_000;
 
@@ -59,6 +62,10 @@ pub struct NsState {
     /// Bumped by `FLUSH`, after which locations are reused: a read planned before it must not
     /// cache its value for the new entry at the same place.
     generation: u64,
+    /// Entries (versions and tombstones) in the files: a mirror's replication position.
+    appended: u64,
+    /// Bumped by `FLUSH` (a mirror feed then starts the namespace again).
+    wipes: u64,
 }
 
 /// Outcome of [`NsState::get_plan`].
@@ -163,6 +170,7 @@ struct Loaded {
     index: KeyIndex,
     live_bytes: u64,
     next_id: u64,
+    appended: u64,
 }
 
 fn load(
@@ -170,6 +178,7 @@ fn load(
     data_dir: &std::path::Path,
     index_dir: &std::path::Path,
     datasize: u64,
+    strict: bool,
     new_desc: Descriptor,
 ) -> Result<Loaded, StoreError> {
     std::fs::create_dir_all(index_dir).map_err(|source| StoreError::Io {
@@ -185,13 +194,21 @@ fn load(
         }
     };
     let mut index = KeyIndex::new(desc.mode);
-    let (mut live_bytes, mut next_id) = (0, 0);
+    let (mut live_bytes, mut next_id, mut appended) = (0, 0, 0);
     let mut loader = Loader {
         index: &mut index,
         live_bytes: &mut live_bytes,
         next_id: &mut next_id,
+        entries: &mut appended,
     };
-    let store = Store::open(data_dir, index_dir, datasize, desc.mode as u8, &mut loader)?;
+    let store = Store::open(
+        data_dir,
+        index_dir,
+        datasize,
+        desc.mode as u8,
+        strict,
+        &mut loader,
+    )?;
     tracing::info!(ns = name, entries = index.len(), "namespace loaded");
     Ok(Loaded {
         desc,
@@ -199,6 +216,7 @@ fn load(
         index,
         live_bytes,
         next_id,
+        appended,
     })
 }
 
@@ -212,10 +230,11 @@ impl Namespace {
         data_dir: PathBuf,
         index_dir: PathBuf,
         datasize: u64,
+        strict: bool,
         new_desc: Descriptor,
         cache: Arc<CacheBudget>,
     ) -> Result<Namespace, StoreError> {
-        let l = load(name, &data_dir, &index_dir, datasize, new_desc)?;
+        let l = load(name, &data_dir, &index_dir, datasize, strict, new_desc)?;
         let (events, _) = broadcast::channel(64);
         let st = NsState {
             desc: l.desc,
@@ -226,6 +245,8 @@ impl Namespace {
             cipher: None,
             cache: NsCache::new(cache),
             generation: 0,
+            appended: l.appended,
+            wipes: 0,
         };
         Ok(Namespace {
             name: name.to_string(),
@@ -241,7 +262,7 @@ impl Namespace {
     /// `RELOAD`: writes out what is buffered, then reads the descriptor and every file again,
     /// as a restart would (recovering what changed on disk), in place: connections in this
     /// namespace stay. The encryption secret given since the start is kept if it still fits.
-    pub fn reload(&self, datasize: u64) -> Result<(), StoreError> {
+    pub fn reload(&self, datasize: u64, strict: bool) -> Result<(), StoreError> {
         let mut st = self.lock();
         st.store.sync_all()?;
         let l = load(
@@ -249,6 +270,7 @@ impl Namespace {
             &self.data_dir,
             &self.index_dir,
             datasize,
+            strict,
             st.desc.clone(),
         )?;
         st.cache.clear();
@@ -262,6 +284,7 @@ impl Namespace {
         st.index = l.index;
         st.live_bytes = l.live_bytes;
         st.next_id = l.next_id;
+        st.appended = l.appended;
         // Reads planned before must not cache their value into the new index.
         st.generation += 1;
         Ok(())
@@ -515,6 +538,18 @@ impl NsState {
         value: &[u8],
         timestamp: Option<u32>,
     ) -> Result<Option<Bytes>, OpError> {
+        self.set_at(key, value, timestamp, false)
+    }
+
+    /// [`NsState::set`]; with `keep_id` (a replica applying its master's writes) a seq-mode
+    /// id at or past the next one is created as given, so that ids match the master's.
+    pub fn set_at(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        timestamp: Option<u32>,
+        keep_id: bool,
+    ) -> Result<Option<Bytes>, OpError> {
         self.check_key(key)?;
         let seq = self.desc.mode == Mode::Seq;
         if !seq && key.is_empty() {
@@ -525,9 +560,15 @@ impl NsState {
         } else {
             self.index.get(key)
         };
-        if seq && !key.is_empty() && existing.is_none() {
-            return Err(client("Invalid key, only update authorized"));
-        }
+        let new_id = match (seq && !key.is_empty() && existing.is_none(), keep_id) {
+            (false, _) => None,
+            (true, true) => Some(
+                KeyIndex::seq_id(key)
+                    .filter(|&id| id >= self.next_id && id - self.next_id < MAX_ID_SKIP)
+                    .ok_or(client("Invalid key, only update authorized"))?,
+            ),
+            (true, false) => return Err(client("Invalid key, only update authorized")),
+        };
         let value_crc = crc32fast::hash(value);
         if let Some(m) = existing {
             if self.desc.worm {
@@ -585,13 +626,14 @@ impl NsState {
         if let Some(old) = self.index.put(&key, Some(meta)).and_then(|s| s.cached) {
             self.cache.dropped(old.as_slice());
         }
+        self.appended += 1;
         // The newest version is the likeliest to be read next.
         self.cache_put(&key, a.idx, payload);
         self.live_bytes = self.live_bytes - old_len + value.len() as u64;
         // Upstream's seq ids are positions in the index: an update takes one too, so the next
         // append skips it (SET "" a → 0, SET 0 b, then SET "" c → 2 and id 1 stays empty).
         if seq {
-            self.next_id += 1;
+            self.next_id = (self.next_id + 1).max(new_id.map_or(0, |i| i + 1));
         }
         Ok(Some(key))
     }
@@ -612,6 +654,7 @@ impl NsState {
             0,
             m.idx,
         )?;
+        self.appended += 1;
         if let Some(old) = self.index.put(key, None).and_then(|s| s.cached) {
             self.cache.dropped(old.as_slice());
         }
@@ -751,6 +794,142 @@ impl NsState {
         self.index = KeyIndex::new(self.desc.mode);
         self.live_bytes = 0;
         self.next_id = 0;
+        self.appended = 0;
+        self.wipes += 1;
         Ok(())
+    }
+
+    /// Entries in the files (versions and tombstones): a mirror's position.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// How many times `FLUSH` wiped the namespace since it was opened.
+    pub fn wipes(&self) -> u64 {
+        self.wipes
+    }
+
+    /// A mirror applies one entry of its master's feed exactly as the master stored it
+    /// (`stored` is ciphertext in an encrypted namespace; seq ids are kept).
+    pub fn apply_replicated(
+        &mut self,
+        key: &[u8],
+        flags: u8,
+        timestamp: u32,
+        value_crc: u32,
+        length: u32,
+        stored: &[u8],
+    ) -> Result<(), OpError> {
+        if key.len() > MAX_KEY {
+            return Err(client("Invalid key"));
+        }
+        let seq_id = match self.desc.mode {
+            Mode::Seq => Some(KeyIndex::seq_id(key).ok_or(client("Invalid key"))?),
+            Mode::User => None,
+        };
+        if seq_id.is_some_and(|id| id > self.next_id.saturating_add(MAX_ID_SKIP)) {
+            return Err(client("Invalid key, too far past the next id"));
+        }
+        let existing = self.index.get(key);
+        let deleted = flags & FLAG_DELETED != 0;
+        let parent = existing.map_or(Loc::NONE, |m| m.idx);
+        let a = self
+            .store
+            .append(key, flags, stored, length, timestamp, value_crc, parent)?;
+        self.appended += 1;
+        let meta = (!deleted).then_some(Meta {
+            idx: a.idx,
+            data_off: a.data_off,
+            length,
+            timestamp,
+            value_crc,
+            flags,
+        });
+        if let Some(old) = self.index.put(key, meta).and_then(|s| s.cached) {
+            self.cache.dropped(old.as_slice());
+        }
+        self.live_bytes = self.live_bytes - existing.map_or(0, |m| u64::from(m.length))
+            + meta.map_or(0, |m| u64::from(m.length));
+        if let (Some(id), false) = (seq_id, deleted) {
+            self.next_id = (self.next_id + 1).max(id + 1);
+        }
+        Ok(())
+    }
+
+    /// For a mirror feed: up to `max_entries` entries (or about `max_bytes`) after `after`
+    /// (from the first when `None`), each with its location and stored payload.
+    pub fn read_after(
+        &mut self,
+        after: Option<Loc>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Loc, IndexEntry, Vec<u8>)>, OpError> {
+        let mut pos = match after {
+            None => self.store.first(),
+            Some(loc) => {
+                let e = self.store.read_index(loc)?;
+                self.store.next(loc, &e)
+            }
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(loc) = pos {
+            if out.len() >= max_entries || bytes >= max_bytes {
+                break;
+            }
+            let e = self.store.read_index(loc)?;
+            let payload = self.store.read_payload(loc.file, &e)?;
+            bytes += payload.len() + e.key.len();
+            pos = self.store.next(loc, &e);
+            out.push((loc, e, payload));
+        }
+        Ok(out)
+    }
+
+    /// Walks forward from `at` (the location of entry number `done`, `None` before the
+    /// first) until entry number `n` or at most `budget` steps; returns where it stopped.
+    /// For a mirror's start position, a slice at a time so the lock is not held long.
+    pub fn skip_entries(
+        &mut self,
+        mut at: Option<Loc>,
+        mut done: u64,
+        n: u64,
+        budget: u64,
+    ) -> Result<(Option<Loc>, u64), OpError> {
+        let stop = n.min(done.saturating_add(budget));
+        while done < stop {
+            let next = match at {
+                None => self.store.first(),
+                Some(loc) => {
+                    let e = self.store.read_index(loc)?;
+                    self.store.next(loc, &e)
+                }
+            };
+            let Some(loc) = next else { break };
+            at = Some(loc);
+            done += 1;
+        }
+        Ok((at, done))
+    }
+
+    /// The last entry's location.
+    pub fn last_entry(&self) -> Option<Loc> {
+        self.store.last()
+    }
+
+    /// A short fingerprint of the entry at `loc` (`-` for none): a mirror and its master
+    /// compare it to tell "same prefix" from "same count after a wipe".
+    pub fn signature(&mut self, loc: Option<Loc>) -> Result<String, OpError> {
+        let Some(loc) = loc else {
+            return Ok("-".into());
+        };
+        let e = self.store.read_index(loc)?;
+        Ok(format!(
+            "{:08x}{:08x}{:08x}{:02x}",
+            crc32fast::hash(&e.key),
+            e.value_crc,
+            e.timestamp,
+            e.flags
+        ))
     }
 }

@@ -63,9 +63,13 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Server {
     shared: Arc<Shared>,
     tcp: Option<TcpListener>,
+    /// `--dualnet`: the other address family's listener, when the first does not cover it.
+    tcp2: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
     stop: Arc<Notify>,
     synctime: u64,
+    rotate: u64,
+    replicate: Option<crate::Replication>,
 }
 
 /// The soft open-file limit of this process (`/proc/self/limits`), if readable.
@@ -106,17 +110,6 @@ impl Server {
                 "nothing to listen on: give a TCP address or a unix socket".into(),
             ));
         }
-        let ecfg = EngineConfig {
-            data_dir: cfg.data_dir.clone(),
-            index_dir: cfg.index_dir.clone(),
-            mode: cfg.mode,
-            sync: cfg.sync,
-            datasize: cfg.datasize,
-            cache_bytes: cfg.cache_bytes,
-        };
-        let engine = tokio::task::spawn_blocking(move || Engine::open(ecfg))
-            .await
-            .map_err(|e| ZdbError::Config(format!("storage open task failed: {e}")))??;
         let tcp = match cfg.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -142,6 +135,55 @@ impl Server {
             }
             None => None,
         };
+        let tcp2 = match (&tcp, cfg.dualnet) {
+            (Some(l), true) => dual_listener(l).await?,
+            _ => None,
+        };
+        // Upstream's instance id in hook calls: where this server listens.
+        let instance = match (&tcp, &cfg.socket) {
+            (Some(l), _) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".to_string(), |a| a.to_string()),
+            (None, Some(p)) => format!("unix:{}", p.display()),
+            (None, None) => "zdb".to_string(),
+        };
+        let hooks = cfg
+            .hook
+            .as_ref()
+            .map(|exe| crate::hooks::Hooks::new(exe.clone(), instance));
+        let ecfg = EngineConfig {
+            data_dir: cfg.data_dir.clone(),
+            index_dir: cfg.index_dir.clone(),
+            mode: cfg.mode,
+            sync: cfg.sync,
+            datasize: cfg.datasize,
+            cache_bytes: cfg.cache_bytes,
+            strict_index: cfg.strict_index,
+        };
+        let engine_hooks = hooks.clone();
+        let engine =
+            tokio::task::spawn_blocking(move || Engine::open_with_hooks(ecfg, engine_hooks))
+                .await
+                .map_err(|e| ZdbError::Config(format!("storage open task failed: {e}")))??;
+        if let Some(max) = cfg.default_maxsize {
+            let ns = engine.default_ns();
+            let mut st = ns.lock();
+            st.desc.maxsize = max;
+            st.desc.save(&ns.index_dir)?;
+        }
+        if let Some(h) = &hooks {
+            let (i, d) = (cfg.index_dir.clone(), cfg.data_dir.clone());
+            h.fire(
+                "namespaces-init",
+                vec![i.display().to_string(), d.display().to_string()],
+            );
+            let h = h.clone();
+            // As upstream, a failing `ready` hook aborts the start.
+            tokio::task::spawn_blocking(move || h.run_wait("ready", Vec::new()))
+                .await
+                .map_err(|e| ZdbError::Config(format!("hook task failed: {e}")))?
+                .map_err(|e| ZdbError::Config(format!("ready hook: {e}")))?;
+        }
         if cfg.admin_password.as_deref().is_none_or(str::is_empty) {
             tracing::warn!(
                 "no admin password (--admin): EVERY client is admin and may create, change and \
@@ -153,6 +195,8 @@ impl Server {
         limits.max_clients = effective_max_clients(limits.max_clients);
         let synctime = if cfg.sync { 0 } else { cfg.synctime };
         let shared = Arc::new(Shared {
+            secure: cfg.secure,
+            replica: cfg.replicate_from.is_some(),
             engine: Arc::new(engine),
             admin_password: cfg.admin_password.filter(|p| !p.is_empty()),
             protect: cfg.protect,
@@ -183,9 +227,12 @@ impl Server {
         Ok(Server {
             shared,
             tcp,
+            tcp2,
             unix,
             stop: Arc::new(Notify::new()),
             synctime,
+            rotate: cfg.rotate,
+            replicate: cfg.replicate_from.clone(),
         })
     }
 
@@ -208,12 +255,25 @@ impl Server {
                 Duration::from_secs(self.synctime),
             ))
         });
+        let follower = self.replicate.clone().map(|r| {
+            tokio::spawn(crate::replication::follow(
+                self.shared.clone(),
+                r,
+                close_rx.clone(),
+            ))
+        });
+        let rotator = (self.rotate > 0).then(|| {
+            tokio::spawn(periodic_rotate(
+                self.shared.clone(),
+                Duration::from_secs(self.rotate),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.stop.notified() => break,
-                r = accept_tcp(&self.tcp) => match r {
+                r = accept_tcp2(&self.tcp, &self.tcp2) => match r {
                     Ok((s, peer)) => {
                         let ip = Some(peer.ip());
                         if self.shared.throttle.is_banned(ip) {
@@ -245,6 +305,14 @@ impl Server {
         if let Some(t) = syncer {
             t.abort();
         }
+        if let Some(t) = rotator {
+            t.abort();
+        }
+        if let Some(t) = follower {
+            // It stops at its next await on the close signal; a flush it was in finishes.
+            let _ = close_tx.send(true);
+            let _ = t.await;
+        }
         let _ = close_tx.send(true);
         if tokio::time::timeout(DRAIN_TIMEOUT, async {
             while conns.join_next().await.is_some() {}
@@ -258,9 +326,17 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         let engine = self.shared.engine.clone();
-        tokio::task::spawn_blocking(move || engine.close())
-            .await
-            .map_err(|e| ZdbError::Config(format!("close task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let r = engine.close();
+            if let Some(h) = engine.hooks() {
+                // Waited for, as upstream: the hook sees the files closed and synced.
+                let _ = h.run_wait("close", Vec::new());
+                h.shutdown();
+            }
+            r
+        })
+        .await
+        .map_err(|e| ZdbError::Config(format!("close task failed: {e}")))?
     }
 }
 
@@ -329,6 +405,78 @@ async fn periodic_sync(shared: Arc<Shared>, every: Duration) {
             tracing::error!(error = %e, "periodic fsync task failed");
         }
         shared.stats.periodic_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `--dualnet`: a listener on the other family's any-address and the same port, unless the
+/// first listener already takes both (an IPv6 any-address socket with `bindv6only=0`, Linux's
+/// default, which makes this bind fail with "address in use").
+async fn dual_listener(first: &TcpListener) -> Result<Option<TcpListener>, ZdbError> {
+    let addr = first.local_addr().map_err(|source| ZdbError::Bind {
+        what: "listener".into(),
+        source,
+    })?;
+    let other: IpAddr = if addr.is_ipv6() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let want = SocketAddr::new(other, addr.port());
+    match TcpListener::bind(want).await {
+        Ok(l) => {
+            tracing::info!(%want, "dualnet: second listener");
+            Ok(Some(l))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.is_ipv6() => {
+            tracing::info!(%addr, "dualnet: the IPv6 listener takes IPv4 too");
+            Ok(None)
+        }
+        Err(source) => Err(ZdbError::Bind {
+            what: want.to_string(),
+            source,
+        }),
+    }
+}
+
+/// `--rotate`: every `every`, namespaces whose current data file holds entries written since
+/// the previous round start new files (hooks `jump-index`/`jump-data`).
+async fn periodic_rotate(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for name in shared.engine.list() {
+            let Some(ns) = shared.engine.get(&name) else {
+                continue;
+            };
+            // A new pair holds only its header: nothing written since the last rotation.
+            let r = tokio::task::spawn_blocking(move || {
+                let mut st = ns.lock();
+                if st.store.data_position().1 <= crate::format::FILE_HEADER_LEN as u64 {
+                    return Ok(());
+                }
+                st.store.jump()
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(ns = %name, error = %e, "periodic rotation failed"),
+                Err(e) => tracing::error!(error = %e, "periodic rotation task failed"),
+            }
+        }
+    }
+}
+
+async fn accept_tcp2(
+    a: &Option<TcpListener>,
+    b: &Option<TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match b {
+        None => accept_tcp(a).await,
+        Some(_) => tokio::select! {
+            r = accept_tcp(a) => r,
+            r = accept_tcp(b) => r,
+        },
     }
 }
 
@@ -669,6 +817,7 @@ async fn serve<S: Socket>(
         let mut close_after = false;
         let mut stop_after = false;
         let mut completed = false;
+        let mut mirror = None;
         loop {
             let blank = resp::blank_prefix(&inbuf);
             inbuf.advance(blank);
@@ -722,7 +871,10 @@ async fn serve<S: Socket>(
                         encode_read(r, &mut out);
                     }
                 }
-                Outcome::Mirror(_) => Reply::err("Command not supported").encode(&mut out),
+                Outcome::Mirror(have) => {
+                    mirror = Some(have);
+                    break;
+                }
                 Outcome::Stop(r) => {
                     r.encode(&mut out);
                     close_after = true;
@@ -763,6 +915,11 @@ async fn serve<S: Socket>(
             .await
             .is_err()
         {
+            return;
+        }
+        if let Some(have) = mirror {
+            // From now on this connection only carries the replication feed.
+            crate::replication::feed(c.s, shared.clone(), have, close).await;
             return;
         }
         if stop_after {

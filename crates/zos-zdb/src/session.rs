@@ -56,6 +56,10 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// `--synctime` in force (0: off, or `--sync`).
     pub synctime: u64,
+    /// `--secure`: plain-text passwords are refused.
+    pub secure: bool,
+    /// This server is a mirror: only its master's feed writes.
+    pub replica: bool,
 }
 
 /// Above this average read time, reads are moved off the event loop (page-cache misses).
@@ -102,7 +106,7 @@ pub enum Outcome {
     Delayed(Reply, Duration),
     /// `MIRROR`: from now on this connection is a replication feed, starting after the
     /// given number of entries of each namespace the replica already holds.
-    Mirror(Vec<(String, u64)>),
+    Mirror(Vec<(String, u64, String)>),
 }
 
 /// Per-connection state.
@@ -311,6 +315,24 @@ impl Session {
         if !self.writable {
             return Err(err("Namespace is in read-only mode"));
         }
+        self.not_mirror()
+    }
+
+    /// A mirror takes writes only from its master's feed (or a `MASTER` connection).
+    fn not_mirror(&self) -> Result<(), Reply> {
+        if self.shared.replica && !self.master {
+            return Err(err("Read-only mirror: writes go to its master"));
+        }
+        Ok(())
+    }
+
+    /// `--secure`: a password in clear text is refused (the challenge is not).
+    fn plain_allowed(&self) -> Result<(), Reply> {
+        if self.shared.secure {
+            return Err(err(
+                "Plain-text password refused (--secure): use the SECURE challenge",
+            ));
+        }
         Ok(())
     }
 
@@ -341,7 +363,9 @@ impl Session {
                 }
                 let mut st = ns.lock();
                 self.writable(&st)?;
-                let r = st.set(&key, &value, timestamp).map_err(op_reply)?;
+                let r = st
+                    .set_at(&key, &value, timestamp, self.master)
+                    .map_err(op_reply)?;
                 drop(st);
                 self.touch();
                 r.map_or(Reply::Nil, Reply::Bulk)
@@ -433,6 +457,7 @@ impl Session {
             Command::DbSize => Reply::Int(ns.lock().entries() as i64),
             Command::NsNew(name) => {
                 self.require_admin()?;
+                self.not_mirror()?;
                 if !valid_ns_name(&name) {
                     return Err(err("This name is not allowed"));
                 }
@@ -447,6 +472,7 @@ impl Session {
             }
             Command::NsDel(name) => {
                 self.require_admin()?;
+                self.not_mirror()?;
                 if name == DEFAULT_NS {
                     return Err(err("Cannot remove default namespace"));
                 }
@@ -624,6 +650,9 @@ impl Session {
             .admin_password
             .clone()
             .ok_or(err("Authentication disabled"))?;
+        if matches!(a, AuthArg::Plain(_)) {
+            self.plain_allowed()?;
+        }
         match a {
             AuthArg::Plain(pw) if pw[..] == *admin.as_bytes() => {}
             AuthArg::Plain(_) => {
@@ -638,6 +667,9 @@ impl Session {
     }
 
     fn select(&mut self, name: &str, auth: SelectAuth) -> Result<Reply, Reply> {
+        if matches!(auth, SelectAuth::Plain(_)) {
+            self.plain_allowed()?;
+        }
         let ns = self
             .shared
             .engine
@@ -703,6 +735,7 @@ impl Session {
             return Err(err("NOPROTO sorry, this protocol version is not supported"));
         }
         if let Some(pw) = password {
+            self.plain_allowed()?;
             let Some(admin) = self.shared.admin_password.clone() else {
                 return Err(err(
                     "ERR AUTH <password> called without any password configured",
@@ -737,6 +770,9 @@ impl Session {
 
     fn nsset(&mut self, name: &str, prop: NsProp) -> Result<Reply, Reply> {
         self.require_admin()?;
+        if !matches!(prop, NsProp::EncryptionKey(_)) {
+            self.not_mirror()?;
+        }
         let is_default = name == DEFAULT_NS;
         if is_default && !matches!(prop, NsProp::Mode(_) | NsProp::Lock(_) | NsProp::Freeze(_)) {
             return Err(err("Cannot update default namespace"));

@@ -198,6 +198,7 @@ fn missing_data_file_is_an_error_not_an_empty_namespace() {
         sync: false,
         datasize: zos_zdb::DEFAULT_DATASIZE,
         cache_bytes: 0,
+        strict_index: false,
     })
     .err()
     .expect("opening must fail");

@@ -138,12 +138,14 @@ pub(crate) fn stored_len(e: &IndexEntry) -> u64 {
 
 impl Store {
     /// Opens (creating if needed) the files in `data_dir`/`index_dir`, repairs a torn tail and
-    /// replays every valid entry into `replay`.
+    /// replays every valid entry into `replay`. A damaged index is rebuilt from the data
+    /// files (logged with the reason), or refused with `strict`.
     pub fn open(
         data_dir: &Path,
         index_dir: &Path,
         datasize: u64,
         mode: u8,
+        strict: bool,
         replay: &mut dyn Replay,
     ) -> Result<Store, StoreError> {
         fs::create_dir_all(data_dir).map_err(io_err("mkdir", data_dir))?;
@@ -154,7 +156,8 @@ impl Store {
         let mut files = Vec::with_capacity(max as usize + 1);
         let mut last = None;
         for id in 0..=max {
-            let (info, d, i) = recover::recover_file(data_dir, index_dir, id, mode, replay)?;
+            let (info, d, i) =
+                recover::recover_file(data_dir, index_dir, id, mode, strict, replay)?;
             files.push(info);
             last = Some((d, i));
         }

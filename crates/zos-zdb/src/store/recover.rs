@@ -51,6 +51,7 @@ pub(super) fn recover_file(
     index_dir: &Path,
     id: u32,
     mode: u8,
+    strict: bool,
     replay: &mut dyn Replay,
 ) -> Result<(FileInfo, File, File), StoreError> {
     let dpath = path_of(data_dir, 'd', id);
@@ -113,7 +114,8 @@ pub(super) fn recover_file(
         }
     }
     // The index is usable if its last entry points at a valid data entry with the same key.
-    let mut rebuild = !index_ok;
+    // A missing or torn header (a crash while creating the pair) is rebuilt quietly.
+    let mut rebuild = (!index_ok && ilen >= h).then_some("bad index file header");
     let mut data_end = h;
     if let Some((_, e)) = &last {
         let end = u64::from(e.data_off) + (DATA_HDR_LEN + e.key.len()) as u64 + stored_len(e);
@@ -122,15 +124,52 @@ pub(super) fn recover_file(
             && d.read_exact_at(&mut entry, u64::from(e.data_off)).is_ok()
             && data_entry_valid(&entry)
             && entry[DATA_HDR_LEN..DATA_HDR_LEN + e.key.len()] == e.key[..];
-        if ok { data_end = end } else { rebuild = true }
+        if ok {
+            data_end = end
+        } else {
+            rebuild = Some("its last entry does not match a valid data entry");
+        }
     }
-    if rebuild {
-        tracing::warn!(path = %ipath.display(), "index does not match its data file, rebuilding it from data");
+    if let Some(why) = rebuild {
+        if strict {
+            return Err(StoreError::Corrupt {
+                path: ipath,
+                offset: 0,
+                what: why,
+            });
+        }
+        tracing::warn!(
+            path = %ipath.display(),
+            reason = why,
+            "damaged index, rebuilding it from the data file (--strict-index refuses instead)"
+        );
+        reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
+        valid_end = h;
+        last = None;
+    } else if !index_ok {
         reset_file(&i, &ipath, INDEX_MAGIC, id, mode)?;
         valid_end = h;
         last = None;
     } else if valid_end < ilen {
-        tracing::warn!(path = %ipath.display(), valid_end, ilen, "torn index tail, truncating");
+        // One partial entry is what a crash leaves; more is damage inside the index.
+        if ilen - valid_end > (INDEX_HDR_LEN + 255) as u64 {
+            if strict {
+                return Err(StoreError::Corrupt {
+                    path: ipath,
+                    offset: valid_end,
+                    what: "invalid index entry followed by more data",
+                });
+            }
+            tracing::warn!(
+                path = %ipath.display(),
+                offset = valid_end,
+                bytes = ilen - valid_end,
+                reason = "invalid index entry followed by more data",
+                "damaged index, rebuilding it from the data file after the last valid entry (--strict-index refuses instead)"
+            );
+        } else {
+            tracing::warn!(path = %ipath.display(), valid_end, ilen, "torn index tail, truncating");
+        }
         i.set_len(valid_end).map_err(io_err("truncate", &ipath))?;
     }
     let mut info = FileInfo {
@@ -156,6 +195,7 @@ pub(super) fn recover_file(
         BufReader::with_capacity(1 << 20, f)
     };
     let mut new_index = Vec::new();
+    let mut rebuilt = 0u64;
     while pos < dlen {
         let Some((e, len)) = read_data_entry(&mut reader, pos, dlen) else {
             tracing::warn!(path = %dpath.display(), offset = pos, dlen, "torn data tail, truncating");
@@ -171,11 +211,21 @@ pub(super) fn recover_file(
         info.last_idx = off;
         replay.apply(Loc { file: id, off }, &e);
         pos += len;
+        rebuilt += 1;
     }
     if !new_index.is_empty() {
         (&i).write_all(&new_index)
             .map_err(io_err("write", &ipath))?;
-        tracing::info!(path = %ipath.display(), bytes = new_index.len(), "index entries rebuilt from data");
+        // After a crash the index lags its data (index entries are written lazily): that is
+        // the normal case and logged at info; a rebuilt index was warned about above.
+        tracing::info!(
+            path = %ipath.display(),
+            entries = rebuilt,
+            bytes = new_index.len(),
+            from_offset = data_end,
+            whole_file = rebuild.is_some(),
+            "index entries rebuilt from the data file"
+        );
     }
     info.data_len = pos.min(dlen).max(data_end);
     Ok((info, d, i))
