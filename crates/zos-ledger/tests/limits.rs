@@ -627,3 +627,47 @@ async fn dev_advance_time_is_bounded() {
     let out = chain.produce(&[tx], now, false).unwrap();
     assert!(out.results[0].is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalised_failures_close_the_connection() {
+    let limits = Limits {
+        sig_throttle: SigThrottle {
+            free_failures: 3,
+            delay_step: Duration::from_millis(100),
+            ..SigThrottle::default()
+        },
+        ..Limits::default()
+    };
+    let srv = Server::start(limits, true).await;
+    let gh = srv.client.genesis_hash().await.unwrap();
+    let key = KeyPair::from_seed(KeyType::Ed25519, [11; 32]);
+    let forged = bad_signature(&SignedTransaction::sign(
+        &key,
+        &gh,
+        0,
+        Call::Transfer {
+            to: key.public(),
+            amount: 1,
+        },
+    ));
+    let req = post(submit_body(&forged).to_string().as_bytes());
+    // The free failures are answered at once on one keep-alive connection.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    for _ in 0..3 {
+        let (status, head, v) = exchange(&mut s, &req).await;
+        assert_eq!((status, err_msg(&v).as_str()), (200, "bad signature"));
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    // The next is answered later, and the connection closes after it.
+    let t = Instant::now();
+    let (_, head, v) = exchange(&mut s, &req).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(err_msg(&v), "bad signature");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    srv.shutdown().await;
+}
