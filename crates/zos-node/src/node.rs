@@ -17,7 +17,7 @@ use crate::api::{Api, NodeState};
 use crate::engine::{Engine, EngineConfig, HostCapacity};
 use crate::ledger::{LedgerTwins, NodeLedger};
 use crate::metrics::Metrics;
-use crate::primitives::{NodeSecret, PrimitiveRegistry};
+use crate::primitives::PrimitiveRegistry;
 use crate::registrar::{self, RegistrarError};
 use crate::store::Store;
 
@@ -34,8 +34,12 @@ pub struct NodeConfig {
     pub farm_id: u32,
     /// Persistent state directory (seed, engine store).
     pub data_dir: PathBuf,
-    /// Directories the seed is mirrored to (one per storage pool).
+    /// Directories the seed is mirrored to (one per storage pool). The key root may not be
+    /// inside any of them.
     pub seed_mirrors: Vec<PathBuf>,
+    /// Where the key root comes from (default: `key-root` in the `data_dir` given to
+    /// [`NodeConfig::new`]). Keep it off the data pools: see `docs/storage.md` §Threat model.
+    pub key_root: crate::identity::KeyRootSource,
     /// Loopback address for `GET /metrics` (port 0 allowed); `None` disables it.
     pub metrics_listen: Option<SocketAddr>,
     /// Twins allowed to call `zos.debug.*`.
@@ -61,6 +65,9 @@ impl NodeConfig {
             relay_urls: vec![relay_url.into()],
             relay_domains: Vec::new(),
             farm_id,
+            key_root: crate::identity::KeyRootSource::File(
+                data_dir.join(crate::identity::KEY_ROOT_FILE),
+            ),
             data_dir,
             seed_mirrors: Vec::new(),
             metrics_listen: None,
@@ -205,6 +212,15 @@ fn spawn(
     })
 }
 
+/// Opens the engine store `<data>/engine.redb`, owner-only (0600): it holds users'
+/// deployments, secrets included (zdb namespace passwords, environment variables).
+fn open_store(data_dir: &std::path::Path) -> Result<Store, NodeError> {
+    let path = data_dir.join("engine.redb");
+    let store = Store::open(&path)?;
+    crate::identity::owner_only(&path, 0o600)?;
+    Ok(store)
+}
+
 /// Runs a node until `shutdown` completes. Registration is retried until it succeeds (a node
 /// whose farm does not exist idles and logs why); the API is served once the node is known.
 pub async fn run_node(
@@ -221,9 +237,10 @@ pub async fn run_node(
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let key = crate::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
+    let keys = crate::identity::load_node_keys(&cfg.data_dir, &cfg.seed_mirrors, &cfg.key_root)?;
+    let key = keys.key;
     tracing::info!(public = %key.public(), "node identity loaded");
-    let store = Store::open(&cfg.data_dir.join("engine.redb"))?;
+    let store = open_store(&cfg.data_dir)?;
     let client =
         LedgerClient::new(&cfg.ledger_url).map_err(|e| NodeError::Ledger(e.to_string()))?;
     let ledger = NodeLedger::new(client.clone(), key.clone());
@@ -232,7 +249,7 @@ pub async fn run_node(
         store,
         Arc::new(ledger.clone()),
         registry.clone(),
-        NodeSecret::new(*key.seed()),
+        keys.secret,
         EngineConfig {
             host: HostCapacity::discover(),
         },
@@ -390,5 +407,31 @@ mod tests {
         assert_eq!(domain_of("ws://127.0.0.1:8080/"), "127.0.0.1:8080");
         assert_eq!(domain_of("wss://relay.grid.tf"), "relay.grid.tf");
         assert_eq!(domain_of("relay.local"), "relay.local");
+    }
+
+    #[test]
+    fn engine_store_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = open_store(d.path()).expect("store");
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+        };
+        let path = d.path().join("engine.redb");
+        assert_eq!(mode(&path), 0o600);
+        drop(store);
+        // A store left readable by an older version is narrowed on the next open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _store = open_store(d.path()).expect("reopen");
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn key_root_defaults_to_the_data_dir_given() {
+        let cfg = NodeConfig::new("http://l", "ws://r", 1, PathBuf::from("/var/lib/zos"));
+        assert_eq!(
+            cfg.key_root,
+            crate::identity::KeyRootSource::File(PathBuf::from("/var/lib/zos/key-root"))
+        );
     }
 }

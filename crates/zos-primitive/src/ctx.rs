@@ -119,7 +119,8 @@ impl WorkloadCtx {
     }
 
     /// A 32-byte key for this workload and `purpose` (e.g. `"zmount-luks"`), derived from the
-    /// node seed: the same on every call and every restart, different per workload.
+    /// node's key root (kept off the data pools): the same on every call and every restart,
+    /// different per workload.
     pub fn workload_key(&self, purpose: &str) -> [u8; 32] {
         self.secret.derive(purpose, &self.workload_id)
     }

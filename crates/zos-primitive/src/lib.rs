@@ -8,8 +8,8 @@
 //!
 //! What a primitive crate may contribute:
 //! - [`Primitive`]s, one per workload type, called with a [`WorkloadCtx`] that gives typed
-//!   access to sibling workloads and their results, and keys derived from the node seed
-//!   ([`NodeSecret`]: the raw seed is never reachable through this contract);
+//!   access to sibling workloads and their results, and keys derived from the node's key root
+//!   ([`NodeSecret`]: neither the key root nor the node seed is reachable through this contract);
 //! - a [`PoolReporter`] (storage capacity), extra node features, [`ApiCommand`]s (node API
 //!   calls that read stored deployments through a [`NodeView`]);
 //! - a [`Lifecycle`]: `start` before reconciliation, `health`, `shutdown` after the agent.

@@ -116,7 +116,7 @@ async fn main() {
     // Encryption cost: 256 MiB sequential write through qemu-io, qcow2+LUKS vs raw, same pool.
     let enc = st.disk_create("1-1-enc", 300 * MIB).await.unwrap();
     let opts = enc.qemu_image_opts("s0");
-    let key = st.disk_key("1-1-enc").passphrase();
+    let key = st.disk_key("1-1-enc").unwrap().passphrase();
     let mut e = Vec::new();
     for _ in 0..3 {
         e.push(qemu_io_write(

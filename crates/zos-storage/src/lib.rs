@@ -7,7 +7,8 @@
 //! - `volume` → subvolume `<wlid>` with a qgroup limit; read-only snapshots in
 //!   `.snapshots/<wlid>/` before every update; restore swaps in a writable snapshot.
 //! - `zmount` → `vdisks/<wlid>` sparse NOCOW file, qcow2+LUKS with a key derived from the
-//!   node seed (dm-crypt is not available; QEMU opens the image itself).
+//!   node's key root, which is kept off the pools (dm-crypt is not available; QEMU opens the
+//!   image itself). Disks from before the key root open with the legacy seed-derived key.
 //! - `zdb` → a namespace on the ZeroDB server the node runs on an HDD pool.
 //!
 //! Allocation compares *reservations* (quotas, virtual disk sizes, namespace sizes) with pool
@@ -65,4 +66,4 @@ pub use storage::{AllocError, PoolCapacity, Storage, StorageConfig};
 pub use volume::{SnapshotInfo, VolumeError, VolumeInfo};
 pub use zdb::{NamespaceMode, NamespaceSpec, ZdbError, ZdbResult};
 pub use zdb_server::{InProcessZdb, ZdbExit, ZdbLauncher, ZdbServerSpec};
-pub use zmount::{DiskError, DiskInfo, DiskKey};
+pub use zmount::{DiskError, DiskInfo, DiskKey, KeyGeneration};

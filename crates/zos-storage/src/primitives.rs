@@ -12,7 +12,7 @@ use zos_primitive::{
     PrimitiveRegistry, WorkloadCtx,
 };
 use zos_types::data::{VolumeResult, ZMountResult};
-use zos_types::{Workload, WorkloadType};
+use zos_types::{ResultState, Workload, WorkloadType};
 
 use crate::storage::Storage;
 use crate::volume::{SnapshotInfo, VolumeError};
@@ -176,10 +176,20 @@ impl Primitive for ZmountPrimitive {
     }
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         let d: zos_types::data::ZMount = data(wl)?;
-        self.0
-            .disk_create(&ctx.workload_id, d.size)
-            .await
-            .map_err(disk_err)?;
+        // A workload the stored deployment does not hold yet (added by an update), or holds
+        // as `init` (a new deployment never provisioned), has had no disk on this node: an
+        // image under its id is stale and is replaced. Otherwise this is re-provisioning and
+        // the disk is kept (in any other state, e.g. `error` after a failed re-provision, it
+        // may hold the user's data).
+        let fresh = ctx
+            .sibling(&wl.name)
+            .is_none_or(|s| s.state() == ResultState::Init);
+        let disk = if fresh {
+            self.0.disk_create_new(&ctx.workload_id, d.size).await
+        } else {
+            self.0.disk_create(&ctx.workload_id, d.size).await
+        };
+        disk.map_err(disk_err)?;
         json(&ZMountResult {
             volume_id: ctx.workload_id.clone(),
         })

@@ -1,5 +1,6 @@
 //! Running the node's ZeroDB servers: the [`ZdbLauncher`] seam, the production launcher
-//! [`InProcessZdb`] (a `zos_zdb::Server` in the node's process with the derived admin password,
+//! [`InProcessZdb`] (a `zos_zdb::Server` in the node's process with an admin password derived
+//! from the key root,
 //! `--sync` so that writes are on disk before they are acknowledged, and `--protect`), and the
 //! supervisor that restarts a server on the same address whenever it stops unexpectedly.
 //!
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
-use zos_primitive::{LegacyKey, NodeSecret};
+use zos_primitive::NodeSecret;
 
 use crate::pool::{Pool, PoolKind};
 use crate::storage::Storage;
@@ -178,10 +179,12 @@ impl ZdbSupervisor {
     }
 }
 
-/// The admin password of the server on `pool`: 24 bytes of [`LegacyKey::ZdbAdminV1`], hex.
-/// Frozen: a node upgraded in place must still manage the namespaces it made before.
+/// The admin password of the server on `pool`: 24 bytes of `NodeSecret::derive("zdb-admin",
+/// pool)` (the key root), hex. ZeroDB keeps no trace of its admin password (it is a start
+/// option; namespaces have their own passwords), so servers of a node upgraded in place
+/// moved from the seed-derived `LegacyKey::ZdbAdminV1` to this one with nothing to migrate.
 fn admin_password(secret: &NodeSecret, pool: &str) -> String {
-    hex::encode(&secret.derive_legacy(LegacyKey::ZdbAdminV1, pool)[..24])
+    hex::encode(&secret.derive("zdb-admin", pool)[..24])
 }
 
 impl Storage {
@@ -236,6 +239,12 @@ impl Storage {
         let (data_dir, index_dir) = (root.join("data"), root.join("index"));
         for d in [&data_dir, &index_dir] {
             std::fs::create_dir_all(d).map_err(io("create", d.clone()))?;
+        }
+        // Namespace descriptors hold namespace passwords and the data is users': owner only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod 0700", root.clone()))?;
         }
         let port_file = root.join("port");
         let port: u16 = std::fs::read_to_string(&port_file)
@@ -365,13 +374,19 @@ async fn supervise(
 mod tests {
     use super::*;
 
-    /// The password the previous version derived (its own HKDF here) for seed 0x5a×32 and
-    /// pool `hdd`: an upgraded node still authenticates to the servers it ran before.
+    /// From the key root, not the seed: pinned (RFC 5869 computed in Python) and unlike the
+    /// legacy password the seed gives.
     #[test]
-    fn admin_password_matches_the_previous_version() {
+    fn admin_password_comes_from_the_key_root() {
+        let s = NodeSecret::new([0x5a; 32]).with_legacy_seed([0x5a; 32]);
         assert_eq!(
-            admin_password(&NodeSecret::new([0x5a; 32]), "hdd"),
-            "e467a08b56ad69126cbf5278704fde0eafd2e29954b9e77d"
+            admin_password(&s, "hdd"),
+            "651ce90eebd0d781e2af5ae29c07787939f9cd48498987a1"
         );
+        let legacy = s
+            .derive_legacy(zos_primitive::LegacyKey::ZdbAdminV1, "hdd")
+            .unwrap();
+        assert_ne!(admin_password(&s, "hdd"), hex::encode(&legacy[..24]));
+        assert_ne!(admin_password(&s, "hdd"), admin_password(&s, "hdd2"));
     }
 }

@@ -4,9 +4,14 @@
 //! Encrypted at rest by default: the file is qcow2 with a LUKS payload. dm-crypt is not
 //! available on our hosts, and the consumer of the disk is QEMU, which opens qcow2+LUKS itself;
 //! so the data is encrypted from the VM's write down to the disk with no device mapper. The
-//! passphrase is derived (HKDF-SHA256) from the node seed and the workload id: nothing to
-//! store, the same after every restart. It reaches `qemu-img` through a pipe on stdin
-//! (`--object secret,file=/dev/stdin`), never through a file or an argument.
+//! passphrase is derived (HKDF-SHA256) from the node's *key root* (kept off the pools) and the
+//! workload id: nothing secret is stored, it is the same after every restart. It reaches
+//! `qemu-img` through a pipe on stdin (`--object secret,file=/dev/stdin`), never through a file
+//! or an argument.
+//!
+//! Each encrypted disk made since the key root exists has a *key record* `vdisks/.<wlid>.key`
+//! (no secret: the key generation and the key root's public id). A disk without one was made
+//! before and opens with the legacy passphrase from the node seed ([`KeyGeneration::LegacySeed`]).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,11 @@ use crate::storage::{AllocError, Storage};
 pub const VDISKS_DIR: &str = "vdisks";
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// First line of a key record.
+const RECORD_MAGIC: &str = "zos-disk-key 1";
+/// The purpose string of disk passphrases under the key root.
+const ROOT_PURPOSE: &str = "zmount-luks";
 
 /// Errors of zmount operations.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +83,36 @@ pub enum DiskError {
         #[source]
         source: BackendError,
     },
+    /// The disk's key record is unreadable or not understood: the disk is left alone.
+    #[error("disk {id}: key record {path}: {reason}")]
+    KeyRecord {
+        /// Disk id.
+        id: String,
+        /// The record file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk was made under another key root (another node, or a lost key root file): it
+    /// cannot be opened here and is not reused.
+    #[error(
+        "disk {id}: made under key root {disk_root}, this node's key root is {node_root}; \
+         it cannot be opened with this node's keys (restore the key root file, or delete the disk)"
+    )]
+    OtherKeyRoot {
+        /// Disk id.
+        id: String,
+        /// Public id of the key root in the disk's record.
+        disk_root: String,
+        /// Public id of this node's key root.
+        node_root: String,
+    },
+    /// A disk made before the key root existed, on a node that was not given its seed.
+    #[error("disk {id}: made with the legacy seed-derived key, but this node has no legacy seed")]
+    NoLegacyKey {
+        /// Disk id.
+        id: String,
+    },
     /// A file operation failed.
     #[error("disk {id}: {op} {path}: {source}")]
     Io {
@@ -95,15 +135,101 @@ impl DiskError {
     }
 }
 
+/// Which key an encrypted disk was made with. Read from its key record, which holds no secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyGeneration {
+    /// No key record: made before the key root existed. Passphrase
+    /// [`LegacyKey::ZmountDiskV1`] of the node *seed*, which is mirrored on every pool, so such a
+    /// disk is only as safe as before until it is re-created.
+    LegacySeed,
+    /// `NodeSecret::derive("zmount-luks", wlid)` under the key root whose public id
+    /// ([`NodeSecret::root_id`]) is given.
+    KeyRoot {
+        /// The key root's public id.
+        root_id: [u8; 16],
+    },
+}
+
+impl KeyGeneration {
+    /// The key record's text.
+    fn render(&self) -> Option<String> {
+        match self {
+            KeyGeneration::LegacySeed => None,
+            KeyGeneration::KeyRoot { root_id } => Some(format!(
+                "{RECORD_MAGIC}\ngeneration key-root-v1\nroot-id {}\n",
+                hex::encode(root_id)
+            )),
+        }
+    }
+
+    /// Parses a key record. Untrusted bytes (anyone with the pool can write them): never
+    /// panics; anything unexpected is an error, so the disk is not opened with a guessed key.
+    pub fn parse(bytes: &[u8]) -> Result<KeyGeneration, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+        let mut lines = text.lines();
+        if lines.next() != Some(RECORD_MAGIC) {
+            return Err(format!("does not start with {RECORD_MAGIC:?}"));
+        }
+        let (mut generation, mut root_id) = (None, None);
+        for line in lines.filter(|l| !l.is_empty()) {
+            match line.split_once(' ') {
+                Some(("generation", g)) => generation = Some(g),
+                Some(("root-id", h)) => {
+                    let v = hex::decode(h).map_err(|_| format!("root-id {h:?} is not hex"))?;
+                    root_id = Some(
+                        <[u8; 16]>::try_from(v.as_slice())
+                            .map_err(|_| format!("root-id must be 16 bytes, got {}", v.len()))?,
+                    );
+                }
+                _ => return Err(format!("unknown line {line:?}")),
+            }
+        }
+        match (generation, root_id) {
+            (Some("key-root-v1"), Some(root_id)) => Ok(KeyGeneration::KeyRoot { root_id }),
+            (Some("key-root-v1"), None) => Err("no root-id".into()),
+            (Some(g), _) => Err(format!("unknown key generation {g:?}")),
+            (None, _) => Err("no generation".into()),
+        }
+    }
+}
+
 /// The passphrase of one disk's LUKS payload. Not `Debug`/`Display`, to keep it out of logs.
 pub struct DiskKey([u8; 32]);
 
 impl DiskKey {
-    /// The key of disk `id`: [`LegacyKey::ZmountDiskV1`] of the node secret (HKDF-SHA256,
-    /// salt `zos-storage-zmount-v1`, info = the workload id). Frozen: every encrypted disk
-    /// written so far opens only with it.
+    /// The key of a new disk `id`: `NodeSecret::derive("zmount-luks", id)`, from the key root.
     pub fn derive(secret: &NodeSecret, id: &str) -> DiskKey {
-        DiskKey(secret.derive_legacy(LegacyKey::ZmountDiskV1, id))
+        DiskKey(secret.derive(ROOT_PURPOSE, id))
+    }
+
+    /// The key of a disk made before the key root existed: [`LegacyKey::ZmountDiskV1`] of the
+    /// node seed (HKDF-SHA256, salt `zos-storage-zmount-v1`, info = the workload id). Frozen:
+    /// those disks open only with it. `None` when `secret` has no legacy seed.
+    pub fn legacy(secret: &NodeSecret, id: &str) -> Option<DiskKey> {
+        secret
+            .derive_legacy(LegacyKey::ZmountDiskV1, id)
+            .map(DiskKey)
+    }
+
+    /// The key of disk `id` made with `generation`, if `secret` can give it.
+    pub fn for_generation(
+        secret: &NodeSecret,
+        id: &str,
+        generation: KeyGeneration,
+    ) -> Result<DiskKey, DiskError> {
+        match generation {
+            KeyGeneration::LegacySeed => {
+                DiskKey::legacy(secret, id).ok_or_else(|| DiskError::NoLegacyKey { id: id.into() })
+            }
+            KeyGeneration::KeyRoot { root_id } if root_id == secret.root_id() => {
+                Ok(DiskKey::derive(secret, id))
+            }
+            KeyGeneration::KeyRoot { root_id } => Err(DiskError::OtherKeyRoot {
+                id: id.into(),
+                disk_root: hex::encode(root_id),
+                node_root: hex::encode(secret.root_id()),
+            }),
+        }
     }
 
     /// The passphrase as QEMU gets it (`secret` object data): 64 lowercase hex characters.
@@ -185,10 +311,83 @@ fn secret_args() -> [&'static str; 2] {
     ["--object", "secret,id=sec0,file=/dev/stdin"]
 }
 
+fn record_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{id}.key"))
+}
+
+/// The key generation of disk `id` in image directory `dir`: from its key record, or
+/// [`KeyGeneration::LegacySeed`] when it has none.
+fn read_generation(dir: &Path, id: &str) -> Result<KeyGeneration, DiskError> {
+    let path = record_path(dir, id);
+    match std::fs::read(&path) {
+        Ok(bytes) => KeyGeneration::parse(&bytes).map_err(|reason| DiskError::KeyRecord {
+            id: id.into(),
+            path,
+            reason,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyGeneration::LegacySeed),
+        Err(source) => Err(DiskError::Io {
+            id: id.into(),
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Writes (temp + fsync + rename) or, for [`KeyGeneration::LegacySeed`], removes the record.
+fn write_generation(dir: &Path, id: &str, generation: KeyGeneration) -> Result<(), DiskError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = record_path(dir, id);
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiskError::Io {
+            id: id.into(),
+            op,
+            path,
+            source,
+        }
+    };
+    let Some(text) = generation.render() else {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
+            _ => Ok(()),
+        };
+    };
+    let tmp = dir.join(format!(".{id}.key.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))
+}
+
 impl Storage {
-    /// The key of disk `id` (for the VM that opens it).
-    pub fn disk_key(&self, id: &str) -> DiskKey {
-        DiskKey::derive(&self.secret, id)
+    /// The key of existing disk `id` (for the VM that opens it): the generation its key record
+    /// names, or the legacy one without a record. Errors when the disk is missing, its record
+    /// is unreadable, or this node cannot make its key (another key root, no legacy seed).
+    pub fn disk_key(&self, id: &str) -> Result<DiskKey, DiskError> {
+        check_id(id)?;
+        let pool = self
+            .find_disk(id)
+            .ok_or_else(|| DiskError::NotFound(id.into()))?;
+        let generation = read_generation(&pool.path(VDISKS_DIR), id)?;
+        DiskKey::for_generation(&self.secret, id, generation)
+    }
+
+    /// The key generation of existing disk `id` (see [`KeyGeneration`]).
+    pub fn disk_key_generation(&self, id: &str) -> Result<KeyGeneration, DiskError> {
+        check_id(id)?;
+        let pool = self
+            .find_disk(id)
+            .ok_or_else(|| DiskError::NotFound(id.into()))?;
+        read_generation(&pool.path(VDISKS_DIR), id)
     }
 
     fn find_disk(&self, id: &str) -> Option<&Pool> {
@@ -224,17 +423,44 @@ impl Storage {
     }
 
     /// Create disk `id` of `size` bytes (qcow2+LUKS unless the node is configured for raw
-    /// disks), or return the existing one unchanged (idempotent; use [`Storage::disk_update`]
-    /// to grow). Created under a temporary name and renamed, so a crash never leaves a
-    /// half-made image under the real name.
+    /// disks), or return the existing one unchanged (idempotent, for re-provisioning; use
+    /// [`Storage::disk_update`] to grow). An existing encrypted disk is returned only if this
+    /// node can open it (its key record names this key root, or it is a legacy disk and the
+    /// node has its seed): a disk keyed by anything else is refused, never handed out as if it
+    /// were this workload's. Created under a temporary name and renamed, so a crash never
+    /// leaves a half-made image under the real name.
     pub async fn disk_create(&self, id: &str, size: u64) -> Result<DiskInfo, DiskError> {
+        self.create_disk(id, size, false).await
+    }
+
+    /// Create disk `id` for a workload that has never had one on this node (a new deployment,
+    /// or a workload added by an update). An image already under that id is **stale**: left by
+    /// an earlier workload with the same id (a deprovision that did not finish, a recycled
+    /// contract id after a ledger reset). It is deleted, with a warning, and a new disk with a
+    /// new key record is made: the new workload never sees the old one's data.
+    pub async fn disk_create_new(&self, id: &str, size: u64) -> Result<DiskInfo, DiskError> {
+        self.create_disk(id, size, true).await
+    }
+
+    async fn create_disk(&self, id: &str, size: u64, fresh: bool) -> Result<DiskInfo, DiskError> {
         check_id(id)?;
         if size == 0 {
             return Err(DiskError::ZeroSize(id.into()));
         }
         let _guard = self.lock.lock().await;
         if let Some(p) = self.find_disk(id) {
-            return Self::disk_info(p, id);
+            let info = Self::disk_info(p, id)?;
+            if !fresh {
+                if info.encrypted {
+                    // Refuses disks keyed by another root, or legacy ones without the seed.
+                    let generation = read_generation(&p.path(VDISKS_DIR), id)?;
+                    DiskKey::for_generation(&self.secret, id, generation)?;
+                }
+                return Ok(info);
+            }
+            tracing::warn!(id, pool = %p.name, path = %info.path.display(),
+                "stale disk image left by an earlier workload with this id: deleting it");
+            self.remove_disk_files(p, id)?;
         }
         let size = size.div_ceil(512) * 512;
         let pool = self
@@ -260,7 +486,10 @@ impl Storage {
         }
         let tmp_s = tmp.to_string_lossy().into_owned();
         if self.cfg.encrypt_disks {
-            let key = self.disk_key(id).passphrase();
+            let generation = KeyGeneration::KeyRoot {
+                root_id: self.secret.root_id(),
+            };
+            let key = DiskKey::derive(&self.secret, id).passphrase();
             let [o, sec] = secret_args();
             let size_s = size.to_string();
             // iter-time: PBKDF2 stretching protects weak human passphrases; ours is 256 random
@@ -283,7 +512,11 @@ impl Storage {
                     id: id.into(),
                     source,
                 })?;
+            // The record goes first: an image under its real name always has the right one
+            // (a record left alone by a crash before the rename is rewritten next time).
+            write_generation(&dir, id, generation)?;
         } else {
+            write_generation(&dir, id, KeyGeneration::LegacySeed)?;
             let f = std::fs::File::create_new(&tmp).map_err(io("create", &tmp))?;
             f.set_len(size).map_err(io("size", &tmp))?;
         }
@@ -321,7 +554,8 @@ impl Storage {
                 source,
             })?;
         if info.encrypted {
-            let key = self.disk_key(id).passphrase();
+            let generation = read_generation(&pool.path(VDISKS_DIR), id)?;
+            let key = DiskKey::for_generation(&self.secret, id, generation)?.passphrase();
             let [o, sec] = secret_args();
             let opts = info.qemu_image_opts("sec0");
             let size_s = size.to_string();
@@ -353,21 +587,27 @@ impl Storage {
         Self::disk_info(pool, id)
     }
 
-    /// Delete disk `id`. Absent is success.
+    /// Delete disk `id` (image, then key record). Absent is success.
     pub async fn disk_delete(&self, id: &str) -> Result<(), DiskError> {
         check_id(id)?;
         let _guard = self.lock.lock().await;
         while let Some(pool) = self.find_disk(id) {
-            let path = pool.path(VDISKS_DIR).join(id);
-            std::fs::remove_file(&path).map_err(|source| DiskError::Io {
-                id: id.into(),
-                op: "remove",
-                path,
-                source,
-            })?;
+            self.remove_disk_files(pool, id)?;
             tracing::info!(id, pool = %pool.name, "disk deleted");
         }
         Ok(())
+    }
+
+    fn remove_disk_files(&self, pool: &Pool, id: &str) -> Result<(), DiskError> {
+        let dir = pool.path(VDISKS_DIR);
+        let path = dir.join(id);
+        std::fs::remove_file(&path).map_err(|source| DiskError::Io {
+            id: id.into(),
+            op: "remove",
+            path,
+            source,
+        })?;
+        write_generation(&dir, id, KeyGeneration::LegacySeed)
     }
 }
 
@@ -399,14 +639,67 @@ mod tests {
         );
     }
 
-    /// Disks made by the previous version (its own HKDF in this module) open with the key
-    /// derived now: the passphrase the previous build printed for seed 0x5a×32.
+    /// Disks made by the previous version (its own HKDF in this module) open with the legacy
+    /// key: the passphrase the previous build printed for seed 0x5a×32. New disks use the key
+    /// root, so a seed found on a pool does not give their key.
     #[test]
     fn keys_match_disks_of_the_previous_version() {
+        let s = NodeSecret::new([0x5a; 32]).with_legacy_seed([0x5a; 32]);
+        let legacy = DiskKey::legacy(&s, "7-42-disk").unwrap().passphrase();
         assert_eq!(
-            DiskKey::derive(&NodeSecret::new([0x5a; 32]), "7-42-disk").passphrase(),
+            legacy,
             "8bf146026f481b9ed67bf943c25041bd0ebc983980c9e6374d6ef7349a971e8b"
         );
+        assert_ne!(DiskKey::derive(&s, "7-42-disk").passphrase(), legacy);
+        let generation = KeyGeneration::LegacySeed;
+        let k = DiskKey::for_generation(&s, "7-42-disk", generation).unwrap();
+        assert_eq!(k.passphrase(), legacy);
+        assert!(matches!(
+            DiskKey::for_generation(&NodeSecret::new([0x5a; 32]), "7-42-disk", generation),
+            Err(DiskError::NoLegacyKey { .. })
+        ));
+    }
+
+    #[test]
+    fn key_records_round_trip_and_name_their_root() {
+        let s = NodeSecret::new([3; 32]);
+        let g = KeyGeneration::KeyRoot {
+            root_id: s.root_id(),
+        };
+        let text = g.render().unwrap();
+        assert!(!text.contains(&DiskKey::derive(&s, "1-1-d").passphrase()));
+        assert_eq!(KeyGeneration::parse(text.as_bytes()).unwrap(), g);
+        assert_eq!(
+            DiskKey::for_generation(&s, "1-1-d", g)
+                .unwrap()
+                .passphrase(),
+            DiskKey::derive(&s, "1-1-d").passphrase()
+        );
+        let e = DiskKey::for_generation(&NodeSecret::new([4; 32]), "1-1-d", g)
+            .err()
+            .unwrap();
+        assert!(matches!(e, DiskError::OtherKeyRoot { .. }), "{e}");
+        assert!(e.to_string().contains(&hex::encode(s.root_id())), "{e}");
+        for bad in [
+            &b""[..],
+            b"zos-disk-key 2\ngeneration key-root-v1\n",
+            b"zos-disk-key 1\ngeneration key-root-v1\n",
+            b"zos-disk-key 1\ngeneration key-root-v9\nroot-id 00\n",
+            b"zos-disk-key 1\ngeneration key-root-v1\nroot-id zz\n",
+            b"zos-disk-key 1\ngeneration key-root-v1\nroot-id 0011\n",
+            b"zos-disk-key 1\nsomething else\n",
+            b"\xff\xfe",
+        ] {
+            assert!(KeyGeneration::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Key records are untrusted (on the pool): parsing never panics.
+        #[test]
+        fn record_parsing_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..120)) {
+            let _ = KeyGeneration::parse(&b);
+        }
     }
 
     #[test]

@@ -314,7 +314,7 @@ async fn zmount_is_encrypted_sparse_nocow_and_grows() {
     );
 
     // Write a plaintext pattern through the LUKS layer; the file must not contain it.
-    let key = st.disk_key(id).passphrase();
+    let key = st.disk_key(id).unwrap().passphrase();
     let (ok, out) = qemu_io(&d.path, &key, "write -P 0x5a 0 4M");
     assert!(ok, "{out}");
     let raw = std::fs::read(&d.path).unwrap();
@@ -369,7 +369,7 @@ async fn restart_keeps_volumes_and_disks() {
     let d = st.disk_create("9-9-disk", 32 * MIB).await.unwrap();
     let (ok, out) = qemu_io(
         &d.path,
-        &st.disk_key("9-9-disk").passphrase(),
+        &st.disk_key("9-9-disk").unwrap().passphrase(),
         "write -P 0x77 1M 1M",
     );
     assert!(ok, "{out}");
@@ -384,7 +384,7 @@ async fn restart_keeps_volumes_and_disks() {
     assert_eq!(d2, d);
     let (ok, out) = qemu_io(
         &d2.path,
-        &st.disk_key("9-9-disk").passphrase(),
+        &st.disk_key("9-9-disk").unwrap().passphrase(),
         "read -P 0x77 1M 1M",
     );
     assert!(ok, "same key after restart: {out}");

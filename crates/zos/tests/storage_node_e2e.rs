@@ -256,7 +256,7 @@ async fn zdb_volume_zmount_through_the_node_then_restart_and_cancel() {
     let disk = node.storage.disk_get("3-1-disk").unwrap().unwrap();
     let (ok, out) = qemu_io(
         &disk.path,
-        &node.storage.disk_key("3-1-disk").passphrase(),
+        &node.storage.disk_key("3-1-disk").unwrap().passphrase(),
         "write -P 0x42 0 1M",
     );
     assert!(ok, "{out}");
@@ -422,7 +422,7 @@ async fn zdb_volume_zmount_through_the_node_then_restart_and_cancel() {
     let disk = node.storage.disk_get("3-1-disk").unwrap().unwrap();
     let (ok, out) = qemu_io(
         &disk.path,
-        &node.storage.disk_key("3-1-disk").passphrase(),
+        &node.storage.disk_key("3-1-disk").unwrap().passphrase(),
         "read -P 0x42 0 1M",
     );
     assert!(ok, "{out}");

@@ -30,9 +30,15 @@ pub struct RunArgs {
     /// Farm to register with (a node whose farm does not exist idles and says why).
     #[arg(long, env = "ZOS_FARM")]
     pub farm: u32,
-    /// Persistent state directory (seed, engine store).
+    /// Persistent state directory (seed, engine store; with pools, only the pools' runtime
+    /// directory and the default key root stay here).
     #[arg(long, env = "ZOS_DATA")]
     pub data: PathBuf,
+    /// The key root: 32 random bytes that key disk encryption and ZeroDB admin passwords,
+    /// created on first start. Keep it on the boot medium, never on a storage pool (refused);
+    /// without it the node's encrypted disks cannot be opened. Default: DATA/key-root.
+    #[arg(long, env = "ZOS_KEY_ROOT")]
+    pub key_root: Option<PathBuf>,
     /// Storage pool (repeatable): a btrfs loop file `FILE:SIZE:ssd|hdd` (root), or a plain
     /// directory `dir:PATH:SIZE:ssd|hdd` (no root; volumes without quotas or snapshots).
     /// Enables the volume, zmount and zdb primitives; without pools the node runs no storage
@@ -75,6 +81,17 @@ pub async fn run_node(
     cfg.metrics_listen = a.metrics;
     cfg.admin_twins = a.admin_twins.clone();
     cfg.sync_interval = Duration::from_secs(a.sync_secs.max(1));
+    let key_root_path = a
+        .key_root
+        .clone()
+        .unwrap_or_else(|| a.data.join(zos_node::identity::KEY_ROOT_FILE));
+    cfg.key_root = zos_node::identity::KeyRootSource::File(key_root_path.clone());
+    if a.key_root.is_none() {
+        // DATA holds the default key root: owner only.
+        std::fs::create_dir_all(&a.data)
+            .with_context(|| format!("creating {}", a.data.display()))?;
+        zos_node::identity::owner_only(&a.data, 0o700)?;
+    }
     // The binary composes the node from primitive crates; the agent knows no workload type.
     let mut registry = zos_node::PrimitiveRegistry::new();
     zos_network::register(&mut registry);
@@ -92,7 +109,8 @@ pub async fn run_node(
         let manager = zos_storage::Storage::start_pools(&pool_cfg)
             .await
             .context("starting pools")?;
-        // The seed is mirrored on every pool; the storage primitives derive disk keys from it.
+        // The seed (signing identity) is mirrored on every pool; disk keys come from the key
+        // root, which load_node_keys refuses to keep on any of them.
         cfg.seed_mirrors = manager
             .pools()
             .iter()
@@ -101,13 +119,14 @@ pub async fn run_node(
         // The node's own state lives on the first SSD pool's `cache` (subvolume or directory),
         // as upstream's /var/cache does; --data keeps only the pool runtime directory.
         if let Some(cache) = manager.cache_dir() {
-            adopt_state(&a.data, &cache)?;
+            adopt_state(&a.data, &cache, &key_root_path)?;
             cfg.data_dir = cache;
         }
-        let key = zos_node::identity::load_or_create(&cfg.data_dir, &cfg.seed_mirrors)?;
+        let keys =
+            zos_node::identity::load_node_keys(&cfg.data_dir, &cfg.seed_mirrors, &cfg.key_root)?;
         let s = Arc::new(zos_storage::Storage::new(
             manager,
-            zos_node::NodeSecret::new(*key.seed()),
+            keys.secret,
             zos_storage::StorageConfig::new(pool_cfg),
         ));
         zos_storage::register(&mut registry, s);
@@ -125,13 +144,22 @@ pub async fn run_node(
 }
 
 /// Moves node state files (seed, engine store) left in `old` by a node that ran before it had
-/// pools into `cache`, once: files already in `cache` win.
-fn adopt_state(old: &std::path::Path, cache: &std::path::Path) -> anyhow::Result<()> {
+/// pools into `cache`, once: files already in `cache` win. The key root (`key_root` and its
+/// temp file) stays where it is: moving it onto a pool would put it next to the disks it keys.
+fn adopt_state(
+    old: &std::path::Path,
+    cache: &std::path::Path,
+    key_root: &std::path::Path,
+) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(old) else {
         return Ok(());
     };
     for entry in entries {
         let entry = entry?;
+        let p = entry.path();
+        if p == key_root || p == key_root.with_extension("tmp") {
+            continue;
+        }
         let target = cache.join(entry.file_name());
         if entry.file_type()?.is_file() && !target.exists() {
             std::fs::copy(entry.path(), &target).with_context(|| {

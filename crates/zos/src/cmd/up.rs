@@ -204,6 +204,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         relay_domains: vec![relay_domain.clone()],
         farm,
         data: data.join("node"),
+        // DATA/node/key-root: under the grid's directory, outside DATA/pools.
+        key_root: None,
         pools: Vec::new(),
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
         admin_twins: vec![twin],
