@@ -221,6 +221,11 @@ impl SignedTransaction {
         let Ok(sig) = hex::decode(&self.signature) else {
             return false;
         };
+        // Exactly 64 bytes for both schemes, checked here whatever a verifier would accept:
+        // a signature with bytes appended would verify under a different transaction hash.
+        if sig.len() != 64 {
+            return false;
+        }
         self.account.verify(
             &signing_bytes(genesis_hash, &self.account, self.nonce, &self.call),
             &sig,
@@ -507,6 +512,25 @@ mod tests {
         let key = KeyPair::from_seed(KeyType::Sr25519, [9; 32]);
         let tx = SignedTransaction::sign(&key, &[0; 32], 0, Call::ReportUptime { uptime: 5 });
         assert!(tx.verify(&[0; 32]));
+    }
+
+    #[test]
+    fn signatures_of_the_wrong_length_are_refused() {
+        for kt in [KeyType::Ed25519, KeyType::Sr25519] {
+            let key = KeyPair::from_seed(kt, [5; 32]);
+            let tx = SignedTransaction::sign(&key, &[0; 32], 0, Call::ReportUptime { uptime: 1 });
+            assert!(tx.verify(&[0; 32]));
+            for sig in [
+                format!("{}00", tx.signature),
+                format!("{}{}", tx.signature, "ab".repeat(32)),
+                tx.signature[..126].to_string(),
+                String::new(),
+            ] {
+                let mut bad = tx.clone();
+                bad.signature = sig;
+                assert!(!bad.verify(&[0; 32]), "{kt:?} {}", bad.signature.len());
+            }
+        }
     }
 
     #[test]
