@@ -196,6 +196,27 @@ fn up_deploy_use_cancel_stop() {
     assert_eq!(result["state"], "ok");
     let ns = result["data"]["Namespace"].as_str().unwrap().to_string();
     let port = result["data"]["Port"].as_u64().unwrap() as u16;
+    // The key root (disk keys) is under the grid's directory, 0600, outside every pool.
+    let key_root = grid.data().join("node/key-root");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_root).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", key_root.display());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let data = grid.data().display().to_string();
+    let pools: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&data))
+        .collect();
+    assert_eq!(pools.len(), 2, "the grid's two pools: {pools:?}");
+    for pool in pools {
+        assert!(!key_root.starts_with(pool), "key root on pool {pool}");
+        assert!(
+            Path::new(pool).join("seed.txt").is_file(),
+            "seed mirrored on {pool}"
+        );
+    }
     assert!(
         !out.contains("s3cret-pass"),
         "secrets must be redacted: {out}"
