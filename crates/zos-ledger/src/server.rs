@@ -410,7 +410,11 @@ async fn read_body(
         Err(_) if waiting.load(Ordering::Relaxed) => Err(BodyError::Busy),
         Err(_) => Err(BodyError::TimedOut),
     };
-    if matches!(result, Err(BodyError::TooLarge)) {
+    // A client that waits for `100 Continue` has not sent its body: nothing to drain.
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if matches!(result, Err(BodyError::TooLarge)) && !expects_continue {
         // Read (and drop) what the client is still sending, within bounds: closing a socket
         // with unread input resets it, and the client would lose the 413 it should see.
         let drain = async {
