@@ -65,7 +65,29 @@ fn main() -> ExitCode {
         cli.command,
         Command::Client(_) | Command::Deployment(_) | Command::Key(_) | Command::Completions { .. }
     );
-    init_logging(if quiet { "warn" } else { "info" });
+    // `zdb serve --verbose/--logfile` (upstream's flags) choose the level and destination.
+    let (level, logfile) = match &cli.command {
+        Command::Zdb(z) => z.log_settings(),
+        _ => (None, None),
+    };
+    let logfile = match logfile.map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| format!("cannot open log file {}: {e}", p.display()))
+    }) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(f)) => Some(f),
+        None => None,
+    };
+    init_logging(
+        level.unwrap_or(if quiet { "warn" } else { "info" }),
+        logfile,
+    );
     let result = match cli.command {
         Command::Up(a) => cmd::up::run(a),
         Command::Client(c) => cmd::client::run(c),
@@ -94,14 +116,17 @@ fn main() -> ExitCode {
 /// Logs go to stderr so that stdout stays machine-readable; `RUST_LOG` filters them. Colour
 /// codes only when stderr is a terminal (log files and pipes get plain text) and `NO_COLOR`
 /// is not set.
-fn init_logging(default_level: &str) {
+fn init_logging(default_level: &str, logfile: Option<std::fs::File>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match logfile {
+        Some(f) => fmt
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .init(),
+        None => fmt.with_writer(std::io::stderr).with_ansi(colour).init(),
+    }
 }
