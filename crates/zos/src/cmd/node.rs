@@ -171,3 +171,24 @@ fn adopt_state(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// State files move to the pool's cache; the key root stays off the pool.
+    #[test]
+    fn adopting_state_leaves_the_key_root_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, cache) = (d.path().join("data"), d.path().join("pool/cache"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        let key_root = old.join(zos_node::identity::KEY_ROOT_FILE);
+        std::fs::write(&key_root, b"root").unwrap();
+        std::fs::write(old.join("seed.txt"), b"seed").unwrap();
+        adopt_state(&old, &cache, &key_root).unwrap();
+        assert!(key_root.is_file());
+        assert!(!cache.join(zos_node::identity::KEY_ROOT_FILE).exists());
+        assert!(cache.join("seed.txt").is_file() && !old.join("seed.txt").exists());
+    }
+}
