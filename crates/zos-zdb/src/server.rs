@@ -110,7 +110,14 @@ impl Server {
                 "nothing to listen on: give a TCP address or a unix socket".into(),
             ));
         }
-        let tcp = match cfg.listen {
+        // `--dualnet` on the IPv4 any-address listens on `::`, which takes both families.
+        let listen = match cfg.listen {
+            Some(a) if cfg.dualnet && a.ip() == IpAddr::from([0u8; 4]) => {
+                Some(SocketAddr::new(IpAddr::from([0u16; 8]), a.port()))
+            }
+            other => other,
+        };
+        let tcp = match listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -408,18 +415,24 @@ async fn periodic_sync(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// `--dualnet`: a listener on the other family's any-address and the same port, unless the
-/// first listener already takes both (an IPv6 any-address socket with `bindv6only=0`, Linux's
-/// default, which makes this bind fail with "address in use").
+/// `--dualnet`: a listener for the other address family on the same port: `::` (dual-stack
+/// on Linux by default) already takes IPv4, then nothing is added, otherwise `0.0.0.0`;
+/// loopback gets the other loopback. (`0.0.0.0` is widened to `::` before binding, see
+/// [`Server::bind`], since a dual-stack `::` cannot be bound next to it without
+/// `IPV6_V6ONLY`, which tokio does not expose.)
 async fn dual_listener(first: &TcpListener) -> Result<Option<TcpListener>, ZdbError> {
     let addr = first.local_addr().map_err(|source| ZdbError::Bind {
         what: "listener".into(),
         source,
     })?;
-    let other: IpAddr = if addr.is_ipv6() {
-        IpAddr::from([0u8; 4])
-    } else {
-        IpAddr::from([0u16; 8])
+    let other: IpAddr = match addr.ip() {
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from([0u8; 4]),
+        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1u16]),
+        ip => {
+            tracing::warn!(%ip, "--dualnet applies to the any-address and loopback only");
+            return Ok(None);
+        }
     };
     let want = SocketAddr::new(other, addr.port());
     match TcpListener::bind(want).await {
@@ -427,7 +440,7 @@ async fn dual_listener(first: &TcpListener) -> Result<Option<TcpListener>, ZdbEr
             tracing::info!(%want, "dualnet: second listener");
             Ok(Some(l))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.is_ipv6() => {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.ip().is_unspecified() => {
             tracing::info!(%addr, "dualnet: the IPv6 listener takes IPv4 too");
             Ok(None)
         }
