@@ -5,7 +5,7 @@
 #
 # Starts `zos up` on free loopback ports in a temp dir, then RUNS times: times one
 # `zos deploy examples/zdb.yaml --json` (the whole command: start, connect, contract, send, wait
-# for the node's result), then cancels the contract untimed. Prints p50/p90/min/max in ms.
+# for the node's result), then cancels the contract and waits until the node removed it, untimed. Prints p50/p90/min/max in ms.
 # Needs what `zos up` needs (root with loop devices and btrfs-progs, or directory pools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ dir=$(mktemp -d /tmp/zos-bench-deploy.XXXXXX)
 export ZOS_CONFIG=$dir/config.toml XDG_CONFIG_HOME=$dir/xdg RUST_LOG=warn
 unset ZOS_LEDGER ZOS_RELAY ZOS_KEY ZOS_SEED
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+touch "$dir/up.log"
 "$ZOS" up --data "$dir/data" --ssd 4GiB --hdd 4GiB --metrics-port 0 \
     --ledger-port "$(port)" --relay-port "$(port)" >"$dir/up.log" 2>&1 &
 up=$!
@@ -39,6 +40,12 @@ for i in $(seq "$RUNS"); do
     times+=($(( (t1 - t0) / 1000 )))
     id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["contract_id"])' "$dir/out.json")
     "$ZOS" cancel "$id" >/dev/null
+    # Untimed: let the node remove it, so the next run is a new deployment for any client
+    # (older clients would otherwise find the canceled one still listed and try to update it).
+    for _ in $(seq 600); do
+        [ "$("$ZOS" deployments --json)" = "[]" ] && break
+        sleep 0.05
+    done
 done
 printf '%s\n' "${times[@]}" | sort -n | python3 -c '
 import sys
