@@ -30,6 +30,8 @@ const SCAN_SLICE: Duration = Duration::from_millis(10);
 /// How far past the next seq id a replicated write may create one (bounds the index's growth
 /// from a bad feed).
 const MAX_ID_SKIP: u64 = 1 << 20;
+/// Index bytes a mirror feed reads at once.
+const FEED_INDEX_READ: usize = 256 << 10;
 /// Most keys returned by one KSCAN.
 const KSCAN_MAX: usize = 10_000;
 
@@ -857,7 +859,8 @@ impl NsState {
     }
 
     /// For a mirror feed: up to `max_entries` entries (or about `max_bytes`) after `after`
-    /// (from the first when `None`), each with its location and stored payload.
+    /// (from the first when `None`), each with its location and stored payload. Per data
+    /// file, one read of the index run and one of the data span: the lock is held briefly.
     pub fn read_after(
         &mut self,
         after: Option<Loc>,
@@ -877,11 +880,49 @@ impl NsState {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
-            let e = self.store.read_index(loc)?;
-            let payload = self.store.read_payload(loc.file, &e)?;
-            bytes += payload.len() + e.key.len();
-            pos = self.store.next(loc, &e);
-            out.push((loc, e, payload));
+            let mut run = self
+                .store
+                .read_index_run(loc.file, loc.off, FEED_INDEX_READ)?;
+            // Keep what fits the limits (at least one entry).
+            let mut span = 0usize;
+            let mut keep = 0;
+            for (_, e) in &run {
+                let len = DATA_HDR_LEN + e.key.len() + crate::store::stored_len(e) as usize;
+                if keep > 0 && (out.len() + keep >= max_entries || bytes + span + len > max_bytes) {
+                    break;
+                }
+                span += len;
+                keep += 1;
+            }
+            run.truncate(keep);
+            let Some((first_loc, first)) = run.first() else {
+                return Err(OpError::Store(StoreError::BadLoc {
+                    file: loc.file,
+                    off: loc.off,
+                }));
+            };
+            let data = self
+                .store
+                .read_data_span(first_loc.file, first.data_off, span)?;
+            let mut at = 0usize;
+            for (l, e) in &run {
+                let head = DATA_HDR_LEN + e.key.len();
+                let len = head + crate::store::stored_len(e) as usize;
+                let entry = data
+                    .get(at..at + len)
+                    .filter(|b| data_entry_valid(b) && b[DATA_HDR_LEN..head] == e.key[..]);
+                let Some(entry) = entry else {
+                    return Err(OpError::Store(StoreError::BadLoc {
+                        file: l.file,
+                        off: l.off,
+                    }));
+                };
+                out.push((*l, e.clone(), entry[head..].to_vec()));
+                at += len;
+            }
+            bytes += span;
+            let (last_loc, last) = &run[run.len() - 1];
+            pos = self.store.next(*last_loc, last);
         }
         Ok(out)
     }

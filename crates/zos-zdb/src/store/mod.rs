@@ -541,6 +541,52 @@ impl Store {
         Ok((h, entry, payload))
     }
 
+    /// The consecutive index entries of file `file` from offset `off`, decoded from one read
+    /// of at most `max_bytes` (at least one entry): mirror feeds read a batch this way.
+    pub fn read_index_run(
+        &mut self,
+        file: u32,
+        off: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<(Loc, IndexEntry)>, StoreError> {
+        let bad = StoreError::BadLoc { file, off };
+        let end = self.files.get(file as usize).ok_or(bad)?.idx_len;
+        let avail = end.saturating_sub(u64::from(off)) as usize;
+        let want = avail.min(max_bytes.max(INDEX_HDR_LEN + 255));
+        let buf = self.read_at(true, file, u64::from(off), want)?;
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos + INDEX_HDR_LEN <= buf.len() {
+            let len = INDEX_HDR_LEN + IndexEntry::key_len_of(&buf[pos..]);
+            let Some(b) = buf.get(pos..pos + len) else {
+                break;
+            };
+            let e = IndexEntry::decode(b).ok_or(StoreError::BadLoc {
+                file,
+                off: off + pos as u32,
+            })?;
+            out.push((
+                Loc {
+                    file,
+                    off: off + pos as u32,
+                },
+                e,
+            ));
+            pos += len;
+        }
+        Ok(out)
+    }
+
+    /// `len` raw bytes of data file `file` at `off` (file and write buffer).
+    pub fn read_data_span(
+        &mut self,
+        file: u32,
+        off: u32,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.read_at(false, file, u64::from(off), len)
+    }
+
     /// Reads and verifies the index entry at `loc`.
     pub fn read_index(&mut self, loc: Loc) -> Result<IndexEntry, StoreError> {
         let bad = StoreError::BadLoc {
