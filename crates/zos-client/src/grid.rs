@@ -902,3 +902,126 @@ pub fn redact(d: &Deployment) -> Value {
     walk(&mut v);
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use zos_types::{WorkloadResult, WorkloadType};
+
+    fn zdb(name: &str, version: u32, size: u64, state: ResultState) -> Workload {
+        Workload {
+            version,
+            name: name.into(),
+            workload_type: WorkloadType::Zdb,
+            data: json!({"size": size, "mode": "user", "password": "p", "public": false}),
+            result: WorkloadResult {
+                state,
+                error: if state == ResultState::Error {
+                    format!("{name} failed")
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn dep(version: u32, workloads: Vec<Workload>) -> Deployment {
+        Deployment {
+            version,
+            twin_id: 1,
+            contract_id: 7,
+            metadata: "{\"name\":\"x\"}".into(),
+            workloads,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failures_name_every_failed_changed_workload() {
+        let sent = dep(
+            1,
+            vec![
+                zdb("a", 0, 1, ResultState::Unset),
+                zdb("b", 1, 1, ResultState::Unset),
+                zdb("c", 1, 2, ResultState::Unset),
+            ],
+        );
+        let current = dep(
+            1,
+            vec![
+                // `a` was not changed: its old error is not this deploy's failure.
+                zdb("a", 0, 1, ResultState::Error),
+                zdb("b", 1, 1, ResultState::Error),
+                zdb("c", 1, 2, ResultState::Ok),
+            ],
+        );
+        let refused = vec![("d".to_string(), "cannot shrink".to_string())];
+        assert_eq!(
+            failures(&sent, &current, refused),
+            vec![
+                ("b".to_string(), "b failed".to_string()),
+                ("d".to_string(), "cannot shrink".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn rollback_puts_the_previous_workloads_back_as_the_next_version() {
+        let old = dep(
+            2,
+            vec![
+                zdb("keep", 0, 1, ResultState::Ok),
+                zdb("grown", 2, 1, ResultState::Ok),
+                zdb("dropped", 1, 1, ResultState::Ok),
+            ],
+        );
+        // The failed version 3: `keep` untouched, `grown` changed and failed, `dropped`
+        // removed, `added` new.
+        let current = dep(
+            3,
+            vec![
+                zdb("keep", 0, 1, ResultState::Ok),
+                zdb("grown", 3, 5, ResultState::Error),
+                zdb("added", 3, 1, ResultState::Error),
+            ],
+        );
+        let back = rollback_of(&old, &current);
+        assert_eq!(back.version, 4);
+        let v = |n: &str| back.get(n).map(|w| (w.version, w.data["size"].clone()));
+        assert_eq!(
+            v("keep"),
+            Some((0, json!(1))),
+            "unchanged keeps its version"
+        );
+        assert_eq!(
+            v("grown"),
+            Some((4, json!(1))),
+            "the old definition, re-applied"
+        );
+        assert_eq!(v("dropped"), Some((4, json!(1))), "re-added");
+        assert_eq!(v("added"), None, "what the update added is removed");
+        assert!(back.signature_requirement.signatures.is_empty());
+        // The node accepts it as the next version of the failed one.
+        let mut next = back.clone();
+        let ops = current.upgrade(&mut next).unwrap();
+        assert!(ops.contains(&("added".to_string(), zos_types::UpgradeOp::Remove)));
+    }
+
+    #[test]
+    fn polling_is_done_only_with_final_results_of_the_version_sent() {
+        let sent = dep(1, vec![zdb("a", 1, 1, ResultState::Unset)]);
+        let old_ok = dep(1, vec![zdb("a", 0, 1, ResultState::Ok)]);
+        assert!(
+            !polled_done(&sent, &old_ok),
+            "an older ok is not the update's"
+        );
+        let init = dep(1, vec![zdb("a", 1, 1, ResultState::Init)]);
+        assert!(!polled_done(&sent, &init));
+        for state in [ResultState::Ok, ResultState::Error] {
+            assert!(polled_done(&sent, &dep(1, vec![zdb("a", 1, 1, state)])));
+        }
+    }
+}
