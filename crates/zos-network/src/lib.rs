@@ -1,8 +1,7 @@
-//! Network primitives for the zos node. There is no network primitive yet (no bridges,
-//! WireGuard or public IPs are made); what lives here are the node API's **views** of network,
-//! public IP and VM workloads, as [`ApiCommand`]s over the stored deployments, so that the
-//! agent itself knows no workload type. The `network`, `ip` and `zmachine` primitives will
-//! join them here (and in `zos-vm`).
+//! Network primitives for the zos node: the `network` primitive (a network resource per
+//! network workload: namespace, bridge, userspace WireGuard, see [`resource`]) and the node
+//! API's **views** of network, public IP and VM workloads, as [`ApiCommand`]s over the stored
+//! deployments, so that the agent itself knows no workload type.
 //!
 //! Commands (upstream `pkg/zos_api` names and shapes):
 //! - `zos.network.list_wg_ports`: WireGuard ports of network workloads holding resources
@@ -19,6 +18,44 @@ use serde_json::{Value, json};
 use zos_primitive::{ApiCommand, NodeView, PrimitiveRegistry};
 use zos_types::data::{PublicIpResult, WorkloadData};
 use zos_types::{Deployment, ResultState, Workload, WorkloadType};
+
+pub mod ip;
+pub mod resource;
+pub mod wg;
+
+pub use resource::{NetConfig, Networks, NrNames};
+
+/// Adds the `network` primitive (network resources on this node's network plane `cfg`).
+pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Arc<Networks> {
+    let n = Networks::new(cfg);
+    registry.register(n.clone());
+    registry.add_feature("wireguard");
+    n
+}
+
+/// Whether network resources can be made here: root (namespaces, links), `/dev/net/tun` and
+/// iproute2's `ip`. The error says what is missing.
+pub fn network_support() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    if !root {
+        return Err("private networks need root (network namespaces, TUN devices)".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err("private networks need /dev/net/tun".into());
+    }
+    let has_ip = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("ip").is_file()))
+        .unwrap_or(false);
+    if !has_ip {
+        return Err("private networks need iproute2's `ip` (apt-get install iproute2)".into());
+    }
+    Ok(())
+}
 
 /// Adds the network views to the node API.
 pub fn register(registry: &mut PrimitiveRegistry) {

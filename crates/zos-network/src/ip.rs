@@ -1,0 +1,85 @@
+//! Links, addresses, routes and namespaces through iproute2's `ip` (present on every zos host;
+//! its error texts are clear and it keeps this crate free of netlink encoding).
+
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// What a failed `ip` invocation said.
+#[derive(Debug, thiserror::Error)]
+#[error("ip {args}: {message}")]
+pub struct IpError {
+    args: String,
+    message: String,
+}
+
+/// Runs `ip [-n NS] ARGS…`; the error carries the command line and `ip`'s stderr.
+pub async fn ip(ns: Option<&str>, args: &[&str]) -> Result<String, IpError> {
+    let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
+    if let Some(ns) = ns {
+        full.extend(["-n", ns]);
+    }
+    full.extend_from_slice(args);
+    let out = Command::new("ip")
+        .args(&full)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| IpError {
+            args: full.join(" "),
+            message: format!("cannot run ip: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(IpError {
+            args: full.join(" "),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the named network namespace exists (`/run/netns/NAME`).
+pub fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+/// Creates the namespace unless it exists.
+pub async fn netns_ensure(name: &str) -> Result<(), IpError> {
+    if !netns_exists(name) {
+        ip(None, &["netns", "add", name]).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the namespace (absent is fine).
+pub async fn netns_delete(name: &str) -> Result<(), IpError> {
+    if netns_exists(name) {
+        ip(None, &["netns", "del", name]).await?;
+    }
+    Ok(())
+}
+
+/// Whether link `name` exists in `ns` (or the current namespace).
+pub async fn link_exists(ns: Option<&str>, name: &str) -> bool {
+    ip(ns, &["link", "show", "dev", name]).await.is_ok()
+}
+
+/// Deletes link `name` in `ns` when present.
+pub async fn link_delete(ns: Option<&str>, name: &str) -> Result<(), IpError> {
+    if link_exists(ns, name).await {
+        ip(ns, &["link", "del", "dev", name]).await?;
+    }
+    Ok(())
+}
+
+/// The destinations of the routes on `dev` in `ns` that were added with protocol `static`
+/// (ours; the kernel's connected routes are protocol `kernel`), as printed by `ip`.
+pub async fn static_routes(ns: Option<&str>, dev: &str, v6: bool) -> Result<Vec<String>, IpError> {
+    let fam = if v6 { "-6" } else { "-4" };
+    let out = ip(ns, &[fam, "route", "show", "dev", dev, "proto", "static"]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}

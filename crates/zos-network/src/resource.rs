@@ -1,0 +1,576 @@
+//! The `network` primitive: one network resource (NR) per network workload.
+//!
+//! Made per resource, with `netid = NetworkID(twin, name)` (upstream names):
+//! - namespace `n-<netid>` (prefixed by [`NetConfig::ns_prefix`] when several nodes share a
+//!   machine), with `lo` up;
+//! - bridge `b-<netid>` in the node's namespace (VM taps join it), and a veth pair `v-<netid>`
+//!   (on the bridge) ↔ `n-<netid>` (inside the NR) holding the gateway `<subnet>.1` and its ULA
+//!   `Convert4to6(netid, gateway)/64`;
+//! - WireGuard `w-<netid>` inside the NR, with `wgIP(subnet)/16` and a route per peer allowed
+//!   IP; its UDP socket listens on the workload's port in the node's namespace.
+//!
+//! Everything is derived from the workload: the kernel holds no state we need. Provision is
+//! idempotent (it converges what exists), a restarted node provisions again from its stored
+//! deployments, and deprovision removes all of it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use zos_primitive::{Primitive, PrimitiveError, WorkloadCtx};
+use zos_types::data::{Network, WorkloadData};
+use zos_types::ids::{convert_4to6, network_id};
+use zos_types::{Workload, WorkloadType};
+
+use crate::ip::{self, ip};
+use crate::wg::{self, Device, DeviceConfig, PeerConfig};
+
+/// Where a node's network plane lives.
+#[derive(Debug, Clone, Default)]
+pub struct NetConfig {
+    /// The node's network namespace (its public side: WireGuard sockets, bridges), when it is
+    /// not the process's own (several nodes on one machine, tests).
+    pub node_netns: Option<String>,
+    /// Prefix of the NR namespace names (`<prefix>n-<netid>`), so that nodes sharing a
+    /// machine do not share namespaces. Empty on a real node (upstream names).
+    pub ns_prefix: String,
+}
+
+/// The names a node derives for a network (upstream `Unique`-style names, §6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NrNames {
+    /// `NetworkID(twin, name)`.
+    pub netid: String,
+    /// Namespace (with the node's prefix).
+    pub namespace: String,
+    /// Bridge `b-<netid>` in the node's namespace.
+    pub bridge: String,
+    /// WireGuard interface `w-<netid>` in the namespace.
+    pub wireguard: String,
+    /// The NR's leg on the bridge, `n-<netid>` inside the namespace.
+    pub nr_link: String,
+    /// Its peer on the bridge, `v-<netid>`.
+    pub bridge_port: String,
+}
+
+impl NrNames {
+    /// Names for network `name` of `twin`.
+    pub fn new(twin: u32, name: &str, ns_prefix: &str) -> Self {
+        let netid = network_id(twin, name);
+        NrNames {
+            namespace: format!("{ns_prefix}n-{netid}"),
+            bridge: format!("b-{netid}"),
+            wireguard: format!("w-{netid}"),
+            nr_link: format!("n-{netid}"),
+            bridge_port: format!("v-{netid}"),
+            netid,
+        }
+    }
+}
+
+/// Upstream `wgIP(subnet)`: `100.64.<second octet>.<third octet>` (`10.3.1.0/16` →
+/// `100.64.3.1`), the resource's address in the WireGuard /16.
+pub fn wg_ip(subnet: Ipv4Addr) -> Ipv4Addr {
+    let o = subnet.octets();
+    Ipv4Addr::new(100, 64, o[1], o[2])
+}
+
+/// The gateway of an IPv4 subnet: its `.1`.
+pub fn gateway(subnet: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from((u32::from(subnet) & mask) + 1)
+}
+
+/// A network workload, checked and decoded into what the node applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Names.
+    pub names: NrNames,
+    /// The network range.
+    pub ip_range: (Ipv4Addr, u8),
+    /// This node's subnet.
+    pub subnet: (Ipv4Addr, u8),
+    /// UDP port.
+    pub port: u16,
+    /// WireGuard configuration.
+    pub device: DeviceConfig,
+}
+
+fn v4(what: &str, n: &zos_types::gofmt::IpNet) -> Result<(Ipv4Addr, u8), String> {
+    match n.get() {
+        Some((IpAddr::V4(a), len)) => Ok((a, len)),
+        Some((IpAddr::V6(_), _)) => Err(format!("{what} must be IPv4, got {n}")),
+        None => Err(format!("{what} is not set")),
+    }
+}
+
+fn overlaps(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
+    let len = a.1.min(b.1);
+    wg::contains(a.0, len, b.0)
+}
+
+/// Checks a network workload (upstream `Valid()` plus what the node needs: decodable keys,
+/// IPv4 subnets inside the range, no overlapping subnets, endpoints that parse).
+pub fn plan(twin: u32, name: &str, n: &Network, ns_prefix: &str) -> Result<Plan, String> {
+    let ip_range = v4("ip_range", &n.ip_range)?;
+    let subnet = v4("subnet", &n.subnet)?;
+    if ip_range.1 > subnet.1 || !wg::contains(ip_range.0.into(), ip_range.1, subnet.0.into()) {
+        return Err(format!(
+            "subnet {} is not inside ip_range {}",
+            n.subnet, n.ip_range
+        ));
+    }
+    if subnet.1 > 30 {
+        return Err(format!("subnet {} is too small for a gateway", n.subnet));
+    }
+    if n.wireguard_private_key.is_empty() {
+        return Err("network private key is empty".into());
+    }
+    let private_key = wg::decode_key("wireguard_private_key", &n.wireguard_private_key)?;
+    let mut peers = Vec::with_capacity(n.peers.len());
+    let mut subnets: Vec<(IpAddr, u8, String)> = vec![(
+        subnet.0.into(),
+        subnet.1,
+        format!("this node's subnet {}", n.subnet),
+    )];
+    for (i, p) in n.peers.iter().enumerate() {
+        let what = format!("peer {i}");
+        let psub = v4(&format!("{what} subnet"), &p.subnet)?;
+        if p.allowed_ips.is_empty() {
+            return Err(format!("{what} ({}) has no allowed IPs", p.subnet));
+        }
+        if p.wireguard_public_key.is_empty() {
+            return Err(format!("{what} ({}) has no public key", p.subnet));
+        }
+        let public_key = wg::decode_key(&format!("{what} public key"), &p.wireguard_public_key)?;
+        if public_key == *x25519_public(&private_key).as_bytes() {
+            return Err(format!("{what} ({}) has this node's own key", p.subnet));
+        }
+        if peers
+            .iter()
+            .any(|q: &PeerConfig| q.public_key == public_key)
+        {
+            return Err(format!("{what} ({}) repeats another peer's key", p.subnet));
+        }
+        for (net, len, who) in &subnets {
+            if overlaps((*net, *len), (psub.0.into(), psub.1)) {
+                return Err(format!(
+                    "overlapping subnets: {what} subnet {} overlaps {who}",
+                    p.subnet
+                ));
+            }
+        }
+        subnets.push((
+            psub.0.into(),
+            psub.1,
+            format!("peer {i} subnet {}", p.subnet),
+        ));
+        let mut allowed = Vec::with_capacity(p.allowed_ips.len());
+        for a in &p.allowed_ips {
+            let (ip, len) = a
+                .get()
+                .ok_or_else(|| format!("{what} has an empty allowed IP"))?;
+            allowed.push((ip, len));
+        }
+        let endpoint = if p.endpoint.is_empty() {
+            None
+        } else {
+            Some(
+                p.endpoint
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{what} endpoint {:?} is not ip:port: {e}", p.endpoint))?,
+            )
+        };
+        peers.push(PeerConfig {
+            public_key,
+            allowed_ips: allowed,
+            endpoint,
+        });
+    }
+    Ok(Plan {
+        names: NrNames::new(twin, name, ns_prefix),
+        ip_range,
+        subnet,
+        port: n.wireguard_listen_port,
+        device: DeviceConfig { private_key, peers },
+    })
+}
+
+fn x25519_public(k: &[u8; 32]) -> boringtun::x25519::PublicKey {
+    boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(*k))
+}
+
+struct Running {
+    plan: Plan,
+    device: Device,
+}
+
+/// The network primitive and its port manager.
+pub struct Networks {
+    cfg: NetConfig,
+    /// Running resources by netid. One lock: network changes are rare and must not interleave
+    /// (port reservations, shared names).
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl std::fmt::Debug for Networks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Networks").field("cfg", &self.cfg).finish()
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> PrimitiveError {
+    PrimitiveError::Failed(e.to_string())
+}
+
+impl Networks {
+    /// A primitive for a node whose network plane is described by `cfg`.
+    pub fn new(cfg: NetConfig) -> Arc<Self> {
+        Arc::new(Networks {
+            cfg,
+            running: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn node_ns(&self) -> Option<&str> {
+        self.cfg.node_netns.as_deref()
+    }
+
+    fn decode(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Plan, PrimitiveError> {
+        let n = match wl.typed_data() {
+            Ok(WorkloadData::Network(n)) => n,
+            Ok(_) => return Err(PrimitiveError::InvalidData("not a network workload".into())),
+            Err(e) => return Err(PrimitiveError::InvalidData(e.to_string())),
+        };
+        plan(ctx.twin, &wl.name, &n, &self.cfg.ns_prefix).map_err(PrimitiveError::InvalidData)
+    }
+
+    /// The UDP ports held by running resources.
+    pub async fn ports(&self) -> Vec<(String, u16)> {
+        self.running
+            .lock()
+            .await
+            .iter()
+            .map(|(id, r)| (id.clone(), r.device.listen_port()))
+            .collect()
+    }
+
+    /// Peer status of a running resource (tests, diagnostics).
+    pub async fn peer_status(
+        &self,
+        netid: &str,
+    ) -> Option<Vec<([u8; 32], Option<SocketAddr>, Option<std::time::Duration>)>> {
+        self.running
+            .lock()
+            .await
+            .get(netid)
+            .map(|r| r.device.peer_status())
+    }
+
+    /// Creates or converges the resource for `p`.
+    async fn apply(&self, p: Plan) -> Result<(), PrimitiveError> {
+        let mut running = self.running.lock().await;
+        let id = p.names.netid.clone();
+        // Port manager: a port belongs to one resource of this node.
+        if p.port != 0 {
+            if let Some((other, _)) = running
+                .iter()
+                .find(|(o, r)| **o != id && r.device.listen_port() == p.port)
+            {
+                return Err(failed(format!(
+                    "wireguard listen port {} is already used by network {other} on this node",
+                    p.port
+                )));
+            }
+        }
+        let restart = match running.get(&id) {
+            Some(r) => r.plan.port != p.port,
+            None => true,
+        };
+        if restart {
+            // Stop the old device first so its port is free again; the TUN goes with it.
+            running.remove(&id);
+            let (udp, tun) =
+                wg::open(self.node_ns(), &p.names.wireguard, p.port).map_err(failed)?;
+            // Nothing was made before the socket was bound: a port in use leaves no trace.
+            let made = self.links(&p).await;
+            if let Err(e) = made {
+                drop((udp, tun));
+                self.remove(&p.names).await;
+                return Err(failed(e));
+            }
+            let device = Device::start(udp, tun, &p.device).map_err(failed)?;
+            if let Err(e) = self.wireguard_link(&p).await {
+                drop(device);
+                self.remove(&p.names).await;
+                return Err(failed(e));
+            }
+            running.insert(id, Running { plan: p, device });
+        } else if let Some(r) = running.get_mut(&id) {
+            r.device.reconfigure(&p.device);
+            self.links(&p).await.map_err(failed)?;
+            self.routes(&p).await.map_err(failed)?;
+            r.plan = p;
+        }
+        Ok(())
+    }
+
+    /// Namespace, bridge, veth and the gateway addresses (idempotent).
+    async fn links(&self, p: &Plan) -> Result<(), ip::IpError> {
+        let n = &p.names;
+        let node = self.node_ns();
+        let ns = Some(n.namespace.as_str());
+        ip::netns_ensure(&n.namespace).await?;
+        ip(ns, &["link", "set", "lo", "up"]).await?;
+        if !ip::link_exists(node, &n.bridge).await {
+            ip(node, &["link", "add", &n.bridge, "type", "bridge"]).await?;
+        }
+        ip(node, &["link", "set", &n.bridge, "up"]).await?;
+        if !ip::link_exists(ns, &n.nr_link).await {
+            ip::link_delete(node, &n.bridge_port).await?;
+            ip(
+                node,
+                &[
+                    "link",
+                    "add",
+                    &n.bridge_port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &n.nr_link,
+                    "netns",
+                    &n.namespace,
+                ],
+            )
+            .await?;
+        }
+        ip(
+            node,
+            &["link", "set", &n.bridge_port, "master", &n.bridge, "up"],
+        )
+        .await?;
+        let gw = gateway(p.subnet.0, p.subnet.1);
+        let gw4 = format!("{gw}/{}", p.subnet.1);
+        ip(ns, &["addr", "replace", &gw4, "dev", &n.nr_link]).await?;
+        if let Some(v6) = convert_4to6(&n.netid, gw.into()) {
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "replace",
+                    &format!("{v6}/64"),
+                    "dev",
+                    &n.nr_link,
+                    "nodad",
+                ],
+            )
+            .await?;
+        }
+        ip(ns, &["link", "set", &n.nr_link, "up"]).await?;
+        Ok(())
+    }
+
+    /// Moves the TUN into the namespace, addresses it and routes the peers' allowed IPs.
+    async fn wireguard_link(&self, p: &Plan) -> Result<(), ip::IpError> {
+        let n = &p.names;
+        let ns = Some(n.namespace.as_str());
+        // A TUN left by an earlier run of this node is gone with its process; anything else by
+        // that name in the namespace is ours to replace.
+        ip::link_delete(ns, &n.wireguard).await?;
+        ip(
+            self.node_ns(),
+            &["link", "set", &n.wireguard, "netns", &n.namespace],
+        )
+        .await?;
+        let wgip = format!("{}/16", wg_ip(p.subnet.0));
+        ip(ns, &["addr", "replace", &wgip, "dev", &n.wireguard]).await?;
+        ip(
+            ns,
+            &[
+                "link",
+                "set",
+                &n.wireguard,
+                "mtu",
+                &wg::MTU.to_string(),
+                "up",
+            ],
+        )
+        .await?;
+        self.routes(p).await
+    }
+
+    /// Exactly one route per peer allowed IP through the WireGuard link, plus the whole range
+    /// (so traffic to a subnet without a peer yet fails fast instead of leaving the NR).
+    async fn routes(&self, p: &Plan) -> Result<(), ip::IpError> {
+        let n = &p.names;
+        let ns = Some(n.namespace.as_str());
+        let mut want: Vec<String> = Vec::new();
+        for peer in &p.device.peers {
+            for (ip, len) in &peer.allowed_ips {
+                if ip.is_ipv4() {
+                    // `ip` prints host routes without /32.
+                    let net = network_of(*ip, *len);
+                    want.push(if *len == 32 {
+                        net
+                    } else {
+                        format!("{net}/{len}")
+                    });
+                }
+            }
+        }
+        want.sort();
+        want.dedup();
+        let have = ip::static_routes(ns, &n.wireguard, false).await?;
+        for r in have.iter().filter(|r| !want.contains(r)) {
+            ip(ns, &["route", "del", r, "dev", &n.wireguard]).await?;
+        }
+        for r in &want {
+            ip(
+                ns,
+                &[
+                    "route",
+                    "replace",
+                    r,
+                    "dev",
+                    &n.wireguard,
+                    "proto",
+                    "static",
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything a resource made (best effort; absent parts are fine).
+    async fn remove(&self, n: &NrNames) {
+        let node = self.node_ns();
+        if let Err(e) = ip::netns_delete(&n.namespace).await {
+            tracing::warn!(error = %e, "removing network namespace");
+        }
+        for link in [&n.bridge_port, &n.bridge] {
+            if let Err(e) = ip::link_delete(node, link).await {
+                tracing::warn!(error = %e, "removing network link");
+            }
+        }
+    }
+}
+
+fn network_of(ip: IpAddr, len: u8) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            Ipv4Addr::from(u32::from(a) & mask).to_string()
+        }
+        IpAddr::V6(a) => a.to_string(),
+    }
+}
+
+#[async_trait]
+impl Primitive for Networks {
+    fn workload_type(&self) -> WorkloadType {
+        WorkloadType::Network
+    }
+
+    fn supports_update(&self) -> bool {
+        true
+    }
+
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let p = self.decode(ctx, wl)?;
+        tracing::info!(netid = %p.names.netid, wl = %ctx.workload_id, "network resource");
+        self.apply(p).await?;
+        Ok(Value::Null)
+    }
+
+    async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        self.provision(ctx, wl).await
+    }
+
+    async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
+        let names = NrNames::new(ctx.twin, &wl.name, &self.cfg.ns_prefix);
+        let mut running = self.running.lock().await;
+        running.remove(&names.netid);
+        self.remove(&names).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn net(v: Value) -> Network {
+        serde_json::from_value(v).expect("network json")
+    }
+
+    #[test]
+    fn names_and_addresses_follow_upstream() {
+        let n = NrNames::new(1, "net1", "");
+        assert_eq!(n.netid, "HFzUQHtqE2iA5");
+        assert_eq!(n.namespace, "n-HFzUQHtqE2iA5");
+        assert_eq!(n.bridge, "b-HFzUQHtqE2iA5");
+        assert_eq!(n.wireguard, "w-HFzUQHtqE2iA5");
+        // zosbase net_resource_test.go: wgIP(10.3.1.0/16) = 100.64.3.1
+        assert_eq!(
+            wg_ip(Ipv4Addr::new(10, 3, 1, 0)),
+            Ipv4Addr::new(100, 64, 3, 1)
+        );
+        assert_eq!(
+            gateway(Ipv4Addr::new(10, 20, 2, 0), 24),
+            Ipv4Addr::new(10, 20, 2, 1)
+        );
+    }
+
+    #[test]
+    fn bad_networks_get_clear_errors() {
+        let k = wg::generate_private_key();
+        let pk = wg::public_key_of(&wg::generate_private_key()).expect("pub");
+        let base = |peers: Value| {
+            net(json!({"ip_range": "10.1.0.0/16", "subnet": "10.1.1.0/24",
+                "wireguard_private_key": k, "wireguard_listen_port": 3011, "peers": peers}))
+        };
+        let ok = base(json!([{"subnet": "10.1.2.0/24", "wireguard_public_key": pk,
+            "allowed_ips": ["10.1.2.0/24", "100.64.1.2/32"], "endpoint": "10.0.0.2:3011"}]));
+        let p = plan(1, "n", &ok, "").expect("valid");
+        assert_eq!(p.device.peers[0].allowed_ips.len(), 2);
+        let err = |n: Network| plan(1, "n", &n, "").expect_err("refused");
+        let e = err(base(
+            json!([{"subnet": "10.1.1.0/24", "wireguard_public_key": pk,
+            "allowed_ips": ["10.1.1.0/24"]}]),
+        ));
+        assert!(e.contains("overlapping subnets"), "{e}");
+        let e = err(base(
+            json!([{"subnet": "10.1.2.0/24", "wireguard_public_key": pk,
+            "allowed_ips": []}]),
+        ));
+        assert!(e.contains("has no allowed IPs"), "{e}");
+        let e = err(base(
+            json!([{"subnet": "10.1.2.0/24", "wireguard_public_key": "nope",
+            "allowed_ips": ["10.1.2.0/24"]}]),
+        ));
+        assert!(e.contains("peer 0 public key"), "{e}");
+        let e = err(base(
+            json!([{"subnet": "10.1.2.0/24", "wireguard_public_key": pk,
+            "allowed_ips": ["10.1.2.0/24"], "endpoint": "somewhere"}]),
+        ));
+        assert!(e.contains("endpoint"), "{e}");
+        let mut bad_key = base(json!([]));
+        bad_key.wireguard_private_key = "short".into();
+        assert!(err(bad_key).contains("wireguard_private_key"));
+        let mut outside = base(json!([]));
+        outside.subnet = zos_types::gofmt::IpNet::parse("10.2.1.0/24").expect("net");
+        assert!(err(outside).contains("not inside ip_range"));
+    }
+}
