@@ -46,6 +46,9 @@ enum Command {
     /// `mount`, `unpack`, `verify`, `push`.
     #[command(subcommand)]
     Flist(cmd::flist::FlistCmd),
+    /// Mycelium, the end-to-end encrypted IPv6 overlay: `run`, `inspect`, `generate-keys`.
+    #[command(subcommand)]
+    Mycelium(cmd::mycelium::MyceliumCmd),
     /// The flist hub: `hub serve`.
     #[command(subcommand)]
     Hub(cmd::flist::HubCmd),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Zdb(c) => cmd::zdb::run(c),
         Command::Flist(c) => cmd::flist::run(c),
         Command::Hub(c) => cmd::flist::run_hub(c),
+        Command::Mycelium(c) => cmd::mycelium::run(c),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "zos", &mut std::io::stdout());
             Ok(())

@@ -5,6 +5,7 @@ pub mod deployment;
 pub mod flist;
 pub mod key;
 pub mod ledger;
+pub mod mycelium;
 pub mod node;
 pub mod rmb;
 pub mod up;
