@@ -6,6 +6,7 @@ pub mod flist;
 pub mod key;
 pub mod ledger;
 pub mod mycelium;
+pub mod network;
 pub mod node;
 pub mod rmb;
 pub mod up;

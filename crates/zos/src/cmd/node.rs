@@ -54,6 +54,14 @@ pub struct RunArgs {
     /// Full sync period in seconds.
     #[arg(long, default_value_t = 3600)]
     pub sync_secs: u64,
+    /// Network namespace holding this node's network plane (WireGuard sockets, network
+    /// bridges) when it is not the process's own: several nodes on one machine.
+    #[arg(long, env = "ZOS_NET_NAMESPACE")]
+    pub net_namespace: Option<String>,
+    /// Prefix of the network resource namespaces (`<prefix>n-<netid>`), so that nodes sharing
+    /// a machine do not share them. Empty on a real node.
+    #[arg(long, default_value = "")]
+    pub netns_prefix: String,
 }
 
 /// Runs a node subcommand.
@@ -95,6 +103,20 @@ pub async fn run_node(
     // The binary composes the node from primitive crates; the agent knows no workload type.
     let mut registry = zos_node::PrimitiveRegistry::new();
     zos_network::register(&mut registry);
+    // Network resources need root (namespaces, TUN); without it network workloads are refused
+    // at deploy time as an unsupported type, and the node says why here.
+    match zos_network::network_support() {
+        Ok(()) => {
+            zos_network::register_networks(
+                &mut registry,
+                zos_network::NetConfig {
+                    node_netns: a.net_namespace.clone(),
+                    ns_prefix: a.netns_prefix.clone(),
+                },
+            );
+        }
+        Err(why) => tracing::warn!("private networks disabled: {why}"),
+    }
     if !a.pools.is_empty() {
         let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),

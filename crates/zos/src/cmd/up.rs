@@ -46,6 +46,12 @@ pub struct UpArgs {
     /// Client config file to write (default: the XDG config directory's config.toml).
     #[arg(long, env = "ZOS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Number of nodes. With more than one (root only), each node's network plane gets its own
+    /// namespace on a local "internet" bridge, so private networks between nodes are real
+    /// WireGuard packets; nodes 2..N run as supervised `zos node run` processes with directory
+    /// pools under DATA/nodeI.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub nodes: u8,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -143,6 +149,15 @@ fn stop_signal(
 }
 
 async fn up(a: UpArgs) -> anyhow::Result<()> {
+    if a.nodes > 1 {
+        // Said before anything starts: several nodes exist to carry private networks.
+        zos_network::network_support().map_err(|why| {
+            anyhow::anyhow!(
+                "zos up --nodes {}: {why}; `zos up` (one node) runs without root",
+                a.nodes
+            )
+        })?;
+    }
     let data = a.data.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let pools = data.join("pools");
@@ -210,7 +225,50 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
         admin_twins: vec![twin],
         sync_secs: 3600,
+        net_namespace: None,
+        netns_prefix: String::new(),
     };
+    // Several nodes: a local internet of namespaces; node 1 runs here, the others as children.
+    let nodes_n = usize::from(a.nodes);
+    let mut node_nets = Vec::new();
+    let mut children = Vec::new();
+    if nodes_n > 1 {
+        node_nets = super::network::setup_internet(nodes_n).await?;
+        node_args.net_namespace = Some(node_nets[0].namespace.clone());
+        node_args.netns_prefix = node_nets[0].nr_prefix.clone();
+        for n in &node_nets[1..] {
+            let dir = data.join(format!("node{}", n.index));
+            let metrics = if a.metrics_port == 0 {
+                0
+            } else {
+                a.metrics_port
+                    .saturating_add(u16::try_from(n.index - 1).unwrap_or(0))
+            };
+            let args = vec![
+                format!("--ledger={ledger_url}"),
+                format!("--relay={relay_url}"),
+                format!("--relay-domain={relay_domain}"),
+                format!("--farm={farm}"),
+                format!("--data={}", dir.join("state").display()),
+                format!("--pool=dir:{}:{}:ssd", dir.join("ssd").display(), a.ssd),
+                format!("--pool=dir:{}:{}:hdd", dir.join("hdd").display(), a.hdd),
+                format!("--metrics=127.0.0.1:{metrics}"),
+                format!("--admin-twin={twin}"),
+                format!("--net-namespace={}", n.namespace),
+                format!("--netns-prefix={}", n.nr_prefix),
+            ];
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let child = super::network::ChildNode {
+                args,
+                log: dir.join("node.log"),
+                index: n.index,
+            };
+            children.push(tokio::spawn(super::network::supervise(
+                child,
+                stop_rx.clone(),
+            )));
+        }
+    }
     let (ssd_dir, hdd_dir) = (pools.join("ssd"), pools.join("hdd"));
     let cache_dir;
     match storage {
@@ -252,7 +310,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut node_task = tokio::spawn(super::node::run_node(node_args, stop_signal(&stop_rx)));
 
     let node_id = tokio::select! {
-        id = wait_for_node(&ledger, farm) => Some(id),
+        id = wait_for_nodes(&ledger, farm, nodes_n) => Some(id),
         r = &mut node_task => {
             let _ = stop_tx.send(true);
             let _ = relay_task.await;
@@ -265,8 +323,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
         () = super::shutdown_signal() => None,
     };
-    if let Some(node_id) = node_id {
-        let node_id = node_id?;
+    if let Some(node_ids) = node_id {
+        let node_ids = node_ids?;
+        let node_id = node_ids[0];
         println!("zos grid is up");
         println!(
             "  ledger   {ledger_url}   (data {})",
@@ -274,6 +333,15 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         );
         println!("  relay    {relay_url}");
         println!("  node     {node_id} in farm {farm}   (state in {cache_dir})");
+        if node_nets.len() > 1 {
+            println!("  nodes    {node_ids:?} in farm {farm}, network planes:");
+            for n in &node_nets {
+                println!(
+                    "           namespace {} at {} (network resources {}n-<netid>)",
+                    n.namespace, n.address, n.nr_prefix
+                );
+            }
+        }
         println!("  {pools_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
         println!("  config   {}", config_path.display());
@@ -297,7 +365,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("stopping…");
     let _ = stop_tx.send(true);
+    for c in children {
+        let _ = c.await;
+    }
     let node_result = node_task.await.context("node task")?;
+    if nodes_n > 1 {
+        super::network::teardown_internet().await;
+    }
     let _ = relay_task.await;
     let _ = ledger_task.await;
     node_result?;
@@ -370,16 +444,25 @@ async fn ensure_farm(ledger: &LedgerClient, key: &KeyPair, twin: u32) -> anyhow:
         .id)
 }
 
-/// Waits until a node of `farm` is registered (the node registers itself at start).
-async fn wait_for_node(ledger: &LedgerClient, farm: u32) -> anyhow::Result<u32> {
+/// Waits until `count` nodes of `farm` are registered (nodes register themselves at start);
+/// their ids, lowest first.
+async fn wait_for_nodes(
+    ledger: &LedgerClient,
+    farm: u32,
+    count: usize,
+) -> anyhow::Result<Vec<u32>> {
     let start = Instant::now();
     loop {
+        let mut found = Vec::new();
         for id in 1u32.. {
             match ledger.node(id).await? {
-                Some(n) if n.farm_id == farm => return Ok(n.id),
+                Some(n) if n.farm_id == farm => found.push(n.id),
                 Some(_) => continue,
                 None => break,
             }
+        }
+        if found.len() >= count {
+            return Ok(found);
         }
         if start.elapsed() > Duration::from_secs(120) {
             bail!("the node did not register within 2 minutes; see its log above");

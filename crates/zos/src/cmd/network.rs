@@ -1,0 +1,197 @@
+//! Networks on the local grid: the "internet" of `zos up --nodes N` (one namespace per node,
+//! joined through veths to a bridge namespace) and the supervisor of the extra nodes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+
+/// Namespaces of the local grid start with this (internet, nodes, network resources).
+pub const PREFIX: &str = "zup";
+
+/// One node's place on the local internet.
+#[derive(Debug, Clone)]
+pub struct NodeNet {
+    /// 1-based node number.
+    pub index: usize,
+    /// The node's namespace (its network plane).
+    pub namespace: String,
+    /// Its address on the internet bridge (WireGuard endpoints use it).
+    pub address: String,
+    /// Prefix of its network resource namespaces.
+    pub nr_prefix: String,
+}
+
+fn internet_ns() -> String {
+    format!("{PREFIX}-inet")
+}
+
+async fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Creates (or finds) the internet namespace with bridge `br0` and `n` node namespaces, node
+/// `i` at `198.18.0.i/24` (the benchmarking range: never routed anywhere) on `eth0`.
+pub async fn setup_internet(n: usize) -> anyhow::Result<Vec<NodeNet>> {
+    if n > 200 {
+        bail!("--nodes {n}: at most 200 nodes");
+    }
+    zos_network::network_support().map_err(|why| anyhow::anyhow!("zos up --nodes {n}: {why}"))?;
+    let inet = internet_ns();
+    if !netns_exists(&inet) {
+        ip(&["netns", "add", &inet]).await?;
+    }
+    if ip(&["-n", &inet, "link", "show", "br0"]).await.is_err() {
+        ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]).await?;
+    }
+    ip(&["-n", &inet, "link", "set", "br0", "up"]).await?;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 1..=n {
+        let ns = format!("{PREFIX}-node{i}");
+        if !netns_exists(&ns) {
+            ip(&["netns", "add", &ns]).await?;
+        }
+        let port = format!("p{i}");
+        if ip(&["-n", &ns, "link", "show", "eth0"]).await.is_err() {
+            let _ = ip(&["-n", &inet, "link", "del", &port]).await;
+            ip(&[
+                "-n", &inet, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])
+            .await?;
+        }
+        ip(&["-n", &inet, "link", "set", &port, "master", "br0", "up"]).await?;
+        let address = format!("198.18.0.{i}");
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "replace",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])
+        .await?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).await?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).await?;
+        nodes.push(NodeNet {
+            index: i,
+            namespace: ns,
+            address,
+            nr_prefix: format!("{PREFIX}{i}-"),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Removes every namespace of the local grid (the nodes re-create their network resources
+/// from their stored deployments at the next start).
+pub async fn teardown_internet() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(PREFIX) {
+            if let Err(err) = ip(&["netns", "del", &name]).await {
+                tracing::warn!(error = %err, "removing {name}");
+            }
+        }
+    }
+}
+
+/// How an extra node of the local grid is run (a `zos node run` child process).
+#[derive(Debug, Clone)]
+pub struct ChildNode {
+    /// `zos node run` arguments.
+    pub args: Vec<String>,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its number, for messages.
+    pub index: usize,
+}
+
+/// Runs `node` as a child process until `stop`; a node that dies (crash, `kill -9`) is started
+/// again after a second, as zinit would, and finds its deployments in its state directory.
+pub async fn supervise(node: ChildNode, stop: watch::Receiver<bool>) {
+    let mut stop_wait = stop.clone();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("node {}: cannot find the zos binary: {e}", node.index);
+            return;
+        }
+    };
+    loop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log);
+        let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        let child = tokio::process::Command::new(&exe)
+            .arg("node")
+            .arg("run")
+            .args(&node.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("node {}: cannot start: {e}", node.index);
+                return;
+            }
+        };
+        tokio::select! {
+            r = child.wait() => {
+                if *stop.borrow() {
+                    return;
+                }
+                eprintln!(
+                    "node {} exited ({}); restarting it (log {})",
+                    node.index,
+                    r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    node.log.display()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            () = async { let _ = stop_wait.wait_for(|s| *s).await; } => {
+                // SIGTERM: the node stops its agent and releases its pools.
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status()
+                        .await;
+                }
+                if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        }
+    }
+}
