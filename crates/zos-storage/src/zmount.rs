@@ -368,6 +368,33 @@ fn write_generation(dir: &Path, id: &str, generation: KeyGeneration) -> Result<(
     std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))
 }
 
+/// `qemu-img create` of a LUKS image, retried when qemu's PBKDF2 calibration fails.
+///
+/// qemu measures the key-stretching speed with the thread's CPU time, which the kernel counts in
+/// scheduler ticks: on a busy host a calibration round can read 0 ms and qemu gives up with
+/// "Unable to get accurate CPU usage". `create` writes the image from scratch (a leftover
+/// temporary file is truncated), so trying again is safe; any other failure is returned at once.
+async fn create_luks_image(args: &[&str], key: &[u8]) -> Result<String, CmdError> {
+    const ATTEMPTS: usize = 4;
+    let mut attempt = 1;
+    loop {
+        match exec::run_with_stdin("qemu-img", args, Some(key)).await {
+            Err(e)
+                if attempt < ATTEMPTS
+                    && e.stderr()
+                        .is_some_and(|s| s.contains("Unable to get accurate CPU usage")) =>
+            {
+                tracing::warn!(
+                    attempt,
+                    "qemu-img could not calibrate LUKS key stretching; retrying"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Storage {
     /// The key of existing disk `id` (for the VM that opens it): the generation its key record
     /// names, or the legacy one without a record. Errors when the disk is missing, its record
@@ -506,7 +533,7 @@ impl Storage {
                 &tmp_s,
                 &size_s,
             ];
-            exec::run_with_stdin("qemu-img", &args, Some(key.as_bytes()))
+            create_luks_image(&args, key.as_bytes())
                 .await
                 .map_err(|source| DiskError::Cmd {
                     id: id.into(),
