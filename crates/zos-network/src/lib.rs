@@ -7,7 +7,10 @@
 //! - `zos.network.list_wg_ports`: WireGuard ports of network workloads holding resources
 //!   (state ok or paused) on this node, every twin's (the port space is the node's), sorted;
 //! - `zos.network.list_public_ips`: IPs of `ip`/`ipv4` workloads in state ok, every twin's;
-//! - `zos.network.list_private_ips {network_name}`: the caller's VM addresses in that network.
+//! - `zos.network.list_private_ips {network_name}`: the caller's VM addresses in that network;
+//! - `zos.network.interfaces` (with the `network` primitive): the node's interfaces on its
+//!   network plane and their global addresses, `{NAME: ["198.18.0.2/24", …]}`, so a client can
+//!   choose WireGuard endpoints (upstream answers the same shape for its `zos` interface).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -27,8 +30,9 @@ pub use resource::{NetConfig, Networks, NrNames};
 
 /// Adds the `network` primitive (network resources on this node's network plane `cfg`).
 pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Arc<Networks> {
-    let n = Networks::new(cfg);
+    let n = Networks::new(cfg.clone());
     registry.register(n.clone());
+    registry.add_command("zos.network.interfaces", Arc::new(Interfaces(cfg)));
     registry.add_feature("wireguard");
     n
 }
@@ -70,6 +74,63 @@ fn workloads(node: &dyn NodeView, twin: Option<u32>) -> Result<Vec<Workload>, St
         .into_iter()
         .flat_map(|d: Deployment| d.workloads)
         .collect())
+}
+
+/// `zos.network.interfaces`: what `ip -j addr` shows on the node's network plane, minus
+/// loopback, the bridges and veths the network resources made (`b-`, `v-`), and addresses
+/// that are not global (link-local, host).
+struct Interfaces(NetConfig);
+
+#[async_trait]
+impl ApiCommand for Interfaces {
+    async fn call(
+        &self,
+        _node: &dyn NodeView,
+        _twin: u32,
+        _payload: Value,
+    ) -> Result<Value, String> {
+        let out = ip::ip(self.0.node_netns.as_deref(), &["-j", "addr", "show"])
+            .await
+            .map_err(|e| e.to_string())?;
+        interfaces_of(&out)
+    }
+}
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    local: String,
+    prefixlen: u8,
+    #[serde(default)]
+    scope: String,
+}
+
+/// Interfaces and their global addresses from `ip -j addr show` output.
+pub fn interfaces_of(ip_json: &str) -> Result<Value, String> {
+    let links: Vec<IpLink> = serde_json::from_str(ip_json)
+        .map_err(|e| format!("unexpected `ip -j addr` output: {e}"))?;
+    let mut out = serde_json::Map::new();
+    for l in links {
+        if l.ifname == "lo" || l.ifname.starts_with("b-") || l.ifname.starts_with("v-") {
+            continue;
+        }
+        let ips: Vec<String> = l
+            .addr_info
+            .iter()
+            .filter(|a| a.scope == "global")
+            .map(|a| format!("{}/{}", a.local, a.prefixlen))
+            .collect();
+        if !ips.is_empty() {
+            out.insert(l.ifname, json!(ips));
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 /// `zos.network.list_wg_ports`.
@@ -221,6 +282,19 @@ mod tests {
         let mut r = PrimitiveRegistry::new();
         register(&mut r);
         r.command(name).unwrap().call(node, twin, payload).await
+    }
+
+    #[test]
+    fn interfaces_keep_global_addresses_of_the_node_plane() {
+        let text = r#"[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},
+            {"ifname":"eth0","addr_info":[{"family":"inet","local":"198.18.0.2","prefixlen":24,"scope":"global"},
+                {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]},
+            {"ifname":"b-HFzUQHtqE2iA5","addr_info":[]},{"ifname":"v-x","addr_info":[]}]"#;
+        assert_eq!(
+            interfaces_of(text).unwrap(),
+            json!({"eth0": ["198.18.0.2/24"]})
+        );
+        assert!(interfaces_of("not json").is_err());
     }
 
     #[tokio::test]
