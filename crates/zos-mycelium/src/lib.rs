@@ -6,6 +6,8 @@
 
 pub mod crypto;
 pub mod packet;
+pub mod replay;
+pub mod router;
 pub mod subnet;
 
 pub use crypto::{PublicKey, SecretKey, SharedSecret};
