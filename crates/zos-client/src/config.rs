@@ -15,8 +15,16 @@ use crate::keys::{KeyFile, KeyFileError};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Ledger JSON-RPC URL, e.g. `http://127.0.0.1:7600`.
+    /// Ledger JSON-RPC URL, e.g. `http://127.0.0.1:7600` (loopback only) or
+    /// `https://host:port` (with `ledger_cert`).
     pub ledger: Option<String>,
+    /// The ledger's TLS certificate (PEM), pinned for an `https://` ledger (`ZOS_LEDGER_CERT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_cert: Option<PathBuf>,
+    /// The ledger's producer key (`ed25519` hex): answers are verified against heads it signed.
+    /// Without it, the key comes from the ledger over the (pinned) channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_producer: Option<String>,
     /// Relay WebSocket URL, e.g. `ws://127.0.0.1:7700`.
     pub relay: Option<String>,
     /// Path of the user's key file.
@@ -202,6 +210,9 @@ impl Config {
         if let Some(v) = var("ZOS_LEDGER") {
             self.ledger = Some(v);
         }
+        if let Some(v) = var("ZOS_LEDGER_CERT") {
+            self.ledger_cert = Some(PathBuf::from(v));
+        }
         if let Some(v) = var("ZOS_RELAY") {
             self.relay = Some(v);
         }
@@ -219,6 +230,36 @@ impl Config {
         self.ledger
             .as_deref()
             .ok_or_else(|| missing("ledger URL", "ZOS_LEDGER", "ledger"))
+    }
+
+    /// What the ledger client trusts: the pinned certificate and producer key, if configured.
+    pub fn ledger_trust(&self) -> Result<zos_ledger::Trust, zos_ledger::ClientError> {
+        let mut trust = zos_ledger::Trust::default();
+        if let Some(path) = &self.ledger_cert {
+            trust = trust.with_cert_file(path)?;
+        }
+        if let Some(hex) = &self.ledger_producer {
+            let bytes =
+                zos_types::crypto::decode_hex32("ledger producer key", hex).map_err(|e| {
+                    zos_ledger::ClientError::Url {
+                        url: "ledger_producer".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            trust.producer = Some(zos_types::crypto::PublicKey {
+                key_type: KeyType::Ed25519,
+                bytes,
+            });
+        }
+        Ok(trust)
+    }
+
+    /// A ledger client for the configured URL, certificate and producer key.
+    pub fn ledger_client(&self) -> Result<zos_ledger::LedgerClient, crate::grid::GridError> {
+        Ok(zos_ledger::LedgerClient::with_trust(
+            self.require_ledger()?,
+            self.ledger_trust()?,
+        )?)
     }
 
     /// The relay URL or a message saying how to set it.

@@ -157,7 +157,7 @@ struct Statistics {
 impl Grid {
     /// Connects with the configuration (file, environment and flags already merged).
     pub async fn connect(cfg: &Config) -> Result<Grid, GridError> {
-        let ledger = LedgerClient::new(cfg.require_ledger()?)?;
+        let ledger = cfg.ledger_client()?;
         let relay = cfg.require_relay()?.to_string();
         let key = cfg.key_pair()?;
         let twin = ledger

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use zos_types::crypto::PublicKey;
+use zos_types::crypto::{KeyPair, PublicKey};
 
 use crate::billing;
 use crate::error::LedgerError;
+use crate::proof::{self, StateTree, TreeSnapshot};
 use crate::runtime::{self, Params, TxError};
 use crate::state::{Overlay, StateError, decode, keys, trailing_id};
 use crate::store::{Batch, LedgerStore, MemStore, Table};
@@ -29,7 +30,8 @@ pub const MAX_LEDGER_TIME: u64 = 253_402_300_799;
 const META_FORMAT: &[u8] = b"format";
 /// Version of the on-disk layout (keys and JSON records). A store written with another version
 /// is refused rather than misread; a change of layout comes with a migration.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: headers carry a state root, blocks a producer signature, genesis a nonce.
+pub const FORMAT_VERSION: u32 = 2;
 
 fn height_key(h: u64) -> Vec<u8> {
     h.to_be_bytes().to_vec()
@@ -43,6 +45,12 @@ pub struct Chain {
     params: Params,
     head: Block,
     dev_offset: u64,
+    /// The whole state as Merkle leaves (the state root of the next block is computed from it).
+    tree: StateTree,
+    /// Every level of the tree at the head, for proofs.
+    snapshot: Arc<TreeSnapshot>,
+    /// Signs block headers (the key named `producer` in genesis).
+    producer: Option<KeyPair>,
 }
 
 /// The outcome of [`Chain::produce`].
@@ -63,6 +71,17 @@ impl Chain {
         store: Arc<dyn LedgerStore>,
         genesis: Option<Genesis>,
     ) -> Result<Chain, LedgerError> {
+        Self::open_with_producer(store, genesis, None)
+    }
+
+    /// [`open`](Self::open) with the producer's key, which signs every new block. It must be
+    /// the key genesis names; without one, blocks are unsigned (only where genesis names no
+    /// producer: tests and the audit replay, which does not sign).
+    pub fn open_with_producer(
+        store: Arc<dyn LedgerStore>,
+        genesis: Option<Genesis>,
+        producer: Option<KeyPair>,
+    ) -> Result<Chain, LedgerError> {
         let format: Option<u32> = read_json(&*store, Table::Meta, META_FORMAT)?;
         if let Some(found) = format.filter(|f| *f != FORMAT_VERSION) {
             return Err(LedgerError::Corrupt {
@@ -70,6 +89,29 @@ impl Chain {
             });
         }
         let stored: Option<Genesis> = read_json(&*store, Table::Meta, META_GENESIS)?;
+        // A genesis file without nonce or producer is the one this ledger was started from if
+        // everything else matches (serve fills both in when it creates the ledger).
+        let genesis = genesis.map(|mut g| {
+            if let Some(s) = &stored {
+                if g.nonce.is_none() {
+                    g.nonce.clone_from(&s.nonce);
+                }
+                if g.producer.is_none() {
+                    g.producer = s.producer;
+                }
+            }
+            g
+        });
+        // The key must be the one genesis names, checked before anything is written.
+        if let (Some(k), Some(g)) = (&producer, stored.as_ref().or(genesis.as_ref())) {
+            if g.producer != Some(k.public()) {
+                return Err(LedgerError::Config(format!(
+                    "producer key {} is not the one genesis names ({})",
+                    k.public().to_hex(),
+                    g.producer.map(|p| p.to_hex()).unwrap_or("none".into())
+                )));
+            }
+        }
         let genesis = match (stored, genesis) {
             (Some(s), Some(g)) if s != g => {
                 return Err(LedgerError::GenesisMismatch {
@@ -79,7 +121,7 @@ impl Chain {
             }
             (Some(s), _) => s,
             (None, Some(g)) => {
-                write_genesis(&*store, &g)?;
+                write_genesis(&*store, &g, producer.as_ref())?;
                 g
             }
             (None, None) => return Err(LedgerError::NoGenesis),
@@ -94,7 +136,18 @@ impl Chain {
             },
         )?;
         let dev_offset = read_json(&*store, Table::Meta, META_DEV_OFFSET)?.unwrap_or(0);
+        let pairs = store.range(Table::State, &[], None)?;
+        let tree = StateTree::from_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        let snapshot = Arc::new(tree.snapshot());
+        if hex::encode(snapshot.root()) != head.header.state_root {
+            return Err(LedgerError::Corrupt {
+                what: format!("state does not match the state root of head block {height}"),
+            });
+        }
         Ok(Chain {
+            tree,
+            snapshot,
+            producer,
             params: Params {
                 council: genesis.council,
                 billing_interval: genesis.billing_interval_secs.max(1),
@@ -126,6 +179,11 @@ impl Chain {
     /// The current head block.
     pub fn head(&self) -> &Block {
         &self.head
+    }
+
+    /// The state tree at the head (for proofs).
+    pub fn snapshot(&self) -> Arc<TreeSnapshot> {
+        self.snapshot.clone()
     }
 
     /// Ledger time now: wall clock plus the dev offset, never before the head's time.
@@ -215,17 +273,28 @@ impl Chain {
             });
         }
 
+        // The tree follows the block's writes; undone if the commit fails.
+        let undo: Vec<(Vec<u8>, Option<[u8; 32]>)> = writes
+            .iter()
+            .map(|(k, v)| (k.clone(), self.tree.set(k, v.as_deref())))
+            .collect();
+        let snapshot = Arc::new(self.tree.snapshot());
         let header = BlockHeader {
             height,
             parent_hash: self.head.hash.clone(),
             timestamp: ts,
             tx_hashes: included.iter().map(|(_, h)| hex::encode(h)).collect(),
             events_hash: hex::encode(events_hash(&events)),
+            state_root: hex::encode(snapshot.root()),
         };
         let hash = header.hash().expect("headers we build have valid hex");
         let block = Block {
             header,
             hash: hex::encode(hash),
+            signature: self
+                .producer
+                .as_ref()
+                .map(|k| proof::sign_head(k, &self.genesis_hash, &hash)),
             transactions: included.iter().map(|(t, _)| t.clone()).collect(),
         };
         let records: Vec<EventRecord> = events
@@ -260,8 +329,14 @@ impl Chain {
             META_DEV_OFFSET.to_vec(),
             to_json(&self.dev_offset),
         );
-        self.store.commit(batch)?;
+        if let Err(e) = self.store.commit(batch) {
+            for (k, prev) in undo.into_iter().rev() {
+                self.tree.restore(&k, prev);
+            }
+            return Err(e.into());
+        }
         self.head = block.clone();
+        self.snapshot = snapshot;
 
         let results = results
             .into_iter()
@@ -349,7 +424,11 @@ fn read_json<T: DeserializeOwned>(
     }
 }
 
-fn write_genesis(store: &dyn LedgerStore, g: &Genesis) -> Result<(), LedgerError> {
+fn write_genesis(
+    store: &dyn LedgerStore,
+    g: &Genesis,
+    producer: Option<&KeyPair>,
+) -> Result<(), LedgerError> {
     let mut st = Overlay::new(store);
     for a in &g.accounts {
         let mut acct: Account = st.get(&keys::account(&a.account))?.unwrap_or_default();
@@ -358,20 +437,29 @@ fn write_genesis(store: &dyn LedgerStore, g: &Genesis) -> Result<(), LedgerError
     }
     st.put(keys::PRICING.to_vec(), &g.pricing);
     st.commit_tx();
+    let writes = st.into_writes();
+    let tree = StateTree::from_pairs(
+        writes
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_slice(), v.as_deref()?))),
+    );
     let header = BlockHeader {
         height: 0,
         parent_hash: hex::encode([0u8; 32]),
         timestamp: g.timestamp,
         tx_hashes: Vec::new(),
         events_hash: hex::encode(g.hash()),
+        state_root: hex::encode(tree.snapshot().root()),
     };
+    let hash = header.hash().expect("genesis header has valid hex");
     let block = Block {
-        hash: hex::encode(header.hash().expect("genesis header has valid hex")),
+        hash: hex::encode(hash),
+        signature: producer.map(|k| proof::sign_head(k, &g.hash(), &hash)),
         header,
         transactions: Vec::new(),
     };
     let mut batch = Batch::default();
-    for (k, v) in st.into_writes() {
+    for (k, v) in writes {
         if let Some(v) = v {
             batch.put(Table::State, k, v);
         }
@@ -383,6 +471,11 @@ fn write_genesis(store: &dyn LedgerStore, g: &Genesis) -> Result<(), LedgerError
     batch.put(Table::Events, height_key(0), to_json(&Vec::<Event>::new()));
     store.commit(batch)?;
     Ok(())
+}
+
+/// The genesis stored in `store`, if it holds a ledger.
+pub fn stored_genesis(store: &dyn LedgerStore) -> Result<Option<Genesis>, LedgerError> {
+    Ok(read_json(store, Table::Meta, META_GENESIS)?)
 }
 
 /// Read access for RPC handlers and subscriptions (cheap to clone, safe to use concurrently
@@ -427,6 +520,10 @@ impl Reader {
     /// Where a transaction landed.
     pub fn tx(&self, hash: &[u8; 32]) -> Result<Option<TxLocation>, StateError> {
         read_json(&*self.store, Table::TxIndex, hash)
+    }
+    /// The raw stored value of a state key (JSON bytes).
+    pub fn raw_state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.store.get(Table::State, key)?)
     }
     /// Account balance and nonce.
     pub fn account(&self, a: &PublicKey) -> Result<Account, StateError> {
@@ -524,13 +621,33 @@ pub fn verify(store: Arc<dyn LedgerStore>) -> Result<VerifyReport, LedgerError> 
     let original = Chain::open(store.clone(), None)?;
     let genesis = original.genesis().clone();
     let gh = genesis.hash();
+    let genesis_producer = genesis.producer;
     let head = original.head().header.height;
     let reader = Reader::new(store.clone());
     let mut replay = Chain::open(Arc::new(MemStore::new()), Some(genesis))?;
     let fail = |height: u64, reason: String| LedgerError::Verify { height, reason };
 
     let b0 = reader.block(0)?.ok_or_else(|| fail(0, "missing".into()))?;
-    if b0 != *replay.head() {
+    // The replay does not sign: compare block 0 without its signature, checked below.
+    let check_sig = |b: &Block| -> Result<(), LedgerError> {
+        let Some(producer) = &genesis_producer else {
+            return Ok(());
+        };
+        let head = proof::SignedHead {
+            header: b.header.clone(),
+            hash: b.hash.clone(),
+            signature: b.signature.clone().unwrap_or_default(),
+        };
+        head.verify(producer, &gh)
+            .map(|_| ())
+            .map_err(|e| fail(b.header.height, e.to_string()))
+    };
+    check_sig(&b0)?;
+    let unsigned_b0 = Block {
+        signature: None,
+        ..b0.clone()
+    };
+    if unsigned_b0 != *replay.head() {
         return Err(fail(
             0,
             "genesis block does not match the genesis config".into(),
@@ -551,6 +668,7 @@ pub fn verify(store: Arc<dyn LedgerStore>) -> Result<VerifyReport, LedgerError> 
         if b.header.hash().map(hex::encode) != Some(b.hash.clone()) {
             return Err(fail(h, "block hash does not match its header".into()));
         }
+        check_sig(&b)?;
         if b.header.timestamp < prev.header.timestamp {
             return Err(fail(h, "timestamp goes backwards".into()));
         }

@@ -1,9 +1,14 @@
 //! The typed client every other crate uses: reads and submissions over HTTP JSON-RPC,
 //! subscriptions over WebSocket.
 //!
-//! HTTP uses `reqwest` (no default features: plain HTTP, JSON): it brings connection pooling
-//! and is built on the same hyper 1 that axum already pulls in, so it adds little; a hand-rolled
-//! hyper client would duplicate pooling and body handling for no gain.
+//! HTTP uses `reqwest` (no default features: JSON, and rustls only through our own config): it
+//! brings connection pooling and is built on the same hyper 1 that axum already pulls in.
+//!
+//! Transport security ([`Trust`]): `https://` needs a pinned certificate (no web PKI); plain
+//! `http://` is accepted only to a loopback address (dev ledgers, tests). Answer security: with
+//! the producer key pinned (or learned over a pinned TLS channel), the `verified_*` reads check
+//! each answer against a signed head and a Merkle proof (`crate::proof`), so they hold even when
+//! the channel is not trusted.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,6 +71,54 @@ pub enum ClientError {
     /// The WebSocket failed or closed.
     #[error("subscription: {0}")]
     WebSocket(String),
+    /// An answer did not verify against a signed head (or there is no key to verify with).
+    #[error("unverified answer: {0}")]
+    Unverified(String),
+}
+
+/// What a client trusts: the ledger's certificate (for `https://`) and the producer key (for
+/// verified reads).
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// DER of the one certificate an `https://` ledger may present.
+    pub cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The producer key heads must be signed with. Without it, the key is taken from
+    /// `ledger_info` once, which is only as trustworthy as the channel (a pinned TLS
+    /// certificate makes it so; plain loopback HTTP is trusted as the local machine is).
+    pub producer: Option<PublicKey>,
+}
+
+impl Trust {
+    /// Reads a pinned certificate file (PEM).
+    pub fn with_cert_file(mut self, path: &std::path::Path) -> Result<Self, ClientError> {
+        self.cert = Some(crate::tls::read_cert(path).map_err(|e| ClientError::Url {
+            url: path.display().to_string(),
+            reason: e.to_string(),
+        })?);
+        Ok(self)
+    }
+}
+
+/// A state value proven against a head signed by the producer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified<T> {
+    /// The value (`None`: proven absent).
+    pub value: Option<T>,
+    /// Height of the signed head it was proven at.
+    pub height: u64,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// A stream of subscription items; it ends (after an `Err`) when the connection is lost:
@@ -80,34 +133,132 @@ pub struct LedgerClient {
     ws_url: Arc<str>,
     next_id: Arc<AtomicU64>,
     genesis_hash: Arc<OnceCell<[u8; 32]>>,
+    /// Pinned TLS config for `https://`/`wss://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The producer key (pinned, or learned once from `ledger_info`).
+    producer: Arc<OnceCell<PublicKey>>,
 }
 
 impl LedgerClient {
-    /// A client for `url`, e.g. `http://127.0.0.1:8900` (no request is made yet).
+    /// A client for `url`, e.g. `http://127.0.0.1:8900` (no request is made yet), trusting
+    /// nothing pinned: loopback `http://` only.
     pub fn new(url: &str) -> Result<Self, ClientError> {
+        Self::with_trust(url, Trust::default())
+    }
+
+    /// A client for `http://host:port` (loopback only) or `https://host:port` (needs
+    /// `trust.cert`).
+    pub fn with_trust(url: &str, trust: Trust) -> Result<Self, ClientError> {
         let url = url.trim_end_matches('/');
         let bad = |reason: &str| ClientError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("must start with http://"))?;
+        let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err(bad("must start with http:// or https://")),
+        };
         if rest.is_empty() || rest.contains('/') {
-            return Err(bad("must be http://host:port"));
+            return Err(bad("must be http(s)://host:port"));
         }
         // Connecting fails fast; a request itself may legitimately wait for a block interval.
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| bad(&e.to_string()))?;
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        let tls = match (secure, trust.cert) {
+            (true, Some(cert)) => {
+                let cfg =
+                    crate::tls::pinned_client_config(cert).map_err(|e| bad(&e.to_string()))?;
+                builder = builder.use_preconfigured_tls(cfg.clone()).https_only(true);
+                Some(Arc::new(cfg))
+            }
+            (true, None) => {
+                return Err(bad(
+                    "https needs the ledger's certificate pinned (--ledger-cert FILE)",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(bad("a pinned certificate needs an https:// URL"));
+            }
+            (false, None) if !is_loopback_host(rest) => {
+                return Err(bad(
+                    "plain http is only for a ledger on this machine (loopback); use https:// \
+                     with --ledger-cert",
+                ));
+            }
+            (false, None) => None,
+        };
+        let http = builder.build().map_err(|e| bad(&e.to_string()))?;
+        let producer = Arc::new(OnceCell::new());
+        if let Some(p) = trust.producer {
+            let _ = producer.set(p);
+        }
         Ok(LedgerClient {
             http,
             url: url.into(),
-            ws_url: format!("ws://{rest}/ws").into(),
+            ws_url: format!("{}://{rest}/ws", if secure { "wss" } else { "ws" }).into(),
             next_id: Arc::new(AtomicU64::new(1)),
             genesis_hash: Arc::new(OnceCell::new()),
+            tls,
+            producer,
         })
+    }
+
+    /// The producer key heads are checked against.
+    pub async fn producer(&self) -> Result<PublicKey, ClientError> {
+        self.producer
+            .get_or_try_init(|| async {
+                self.info().await?.producer.ok_or_else(|| {
+                    ClientError::Unverified("the ledger's genesis names no producer key".into())
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// The value of a raw state key, proven against the latest signed head.
+    pub async fn verified_raw(&self, key: &[u8]) -> Result<Verified<Vec<u8>>, ClientError> {
+        let producer = self.producer().await?;
+        let gh = self.genesis_hash().await?;
+        let proof: crate::proof::StateProof =
+            self.call(methods::PROOF, json!([hex::encode(key)])).await?;
+        let value = proof
+            .verify(&producer, &gh, key)
+            .map_err(|e| ClientError::Unverified(e.to_string()))?;
+        Ok(Verified {
+            value,
+            height: proof.head.header.height,
+        })
+    }
+
+    async fn verified<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        key: &[u8],
+    ) -> Result<Verified<T>, ClientError> {
+        let raw = self.verified_raw(key).await?;
+        let value = match raw.value {
+            None => None,
+            Some(b) => Some(serde_json::from_slice(&b).map_err(|e| ClientError::Decode {
+                method: format!("{} ({what})", methods::PROOF),
+                reason: e.to_string(),
+            })?),
+        };
+        Ok(Verified {
+            value,
+            height: raw.height,
+        })
+    }
+
+    /// A contract (any state), proven against a signed head.
+    pub async fn verified_contract(&self, id: u64) -> Result<Verified<Contract>, ClientError> {
+        self.verified("contract", &crate::state::keys::contract(id))
+            .await
+    }
+
+    /// A twin, proven against a signed head.
+    pub async fn verified_twin(&self, id: u32) -> Result<Verified<Twin>, ClientError> {
+        self.verified("twin", &crate::state::keys::twin(id)).await
     }
 
     /// The base URL.
@@ -308,9 +459,11 @@ impl LedgerClient {
     ) -> Result<SubscriptionStream<T>, ClientError> {
         let ws_err = |e: &dyn std::fmt::Display| ClientError::WebSocket(e.to_string());
         // TCP_NODELAY: the pongs this stream sends must not wait behind Nagle.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&*self.ws_url, None, true)
-            .await
-            .map_err(|e| ws_err(&e))?;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(&*self.ws_url, None, true, connector)
+                .await
+                .map_err(|e| ws_err(&e))?;
         let req = Request {
             jsonrpc: "2.0".into(),
             id: Some(json!(0)),

@@ -133,8 +133,29 @@ pub(crate) async fn accept_loop(
                     source,
                 });
                 let ctx = ConnCtx { peer, _slot: slot };
-                let conn = serve(stream, ctx, router.clone(), app.clone(), stop.clone());
-                tokio::spawn(conn);
+                let (router, app2, stop) = (router.clone(), app.clone(), stop.clone());
+                match app.tls.clone() {
+                    None => {
+                        tokio::spawn(serve(stream, ctx, router, app2, stop));
+                    }
+                    Some(acceptor) => {
+                        // The handshake shares the header deadline: a client that never
+                        // finishes it holds its slot no longer than one that never sends a head.
+                        tokio::spawn(async move {
+                            let deadline = app2.limits.header_timeout;
+                            match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve(tls, ctx, router, app2, stop).await,
+                                Ok(Err(e)) => {
+                                    debug!(peer = %ctx.peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    app2.metrics.timed_out();
+                                    debug!(peer = %ctx.peer, "TLS handshake not done in time");
+                                }
+                            }
+                        });
+                    }
+                }
                 continue;
             }
             Ok(_) => format!("too many connections from {}: at most {per_ip}", peer.ip()),
@@ -145,19 +166,25 @@ pub(crate) async fn accept_loop(
         };
         app.metrics.refused();
         debug!(%peer, reason = %refusal, "refusing a connection");
+        // Over TLS a plain-text 503 would be noise to the client: the refusal is the close.
+        if app.tls.is_some() {
+            continue;
+        }
         if let Ok(p) = refusals.clone().try_acquire_owned() {
             tokio::spawn(refuse(stream, refusal, p));
         }
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S>(
+    stream: S,
     ctx: ConnCtx,
     router: Router,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let served = Arc::new(AtomicU64::new(0));
     let keep_alive_requests = app.limits.keep_alive_requests.max(1);
     let svc_ctx = ctx.clone();

@@ -24,7 +24,8 @@ pub fn council_key() -> KeyPair {
 }
 
 /// A dev genesis at ledger time `timestamp`: faucet and council funded, default prices,
-/// hourly billing, 14-day grace period.
+/// hourly billing, 14-day grace period, a random chain nonce, no producer key (the server
+/// fills in its own).
 pub fn genesis(timestamp: u64) -> Genesis {
     Genesis {
         chain_name: "zos-dev".into(),
@@ -43,5 +44,7 @@ pub fn genesis(timestamp: u64) -> Genesis {
         pricing: PricingPolicy::default(),
         billing_interval_secs: 3600,
         grace_period_secs: 14 * 24 * 3600,
+        nonce: Some(Genesis::random_nonce()),
+        producer: None,
     }
 }

@@ -36,6 +36,8 @@ pub mod limits;
 pub mod metrics;
 /// The block producer thread.
 mod producer;
+/// State root, Merkle proofs and signed heads.
+pub mod proof;
 /// JSON-RPC envelopes, method names and error codes.
 pub mod rpc;
 /// Applying calls: every rule and rejection.
@@ -48,6 +50,8 @@ pub mod state;
 pub mod store;
 /// Bad-signature throttling per source address.
 mod throttle;
+/// TLS with a pinned certificate (server acceptor, self-signed certificates, client pinning).
+pub mod tls;
 /// Transactions, events and blocks.
 pub mod tx;
 /// State objects and genesis.
@@ -56,9 +60,10 @@ pub mod types;
 mod validate;
 
 pub use chain::{Chain, Reader, VerifyReport, verify};
-pub use client::{ClientError, LedgerClient, SubscriptionStream};
+pub use client::{ClientError, LedgerClient, SubscriptionStream, Trust, Verified};
 pub use error::LedgerError;
 pub use limits::{Limits, SigThrottle};
+pub use proof::{ProofError, SignedHead, StateProof};
 pub use runtime::TxError;
 pub use server::{LedgerConfig, LedgerServer, load_genesis, open_store};
 pub use store::{LedgerStore, MemStore, RedbStore};

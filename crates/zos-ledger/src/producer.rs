@@ -17,6 +17,7 @@ use zos_types::crypto::{KeyPair, PublicKey};
 use crate::chain::{Chain, Produced, Reader};
 use crate::error::LedgerError;
 use crate::metrics::Metrics;
+use crate::proof::{SignedHead, TreeSnapshot};
 use crate::tx::{Call, Receipt, SignedTransaction};
 
 /// Work for the producer.
@@ -49,6 +50,8 @@ pub enum Job {
 }
 
 /// Runs until every sender is dropped (shutdown) or a commit fails (returned as error).
+// One call site (the server's producer thread); a parameter struct would only rename these.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     mut chain: Chain,
     jobs: Receiver<Job>,
@@ -57,8 +60,14 @@ pub fn run(
     faucet: Option<KeyPair>,
     head: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    published: Published,
 ) -> Result<(), LedgerError> {
-    let out = Out { head, metrics };
+    publish(&chain, &published);
+    let out = Out {
+        head,
+        metrics,
+        published,
+    };
     let tick = if dev {
         Duration::from_secs(1)
     } else {
@@ -106,6 +115,21 @@ type Pending = Vec<(SignedTransaction, oneshot::Sender<Result<Receipt, String>>)
 struct Out {
     head: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    published: Published,
+}
+
+/// The signed head and its state tree, for `ledger_proof` (replaced after every block).
+pub(crate) type Published = Arc<std::sync::RwLock<Option<(SignedHead, Arc<TreeSnapshot>)>>>;
+
+fn publish(chain: &Chain, published: &Published) {
+    let b = chain.head();
+    let head = SignedHead {
+        header: b.header.clone(),
+        hash: b.hash.clone(),
+        signature: b.signature.clone().unwrap_or_default(),
+    };
+    let mut g = published.write().unwrap_or_else(|p| p.into_inner());
+    *g = Some((head, chain.snapshot()));
 }
 
 fn process(
@@ -172,6 +196,7 @@ fn flush(
             );
             // Durable now: tell subscribers, then the submitters.
             if let Some(b) = &block {
+                publish(chain, &out.published);
                 out.head.send_replace(b.header.height);
             }
             for ((_, reply), r) in items.into_iter().zip(results) {

@@ -44,6 +44,8 @@ pub mod methods {
     pub const TWIN_CONTRACTS: &str = "ledger_twinContracts";
     /// `[name]` → `Contract | null` (active only).
     pub const NAME_CONTRACT: &str = "ledger_nameContract";
+    /// `[hex state key]` → `StateProof` (value or absence at the latest signed head).
+    pub const PROOF: &str = "ledger_proof";
     /// `[]` → `PricingPolicy`.
     pub const PRICING: &str = "ledger_pricingPolicy";
     /// `[]` → `MetricsSnapshot` (counters of this ledger process).

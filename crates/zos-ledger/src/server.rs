@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
-use zos_types::crypto::PublicKey;
+use zos_types::crypto::{KeyPair, KeyType, PublicKey};
 
 use crate::chain::{Chain, MAX_ADVANCE_SECS, Reader};
 use crate::conn::{self, ConnCtx};
@@ -54,6 +54,8 @@ pub struct LedgerConfig {
     pub block_interval: Duration,
     /// Connection, request and signature-failure limits.
     pub limits: Limits,
+    /// Serve HTTPS/WSS with this certificate instead of plain HTTP/WS.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl LedgerConfig {
@@ -66,6 +68,7 @@ impl LedgerConfig {
             genesis: None,
             block_interval: Duration::from_millis(1000),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -181,6 +184,10 @@ pub(crate) struct App {
     /// Bytes of request bodies being received, all connections together.
     body_memory: Arc<Semaphore>,
     throttle: Throttle,
+    /// The TLS acceptor when serving HTTPS.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The latest signed head and its state tree (`ledger_proof`).
+    published: producer::Published,
 }
 
 /// A bound, not yet running ledger server.
@@ -189,6 +196,52 @@ pub struct LedgerServer {
     local_addr: SocketAddr,
     chain: Chain,
     cfg: LedgerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// File of the producer's ed25519 seed (hex) in the data directory.
+pub const PRODUCER_KEY_FILE: &str = "producer.key";
+
+/// Loads the producer key of a data directory, making one (owner-only file) if there is none.
+pub fn producer_key(data_dir: &std::path::Path) -> Result<KeyPair, LedgerError> {
+    let path = data_dir.join(PRODUCER_KEY_FILE);
+    let err = |reason: String| LedgerError::Config(format!("{}: {reason}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            KeyPair::from_hex_seed(KeyType::Ed25519, text.trim()).map_err(|e| err(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let key = KeyPair::generate(KeyType::Ed25519);
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| err(e.to_string()))?;
+            f.write_all(hex::encode(key.seed()).as_bytes())
+                .and_then(|()| f.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| err(e.to_string()))?;
+            info!(producer = %key.public().to_hex(), "made a producer key");
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Fills a new ledger's genesis: a random chain nonce and the producer key, where not given.
+fn complete_genesis(mut g: Genesis, producer: &KeyPair) -> Genesis {
+    if g.nonce.is_none() {
+        g.nonce = Some(Genesis::random_nonce());
+    }
+    if g.producer.is_none() {
+        g.producer = Some(producer.public());
+    }
+    g
 }
 
 impl LedgerServer {
@@ -197,15 +250,34 @@ impl LedgerServer {
         check_limits(&cfg.limits)?;
         fit_to_open_files(&mut cfg.limits);
         let store = open_store(&cfg.data_dir)?;
-        let chain = match Chain::open(store.clone(), cfg.genesis.clone()) {
+        let key = producer_key(&cfg.data_dir)?;
+        let given = cfg.genesis.clone().map(|g| complete_genesis(g, &key));
+        // A given genesis was completed with a fresh nonce; an existing ledger keeps its own.
+        let given = match (&given, crate::chain::stored_genesis(&*store)?) {
+            (Some(g), Some(s)) if cfg.genesis.as_ref().is_some_and(|c| c.nonce.is_none()) => {
+                Some(Genesis {
+                    nonce: s.nonce.clone(),
+                    ..g.clone()
+                })
+            }
+            _ => given,
+        };
+        let chain = match Chain::open_with_producer(store.clone(), given, Some(key.clone())) {
             Err(LedgerError::NoGenesis) if cfg.dev => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                Chain::open(store, Some(dev::genesis(now)))?
+                let g = complete_genesis(dev::genesis(now), &key);
+                Chain::open_with_producer(store, Some(g), Some(key))?
             }
             other => other?,
+        };
+        let tls = match &cfg.tls {
+            Some(files) => {
+                Some(crate::tls::acceptor(files).map_err(|e| LedgerError::Config(e.to_string()))?)
+            }
+            None => None,
         };
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -222,6 +294,7 @@ impl LedgerServer {
             local_addr,
             chain,
             cfg,
+            tls,
         })
     }
 
@@ -241,6 +314,7 @@ impl LedgerServer {
             local_addr,
             chain,
             cfg,
+            tls,
         } = self;
         let g = chain.genesis().clone();
         let head = chain.head().header.clone();
@@ -253,6 +327,7 @@ impl LedgerServer {
             council: g.council,
             billing_interval_secs: g.billing_interval_secs,
             grace_period_secs: g.grace_period_secs,
+            producer: g.producer,
         };
         let (head_tx, head_rx) = watch::channel(head.height);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -270,7 +345,10 @@ impl LedgerServer {
             body_memory: Arc::new(Semaphore::new(cfg.limits.body_memory)),
             throttle: Throttle::new(cfg.limits.sig_throttle.clone()),
             limits: cfg.limits.clone(),
+            tls,
+            published: Default::default(),
         });
+        let published = app.published.clone();
         let metrics = app.metrics.clone();
 
         let faucet = cfg.dev.then(dev::faucet_key);
@@ -280,7 +358,9 @@ impl LedgerServer {
         let producer = std::thread::Builder::new()
             .name("ledger-producer".into())
             .spawn(move || {
-                let r = producer::run(chain, jobs_rx, dev_mode, interval, faucet, head_tx, metrics);
+                let r = producer::run(
+                    chain, jobs_rx, dev_mode, interval, faucet, head_tx, metrics, published,
+                );
                 exited2.notify_one();
                 r
             })
@@ -557,6 +637,48 @@ fn ok<T: Serialize>(v: T) -> Result<Value, RpcError> {
     serde_json::to_value(v).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
 }
 
+/// A proof of `key` at the latest published head. The value is read from the store and must
+/// hash to the leaf of that head; if the store has already moved on (a block committed between
+/// the two reads), the next published head is tried.
+async fn prove(app: &App, key: &[u8]) -> Result<crate::proof::StateProof, RpcError> {
+    for _ in 0..50 {
+        let published = app
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((head, snap)) = published else {
+            return Err(RpcError::new(codes::INTERNAL, "no head published yet"));
+        };
+        let value = match snap.value_hash_of(key) {
+            None => None,
+            Some(want) => {
+                let stored = app.reader.raw_state(key).map_err(internal)?;
+                match stored {
+                    Some(v) if crate::proof::value_hash(&v) == want => {
+                        Some(String::from_utf8(v).map_err(internal)?)
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        return Ok(crate::proof::StateProof {
+            key: hex::encode(key),
+            value,
+            count: snap.len(),
+            leaves: snap.prove(key),
+            head,
+        });
+    }
+    Err(RpcError::new(
+        codes::BUSY,
+        "state changed during every attempt to prove it; retry",
+    ))
+}
+
 fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(codes::INTERNAL, e.to_string())
 }
@@ -609,6 +731,16 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
         methods::NAME_CONTRACT => ok(r
             .name_contract(&params::<(String,)>(p)?.0)
             .map_err(internal)?),
+        methods::PROOF => {
+            let (key,): (String,) = params(p)?;
+            let key = hex::decode(&key)
+                .ok()
+                .filter(|k| k.len() <= 1024)
+                .ok_or_else(|| {
+                    RpcError::new(codes::INVALID_PARAMS, "key must be hex, at most 1024 bytes")
+                })?;
+            ok(prove(app, &key).await?)
+        }
         methods::PRICING => ok(r.pricing().map_err(internal)?),
         methods::METRICS => ok(app.metrics.snapshot()),
         methods::ZOS_VERSION => ok(r.zos_version().map_err(internal)?),

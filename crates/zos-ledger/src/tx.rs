@@ -6,8 +6,9 @@
 //! fields in declaration order and holds no maps. The transaction hash is
 //! `sha256(signing_bytes ‖ signature)`.
 //!
-//! Block hash ([`BlockHeader::hash`]): `sha256("zos-ledger/block/v1" ‖ height ‖ parent(32) ‖
-//! timestamp ‖ tx_count ‖ tx_hash(32)… ‖ events_hash(32))` with integers as u64 BE.
+//! Block hash ([`BlockHeader::hash`]): `sha256("zos-ledger/block/v2" ‖ height ‖ parent(32) ‖
+//! timestamp ‖ tx_count ‖ tx_hash(32)… ‖ events_hash(32) ‖ state_root(32))` with integers as u64
+//! BE; the producer signs it (`crate::proof`).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -447,6 +448,8 @@ pub struct BlockHeader {
     pub tx_hashes: Vec<String>,
     /// Hex sha256 of the JSON list of the block's events (genesis: the genesis hash).
     pub events_hash: String,
+    /// Hex commitment over the whole state after this block (see [`crate::proof`]).
+    pub state_root: String,
 }
 
 /// A block: header, its hash, and the transactions it commits to.
@@ -456,6 +459,10 @@ pub struct Block {
     pub header: BlockHeader,
     /// Hex [`BlockHeader::hash`].
     pub hash: String,
+    /// Hex ed25519 signature of the producer over the block hash ([`crate::proof::head_message`]);
+    /// absent only on a ledger whose genesis names no producer (tests, replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// The transactions, in `header.tx_hashes` order.
     pub transactions: Vec<SignedTransaction>,
 }
@@ -464,7 +471,7 @@ impl BlockHeader {
     /// The block hash (see the module doc); `None` if a hex field is malformed.
     pub fn hash(&self) -> Option<[u8; 32]> {
         let mut h = Sha256::new();
-        h.update(b"zos-ledger/block/v1");
+        h.update(b"zos-ledger/block/v2");
         h.update(self.height.to_be_bytes());
         h.update(decode32(&self.parent_hash)?);
         h.update(self.timestamp.to_be_bytes());
@@ -473,6 +480,7 @@ impl BlockHeader {
             h.update(decode32(t)?);
         }
         h.update(decode32(&self.events_hash)?);
+        h.update(decode32(&self.state_root)?);
         Some(h.finalize().into())
     }
 }
@@ -541,6 +549,7 @@ mod tests {
             timestamp: 0,
             tx_hashes: vec![],
             events_hash: hex::encode([0u8; 32]),
+            state_root: hex::encode([0u8; 32]),
         };
         assert!(h.hash().is_none());
     }

@@ -331,6 +331,16 @@ pub struct Genesis {
     /// Seconds a contract may stay unpaid before it is deleted (default 14 days).
     #[serde(default = "default_grace_period")]
     pub grace_period_secs: u64,
+    /// Random hex chain nonce: two ledgers built from the same file have different genesis
+    /// hashes, so a rebuilt ledger cannot replay the old one's public history. Filled in by
+    /// `zos ledger serve` when a new ledger starts from a file without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The block producer's ed25519 key: every block header is signed by it, and clients that
+    /// pin it can verify answers against signed heads. Filled in by `zos ledger serve` (from
+    /// `DATA/producer.key`) when a new ledger starts from a file without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<PublicKey>,
 }
 
 fn default_billing_interval() -> u64 {
@@ -342,6 +352,11 @@ fn default_grace_period() -> u64 {
 }
 
 impl Genesis {
+    /// A fresh random chain nonce (16 bytes, hex).
+    pub fn random_nonce() -> String {
+        hex::encode(rand::random::<[u8; 16]>())
+    }
+
     /// sha2-256 of the genesis JSON: the ledger's identity.
     pub fn hash(&self) -> [u8; 32] {
         use sha2::Digest as _;
@@ -369,4 +384,8 @@ pub struct LedgerInfo {
     pub billing_interval_secs: u64,
     /// Grace period (seconds of ledger time).
     pub grace_period_secs: u64,
+    /// The producer key from genesis (pin it: answers are only as trustworthy as the channel
+    /// that told you this).
+    #[serde(default)]
+    pub producer: Option<PublicKey>,
 }

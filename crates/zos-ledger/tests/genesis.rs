@@ -32,6 +32,7 @@ async fn genesis_file_sets_up_the_ledger() {
         genesis: Some(genesis.clone()),
         block_interval: std::time::Duration::from_millis(20),
         limits: Default::default(),
+        tls: None,
     };
     let server = LedgerServer::bind(cfg.clone()).await.unwrap();
     let c = LedgerClient::new(&format!("http://{}", server.local_addr())).unwrap();
@@ -48,7 +49,14 @@ async fn genesis_file_sets_up_the_ledger() {
         ),
         ("test-grid", 60, false)
     );
-    assert_eq!(info.genesis_hash, hex::encode(genesis.hash()));
+    // The ledger completes the file with a random chain nonce and its producer key.
+    let stored = {
+        let mut g = genesis.clone();
+        g.producer = info.producer;
+        g
+    };
+    assert!(info.producer.is_some());
+    assert_ne!(info.genesis_hash, hex::encode(stored.hash()), "nonce added");
     assert_eq!(c.balance(&alice.public()).await.unwrap(), 5000);
     let set = Call::SetZosVersion {
         version: "9.9.9".into(),
@@ -77,11 +85,34 @@ async fn genesis_file_sets_up_the_ledger() {
     // Same directory, no genesis given: the stored one is used.
     let ok = LedgerServer::bind(LedgerConfig {
         genesis: None,
-        ..cfg
+        ..cfg.clone()
     })
     .await
     .unwrap();
     drop(ok);
+    // Same file again, as given on every start: still the same ledger.
+    let again = LedgerServer::bind(cfg.clone()).await.unwrap();
+    drop(again);
+    let first = zos_ledger::chain::stored_genesis(&*zos_ledger::open_store(&cfg.data_dir).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(hex::encode(first.hash()), info.genesis_hash);
+    // A ledger rebuilt from the same file is another chain: a new nonce and producer key.
+    let rebuilt = LedgerServer::bind(LedgerConfig {
+        data_dir: dir.path().join("rebuilt"),
+        ..cfg.clone()
+    })
+    .await
+    .unwrap();
+    drop(rebuilt);
+    let second = zos_ledger::chain::stored_genesis(
+        &*zos_ledger::open_store(&dir.path().join("rebuilt")).unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_ne!(first.nonce, second.nonce);
+    assert_ne!(first.producer, second.producer);
+    assert_ne!(first.hash(), second.hash());
 
     // Unknown fields and unreadable files are clear errors.
     std::fs::write(&path, text.replace("\"chain_name\"", "\"chain_nmae\"")).unwrap();
@@ -102,6 +133,7 @@ async fn genesis_file_sets_up_the_ledger() {
         genesis: None,
         block_interval: std::time::Duration::from_millis(20),
         limits: Default::default(),
+        tls: None,
     };
     assert!(matches!(
         LedgerServer::bind(empty).await.err().unwrap(),

@@ -57,7 +57,12 @@ fn honest_ledger_verifies_and_tampering_is_found() {
         );
         s.commit(b).unwrap();
     });
-    assert!(err.to_string().contains("final state differs"), "{err}");
+    // Opening the ledger already finds it: the state no longer matches the head's root.
+    assert!(
+        err.to_string()
+            .contains("state does not match the state root of head block"),
+        "{err}"
+    );
 
     // A transaction swapped inside a stored block.
     let p = copy(&orig, &dir, "tx.redb");
@@ -101,4 +106,65 @@ fn honest_ledger_verifies_and_tampering_is_found() {
         err.to_string().contains("block 4: stored events differ"),
         "{err}"
     );
+}
+
+#[test]
+fn signed_heads_verify_and_forged_signatures_are_found() {
+    use zos_ledger::Chain;
+    use zos_types::crypto::{KeyPair, KeyType};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signed.redb");
+    let producer = KeyPair::from_seed(KeyType::Ed25519, [42; 32]);
+    {
+        let store: Arc<dyn LedgerStore> = Arc::new(RedbStore::open(&path).unwrap());
+        let mut g = zos_ledger::dev::genesis(common::T0);
+        g.producer = Some(producer.public());
+        // Only the named producer's key may produce.
+        let other = KeyPair::from_seed(KeyType::Ed25519, [43; 32]);
+        assert!(Chain::open_with_producer(store.clone(), Some(g.clone()), Some(other)).is_err());
+        let mut chain = Chain::open_with_producer(store, Some(g), Some(producer.clone())).unwrap();
+        let gh = chain.genesis_hash();
+        let faucet = zos_ledger::dev::faucet_key();
+        for nonce in 0..3 {
+            let tx = zos_ledger::SignedTransaction::sign(
+                &faucet,
+                &gh,
+                nonce,
+                Call::Transfer {
+                    to: common::key(1).public(),
+                    amount: 10,
+                },
+            );
+            let out = chain.produce(&[tx], common::T0 + nonce, false).unwrap();
+            let b = out.block.unwrap();
+            let head = zos_ledger::SignedHead {
+                header: b.header.clone(),
+                hash: b.hash.clone(),
+                signature: b.signature.clone().unwrap(),
+            };
+            head.verify(&producer.public(), &gh).unwrap();
+        }
+    }
+    verify(Arc::new(RedbStore::open(&path).unwrap())).unwrap();
+
+    let resign = |name: &str, sig: String| {
+        let p = copy(&path, &dir, name);
+        tamper(&p, |s| {
+            let key = 2u64.to_be_bytes().to_vec();
+            let mut block: Block =
+                serde_json::from_slice(&s.get(Table::Blocks, &key).unwrap().unwrap()).unwrap();
+            block.signature = Some(sig);
+            let mut b = Batch::default();
+            b.put(Table::Blocks, key, serde_json::to_vec(&block).unwrap());
+            s.commit(b).unwrap();
+        })
+    };
+    let err = resign("zero.redb", "00".repeat(64));
+    assert!(
+        err.to_string()
+            .contains("block 2: head 2: not signed by the pinned producer"),
+        "{err}"
+    );
+    let err = resign("short.redb", "ab".into());
+    assert!(err.to_string().contains("block 2"), "{err}");
 }

@@ -51,6 +51,12 @@ pub trait Chain: Send + Sync {
     /// A contract by id; `None` when it does not exist.
     async fn contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError>;
 
+    /// A contract by id as proven against a head signed by the ledger's producer (a Merkle
+    /// proof of its state entry): what destructive decisions (deprovision, pause) rest on, so
+    /// that whoever sits between node and ledger cannot make the node delete anything. An
+    /// error means "not verified": the caller must not act.
+    async fn verified_contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError>;
+
     /// Ids of the active (created or grace period) node contracts of `node_id`.
     async fn node_contracts(&self, node_id: u32) -> Result<Vec<u64>, ChainError>;
 
@@ -78,6 +84,10 @@ pub mod fake {
         pub keys: Mutex<HashMap<u32, PublicKey>>,
         /// Every resource report received.
         pub reports: Mutex<Vec<(u64, Capacity)>>,
+        /// Unverified answers that differ from the verified state (a man in the middle):
+        /// `contract` returns these, `node_contracts` leaves these ids out when they are
+        /// `None`; `verified_contract` always tells the truth.
+        pub lies: Mutex<HashMap<u64, Option<ContractInfo>>>,
     }
 
     impl FakeChain {
@@ -105,6 +115,13 @@ pub mod fake {
     #[async_trait]
     impl Chain for FakeChain {
         async fn contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
+            if let Some(lie) = self.lies.lock().expect("fake chain lock").get(&id) {
+                return Ok(lie.clone());
+            }
+            self.verified_contract(id).await
+        }
+
+        async fn verified_contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
             Ok(self
                 .contracts
                 .lock()
@@ -122,6 +139,8 @@ pub mod fake {
                 .filter(|c| c.node_id == Some(node_id) && c.status != ContractStatus::Deleted)
                 .map(|c| c.id)
                 .collect();
+            let lies = self.lies.lock().expect("fake chain lock");
+            v.retain(|id| !matches!(lies.get(id), Some(None)));
             v.sort_unstable();
             Ok(v)
         }

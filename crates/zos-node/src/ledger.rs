@@ -67,37 +67,55 @@ impl NodeLedger {
     }
 }
 
+fn contract_info(c: zos_ledger::Contract) -> ContractInfo {
+    let status = match c.state {
+        ContractState::Created => ContractStatus::Created,
+        ContractState::GracePeriod { .. } => ContractStatus::GracePeriod,
+        ContractState::Deleted { .. } => ContractStatus::Deleted,
+    };
+    let (node_id, deployment_hash) = match &c.kind {
+        ContractKind::Node {
+            node_id,
+            deployment_hash,
+            ..
+        } => (Some(*node_id), deployment_hash.clone()),
+        ContractKind::Name { .. } => (None, String::new()),
+    };
+    ContractInfo {
+        id: c.id,
+        twin_id: c.twin_id,
+        node_id,
+        deployment_hash,
+        status,
+    }
+}
+
 #[async_trait]
 impl Chain for NodeLedger {
     async fn contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
-        let Some(c) = self
+        Ok(self
             .client
             .contract(id)
             .await
             .map_err(|e| cerr("get contract", e))?
-        else {
-            return Ok(None);
-        };
-        let status = match c.state {
-            ContractState::Created => ContractStatus::Created,
-            ContractState::GracePeriod { .. } => ContractStatus::GracePeriod,
-            ContractState::Deleted { .. } => ContractStatus::Deleted,
-        };
-        let (node_id, deployment_hash) = match &c.kind {
-            ContractKind::Node {
-                node_id,
-                deployment_hash,
-                ..
-            } => (Some(*node_id), deployment_hash.clone()),
-            ContractKind::Name { .. } => (None, String::new()),
-        };
-        Ok(Some(ContractInfo {
-            id: c.id,
-            twin_id: c.twin_id,
-            node_id,
-            deployment_hash,
-            status,
-        }))
+            .map(contract_info))
+    }
+
+    async fn verified_contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
+        let v = self
+            .client
+            .verified_contract(id)
+            .await
+            .map_err(|e| cerr("verify contract", e))?;
+        // The proof is for the key of contract `id`; a value naming another id is corrupt.
+        match v.value {
+            Some(c) if c.id != id => Err(ChainError {
+                op: "verify contract",
+                message: format!("proven record of contract {id} names contract {}", c.id),
+                rejected: false,
+            }),
+            other => Ok(other.map(contract_info)),
+        }
     }
 
     async fn node_contracts(&self, node_id: u32) -> Result<Vec<u64>, ChainError> {
@@ -113,11 +131,15 @@ impl Chain for NodeLedger {
     }
 
     async fn twin_key(&self, twin: u32) -> Result<Option<PublicKey>, ChainError> {
+        // Proven against a signed head: a swapped account would let anyone sign deployments
+        // in this twin's name.
         Ok(self
             .client
-            .twin(twin)
+            .verified_twin(twin)
             .await
             .map_err(|e| cerr("get twin", e))?
+            .value
+            .filter(|t| t.id == twin)
             .map(|t| t.account))
     }
 
@@ -150,10 +172,18 @@ pub struct LedgerTwins(pub LedgerClient);
 #[async_trait]
 impl TwinDirectory for LedgerTwins {
     async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError> {
-        let t = self.0.twin(id).await.map_err(|e| DirectoryError::Backend {
-            id,
-            reason: e.to_string(),
-        })?;
+        // Proven against a signed head: a swapped e2e key or account would let whoever sits
+        // between node and ledger read or forge this twin's bus traffic.
+        let t = self
+            .0
+            .verified_twin(id)
+            .await
+            .map_err(|e| DirectoryError::Backend {
+                id,
+                reason: e.to_string(),
+            })?
+            .value
+            .filter(|t| t.id == id);
         let Some(t) = t else { return Ok(None) };
         let e2e_key = match &t.e2e_key {
             None => None,

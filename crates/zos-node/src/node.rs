@@ -24,8 +24,13 @@ use crate::store::Store;
 /// How to run a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Ledger JSON-RPC URL (`http://127.0.0.1:PORT`).
+    /// Ledger JSON-RPC URL (`https://HOST:PORT`, or `http://` on loopback).
     pub ledger_url: String,
+    /// The ledger's TLS certificate (PEM) to pin; required for `https://`.
+    pub ledger_cert: Option<PathBuf>,
+    /// The ledger producer's key, pinned: heads must be signed by it. Without it, the key is
+    /// read once from the ledger over the (pinned TLS, or loopback) connection.
+    pub ledger_producer: Option<zos_types::crypto::PublicKey>,
     /// RMB relay WebSocket URLs.
     pub relay_urls: Vec<String>,
     /// Relay domains written into the node's twin; empty = the host[:port] of each relay URL.
@@ -62,6 +67,8 @@ impl NodeConfig {
     ) -> Self {
         NodeConfig {
             ledger_url: ledger_url.into(),
+            ledger_cert: None,
+            ledger_producer: None,
             relay_urls: vec![relay_url.into()],
             relay_domains: Vec::new(),
             farm_id,
@@ -241,8 +248,17 @@ pub async fn run_node(
     let key = keys.key;
     tracing::info!(public = %key.public(), "node identity loaded");
     let store = open_store(&cfg.data_dir)?;
-    let client =
-        LedgerClient::new(&cfg.ledger_url).map_err(|e| NodeError::Ledger(e.to_string()))?;
+    let mut trust = zos_ledger::Trust {
+        producer: cfg.ledger_producer,
+        ..Default::default()
+    };
+    if let Some(cert) = &cfg.ledger_cert {
+        trust = trust
+            .with_cert_file(cert)
+            .map_err(|e| NodeError::Ledger(e.to_string()))?;
+    }
+    let client = LedgerClient::with_trust(&cfg.ledger_url, trust)
+        .map_err(|e| NodeError::Ledger(e.to_string()))?;
     let ledger = NodeLedger::new(client.clone(), key.clone());
     let metrics = Arc::new(Metrics::default());
     let engine = Engine::new(

@@ -25,7 +25,7 @@ pub(crate) enum Retry {
     Ledger(String),
 }
 
-enum Check {
+pub(super) enum Check {
     Ok(Option<ContractStatus>),
     Refused(String),
 }
@@ -178,8 +178,14 @@ impl Engine {
                     }
                     self.report(contract);
                 }
+                // An unverified "refused" could come from whoever sits between node and ledger:
+                // delete only what the signed state confirms, otherwise keep serving.
                 Ok(Check::Refused(reason)) => {
-                    self.deprovision_all(twin, contract, &reason).await?;
+                    if self.confirm_destructive(&rec.deployment, false).await {
+                        self.deprovision_all(twin, contract, &reason).await?;
+                    } else {
+                        self.install(twin, contract, true).await?;
+                    }
                 }
                 // The ledger being down must not keep a rebooted node from serving.
                 Err(Retry::Ledger(e)) => {
@@ -207,10 +213,19 @@ impl Engine {
                     self.fail(twin, contract, changed, &msg)?;
                 }
             },
-            JobOp::Deprovision { reason } => self.deprovision_all(twin, contract, reason).await?,
+            // Deprovision and pause come from ledger events or the sync: they run only when
+            // the contract's state, proven against a signed head, confirms them. A refused
+            // job is dropped; the periodic sync queues it again if it is still due.
+            JobOp::Deprovision { reason } => {
+                if self.confirm_destructive(&rec.deployment, false).await {
+                    self.deprovision_all(twin, contract, reason).await?;
+                }
+            }
             JobOp::Pause => {
-                self.pause_all(twin, contract).await?;
-                self.report(contract);
+                if self.confirm_destructive(&rec.deployment, true).await {
+                    self.pause_all(twin, contract).await?;
+                    self.report(contract);
+                }
             }
             JobOp::Resume => {
                 self.resume_all(twin, contract).await?;
@@ -220,11 +235,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the ledger state proven against a signed head (not the unverified answers
+    /// that queued the job) confirms a destructive job on `dl`: for a deprovision, its contract
+    /// is deleted, or belongs to another node or twin; for a pause, it is in its grace period.
+    /// A contract proven absent does not confirm anything: contracts are never removed from
+    /// the state, so absence means an old head or another ledger, not a cancellation.
+    pub(crate) async fn confirm_destructive(&self, dl: &Deployment, pause: bool) -> bool {
+        let what = if pause { "pause" } else { "deprovision" };
+        let c = match self.inner.chain.verified_contract(dl.contract_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(contract = dl.contract_id, error = %e,
+                    "{what} not confirmed: contract state cannot be verified; nothing done");
+                return false;
+            }
+        };
+        let ok = match &c {
+            None => false,
+            Some(c) if pause => {
+                c.status == ContractStatus::GracePeriod
+                    && c.node_id == Some(self.node_id())
+                    && c.twin_id == dl.twin_id
+            }
+            Some(c) => {
+                c.status == ContractStatus::Deleted
+                    || c.node_id != Some(self.node_id())
+                    || c.twin_id != dl.twin_id
+            }
+        };
+        if !ok {
+            tracing::warn!(contract = dl.contract_id, verified = ?c.map(|c| c.status),
+                "{what} refused: the verified ledger state does not confirm it");
+        }
+        ok
+    }
+
     /// Upstream `validate`: the node contract must exist and be a node contract; unless
     /// `full` is false (reprovision after restart), it must be for this node and carry the
     /// deployment's hash. A deleted contract is refused in both modes.
-    async fn check_contract(&self, dl: &Deployment, full: bool) -> Result<Check, Retry> {
-        let c = match self.inner.chain.contract(dl.contract_id).await {
+    pub(super) async fn check_contract(&self, dl: &Deployment, full: bool) -> Result<Check, Retry> {
+        // Proven against a signed head: accepting work on a forged contract would run it
+        // unpaid or in another twin's name.
+        let c = match self.inner.chain.verified_contract(dl.contract_id).await {
             Ok(c) => c,
             Err(e) => return Err(Retry::Ledger(e.to_string())),
         };
@@ -241,6 +293,12 @@ impl Engine {
         };
         if c.status == ContractStatus::Deleted {
             return Ok(Check::Refused("contract not active on chain".into()));
+        }
+        if c.twin_id != dl.twin_id {
+            return Ok(Check::Refused(format!(
+                "contract {} belongs to twin {}, not to the deployment's twin {}",
+                dl.contract_id, c.twin_id, dl.twin_id
+            )));
         }
         if full {
             if node != self.node_id() {

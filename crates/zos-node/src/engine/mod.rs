@@ -60,6 +60,10 @@ pub enum EngineError {
     /// An update changes a workload whose type cannot be updated.
     #[error("upgrade validation error: workload '{0}' does not support upgrade")]
     NotUpdatable(String),
+    /// The ledger's contract does not allow this deployment (another twin's contract, or an
+    /// update the contract does not carry).
+    #[error("{0}")]
+    Contract(String),
     /// Deletion is only by cancelling the contract.
     #[error("deletion over the api is disabled, please cancel your contract instead")]
     DeleteDisabled,
@@ -338,6 +342,17 @@ impl Engine {
         if dl.version != 0 {
             return Err(EngineError::CreateVersion);
         }
+        // Another twin's contract id is refused before anything is stored (the contract, as
+        // proven against a signed head). A missing contract keeps upstream's behaviour: the
+        // deployment is stored and fails in its provision job.
+        if let Some(c) = self.inner.chain.verified_contract(dl.contract_id).await? {
+            if c.twin_id != dl.twin_id {
+                return Err(EngineError::Contract(format!(
+                    "contract {} belongs to twin {}, not to twin {}",
+                    dl.contract_id, c.twin_id, dl.twin_id
+                )));
+            }
+        }
         let created = Timestamp(now_secs());
         for wl in &mut dl.workloads {
             wl.result = WorkloadResult {
@@ -404,6 +419,20 @@ impl Engine {
             if !updatable {
                 return Err(EngineError::NotUpdatable(wl.workload_type.to_string()));
             }
+        }
+        // The ledger check comes before the new header is stored: an update the contract does
+        // not carry (hash, twin, node, state) changes nothing.
+        match self.check_contract(&dl, true).await {
+            Ok(jobs::Check::Ok(_)) => {}
+            Ok(jobs::Check::Refused(msg)) => return Err(EngineError::Contract(msg)),
+            Err(jobs::Retry::Ledger(e)) => {
+                return Err(EngineError::Chain(ChainError {
+                    op: "check contract",
+                    message: e,
+                    rejected: false,
+                }));
+            }
+            Err(jobs::Retry::Store(e)) => return Err(e.into()),
         }
         let job = Job {
             twin: dl.twin_id,

@@ -456,10 +456,16 @@ async fn cancel_pause_resume_and_sync() {
         t.engine.deploy(TWIN, d).await.unwrap();
     }
     t.engine.drain().await;
+    // A pause runs only when the verified contract is in its grace period.
+    t.engine.enqueue(TWIN, 1, JobOp::Pause).unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Ok);
+    t.chain.set_status(1, ContractStatus::GracePeriod);
     t.engine.enqueue(TWIN, 1, JobOp::Pause).unwrap();
     t.engine.drain().await;
     assert_eq!(t.states(1)[0].1, ResultState::Paused);
     // sync: contract 1 is created on the ledger → resume; contract 2 gone → deprovision
+    t.chain.set_status(1, ContractStatus::Created);
     t.chain.set_status(2, ContractStatus::Deleted);
     t.engine.sync().await.unwrap();
     t.engine.drain().await;
@@ -692,4 +698,116 @@ async fn wait_answers_when_the_version_is_applied() {
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "deployment not found");
+}
+
+#[tokio::test]
+async fn another_twins_contract_is_refused_before_anything_is_stored() {
+    let t = setup();
+    // Contract 5 belongs to twin 99 (on this node, with this deployment's hash).
+    let d = t.dl(5, 0, vec![vol("a", GIB, 0)]);
+    t.chain.put_contract(ContractInfo {
+        twin_id: 99,
+        ..ContractInfo {
+            id: 5,
+            twin_id: TWIN,
+            node_id: Some(NODE),
+            deployment_hash: d.challenge_hash_hex().unwrap(),
+            status: ContractStatus::Created,
+        }
+    });
+    let e = t.engine.deploy(TWIN, d).await.unwrap_err();
+    assert!(matches!(e, EngineError::Contract(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "contract 5 belongs to twin 99, not to twin 3"
+    );
+    assert!(t.engine.store().get(TWIN, 5).unwrap().is_none());
+    assert_eq!(t.engine.store().job_count().unwrap(), 0);
+    assert_eq!(t.engine.drain().await, 0);
+    assert_eq!(t.vol.calls("provision"), 0);
+}
+
+#[tokio::test]
+async fn an_update_the_contract_does_not_carry_changes_nothing() {
+    let t = setup();
+    let d0 = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+    // The contract still pins version 0: the new header is not stored, no job is queued.
+    let d1 = t.dl(1, 1, vec![vol("a", 2 * GIB, 1)]);
+    let e = t.engine.update(TWIN, d1.clone()).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "contract hash does not match deployment hash"
+    );
+    let got = t.engine.get(TWIN, 1).unwrap();
+    assert_eq!(
+        (got.version, got.get("a").unwrap().data["size"].clone()),
+        (0, json!(GIB))
+    );
+    assert_eq!(t.engine.store().job_count().unwrap(), 0);
+    // Another twin's contract cannot carry an update either.
+    t.chain.put_contract(ContractInfo {
+        id: 1,
+        twin_id: 99,
+        node_id: Some(NODE),
+        deployment_hash: d1.challenge_hash_hex().unwrap(),
+        status: ContractStatus::Created,
+    });
+    let e = t.engine.update(TWIN, d1.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("belongs to twin 99"), "{e}");
+    assert_eq!(t.engine.get(TWIN, 1).unwrap().version, 0);
+    // Once the contract carries it, it applies.
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.engine.get(TWIN, 1).unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn unverified_lies_neither_deprovision_nor_pause() {
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d.clone()).await.unwrap();
+    t.engine.drain().await;
+    // A man in the middle: the contract "deleted", absent from the node's list.
+    t.chain.lies.lock().unwrap().insert(1, None);
+    t.engine.sync().await.unwrap();
+    // … and injected events.
+    let state = crate::api::NodeState::default();
+    for ev in [
+        zos_ledger::Event::NodeContractCanceled {
+            contract_id: 1,
+            node_id: NODE,
+            twin_id: TWIN,
+        },
+        zos_ledger::Event::ContractGracePeriodStarted {
+            contract_id: 1,
+            node_id: NODE,
+            twin_id: TWIN,
+        },
+    ] {
+        let rec = zos_ledger::EventRecord {
+            height: 9,
+            index: 0,
+            event: ev,
+        };
+        assert!(crate::watcher::apply(&t.engine, &state, &rec).unwrap());
+    }
+    assert!(t.engine.drain().await >= 3, "the lies queued jobs");
+    assert_eq!(t.states(1)[0].1, ResultState::Ok);
+    assert_eq!((t.vol.calls("deprovision"), t.vol.calls("pause")), (0, 0));
+    assert!(t.vol.live.lock().unwrap().contains_key("3-1-a"));
+    // A restart whose unverified read says "gone" keeps serving too.
+    t.engine.reconcile_all().unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.vol.calls("deprovision"), 0);
+    // The truth, verified, still works: a real cancellation deprovisions.
+    t.chain.set_status(1, ContractStatus::Deleted);
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.vol.calls("deprovision"), 1);
+    assert!(t.engine.get(TWIN, 1).is_err());
 }

@@ -51,6 +51,16 @@ pub enum LedgerCmd {
         /// Block interval in milliseconds (outside dev mode).
         #[arg(long, default_value_t = 1000)]
         block_interval: u64,
+        /// Serve HTTPS/WSS with this certificate (PEM; clients pin it with --ledger-cert).
+        #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve HTTPS/WSS with a self-signed certificate kept in DIR (made on first start:
+        /// ledger-cert.pem, ledger-key.pem). Hand ledger-cert.pem to clients.
+        #[arg(long, value_name = "DIR")]
+        tls_self_signed: Option<PathBuf>,
         #[command(flatten)]
         limits: ServeLimits,
     },
@@ -141,6 +151,9 @@ pub struct ClientOpts {
     /// Ledger URL (overrides ZOS_LEDGER and the config file).
     #[arg(long)]
     ledger: Option<String>,
+    /// The https ledger's certificate to pin (PEM; overrides ZOS_LEDGER_CERT and the config).
+    #[arg(long)]
+    ledger_cert: Option<PathBuf>,
     /// Key file of the signing key (overrides ZOS_KEY and the config file).
     #[arg(long)]
     key: Option<PathBuf>,
@@ -154,18 +167,22 @@ pub struct ClientOpts {
 
 impl ClientOpts {
     fn config(&self) -> anyhow::Result<zos_client::Config> {
-        Ok(zos_client::Config::lookup(&zos_client::Overrides {
+        let mut cfg = zos_client::Config::lookup(&zos_client::Overrides {
             config: self.config.clone(),
             ledger: self.ledger.clone(),
             relay: None,
             key: self.key.clone(),
             seed: self.seed.clone(),
             key_type: self.key_type.map(KeyType::from),
-        })?)
+        })?;
+        if let Some(c) = &self.ledger_cert {
+            cfg.ledger_cert = Some(c.clone());
+        }
+        Ok(cfg)
     }
 
     fn client(&self) -> anyhow::Result<LedgerClient> {
-        Ok(LedgerClient::new(self.config()?.require_ledger()?)?)
+        Ok(self.config()?.ledger_client()?)
     }
 
     fn key(&self) -> anyhow::Result<KeyPair> {
@@ -303,9 +320,21 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             dev,
             genesis,
             block_interval,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
             limits,
         } => {
             let genesis = genesis.map(|p| zos_ledger::load_genesis(&p)).transpose()?;
+            let tls = match (tls_cert, tls_key, tls_self_signed) {
+                (Some(cert), Some(key), _) => Some(zos_ledger::tls::TlsFiles { cert, key }),
+                (_, _, Some(dir)) => Some(
+                    zos_ledger::tls::self_signed(&dir, &[listen.ip().to_string()])
+                        .context("making the self-signed certificate")?,
+                ),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let server = LedgerServer::bind(LedgerConfig {
                 data_dir: data,
                 listen,
@@ -313,9 +342,10 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
                 genesis,
                 block_interval: Duration::from_millis(block_interval.max(1)),
                 limits: limits.limits(),
+                tls,
             })
             .await?;
-            eprintln!("ledger listening on http://{}", server.local_addr());
+            eprintln!("ledger listening on {scheme}://{}", server.local_addr());
             server.run(super::shutdown_signal()).await?;
             Ok(())
         }

@@ -21,6 +21,13 @@ pub struct RunArgs {
     /// Ledger JSON-RPC URL, e.g. `http://127.0.0.1:9944`.
     #[arg(long, env = "ZOS_LEDGER")]
     pub ledger: String,
+    /// The https ledger's certificate (PEM) to pin.
+    #[arg(long, env = "ZOS_LEDGER_CERT")]
+    pub ledger_cert: Option<PathBuf>,
+    /// The ledger producer's ed25519 public key (hex) to pin: every answer a destructive
+    /// decision rests on must be proven against a head it signed.
+    #[arg(long, env = "ZOS_LEDGER_PRODUCER")]
+    pub ledger_producer: Option<String>,
     /// RMB relay WebSocket URL (repeatable), e.g. `ws://127.0.0.1:8080`.
     #[arg(long = "relay", env = "ZOS_RELAY", required = true)]
     pub relays: Vec<String>,
@@ -85,6 +92,14 @@ pub async fn run_node(
 ) -> anyhow::Result<()> {
     let mut cfg = zos_node::NodeConfig::new(&a.ledger, a.relays[0].clone(), a.farm, a.data.clone());
     cfg.relay_urls = a.relays.clone();
+    cfg.ledger_cert = a.ledger_cert.clone();
+    cfg.ledger_producer = match &a.ledger_producer {
+        Some(hex) => Some(zos_types::crypto::PublicKey {
+            key_type: zos_types::crypto::KeyType::Ed25519,
+            bytes: zos_types::crypto::decode_hex32("--ledger-producer", hex)?,
+        }),
+        None => None,
+    };
     cfg.relay_domains = a.relay_domains.clone();
     cfg.metrics_listen = a.metrics;
     cfg.admin_twins = a.admin_twins.clone();

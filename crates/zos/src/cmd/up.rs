@@ -170,18 +170,29 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // The ledger, in dev mode: instant blocks, a funded faucet.
+    // The ledger, in dev mode: instant blocks, a funded faucet; HTTPS with a self-signed
+    // certificate kept in DATA/ledger/tls, pinned by the node and the client config, and a
+    // producer key the node and the client pin too.
     let mut lcfg = LedgerConfig::dev(data.join("ledger"));
     lcfg.listen = SocketAddr::from(([127, 0, 0, 1], a.ledger_port));
+    let tls = zos_ledger::tls::self_signed(&data.join("ledger").join("tls"), &[])
+        .context("making the ledger's TLS certificate")?;
+    let ledger_cert = tls.cert.clone();
+    lcfg.tls = Some(tls);
     let ledger_server = LedgerServer::bind(lcfg).await.with_context(|| {
         format!(
             "starting the ledger on 127.0.0.1:{} (is another `zos up` running? --ledger-port)",
             a.ledger_port
         )
     })?;
-    let ledger_url = format!("http://{}", ledger_server.local_addr());
+    let ledger_url = format!("https://{}", ledger_server.local_addr());
     let ledger_task = tokio::spawn(ledger_server.run(stop_signal(&stop_rx)));
-    let ledger = LedgerClient::new(&ledger_url)?;
+    let ledger = LedgerClient::with_trust(
+        &ledger_url,
+        zos_ledger::Trust::default().with_cert_file(&ledger_cert)?,
+    )?;
+    // Learned over the pinned channel, then pinned for the node and the client.
+    let producer = ledger.producer().await?.to_hex();
 
     // The relay; twins name it by its address.
     let relay_addr = SocketAddr::from(([127, 0, 0, 1], a.relay_port));
@@ -207,6 +218,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let twin = ensure_twin(&ledger, &key, &relay_domain).await?;
     let farm = ensure_farm(&ledger, &key, twin).await?;
     client_cfg.ledger = Some(ledger_url.clone());
+    client_cfg.ledger_cert = Some(ledger_cert.clone());
+    client_cfg.ledger_producer = Some(producer.clone());
     client_cfg.relay = Some(relay_url.clone());
     client_cfg.key = Some(key_path.clone());
     client_cfg.save(&config_path)?;
@@ -215,6 +228,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let pools_note;
     let mut node_args = super::node::RunArgs {
         ledger: ledger_url.clone(),
+        ledger_cert: Some(ledger_cert.clone()),
+        ledger_producer: Some(producer.clone()),
         relays: vec![relay_url.clone()],
         relay_domains: vec![relay_domain.clone()],
         farm,
@@ -246,6 +261,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             };
             let args = vec![
                 format!("--ledger={ledger_url}"),
+                format!("--ledger-cert={}", ledger_cert.display()),
+                format!("--ledger-producer={producer}"),
                 format!("--relay={relay_url}"),
                 format!("--relay-domain={relay_domain}"),
                 format!("--farm={farm}"),
