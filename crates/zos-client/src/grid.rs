@@ -18,6 +18,9 @@ use crate::config::{Config, ConfigError, IdentityError};
 use crate::keys::KeyFileError;
 use crate::spec::{NodeSelector, Spec, SpecInput};
 
+mod mesh_deploy;
+pub use mesh_deploy::endpoint_of;
+
 /// How long one RMB call to a node may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -93,6 +96,8 @@ pub struct DeployOptions {
     pub wait: Duration,
     /// Keep a contract whose workloads failed (no cancel, no rollback).
     pub keep_on_error: bool,
+    /// Nodes whose network keys are replaced by new ones (the others keep theirs).
+    pub rotate_keys: Vec<u32>,
 }
 
 /// A node with its free capacity, as `zos nodes` shows it.

@@ -10,6 +10,8 @@ pub mod config;
 pub mod grid;
 /// The user's key file (seed, optional BIP-39 mnemonic).
 pub mod keys;
+/// The WireGuard mesh of a private network.
+pub mod mesh;
 /// Human sizes (`10GiB`).
 pub mod size;
 /// The YAML deployment spec and its translation to the wire model.

@@ -11,6 +11,19 @@
 //!     volume: { size: 1GiB }
 //! ```
 //!
+//! A private network spans several nodes:
+//!
+//! ```yaml
+//! name: mesh
+//! nodes: all               # every node of the grid, or a list: [1, 2, 3]
+//! workloads:
+//!   net:
+//!     network: { ip_range: 10.20.0.0/16 }
+//! ```
+//!
+//! Each node gets its own contract and deployment holding every workload of the spec; the
+//! client computes the WireGuard mesh (keys, subnets, ports, peers; see [`crate::mesh`]).
+//!
 //! Every field is checked while parsing, so an error names the field path and the line.
 
 use std::fmt;
@@ -34,6 +47,9 @@ pub struct Spec {
     /// Where to deploy.
     #[serde(default)]
     pub node: NodeSelector,
+    /// Several nodes (one deployment each): `all` or a list of node ids.
+    #[serde(default)]
+    pub nodes: Option<NodeSet>,
     /// Workloads by name, in file order.
     pub workloads: Workloads,
 }
@@ -101,6 +117,50 @@ impl<'de> Deserialize<'de> for NodeSelector {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NodeSelector, A::Error> {
                 NodeFilter::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(NodeSelector::Filter)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The nodes of a spec deployed on several nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum NodeSet {
+    /// Every node on the ledger.
+    All,
+    /// These node ids.
+    Ids(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for NodeSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodeSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`all` or a list of node ids such as [1, 2, 3]")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NodeSet, E> {
+                match v {
+                    "all" => Ok(NodeSet::All),
+                    _ => Err(E::custom(format!(
+                        "unknown value {v:?}: use `all` or a list of node ids"
+                    ))),
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<NodeSet, A::Error> {
+                let mut ids: Vec<u32> = Vec::new();
+                while let Some(id) = seq.next_element::<u32>()? {
+                    if ids.contains(&id) {
+                        return Err(de::Error::custom(format!("node {id} is listed twice")));
+                    }
+                    ids.push(id);
+                }
+                if ids.is_empty() {
+                    return Err(de::Error::custom("the list of nodes is empty"));
+                }
+                ids.sort_unstable();
+                Ok(NodeSet::Ids(ids))
             }
         }
         d.deserialize_any(V)
@@ -192,8 +252,48 @@ pub enum WorkloadSpec {
     Volume(SizeSpec),
     /// A VM disk.
     Zmount(SizeSpec),
+    /// A private network over the deployment's nodes (the mesh is computed at deploy time).
+    Network(NetworkSpec),
     /// Any upstream workload, data as upstream JSON.
     Raw(RawSpec),
+}
+
+/// `network:` fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The network's range, an IPv4 /16 (each node gets a /24 of it, as upstream's clients do).
+    #[serde(deserialize_with = "deserialize_range")]
+    pub ip_range: std::net::Ipv4Addr,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn deserialize_range<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::Ipv4Addr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_range(&s).map_err(de::Error::custom)
+}
+
+/// An IPv4 /16 with its host bits clear (`10.20.0.0/16`).
+pub fn parse_range(s: &str) -> Result<std::net::Ipv4Addr, String> {
+    let (a, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("ip_range {s:?}: expected an IPv4 /16 such as 10.20.0.0/16"))?;
+    let a: std::net::Ipv4Addr = a.parse().map_err(|e| format!("ip_range {s:?}: {e}"))?;
+    if len != "16" {
+        return Err(format!(
+            "ip_range {s:?}: must be a /16 (nodes get /24 subnets, WireGuard addresses are 100.64.X.Y)"
+        ));
+    }
+    let o = a.octets();
+    if o[2] != 0 || o[3] != 0 {
+        return Err(format!(
+            "ip_range {s:?}: host bits set, use {}.{}.0.0/16",
+            o[0], o[1]
+        ));
+    }
+    Ok(a)
 }
 
 /// `zdb:` fields.
@@ -312,6 +412,23 @@ pub fn parse(file: &str, text: &str) -> Result<SpecInput, SpecError> {
 }
 
 impl Spec {
+    /// The spec's network workloads (name, range).
+    pub fn networks(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.workloads
+            .0
+            .iter()
+            .filter_map(|(n, w)| match w {
+                WorkloadSpec::Network(net) => Some((n.0.clone(), net.ip_range)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `zos deploy` takes the multi-node path (a network, or several nodes).
+    pub fn is_mesh(&self) -> bool {
+        self.nodes.is_some() || !self.networks().is_empty()
+    }
+
     /// The metadata stored in the deployment and the contract: identifies it by name.
     pub fn metadata(&self) -> String {
         json!({"type": "zos", "name": self.name.0}).to_string()
@@ -320,13 +437,28 @@ impl Spec {
     /// Builds the deployment for `twin`. With `previous` (an update), the version is bumped,
     /// and workloads that did not change keep their version (so the node leaves them alone).
     pub fn to_deployment(&self, twin: u32, previous: Option<&Deployment>) -> Deployment {
+        self.to_deployment_with(twin, previous, &std::collections::BTreeMap::new())
+    }
+
+    /// As [`Spec::to_deployment`], with the data of network workloads computed for one node
+    /// (`networks`: workload name → upstream network data). A network without data gets a
+    /// lone-node placeholder (the first /24, a fixed throwaway key), used to validate a spec.
+    pub fn to_deployment_with(
+        &self,
+        twin: u32,
+        previous: Option<&Deployment>,
+        networks: &std::collections::BTreeMap<String, Value>,
+    ) -> Deployment {
         let version = previous.map_or(0, |p| p.version + 1);
         let workloads = self
             .workloads
             .0
             .iter()
             .map(|(name, spec)| {
-                let (workload_type, data, description) = spec.wire();
+                let (workload_type, mut data, description) = spec.wire();
+                if let Some(net) = networks.get(&name.0) {
+                    data = net.clone();
+                }
                 let mut wl = Workload {
                     version,
                     name: name.0.clone(),
@@ -386,6 +518,18 @@ impl WorkloadSpec {
                 json!({"size": s.size}),
                 s.description.clone(),
             ),
+            WorkloadSpec::Network(n) => {
+                let o = n.ip_range.octets();
+                (
+                    WorkloadType::Network,
+                    json!({"ip_range": format!("{}/16", n.ip_range),
+                           "subnet": format!("{}.{}.2.0/24", o[0], o[1]),
+                           // Validation only: deploys always carry a computed key.
+                           "wireguard_private_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                           "wireguard_listen_port": 0, "peers": []}),
+                    n.description.clone(),
+                )
+            }
             WorkloadSpec::Raw(r) => (
                 WorkloadType::parse(&r.workload_type),
                 r.data.clone(),
@@ -490,6 +634,44 @@ mod tests {
             }
         }
         assert!(seen >= 3, "examples missing in {}", dir.display());
+    }
+
+    #[test]
+    fn networks_over_several_nodes() {
+        let s = spec(
+            "name: m\nnodes: [3, 1]\nworkloads:\n  net:\n    network: { ip_range: 10.20.0.0/16 }\n",
+        );
+        assert_eq!(s.nodes, Some(NodeSet::Ids(vec![1, 3])));
+        assert!(s.is_mesh());
+        assert_eq!(
+            s.networks(),
+            vec![("net".to_string(), std::net::Ipv4Addr::new(10, 20, 0, 0))]
+        );
+        let s = spec(
+            "name: m\nnodes: all\nworkloads:\n  net:\n    network: { ip_range: 10.20.0.0/16 }\n",
+        );
+        assert_eq!(s.nodes, Some(NodeSet::All));
+        for (bad, want) in [
+            ("nodes: some", "unknown value"),
+            ("nodes: []", "empty"),
+            ("nodes: [1, 1]", "twice"),
+        ] {
+            let e = err(&format!(
+                "name: m\n{bad}\nworkloads:\n  v:\n    volume: {{ size: 1 }}\n"
+            ));
+            assert!(e.contains(want) && e.contains("line 2"), "{bad}: {e}");
+        }
+        for (range, want) in [
+            ("10.20.0.0/24", "must be a /16"),
+            ("10.20.1.0/16", "host bits"),
+            ("fd00::/16", "ip_range"),
+            ("10.20.0.0", "expected an IPv4 /16"),
+        ] {
+            let e = err(&format!(
+                "name: m\nworkloads:\n  net:\n    network: {{ ip_range: \"{range}\" }}\n"
+            ));
+            assert!(e.contains(want) && e.contains("line 4"), "{range}: {e}");
+        }
     }
 
     #[test]

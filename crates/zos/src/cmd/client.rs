@@ -89,6 +89,36 @@ pub fn deploy(args: &ClientArgs, spec: PathBuf, opts: DeployOptions) -> anyhow::
         let grid = args.connect().await?;
         let tty = std::io::stderr().is_terminal() && !args.json;
         let mut last = String::new();
+        if let zos_client::SpecInput::Spec(spec) = &input {
+            if spec.is_mesh() {
+                // Several nodes (or a private network): one contract and deployment per node.
+                let views = grid
+                    .deploy_mesh(spec, &opts, |p: &Progress| {
+                        let line = progress_line(p);
+                        if line != last && !args.json {
+                            eprintln!("{line}");
+                            last = line;
+                        }
+                    })
+                    .await?;
+                if args.json {
+                    let all: Vec<_> = views
+                        .iter()
+                        .map(|v| {
+                            let mut j = redact(&v.deployment);
+                            j["node_id"] = v.node_id.into();
+                            j
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                } else {
+                    for v in &views {
+                        print_view(v, false);
+                    }
+                }
+                return Ok(());
+            }
+        }
         let view = grid
             .deploy(input, &opts, |p: &Progress| {
                 let line = progress_line(p);
@@ -287,6 +317,10 @@ pub enum ClientCommands {
         /// rolling an update back.
         #[arg(long)]
         keep_on_error: bool,
+        /// Give this node's private network resources new WireGuard keys (repeatable); the
+        /// other nodes are updated with its new public key.
+        #[arg(long, value_name = "NODE")]
+        rotate_key: Vec<u32>,
         #[command(flatten)]
         args: ClientArgs,
     },
@@ -404,6 +438,7 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
             spec,
             wait,
             keep_on_error,
+            rotate_key: rotate_keys,
             args,
         } => deploy(
             &args,
@@ -411,6 +446,7 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
             DeployOptions {
                 wait: Duration::from_secs(wait),
                 keep_on_error,
+                rotate_keys,
             },
         ),
         ClientCommands::Nodes { args } => nodes(&args),
