@@ -4,7 +4,9 @@
 //! Layers, bottom up: [`crypto`] (identity, addresses, E2E encryption), [`subnet`],
 //! [`packet`] (pure link codecs), [`replay`] (receive replay window, a zos addition).
 
+pub mod api;
 pub mod crypto;
+pub mod node;
 pub mod packet;
 pub mod replay;
 pub mod router;

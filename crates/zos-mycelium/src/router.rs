@@ -946,6 +946,11 @@ impl Router {
         self.longest_match(src).map(|(s, e)| (s, e.secret.clone()))
     }
 
+    /// Whether `subnet` has a selected route.
+    pub fn has_selected(&self, subnet: &Subnet) -> bool {
+        self.selected(subnet).is_some()
+    }
+
     /// The public key of the node owning `ip`, if a route to it is known.
     pub fn public_key_for(&self, ip: Ipv6Addr) -> Option<PublicKey> {
         if self.subnet.contains_ip(ip) {

@@ -10,6 +10,8 @@ use zos_mycelium::{PublicKey, SecretKey};
 /// Mycelium subcommands.
 #[derive(Subcommand, Debug)]
 pub enum MyceliumCmd {
+    /// Run the overlay daemon (upstream `mycelium` flags): TCP links, TUN, HTTP API.
+    Run(RunArgs),
     /// Show the public key and overlay address of a public key, or of the key file.
     Inspect {
         /// A public key (64 hex characters); default: the key file's.
@@ -33,6 +35,65 @@ pub enum MyceliumCmd {
         #[arg(short = 'k', long, value_name = "PATH")]
         key_file: Option<PathBuf>,
     },
+}
+
+/// `zos mycelium run` flags (upstream's names).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Static peers, `tcp://<ip>:<port>` (IPv6 in brackets); repeatable or space-separated.
+    #[arg(long, num_args = 1..)]
+    peers: Vec<String>,
+    /// The node's key file (32 raw bytes; generated with mode 0640 if missing).
+    #[arg(short = 'k', long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// TCP port for peer links, bound on `[::]`.
+    #[arg(short = 't', long, default_value_t = 9651)]
+    tcp_listen_port: u16,
+    /// TUN interface name.
+    #[arg(long, default_value = "mycelium")]
+    tun_name: String,
+    /// Route only: no TUN (this node forwards but has no local traffic).
+    #[arg(long)]
+    no_tun: bool,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:8989")]
+    api_addr: std::net::SocketAddr,
+    /// Accepted for upstream compatibility: this build has no QUIC transport.
+    #[arg(long)]
+    disable_quic: bool,
+    /// Accepted for upstream compatibility: link-local discovery is not implemented yet.
+    #[arg(long)]
+    disable_peer_discovery: bool,
+}
+
+fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
+    let key_path = a.key_file.unwrap_or_else(default_key_file);
+    let key = SecretKey::load_or_generate(&key_path)?;
+    let peers = a
+        .peers
+        .iter()
+        .map(|p| zos_mycelium::node::parse_endpoint(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = zos_mycelium::node::Config {
+        key,
+        peers,
+        tcp_listen: std::net::SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            a.tcp_listen_port,
+        )),
+        tun_name: (!a.no_tun).then_some(a.tun_name),
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let node = zos_mycelium::node::Node::start(cfg).await?;
+        let api = zos_mycelium::api::serve(node.clone(), a.api_addr);
+        tokio::select! {
+            r = api => r.with_context(|| format!("HTTP API on {}", a.api_addr))?,
+            _ = super::shutdown_signal() => {}
+        }
+        node.shutdown();
+        Ok(())
+    })
 }
 
 /// Upstream's default key file: `$XDG_DATA_HOME/mycelium/priv_key.bin`
@@ -61,6 +122,7 @@ fn print_identity(pk: &PublicKey, json: bool) {
 /// Runs a mycelium subcommand.
 pub fn run(cmd: MyceliumCmd) -> anyhow::Result<()> {
     match cmd {
+        MyceliumCmd::Run(a) => run_daemon(a),
         MyceliumCmd::Inspect {
             pubkey,
             json,

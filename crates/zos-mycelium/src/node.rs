@@ -1,0 +1,780 @@
+//! The running overlay node: TCP peer links, the TUN device, the data path (encrypt, forward,
+//! decrypt) and the timers, around the pure [`Router`].
+//!
+//! Locks are `std::sync::Mutex`es held only for table work, never across an `.await`.
+//! Frames to a peer go through a bounded channel to its writer task, which coalesces up to 50
+//! ready frames per flush like upstream's `peer.rs`; a full channel drops data frames (a
+//! congested link behaves like a lossy one) rather than stalling every other link.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::crypto::{AES_OVERHEAD, SecretKey};
+use crate::packet::{
+    self, DATA_HEADER_LEN, DataPacket, HEADER_LEN, Packet, USER_HEADER_LEN, USER_TYPE_L3,
+};
+use crate::replay::ReplayWindow;
+use crate::router::{Lookup, Output, PeerId, Router};
+use crate::subnet::{GLOBAL_SUBNET, Subnet};
+
+/// TUN MTU, as upstream.
+pub const TUN_MTU: u16 = 1400;
+/// Static peers are redialed this often when not connected.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+/// Packets waiting for a route are kept this long (then dropped; upstream answers ICMP).
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(15);
+/// At most this many packets wait per destination /64.
+pub const PENDING_MAX: usize = 1000;
+/// Frames queued per link.
+const LINK_QUEUE: usize = 1024;
+/// Frames written per flush.
+const COALESCE: usize = 50;
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A peer endpoint string is not `tcp://ip:port`.
+    #[error("bad peer endpoint {0:?}: expected tcp://<ip>:<port> (IPv6 in brackets)")]
+    BadEndpoint(String),
+    /// Binding a listener failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Creating or configuring the TUN failed.
+    #[error("TUN {name}: {message}")]
+    Tun {
+        /// Interface name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Parses `tcp://ip:port` (`quic://` is refused: this build has no QUIC transport).
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, NodeError> {
+    let (proto, rest) = s
+        .split_once("://")
+        .ok_or_else(|| NodeError::BadEndpoint(s.into()))?;
+    if !proto.eq_ignore_ascii_case("tcp") {
+        return Err(NodeError::BadEndpoint(s.into()));
+    }
+    rest.parse().map_err(|_| NodeError::BadEndpoint(s.into()))
+}
+
+/// How a node is configured (upstream's daemon flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node key.
+    pub key: SecretKey,
+    /// Static peers (`tcp://…`).
+    pub peers: Vec<SocketAddr>,
+    /// TCP listen address (upstream: `[::]:9651`).
+    pub tcp_listen: SocketAddr,
+    /// TUN interface name; `None` = `--no-tun` (routing only).
+    pub tun_name: Option<String>,
+}
+
+/// Peer kinds as the API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerKind {
+    /// Configured.
+    Static,
+    /// Accepted connection.
+    Inbound,
+}
+
+struct Link {
+    tx: mpsc::Sender<Bytes>,
+    remote: SocketAddr,
+    kind: PeerKind,
+    rx_bytes: Arc<AtomicU64>,
+    tx_bytes: Arc<AtomicU64>,
+    abort: Vec<AbortHandle>,
+}
+
+struct StaticPeer {
+    addr: SocketAddr,
+    task: AbortHandle,
+    link: Option<PeerId>,
+    discovered: Instant,
+    last_connected: Option<SystemTime>,
+}
+
+enum Pending {
+    /// An IPv6 packet from our TUN, not yet encrypted.
+    Tx(Bytes),
+    /// A packet to forward.
+    Fwd(DataPacket),
+    /// A packet for us from a source we have no key for yet.
+    Rx(DataPacket),
+}
+
+struct PendingQueue {
+    since: Instant,
+    items: Vec<Pending>,
+}
+
+/// Shared state of a running node.
+pub struct Inner {
+    router: Mutex<Router>,
+    links: Mutex<HashMap<PeerId, Link>>,
+    statics: Mutex<Vec<StaticPeer>>,
+    pending: Mutex<HashMap<Subnet, PendingQueue>>,
+    replay: Mutex<ReplayWindow>,
+    next_id: AtomicU64,
+    tun_tx: Option<mpsc::Sender<BytesMut>>,
+    start_time: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a table lock leaves consistent-enough routing state; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running node; dropping it does not stop it (call [`Node::shutdown`]).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Node {
+    /// Starts the node: listener, TUN (if any), static peers, timers. Needs a tokio runtime.
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        let now = Instant::now();
+        let rnd: [u8; 6] = rand::random();
+        let pk = cfg.key.public_key();
+        let tun = match &cfg.tun_name {
+            Some(name) => Some(Arc::new(open_tun(name, pk.address()).await?)),
+            None => None,
+        };
+        let (tun_tx, tun_rx) = mpsc::channel::<BytesMut>(LINK_QUEUE * 4);
+        let listener =
+            TcpListener::bind(cfg.tcp_listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: cfg.tcp_listen,
+                    source,
+                })?;
+        let inner = Arc::new(Inner {
+            router: Mutex::new(Router::new(cfg.key.clone(), rnd, now)),
+            links: Mutex::new(HashMap::new()),
+            statics: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            replay: Mutex::new(ReplayWindow::default()),
+            next_id: AtomicU64::new(1),
+            tun_tx: tun.is_some().then_some(tun_tx),
+            start_time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        tracing::info!(address = %pk.address(), subnet = %pk.subnet(), pubkey = %pk, "mycelium node starting");
+        let node = Node {
+            inner: inner.clone(),
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut tasks = vec![
+            tokio::spawn(accept_loop(inner.clone(), listener)).abort_handle(),
+            tokio::spawn(timer_loop(inner.clone())).abort_handle(),
+        ];
+        if let Some(t) = tun {
+            tasks.push(tokio::spawn(tun_loop(inner.clone(), t.clone())).abort_handle());
+            tasks.push(tokio::spawn(tun_write_loop(t, tun_rx)).abort_handle());
+        }
+        lock(&node.tasks).extend(tasks);
+        for p in cfg.peers {
+            node.add_static_peer(p);
+        }
+        Ok(node)
+    }
+
+    /// Shared state (for the HTTP API).
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Adds a static peer; `false` if it exists.
+    pub fn add_static_peer(&self, addr: SocketAddr) -> bool {
+        self.inner.add_static_peer(addr)
+    }
+
+    /// Removes a static peer and closes its link; `false` if unknown.
+    pub fn remove_static_peer(&self, addr: SocketAddr) -> bool {
+        self.inner.remove_static_peer(addr)
+    }
+
+    /// Stops every task of the node.
+    pub fn shutdown(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        for s in lock(&self.inner.statics).drain(..) {
+            s.task.abort();
+        }
+        for (_, l) in lock(&self.inner.links).drain() {
+            for a in l.abort {
+                a.abort();
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The router (for views).
+    pub fn router(&self) -> MutexGuard<'_, Router> {
+        lock(&self.router)
+    }
+
+    /// Unix time the node started.
+    pub fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
+    fn add_static_peer(self: &Arc<Self>, addr: SocketAddr) -> bool {
+        let mut statics = lock(&self.statics);
+        if statics.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        let task = tokio::spawn(static_peer_loop(self.clone(), addr)).abort_handle();
+        statics.push(StaticPeer {
+            addr,
+            task,
+            link: None,
+            discovered: Instant::now(),
+            last_connected: None,
+        });
+        true
+    }
+
+    fn remove_static_peer(&self, addr: SocketAddr) -> bool {
+        let removed = {
+            let mut statics = lock(&self.statics);
+            let Some(i) = statics.iter().position(|s| s.addr == addr) else {
+                return false;
+            };
+            statics.remove(i)
+        };
+        removed.task.abort();
+        if let Some(id) = removed.link {
+            self.close_link(id);
+        }
+        true
+    }
+
+    /// Peers for the API: every static peer (connected or not) and every inbound link.
+    pub fn peer_stats(&self) -> Vec<serde_json::Value> {
+        let links = lock(&self.links);
+        let statics = lock(&self.statics);
+        let now = Instant::now();
+        let endpoint =
+            |a: &SocketAddr| serde_json::json!({"proto": "tcp", "addr": {"socket": a.to_string()}});
+        let mut out = Vec::new();
+        for s in statics.iter() {
+            let l = s.link.and_then(|id| links.get(&id));
+            out.push(serde_json::json!({
+                "endpoint": endpoint(&s.addr),
+                "type": "static",
+                "connectionState": if l.is_some() { "alive" } else { "connecting" },
+                "txBytes": l.map_or(0, |l| l.tx_bytes.load(Ordering::Relaxed)),
+                "rxBytes": l.map_or(0, |l| l.rx_bytes.load(Ordering::Relaxed)),
+                "discovered": now.saturating_duration_since(s.discovered).as_secs(),
+                "lastConnected": s.last_connected.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs()),
+            }));
+        }
+        for l in links.values().filter(|l| l.kind == PeerKind::Inbound) {
+            out.push(serde_json::json!({
+                "endpoint": endpoint(&l.remote),
+                "type": "inbound",
+                "connectionState": "alive",
+                "txBytes": l.tx_bytes.load(Ordering::Relaxed),
+                "rxBytes": l.rx_bytes.load(Ordering::Relaxed),
+                "discovered": 0,
+                "lastConnected": 0,
+            }));
+        }
+        out
+    }
+
+    /// "TCP [local] <-> [remote]"-style next hop names for the API.
+    pub fn link_name(&self, id: PeerId) -> String {
+        lock(&self.links)
+            .get(&id)
+            .map_or_else(|| format!("link {id}"), |l| format!("TCP {}", l.remote))
+    }
+
+    fn close_link(&self, id: PeerId) {
+        if let Some(l) = lock(&self.links).remove(&id) {
+            for a in l.abort {
+                a.abort();
+            }
+        }
+        let now = Instant::now();
+        let mut r = lock(&self.router);
+        r.remove_peer(id, now);
+        let out = r.take_outputs();
+        drop(r);
+        self.dispatch(out);
+    }
+
+    /// Sends router outputs to their links.
+    fn dispatch(&self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send(peer, tlv) => {
+                    let mut b = BytesMut::with_capacity(80);
+                    packet::encode_control(&tlv, &mut b);
+                    self.send_frame(peer, b.freeze());
+                }
+                Output::KillPeer(peer) => {
+                    // The router already dropped the peer; just close the connection.
+                    if let Some(l) = lock(&self.links).remove(&peer) {
+                        for a in l.abort {
+                            a.abort();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_frame(&self, peer: PeerId, frame: Bytes) {
+        let links = lock(&self.links);
+        if let Some(l) = links.get(&peer)
+            && l.tx.try_send(frame).is_err()
+        {
+            tracing::debug!(peer, "link queue full: frame dropped");
+        }
+    }
+
+    fn with_router<T>(&self, f: impl FnOnce(&mut Router) -> T) -> T {
+        let mut r = lock(&self.router);
+        let v = f(&mut r);
+        let out = r.take_outputs();
+        drop(r);
+        self.dispatch(out);
+        v
+    }
+
+    /// A packet read from the TUN: encrypt for its destination and send, or queue for a route.
+    fn handle_tun_packet(&self, pkt: &[u8]) {
+        if pkt.len() < 40 || pkt[0] >> 4 != 6 {
+            return;
+        }
+        let src = ipv6_at(pkt, 8);
+        let dst = ipv6_at(pkt, 24);
+        let own = lock(&self.router).subnet();
+        if own.contains_ip(dst) || !GLOBAL_SUBNET.contains_ip(dst) {
+            return;
+        }
+        if !GLOBAL_SUBNET.contains_ip(src) {
+            tracing::debug!(%src, "TUN packet with a source outside 400::/7 dropped");
+            return;
+        }
+        let hop = pkt[7];
+        if hop < 2 {
+            return;
+        }
+        let now = Instant::now();
+        match self.with_router(|r| r.lookup(dst, now)) {
+            Lookup::Route { peer, secret } => {
+                let body_len = USER_HEADER_LEN + pkt.len() + AES_OVERHEAD;
+                let Ok(len16) = u16::try_from(body_len) else {
+                    return;
+                };
+                let mut f = BytesMut::with_capacity(HEADER_LEN + DATA_HEADER_LEN + body_len);
+                packet::encode_data_header(hop, src, dst, len16, &mut f);
+                let start = f.len();
+                f.put_slice(&[1, USER_TYPE_L3, 0, 0]);
+                f.put_slice(pkt);
+                let trailer = secret.encrypt_detached(&mut f[start..]);
+                f.put_slice(&trailer);
+                self.send_frame(peer, f.freeze());
+            }
+            Lookup::Unknown => {
+                self.with_router(|r| r.request_route(dst, now));
+                self.queue(dst, Pending::Tx(Bytes::copy_from_slice(pkt)));
+            }
+            Lookup::Queried => self.queue(dst, Pending::Tx(Bytes::copy_from_slice(pkt))),
+            Lookup::Unreachable | Lookup::Local => {}
+        }
+    }
+
+    fn queue(&self, ip: Ipv6Addr, p: Pending) {
+        let Ok(s) = Subnet::new(ip, 64) else { return };
+        let mut pending = lock(&self.pending);
+        let q = pending.entry(s).or_insert_with(|| PendingQueue {
+            since: Instant::now(),
+            items: Vec::new(),
+        });
+        if q.items.len() < PENDING_MAX {
+            q.items.push(p);
+        }
+    }
+
+    /// A data frame from a link: deliver if it is for us, else forward.
+    fn handle_link_data(&self, mut p: DataPacket) {
+        let own = lock(&self.router).subnet();
+        if own.contains_ip(p.dst) {
+            self.deliver(p);
+            return;
+        }
+        if p.hop_limit < 2 {
+            // Upstream answers with an out-of-band ICMP time-exceeded; not implemented here.
+            return;
+        }
+        p.hop_limit -= 1;
+        self.forward(p);
+    }
+
+    fn forward(&self, p: DataPacket) {
+        let now = Instant::now();
+        match self.with_router(|r| r.lookup(p.dst, now)) {
+            Lookup::Route { peer, .. } => {
+                let mut f = BytesMut::with_capacity(HEADER_LEN + DATA_HEADER_LEN + p.body.len());
+                packet::encode_data(&p, &mut f);
+                self.send_frame(peer, f.freeze());
+            }
+            Lookup::Unknown => {
+                self.with_router(|r| r.request_route(p.dst, now));
+                self.queue(p.dst, Pending::Fwd(p));
+            }
+            Lookup::Queried => self.queue(p.dst, Pending::Fwd(p)),
+            Lookup::Unreachable | Lookup::Local => {}
+        }
+    }
+
+    fn deliver(&self, mut p: DataPacket) {
+        let Some((src_subnet, secret)) = lock(&self.router).secret_for_source(p.src) else {
+            let now = Instant::now();
+            self.with_router(|r| r.request_route(p.src, now));
+            let src = p.src;
+            self.queue(src, Pending::Rx(p));
+            return;
+        };
+        let Ok((n, nonce)) = secret.decrypt_in_place(&mut p.body) else {
+            tracing::debug!(src = %p.src, "undecryptable data packet dropped");
+            return;
+        };
+        if !lock(&self.replay).accept(src_subnet, nonce) {
+            tracing::debug!(src = %p.src, "replayed data packet dropped");
+            return;
+        }
+        let mut plain = p.body;
+        plain.truncate(n);
+        if plain.len() < USER_HEADER_LEN + 40 || plain[0] != 1 {
+            return;
+        }
+        if plain[1] != USER_TYPE_L3 {
+            // Messages and out-of-band ICMP are not implemented (docs/mycelium.md).
+            return;
+        }
+        let mut ip = plain.split_off(USER_HEADER_LEN);
+        if ip[0] >> 4 != 6 {
+            return;
+        }
+        // Upstream overwrites the inner hop limit with the outer one.
+        ip[7] = p.hop_limit;
+        if let Some(t) = &self.tun_tx
+            && t.try_send(ip).is_err()
+        {
+            tracing::debug!("TUN queue full: packet dropped");
+        }
+    }
+
+    /// Retries queued packets whose route or key appeared; drops those past the timeout.
+    fn flush_pending(&self) {
+        let now = Instant::now();
+        let subnets: Vec<Subnet> = lock(&self.pending).keys().copied().collect();
+        for s in subnets {
+            // Sends need a selected route; receptions only the source's key.
+            let (routed, keyed) = {
+                let r = lock(&self.router);
+                (
+                    r.has_selected(&s),
+                    r.secret_for_source(s.address()).is_some(),
+                )
+            };
+            let (only_rx, expired) = lock(&self.pending).get(&s).map_or((false, false), |q| {
+                (
+                    q.items.iter().all(|p| matches!(p, Pending::Rx(_))),
+                    now.saturating_duration_since(q.since) > PENDING_TIMEOUT,
+                )
+            });
+            let ready = routed || (keyed && only_rx);
+            if !ready && !expired {
+                continue;
+            }
+            let Some(q) = lock(&self.pending).remove(&s) else {
+                continue;
+            };
+            if !ready {
+                tracing::debug!(subnet = %s, dropped = q.items.len(), "no route in time");
+                continue;
+            }
+            for p in q.items {
+                match p {
+                    Pending::Tx(b) => self.handle_tun_packet(&b),
+                    Pending::Fwd(p) => self.forward(p),
+                    Pending::Rx(p) => self.deliver(p),
+                }
+            }
+        }
+    }
+}
+
+fn ipv6_at(b: &[u8], at: usize) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    Ipv6Addr::from(a)
+}
+
+async fn open_tun(name: &str, addr: Ipv6Addr) -> Result<tun::AsyncDevice, NodeError> {
+    let err = |message: String| NodeError::Tun {
+        name: name.to_string(),
+        message,
+    };
+    let mut c = tun::Configuration::default();
+    c.tun_name(name).mtu(TUN_MTU).layer(tun::Layer::L3);
+    c.platform_config(|p| {
+        p.ensure_root_privileges(false);
+    });
+    let dev = tun::create(&c).map_err(|e| err(e.to_string()))?;
+    let dev = tun::AsyncDevice::new(dev).map_err(|e| err(e.to_string()))?;
+    // The address with prefix length 7 makes the kernel route all of 400::/7 into the TUN.
+    for args in [
+        vec![
+            "-6".to_string(),
+            "addr".into(),
+            "add".into(),
+            format!("{addr}/7"),
+            "dev".into(),
+            name.into(),
+            "nodad".into(),
+        ],
+        vec![
+            "link".into(),
+            "set".into(),
+            "dev".into(),
+            name.into(),
+            "mtu".into(),
+            TUN_MTU.to_string(),
+            "up".into(),
+        ],
+    ] {
+        let out = tokio::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| err(format!("running ip: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(dev)
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, remote)) => {
+                tracing::info!(%remote, "inbound peer");
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    run_link(inner, s, remote, PeerKind::Inbound, None).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn static_peer_loop(inner: Arc<Inner>, addr: SocketAddr) {
+    loop {
+        match tokio::time::timeout(RECONNECT_INTERVAL, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                tracing::info!(%addr, "connected to peer");
+                run_link(inner.clone(), s, addr, PeerKind::Static, Some(addr)).await;
+                tracing::info!(%addr, "peer link closed");
+            }
+            Ok(Err(e)) => tracing::debug!(%addr, "connect: {e}"),
+            Err(_) => tracing::debug!(%addr, "connect timed out"),
+        }
+        tokio::time::sleep(RECONNECT_INTERVAL).await;
+    }
+}
+
+/// Runs one link until it fails; registers it with the router while it lives.
+async fn run_link(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    kind: PeerKind,
+    static_addr: Option<SocketAddr>,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let rx_bytes = Arc::new(AtomicU64::new(0));
+    let tx_bytes = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_loop(wr, rx, tx_bytes.clone()));
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    // The reader runs in this task; an abort of the link (dead peer, API delete) is signalled
+    // through `done` by dropping the writer and this sender.
+    let reader_abort = tokio::spawn(async move {
+        let _keep = done_tx;
+        std::future::pending::<()>().await;
+    });
+    lock(&inner.links).insert(
+        id,
+        Link {
+            tx,
+            remote,
+            kind,
+            rx_bytes: rx_bytes.clone(),
+            tx_bytes,
+            abort: vec![writer.abort_handle(), reader_abort.abort_handle()],
+        },
+    );
+    if let Some(a) = static_addr {
+        let mut statics = lock(&inner.statics);
+        if let Some(s) = statics.iter_mut().find(|s| s.addr == a) {
+            s.link = Some(id);
+            s.last_connected = Some(SystemTime::now());
+        }
+    }
+    let cost = match remote.ip() {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => 10,
+        _ => 15,
+    };
+    let now = Instant::now();
+    inner.with_router(|r| r.add_peer(id, cost, now));
+
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = done_rx.recv() => break,
+        };
+        rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let mut control = false;
+        loop {
+            match packet::decode(&mut buf) {
+                Ok(Some(Packet::Control(tlv))) => {
+                    control = true;
+                    let now = Instant::now();
+                    inner.with_router(|r| r.handle(id, tlv, now));
+                }
+                Ok(Some(Packet::Data(p))) => inner.handle_link_data(p),
+                Ok(Some(Packet::Ignored)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%remote, "protocol error, dropping link: {e}");
+                    buf.clear();
+                    inner.close_link(id);
+                    reader_abort.abort();
+                    return finish(&inner, static_addr, id);
+                }
+            }
+        }
+        if control && !lock(&inner.pending).is_empty() {
+            inner.flush_pending();
+        }
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(64 * 1024);
+        }
+    }
+    reader_abort.abort();
+    inner.close_link(id);
+    finish(&inner, static_addr, id);
+}
+
+fn finish(inner: &Inner, static_addr: Option<SocketAddr>, id: PeerId) {
+    if let Some(a) = static_addr {
+        let mut statics = lock(&inner.statics);
+        if let Some(s) = statics
+            .iter_mut()
+            .find(|s| s.addr == a && s.link == Some(id))
+        {
+            s.link = None;
+        }
+    }
+}
+
+async fn write_loop(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    tx_bytes: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(COALESCE);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    while rx.recv_many(&mut batch, COALESCE).await > 0 {
+        for f in batch.drain(..) {
+            out.extend_from_slice(&f);
+        }
+        let n = out.len();
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+        out.clear();
+        tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn timer_loop(inner: Arc<Inner>) {
+    let mut iv = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        iv.tick().await;
+        let now = Instant::now();
+        inner.with_router(|r| r.tick(now));
+        if !lock(&inner.pending).is_empty() {
+            inner.flush_pending();
+        }
+    }
+}
+
+async fn tun_loop(inner: Arc<Inner>, tun: Arc<tun::AsyncDevice>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tun.recv(&mut buf).await {
+            Ok(n) => inner.handle_tun_packet(&buf[..n]),
+            Err(e) => {
+                tracing::warn!("TUN read: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn tun_write_loop(tun: Arc<tun::AsyncDevice>, mut rx: mpsc::Receiver<BytesMut>) {
+    while let Some(p) = rx.recv().await {
+        if let Err(e) = tun.send(&p).await {
+            tracing::debug!("TUN write: {e}");
+        }
+    }
+}
