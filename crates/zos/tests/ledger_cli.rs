@@ -190,3 +190,92 @@ fn client_commands_against_a_real_ledger() {
     let report = json(&v);
     assert_eq!(report["transactions"], 3);
 }
+
+/// `zos ledger serve --tls-self-signed DIR`: https with a self-signed certificate kept in DIR;
+/// clients need `--ledger-cert` (a pin), another certificate is refused, and the audit checks
+/// the producer's signature on every block.
+#[test]
+fn tls_ledger_needs_the_pinned_certificate() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = TempDir(std::env::temp_dir().join(format!("zos-ledger-tls-{nanos}")));
+    let tls = dir.0.join("tls");
+    let other = dir.0.join("other-tls");
+    zos_ledger::tls::self_signed(&other, &[]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["ledger", "serve", "--dev", "--listen", "127.0.0.1:0"])
+        .arg("--data")
+        .arg(dir.0.join("data"))
+        .arg("--tls-self-signed")
+        .arg(&tls)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(u) = line.strip_prefix("ledger listening on ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server(child);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let cert = tls.join(zos_ledger::tls::CERT_FILE);
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tls.join(zos_ledger::tls::KEY_FILE))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    let seed = "22".repeat(32);
+    let with_cert = |c: &std::path::Path, args: &[&str]| {
+        bare()
+            .args(args)
+            .arg("--ledger-cert")
+            .arg(c)
+            .env("ZOS_LEDGER", &url)
+            .env("ZOS_SEED", &seed)
+            .output()
+            .unwrap()
+    };
+    json(&with_cert(
+        &cert,
+        &["twin", "create", "--relay", "r.example"],
+    ));
+    assert_eq!(
+        json(&with_cert(&cert, &["twin", "show"]))["relays"][0],
+        "r.example"
+    );
+    // No pin: refused before connecting; another certificate: the handshake fails.
+    let none = zos(&url, &seed, &["balance"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("--ledger-cert"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+    let wrong = with_cert(&other.join(zos_ledger::tls::CERT_FILE), &["balance"]);
+    assert_eq!(wrong.status.code(), Some(1));
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut server = server;
+    assert!(server.0.wait().unwrap().success());
+    let v = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["ledger", "verify", "--data"])
+        .arg(dir.0.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(json(&v)["transactions"], 1);
+}

@@ -32,6 +32,8 @@ pub enum LedgerCommands {
 }
 
 /// `zos ledger …`
+// Parsed once per process; boxing `Serve` would only complicate clap's derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum LedgerCmd {
     /// Serve a ledger (JSON-RPC over HTTP `POST /` and WebSocket `/ws`) until SIGINT/SIGTERM.
