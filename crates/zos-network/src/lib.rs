@@ -8,9 +8,11 @@
 //!   (state ok or paused) on this node, every twin's (the port space is the node's), sorted;
 //! - `zos.network.list_public_ips`: IPs of `ip`/`ipv4` workloads in state ok, every twin's;
 //! - `zos.network.list_private_ips {network_name}`: the caller's VM addresses in that network;
-//! - `zos.network.interfaces` (with the `network` primitive): the node's interfaces on its
-//!   network plane and their global addresses, `{NAME: ["198.18.0.2/24", …]}`, so a client can
-//!   choose WireGuard endpoints (upstream answers the same shape for its `zos` interface).
+//! - `zos.network.endpoints` (a zos extension, with the `network` primitive): the interfaces of
+//!   the node's **network plane** (where the WireGuard sockets live) and their global
+//!   addresses, `{NAME: ["198.18.0.2/24", …]}`, so a client can choose WireGuard endpoints.
+//!   The agent's `zos.network.interfaces` reports the host's addresses, which differ when the
+//!   plane is a namespace (`zos up --nodes N`).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -32,7 +34,7 @@ pub use resource::{NetConfig, Networks, NrNames};
 pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Arc<Networks> {
     let n = Networks::new(cfg.clone());
     registry.register(n.clone());
-    registry.add_command("zos.network.interfaces", Arc::new(Interfaces(cfg)));
+    registry.add_command("zos.network.endpoints", Arc::new(Interfaces(cfg)));
     registry.add_feature("wireguard");
     n
 }
@@ -76,7 +78,7 @@ fn workloads(node: &dyn NodeView, twin: Option<u32>) -> Result<Vec<Workload>, St
         .collect())
 }
 
-/// `zos.network.interfaces`: what `ip -j addr` shows on the node's network plane, minus
+/// `zos.network.endpoints`: what `ip -j addr` shows on the node's network plane, minus
 /// loopback, the bridges and veths the network resources made (`b-`, `v-`), and addresses
 /// that are not global (link-local, host).
 struct Interfaces(NetConfig);

@@ -1,6 +1,6 @@
 //! `zos deploy` of a spec over several nodes, or holding a private network: one contract and
 //! one deployment per node, the network's mesh computed from what the nodes report (their
-//! endpoint address via `zos.network.interfaces`, their used ports via
+//! endpoint address via `zos.network.endpoints`, their used ports via
 //! `zos.network.list_wg_ports`) and what they already hold; nodes added get a contract, nodes
 //! removed lose theirs, and every remaining node is updated with the new peers.
 
@@ -17,7 +17,7 @@ use crate::mesh::{self, MeshNode};
 use crate::spec::{NodeSelector, NodeSet, Spec};
 
 /// The address a node's peers reach it at: its first global IPv4 address (else IPv6) on its
-/// network plane, as `zos.network.interfaces` reports it.
+/// network plane, as `zos.network.endpoints` reports it.
 pub fn endpoint_of(interfaces: &Value) -> Option<IpAddr> {
     let mut found: Vec<IpAddr> = interfaces
         .as_object()?
@@ -126,14 +126,14 @@ impl Grid {
                     .node_call(node, "zos.network.list_wg_ports", Value::Null)
                     .await?;
                 let interfaces: Value = match self
-                    .node_call(node, "zos.network.interfaces", Value::Null)
+                    .node_call(node, "zos.network.endpoints", Value::Null)
                     .await
                 {
                     Ok(v) => v,
                     Err(GridError::Rmb(RmbError::Remote { code: 404, .. })) => {
                         return Err(GridError::Node {
                             node: node.id,
-                            message: "it cannot run private networks (no zos.network.interfaces: the node needs root, /dev/net/tun and iproute2)".into(),
+                            message: "it cannot run private networks (no zos.network.endpoints: the node needs root, /dev/net/tun and iproute2)".into(),
                         });
                     }
                     Err(e) => return Err(e),
