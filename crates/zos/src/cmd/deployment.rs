@@ -47,6 +47,15 @@ pub enum DeploymentCmd {
         #[arg(long = "key", value_name = "TWIN=PUBHEX")]
         keys: Vec<String>,
     },
+    /// Print each workload's capacity (CRU, MRU, SRU, HRU, IPV4U) and the total, as upstream
+    /// computes them (a zmachine's SRU is its root size: at least MinRootSize).
+    Capacity {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+        /// JSON: `{"workloads": {NAME: {cru, mru, sru, hru, ipv4u}}, "total": {…}}`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Signature styles.
@@ -118,8 +127,45 @@ pub fn run(cmd: DeploymentCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        DeploymentCmd::Capacity { file, json } => {
+            let d = load(&file)?;
+            let mut per = serde_json::Map::new();
+            let mut rows = Vec::new();
+            for w in &d.workloads {
+                let c = w
+                    .capacity()
+                    .with_context(|| format!("workload {:?}", w.name))?;
+                per.insert(w.name.clone(), capacity_json(&c));
+                rows.push((w.name.clone(), w.workload_type.to_string(), c));
+            }
+            let total = d.capacity()?;
+            if json {
+                let v = serde_json::json!({"workloads": per, "total": capacity_json(&total)});
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                out.write_all(b"\n")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:>4} {:>14} {:>14} {:>14} {:>5}",
+                    "NAME", "TYPE", "CRU", "MRU", "SRU", "HRU", "IPV4U"
+                )?;
+                rows.push(("total".into(), String::new(), total));
+                for (name, t, c) in rows {
+                    writeln!(
+                        out,
+                        "{name:<24} {t:<20} {:>4} {:>14} {:>14} {:>14} {:>5}",
+                        c.cru, c.mru, c.sru, c.hru, c.ipv4u
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// One capacity as the `--json` output spells it.
+fn capacity_json(c: &zos_types::Capacity) -> serde_json::Value {
+    serde_json::json!({"cru": c.cru, "mru": c.mru, "sru": c.sru, "hru": c.hru, "ipv4u": c.ipv4u})
 }
 
 fn load(file: &PathBuf) -> anyhow::Result<Deployment> {

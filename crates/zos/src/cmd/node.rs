@@ -132,6 +132,7 @@ pub async fn run_node(
         }
         Err(why) => tracing::warn!("private networks disabled: {why}"),
     }
+    let mut storage = None;
     if !a.pools.is_empty() {
         let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),
@@ -166,8 +167,17 @@ pub async fn run_node(
             keys.secret,
             zos_storage::StorageConfig::new(pool_cfg),
         ));
-        zos_storage::register(&mut registry, s);
+        zos_storage::register(&mut registry, s.clone());
+        storage = Some(s);
     }
+    // VMs keep their state next to the node's (the cache pool when there are pools). The
+    // cloud-container kernel (vmlinux + initrd.img, see scripts/build-test-guest.sh) comes
+    // from ZOS_CLOUD_CONTAINER or DATA/cloud-container.
+    let mut vm_cfg = zos_vm::VmConfig::new(cfg.data_dir.join("vm"));
+    vm_cfg.cloud_container = std::env::var_os("ZOS_CLOUD_CONTAINER")
+        .map(PathBuf::from)
+        .or_else(|| Some(a.data.join("cloud-container")).filter(|p| p.is_dir()));
+    zos_vm::register(&mut registry, zos_vm::Vms::new(vm_cfg, storage));
     // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
     // reconciles, and release it (servers, then pools) after the node has stopped.
     registry

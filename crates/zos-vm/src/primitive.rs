@@ -1,0 +1,712 @@
+//! The `zmachine` and `zmachine-light` primitives (upstream `pkg/primitives/vm`), container
+//! mode: the flist unpacked once per flist, a writable overlay per VM, root and volumes
+//! shared over 9p, zmount disks as virtio-blk (encrypted qcow2 opened by QEMU with the disk's
+//! key), cloud-init as a NoCloud `cidata` disk.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use zos_primitive::{
+    ApiCommand, Health, Lifecycle, NodeView, Primitive, PrimitiveError, PrimitiveRegistry,
+    WorkloadCtx,
+};
+use zos_storage::Storage;
+use zos_types::data::{
+    MachineCapacity, MachineInterface, MachineMount, WorkloadData, ZMachineResult,
+};
+use zos_types::{Workload, WorkloadType};
+
+use crate::cloudinit::{CloudConfig, valid_env_name};
+use crate::hypervisor::{self, Hypervisor};
+use crate::supervisor::{self, Launch, Supervisor, SupervisorConfig};
+
+const MIB: u64 = 1 << 20;
+
+/// Where and how VMs run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// State directory: `flists/` (fetched and unpacked flists) and `vms/<wlid>/`.
+    pub root: PathBuf,
+    /// The cloud-container kernel and initrd: a directory with `vmlinux` and `initrd.img`
+    /// (`scripts/build-test-guest.sh` makes one from Debian packages).
+    pub cloud_container: Option<PathBuf>,
+    /// Process supervision.
+    pub supervisor: SupervisorConfig,
+    /// Skip the KVM probe and use TCG (tests; hosts known to have no usable KVM).
+    pub force_tcg: bool,
+}
+
+impl VmConfig {
+    /// Defaults under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            root: root.into(),
+            cloud_container: None,
+            supervisor: SupervisorConfig::default(),
+            force_tcg: false,
+        }
+    }
+}
+
+/// The VM manager shared by the two primitives, the API commands and the lifecycle.
+pub struct Vms {
+    cfg: VmConfig,
+    sup: Arc<Supervisor>,
+    storage: Option<Arc<Storage>>,
+    hv: Mutex<Hypervisor>,
+    flist_lock: tokio::sync::Mutex<()>,
+}
+
+fn invalid(m: impl Into<String>) -> PrimitiveError {
+    PrimitiveError::InvalidData(m.into())
+}
+
+/// The fields both machine types share.
+struct Spec {
+    flist: String,
+    cap: MachineCapacity,
+    mounts: Vec<MachineMount>,
+    entrypoint: String,
+    env: BTreeMap<String, String>,
+    iface: MachineInterface,
+}
+
+fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
+    let data = wl.typed_data().map_err(|e| invalid(e.to_string()))?;
+    let (flist, cap, mounts, entrypoint, env, ifaces) = match data {
+        WorkloadData::Zmachine(z) => (
+            z.flist,
+            z.compute_capacity,
+            z.mounts,
+            z.entrypoint,
+            z.env,
+            z.network.interfaces,
+        ),
+        WorkloadData::ZmachineLight(z) => (
+            z.flist,
+            z.compute_capacity,
+            z.mounts,
+            z.entrypoint,
+            z.env,
+            z.network.interfaces,
+        ),
+        other => return Err(invalid(format!("not a zmachine: {other:?}"))),
+    };
+    // Upstream Valid(), repeated here because a stored workload is re-provisioned as is.
+    if cap.cpu == 0 {
+        return Err(invalid("cpu capacity can't be 0"));
+    }
+    if cap.memory < 250 * MIB {
+        return Err(invalid("mru can't be less than 250MB"));
+    }
+    let [iface] = <[MachineInterface; 1]>::try_from(ifaces).map_err(|v| {
+        invalid(format!(
+            "only one network private network is supported (got {})",
+            v.len()
+        ))
+    })?;
+    for k in env.keys() {
+        if !valid_env_name(k) {
+            return Err(invalid(format!(
+                "env name {k:?} is not a shell variable name"
+            )));
+        }
+    }
+    Ok(Spec {
+        flist,
+        cap,
+        mounts,
+        entrypoint,
+        env,
+        iface,
+    })
+}
+
+/// The VM's private address, checked against its network workload: `(ip, prefix, gateway)`.
+fn resolve_network(
+    ctx: &WorkloadCtx,
+    iface: &MachineInterface,
+) -> Result<(Ipv4Addr, u8, Ipv4Addr), PrimitiveError> {
+    let name = &iface.network;
+    let net = ctx.shared(name).ok_or_else(|| {
+        invalid(format!(
+            "network {name:?} does not exist (in this deployment or the twin's networks)"
+        ))
+    })?;
+    let subnet = match net.data()? {
+        WorkloadData::Network(n) => n.subnet,
+        WorkloadData::NetworkLight(n) => n.subnet,
+        _ => return Err(invalid(format!("workload {name:?} is not a network"))),
+    };
+    let (Some((IpAddr::V4(base), prefix)), Some(IpAddr::V4(ip))) = (subnet.get(), iface.ip.0)
+    else {
+        return Err(invalid(format!(
+            "network {name:?}: an IPv4 subnet and address are required"
+        )));
+    };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    let net_addr = u32::from(base) & mask;
+    let host = u32::from(ip);
+    if host & mask != net_addr {
+        return Err(invalid(format!(
+            "ip {ip} is not in the network subnet {}/{prefix}",
+            Ipv4Addr::from(net_addr)
+        )));
+    }
+    let gw = Ipv4Addr::from(net_addr | 1);
+    if ip == gw {
+        return Err(invalid(format!(
+            "ip {ip} is the network gateway (.1) and cannot be used"
+        )));
+    }
+    if host == net_addr || host == net_addr | !mask {
+        return Err(invalid(format!(
+            "ip {ip} is the network or broadcast address"
+        )));
+    }
+    Ok((ip, prefix, gw))
+}
+
+fn mountpoint_ok(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() < 256
+        && !p
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'')
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*target))
+}
+
+async fn run(cmd: &str, args: &[&str]) -> Result<(), PrimitiveError> {
+    let out = tokio::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| PrimitiveError::Failed(format!("{cmd}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(PrimitiveError::Failed(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl Vms {
+    /// A manager; `storage` gives access to zmount disks and volumes (none: VMs without mounts).
+    pub fn new(cfg: VmConfig, storage: Option<Arc<Storage>>) -> Arc<Vms> {
+        Arc::new(Vms {
+            sup: Supervisor::new(cfg.supervisor.clone()),
+            cfg,
+            storage,
+            hv: Mutex::new(Hypervisor::tcg("not probed yet")),
+            flist_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The supervisor (tests and the API look at pids and crash counts).
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.sup
+    }
+
+    /// The directory of VM `wlid`.
+    pub fn vm_dir(&self, wlid: &str) -> PathBuf {
+        self.cfg.root.join("vms").join(wlid)
+    }
+
+    /// The accelerator in use.
+    pub fn hypervisor(&self) -> Hypervisor {
+        self.hv.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Probes the accelerator (the lifecycle does this at start).
+    pub async fn probe(&self) -> Hypervisor {
+        let hv = if self.cfg.force_tcg {
+            Hypervisor::tcg("configured")
+        } else {
+            hypervisor::probe(
+                &self.cfg.supervisor.qemu,
+                self.cfg.cloud_container.as_deref(),
+                std::time::Duration::from_secs(20),
+            )
+            .await
+        };
+        tracing::info!(accel = %hv.accel, reason = %hv.reason, "vm hypervisor");
+        *self.hv.lock().unwrap_or_else(|e| e.into_inner()) = hv.clone();
+        hv
+    }
+
+    /// The local `.fl` for `url`: `file://` and absolute paths are node-local flists (the test
+    /// guest `zos up` installs); `http(s)://` is fetched once into `flists/`.
+    async fn flist_file(&self, url: &str) -> Result<PathBuf, PrimitiveError> {
+        if url.is_empty() {
+            return Err(invalid("flist is required"));
+        }
+        let local = url
+            .strip_prefix("file://")
+            .or(url.starts_with('/').then_some(url));
+        if let Some(p) = local {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(PrimitiveError::Failed(format!(
+                    "flist {url} does not exist"
+                )))
+            };
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let dir = self.cfg.root.join("flists/by-url");
+            let key = hex::encode(<md5::Md5 as md5::Digest>::digest(url.as_bytes()));
+            let cached = dir.join(&key);
+            if cached.is_file() {
+                return Ok(cached);
+            }
+            let got = zos_flist::fetch(url, &dir)
+                .await
+                .map_err(|e| PrimitiveError::Failed(format!("flist {url}: {e}")))?;
+            std::fs::rename(&got, &cached)
+                .map_err(|e| PrimitiveError::Failed(format!("flist cache: {e}")))?;
+            return Ok(cached);
+        }
+        Err(invalid(format!(
+            "flist {url:?}: expected an http(s):// or file:// URL"
+        )))
+    }
+
+    /// The flist unpacked (once per flist content) under `flists/<md5>/root`.
+    async fn unpacked(&self, fl: &Path) -> Result<PathBuf, PrimitiveError> {
+        let bytes = std::fs::read(fl)
+            .map_err(|e| PrimitiveError::Failed(format!("{}: {e}", fl.display())))?;
+        let id = hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes));
+        let base = self.cfg.root.join("flists").join(&id);
+        let root = base.join("root");
+        let _g = self.flist_lock.lock().await;
+        if root.is_dir() {
+            return Ok(root);
+        }
+        let fail = |e: String| PrimitiveError::Failed(format!("flist {}: {e}", fl.display()));
+        let flist = zos_flist::Flist::open(fl).map_err(|e| fail(e.to_string()))?;
+        let cache = zos_flist::BlockCache::new(self.cfg.root.join("flists/blocks"));
+        let tmp = base.join("root.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        // The unpack future is not provably Send (higher-ranked closures in its streams), so
+        // it runs on a runtime of its own on a blocking thread.
+        let (t, f) = (tmp.clone(), flist.clone());
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(zos_flist::unpack::unpack(
+                &f.reader,
+                &cache,
+                &f.router,
+                &t,
+                &zos_flist::unpack::UnpackOptions {
+                    preserve_ownership: true,
+                    ..Default::default()
+                },
+            ))
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(fail)?;
+        std::fs::rename(&tmp, &root).map_err(|e| fail(e.to_string()))?;
+        Ok(root)
+    }
+
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let spec = spec_of(wl)?;
+        let (ip, prefix, gw) = resolve_network(ctx, &spec.iface)?;
+        let wlid = ctx.workload_id.clone();
+        let dir = self.vm_dir(&wlid);
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e: std::io::Error| PrimitiveError::Failed(format!("{what}: {e}"))
+        };
+        // Mounts first: a missing disk or volume is the user's error, before any work.
+        let mut disks = Vec::new();
+        let mut shares = Vec::new();
+        for m in &spec.mounts {
+            let sib = ctx.sibling(&m.name).ok_or_else(|| {
+                invalid(format!(
+                    "mount {:?}: no such workload in the deployment",
+                    m.name
+                ))
+            })?;
+            let storage = self.storage.as_ref().ok_or_else(|| {
+                PrimitiveError::Failed(
+                    "this node has no storage pools: mounts are not available".into(),
+                )
+            })?;
+            let id = sib.workload_id();
+            match sib.workload_type() {
+                WorkloadType::Zmount => {
+                    sib.result::<Value>()?;
+                    let d = storage
+                        .disk_get(&id)
+                        .map_err(PrimitiveError::failed)?
+                        .ok_or_else(|| {
+                            PrimitiveError::Failed(format!("disk {:?} does not exist", m.name))
+                        })?;
+                    let key = if d.encrypted {
+                        Some(
+                            storage
+                                .disk_key(&id)
+                                .map_err(PrimitiveError::failed)?
+                                .passphrase(),
+                        )
+                    } else {
+                        None
+                    };
+                    disks.push((m.name.clone(), d, key));
+                }
+                WorkloadType::Volume => {
+                    if !mountpoint_ok(&m.mountpoint) {
+                        return Err(invalid(format!(
+                            "mount {:?}: mountpoint {:?} must be an absolute path without spaces or quotes",
+                            m.name, m.mountpoint
+                        )));
+                    }
+                    sib.result::<Value>()?;
+                    let v = storage
+                        .volume_get(&id)
+                        .await
+                        .map_err(PrimitiveError::failed)?
+                        .ok_or_else(|| {
+                            PrimitiveError::Failed(format!("volume {:?} does not exist", m.name))
+                        })?;
+                    shares.push((m.name.clone(), v.path, m.mountpoint.clone()));
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "mount {:?}: a {other} cannot be mounted",
+                        m.name
+                    )));
+                }
+            }
+        }
+        let fl = self.flist_file(&spec.flist).await?;
+        let lower = self.unpacked(&fl).await?;
+        if lower.join("image.raw").exists() {
+            return Err(PrimitiveError::Failed("full VM images (flists with /image.raw) are not supported by this node yet (container flists only)".into()));
+        }
+        let (kernel, initrd) = if lower.join("boot/vmlinuz").is_file()
+            && lower.join("boot/initrd.img").is_file()
+        {
+            (lower.join("boot/vmlinuz"), lower.join("boot/initrd.img"))
+        } else {
+            let cc = self.cfg.cloud_container.as_ref().ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
+            (cc.join("vmlinux"), cc.join("initrd.img"))
+        };
+        // Writable root: an overlay of the unpacked flist, kept across restarts, removed on delete.
+        let (upper, work, root) = (
+            dir.join("rootfs/upper"),
+            dir.join("rootfs/work"),
+            dir.join("root"),
+        );
+        for d in [&upper, &work, &root] {
+            std::fs::create_dir_all(d).map_err(io("vm directory"))?;
+        }
+        if !is_mounted(&root) {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            run(
+                "mount",
+                &[
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    &opts,
+                    &root.to_string_lossy(),
+                ],
+            )
+            .await?;
+        }
+        let mac = zos_types::ids::hardware_addr(
+            zos_types::ids::unique(&wlid, &spec.iface.network).as_bytes(),
+        );
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let ci = CloudConfig {
+            instance_id: wlid.clone(),
+            hostname: wl.name.clone(),
+            interfaces: vec![crate::cloudinit::Interface {
+                name: "eth0".into(),
+                mac,
+                address: format!("{ip}/{prefix}"),
+                gateway: gw.to_string(),
+                routes: vec![("100.64.0.0/16".into(), gw.to_string())],
+            }],
+            ssh_keys: CloudConfig::keys_from_env(&spec.env),
+            mounts: shares
+                .iter()
+                .map(|(t, _, p)| (t.clone(), p.clone()))
+                .collect(),
+            entrypoint: spec.entrypoint.clone(),
+            env: spec.env.clone(),
+        };
+        ci.write_image(&dir.join("cidata.img"))
+            .map_err(io("cloud-init image"))?;
+
+        let hv = self.hypervisor();
+        let d = |p: &Path| p.to_string_lossy().replace(',', ",,");
+        let mut append = String::from("console=ttyS0 panic=-1 quiet rw");
+        for (tag, _, path) in &shares {
+            append += &format!(" zos.mount={tag}:{path}");
+        }
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            format!("guest={wlid}"),
+            "-accel".into(),
+            hv.accel.clone(),
+            "-cpu".into(),
+            if hv.accel == "kvm" {
+                "host".into()
+            } else {
+                "max".into()
+            },
+            "-M".into(),
+            "pc".into(),
+            "-m".into(),
+            (spec.cap.memory / MIB).to_string(),
+            "-smp".into(),
+            spec.cap.cpu.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            // TODO(network): a tap on b-<netid> once zos-network exposes its resources.
+            "-net".into(),
+            "none".into(),
+            "-kernel".into(),
+            kernel.to_string_lossy().into(),
+            "-initrd".into(),
+            initrd.to_string_lossy().into(),
+            "-append".into(),
+            append,
+            "-chardev".into(),
+            format!(
+                "socket,id=con0,path={},server=on,wait=on",
+                d(&supervisor::console_sock(&dir))
+            ),
+            "-serial".into(),
+            "chardev:con0".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", d(&supervisor::qmp_path(&dir))),
+            "-virtfs".into(),
+            format!(
+                "local,path={},mount_tag=vroot,security_model=none,id=vroot",
+                d(&root)
+            ),
+        ];
+        for (i, (tag, path, _)) in shares.iter().enumerate() {
+            args.push("-virtfs".into());
+            args.push(format!(
+                "local,path={},mount_tag={tag},security_model=none,id=fs{i}",
+                d(path)
+            ));
+        }
+        let mut secrets = Vec::new();
+        for (i, (name, disk, key)) in disks.iter().enumerate() {
+            if let Some(k) = key {
+                let fifo = dir.join(format!("key{i}.fifo"));
+                args.push("-object".into());
+                args.push(format!("secret,id=sec{i},format=raw,file={}", d(&fifo)));
+                secrets.push((fifo, k.clone()));
+            }
+            args.push("-drive".into());
+            args.push(format!(
+                "if=none,id=disk{i},{}",
+                disk.qemu_image_opts(&format!("sec{i}"))
+            ));
+            let serial: String = name.chars().take(20).collect();
+            args.push("-device".into());
+            args.push(format!("virtio-blk-pci,drive=disk{i},serial={serial}"));
+        }
+        args.push("-drive".into());
+        args.push(format!(
+            "if=none,id=cidata,format=raw,read-only=on,file={}",
+            d(&dir.join("cidata.img"))
+        ));
+        args.push("-device".into());
+        args.push("virtio-blk-pci,drive=cidata,serial=cidata".into());
+
+        self.sup
+            .ensure(&wlid, &dir, Launch { args, secrets })
+            .await
+            .map_err(|e| PrimitiveError::Failed(e.to_string()))?;
+        let result = ZMachineResult {
+            id: wlid,
+            ip: ip.to_string(),
+            console_url: format!("{gw}:{}", 20000 + u32::from(ip.octets()[3])),
+            ..Default::default()
+        };
+        serde_json::to_value(result).map_err(PrimitiveError::failed)
+    }
+
+    async fn deprovision(&self, ctx: &WorkloadCtx) -> Result<(), PrimitiveError> {
+        let dir = self.vm_dir(&ctx.workload_id);
+        self.sup
+            .stop(&ctx.workload_id, &dir)
+            .await
+            .map_err(PrimitiveError::failed)?;
+        let root = dir.join("root");
+        if is_mounted(&root) {
+            run("umount", &[&root.to_string_lossy()]).await?;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PrimitiveError::Failed(format!("{}: {e}", dir.display()))),
+        }
+    }
+}
+
+/// One of the two machine types.
+pub struct ZMachinePrimitive {
+    vms: Arc<Vms>,
+    t: WorkloadType,
+}
+
+#[async_trait]
+impl Primitive for ZMachinePrimitive {
+    fn workload_type(&self) -> WorkloadType {
+        self.t.clone()
+    }
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        self.vms.provision(ctx, wl).await
+    }
+    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.vms.deprovision(ctx).await
+    }
+    async fn pause(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.vms
+            .sup
+            .pause(&self.vms.vm_dir(&ctx.workload_id))
+            .await
+            .map_err(PrimitiveError::failed)
+    }
+    async fn resume(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
+        self.vms
+            .sup
+            .resume(&self.vms.vm_dir(&ctx.workload_id))
+            .await
+            .map_err(PrimitiveError::failed)
+    }
+}
+
+#[async_trait]
+impl Lifecycle for Vms {
+    fn name(&self) -> &str {
+        "vm"
+    }
+    async fn start(&self) -> Result<(), String> {
+        std::fs::create_dir_all(self.cfg.root.join("vms"))
+            .map_err(|e| format!("{}: {e}", self.cfg.root.display()))?;
+        self.probe().await;
+        Ok(())
+    }
+    async fn health(&self) -> Health {
+        let hv = self.hypervisor();
+        Health {
+            ok: true,
+            message: format!("qemu/{} ({})", hv.accel, hv.reason),
+        }
+    }
+    /// Guests keep running: the next agent re-attaches to them.
+    async fn shutdown(&self) {
+        self.sup.detach_all();
+    }
+}
+
+struct HypervisorCommand(Arc<Vms>);
+
+#[async_trait]
+impl ApiCommand for HypervisorCommand {
+    async fn call(&self, _n: &dyn NodeView, _t: u32, _p: Value) -> Result<Value, String> {
+        serde_json::to_value(self.0.hypervisor()).map_err(|e| e.to_string())
+    }
+}
+
+/// `zos.vm.logs {contract_id, name, bytes?}`: the tail of the caller's VM console.
+struct LogsCommand(Arc<Vms>);
+
+#[async_trait]
+impl ApiCommand for LogsCommand {
+    async fn call(&self, node: &dyn NodeView, twin: u32, p: Value) -> Result<Value, String> {
+        let contract = p
+            .get("contract_id")
+            .and_then(Value::as_u64)
+            .ok_or("contract_id (number) is required")?;
+        let name = p
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("name (string) is required")?;
+        let bytes = p
+            .get("bytes")
+            .and_then(Value::as_u64)
+            .unwrap_or(64 << 10)
+            .min(8 << 20) as usize;
+        let found = node.deployments(Some(twin))?.into_iter().any(|d| {
+            d.contract_id == contract
+                && d.workloads.iter().any(|w| {
+                    w.name == name
+                        && matches!(
+                            w.workload_type,
+                            WorkloadType::Zmachine | WorkloadType::ZmachineLight
+                        )
+                })
+        });
+        if !found {
+            return Err(format!("no vm {name:?} in your contract {contract}"));
+        }
+        let dir = self.0.vm_dir(&zos_types::workload_id(twin, contract, name));
+        let log = crate::console::tail(&dir, bytes).map_err(|e| e.to_string())?;
+        Ok(json!({ "log": String::from_utf8_lossy(&log) }))
+    }
+}
+
+/// Registers `zmachine`, `zmachine-light`, `zos.vm.hypervisor` (upstream's `zos.system.hypervisor` stays the host's own hypervisor), `zos.vm.logs` and the
+/// `vm` lifecycle (accelerator probe at start; guests left running at shutdown).
+pub fn register(registry: &mut PrimitiveRegistry, vms: Arc<Vms>) {
+    for t in [WorkloadType::Zmachine, WorkloadType::ZmachineLight] {
+        registry.register(Arc::new(ZMachinePrimitive {
+            vms: vms.clone(),
+            t,
+        }));
+    }
+    registry.add_lifecycle(vms.clone());
+    registry.add_command(
+        "zos.vm.hypervisor",
+        Arc::new(HypervisorCommand(vms.clone())),
+    );
+    registry.add_command("zos.vm.logs", Arc::new(LogsCommand(vms)));
+}
