@@ -25,9 +25,11 @@ use zos_types::data::{PublicIpResult, WorkloadData};
 use zos_types::{Deployment, ResultState, Workload, WorkloadType};
 
 pub mod ip;
+pub mod names;
 pub mod resource;
 pub mod wg;
 
+pub use names::deployment_names;
 pub use resource::{NetConfig, Networks, NrNames};
 
 /// Adds the `network` primitive (network resources on this node's network plane `cfg`).

@@ -39,6 +39,15 @@ pub enum DeploymentCmd {
         #[arg(long)]
         twin: Option<u32>,
     },
+    /// Print each workload's id, each network's NetworkID and the interface and namespace
+    /// names the node derives for them (upstream's `Unique` rules), to find what a node made.
+    Ids {
+        /// Deployment JSON file, `-` for standard input.
+        file: PathBuf,
+        /// JSON: `{"workloads": {NAME: {"id", "network_id"?, "names": {…}}}}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate and verify the signatures: prints `ok`, or the error on stderr and exits 1.
     Check {
         /// Deployment JSON file, `-` for standard input.
@@ -106,6 +115,26 @@ pub fn run(cmd: DeploymentCmd) -> anyhow::Result<()> {
             d.sign(twin, &key)?;
             serde_json::to_writer_pretty(&mut out, &d)?;
             out.write_all(b"\n")?;
+        }
+        DeploymentCmd::Ids { file, json } => {
+            let v = zos_network::deployment_names(&load(&file)?);
+            if json {
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                out.write_all(b"\n")?;
+            } else {
+                let empty = serde_json::Map::new();
+                let workloads = v["workloads"].as_object().unwrap_or(&empty);
+                for (name, w) in workloads {
+                    write!(out, "{name}: id {}", w["id"].as_str().unwrap_or_default())?;
+                    if let Some(netid) = w["network_id"].as_str() {
+                        write!(out, "  network_id {netid}")?;
+                    }
+                    writeln!(out)?;
+                    for (k, n) in w["names"].as_object().unwrap_or(&empty) {
+                        writeln!(out, "  {k:<16} {}", n.as_str().unwrap_or_default())?;
+                    }
+                }
+            }
         }
         DeploymentCmd::Check { file, keys } => {
             let keys = parse_keys(&keys)?;
