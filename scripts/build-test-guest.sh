@@ -71,6 +71,19 @@ while [ -z "$found" ] && [ $i -lt 100 ]; do
 done
 [ -n "$found" ] && mount -t vfat -o ro "$found" /cidata || echo "ZOS-INIT: no cidata disk"
 hostname "$(cat /cidata/meta-data 2>/dev/null | sed -n 's/^local-hostname: //p')" 2>/dev/null
+# The private interface (the node passes the address on the command line; the same values
+# are in cidata's network-config for guests with cloud-init).
+zip=; zgw=
+for arg in $cmdline; do
+  case "$arg" in zos.ip=*) zip=${arg#zos.ip=};; zos.gw=*) zgw=${arg#zos.gw=};; esac
+done
+ip link set lo up
+if [ -n "$zip" ]; then
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  ip link set eth0 up && ip addr add "$zip" dev eth0 && ip route add default via "$zgw" \
+    && echo "ZOS-INIT: eth0 $zip via $zgw"
+fi
 p9="trans=virtio,version=9p2000.L,msize=262144"
 if mount -t 9p -o "$p9" vroot /root 2>/dev/null; then
   mkdir -p /root/proc /root/sys /root/dev

@@ -208,6 +208,22 @@ async fn run(cmd: &str, args: &[&str]) -> Result<(), PrimitiveError> {
     }
 }
 
+/// Makes tap `tap` a port of `bridge` (idempotent). The bridge is the network resource's,
+/// made by the network primitive in this namespace: without it the network is not ready.
+async fn ensure_tap(tap: &str, bridge: &str, network: &str) -> Result<(), PrimitiveError> {
+    let sys = Path::new("/sys/class/net");
+    if !sys.join(bridge).exists() {
+        return Err(PrimitiveError::Failed(format!(
+            "network {network:?} is not ready on this node (no bridge {bridge})"
+        )));
+    }
+    if !sys.join(tap).exists() {
+        run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+    }
+    run("ip", &["link", "set", tap, "master", bridge]).await?;
+    run("ip", &["link", "set", tap, "up"]).await
+}
+
 impl Vms {
     /// A manager; `storage` gives access to zmount disks and volumes (none: VMs without mounts).
     pub fn new(cfg: VmConfig, storage: Option<Arc<Storage>>) -> Arc<Vms> {
@@ -446,9 +462,14 @@ impl Vms {
             )
             .await?;
         }
-        let mac = zos_types::ids::hardware_addr(
-            zos_types::ids::unique(&wlid, &spec.iface.network).as_bytes(),
+        // One tap on the network resource's bridge, named and addressed as upstream.
+        let tap = zos_types::ids::unique(&wlid, &spec.iface.network);
+        let bridge = format!(
+            "b-{}",
+            zos_types::ids::network_id(ctx.twin, &spec.iface.network)
         );
+        ensure_tap(&tap, &bridge, &spec.iface.network).await?;
+        let mac = zos_types::ids::hardware_addr(tap.as_bytes());
         let mac = mac
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -459,7 +480,7 @@ impl Vms {
             hostname: wl.name.clone(),
             interfaces: vec![crate::cloudinit::Interface {
                 name: "eth0".into(),
-                mac,
+                mac: mac.clone(),
                 address: format!("{ip}/{prefix}"),
                 gateway: gw.to_string(),
                 routes: vec![("100.64.0.0/16".into(), gw.to_string())],
@@ -477,7 +498,8 @@ impl Vms {
 
         let hv = self.hypervisor();
         let d = |p: &Path| p.to_string_lossy().replace(',', ",,");
-        let mut append = String::from("console=ttyS0 panic=-1 quiet rw");
+        let mut append =
+            format!("console=ttyS0 panic=-1 quiet rw zos.ip={ip}/{prefix} zos.gw={gw}");
         for (tag, _, path) in &shares {
             append += &format!(" zos.mount={tag}:{path}");
         }
@@ -503,9 +525,11 @@ impl Vms {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
-            // TODO(network): a tap on b-<netid> once zos-network exposes its resources.
-            "-net".into(),
-            "none".into(),
+            // No vhost-net on these hosts; the userspace virtio-net backend is enough.
+            "-netdev".into(),
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net0,mac={mac}"),
             "-kernel".into(),
             kernel.to_string_lossy().into(),
             "-initrd".into(),
@@ -572,12 +596,18 @@ impl Vms {
         serde_json::to_value(result).map_err(PrimitiveError::failed)
     }
 
-    async fn deprovision(&self, ctx: &WorkloadCtx) -> Result<(), PrimitiveError> {
+    async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
         let dir = self.vm_dir(&ctx.workload_id);
         self.sup
             .stop(&ctx.workload_id, &dir)
             .await
             .map_err(PrimitiveError::failed)?;
+        if let Ok(spec) = spec_of(wl) {
+            let tap = zos_types::ids::unique(&ctx.workload_id, &spec.iface.network);
+            if Path::new("/sys/class/net").join(&tap).exists() {
+                run("ip", &["link", "del", &tap]).await?;
+            }
+        }
         let root = dir.join("root");
         if is_mounted(&root) {
             run("umount", &[&root.to_string_lossy()]).await?;
@@ -604,8 +634,8 @@ impl Primitive for ZMachinePrimitive {
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         self.vms.provision(ctx, wl).await
     }
-    async fn deprovision(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
-        self.vms.deprovision(ctx).await
+    async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
+        self.vms.deprovision(ctx, wl).await
     }
     async fn pause(&self, ctx: &WorkloadCtx, _wl: &Workload) -> Result<(), PrimitiveError> {
         self.vms

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use common::{Env, capable};
 use serde_json::{Value, json};
 use zos_node::chain::fake::FakeChain;
@@ -26,7 +25,6 @@ use zos_node::engine::{Engine, EngineConfig, HostCapacity};
 use zos_node::metrics::Metrics;
 use zos_node::store::Store;
 use zos_node::{NodeSecret, PrimitiveRegistry};
-use zos_primitive::{Primitive, PrimitiveError, WorkloadCtx};
 use zos_storage::{InProcessZdb, PoolKind, Storage, StorageConfig};
 use zos_types::crypto::{KeyPair, KeyType};
 use zos_types::{
@@ -37,23 +35,6 @@ const MIB: u64 = 1 << 20;
 const NODE: u32 = 7;
 const TWIN: u32 = 3;
 const SEED: [u8; 32] = [9; 32];
-
-/// Stand-in for the `network` primitive (zos-network's is being built): accepts the workload
-/// so the VM can be checked against its subnet. The VM gets no tap yet (docs/vm.md).
-struct StandInNetwork;
-
-#[async_trait]
-impl Primitive for StandInNetwork {
-    fn workload_type(&self) -> WorkloadType {
-        WorkloadType::Network
-    }
-    async fn provision(&self, _c: &WorkloadCtx, _w: &Workload) -> Result<Value, PrimitiveError> {
-        Ok(Value::Null)
-    }
-    async fn deprovision(&self, _c: &WorkloadCtx, _w: &Workload) -> Result<(), PrimitiveError> {
-        Ok(())
-    }
-}
 
 struct Node {
     storage: Arc<Storage>,
@@ -71,7 +52,8 @@ async fn start_node(env: &Env, chain: Arc<FakeChain>, guest: &Path) -> Node {
     ));
     let mut reg = PrimitiveRegistry::new();
     zos_storage::register_with(&mut reg, storage.clone(), Arc::new(InProcessZdb));
-    reg.register(Arc::new(StandInNetwork));
+    // The real network primitive: the VM's tap joins its resource's bridge.
+    zos_network::register_networks(&mut reg, zos_network::NetConfig::default());
     let mut cfg = zos_vm::VmConfig::new(env.dir.join("vm"));
     cfg.cloud_container = Some(guest.to_path_buf());
     cfg.supervisor.shutdown_grace = Duration::from_secs(1);
@@ -113,7 +95,7 @@ fn wl(name: &str, t: WorkloadType, data: Value) -> Workload {
 
 fn network() -> Workload {
     wl(
-        "net",
+        "vmnet",
         WorkloadType::Network,
         json!({"ip_range": "10.20.0.0/16", "subnet": "10.20.2.0/24",
                "wireguard_private_key": "GDU+cjKrHNJS9fodzjFDzNFl5su3kJXTZ3ipPgUjOUE=",
@@ -126,7 +108,7 @@ fn machine(flist: &str, ip: &str, memory: u64, mounts: Value, entrypoint: &str) 
         "vm",
         WorkloadType::Zmachine,
         json!({"flist": flist,
-               "network": {"interfaces": [{"network": "net", "ip": ip}], "planetary": false},
+               "network": {"interfaces": [{"network": "vmnet", "ip": ip}], "planetary": false},
                "compute_capacity": {"cpu": 1, "memory": memory},
                "mounts": mounts, "entrypoint": entrypoint,
                "env": {"HELLO": "world from zos", "SSH_KEY": "ssh-ed25519 AAAA test@zos"}}),
@@ -194,23 +176,46 @@ async fn wait_console(dir: &Path, needle: &str, n: usize, within: Duration) {
     }
 }
 
-/// Kills the QEMUs of this test and unmounts its overlays, also when the test fails.
+/// Kills the QEMUs of this test (again, while a supervisor may still restart them), removes
+/// its taps and network resources and unmounts its overlays, also when the test fails.
 struct VmGuard(PathBuf);
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
         let needle = self.0.to_string_lossy().into_owned();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&needle) {
-                if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .status();
+        for _ in 0..10 {
+            let mut found = false;
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
+                        found = true;
+                        let _ = std::process::Command::new("kill")
+                            .args(["-9", &pid.to_string()])
+                            .status();
+                    }
                 }
             }
+            if !found {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(700));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        let ip = |args: &[&str]| {
+            let _ = std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        for vm in ["3-1-vm", "3-1-vm2"] {
+            ip(&["link", "del", &zos_types::ids::unique(vm, "vmnet")]);
+        }
+        for net in ["vmnet", "vmnet10", "vmnet11", "vmnet12", "vmnet13"] {
+            let id = zos_types::ids::network_id(TWIN, net);
+            ip(&["link", "del", &format!("b-{id}")]);
+            ip(&["link", "del", &format!("v-{id}")]);
+            ip(&["netns", "del", &format!("n-{id}")]);
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
             if m.starts_with(&needle) {
@@ -251,6 +256,7 @@ async fn new_pid(vms: &zos_vm::Vms, wlid: &str, old: u32) -> u32 {
 }
 
 const ENTRYPOINT: &str = "/bin/sh -c 'echo ENV-HELLO=$HELLO; echo guest-wrote > /data/from-guest; \
+(until ping -c1 -W1 10.20.2.6 >/dev/null 2>&1; do sleep 1; done; echo PING-VM2-OK) & \
 for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = disk ] && [ -b /dev/${d##*/} ] && echo ZMOUNT-BLOCK-OK-${d##*/}; done; \
 i=0; while :; do i=$((i+1)); echo TICK-$i; sleep 1; done'";
 
@@ -301,6 +307,11 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
                 json!([{"name": "disk", "mountpoint": "/disk"}, {"name": "data", "mountpoint": "/data"}]),
                 ENTRYPOINT,
             ),
+            {
+                let mut m = machine(&flist, "10.20.2.6", 256 * MIB, json!([]), "/bin/sleep 100000");
+                m.name = "vm2".into();
+                m
+            },
         ],
     )
     .await
@@ -324,6 +335,10 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
         c.contains("ZMOUNT-BLOCK-OK-vd"),
         "zmount is a block device: {c}"
     );
+    // Two VMs on one private network reach each other (taps on the resource's bridge).
+    wait_console(&dir, "PING-VM2-OK", 1, Duration::from_secs(180)).await;
+    eprintln!("deploy -> vm pings vm2: {:?}", started.elapsed());
+    assert_eq!(result_of(&node.engine, 1, "vm2").0, ResultState::Ok);
     // The file the guest wrote into its volume is on the host's subvolume.
     let vol = node.storage.volume_get("3-1-data").await.unwrap().unwrap();
     assert_eq!(
@@ -444,8 +459,18 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
         let contract = 10 + i as u64;
         // Its own network (a network name is unique per twin).
         let (mut m, mut net) = (m, network());
-        net.name = format!("net{contract}");
+        net.name = format!("vmnet{contract}");
+        net.data["wireguard_listen_port"] = json!(3011 + contract);
+        net.data["subnet"] = json!(format!("10.{contract}.2.0/24"));
+        net.data["ip_range"] = json!(format!("10.{contract}.0.0/16"));
         m.data["network"]["interfaces"][0]["network"] = json!(net.name);
+        // The same host part in this network's subnet.
+        let ip = m.data["network"]["interfaces"][0]["ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        m.data["network"]["interfaces"][0]["ip"] =
+            json!(ip.replacen("10.20.", &format!("10.{contract}."), 1));
         let msg = match deploy(&node.engine, &chain, &user, contract, vec![net, m]).await {
             Err(e) => e,
             Ok(()) => {
@@ -464,11 +489,20 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
     };
     assert!(msg.contains("nope"), "missing network: {msg}");
 
-    // Cancelling the contract stops QEMU and removes the VM directory and overlay.
-    chain.set_status(1, ContractStatus::Deleted);
+    // Cancelling the contracts stops QEMU and removes the VM directory, overlay and taps.
+    let tap = zos_types::ids::unique("3-1-vm2", "vmnet");
+    assert!(Path::new("/sys/class/net").join(&tap).exists());
+    for c in [1, 10, 11, 12, 13, 20] {
+        chain.set_status(c, ContractStatus::Deleted);
+    }
     node.engine.sync().await.unwrap();
     node.engine.drain().await;
     assert!(!dir.exists(), "vm dir left behind");
+    assert!(!node.vms.vm_dir("3-1-vm2").exists(), "vm2 dir left behind");
+    assert!(
+        !Path::new("/sys/class/net").join(&tap).exists(),
+        "tap left behind"
+    );
     let Node {
         storage,
         vms,
