@@ -137,6 +137,8 @@ pub struct LedgerClient {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The producer key (pinned, or learned once from `ledger_info`).
     producer: Arc<OnceCell<PublicKey>>,
+    /// Whether `producer` was pinned by the caller (not learned from the ledger).
+    producer_pinned: bool,
 }
 
 impl LedgerClient {
@@ -190,6 +192,7 @@ impl LedgerClient {
         };
         let http = builder.build().map_err(|e| bad(&e.to_string()))?;
         let producer = Arc::new(OnceCell::new());
+        let producer_pinned = trust.producer.is_some();
         if let Some(p) = trust.producer {
             let _ = producer.set(p);
         }
@@ -201,7 +204,15 @@ impl LedgerClient {
             genesis_hash: Arc::new(OnceCell::new()),
             tls,
             producer,
+            producer_pinned,
         })
+    }
+
+    /// Whether the caller pinned the producer key ([`Trust::producer`]): then answers can be
+    /// checked without trusting the channel, and twin lookups for the bus are (see zos-rmb's
+    /// `LedgerDirectory`).
+    pub fn pins_producer(&self) -> bool {
+        self.producer_pinned
     }
 
     /// The producer key heads are checked against.

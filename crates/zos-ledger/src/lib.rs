@@ -12,6 +12,10 @@
 //! Read first: [`types`] (the objects), [`tx`] (calls, events, blocks, what is signed),
 //! [`runtime`] (the rules), then [`client::LedgerClient`] (the API other crates use).
 //!
+//! Features: `server` (default) is the ledger process ([`chain`], [`server`], the redb store,
+//! axum/hyper, self-signed certificates). Without it the crate is the client side only (types,
+//! transactions, proofs, [`client::LedgerClient`]), which is all zos-client and RMB peers link.
+//!
 //! Limits: one producer process (no consensus; the [`store::LedgerStore`] trait is where a
 //! replicated backend plugs in); no transaction fees; `verify` needs the ledger stopped (redb
 //! holds a file lock). Design and differences from TFChain: `docs/ledger.md`.
@@ -21,20 +25,24 @@
 /// Billing: CU/SU/NU/IPv4 pricing, grace period, deletion.
 pub mod billing;
 /// Block production, reads and the audit replay.
+#[cfg(feature = "server")]
 pub mod chain;
 /// The typed JSON-RPC client.
 pub mod client;
 /// The accept loop: connection slots, timeouts, polite refusal.
+#[cfg(feature = "server")]
 mod conn;
 /// Dev-mode keys and genesis.
 pub mod dev;
 /// Server and chain errors.
 pub mod error;
 /// Server limits (connections, deadlines, body sizes, signature throttling).
+#[cfg(feature = "server")]
 pub mod limits;
 /// Process counters (`ledger_metrics`).
 pub mod metrics;
 /// The block producer thread.
+#[cfg(feature = "server")]
 mod producer;
 /// State root, Merkle proofs and signed heads.
 pub mod proof;
@@ -43,12 +51,14 @@ pub mod rpc;
 /// Applying calls: every rule and rejection.
 pub mod runtime;
 /// The ledger process (HTTP + WebSocket).
+#[cfg(feature = "server")]
 pub mod server;
 /// State layout and the per-block write overlay.
 pub mod state;
 /// Persistence trait and its redb and in-memory backends.
 pub mod store;
 /// Bad-signature throttling per source address.
+#[cfg(feature = "server")]
 mod throttle;
 /// TLS with a pinned certificate (server acceptor, self-signed certificates, client pinning).
 pub mod tls;
@@ -59,14 +69,19 @@ pub mod types;
 /// Field checks (names, hashes, IPs).
 mod validate;
 
+#[cfg(feature = "server")]
 pub use chain::{Chain, Reader, VerifyReport, verify};
 pub use client::{ClientError, LedgerClient, SubscriptionStream, Trust, Verified};
 pub use error::LedgerError;
+#[cfg(feature = "server")]
 pub use limits::{Limits, SigThrottle};
 pub use proof::{ProofError, SignedHead, StateProof};
 pub use runtime::TxError;
+#[cfg(feature = "server")]
 pub use server::{LedgerConfig, LedgerServer, load_genesis, open_store};
-pub use store::{LedgerStore, MemStore, RedbStore};
+#[cfg(feature = "server")]
+pub use store::RedbStore;
+pub use store::{LedgerStore, MemStore};
 pub use tx::{
     Block, BlockHeader, Call, Event, EventRecord, Receipt, SignedTransaction, TxLocation,
 };

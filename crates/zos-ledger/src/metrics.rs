@@ -73,6 +73,8 @@ pub struct MetricsSnapshot {
     pub sig_refused_banned: u64,
 }
 
+// The recording methods are called by the server only (feature `server`).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 impl Metrics {
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// File name of the certificate in a `--tls-self-signed` directory.
@@ -60,6 +60,7 @@ impl TlsFiles {
     }
 }
 
+#[cfg(feature = "server")]
 /// Makes a self-signed certificate in `dir` unless one is there already (kept across restarts,
 /// so pins stay valid). Names: `localhost`, `127.0.0.1`, `::1` and `extra_names`. The key file
 /// is written owner-only.
@@ -84,6 +85,7 @@ pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<TlsFiles, TlsEr
     Ok(files)
 }
 
+#[cfg(feature = "server")]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -113,6 +115,7 @@ pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
     }
 }
 
+#[cfg(feature = "server")]
 /// The server side: an acceptor for `files`.
 pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let ferr = |path: &Path, reason: String| TlsError::File {
@@ -126,8 +129,8 @@ pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError>
     if certs.is_empty() {
         return Err(ferr(&files.cert, "no PEM certificate in the file".into()));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| ferr(&files.key, e.to_string()))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| ferr(&files.key, e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -1,4 +1,5 @@
-//! The real ledger behind [`Chain`] and RMB's [`TwinDirectory`], over `zos_ledger::LedgerClient`.
+//! The real ledger behind [`Chain`], over `zos_ledger::LedgerClient`. (RMB's twin lookups use
+//! `zos_rmb::LedgerDirectory`, proven against signed heads when the producer key is pinned.)
 //!
 //! Every transaction the node signs goes through [`NodeLedger::send`], which serialises them:
 //! the ledger wants consecutive nonces from one account, and registration, uptime and resource
@@ -8,7 +9,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use zos_ledger::{Call, ContractKind, ContractResources, ContractState, LedgerClient, Resources};
-use zos_rmb::{DirectoryError, TwinDirectory, TwinRecord};
 use zos_types::crypto::{KeyPair, PublicKey};
 
 use crate::chain::{Chain, ChainError, ContractInfo, ContractStatus};
@@ -162,43 +162,5 @@ impl Chain for NodeLedger {
         )
         .await
         .map(|_| ())
-    }
-}
-
-/// RMB twin lookups from the ledger.
-#[derive(Debug, Clone)]
-pub struct LedgerTwins(pub LedgerClient);
-
-#[async_trait]
-impl TwinDirectory for LedgerTwins {
-    async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError> {
-        // Proven against a signed head: a swapped e2e key or account would let whoever sits
-        // between node and ledger read or forge this twin's bus traffic.
-        let t = self
-            .0
-            .verified_twin(id)
-            .await
-            .map_err(|e| DirectoryError::Backend {
-                id,
-                reason: e.to_string(),
-            })?
-            .value
-            .filter(|t| t.id == id);
-        let Some(t) = t else { return Ok(None) };
-        let e2e_key = match &t.e2e_key {
-            None => None,
-            Some(h) => Some(zos_types::crypto::decode_hex32("e2e key", h).map_err(|e| {
-                DirectoryError::Invalid {
-                    id,
-                    reason: e.to_string(),
-                }
-            })?),
-        };
-        Ok(Some(TwinRecord {
-            id,
-            account: t.account,
-            e2e_key,
-            relays: t.relays,
-        }))
     }
 }

@@ -15,7 +15,7 @@ use zos_ledger::LedgerClient;
 
 use crate::api::{Api, NodeState};
 use crate::engine::{Engine, EngineConfig, HostCapacity};
-use crate::ledger::{LedgerTwins, NodeLedger};
+use crate::ledger::NodeLedger;
 use crate::metrics::Metrics;
 use crate::primitives::PrimitiveRegistry;
 use crate::registrar::{self, RegistrarError};
@@ -360,7 +360,7 @@ pub async fn run_node(
     // The API over RMB.
     let api = Api::new(engine.clone(), state.clone());
     let dir: Arc<dyn zos_rmb::TwinDirectory> = Arc::new(zos_rmb::CachedDirectory::new(
-        LedgerTwins(client),
+        zos_rmb::LedgerDirectory::new(client),
         Duration::from_secs(30),
     ));
     let peer_cfg = zos_rmb::PeerConfig {

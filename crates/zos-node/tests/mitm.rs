@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as TMessage;
 use zos_ledger::{Call, Event, EventRecord, LedgerClient, Trust};
 use zos_node::chain::Chain as _;
-use zos_node::ledger::{LedgerTwins, NodeLedger};
+use zos_node::ledger::NodeLedger;
+use zos_rmb::LedgerDirectory;
 use zos_rmb::TwinDirectory as _;
 use zos_types::crypto::{KeyPair, KeyType, PublicKey};
 
@@ -262,7 +263,7 @@ async fn a_man_in_the_middle_cannot_delete_workloads_or_swap_twin_keys() {
     let node_ledger = NodeLedger::new(via_proxy.clone(), mallory.clone());
     let e = node_ledger.twin_key(alice.twin).await.unwrap_err();
     assert!(e.to_string().contains("state proof"), "{e}");
-    let e = LedgerTwins(via_proxy.clone())
+    let e = LedgerDirectory::new(via_proxy.clone())
         .twin(alice.twin)
         .await
         .unwrap_err();
@@ -299,7 +300,7 @@ async fn a_man_in_the_middle_cannot_delete_workloads_or_swap_twin_keys() {
                 key: mallory.clone(),
                 session: None,
             },
-            Arc::new(LedgerTwins(grid.client.clone())),
+            Arc::new(LedgerDirectory::new(grid.client.clone())),
         )
         .await
         .unwrap(),

@@ -1,7 +1,14 @@
-//! [`LedgerDirectory`]: twin lookups against the zos ledger's JSON-RPC API.
+//! [`LedgerDirectory`]: twin lookups against the zos ledger's JSON-RPC API — the one adapter
+//! the relay, `zos rmb`, the client and the node all use.
 //!
-//! Wrap it in a [`crate::CachedDirectory`] (as `zos relay serve` and `zos rmb call` do): every
-//! envelope needs its source's key, and the ledger is a network hop away.
+//! With the producer key pinned in the client ([`zos_ledger::Trust::producer`]) every lookup is
+//! proven against a signed head (`ledger_proof`): a swapped account or e2e key would let whoever
+//! sits between this process and the ledger forge or read the twin's bus traffic, so a lookup
+//! that does not verify is an error, never an answer. Without a pinned key the lookup is a plain
+//! read and the trust is the channel's (a pinned TLS certificate, or a loopback ledger).
+//!
+//! Wrap it in a [`crate::CachedDirectory`]: every envelope needs its source's key, and the
+//! ledger is a network hop away.
 
 use async_trait::async_trait;
 use zos_ledger::{LedgerClient, Twin};
@@ -15,12 +22,12 @@ pub struct LedgerDirectory {
 }
 
 impl LedgerDirectory {
-    /// Uses an existing client.
+    /// Uses an existing client (verified lookups when it pins the producer key).
     pub fn new(client: LedgerClient) -> Self {
         LedgerDirectory { client }
     }
 
-    /// A directory for the ledger at `url` (`http://host:port`).
+    /// A directory for the loopback ledger at `url` (`http://127.0.0.1:port`), nothing pinned.
     pub fn connect(url: &str) -> Result<Self, DirectoryError> {
         let client = LedgerClient::new(url).map_err(|e| DirectoryError::Backend {
             id: 0,
@@ -32,6 +39,11 @@ impl LedgerDirectory {
     /// The underlying client.
     pub fn client(&self) -> &LedgerClient {
         &self.client
+    }
+
+    /// Whether lookups are proven against signed heads (the client pins the producer key).
+    pub fn verifies(&self) -> bool {
+        self.client.pins_producer()
     }
 }
 
@@ -58,14 +70,25 @@ pub fn twin_record(t: Twin) -> TwinRecord {
 #[async_trait]
 impl TwinDirectory for LedgerDirectory {
     async fn twin(&self, id: u32) -> Result<Option<TwinRecord>, DirectoryError> {
-        let t = self
-            .client
-            .twin(id)
-            .await
-            .map_err(|e| DirectoryError::Backend {
-                id,
-                reason: e.to_string(),
-            })?;
+        let backend = |e: zos_ledger::ClientError| DirectoryError::Backend {
+            id,
+            reason: e.to_string(),
+        };
+        let t = if self.verifies() {
+            let t = self.client.verified_twin(id).await.map_err(backend)?.value;
+            // The proof is for the key of twin `id`; a record naming another twin is corrupt.
+            match t {
+                Some(t) if t.id != id => {
+                    return Err(DirectoryError::Invalid {
+                        id,
+                        reason: format!("proven record of twin {id} names twin {}", t.id),
+                    });
+                }
+                t => t,
+            }
+        } else {
+            self.client.twin(id).await.map_err(backend)?
+        };
         Ok(t.map(twin_record))
     }
 }

@@ -15,6 +15,9 @@
 //! loopback. Twins are looked up through [`TwinDirectory`]: [`LedgerDirectory`] for the zos
 //! ledger, [`MemoryDirectory`] for tests and embedding, [`CachedDirectory`] in front of either.
 //!
+//! Features: `relay` (default) is the relay server (axum, the TLS acceptor); without it the
+//! crate is the peer side only, which is what zos-client links.
+//!
 //! Limits: envelopes up to [`envelope::MAX_SEALED`] bytes (relays default to 4 MiB), TTL up to
 //! one day, queues and rates per [`Limits`]. Delivery is at most once: a relay restart loses
 //! what it had queued (callers see a timeout or a disconnect error, never a wrong answer).
@@ -34,12 +37,15 @@ pub mod frame;
 /// Twin lookups against the zos ledger.
 pub mod ledger;
 /// Relay limits and rate limiting.
+#[cfg(feature = "relay")]
 pub mod limits;
 /// Relay metrics in Prometheus text format.
+#[cfg(feature = "relay")]
 pub mod metrics;
 /// The peer: `call`, `serve` and the router.
 pub mod peer;
 /// The relay server.
+#[cfg(feature = "relay")]
 pub mod relay;
 /// Seen envelope ids (replay cache, duplicate filter).
 mod replay;
@@ -51,9 +57,11 @@ mod transport;
 pub use directory::{CachedDirectory, DirectoryError, MemoryDirectory, TwinDirectory, TwinRecord};
 pub use e2e::e2e_public_key;
 pub use ledger::LedgerDirectory;
+#[cfg(feature = "relay")]
 pub use limits::Limits;
 pub use peer::{
     HandlerError, PING_COMMAND, Peer, PeerConfig, PeerStats, RequestContext, RmbError, Router,
 };
+#[cfg(feature = "relay")]
 pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};
 pub use tls::{RelayTls, trust_ca_pem};

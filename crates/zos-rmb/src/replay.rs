@@ -123,6 +123,7 @@ impl SeenIds {
     }
 
     /// Live ids (including ones in a bucket not yet popped).
+    #[cfg(feature = "relay")]
     pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }

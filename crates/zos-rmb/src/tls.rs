@@ -5,21 +5,32 @@
 //! [`trust_ca_pem`] (a private grid's own CA). The relay serves TLS when
 //! [`crate::RelayConfig::tls`] names a PEM certificate chain and key.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "relay")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+#[cfg(feature = "relay")]
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+#[cfg(feature = "relay")]
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+#[cfg(feature = "relay")]
 use tokio::net::TcpStream;
+#[cfg(feature = "relay")]
 use tokio::sync::mpsc;
+#[cfg(feature = "relay")]
 use tokio_rustls::TlsAcceptor;
+#[cfg(feature = "relay")]
 use tokio_rustls::server::TlsStream;
 
 use crate::directory::lock;
+#[cfg(feature = "relay")]
 use crate::relay::guard::{Guarded, GuardedListener};
 
 /// How long a client may take for the TLS handshake.
+#[cfg(feature = "relay")]
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS errors.
@@ -95,6 +106,7 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+#[cfg(feature = "relay")]
 fn read_pem<T>(
     path: &Path,
     parse: impl FnOnce(&Path) -> Result<T, rustls::pki_types::pem::Error>,
@@ -105,6 +117,7 @@ fn read_pem<T>(
     })
 }
 
+#[cfg(feature = "relay")]
 /// The relay's server configuration.
 pub(crate) fn server_config(tls: &RelayTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = read_pem(&tls.cert_chain_pem, |p| {
@@ -126,6 +139,7 @@ pub(crate) fn server_config(tls: &RelayTls) -> Result<Arc<rustls::ServerConfig>,
     Ok(Arc::new(cfg))
 }
 
+#[cfg(feature = "relay")]
 /// A listener that yields TLS streams. Handshakes run in their own tasks (a slow client cannot
 /// hold up the others); the accept loop stops when the listener is dropped. Connections come
 /// from the relay's guarded listener, so the connection cap, bans and the login deadline
@@ -136,6 +150,7 @@ pub(crate) struct TlsListener {
     task: tokio::task::JoinHandle<()>,
 }
 
+#[cfg(feature = "relay")]
 impl TlsListener {
     pub(crate) fn new(
         mut tcp: GuardedListener,
@@ -164,12 +179,14 @@ impl TlsListener {
     }
 }
 
+#[cfg(feature = "relay")]
 impl Drop for TlsListener {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
+#[cfg(feature = "relay")]
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = std::net::SocketAddr;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -104,8 +103,9 @@ async fn next_frame(ws: &mut Ws) -> Result<Frame, LoginError> {
     }
 }
 
-/// Sends one encoded frame.
-pub(crate) async fn send(ws: &mut Ws, frame: Bytes) -> Result<(), String> {
+/// Sends one encoded frame (federation links of the relay).
+#[cfg(feature = "relay")]
+pub(crate) async fn send(ws: &mut Ws, frame: bytes::Bytes) -> Result<(), String> {
     ws.send(Message::Binary(frame))
         .await
         .map_err(|e| e.to_string())

@@ -95,3 +95,64 @@ async fn call_between_twins_registered_on_the_ledger() {
     let _ = stop.send(());
     ledger.await.unwrap().unwrap();
 }
+
+/// With the producer key pinned, lookups are proven against signed heads: the right key gives
+/// the twin (and a proven absence), a wrong pinned key gives an error, never an answer.
+#[tokio::test]
+async fn pinned_producer_makes_lookups_verified() {
+    let data = tempfile::tempdir().unwrap();
+    let server = LedgerServer::bind(LedgerConfig::dev(data.path().to_path_buf()))
+        .await
+        .unwrap();
+    let ledger_url = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ledger = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let client = LedgerClient::new(&ledger_url).unwrap();
+    let k = key(7);
+    client
+        .send(
+            &k,
+            Call::CreateTwin {
+                relays: vec!["relay.test".into()],
+                e2e_key: Some(hex::encode(e2e_public_key(k.seed()))),
+            },
+        )
+        .await
+        .unwrap();
+    let id = client
+        .twin_by_account(&k.public())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let pinned = |producer| {
+        LedgerDirectory::new(
+            LedgerClient::with_trust(
+                &ledger_url,
+                zos_ledger::Trust {
+                    producer: Some(producer),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+
+    assert!(!LedgerDirectory::connect(&ledger_url).unwrap().verifies());
+    let good = pinned(client.producer().await.unwrap());
+    assert!(good.verifies());
+    let rec = good.twin(id).await.unwrap().unwrap();
+    assert_eq!(rec.account, k.public());
+    assert_eq!(rec.e2e_key, Some(e2e_public_key(k.seed())));
+    assert_eq!(good.twin(999).await.unwrap(), None);
+
+    // Heads signed by the real producer do not verify against another key.
+    let wrong = pinned(key(8).public());
+    let e = wrong.twin(id).await.unwrap_err();
+    assert!(e.to_string().contains("unverified"), "{e}");
+
+    let _ = stop.send(());
+    ledger.await.unwrap().unwrap();
+}

@@ -6,9 +6,11 @@
 //! `tests/store_conformance.rs` runs the same suite against both.
 
 mod mem;
+#[cfg(feature = "server")]
 mod redb;
 
 pub use self::mem::MemStore;
+#[cfg(feature = "server")]
 pub use self::redb::RedbStore;
 
 /// Key/value pairs in key order.

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use zos_ledger::{Call, Event, LedgerClient, LedgerConfig, LedgerServer};
-use zos_node::ledger::LedgerTwins;
 use zos_node::model::{Deployment, Workload, WorkloadType};
 use zos_node::primitives::{PoolKind, PoolReporter, PoolUsage};
 use zos_node::{NodeConfig, Primitive, PrimitiveError, PrimitiveRegistry, WorkloadCtx};
+use zos_rmb::LedgerDirectory;
 use zos_rmb::{Peer, PeerConfig, Relay, RelayConfig, RmbError, e2e_public_key};
 use zos_types::crypto::{KeyPair, KeyType};
 use zos_types::{SignatureRequest, SignatureRequirement};
@@ -70,7 +70,7 @@ impl Grid {
         let client = LedgerClient::new(&ledger_url).unwrap();
         let relay = Relay::bind(
             RelayConfig::new("127.0.0.1:0".parse().unwrap(), RELAY_DOMAIN),
-            Arc::new(LedgerTwins(client.clone())),
+            Arc::new(LedgerDirectory::new(client.clone())),
         )
         .await
         .unwrap();
@@ -172,7 +172,7 @@ impl Grid {
                 key: key.clone(),
                 session: None,
             },
-            Arc::new(LedgerTwins(self.client.clone())),
+            Arc::new(LedgerDirectory::new(self.client.clone())),
         )
         .await
         .unwrap();
