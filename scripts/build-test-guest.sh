@@ -11,6 +11,7 @@ OUT=${1:?usage: build-test-guest.sh OUT_DIR}
 BB=/bin/busybox
 [ -x "$BB" ] && "$BB" --list | grep -qx insmod || { echo "build-test-guest: busybox-static missing (apt-get install busybox-static)" >&2; exit 2; }
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 work=$(mktemp -d "$OUT/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"
