@@ -40,6 +40,61 @@ pub struct NodeNet {
     pub port: u16,
 }
 
+/// A machine outside the grid (the user's, `zos network access`) that reaches the network
+/// through one node: a peer of that node only; every other node routes its subnet through
+/// the access node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessPeer {
+    /// The node it connects to.
+    pub node_id: u32,
+    /// Its /24 in the range (network address).
+    pub subnet: Ipv4Addr,
+    /// Its public key (base64).
+    pub public_key: String,
+}
+
+/// The access peers a node's network data holds: peers whose subnet is none of `node_subnets`.
+pub fn access_peers_of(node_id: u32, data: &Value, node_subnets: &[Ipv4Addr]) -> Vec<AccessPeer> {
+    data["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let subnet: Ipv4Addr = p["subnet"].as_str()?.strip_suffix("/24")?.parse().ok()?;
+            if node_subnets.contains(&subnet) {
+                return None;
+            }
+            Some(AccessPeer {
+                node_id,
+                subnet,
+                public_key: p["wireguard_public_key"].as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The lowest /24 of `range` (from .2) that no node and no access peer holds.
+pub fn free_subnet(range: Ipv4Addr, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    let o = range.octets();
+    (2u8..=254)
+        .map(|x| Ipv4Addr::new(o[0], o[1], x, 0))
+        .find(|s| !taken.contains(s))
+}
+
+/// The WireGuard configuration (wg-quick format) of an access peer.
+pub fn access_config(
+    private_key: &str,
+    subnet: Ipv4Addr,
+    range: Ipv4Addr,
+    node_public_key: &str,
+    endpoint: &str,
+) -> String {
+    format!(
+        "[Interface]\nAddress = {}/32\nPrivateKey = {private_key}\n\n[Peer]\nPublicKey = {node_public_key}\nAllowedIPs = {range}/16, 100.64.0.0/16\nEndpoint = {endpoint}\nPersistentKeepalive = 25\n",
+        wg_ip(subnet)
+    )
+}
+
 /// Why a mesh cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MeshError {
@@ -130,7 +185,13 @@ pub fn compute(
     range: Ipv4Addr,
     nodes: &[MeshNode],
     rotate: &[u32],
+    access: &[AccessPeer],
 ) -> Result<BTreeMap<u32, Value>, MeshError> {
+    // Access peers of nodes that left are dropped with them.
+    let access: Vec<&AccessPeer> = access
+        .iter()
+        .filter(|a| nodes.iter().any(|n| n.node_id == a.node_id))
+        .collect();
     if nodes.len() > 1 && nodes.iter().all(|n| n.endpoint.is_none()) {
         return Err(MeshError::NoEndpoint {
             network: name.into(),
@@ -150,7 +211,7 @@ pub fn compute(
     }
     // Subnets: kept ones first (unless two nodes claim the same), then the lowest free third
     // octet from 2 (.0 and .1 are left alone, as upstream's clients do).
-    let mut taken = BTreeSet::new();
+    let mut taken: BTreeSet<u8> = access.iter().map(|a| a.subnet.octets()[2]).collect();
     let mut parts: Vec<Option<NodeNet>> = nodes
         .iter()
         .map(|n| {
@@ -205,12 +266,29 @@ pub fn compute(
                 .endpoint
                 .map(|ip| SocketAddr::new(ip, p.port).to_string())
                 .unwrap_or_default();
+            let mut allowed = vec![
+                format!("{}/24", p.subnet),
+                format!("{}/32", wg_ip(p.subnet)),
+            ];
+            // The access peers behind that node are reached through it.
+            for a in access.iter().filter(|a| a.node_id == other.node_id) {
+                allowed.push(format!("{}/24", a.subnet));
+                allowed.push(format!("{}/32", wg_ip(a.subnet)));
+            }
             peers.push(json!({
                 "subnet": format!("{}/24", p.subnet),
                 // Keys come from generate_key or a node's stored (validated) workload.
                 "wireguard_public_key": public_key(&p.private_key).unwrap_or_default(),
-                "allowed_ips": [format!("{}/24", p.subnet), format!("{}/32", wg_ip(p.subnet))],
+                "allowed_ips": allowed,
                 "endpoint": endpoint,
+            }));
+        }
+        for a in access.iter().filter(|a| a.node_id == n.node_id) {
+            peers.push(json!({
+                "subnet": format!("{}/24", a.subnet),
+                "wireguard_public_key": a.public_key,
+                "allowed_ips": [format!("{}/24", a.subnet), format!("{}/32", wg_ip(a.subnet))],
+                "endpoint": "",
             }));
         }
         out.insert(
@@ -250,7 +328,7 @@ mod tests {
             node(2, Some("198.18.0.2"), &[3011, 3012]),
             node(3, None, &[]),
         ];
-        let m = compute("net", RANGE, &nodes, &[]).unwrap();
+        let m = compute("net", RANGE, &nodes, &[], &[]).unwrap();
         assert_eq!(m.len(), 3);
         let n2 = &m[&2];
         assert_eq!(n2["subnet"], "10.20.3.0/24");
@@ -290,7 +368,7 @@ mod tests {
             node(1, Some("198.18.0.1"), &[]),
             node(2, Some("198.18.0.2"), &[]),
         ];
-        let first = compute("net", RANGE, &nodes, &[]).unwrap();
+        let first = compute("net", RANGE, &nodes, &[], &[]).unwrap();
         let d = |v: &Value| Deployment {
             workloads: vec![Workload {
                 name: "net".into(),
@@ -308,7 +386,7 @@ mod tests {
             n.used_ports = vec![3011];
             again.push(n);
         }
-        let second = compute("net", RANGE, &again, &[2]).unwrap();
+        let second = compute("net", RANGE, &again, &[2], &[]).unwrap();
         assert_eq!(second[&1]["subnet"], first[&1]["subnet"]);
         assert_eq!(second[&1]["wireguard_listen_port"], 3011, "kept");
         assert_eq!(
@@ -329,8 +407,64 @@ mod tests {
     }
 
     #[test]
+    fn access_peers_join_through_their_node() {
+        let nodes = [
+            node(1, Some("198.18.0.1"), &[]),
+            node(2, Some("198.18.0.2"), &[]),
+        ];
+        let user = generate_key();
+        let access = [AccessPeer {
+            node_id: 1,
+            subnet: Ipv4Addr::new(10, 20, 2, 0),
+            public_key: public_key(&user).unwrap(),
+        }];
+        let m = compute("net", RANGE, &nodes, &[], &access).unwrap();
+        // The access peer's /24 is not given to a node.
+        assert_eq!(m[&1]["subnet"], "10.20.3.0/24");
+        let p1 = m[&1]["peers"].as_array().unwrap();
+        assert_eq!(p1.len(), 2);
+        assert_eq!(p1[1]["subnet"], "10.20.2.0/24");
+        assert_eq!(p1[1]["endpoint"], "");
+        // Node 2 reaches the user through node 1.
+        let p2 = m[&2]["peers"].as_array().unwrap();
+        assert_eq!(p2.len(), 1);
+        assert_eq!(
+            p2[0]["allowed_ips"],
+            json!([
+                "10.20.3.0/24",
+                "100.64.20.3/32",
+                "10.20.2.0/24",
+                "100.64.20.2/32"
+            ])
+        );
+        let subnets = [Ipv4Addr::new(10, 20, 3, 0), Ipv4Addr::new(10, 20, 4, 0)];
+        assert_eq!(access_peers_of(1, &m[&1], &subnets), access.to_vec());
+        assert!(access_peers_of(2, &m[&2], &subnets).is_empty());
+        assert_eq!(
+            free_subnet(RANGE, &[Ipv4Addr::new(10, 20, 2, 0)]),
+            Some(Ipv4Addr::new(10, 20, 3, 0))
+        );
+        let cfg = access_config(&user, access[0].subnet, RANGE, "PK", "198.18.0.1:3011");
+        assert!(cfg.contains("Address = 100.64.20.2/32"), "{cfg}");
+        assert!(
+            cfg.contains("AllowedIPs = 10.20.0.0/16, 100.64.0.0/16"),
+            "{cfg}"
+        );
+        assert!(cfg.contains("Endpoint = 198.18.0.1:3011"), "{cfg}");
+        // A node that left takes its access peers with it.
+        let m = compute("net", RANGE, &nodes[1..], &[], &access).unwrap();
+        assert!(m[&2]["peers"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
     fn unreachable_meshes_are_refused() {
-        let e = compute("net", RANGE, &[node(1, None, &[]), node(2, None, &[])], &[]);
+        let e = compute(
+            "net",
+            RANGE,
+            &[node(1, None, &[]), node(2, None, &[])],
+            &[],
+            &[],
+        );
         assert!(matches!(e, Err(MeshError::NoEndpoint { .. })), "{e:?}");
         let e = compute(
             "net",
@@ -341,6 +475,7 @@ mod tests {
                 node(3, None, &[]),
             ],
             &[],
+            &[],
         )
         .unwrap_err();
         assert_eq!(
@@ -348,6 +483,6 @@ mod tests {
             "network net: nodes 1 and 3 both lack a reachable endpoint, so they cannot reach each other"
         );
         // A lone node needs no endpoint.
-        assert!(compute("net", RANGE, &[node(1, None, &[])], &[]).is_ok());
+        assert!(compute("net", RANGE, &[node(1, None, &[])], &[], &[]).is_ok());
     }
 }

@@ -327,6 +327,21 @@ impl Networks {
         let ns = Some(n.namespace.as_str());
         ip::netns_ensure(&n.namespace).await?;
         ip(ns, &["link", "set", "lo", "up"]).await?;
+        // The NR routes: between its bridge and WireGuard, and for peers behind this node
+        // (access peers of `zos network access`) between WireGuard peers.
+        ip(
+            None,
+            &[
+                "netns",
+                "exec",
+                &n.namespace,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )
+        .await?;
         if !ip::link_exists(node, &n.bridge).await {
             ip(node, &["link", "add", &n.bridge, "type", "bridge"]).await?;
         }

@@ -2,8 +2,11 @@
 //! examples/network.yaml` makes a network resource on every node, and from each one the other
 //! nodes' gateways answer ping over WireGuard; the inter-node traffic on the local internet is
 //! WireGuard only; a key rotated by `zos deploy --rotate-key` still connects; a node killed with
-//! SIGKILL is restarted by `zos up` and the mesh comes back with no action. One grid for the
-//! whole test (CPU). Skips loudly without root, TUN, `ip`, `ping` or `tcpdump`.
+//! SIGKILL is restarted by `zos up` and the mesh comes back with no action. `zos network access`
+//! gives a WireGuard config that wireguard-go (Debian's) brings up in a "user" namespace on the
+//! local internet: it reaches every node's gateway (the access node's directly, the others
+//! routed through it), also after the spec is deployed again. One grid for the whole test
+//! (CPU). Skips loudly without root, TUN, `ip`, `ping`, `tcpdump`, `wireguard-go` or `wg`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeSet;
@@ -123,6 +126,114 @@ impl Up {
     }
 }
 
+/// wireguard-go's control socket for the user's device.
+const SOCK: &str = "/var/run/wireguard/zupwg.sock";
+
+/// wireguard-go of the user namespace, stopped on drop.
+struct UserTunnel(Child);
+
+impl Drop for UserTunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(SOCK);
+    }
+}
+
+fn run(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The user's machine: namespace `zupuser` on the local internet at 198.18.0.200, the access
+/// config applied to a wireguard-go device `zupwg`.
+fn user_tunnel(config: &str, dir: &Path) -> UserTunnel {
+    run(&["ip", "netns", "add", "zupuser"]);
+    run(&[
+        "ip", "-n", "zup-inet", "link", "add", "pu", "type", "veth", "peer", "name", "eth0",
+        "netns", "zupuser",
+    ]);
+    run(&[
+        "ip", "-n", "zup-inet", "link", "set", "pu", "master", "br0", "up",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        "zupuser",
+        "addr",
+        "add",
+        "198.18.0.200/24",
+        "dev",
+        "eth0",
+    ]);
+    run(&["ip", "-n", "zupuser", "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", "zupuser", "link", "set", "lo", "up"]);
+    // A socket left by an earlier run would make `wg` talk to nobody.
+    let _ = std::fs::remove_file(SOCK);
+    let child = Command::new("ip")
+        .args(["netns", "exec", "zupuser", "wireguard-go", "zupwg"])
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = UserTunnel(child);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !Path::new(SOCK).exists() {
+        assert!(Instant::now() < end, "wireguard-go did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `wg setconf` takes the config without wg-quick's Address line.
+    let address = config
+        .lines()
+        .find_map(|l| l.strip_prefix("Address = "))
+        .expect("Address in the access config")
+        .to_string();
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = dir.join("user-wg.conf");
+    std::fs::write(&file, stripped).unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        "zupuser",
+        "wg",
+        "setconf",
+        "zupwg",
+        file.to_str().unwrap(),
+    ]);
+    run(&[
+        "ip", "-n", "zupuser", "addr", "add", &address, "dev", "zupwg",
+    ]);
+    run(&["ip", "-n", "zupuser", "link", "set", "zupwg", "up"]);
+    for net in ["10.20.0.0/16", "100.64.0.0/16"] {
+        run(&["ip", "-n", "zupuser", "route", "add", net, "dev", "zupwg"]);
+    }
+    guard
+}
+
+/// The user's tunnel reaches every node's gateway.
+fn user_pings_all(what: &str, within: Duration) {
+    let end = Instant::now() + within;
+    for (ns, gw) in resources() {
+        while !ping("zupuser", &gw) {
+            assert!(
+                Instant::now() < end,
+                "{what}: the user's tunnel does not reach {ns}'s gateway {gw}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/network.yaml")
 }
@@ -207,9 +318,14 @@ fn peer_keys(up: &Up) -> BTreeSet<String> {
 
 #[test]
 fn a_private_network_over_three_nodes() {
-    if !is_root() || zos_network::network_support().is_err() || !has("ping") || !has("tcpdump") {
+    if !is_root()
+        || zos_network::network_support().is_err()
+        || !["ping", "tcpdump", "wireguard-go", "wg"]
+            .iter()
+            .all(|t| has(t))
+    {
         eprintln!(
-            "SKIP a_private_network_over_three_nodes: needs root, /dev/net/tun, ip, ping and tcpdump"
+            "SKIP a_private_network_over_three_nodes: needs root, /dev/net/tun, ip, ping, tcpdump, wireguard-go and wg"
         );
         return;
     }
@@ -328,6 +444,19 @@ fn a_private_network_over_three_nodes() {
         );
     }
 
+    // The user's machine joins through `zos network access`.
+    let conf = up.dir.path().join("access.conf");
+    let o = up.client(&["network", "access", "net", "-o", conf.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "zos network access: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let config = std::fs::read_to_string(&conf).unwrap();
+    assert!(config.contains("Endpoint = 198.18.0."), "{config}");
+    let _tunnel = user_tunnel(&config, up.dir.path());
+    user_pings_all("access", Duration::from_secs(60));
+
     // Rotate one node's key: every node is updated and the mesh still connects.
     let before = peer_keys(&up);
     let rotate = ids[1].to_string();
@@ -345,14 +474,16 @@ fn a_private_network_over_three_nodes() {
         String::from_utf8_lossy(&o.stderr)
     );
     let after = peer_keys(&up);
-    assert_eq!(before.len(), 3);
-    assert_eq!(after.len(), 3);
+    // Three nodes and the user's machine.
+    assert_eq!(before.len(), 4);
+    assert_eq!(after.len(), 4);
     assert_eq!(
         before.intersection(&after).count(),
-        2,
+        3,
         "exactly one node's public key changed: {before:?} → {after:?}"
     );
     all_pairs_ping("after a key rotation", Duration::from_secs(60));
+    user_pings_all("access after deploying again", Duration::from_secs(60));
 
     // kill -9 node 2: zos up restarts it, it re-creates its resource, the mesh comes back.
     let parent = up.child.as_ref().unwrap().id();

@@ -5,7 +5,7 @@
 //! removed lose theirs, and every remaining node is updated with the new peers.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{Value, json};
 use zos_ledger::{ContractKind, Node};
@@ -120,57 +120,19 @@ impl Grid {
         let networks = spec.networks();
         let mut per_node: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
         if !networks.is_empty() {
-            let mut facts = Vec::new();
-            for node in &targets {
-                let ports: Vec<u16> = self
-                    .node_call(node, "zos.network.list_wg_ports", Value::Null)
-                    .await?;
-                let interfaces: Value = match self
-                    .node_call(node, "zos.network.endpoints", Value::Null)
-                    .await
-                {
-                    Ok(v) => v,
-                    Err(GridError::Rmb(RmbError::Remote { code: 404, .. })) => {
-                        return Err(GridError::Node {
-                            node: node.id,
-                            message: "it cannot run private networks (no zos.network.endpoints: the node needs root, /dev/net/tun and iproute2)".into(),
-                        });
-                    }
-                    Err(e) => return Err(e),
-                };
-                facts.push((node.id, endpoint_of(&interfaces), ports));
-            }
+            let facts = self.mesh_facts(&targets).await?;
             for (name, range) in &networks {
-                let nodes: Vec<MeshNode> = facts
-                    .iter()
-                    .map(|(id, endpoint, ports)| {
-                        let previous = existing
-                            .get(id)
-                            .and_then(|d| mesh::previous_of(d, name, *range));
-                        // The node's own port counts as used by another only if it is not ours.
-                        let used = ports
-                            .iter()
-                            .copied()
-                            .filter(|p| previous.as_ref().is_none_or(|prev| prev.port != *p))
-                            .collect();
-                        MeshNode {
-                            node_id: *id,
-                            endpoint: *endpoint,
-                            used_ports: used,
-                            previous,
-                        }
-                    })
-                    .collect();
-                let data = mesh::compute(name, *range, &nodes, &opts.rotate_keys)
+                let nodes = mesh_nodes(&facts, &existing, name, *range);
+                let access = existing_access(&existing, name, *range);
+                let data = mesh::compute(name, *range, &nodes, &opts.rotate_keys, &access)
                     .map_err(|e| GridError::Other(e.to_string()))?;
                 for (node, v) in data {
                     per_node.entry(node).or_default().insert(name.clone(), v);
                 }
             }
         }
-        // Send everything, then wait for every node.
         let empty = BTreeMap::new();
-        let mut sent: Vec<(Node, Deployment, bool)> = Vec::new();
+        let mut planned = Vec::new();
         for node in &targets {
             let previous = existing.get(&node.id);
             let d = spec.to_deployment_with(
@@ -178,9 +140,168 @@ impl Grid {
                 previous,
                 per_node.get(&node.id).unwrap_or(&empty),
             );
-            let update = previous.is_some();
-            let d = self.send(node, d, update).await?;
-            sent.push((node.clone(), d, update));
+            planned.push((node.clone(), d, previous.is_some()));
+        }
+        let views = self.send_all(planned, opts, &mut progress).await;
+        // Nodes no longer named lose their contract (their node removes the resources).
+        for (node_id, d) in &existing {
+            if !targets.iter().any(|n| n.id == *node_id) {
+                tracing::info!(
+                    node_id,
+                    contract = d.contract_id,
+                    "node left the deployment"
+                );
+                self.cancel_contract(d.contract_id).await?;
+            }
+        }
+        views
+    }
+
+    /// Adds the user's machine to network `name` as a peer of one node with a reachable
+    /// endpoint (every other node routes it through that node) and returns its WireGuard
+    /// configuration. Deploying the spec again keeps the peer.
+    pub async fn network_access(
+        &self,
+        name: &str,
+        opts: &DeployOptions,
+        mut progress: impl FnMut(&Progress),
+    ) -> Result<String, GridError> {
+        // The deployments holding network `name`: one per node, all of one spec.
+        let mut existing: BTreeMap<u32, Deployment> = BTreeMap::new();
+        let mut nodes: BTreeMap<u32, Node> = BTreeMap::new();
+        let mut metadata: Option<String> = None;
+        for (contract, node_id) in self.active_contracts().await? {
+            let Some(node) = self.ledger.node(node_id).await? else {
+                continue;
+            };
+            let Ok(d) = self
+                .node_call::<Deployment>(
+                    &node,
+                    "zos.deployment.get",
+                    json!({"contract_id": contract.id}),
+                )
+                .await
+            else {
+                continue;
+            };
+            if d
+                .get(name)
+                .is_none_or(|w| w.workload_type != zos_types::WorkloadType::Network)
+            {
+                continue;
+            }
+            if metadata.as_ref().is_some_and(|m| *m != d.metadata)
+                || existing.contains_key(&node_id)
+            {
+                return Err(GridError::Other(format!(
+                    "network {name:?} is in several of your deployments; give it a unique name"
+                )));
+            }
+            metadata = Some(d.metadata.clone());
+            existing.insert(node_id, d);
+            nodes.insert(node_id, node);
+        }
+        let Some(range) = existing.values().find_map(|d| {
+            let Ok(zos_types::data::WorkloadData::Network(n)) = d.get(name)?.typed_data() else {
+                return None;
+            };
+            match n.ip_range.get()? {
+                (IpAddr::V4(r), 16) => Some(r),
+                _ => None,
+            }
+        }) else {
+            return Err(GridError::Other(format!(
+                "no network named {name:?} in your deployments (see `zos deployments`)"
+            )));
+        };
+        let targets: Vec<Node> = nodes.into_values().collect();
+        let facts = self.mesh_facts(&targets).await?;
+        let mesh_nodes = mesh_nodes(&facts, &existing, name, range);
+        let Some(access_node) = mesh_nodes.iter().find(|n| n.endpoint.is_some()) else {
+            return Err(GridError::Other(format!(
+                "network {name:?}: none of its nodes reports a reachable endpoint"
+            )));
+        };
+        let mut access = existing_access(&existing, name, range);
+        let mut taken: Vec<Ipv4Addr> = access.iter().map(|a| a.subnet).collect();
+        taken.extend(
+            mesh_nodes
+                .iter()
+                .filter_map(|n| n.previous.as_ref().map(|p| p.subnet)),
+        );
+        let subnet = mesh::free_subnet(range, &taken)
+            .ok_or_else(|| GridError::Other(format!("network {name:?}: no free /24 left")))?;
+        let key = mesh::generate_key();
+        access.push(mesh::AccessPeer {
+            node_id: access_node.node_id,
+            subnet,
+            public_key: mesh::public_key(&key).map_err(GridError::Other)?,
+        });
+        let data = mesh::compute(name, range, &mesh_nodes, &[], &access)
+            .map_err(|e| GridError::Other(e.to_string()))?;
+        let via = &data[&access_node.node_id];
+        let node_key = mesh::public_key(via["wireguard_private_key"].as_str().unwrap_or_default())
+            .map_err(GridError::Other)?;
+        let endpoint = std::net::SocketAddr::new(
+            access_node
+                .endpoint
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            u16::try_from(via["wireguard_listen_port"].as_u64().unwrap_or(0)).unwrap_or(0),
+        );
+        let mut planned = Vec::new();
+        for node in &targets {
+            let (Some(current), Some(v)) = (existing.get(&node.id), data.get(&node.id)) else {
+                continue;
+            };
+            planned.push((node.clone(), updated(current, name, v.clone()), true));
+        }
+        self.send_all(planned, opts, &mut progress).await?;
+        Ok(mesh::access_config(
+            &key,
+            subnet,
+            range,
+            &node_key,
+            &endpoint.to_string(),
+        ))
+    }
+
+    /// Each node's reachable endpoint and used WireGuard ports.
+    async fn mesh_facts(&self, targets: &[Node]) -> Result<Vec<Facts>, GridError> {
+        let mut facts = Vec::new();
+        for node in targets {
+            let ports: Vec<u16> = self
+                .node_call(node, "zos.network.list_wg_ports", Value::Null)
+                .await?;
+            let interfaces: Value = match self
+                .node_call(node, "zos.network.endpoints", Value::Null)
+                .await
+            {
+                Ok(v) => v,
+                Err(GridError::Rmb(RmbError::Remote { code: 404, .. })) => {
+                    return Err(GridError::Node {
+                        node: node.id,
+                        message: "it cannot run private networks (no zos.network.endpoints: the node needs root, /dev/net/tun and iproute2)".into(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            facts.push((node.id, endpoint_of(&interfaces), ports));
+        }
+        Ok(facts)
+    }
+
+    /// Sends every deployment (new contracts or updates), then waits for every node; failed
+    /// workloads are listed per node, new contracts with failures canceled.
+    async fn send_all(
+        &self,
+        planned: Vec<(Node, Deployment, bool)>,
+        opts: &DeployOptions,
+        progress: &mut impl FnMut(&Progress),
+    ) -> Result<Vec<DeploymentView>, GridError> {
+        let mut sent: Vec<(Node, Deployment, bool)> = Vec::new();
+        for (node, d, update) in planned {
+            let d = self.send(&node, d, update).await?;
+            sent.push((node, d, update));
         }
         let mut views = Vec::new();
         let mut errors = Vec::new();
@@ -209,17 +330,6 @@ impl Grid {
             );
             views.push(view);
         }
-        // Nodes no longer named lose their contract (their node removes the resources).
-        for (node_id, d) in &existing {
-            if !targets.iter().any(|n| n.id == *node_id) {
-                tracing::info!(
-                    node_id,
-                    contract = d.contract_id,
-                    "node left the deployment"
-                );
-                self.cancel_contract(d.contract_id).await?;
-            }
-        }
         if !errors.is_empty() {
             return Err(GridError::Failed {
                 contract: sent.first().map_or(0, |(_, d, _)| d.contract_id),
@@ -233,6 +343,70 @@ impl Grid {
         }
         Ok(views)
     }
+}
+
+/// `(node id, endpoint, used WireGuard ports)`.
+type Facts = (u32, Option<IpAddr>, Vec<u16>);
+
+fn mesh_nodes(
+    facts: &[Facts],
+    existing: &BTreeMap<u32, Deployment>,
+    name: &str,
+    range: Ipv4Addr,
+) -> Vec<MeshNode> {
+    facts
+        .iter()
+        .map(|(id, endpoint, ports)| {
+            let previous = existing
+                .get(id)
+                .and_then(|d| mesh::previous_of(d, name, range));
+            // The node's own port is not another's.
+            let used = ports
+                .iter()
+                .copied()
+                .filter(|p| previous.as_ref().is_none_or(|prev| prev.port != *p))
+                .collect();
+            MeshNode {
+                node_id: *id,
+                endpoint: *endpoint,
+                used_ports: used,
+                previous,
+            }
+        })
+        .collect()
+}
+
+/// The access peers the current deployments hold for network `name`.
+fn existing_access(
+    existing: &BTreeMap<u32, Deployment>,
+    name: &str,
+    range: Ipv4Addr,
+) -> Vec<mesh::AccessPeer> {
+    let subnets: Vec<Ipv4Addr> = existing
+        .values()
+        .filter_map(|d| mesh::previous_of(d, name, range).map(|p| p.subnet))
+        .collect();
+    existing
+        .iter()
+        .filter_map(|(id, d)| Some((*id, d.get(name)?.data.clone())))
+        .flat_map(|(id, data)| mesh::access_peers_of(id, &data, &subnets))
+        .collect()
+}
+
+/// `current` as its next version with network `name`'s data replaced by `data` (other
+/// workloads keep their version, so the node leaves them alone).
+fn updated(current: &Deployment, name: &str, data: Value) -> Deployment {
+    let mut d = current.clone();
+    d.version = current.version.wrapping_add(1);
+    d.signature_requirement.signatures.clear();
+    for w in &mut d.workloads {
+        w.result = Default::default();
+        if w.name == name && w.data != data {
+            w.data = data.clone();
+            w.version = d.version;
+        }
+    }
+    d
 }
 
 #[cfg(test)]

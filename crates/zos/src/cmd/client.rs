@@ -67,7 +67,7 @@ impl ClientArgs {
         })?)
     }
 
-    async fn connect(&self) -> anyhow::Result<Grid> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Grid> {
         Ok(Grid::connect(&self.config()?).await?)
     }
 }
@@ -347,6 +347,9 @@ pub enum ClientCommands {
     /// Volume snapshots: `volume snapshots CONTRACT NAME`, `volume restore CONTRACT NAME SNAPSHOT`.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Private networks: `network access NAME` (your machine as a peer, a WireGuard config).
+    #[command(subcommand)]
+    Network(super::network::NetworkCmd),
     /// Cancel a contract: its node removes the workloads.
     Cancel {
         /// Contract id.
@@ -454,5 +457,6 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
         ClientCommands::Status { contract, args } => status(&args, contract),
         ClientCommands::Cancel { contract, args } => cancel(&args, contract),
         ClientCommands::Volume(v) => volume(v),
+        ClientCommands::Network(n) => super::network::run(n),
     }
 }

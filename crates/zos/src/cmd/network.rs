@@ -1,5 +1,6 @@
 //! Networks on the local grid: the "internet" of `zos up --nodes N` (one namespace per node,
-//! joined through veths to a bridge namespace) and the supervisor of the extra nodes.
+//! joined through veths to a bridge namespace) and the supervisor of the extra nodes; and the
+//! user's `zos network access NAME`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -194,4 +195,67 @@ pub async fn supervise(node: ChildNode, stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// `zos network …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Add this machine to private network NAME as a WireGuard peer of one of its nodes (the
+    /// others route it through that node) and print its WireGuard configuration (wg-quick).
+    Access {
+        /// The network workload's name.
+        name: String,
+        /// Write the configuration to this file (mode 600) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// How long to wait for the nodes, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+        #[command(flatten)]
+        args: super::client::ClientArgs,
+    },
+}
+
+/// Runs a `zos network` command.
+pub fn run(cmd: NetworkCmd) -> anyhow::Result<()> {
+    let NetworkCmd::Access {
+        name,
+        output,
+        wait,
+        args,
+    } = cmd;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let grid = args.connect().await?;
+        let opts = zos_client::grid::DeployOptions {
+            wait: Duration::from_secs(wait),
+            keep_on_error: false,
+            rotate_keys: Vec::new(),
+        };
+        let config = grid.network_access(&name, &opts, |_| {}).await?;
+        match output {
+            Some(path) => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                // It holds a private key.
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                f.write_all(config.as_bytes())?;
+                eprintln!(
+                    "WireGuard configuration of network {name} written to {}",
+                    path.display()
+                );
+            }
+            None => print!("{config}"),
+        }
+        Ok(())
+    })
 }
