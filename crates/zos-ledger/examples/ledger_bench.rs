@@ -1,6 +1,11 @@
 //! Ledger benchmark (not a test): applied transactions per second and event delivery latency.
 //!
-//! `cargo run --release -p zos-ledger --example ledger_bench -- [clients] [tx_per_client] [block_size]`
+//! `cargo run --release -p zos-ledger --example ledger_bench -- [clients] [tx_per_client] [block_size] [state]`
+//!
+//! With `state` > 0 only the engine runs, on a ledger whose genesis holds `state` extra funded
+//! accounts (one state entry each): the state root is recomputed for every block, so this shows
+//! what a large state costs per block, with transfers to one existing account (value updates)
+//! and to a new account each (inserts at random key positions).
 //!
 //! 1. Engine: signed transfers applied by `Chain::produce` on a redb store, `block_size` per block
 //!    (signature checks, nonce, state overlay, one durable commit per block).
@@ -27,15 +32,47 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn engine(n: usize, block: usize) {
+    engine_with_state(n, block, 0, false);
+}
+
+/// `state` extra genesis accounts; `fresh`: each transfer goes to a new account.
+fn engine_with_state(n: usize, block: usize, state: usize, fresh: bool) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn LedgerStore> =
         Arc::new(RedbStore::open(&dir.path().join("b.redb")).unwrap());
-    let mut chain = Chain::open(store, Some(dev::genesis(1_700_000_000))).unwrap();
+    let mut genesis = dev::genesis(1_700_000_000);
+    // Distinct public keys without deriving `state` key pairs: any 32 bytes are an account.
+    let account = |i: u64, tag: u8| {
+        use sha2::Digest as _;
+        let mut b: [u8; 32] = sha2::Sha256::digest(i.to_be_bytes()).into();
+        b[31] = tag;
+        zos_types::crypto::PublicKey {
+            key_type: KeyType::Ed25519,
+            bytes: b,
+        }
+    };
+    genesis
+        .accounts
+        .extend((0..state as u64).map(|i| zos_ledger::GenesisAccount {
+            account: account(i, 1),
+            balance: 1_000,
+        }));
+    let t = Instant::now();
+    let mut chain = Chain::open(store, Some(genesis)).unwrap();
+    if state > 0 {
+        println!(
+            "open with {state} extra accounts: {:.0} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let faucet = dev::faucet_key();
     let gh = chain.genesis_hash();
     let to = KeyPair::from_seed(KeyType::Ed25519, [7; 32]).public();
     let txs: Vec<SignedTransaction> = (0..n as u64)
-        .map(|i| SignedTransaction::sign(&faucet, &gh, i, Call::Transfer { to, amount: 1 }))
+        .map(|i| {
+            let to = if fresh { account(i, 2) } else { to };
+            SignedTransaction::sign(&faucet, &gh, i, Call::Transfer { to, amount: 1 })
+        })
         .collect();
     let t = Instant::now();
     for chunk in txs.chunks(block) {
@@ -44,7 +81,8 @@ fn engine(n: usize, block: usize) {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "engine: {n} transfers in blocks of {block}: {:.0} tx/s ({:.2} ms per block)",
+        "engine: state +{state}, {n} transfers{} in blocks of {block}: {:.0} tx/s ({:.2} ms per block)",
+        if fresh { " to new accounts" } else { "" },
         n as f64 / secs,
         secs * 1000.0 / (n as f64 / block as f64)
     );
@@ -172,6 +210,12 @@ fn main() {
     let clients = args.first().copied().unwrap_or(32);
     let per_client = args.get(1).copied().unwrap_or(100);
     let block = args.get(2).copied().unwrap_or(500);
+    if let Some(&state) = args.get(3).filter(|s| **s > 0) {
+        engine_with_state(2_000, block, state, false);
+        engine_with_state(2_000, block, state, true);
+        engine_with_state(200, 1, state, false);
+        return;
+    }
     engine(20_000, block);
     engine(2_000, 1);
     let rt = tokio::runtime::Builder::new_multi_thread()
