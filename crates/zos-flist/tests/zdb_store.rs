@@ -49,7 +49,7 @@ async fn pack_into_zerodb_and_unpack() {
     build_tree(&src, 4 * CHUNK + 3);
     let fl = tmp.path().join("z.fl");
     let url = format!("zdb://user:s3cret@{addr}/blocks");
-    let router = Router::from_specs(&[url.clone()]).expect("router");
+    let router = Router::from_specs(std::slice::from_ref(&url)).expect("router");
     pack(&src, &fl, &router, &PackOptions::default())
         .await
         .expect("pack");
