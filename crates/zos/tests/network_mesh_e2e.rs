@@ -279,8 +279,16 @@ fn ping(ns: &str, to: &str) -> bool {
 
 /// Every resource pings every other's gateway within `within` (handshakes take a moment).
 fn all_pairs_ping(what: &str, within: Duration) {
+    pairs_ping(what, within, 3);
+}
+
+fn pairs_ping(what: &str, within: Duration, count: usize) {
     let nrs = resources();
-    assert_eq!(nrs.len(), 3, "{what}: a network resource per node: {nrs:?}");
+    assert_eq!(
+        nrs.len(),
+        count,
+        "{what}: a network resource per node: {nrs:?}"
+    );
     let end = Instant::now() + within;
     for (a, _) in &nrs {
         for (b, gw) in &nrs {
@@ -498,4 +506,31 @@ fn a_private_network_over_three_nodes() {
         std::thread::sleep(Duration::from_millis(200));
     }
     all_pairs_ping("after node 2 was killed", Duration::from_secs(120));
+
+    // The third node leaves (same name, two nodes): its contract is canceled and its resource
+    // removed, the others keep their mesh; deployed over all nodes again, it comes back.
+    let two = up.dir.path().join("two.yaml");
+    let text = std::fs::read_to_string(&ex)
+        .unwrap()
+        .replace("nodes: all", &format!("nodes: [{}, {}]", ids[0], ids[1]));
+    assert!(
+        text.contains("nodes: ["),
+        "the example deploys on `nodes: all`"
+    );
+    std::fs::write(&two, text).unwrap();
+    let o = up.client(&["deploy", two.to_str().unwrap(), "--wait", "120"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let end = Instant::now() + Duration::from_secs(60);
+    // (Node ids follow registration order, not namespace numbers: count the resources.)
+    while resources().len() != 2 {
+        assert!(
+            Instant::now() < end,
+            "the third node's network resource was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    pairs_ping("after a node left", Duration::from_secs(60), 2);
+    let o = up.client(&["deploy", ex.to_str().unwrap(), "--wait", "120"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    all_pairs_ping("after the node joined again", Duration::from_secs(60));
 }
