@@ -45,9 +45,8 @@ pub struct Chain {
     params: Params,
     head: Block,
     dev_offset: u64,
-    /// The whole state as Merkle leaves (the state root of the next block is computed from it).
-    tree: StateTree,
-    /// Every level of the tree at the head, for proofs.
+    /// Every level of the state tree at the head, for the state root and proofs; updated in
+    /// place with each block's writes (copied first only while a reader still holds it).
     snapshot: Arc<TreeSnapshot>,
     /// Signs block headers (the key named `producer` in genesis).
     producer: Option<KeyPair>,
@@ -137,15 +136,15 @@ impl Chain {
         )?;
         let dev_offset = read_json(&*store, Table::Meta, META_DEV_OFFSET)?.unwrap_or(0);
         let pairs = store.range(Table::State, &[], None)?;
-        let tree = StateTree::from_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-        let snapshot = Arc::new(tree.snapshot());
+        let snapshot = Arc::new(TreeSnapshot::from_pairs(
+            pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        ));
         if hex::encode(snapshot.root()) != head.header.state_root {
             return Err(LedgerError::Corrupt {
                 what: format!("state does not match the state root of head block {height}"),
             });
         }
         Ok(Chain {
-            tree,
             snapshot,
             producer,
             params: Params {
@@ -273,12 +272,15 @@ impl Chain {
             });
         }
 
-        // The tree follows the block's writes; undone if the commit fails.
-        let undo: Vec<(Vec<u8>, Option<[u8; 32]>)> = writes
+        // The tree follows the block's writes (incrementally: cached leaves, only the changed
+        // paths and, after an insertion or removal, the nodes after it); undone if the commit
+        // fails. Published copies held by readers are not touched (copy on write).
+        let changes = writes
             .iter()
-            .map(|(k, v)| (k.clone(), self.tree.set(k, v.as_deref())))
+            .map(|(k, v)| (k.clone(), v.as_deref().map(proof::value_hash)))
             .collect();
-        let snapshot = Arc::new(self.tree.snapshot());
+        let undo = Arc::make_mut(&mut self.snapshot).update(changes);
+        let snapshot = &self.snapshot;
         let header = BlockHeader {
             height,
             parent_hash: self.head.hash.clone(),
@@ -330,13 +332,10 @@ impl Chain {
             to_json(&self.dev_offset),
         );
         if let Err(e) = self.store.commit(batch) {
-            for (k, prev) in undo.into_iter().rev() {
-                self.tree.restore(&k, prev);
-            }
+            Arc::make_mut(&mut self.snapshot).update(undo);
             return Err(e.into());
         }
         self.head = block.clone();
-        self.snapshot = snapshot;
 
         let results = results
             .into_iter()

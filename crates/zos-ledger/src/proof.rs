@@ -19,6 +19,7 @@
 //! the connection it came over.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -72,81 +73,190 @@ pub fn sign_head(key: &KeyPair, genesis_hash: &[u8; 32], block_hash: &[u8; 32]) 
     hex::encode(key.sign(&head_message(genesis_hash, block_hash)))
 }
 
-/// The full state as leaves, kept by the producer and updated with each block's writes.
-#[derive(Debug, Clone, Default)]
+/// The full state as leaves, with single-key edits (tests and tools; the producer updates a
+/// [`TreeSnapshot`] in place, a block's writes at a time).
+#[derive(Debug, Clone)]
 pub struct StateTree {
-    /// Key → sha256(value).
-    leaves: BTreeMap<Vec<u8>, [u8; 32]>,
+    snap: TreeSnapshot,
+}
+
+impl Default for StateTree {
+    fn default() -> Self {
+        StateTree {
+            snap: TreeSnapshot::build(Vec::new()),
+        }
+    }
 }
 
 impl StateTree {
     /// A tree over `(key, value)` pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
         StateTree {
-            leaves: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_vec(), value_hash(v)))
-                .collect(),
+            snap: TreeSnapshot::from_pairs(pairs),
         }
     }
 
     /// Sets (`Some`) or removes (`None`) a key; returns the previous value hash (for undo).
     pub fn set(&mut self, key: &[u8], value: Option<&[u8]>) -> Option<[u8; 32]> {
-        match value {
-            Some(v) => self.leaves.insert(key.to_vec(), value_hash(v)),
-            None => self.leaves.remove(key),
-        }
+        let undo = self.snap.update(
+            [(key.to_vec(), value.map(value_hash))]
+                .into_iter()
+                .collect(),
+        );
+        undo.into_iter().next().and_then(|(_, prev)| prev)
     }
 
     /// Restores a previous value hash (the undo of [`set`](Self::set)).
     pub fn restore(&mut self, key: &[u8], prev: Option<[u8; 32]>) {
-        match prev {
-            Some(h) => {
-                self.leaves.insert(key.to_vec(), h);
-            }
-            None => {
-                self.leaves.remove(key);
-            }
-        }
+        self.snap
+            .update([(key.to_vec(), prev)].into_iter().collect());
     }
 
-    /// An immutable snapshot with every tree level built (O(entries)).
+    /// A copy of the tree with every level built.
     pub fn snapshot(&self) -> TreeSnapshot {
-        let entries: Vec<(Vec<u8>, [u8; 32])> =
-            self.leaves.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        TreeSnapshot::build(entries)
+        self.snap.clone()
     }
 }
 
-/// Every level of the state tree at one block, for answering proofs.
+/// Changes to the state tree: key → new value hash (`None`: removed), in key order.
+pub type TreeChanges = BTreeMap<Vec<u8>, Option<[u8; 32]>>;
+
+/// Every level of the state tree at one block, for the root and for answering proofs.
+///
+/// The producer keeps one and updates it with each block's writes ([`update`](Self::update)):
+/// leaf hashes are cached, a changed value rehashes its leaf and the nodes above it, and an
+/// insertion or removal (which shifts the pairing of every later leaf, as the format defines
+/// the tree over positions) rehashes only the nodes from its position on, never the leaves.
 #[derive(Debug, Clone)]
 pub struct TreeSnapshot {
-    entries: Vec<(Vec<u8>, [u8; 32])>,
+    /// Keys (shared with copies of the tree) and value hashes, in key order.
+    entries: Vec<(Arc<[u8]>, [u8; 32])>,
     /// `levels[0]` are the leaves; the last level has one node (or none: empty state).
     levels: Vec<Vec<[u8; 32]>>,
 }
 
+fn parent(level: &[[u8; 32]], j: usize) -> [u8; 32] {
+    match (level.get(2 * j), level.get(2 * j + 1)) {
+        (Some(l), Some(r)) => node_hash(l, r),
+        // The last node of an odd level is carried up unchanged.
+        (Some(one), None) => *one,
+        _ => [0u8; 32],
+    }
+}
+
 impl TreeSnapshot {
-    fn build(entries: Vec<(Vec<u8>, [u8; 32])>) -> Self {
-        let mut levels = vec![
-            entries
-                .iter()
-                .map(|(k, v)| leaf_hash(k, v))
-                .collect::<Vec<_>>(),
-        ];
-        while levels.last().is_some_and(|l| l.len() > 1) {
-            let prev = levels.last().map(Vec::as_slice).unwrap_or_default();
-            let next = prev
-                .chunks(2)
-                .map(|c| match c {
-                    [l, r] => node_hash(l, r),
-                    [one] => *one,
-                    _ => [0u8; 32],
-                })
+    /// A tree over `(key, value)` pairs (any order; a repeated key keeps its last value).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let sorted: BTreeMap<&[u8], [u8; 32]> =
+            pairs.into_iter().map(|(k, v)| (k, value_hash(v))).collect();
+        Self::build(
+            sorted
+                .into_iter()
+                .map(|(k, v)| (Arc::<[u8]>::from(k), v))
+                .collect(),
+        )
+    }
+
+    fn build(entries: Vec<(Arc<[u8]>, [u8; 32])>) -> Self {
+        let leaves = entries.iter().map(|(k, v)| leaf_hash(k, v)).collect();
+        let mut t = TreeSnapshot {
+            entries,
+            levels: vec![leaves],
+        };
+        t.rebuild_from(0, Vec::new());
+        t
+    }
+
+    /// Recomputes the levels above the leaves: every node at or after `shifted` (leaf index)
+    /// and the ancestors of the `dirty` leaves (sorted), keeping all other nodes.
+    fn rebuild_from(&mut self, shifted: usize, mut dirty: Vec<usize>) {
+        let mut lo = shifted;
+        let mut l = 0;
+        while self.levels[l].len() > 1 {
+            let len = self.levels[l].len().div_ceil(2);
+            lo /= 2;
+            dirty = dirty
+                .into_iter()
+                .map(|i| i / 2)
+                .filter(|&j| j < lo)
                 .collect();
-            levels.push(next);
+            dirty.dedup();
+            if self.levels.len() == l + 1 {
+                self.levels.push(Vec::new());
+            }
+            let (below, above) = self.levels.split_at_mut(l + 1);
+            let (below, up) = (&below[l], &mut above[0]);
+            up.truncate(len.min(lo));
+            for &j in &dirty {
+                up[j] = parent(below, j);
+            }
+            up.extend((up.len()..len).map(|j| parent(below, j)));
+            l += 1;
         }
-        TreeSnapshot { entries, levels }
+        self.levels.truncate(l + 1);
+    }
+
+    /// Applies a block's changes; returns their undo (the previous value hash of each key).
+    /// Cost: a leaf hash per changed key, plus the nodes above changed leaves, plus (only if
+    /// keys were added or removed) the nodes from the first added/removed position on.
+    pub fn update(&mut self, changes: TreeChanges) -> TreeChanges {
+        let mut undo = TreeChanges::new();
+        let mut dirty = Vec::new();
+        let mut structural: Vec<(Vec<u8>, Option<[u8; 32]>)> = Vec::new();
+        for (key, new) in changes {
+            let found = self.entries.binary_search_by(|(k, _)| (**k).cmp(&key[..]));
+            match (found, new) {
+                (Ok(i), Some(vh)) => {
+                    undo.insert(key, Some(self.entries[i].1));
+                    self.entries[i].1 = vh;
+                    self.levels[0][i] = leaf_hash(&self.entries[i].0, &vh);
+                    dirty.push(i);
+                }
+                (Ok(i), None) => {
+                    undo.insert(key.clone(), Some(self.entries[i].1));
+                    structural.push((key, None));
+                }
+                (Err(_), Some(vh)) => {
+                    undo.insert(key.clone(), None);
+                    structural.push((key, Some(vh)));
+                }
+                (Err(_), None) => {}
+            }
+        }
+        let shifted = match structural.first() {
+            None => self.entries.len(),
+            Some((first, _)) => {
+                let lo = self.entries.partition_point(|(k, _)| **k < first[..]);
+                // Merge the tail with the insertions and removals (both in key order).
+                let tail = self.entries.split_off(lo);
+                let mut tail_leaves = self.levels[0].split_off(lo).into_iter();
+                let mut changes = structural.into_iter().peekable();
+                for (k, vh) in tail {
+                    let leaf = tail_leaves.next().unwrap_or([0u8; 32]);
+                    while let Some((ck, cv)) = changes.next_if(|(ck, _)| ck[..] < *k) {
+                        if let Some(cv) = cv {
+                            self.levels[0].push(leaf_hash(&ck, &cv));
+                            self.entries.push((ck.into(), cv));
+                        }
+                    }
+                    if changes.next_if(|(ck, _)| ck[..] == *k).is_some() {
+                        continue; // removed
+                    }
+                    self.entries.push((k, vh));
+                    self.levels[0].push(leaf);
+                }
+                for (ck, cv) in changes {
+                    if let Some(cv) = cv {
+                        self.levels[0].push(leaf_hash(&ck, &cv));
+                        self.entries.push((ck.into(), cv));
+                    }
+                }
+                lo
+            }
+        };
+        dirty.retain(|&i| i < shifted);
+        self.rebuild_from(shifted, dirty);
+        undo
     }
 
     /// Number of entries.
@@ -173,7 +283,7 @@ impl TreeSnapshot {
     /// The value hash stored for `key`, if present.
     pub fn value_hash_of(&self, key: &[u8]) -> Option<[u8; 32]> {
         self.entries
-            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
             .map(|i| self.entries[i].1)
     }
@@ -202,10 +312,7 @@ impl TreeSnapshot {
 
     /// The leaves that prove `key`'s value or its absence (see the module doc).
     pub fn prove(&self, key: &[u8]) -> Vec<ProvenLeaf> {
-        match self
-            .entries
-            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
-        {
+        match self.entries.binary_search_by(|(k, _)| (**k).cmp(key)) {
             Ok(i) => vec![self.leaf(i)],
             Err(i) => {
                 let mut out = Vec::new();
@@ -509,5 +616,51 @@ mod tests {
         let mut rehashed = edited.clone();
         rehashed.hash = hex::encode(rehashed.header.hash().unwrap());
         assert!(rehashed.verify(&key.public(), &gh).is_err());
+    }
+
+    /// The incremental update gives the same tree (every level, so every proof) as building
+    /// from scratch, over random blocks of updates, insertions and removals, and its undo
+    /// restores the previous tree.
+    #[test]
+    fn incremental_update_equals_rebuild() {
+        use proptest::prelude::*;
+        let block = proptest::collection::btree_map(
+            proptest::collection::vec(0u8..6, 1..3),
+            proptest::option::weighted(0.7, any::<u8>()),
+            0..12,
+        );
+        let blocks = proptest::collection::vec(block, 1..8);
+        proptest!(ProptestConfig::with_cases(300), |(start in 0usize..40, blocks in blocks)| {
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = (0..start)
+                .map(|i| (vec![(i % 6) as u8, (i / 6) as u8], vec![i as u8]))
+                .collect();
+            let mut tree = TreeSnapshot::from_pairs(
+                model.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            );
+            for b in blocks {
+                let before = tree.clone();
+                let changes: TreeChanges = b
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.map(|v| value_hash(&[v]))))
+                    .collect();
+                let undo = tree.update(changes.clone());
+                let mut undone = tree.clone();
+                undone.update(undo);
+                prop_assert_eq!(&undone.levels, &before.levels);
+                prop_assert_eq!(&undone.entries, &before.entries);
+                for (k, v) in b {
+                    match v {
+                        Some(v) => model.insert(k, vec![v]),
+                        None => model.remove(&k),
+                    };
+                }
+                let fresh = TreeSnapshot::from_pairs(
+                    model.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                );
+                prop_assert_eq!(&tree.entries, &fresh.entries);
+                prop_assert_eq!(&tree.levels, &fresh.levels);
+                prop_assert_eq!(tree.root(), fresh.root());
+            }
+        });
     }
 }
