@@ -13,6 +13,16 @@ pub struct IpError {
     message: String,
 }
 
+impl IpError {
+    /// An error of a step that is not one `ip` command.
+    pub fn new(args: &str, message: &str) -> Self {
+        IpError {
+            args: args.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Runs `ip [-n NS] ARGS…`; the error carries the command line and `ip`'s stderr.
 pub async fn ip(ns: Option<&str>, args: &[&str]) -> Result<String, IpError> {
     let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
@@ -82,4 +92,78 @@ pub async fn static_routes(ns: Option<&str>, dev: &str, v6: bool) -> Result<Vec<
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect())
+}
+
+/// Loads an nftables script in `ns` (or the current namespace) with `nft -f -`.
+pub async fn nft(ns: Option<&str>, script: &str) -> Result<(), IpError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nft", "-f", "-"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("nft");
+            c.args(["-f", "-"]);
+            c
+        }
+    };
+    let args = format!("nft -f - (in {})", ns.unwrap_or("the node's namespace"));
+    let fail = |message: String| IpError {
+        args: args.clone(),
+        message,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| fail(format!("writing to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets sysctls (`key=value`) inside `ns` (or the current namespace).
+pub async fn sysctl(ns: Option<&str>, settings: &[&str]) -> Result<(), IpError> {
+    match ns {
+        Some(ns) => {
+            let mut args = vec!["netns", "exec", ns, "sysctl", "-qw"];
+            args.extend_from_slice(settings);
+            ip(None, &args).await.map(|_| ())
+        }
+        None => {
+            let out = Command::new("sysctl")
+                .arg("-qw")
+                .args(settings)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| IpError {
+                    args: format!("sysctl {}", settings.join(" ")),
+                    message: format!("cannot run sysctl: {e}"),
+                })?;
+            if !out.status.success() {
+                return Err(IpError {
+                    args: format!("sysctl {}", settings.join(" ")),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            Ok(())
+        }
+    }
 }

@@ -26,6 +26,7 @@ use zos_types::{Deployment, ResultState, Workload, WorkloadType};
 
 pub mod ip;
 pub mod names;
+pub mod ndmz;
 pub mod resource;
 pub mod wg;
 

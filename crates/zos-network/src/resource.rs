@@ -389,6 +389,9 @@ impl Networks {
             .await?;
         }
         ip(ns, &["link", "set", &n.nr_link, "up"]).await?;
+        // Out of the node through the NAT namespace.
+        crate::ndmz::ensure(&self.cfg).await?;
+        crate::ndmz::attach(&self.cfg, n).await?;
         Ok(())
     }
 

@@ -436,6 +436,73 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
         "non-WireGuard traffic on the internet bridge: {other:?}"
     );
 
+    // Out of the node through the ndmz: A's NR reaches B's node address, which has no route
+    // to 100.127/16 or 100.126/30, so the reply proves both masquerades; a capture in B's
+    // namespace sees A's node address as the source.
+    let ndmz_a = format!("{}ndmz", nodes[0].prefix);
+    assert!(netns_list().contains(&ndmz_a));
+    let public = sh(&[
+        "ip",
+        "-n",
+        &names_a.namespace,
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "public",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&public.stdout).contains("inet 100.127.0.2/16"),
+        "{}",
+        String::from_utf8_lossy(&public.stdout)
+    );
+    let seen = std::env::temp_dir().join(format!("{prefix}ndmz.txt"));
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &nodes[1].ns,
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-n",
+            "-l",
+            "icmp",
+        ])
+        .stdout(std::fs::File::create(&seen).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reached = ping(&names_a.namespace, &nodes[1].addr, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = dump.kill();
+    let _ = dump.wait();
+    let text = std::fs::read_to_string(&seen).unwrap_or_default();
+    let _ = std::fs::remove_file(&seen);
+    assert!(reached, "A's NR reaches B's node address through the ndmz");
+    assert!(
+        text.contains(&format!(
+            "{} > {}: ICMP echo request",
+            nodes[0].addr, nodes[1].addr
+        )),
+        "masqueraded to A's node address: {text}"
+    );
+    assert!(
+        !text.contains("100.127.") && !text.contains("100.126."),
+        "{text}"
+    );
+    // Provision again converges the ndmz (nft tables replaced, not duplicated).
+    nodes[0].net.provision(&ctx(&wa2, 1), &wa2).await.unwrap();
+    let rules = sh(&["ip", "netns", "exec", &ndmz_a, "nft", "list", "ruleset"]);
+    assert_eq!(
+        String::from_utf8_lossy(&rules.stdout)
+            .matches("masquerade")
+            .count(),
+        1
+    );
+
     // Deprovision removes everything.
     nodes[0].net.deprovision(&ctx(&wa2, 1), &wa2).await.unwrap();
     nodes[1].net.deprovision(&ctx(&wb2, 2), &wb2).await.unwrap();
