@@ -184,8 +184,7 @@ impl Grid {
             else {
                 continue;
             };
-            if d
-                .get(name)
+            if d.get(name)
                 .is_none_or(|w| w.workload_type != zos_types::WorkloadType::Network)
             {
                 continue;
