@@ -84,5 +84,6 @@ pub use store::RedbStore;
 pub use store::{LedgerStore, MemStore};
 pub use tx::{
     Block, BlockHeader, Call, Event, EventRecord, Receipt, SignedTransaction, TxLocation,
+    rotate_account_message,
 };
 pub use types::*;

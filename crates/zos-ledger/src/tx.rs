@@ -169,6 +169,44 @@ pub enum Call {
         /// New prices.
         policy: PricingPolicy,
     },
+    /// Move the caller's twin to another signing account (key rotation). The new account must
+    /// have no twin and consents with a signature over [`rotate_account_message`], so nobody can
+    /// hand a twin (and its bills) to a key they do not hold.
+    RotateTwinAccount {
+        /// The account that signs for the twin from now on.
+        new_account: PublicKey,
+        /// Hex signature by `new_account` over [`rotate_account_message`].
+        consent: String,
+    },
+}
+
+/// What the new account signs to accept twin `twin_id` from `old` (see
+/// [`Call::RotateTwinAccount`]). The transaction itself carries the chain binding (genesis hash
+/// and nonce of `old`), so the consent only names the twin and both keys.
+pub fn rotate_account_message(twin_id: u32, old: &PublicKey, new: &PublicKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"zos-ledger/rotate-twin-account/v1");
+    out.extend_from_slice(&twin_id.to_be_bytes());
+    for k in [old, new] {
+        out.push(match k.key_type {
+            KeyType::Ed25519 => 0,
+            KeyType::Sr25519 => 1,
+        });
+        out.extend_from_slice(&k.bytes);
+    }
+    out
+}
+
+impl Call {
+    /// A [`Call::RotateTwinAccount`] for twin `twin_id` owned by `old`, consented by `new`.
+    pub fn rotate_twin_account(twin_id: u32, old: &PublicKey, new: &KeyPair) -> Call {
+        let new_account = new.public();
+        let consent = hex::encode(new.sign(&rotate_account_message(twin_id, old, &new_account)));
+        Call::RotateTwinAccount {
+            new_account,
+            consent,
+        }
+    }
 }
 
 /// A call signed by its account.

@@ -739,3 +739,122 @@ fn a_node_with_active_contracts_cannot_change_farm() {
     h.ok(&node, move_to(2));
     assert_eq!(h.reader.node(1).unwrap().unwrap().farm_id, 2);
 }
+
+#[test]
+fn twin_key_rotation_and_low_order_e2e_keys() {
+    use zos_ledger::{proof, state::keys};
+    let mut h = Harness::new();
+    let (old, new, other) = (key(1), key(2), key(3));
+    // Small-order X25519 points are refused at creation and at rotation of the e2e key.
+    let zero = Some("00".repeat(32));
+    let order8 = Some("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800".into());
+    for bad in [&zero, &order8] {
+        h.rejects(
+            &old,
+            Call::CreateTwin {
+                relays: vec![],
+                e2e_key: bad.clone(),
+            },
+            "small-order X25519 point",
+        );
+    }
+    let id = h.twin(&old);
+    h.rejects(
+        &old,
+        Call::UpdateTwin {
+            relays: vec![],
+            e2e_key: order8.clone(),
+        },
+        "small-order X25519 point",
+    );
+    // e2e key rotation: a real X25519 key replaces the old one.
+    // The X25519 base point (u = 9) has prime order.
+    let base = format!("09{}", "00".repeat(31));
+    h.ok(
+        &old,
+        Call::UpdateTwin {
+            relays: vec!["relay2.example".into()],
+            e2e_key: Some(base.clone()),
+        },
+    );
+    // Account rotation needs the new key's consent for this twin and these two keys.
+    let forged = Call::rotate_twin_account(id, &old.public(), &other);
+    let Call::RotateTwinAccount { consent, .. } = forged else {
+        unreachable!()
+    };
+    h.rejects(
+        &old,
+        Call::RotateTwinAccount {
+            new_account: new.public(),
+            consent,
+        },
+        "invalid consent",
+    );
+    h.rejects(
+        &old,
+        Call::rotate_twin_account(id + 1, &old.public(), &new),
+        "invalid consent",
+    );
+    h.rejects(
+        &old,
+        Call::RotateTwinAccount {
+            new_account: new.public(),
+            consent: "zz".into(),
+        },
+        "invalid consent",
+    );
+    h.rejects(
+        &new,
+        Call::rotate_twin_account(id, &new.public(), &other),
+        "has no twin",
+    );
+    // An account that already has a twin cannot take another one.
+    h.twin(&other);
+    h.rejects(
+        &old,
+        Call::rotate_twin_account(id, &old.public(), &other),
+        "already exists",
+    );
+    let ev = h.ok(&old, Call::rotate_twin_account(id, &old.public(), &new));
+    assert!(matches!(&ev[..], [Event::TwinStored { twin }] if twin.account == new.public()));
+    let t = h.reader.twin(id).unwrap().unwrap();
+    assert_eq!(t.account, new.public());
+    assert_eq!(t.e2e_key.as_deref(), Some(&*base));
+    assert_eq!(
+        h.reader.twin_by_account(&new.public()).unwrap().unwrap().id,
+        id
+    );
+    assert!(h.reader.twin_by_account(&old.public()).unwrap().is_none());
+    // The old key no longer acts for the twin; the new one does.
+    h.rejects(
+        &old,
+        Call::UpdateTwin {
+            relays: vec![],
+            e2e_key: None,
+        },
+        "has no twin",
+    );
+    h.ok(
+        &new,
+        Call::UpdateTwin {
+            relays: vec!["relay3.example".into()],
+            e2e_key: Some(base.clone()),
+        },
+    );
+    // The state root of the signed head commits to the rotated twin and the moved index.
+    let snap = h.chain.snapshot();
+    assert_eq!(hex::encode(snap.root()), h.chain.head().header.state_root);
+    let raw = h.reader.raw_state(&keys::twin(id)).unwrap().unwrap();
+    assert_eq!(
+        snap.value_hash_of(&keys::twin(id)),
+        Some(proof::value_hash(&raw))
+    );
+    assert_eq!(
+        snap.value_hash_of(&keys::twin_by_account(&old.public())),
+        None
+    );
+    assert!(
+        snap.value_hash_of(&keys::twin_by_account(&new.public()))
+            .is_some()
+    );
+}

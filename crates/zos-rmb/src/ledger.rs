@@ -47,11 +47,16 @@ impl LedgerDirectory {
     }
 }
 
-/// Converts a ledger twin. A malformed `e2e_key` is treated as absent (the twin can still be
-/// verified as a sender, but nothing can be encrypted for it) and logged.
+/// Converts a ledger twin. A malformed or small-order `e2e_key` is treated as absent (the twin
+/// can still be verified as a sender, but nothing can be encrypted for it) and logged.
 pub fn twin_record(t: Twin) -> TwinRecord {
     let e2e_key = t.e2e_key.as_deref().and_then(|k| {
         match zos_types::crypto::decode_hex32("e2e key", k) {
+            // Older ledgers accepted small-order points; sealing to one would leak the body.
+            Ok(b) if zos_types::crypto::x25519_low_order(&b) => {
+                tracing::warn!(twin = t.id, "ignoring small-order e2e key on the ledger");
+                None
+            }
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(twin = t.id, error = %e, "ignoring malformed e2e key on the ledger");

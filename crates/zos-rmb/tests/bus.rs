@@ -458,3 +458,39 @@ async fn peers_on_two_relays_survive_losing_one() {
     assert!(r2.metrics.delivered_total() >= 2);
     r2.stop().await;
 }
+
+#[tokio::test]
+async fn small_order_e2e_keys_are_never_encrypted_to() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["r1"]);
+    let kb = add_twin(&dir, 2, &["r1"]);
+    let relay = start_relay(&dir, "r1").await;
+    let a = peer(&dir, &relay.url, 1, ka, None).await;
+    // Twin 2 publishes a point of order 8: every shared secret with it is all zeros.
+    let order8: [u8; 32] =
+        hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    for weak in [[0u8; 32], order8] {
+        dir.insert(zos_rmb::TwinRecord {
+            id: 2,
+            account: kb.public(),
+            e2e_key: Some(weak),
+            relays: vec!["r1".into()],
+        });
+        assert!(matches!(
+            a.call(2, "echo", &json!(null), T).await,
+            Err(RmbError::WeakE2eKey(2))
+        ));
+    }
+    // Read from the ledger, such a key counts as absent.
+    let rec = zos_rmb::ledger::twin_record(zos_ledger::Twin {
+        id: 2,
+        account: kb.public(),
+        relays: vec![],
+        e2e_key: Some(hex::encode(order8)),
+    });
+    assert_eq!(rec.e2e_key, None);
+    relay.stop().await;
+}

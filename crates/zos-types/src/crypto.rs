@@ -306,3 +306,52 @@ mod tests {
         );
     }
 }
+
+/// Whether `key` is an X25519 public key of small order (one of the points of order 1, 2, 4
+/// or 8, in any encoding): every Diffie-Hellman with it gives the all-zero secret, so anything
+/// "encrypted" to it is readable by all. Checked with a fixed clamped scalar: clamping clears
+/// the cofactor, so the product is the identity exactly when the point has no prime-order part.
+pub fn x25519_low_order(key: &[u8; 32]) -> bool {
+    let probe = x25519_dalek::StaticSecret::from([0x5au8; 32]);
+    !probe
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*key))
+        .was_contributory()
+}
+
+#[cfg(test)]
+mod x25519_tests {
+    use super::x25519_low_order;
+
+    /// The small-order u-coordinates (RFC 7748 §6 and libsodium's blocklist), including the
+    /// non-canonical encodings of 0, 1 and the order-2 point.
+    fn low_order_points() -> Vec<[u8; 32]> {
+        let hex_points = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ];
+        hex_points
+            .iter()
+            .map(|h| {
+                let v = hex::decode(h).unwrap();
+                <[u8; 32]>::try_from(v.as_slice()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_order_points_are_refused_and_real_keys_pass() {
+        for p in low_order_points() {
+            assert!(x25519_low_order(&p), "{} not flagged", hex::encode(p));
+        }
+        for seed in 1u8..20 {
+            let sk = x25519_dalek::StaticSecret::from([seed; 32]);
+            let pk = x25519_dalek::PublicKey::from(&sk).to_bytes();
+            assert!(!x25519_low_order(&pk));
+        }
+    }
+}

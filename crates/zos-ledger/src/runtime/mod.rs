@@ -55,6 +55,10 @@ pub fn apply(
         Call::Transfer { to, amount } => accounts::transfer_call(st, who, to, amount, &mut ev)?,
         Call::CreateTwin { relays, e2e_key } => twins::create(st, who, relays, e2e_key, &mut ev)?,
         Call::UpdateTwin { relays, e2e_key } => twins::update(st, who, relays, e2e_key, &mut ev)?,
+        Call::RotateTwinAccount {
+            new_account,
+            consent,
+        } => twins::rotate_account(st, who, new_account, consent, &mut ev)?,
         Call::CreateFarm { name } => farms::create_farm(st, who, name, &mut ev)?,
         Call::AddFarmIp {
             farm_id,

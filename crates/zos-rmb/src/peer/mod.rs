@@ -71,6 +71,10 @@ pub enum RmbError {
     /// The twin has not published an X25519 key, so nothing can be encrypted for it.
     #[error("twin {0} has no e2e key on the ledger")]
     NoE2eKey(u32),
+    /// The twin's e2e key is a small-order X25519 point: the shared secret would be all
+    /// zeros, so a sealed body would be readable by anyone.
+    #[error("twin {0} has a small-order (non-contributory) e2e key; refusing to encrypt to it")]
+    WeakE2eKey(u32),
     /// The configuration is unusable.
     #[error("invalid peer config: {0}")]
     Config(String),
@@ -481,6 +485,9 @@ impl Inner {
             .await?
             .ok_or(RmbError::UnknownTwin(dst.twin))?;
         let e2e = rec.e2e_key.ok_or(RmbError::NoE2eKey(dst.twin))?;
+        if zos_types::crypto::x25519_low_order(&e2e) {
+            return Err(RmbError::WeakE2eKey(dst.twin));
+        }
         let header = Header {
             id: new_id(),
             source: Address {

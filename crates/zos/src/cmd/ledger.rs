@@ -224,6 +224,28 @@ pub enum TwinCmd {
         /// Twin id.
         id: Option<u32>,
     },
+    /// Replace the signing account's twin's relays and E2E key (e2e key rotation).
+    Update {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Relay address (repeatable; the list replaces the old one).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        /// Hex E2E public key (omit to publish none).
+        #[arg(long)]
+        e2e_key: Option<String>,
+    },
+    /// Move the signing account's twin to a new account (the new key signs its consent).
+    RotateAccount {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Hex 32-byte seed of the new account.
+        #[arg(long)]
+        new_seed: String,
+        /// Scheme of the new account (ed25519 by default).
+        #[arg(long, value_enum)]
+        new_key_type: Option<KeyTypeArg>,
+    },
 }
 
 /// `zos farm …`
@@ -382,6 +404,34 @@ async fn twin(cmd: TwinCmd) -> anyhow::Result<()> {
                 Some(t) => print(&t),
                 None => bail!("no such twin"),
             }
+        }
+        TwinCmd::Update {
+            opts,
+            relays,
+            e2e_key,
+        } => {
+            let receipt = opts
+                .client()?
+                .send(&opts.key()?, Call::UpdateTwin { relays, e2e_key })
+                .await?;
+            print(&receipt)
+        }
+        TwinCmd::RotateAccount {
+            opts,
+            new_seed,
+            new_key_type,
+        } => {
+            let new = KeyPair::from_hex_seed(
+                new_key_type.map(KeyType::from).unwrap_or(KeyType::Ed25519),
+                &new_seed,
+            )?;
+            let (c, key) = (opts.client()?, opts.key()?);
+            let twin = c
+                .twin_by_account(&key.public())
+                .await?
+                .with_context(|| format!("account {} has no twin", key.public()))?;
+            let call = Call::rotate_twin_account(twin.id, &key.public(), &new);
+            print(&c.send(&key, call).await?)
         }
     }
 }
