@@ -11,6 +11,7 @@ use crate::error::LedgerError;
 use crate::proof::{self, StateTree, TreeSnapshot};
 use crate::runtime::{self, Params, TxError};
 use crate::state::{Overlay, StateError, decode, keys, trailing_id};
+use crate::store::migrate::{self, LEGACY_FORMAT, META_UPGRADE, Upgrade};
 use crate::store::{Batch, LedgerStore, MemStore, Table};
 use crate::tx::{
     Block, BlockHeader, Event, EventRecord, Receipt, SignedTransaction, TxLocation, events_hash,
@@ -31,6 +32,7 @@ const META_FORMAT: &[u8] = b"format";
 /// Version of the on-disk layout (keys and JSON records). A store written with another version
 /// is refused rather than misread; a change of layout comes with a migration.
 /// Version 2: headers carry a state root, blocks a producer signature, genesis a nonce.
+/// A version 1 store is migrated when opened with the producer key (`store::migrate`).
 pub const FORMAT_VERSION: u32 = 2;
 
 fn height_key(h: u64) -> Vec<u8> {
@@ -50,6 +52,9 @@ pub struct Chain {
     snapshot: Arc<TreeSnapshot>,
     /// Signs block headers (the key named `producer` in genesis).
     producer: Option<KeyPair>,
+    /// Set on a ledger migrated from format 1: its legacy blocks end at `height`, and its
+    /// producer key is recorded there rather than in genesis.
+    upgrade: Option<Upgrade>,
 }
 
 /// The outcome of [`Chain::produce`].
@@ -82,11 +87,22 @@ impl Chain {
         producer: Option<KeyPair>,
     ) -> Result<Chain, LedgerError> {
         let format: Option<u32> = read_json(&*store, Table::Meta, META_FORMAT)?;
-        if let Some(found) = format.filter(|f| *f != FORMAT_VERSION) {
+        if format == Some(LEGACY_FORMAT) {
+            let Some(key) = &producer else {
+                return Err(LedgerError::Corrupt {
+                    what: format!(
+                        "store format {LEGACY_FORMAT} must be migrated first: open it with its \
+                         producer key (`zos ledger serve` and `zos up` do)"
+                    ),
+                });
+            };
+            migrate_v1(&store, key)?;
+        } else if let Some(found) = format.filter(|f| *f != FORMAT_VERSION) {
             return Err(LedgerError::Corrupt {
                 what: format!("store format {found}, this build reads {FORMAT_VERSION}"),
             });
         }
+        let upgrade: Option<Upgrade> = read_json(&*store, Table::Meta, META_UPGRADE)?;
         let stored: Option<Genesis> = read_json(&*store, Table::Meta, META_GENESIS)?;
         // A genesis file without nonce or producer is the one this ledger was started from if
         // everything else matches (serve fills both in when it creates the ledger).
@@ -98,16 +114,28 @@ impl Chain {
                 if g.producer.is_none() {
                     g.producer = s.producer;
                 }
+                // A migrated ledger's genesis names no producer (its hash is signed into every
+                // transaction); its producer is the upgrade's.
+                if let Some(u) = &upgrade {
+                    if s.producer.is_none() && g.producer == Some(u.producer) {
+                        g.producer = None;
+                    }
+                }
             }
             g
         });
-        // The key must be the one genesis names, checked before anything is written.
-        if let (Some(k), Some(g)) = (&producer, stored.as_ref().or(genesis.as_ref())) {
-            if g.producer != Some(k.public()) {
+        // The key must be the one genesis (or the upgrade record) names, checked before
+        // anything is written.
+        let named = match (&upgrade, stored.as_ref().or(genesis.as_ref())) {
+            (Some(u), _) => Some(Some(u.producer)),
+            (None, g) => g.map(|g| g.producer),
+        };
+        if let (Some(k), Some(named)) = (&producer, named) {
+            if named != Some(k.public()) {
                 return Err(LedgerError::Config(format!(
                     "producer key {} is not the one genesis names ({})",
                     k.public().to_hex(),
-                    g.producer.map(|p| p.to_hex()).unwrap_or("none".into())
+                    named.map(|p| p.to_hex()).unwrap_or("none".into())
                 )));
             }
         }
@@ -147,11 +175,8 @@ impl Chain {
         Ok(Chain {
             snapshot,
             producer,
-            params: Params {
-                council: genesis.council,
-                billing_interval: genesis.billing_interval_secs.max(1),
-                grace_period: genesis.grace_period_secs,
-            },
+            upgrade,
+            params: params(&genesis),
             genesis_hash: genesis.hash(),
             genesis,
             store,
@@ -163,6 +188,19 @@ impl Chain {
     /// The genesis config.
     pub fn genesis(&self) -> &Genesis {
         &self.genesis
+    }
+
+    /// The key that signs this ledger's blocks: genesis names it, or, on a ledger migrated
+    /// from format 1, the upgrade record.
+    pub fn producer_key(&self) -> Option<PublicKey> {
+        self.genesis
+            .producer
+            .or(self.upgrade.as_ref().map(|u| u.producer))
+    }
+
+    /// Where the legacy (format 1) blocks of a migrated ledger end.
+    pub fn upgrade(&self) -> Option<&Upgrade> {
+        self.upgrade.as_ref()
     }
 
     /// The genesis hash (part of every signed transaction).
@@ -231,6 +269,18 @@ impl Chain {
         now: u64,
         force: bool,
     ) -> Result<Produced, LedgerError> {
+        self.produce_with(txs, now, force, Batch::default())
+    }
+
+    /// [`produce`](Self::produce), committing `extra` writes in the block's batch (the format
+    /// migration's).
+    fn produce_with(
+        &mut self,
+        txs: &[SignedTransaction],
+        now: u64,
+        force: bool,
+        extra: Batch,
+    ) -> Result<Produced, LedgerError> {
         let ts = now.max(self.head.header.timestamp);
         let height = self.head.header.height + 1;
         let mut st = Overlay::new(&*self.store);
@@ -289,15 +339,31 @@ impl Chain {
             events_hash: hex::encode(events_hash(&events)),
             state_root: hex::encode(snapshot.root()),
         };
-        let hash = header.hash().expect("headers we build have valid hex");
-        let block = Block {
-            header,
-            hash: hex::encode(hash),
-            signature: self
-                .producer
-                .as_ref()
-                .map(|k| proof::sign_head(k, &self.genesis_hash, &hash)),
-            transactions: included.iter().map(|(t, _)| t.clone()).collect(),
+        let legacy = self.upgrade.as_ref().is_some_and(|u| height <= u.height);
+        let block = if legacy {
+            // Only the audit replay of a migrated ledger builds these again.
+            let header = BlockHeader {
+                state_root: String::new(),
+                ..header
+            };
+            let hash = migrate::legacy_hash(&header).expect("headers we build have valid hex");
+            Block {
+                header,
+                hash: hex::encode(hash),
+                signature: None,
+                transactions: included.iter().map(|(t, _)| t.clone()).collect(),
+            }
+        } else {
+            let hash = header.hash().expect("headers we build have valid hex");
+            Block {
+                header,
+                hash: hex::encode(hash),
+                signature: self
+                    .producer
+                    .as_ref()
+                    .map(|k| proof::sign_head(k, &self.genesis_hash, &hash)),
+                transactions: included.iter().map(|(t, _)| t.clone()).collect(),
+            }
         };
         let records: Vec<EventRecord> = events
             .iter()
@@ -309,7 +375,7 @@ impl Chain {
             })
             .collect();
 
-        let mut batch = Batch::default();
+        let mut batch = extra;
         for (k, v) in writes {
             match v {
                 Some(v) => batch.put(Table::State, k, v),
@@ -387,6 +453,66 @@ impl Chain {
         st.put(keys::account(&tx.account), &acct);
         Ok(events)
     }
+}
+
+fn params(g: &Genesis) -> Params {
+    Params {
+        council: g.council,
+        billing_interval: g.billing_interval_secs.max(1),
+        grace_period: g.grace_period_secs,
+    }
+}
+
+/// Migrates a format 1 store to format 2 in one store batch (see `store::migrate`): legacy
+/// blocks re-encoded, the upgrade record naming `key`, and block `head + 1` produced (empty
+/// but for what billing does at the head's time, as the audit replay derives it) and signed.
+fn migrate_v1(store: &Arc<dyn LedgerStore>, key: &KeyPair) -> Result<(), LedgerError> {
+    let corrupt = |what: &str| LedgerError::Corrupt {
+        what: format!("migrating from format {LEGACY_FORMAT}: {what}"),
+    };
+    let genesis: Genesis =
+        read_json(&**store, Table::Meta, META_GENESIS)?.ok_or_else(|| corrupt("no genesis"))?;
+    if genesis.producer.is_some() || genesis.nonce.is_some() {
+        return Err(corrupt("genesis has format 2 fields"));
+    }
+    let height: u64 =
+        read_json(&**store, Table::Meta, META_HEAD)?.ok_or_else(|| corrupt("meta head missing"))?;
+    let mut extra = Batch::default();
+    let head =
+        migrate::rewrite_legacy_blocks(&**store, height, &mut extra).map_err(|e| match e {
+            migrate::MigrationError::Store(e) => LedgerError::from(e),
+            other => corrupt(&other.to_string()),
+        })?;
+    let upgrade = Upgrade {
+        from_format: LEGACY_FORMAT,
+        height,
+        producer: key.public(),
+    };
+    extra.put(Table::Meta, META_FORMAT.to_vec(), to_json(&FORMAT_VERSION));
+    extra.put(Table::Meta, META_UPGRADE.to_vec(), to_json(&upgrade));
+    let pairs = store.range(Table::State, &[], None)?;
+    let snapshot = Arc::new(TreeSnapshot::from_pairs(
+        pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+    ));
+    let ts = head.header.timestamp;
+    let mut chain = Chain {
+        store: store.clone(),
+        params: params(&genesis),
+        genesis_hash: genesis.hash(),
+        genesis,
+        head,
+        dev_offset: read_json(&**store, Table::Meta, META_DEV_OFFSET)?.unwrap_or(0),
+        snapshot,
+        producer: Some(key.clone()),
+        upgrade: Some(upgrade),
+    };
+    chain.produce_with(&[], ts, true, extra)?;
+    tracing::info!(
+        legacy_head = height,
+        producer = %key.public().to_hex(),
+        "migrated the ledger store from format {LEGACY_FORMAT} to {FORMAT_VERSION}"
+    );
+    Ok(())
 }
 
 /// Never observed: a result is only `Ok` when its transaction was included, which forces a block.
@@ -620,15 +746,42 @@ pub fn verify(store: Arc<dyn LedgerStore>) -> Result<VerifyReport, LedgerError> 
     let original = Chain::open(store.clone(), None)?;
     let genesis = original.genesis().clone();
     let gh = genesis.hash();
-    let genesis_producer = genesis.producer;
+    let genesis_producer = original.producer_key();
+    // Blocks up to here are legacy (format 1): unsigned, no state root, v1 hash.
+    let legacy_until = original.upgrade().map(|u| u.height);
+    let is_legacy = |h: u64| legacy_until.is_some_and(|l| h <= l);
     let head = original.head().header.height;
     let reader = Reader::new(store.clone());
     let mut replay = Chain::open(Arc::new(MemStore::new()), Some(genesis))?;
+    if legacy_until.is_some() {
+        // The replay builds the legacy prefix the way format 1 did, from its genesis block on.
+        replay.upgrade = original.upgrade.clone();
+        let header = BlockHeader {
+            state_root: String::new(),
+            ..replay.head.header.clone()
+        };
+        let hash = migrate::legacy_hash(&header).expect("genesis header has valid hex");
+        replay.head = Block {
+            header,
+            hash: hex::encode(hash),
+            signature: None,
+            transactions: Vec::new(),
+        };
+    }
     let fail = |height: u64, reason: String| LedgerError::Verify { height, reason };
 
     let b0 = reader.block(0)?.ok_or_else(|| fail(0, "missing".into()))?;
     // The replay does not sign: compare block 0 without its signature, checked below.
     let check_sig = |b: &Block| -> Result<(), LedgerError> {
+        if is_legacy(b.header.height) {
+            if b.signature.is_some() || !migrate::is_legacy(&b.header) {
+                return Err(fail(
+                    b.header.height,
+                    "a legacy block carries format 2 fields".into(),
+                ));
+            }
+            return Ok(());
+        }
         let Some(producer) = &genesis_producer else {
             return Ok(());
         };
@@ -664,7 +817,12 @@ pub fn verify(store: Arc<dyn LedgerStore>) -> Result<VerifyReport, LedgerError> 
                 "parent hash does not link to the previous block".into(),
             ));
         }
-        if b.header.hash().map(hex::encode) != Some(b.hash.clone()) {
+        let hash = if is_legacy(h) {
+            migrate::legacy_hash(&b.header)
+        } else {
+            b.header.hash()
+        };
+        if hash.map(hex::encode) != Some(b.hash.clone()) {
             return Err(fail(h, "block hash does not match its header".into()));
         }
         check_sig(&b)?;

@@ -327,7 +327,7 @@ impl LedgerServer {
             council: g.council,
             billing_interval_secs: g.billing_interval_secs,
             grace_period_secs: g.grace_period_secs,
-            producer: g.producer,
+            producer: chain.producer_key(),
         };
         let (head_tx, head_rx) = watch::channel(head.height);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,6 +6,7 @@
 //! `tests/store_conformance.rs` runs the same suite against both.
 
 mod mem;
+pub mod migrate;
 #[cfg(feature = "server")]
 mod redb;
 
