@@ -869,6 +869,7 @@ pub fn rollback_of(old: &Deployment, current: &Deployment) -> Deployment {
         expiration: old.expiration,
         signature_requirement,
         workloads,
+        hash_version: old.hash_version,
     }
 }
 

@@ -45,14 +45,15 @@ pub(crate) fn check_name(
 }
 
 pub(crate) fn check_hash(h: &str) -> Result<(), TxError> {
-    if h.len() != 32
+    // 32 hex characters: MD5 (upstream); 64: SHA-256 (zos deployment hash v2).
+    if !(h.len() == 32 || h.len() == 64)
         || !h
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return Err(invalid(
             "deployment_hash",
-            "must be 32 lowercase hex characters",
+            "must be 32 (MD5) or 64 (SHA-256) lowercase hex characters",
         ));
     }
     Ok(())

@@ -544,12 +544,13 @@ mod tests {
                 .code,
             400
         );
-        // no primitives: no features; nothing can be deployed
+        // no primitives: no workload features (only the v2 deployment hash); nothing can be
+        // deployed
         assert_eq!(
             api.dispatch(3, "zos.system.node_features_get", Value::Null)
                 .await
                 .unwrap(),
-            json!([])
+            json!(["deployment-hash-v2"])
         );
         assert_eq!(
             api.dispatch(3, "zos.nope", Value::Null)

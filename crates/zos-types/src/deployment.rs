@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::challenge::Challenge;
 use crate::crypto::{KeyPair, KeyType};
@@ -72,7 +73,22 @@ pub struct Deployment {
     pub signature_requirement: SignatureRequirement,
     /// The workloads.
     pub workloads: Vec<Workload>,
+    /// Which deployment hash the contract holds and the signatures cover: 0 (absent, upstream)
+    /// or 1 = MD5 of the unseparated challenge; [`HASH_V2`] = SHA-256 of the length-prefixed
+    /// challenge (zos nodes announcing [`FEATURE_HASH_V2`]). Left out of the JSON when 0, so
+    /// upstream deployments are byte-for-byte what they were.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hash_version: u32,
 }
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// `hash_version` of the SHA-256, length-prefixed deployment hash.
+pub const HASH_V2: u32 = 2;
+/// The node feature (`zos.system.node_features_get`) of nodes that accept [`HASH_V2`].
+pub const FEATURE_HASH_V2: &str = "deployment-hash-v2";
 
 /// One step of an update, from upstream `Deployment.Upgrade`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,18 +129,33 @@ impl Deployment {
         Ok(serde_json::from_value(crate::json::strip_nulls(value))?)
     }
 
-    /// The challenge byte stream (§3.1 of the reference).
+    /// The challenge byte stream (§3.1 of the reference) of the declared `hash_version`.
     pub fn challenge(&self) -> Result<Vec<u8>, ValidationError> {
-        let mut c = Challenge::new();
+        let v2 = match self.hash_version {
+            0 | 1 => false,
+            HASH_V2 => true,
+            v => {
+                return Err(ValidationError::new(format!(
+                    "unsupported hash_version {v} (0/1: MD5, 2: SHA-256 v2)"
+                )));
+            }
+        };
+        let mut c = if v2 {
+            Challenge::v2()
+        } else {
+            Challenge::new()
+        };
         c.d(self.version)
             .d(self.twin_id)
             .s(&self.metadata)
             .s(&self.description)
-            .d(self.expiration.0);
+            .d(self.expiration.0)
+            .list(self.workloads.len());
         for wl in &self.workloads {
             wl.write_challenge(&mut c)?;
         }
         let req = &self.signature_requirement;
+        c.list(req.requests.len());
         for r in &req.requests {
             c.d(r.twin_id).t(r.required).d(r.weight);
         }
@@ -132,12 +163,19 @@ impl Deployment {
         Ok(c.into_bytes())
     }
 
-    /// MD5 of the challenge: what the user signs and the contract stores.
-    pub fn challenge_hash(&self) -> Result<[u8; 16], ValidationError> {
-        Ok(Md5::digest(self.challenge()?).into())
+    /// The deployment hash of the declared `hash_version`: what the user signs and the contract
+    /// stores. MD5 (16 bytes) for 0/1, SHA-256 (32 bytes) for [`HASH_V2`].
+    pub fn challenge_hash(&self) -> Result<Vec<u8>, ValidationError> {
+        let c = self.challenge()?;
+        Ok(if self.hash_version == HASH_V2 {
+            Sha256::digest(c).to_vec()
+        } else {
+            Md5::digest(c).to_vec()
+        })
     }
 
-    /// The hash as 32 lowercase hex characters (the contract's `deployment_hash`).
+    /// The hash as lowercase hex (the contract's `deployment_hash`): 32 characters for MD5,
+    /// 64 for v2, so a contract hash of one scheme never matches the other.
     pub fn challenge_hash_hex(&self) -> Result<String, ValidationError> {
         Ok(hex::encode(self.challenge_hash()?))
     }
@@ -357,4 +395,65 @@ const SIGNATURE_LEN: usize = 64;
 fn verify_strict(signature_type: &str, pk: &[u8], message: &[u8], sig: &[u8]) -> bool {
     sig.len() == SIGNATURE_LEN
         && crate::crypto::verify(KeyType::from_wire(signature_type), pk, message, sig)
+}
+
+#[cfg(test)]
+mod hash_v2_tests {
+    use super::*;
+
+    fn with(metadata: &str, description: &str, version: u32) -> Deployment {
+        Deployment {
+            twin_id: 1,
+            metadata: metadata.into(),
+            description: description.into(),
+            hash_version: version,
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn field_boundaries_are_part_of_the_v2_hash() {
+        // "1"+"23" and "12"+"3": one MD5 challenge, two v2 hashes.
+        let (a, b) = (with("1", "23", 0), with("12", "3", 0));
+        assert_eq!(a.challenge().unwrap(), b.challenge().unwrap());
+        assert_eq!(a.challenge_hash().unwrap(), b.challenge_hash().unwrap());
+        assert_eq!(a.challenge_hash().unwrap().len(), 16);
+        let (a2, b2) = (with("1", "23", HASH_V2), with("12", "3", HASH_V2));
+        assert_ne!(a2.challenge_hash().unwrap(), b2.challenge_hash().unwrap());
+        assert_eq!(a2.challenge_hash().unwrap().len(), 32);
+        // 1 is MD5 like 0; the schemes never give the same hex; unknown versions are refused.
+        assert_eq!(
+            with("1", "23", 1).challenge_hash_hex().unwrap(),
+            a.challenge_hash_hex().unwrap()
+        );
+        assert_ne!(
+            a.challenge_hash_hex().unwrap(),
+            a2.challenge_hash_hex().unwrap()
+        );
+        assert!(
+            with("1", "23", 3)
+                .challenge_hash()
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported hash_version 3")
+        );
+        // The field stays out of upstream JSON, and a v2 signature does not verify as MD5.
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("hash_version").is_none());
+        assert_eq!(serde_json::to_value(&a2).unwrap()["hash_version"], 2);
+        let key = KeyPair::from_seed(KeyType::Ed25519, [3; 32]);
+        let mut signed = a2.clone();
+        signed.signature_requirement.requests = vec![SignatureRequest {
+            twin_id: 1,
+            required: true,
+            weight: 1,
+        }];
+        signed.signature_requirement.weight_required = 1;
+        signed.sign(1, &key).unwrap();
+        let pk = key.public().bytes.to_vec();
+        assert!(signed.verify(|_| Ok(pk.clone())).is_ok());
+        let mut downgraded = signed.clone();
+        downgraded.hash_version = 0;
+        assert!(downgraded.verify(|_| Ok(pk.clone())).is_err());
+    }
 }

@@ -811,3 +811,44 @@ async fn unverified_lies_neither_deprovision_nor_pause() {
     assert_eq!(t.vol.calls("deprovision"), 1);
     assert!(t.engine.get(TWIN, 1).is_err());
 }
+
+#[tokio::test]
+async fn both_deployment_hash_schemes_are_accepted_and_must_match_the_declared_one() {
+    use zos_types::deployment::{FEATURE_HASH_V2, HASH_V2};
+    let t = setup();
+    assert!(
+        t.engine
+            .registry()
+            .features()
+            .iter()
+            .any(|f| f == FEATURE_HASH_V2)
+    );
+    // Upstream MD5 (hash_version absent).
+    let md5 = t.dl(1, 0, vec![vol("a", GIB, 0)]);
+    assert_eq!(md5.challenge_hash_hex().unwrap().len(), 32);
+    t.contract(&md5, NODE);
+    t.engine.deploy(TWIN, md5).await.unwrap();
+    // v2: SHA-256 over length-prefixed fields, signed as such.
+    let mut v2 = t.dl(2, 0, vec![vol("b", GIB, 0)]);
+    v2.hash_version = HASH_V2;
+    v2.signature_requirement.signatures.clear();
+    v2.sign(TWIN, &t.user).unwrap();
+    assert_eq!(v2.challenge_hash_hex().unwrap().len(), 64);
+    t.contract(&v2, NODE);
+    t.engine.deploy(TWIN, v2).await.unwrap();
+    // A deployment declaring v2 whose contract holds the MD5 of the same fields is refused.
+    let mut mixed = t.dl(3, 0, vec![vol("c", GIB, 0)]);
+    let as_md5 = mixed.clone();
+    mixed.hash_version = HASH_V2;
+    mixed.signature_requirement.signatures.clear();
+    mixed.sign(TWIN, &t.user).unwrap();
+    t.contract(&as_md5, NODE);
+    t.engine.deploy(TWIN, mixed).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Ok);
+    assert_eq!(t.states(2)[0].1, ResultState::Ok);
+    assert_eq!(
+        t.states(3)[0].2,
+        "contract hash does not match deployment hash"
+    );
+}

@@ -23,10 +23,11 @@ pub struct GatewayBase {
 
 impl GatewayBase {
     fn challenge(&self, c: &mut Challenge) {
-        c.t(self.tls_passthrough);
+        c.t(self.tls_passthrough).list(self.backends.len());
         for b in &self.backends {
             c.s(b);
         }
+        c.list(usize::from(self.network.is_some()));
         if let Some(n) = &self.network {
             c.s(n);
         }

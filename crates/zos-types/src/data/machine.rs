@@ -137,14 +137,17 @@ macro_rules! machine_struct {
                 c.d(self.size)
                     .d(self.compute_capacity.cpu)
                     .d(self.compute_capacity.memory);
+                c.list(self.mounts.len());
                 for m in &self.mounts {
                     c.s(&m.name).s(&m.mountpoint);
                 }
                 c.s(&self.entrypoint);
                 // BTreeMap iterates in byte order, as Go's sort.Strings.
+                c.list(self.env.len());
                 for (k, v) in &self.env {
                     c.s(k).s("=").s(v);
                 }
+                c.list(self.gpu.len());
                 for g in &self.gpu {
                     c.s(g);
                 }
@@ -222,9 +225,11 @@ impl ZMachine {
         c.s(&self.flist)
             .s(&self.network.public_ip)
             .t(self.network.planetary);
+        c.list(self.network.interfaces.len());
         for i in &self.network.interfaces {
             c.s(&i.network).d(i.ip);
         }
+        c.list(usize::from(self.network.mycelium.is_some()));
         if let Some(m) = &self.network.mycelium {
             m.challenge(c);
         }
@@ -266,9 +271,11 @@ impl ZMachine {
 impl ZMachineLight {
     pub(crate) fn challenge(&self, c: &mut Challenge) {
         c.s(&self.flist);
+        c.list(self.network.interfaces.len());
         for i in &self.network.interfaces {
             c.s(&i.network).d(i.ip);
         }
+        c.list(usize::from(self.network.mycelium.is_some()));
         if let Some(m) = &self.network.mycelium {
             m.challenge(c);
         }

@@ -28,6 +28,7 @@ impl Peer {
         c.s(&self.wireguard_public_key)
             .s(&self.endpoint)
             .d(self.subnet);
+        c.list(self.allowed_ips.len());
         for ip in &self.allowed_ips {
             c.d(ip);
         }
@@ -63,7 +64,7 @@ pub struct Mycelium {
 
 impl Mycelium {
     fn challenge(&self, c: &mut Challenge) {
-        c.x(&self.hex_key.0);
+        c.x(&self.hex_key.0).list(self.peers.len());
         for p in &self.peers {
             c.s(p);
         }
@@ -93,7 +94,11 @@ fn wireguard_challenge(
     port: u16,
     peers: &[Peer],
 ) {
-    c.d(ip_range).d(subnet).s(private_key).d(port);
+    c.d(ip_range)
+        .d(subnet)
+        .s(private_key)
+        .d(port)
+        .list(peers.len());
     for p in peers {
         p.challenge(c);
     }
@@ -128,6 +133,7 @@ impl Network {
             self.wireguard_listen_port,
             &self.peers,
         );
+        c.list(usize::from(self.mycelium.is_some()));
         if let Some(m) = &self.mycelium {
             m.challenge(c);
         }

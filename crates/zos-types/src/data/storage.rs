@@ -223,10 +223,13 @@ impl QuantumSafeFs {
         cfg.encryption.challenge(c);
         c.s(&cfg.meta.meta_type).s(&cfg.meta.config.prefix);
         cfg.meta.config.encryption.challenge(c);
+        c.list(cfg.meta.config.backends.len());
         for b in &cfg.meta.config.backends {
             b.challenge(c);
         }
+        c.list(cfg.groups.len());
         for g in &cfg.groups {
+            c.list(g.backends.len());
             for b in &g.backends {
                 b.challenge(c);
             }
