@@ -493,6 +493,28 @@ fn network_of(ip: IpAddr, len: u8) -> String {
     }
 }
 
+/// Σ rx + tx bytes of the links named `links` in `ip -s -j link show` output (links absent
+/// count 0).
+pub fn traffic_of(ip_json: &str, links: &[&str]) -> Result<u64, String> {
+    let v: Value = serde_json::from_str(ip_json).map_err(|e| format!("ip -s -j link show: {e}"))?;
+    let list = v
+        .as_array()
+        .ok_or("ip -s -j link show: not a list of links")?;
+    let mut total: u64 = 0;
+    for l in list {
+        if !links.contains(&l["ifname"].as_str().unwrap_or_default()) {
+            continue;
+        }
+        for dir in ["rx", "tx"] {
+            let b = l["stats64"][dir]["bytes"]
+                .as_u64()
+                .ok_or_else(|| format!("link {}: no {dir} byte counter", l["ifname"]))?;
+            total = total.saturating_add(b);
+        }
+    }
+    Ok(total)
+}
+
 #[async_trait]
 impl Primitive for Networks {
     fn workload_type(&self) -> WorkloadType {
@@ -512,6 +534,27 @@ impl Primitive for Networks {
 
     async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         self.provision(ctx, wl).await
+    }
+
+    /// Bytes the NR moved through the node's uplink: received + sent on its WireGuard link
+    /// (the mesh, carried encrypted by the node's uplink) and on its `public` link (NATed out
+    /// through the ndmz). Kernel counters, so they restart at 0 with a re-created link; a
+    /// missing NR (not made yet, or being re-created) reports no counter this round.
+    async fn consumption(
+        &self,
+        ctx: &WorkloadCtx,
+        wl: &Workload,
+    ) -> Result<Option<u64>, PrimitiveError> {
+        let names = NrNames::new(ctx.twin, &wl.name, &self.cfg.ns_prefix);
+        if !ip::netns_exists(&names.namespace) {
+            return Ok(None);
+        }
+        let out = ip(Some(&names.namespace), &["-s", "-j", "link", "show"])
+            .await
+            .map_err(failed)?;
+        traffic_of(&out, &[names.wireguard.as_str(), "public"])
+            .map(Some)
+            .map_err(failed)
     }
 
     async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
@@ -548,6 +591,24 @@ mod tests {
         assert_eq!(
             gateway(Ipv4Addr::new(10, 20, 2, 0), 24),
             Ipv4Addr::new(10, 20, 2, 1)
+        );
+    }
+
+    #[test]
+    fn traffic_sums_both_directions_of_the_wireguard_and_public_links_only() {
+        let out = r#"[
+          {"ifname":"lo","stats64":{"rx":{"bytes":999},"tx":{"bytes":999}}},
+          {"ifname":"w-abc","stats64":{"rx":{"bytes":100},"tx":{"bytes":20}}},
+          {"ifname":"n-abc","stats64":{"rx":{"bytes":5000},"tx":{"bytes":5000}}},
+          {"ifname":"public","stats64":{"rx":{"bytes":3},"tx":{"bytes":4}}}]"#;
+        assert_eq!(traffic_of(out, &["w-abc", "public"]), Ok(127));
+        assert_eq!(traffic_of("[]", &["w-abc", "public"]), Ok(0));
+        assert!(traffic_of("{", &["w"]).is_err());
+        let no_stats = r#"[{"ifname":"public"}]"#;
+        assert!(
+            traffic_of(no_stats, &["public"])
+                .unwrap_err()
+                .contains("no rx byte counter")
         );
     }
 

@@ -333,6 +333,36 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
         "10.1.2.1",
     ]);
 
+    // Network consumption: the NR's counters (WireGuard + public links) grow with traffic
+    // (10 × 1000-byte pings cross w- both ways: more than 20 kB).
+    let before = nodes[0]
+        .net
+        .consumption(&ctx(&wa, 1), &wa)
+        .await
+        .unwrap()
+        .expect("a counter for a running NR");
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &names_a.namespace,
+        "ping",
+        "-c",
+        "10",
+        "-i",
+        "0.05",
+        "-s",
+        "1000",
+        "10.1.2.1",
+    ]);
+    let after = nodes[0]
+        .net
+        .consumption(&ctx(&wa, 1), &wa)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after >= before + 20_000, "traffic {before} → {after}");
+
     // Idempotent: provisioning again changes nothing and keeps the tunnel.
     nodes[0].net.provision(&ctx(&wa, 1), &wa).await.unwrap();
     assert!(ping(&names_a.namespace, "10.1.2.1", Duration::from_secs(5)));

@@ -65,6 +65,22 @@ pub trait Chain: Send + Sync {
 
     /// Reports the resources used by each contract (after every job).
     async fn report_resources(&self, used: &[(u64, Capacity)]) -> Result<(), ChainError>;
+
+    /// Reports network units consumed per contract (`add_nru_reports`).
+    async fn report_nru(&self, reports: &[NruReport]) -> Result<(), ChainError>;
+}
+
+/// Network traffic of one contract over a window (upstream `NruConsumption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NruReport {
+    /// The contract.
+    pub contract_id: u64,
+    /// Time of the report (seconds since the epoch).
+    pub timestamp: u64,
+    /// Seconds covered.
+    pub window: u64,
+    /// Bytes.
+    pub nru: u64,
 }
 
 /// An in-memory ledger for tests (feature `test-fakes`).
@@ -84,6 +100,8 @@ pub mod fake {
         pub keys: Mutex<HashMap<u32, PublicKey>>,
         /// Every resource report received.
         pub reports: Mutex<Vec<(u64, Capacity)>>,
+        /// Every NRU report received.
+        pub nru: Mutex<Vec<NruReport>>,
         /// Unverified answers that differ from the verified state (a man in the middle):
         /// `contract` returns these, `node_contracts` leaves these ids out when they are
         /// `None`; `verified_contract` always tells the truth.
@@ -159,6 +177,14 @@ pub mod fake {
                 .lock()
                 .expect("fake chain lock")
                 .extend_from_slice(used);
+            Ok(())
+        }
+
+        async fn report_nru(&self, reports: &[NruReport]) -> Result<(), ChainError> {
+            self.nru
+                .lock()
+                .expect("fake chain lock")
+                .extend_from_slice(reports);
             Ok(())
         }
     }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use zos_ledger::{Call, ContractKind, ContractResources, ContractState, LedgerClient, Resources};
 use zos_types::crypto::{KeyPair, PublicKey};
 
-use crate::chain::{Chain, ChainError, ContractInfo, ContractStatus};
+use crate::chain::{Chain, ChainError, ContractInfo, ContractStatus, NruReport};
 use crate::model::Capacity;
 
 /// The node's ledger access: reads, and transactions signed with the node key.
@@ -162,5 +162,20 @@ impl Chain for NodeLedger {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn report_nru(&self, reports: &[NruReport]) -> Result<(), ChainError> {
+        let calls = reports
+            .iter()
+            .map(|r| zos_ledger::NruConsumption {
+                contract_id: r.contract_id,
+                timestamp: r.timestamp,
+                window: r.window,
+                nru: r.nru,
+            })
+            .collect();
+        self.send("add nru reports", Call::AddNruReports(calls))
+            .await
+            .map(|_| ())
     }
 }

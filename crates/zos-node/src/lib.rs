@@ -14,8 +14,8 @@
 //! stored deployment is re-provisioned (reconciliation); a watcher follows ledger events from
 //! a persisted height and a periodic full sync catches anything missed.
 //!
-//! **Limits.** One job worker (FIFO). No network primitives yet, so no NRU reports; no KYC
-//! check; `set_public_nic` is refused. See `docs/node.md`.
+//! **Limits.** One job worker (FIFO). No KYC check; `set_public_nic` is refused. See
+//! `docs/node.md`.
 //!
 //! **Read first:** [`primitives`] (the plug-in trait), then [`engine`] and [`store`], then
 //! [`node::run_node`] for the wiring.

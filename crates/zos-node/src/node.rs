@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub uptime_interval: Duration,
     /// Registration re-check period (upstream: 24 h).
     pub registration_interval: Duration,
+    /// Network consumption (NRU) report period (upstream: 1 h).
+    pub nru_interval: Duration,
 }
 
 impl NodeConfig {
@@ -82,6 +84,7 @@ impl NodeConfig {
             sync_interval: Duration::from_secs(3600),
             uptime_interval: Duration::from_secs(40 * 60),
             registration_interval: Duration::from_secs(24 * 3600),
+            nru_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -147,6 +150,34 @@ impl Worker for WatcherWorker {
     }
     async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) {
         crate::watcher::run(self.ledger, self.engine, self.state, self.sync, shutdown).await;
+    }
+}
+
+struct NruWorker {
+    engine: Engine,
+    every: Duration,
+}
+
+#[async_trait]
+impl Worker for NruWorker {
+    fn name(&self) -> &'static str {
+        "nru"
+    }
+    async fn run(self: Box<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut meter = crate::engine::nru::NruMeter::default();
+        // The first tick (now) takes the baseline.
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let sent = self.engine.report_consumption(&mut meter).await;
+                    if !sent.is_empty() {
+                        tracing::info!(contracts = sent.len(), "network consumption reported");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -329,6 +360,14 @@ pub async fn run_node(
                 engine: engine.clone(),
                 state: state.clone(),
                 sync: cfg.sync_interval,
+            }),
+            &state,
+            &stop_rx,
+        ),
+        spawn(
+            Box::new(NruWorker {
+                engine: engine.clone(),
+                every: cfg.nru_interval,
             }),
             &state,
             &stop_rx,

@@ -119,6 +119,20 @@ pub trait Primitive: Send + Sync {
         let _ = (ctx, wl);
         Ok(())
     }
+
+    /// Network consumption (NRU) of an ok/paused workload: a **cumulative** byte counter of the
+    /// traffic its resource moved through the node's uplink, sampled by the agent, which reports
+    /// the increase per contract to the ledger (`add_nru_reports`). The counter may start again
+    /// from 0 when the resource is re-created (the agent then counts the new value). `None`
+    /// (the default): the type consumes no network units.
+    async fn consumption(
+        &self,
+        ctx: &WorkloadCtx,
+        wl: &Workload,
+    ) -> Result<Option<u64>, PrimitiveError> {
+        let _ = (ctx, wl);
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

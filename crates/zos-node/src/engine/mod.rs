@@ -11,6 +11,7 @@
 mod capacity;
 mod jobs;
 mod lifecycle;
+pub mod nru;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -195,10 +196,6 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Engine, StoreError> {
-        // The contract check (jobs.rs) compares with the hash of the scheme the deployment
-        // declares, so this engine takes both; clients read the feature to send v2.
-        let mut registry = registry;
-        registry.add_feature(zos_types::deployment::FEATURE_HASH_V2);
         let mut used = HashMap::new();
         for rec in store.list(None)? {
             let d = &rec.deployment;

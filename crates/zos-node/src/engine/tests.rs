@@ -24,6 +24,8 @@ struct Mem {
     updatable: bool,
     live: Mutex<BTreeMap<String, serde_json::Value>>,
     calls: Mutex<Vec<String>>,
+    /// Workload id → cumulative traffic counter (`consumption`).
+    traffic: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Mem {
@@ -33,6 +35,7 @@ impl Mem {
             updatable,
             live: Mutex::default(),
             calls: Mutex::default(),
+            traffic: Mutex::default(),
         })
     }
     fn calls(&self, what: &str) -> usize {
@@ -112,6 +115,13 @@ impl Primitive for Mem {
             .unwrap()
             .push(format!("resume {}", ctx.workload_id));
         Ok(())
+    }
+    async fn consumption(
+        &self,
+        ctx: &WorkloadCtx,
+        _wl: &Workload,
+    ) -> Result<Option<u64>, PrimitiveError> {
+        Ok(self.traffic.lock().unwrap().get(&ctx.workload_id).copied())
     }
 }
 
@@ -814,15 +824,8 @@ async fn unverified_lies_neither_deprovision_nor_pause() {
 
 #[tokio::test]
 async fn both_deployment_hash_schemes_are_accepted_and_must_match_the_declared_one() {
-    use zos_types::deployment::{FEATURE_HASH_V2, HASH_V2};
+    use zos_types::deployment::HASH_V2;
     let t = setup();
-    assert!(
-        t.engine
-            .registry()
-            .features()
-            .iter()
-            .any(|f| f == FEATURE_HASH_V2)
-    );
     // Upstream MD5 (hash_version absent).
     let md5 = t.dl(1, 0, vec![vol("a", GIB, 0)]);
     assert_eq!(md5.challenge_hash_hex().unwrap().len(), 32);
@@ -851,4 +854,35 @@ async fn both_deployment_hash_schemes_are_accepted_and_must_match_the_declared_o
         t.states(3)[0].2,
         "contract hash does not match deployment hash"
     );
+}
+
+#[tokio::test]
+async fn network_consumption_is_reported_per_contract_from_the_primitives_counters() {
+    let t = setup();
+    let d1 = t.dl(1, 0, vec![vol("a", GIB, 0), ip("p")]);
+    let d2 = t.dl(2, 0, vec![ip("q"), ip("r")]);
+    for d in [&d1, &d2] {
+        t.contract(d, NODE);
+        t.engine.deploy(TWIN, d.clone()).await.unwrap();
+    }
+    t.engine.drain().await;
+    let set = |w: &str, v: u64| t.ip.traffic.lock().unwrap().insert(w.to_string(), v);
+    set("3-1-p", 1_000);
+    set("3-2-q", 10);
+    set("3-2-r", 20);
+    let mut meter = nru::NruMeter::default();
+    assert!(
+        t.engine.report_consumption(&mut meter).await.is_empty(),
+        "baseline"
+    );
+    set("3-1-p", 1_500);
+    set("3-2-q", 110);
+    set("3-2-r", 5); // re-created: counts 5
+    let sent = t.engine.report_consumption(&mut meter).await;
+    let got: Vec<(u64, u64)> = sent.iter().map(|r| (r.contract_id, r.nru)).collect();
+    assert_eq!(got, vec![(1, 500), (2, 105)]);
+    assert_eq!(*t.chain.nru.lock().unwrap(), sent);
+    // The volume primitive reports no counter; nothing moves, nothing is sent.
+    assert!(t.engine.report_consumption(&mut meter).await.is_empty());
+    assert_eq!(t.chain.nru.lock().unwrap().len(), 2);
 }
