@@ -232,7 +232,13 @@ impl Api {
             }
             "zos.network.interfaces" => Ok(json!({ "zos": sysinfo::host_ips(), "ygg": [] })),
             "zos.network.has_ipv6" => Ok(json!(sysinfo::has_global_ipv6())),
-            "zos.system.version" => Ok(json!({ "zos": env!("CARGO_PKG_VERSION"), "zinit": "" })),
+            // The engine checks contracts against the hash scheme a deployment declares, so it
+            // takes both; clients look for this member before sending hash_version 2.
+            "zos.system.version" => Ok(json!({
+                "zos": env!("CARGO_PKG_VERSION"),
+                "zinit": "",
+                zos_types::deployment::VERSION_HASH_KEY: zos_types::deployment::HASH_VERSIONS,
+            })),
             "zos.system.dmi" => Ok(sysinfo::dmi()),
             "zos.system.hypervisor" => Ok(json!(sysinfo::hypervisor())),
             "zos.system.diagnostics" => Ok(self.diagnostics().await),
@@ -544,13 +550,12 @@ mod tests {
                 .code,
             400
         );
-        // no primitives: no workload features (only the v2 deployment hash); nothing can be
-        // deployed
+        // no primitives: no features; nothing can be deployed
         assert_eq!(
             api.dispatch(3, "zos.system.node_features_get", Value::Null)
                 .await
                 .unwrap(),
-            json!(["deployment-hash-v2"])
+            json!([])
         );
         assert_eq!(
             api.dispatch(3, "zos.nope", Value::Null)
@@ -564,6 +569,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v["zos"], json!(env!("CARGO_PKG_VERSION")));
+        assert_eq!(v["deployment_hash"], json!([1, 2]));
         let s = api
             .dispatch(3, "zos.statistics.get", Value::Null)
             .await

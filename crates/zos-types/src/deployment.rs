@@ -75,7 +75,7 @@ pub struct Deployment {
     pub workloads: Vec<Workload>,
     /// Which deployment hash the contract holds and the signatures cover: 0 (absent, upstream)
     /// or 1 = MD5 of the unseparated challenge; [`HASH_V2`] = SHA-256 of the length-prefixed
-    /// challenge (zos nodes announcing [`FEATURE_HASH_V2`]). Left out of the JSON when 0, so
+    /// challenge (zos nodes announcing it, see [`VERSION_HASH_KEY`]). Left out of the JSON when 0, so
     /// upstream deployments are byte-for-byte what they were.
     #[serde(skip_serializing_if = "is_zero")]
     pub hash_version: u32,
@@ -87,8 +87,12 @@ fn is_zero(v: &u32) -> bool {
 
 /// `hash_version` of the SHA-256, length-prefixed deployment hash.
 pub const HASH_V2: u32 = 2;
-/// The node feature (`zos.system.node_features_get`) of nodes that accept [`HASH_V2`].
-pub const FEATURE_HASH_V2: &str = "deployment-hash-v2";
+/// The member of a zos node's `zos.system.version` answer that lists the `hash_version`s it
+/// accepts (`[1, 2]`); upstream nodes have none, so a client sends [`HASH_V2`] only when it is
+/// there. (Not a `node_features_get` entry: those name workload types.)
+pub const VERSION_HASH_KEY: &str = "deployment_hash";
+/// The hash versions this crate computes, as announced under [`VERSION_HASH_KEY`].
+pub const HASH_VERSIONS: [u32; 2] = [1, HASH_V2];
 
 /// One step of an update, from upstream `Deployment.Upgrade`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
