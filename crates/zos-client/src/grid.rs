@@ -449,6 +449,24 @@ impl Grid {
         })
     }
 
+    /// Whether `node` announces the v2 deployment hash in `zos.system.version` (zos nodes do;
+    /// upstream nodes and any failure to ask mean MD5, which every node takes).
+    async fn node_takes_hash_v2(&self, node: &Node) -> bool {
+        use zos_types::deployment::{HASH_V2, VERSION_HASH_KEY};
+        match self
+            .node_call::<Value>(node, "zos.system.version", Value::Null)
+            .await
+        {
+            Ok(v) => v[VERSION_HASH_KEY]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(u64::from(HASH_V2)))),
+            Err(e) => {
+                tracing::debug!(node = node.id, error = %e, "version query failed; using the MD5 deployment hash");
+                false
+            }
+        }
+    }
+
     /// Creates or updates the contract for `d`, signs it and sends it to `node`. A new contract
     /// whose deployment the node refuses is canceled at once, so it never bills.
     async fn send(
@@ -457,6 +475,9 @@ impl Grid {
         mut d: Deployment,
         update: bool,
     ) -> Result<Deployment, GridError> {
+        if d.hash_version == 0 && self.node_takes_hash_v2(node).await {
+            d.hash_version = zos_types::deployment::HASH_V2;
+        }
         let hash = d
             .challenge_hash_hex()
             .map_err(|e| GridError::Other(e.to_string()))?;
