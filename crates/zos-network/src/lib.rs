@@ -38,8 +38,23 @@ pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Ar
     let n = Networks::new(cfg.clone());
     registry.register(n.clone());
     registry.add_command("zos.network.endpoints", Arc::new(Interfaces(cfg)));
+    registry.add_lifecycle(Arc::new(PublicSide(n.clone())));
     registry.add_feature("wireguard");
     n
+}
+
+/// The network set's lifecycle: applies the node's public config in place when it changes.
+struct PublicSide(Arc<Networks>);
+
+#[async_trait]
+impl zos_primitive::Lifecycle for PublicSide {
+    fn name(&self) -> &str {
+        "network"
+    }
+
+    async fn public_config(&self, config: Option<&Value>) -> Result<(), String> {
+        self.0.set_public_config(config).await
+    }
 }
 
 /// Whether network resources can be made here: root (namespaces, links), `/dev/net/tun` and

@@ -30,8 +30,59 @@ pub fn namespace(cfg: &NetConfig) -> String {
     format!("{}ndmz", cfg.ns_prefix)
 }
 
-/// Creates or converges the ndmz and its uplink.
-pub async fn ensure(cfg: &NetConfig) -> Result<(), IpError> {
+/// The node's public IPv4 from its public config on the ledger (upstream's JSON,
+/// `{"ipv4": "185.69.166.7/24", …}`): `None` without a config or with an empty `ipv4`.
+pub fn public_ipv4(config: Option<&serde_json::Value>) -> Result<Option<Ipv4Addr>, String> {
+    let Some(c) = config else { return Ok(None) };
+    let raw = c["ipv4"].as_str().unwrap_or_default();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let addr = raw.split('/').next().unwrap_or_default();
+    addr.parse()
+        .map(Some)
+        .map_err(|e| format!("public config ipv4 {raw:?}: {e}"))
+}
+
+/// The node-side NAT of the ndmz uplink: NR traffic leaves with the node's public IPv4 when
+/// the public config names one (upstream's `public` side), else masqueraded to whatever
+/// address the outgoing interface has. The table is replaced whole in one nft transaction.
+pub fn node_nat_script(public: Option<Ipv4Addr>) -> String {
+    let action = match public {
+        Some(a) => format!("snat ip to {a}"),
+        None => "masquerade".to_string(),
+    };
+    format!(
+        "add table ip zos-ndmz\nflush table ip zos-ndmz\ntable ip zos-ndmz {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 100.126.0.0/30 oifname != \"ndmz-up\" {action}\n  }}\n}}\n"
+    )
+}
+
+/// Applies a public IPv4 to an existing ndmz in place: only the node's NAT table changes
+/// (atomically), so network resources, their links and WireGuard sessions are untouched and
+/// established flows keep their conntrack mapping. Without an ndmz yet, the next
+/// [`ensure`] applies it.
+pub async fn apply_public(cfg: &NetConfig, public: Option<Ipv4Addr>) -> Result<(), IpError> {
+    if !ip::netns_exists(&namespace(cfg)) {
+        return Ok(());
+    }
+    ip::nft(cfg.node_netns.as_deref(), &node_nat_script(public)).await
+}
+
+/// Whether `a` is an address of the node's network plane (a public IPv4 the node does not
+/// hold would black-hole every NR's outgoing traffic).
+pub async fn plane_has(cfg: &NetConfig, a: Ipv4Addr) -> Result<bool, IpError> {
+    let out = ip(cfg.node_netns.as_deref(), &["-4", "-o", "addr", "show"]).await?;
+    Ok(out.lines().any(|l| {
+        l.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|c| c.split('/').next())
+            == Some(a.to_string().as_str())
+    }))
+}
+
+/// Creates or converges the ndmz and its uplink, with the node's public IPv4 `public`.
+pub async fn ensure(cfg: &NetConfig, public: Option<Ipv4Addr>) -> Result<(), IpError> {
     let node = cfg.node_netns.as_deref();
     let ns_name = namespace(cfg);
     let ns = Some(ns_name.as_str());
@@ -74,11 +125,7 @@ pub async fn ensure(cfg: &NetConfig) -> Result<(), IpError> {
         "add table ip ndmz\nflush table ip ndmz\ntable ip ndmz {\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"npub4\" masquerade\n  }\n}\n",
     )
     .await?;
-    ip::nft(
-        node,
-        "add table ip zos-ndmz\nflush table ip zos-ndmz\ntable ip zos-ndmz {\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 100.126.0.0/30 oifname != \"ndmz-up\" masquerade\n  }\n}\n",
-    )
-    .await?;
+    ip::nft(node, &node_nat_script(public)).await?;
     Ok(())
 }
 
@@ -168,4 +215,35 @@ async fn free_address(cfg: &NetConfig) -> Option<Ipv4Addr> {
     (u32::from(GATEWAY) + 1..u32::from(Ipv4Addr::new(100, 127, 255, 255)))
         .map(Ipv4Addr::from)
         .find(|a| !taken.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn public_ipv4_comes_from_the_public_config() {
+        assert_eq!(public_ipv4(None), Ok(None));
+        assert_eq!(public_ipv4(Some(&json!({"ipv4": ""}))), Ok(None));
+        assert_eq!(
+            public_ipv4(Some(
+                &json!({"ipv4": "185.69.166.7/24", "gw4": "185.69.166.1"})
+            )),
+            Ok(Some(Ipv4Addr::new(185, 69, 166, 7)))
+        );
+        let e = public_ipv4(Some(&json!({"ipv4": "nope/24"}))).unwrap_err();
+        assert!(e.contains("public config ipv4 \"nope/24\""), "{e}");
+    }
+
+    #[test]
+    fn node_nat_snats_to_the_public_ipv4_or_masquerades() {
+        let m = node_nat_script(None);
+        assert!(m.contains("oifname != \"ndmz-up\" masquerade"), "{m}");
+        assert!(m.starts_with("add table ip zos-ndmz\nflush table ip zos-ndmz\n"));
+        let s = node_nat_script(Some(Ipv4Addr::new(198, 18, 0, 2)));
+        assert!(s.contains("snat ip to 198.18.0.2"), "{s}");
+        assert!(!s.contains("masquerade"));
+    }
 }

@@ -216,6 +216,8 @@ pub struct Networks {
     /// Running resources by netid. One lock: network changes are rare and must not interleave
     /// (port reservations, shared names).
     running: Mutex<BTreeMap<String, Running>>,
+    /// The node's public IPv4 from its public config (checked to be on the node's plane).
+    public: std::sync::Mutex<Option<Ipv4Addr>>,
 }
 
 impl std::fmt::Debug for Networks {
@@ -234,6 +236,7 @@ impl Networks {
         Arc::new(Networks {
             cfg,
             running: Mutex::new(BTreeMap::new()),
+            public: std::sync::Mutex::new(None),
         })
     }
 
@@ -248,6 +251,40 @@ impl Networks {
             Err(e) => return Err(PrimitiveError::InvalidData(e.to_string())),
         };
         plan(ctx.twin, &wl.name, &n, &self.cfg.ns_prefix).map_err(PrimitiveError::InvalidData)
+    }
+
+    /// The public IPv4 NR traffic leaves with (`None`: masqueraded).
+    pub fn public_ipv4(&self) -> Option<Ipv4Addr> {
+        *self.public.lock().expect("public config lock")
+    }
+
+    /// Applies the node's public config in place (no restart, running NRs untouched): the
+    /// ndmz's outgoing NAT uses its IPv4 when the node's plane holds that address, else stays
+    /// masquerading (and says why). A config that does not parse changes nothing.
+    pub async fn set_public_config(&self, config: Option<&Value>) -> Result<(), String> {
+        let wanted = crate::ndmz::public_ipv4(config)?;
+        let mut why = None;
+        let public = match wanted {
+            Some(a) => match crate::ndmz::plane_has(&self.cfg, a).await {
+                Ok(true) => Some(a),
+                Ok(false) => {
+                    why = Some(format!(
+                        "public ipv4 {a} is not an address of the node's network plane; network resources stay masqueraded"
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            None => None,
+        };
+        // Serialised with provisions: an ndmz being made sees the new value or is converged here.
+        let _running = self.running.lock().await;
+        *self.public.lock().expect("public config lock") = public;
+        crate::ndmz::apply_public(&self.cfg, public)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(public = ?public, "network public side applied");
+        why.map_or(Ok(()), Err)
     }
 
     /// The UDP ports held by running resources.
@@ -390,7 +427,7 @@ impl Networks {
         }
         ip(ns, &["link", "set", &n.nr_link, "up"]).await?;
         // Out of the node through the NAT namespace.
-        crate::ndmz::ensure(&self.cfg).await?;
+        crate::ndmz::ensure(&self.cfg, self.public_ipv4()).await?;
         crate::ndmz::attach(&self.cfg, n).await?;
         Ok(())
     }

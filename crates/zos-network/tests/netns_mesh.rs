@@ -533,6 +533,59 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
         1
     );
 
+    // A public config change applies in place: the node's NAT uses the public IPv4 (its
+    // plane's address), the NR keeps its links, WireGuard still carries the mesh and the
+    // outside is still reached. An address the node does not hold is refused and the NAT
+    // stays masquerading.
+    let node_rules = || {
+        String::from_utf8_lossy(
+            &sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &nodes[0].ns,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "zos-ndmz",
+            ])
+            .stdout,
+        )
+        .to_string()
+    };
+    nodes[0]
+        .net
+        .set_public_config(Some(&json!({"ipv4": format!("{}/24", nodes[0].addr)})))
+        .await
+        .unwrap();
+    assert!(
+        node_rules().contains(&format!("snat to {}", nodes[0].addr)),
+        "{}",
+        node_rules()
+    );
+    assert!(ping(&names_a.namespace, "10.1.2.1", Duration::from_secs(5)));
+    assert!(ping(
+        &names_a.namespace,
+        &nodes[1].addr,
+        Duration::from_secs(5)
+    ));
+    let e = nodes[0]
+        .net
+        .set_public_config(Some(&json!({"ipv4": "203.0.113.9/24"})))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("not an address of the node's network plane"),
+        "{e}"
+    );
+    assert!(node_rules().contains("masquerade"), "{}", node_rules());
+    assert!(ping(
+        &names_a.namespace,
+        &nodes[1].addr,
+        Duration::from_secs(5)
+    ));
+
     // Deprovision removes everything.
     nodes[0].net.deprovision(&ctx(&wa2, 1), &wa2).await.unwrap();
     nodes[1].net.deprovision(&ctx(&wb2, 2), &wb2).await.unwrap();

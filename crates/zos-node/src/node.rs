@@ -337,6 +337,13 @@ pub async fn run_node(
         }
     };
     engine.set_node_id(reg.node_id);
+    // The public config stored while the node was down applies before reconciliation.
+    let public = reg
+        .public_config
+        .as_ref()
+        .map(crate::watcher::public_config_json);
+    *state.public_config.write().expect("public config lock") = public.clone();
+    registry.public_config_changed(public.as_ref()).await;
     state.twin_id.store(reg.twin_id, Ordering::Relaxed);
     state.farm_twin.store(reg.farm_twin, Ordering::Relaxed);
     tracing::info!(

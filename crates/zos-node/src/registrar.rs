@@ -24,7 +24,7 @@ pub enum RegistrarError {
 }
 
 /// What registration established.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     /// The node's twin.
     pub twin_id: u32,
@@ -32,6 +32,8 @@ pub struct Registration {
     pub node_id: u32,
     /// The farm's twin (may call `zos.admin.*`).
     pub farm_twin: u32,
+    /// The node's public config as stored on the ledger.
+    pub public_config: Option<zos_ledger::PublicConfig>,
 }
 
 /// The node record fields the node itself decides.
@@ -213,6 +215,7 @@ pub async fn register(
         twin_id: twin.id,
         node_id: node.id,
         farm_twin: farm.twin_id,
+        public_config: node.public_config.clone(),
     })
 }
 

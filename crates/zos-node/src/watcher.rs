@@ -84,8 +84,14 @@ pub fn apply(
         }
         Event::NodePublicConfigStored { node_id, config } if *node_id == me => {
             tracing::info!(?config, "public config changed: reconfiguring");
-            *state.public_config.write().expect("public config lock") =
-                config.as_ref().map(public_config_json);
+            let json = config.as_ref().map(public_config_json);
+            *state.public_config.write().expect("public config lock") = json.clone();
+            // Applied in place by the primitive sets (the network's public side); the event
+            // loop does not wait for it.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let registry = engine.registry().clone();
+                rt.spawn(async move { registry.public_config_changed(json.as_ref()).await });
+            }
         }
         Event::FarmStored { farm } if farm.id == state.farm_id => {
             state.farm_twin.store(farm.twin_id, Ordering::Relaxed);

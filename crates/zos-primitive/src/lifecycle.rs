@@ -52,4 +52,13 @@ pub trait Lifecycle: Send + Sync {
     /// Stops what `start` brought up, also after a `start` that failed halfway; best effort,
     /// logs its own failures. Data stays.
     async fn shutdown(&self) {}
+
+    /// The node's public config on the ledger changed (or was read at start): upstream's
+    /// `{type, ipv4, gw4, ipv6, gw6, domain}` JSON, `None` when removed. Apply it in place,
+    /// without a restart and without disturbing running workloads (idempotent: it may be
+    /// called again with the same config). Default: nothing depends on it.
+    async fn public_config(&self, config: Option<&serde_json::Value>) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
 }

@@ -132,6 +132,16 @@ impl PrimitiveRegistry {
         out
     }
 
+    /// Hands a changed public config to every set ([`Lifecycle::public_config`]); a set that
+    /// fails is logged and does not stop the others.
+    pub async fn public_config_changed(&self, config: Option<&serde_json::Value>) {
+        for l in &self.lifecycles {
+            if let Err(e) = l.public_config(config).await {
+                tracing::warn!(set = l.name(), error = %e, "public config not applied");
+            }
+        }
+    }
+
     /// Runs every [`Lifecycle::shutdown`], last started first.
     pub async fn shutdown(&self) {
         for l in self.lifecycles.iter().rev() {
