@@ -187,12 +187,24 @@ fn three_nodes_on_a_local_internet() {
         .and_then(|l| l.split(']').next())
         .unwrap_or_else(|| panic!("no node list: {text}"));
     assert_eq!(ids.split(',').count(), 3, "three nodes registered: {text}");
+    // Each plane is printed with its node's real ledger id: together, the registered ids.
+    let mut plane_ids: Vec<String> = Vec::new();
     for i in 1..=3 {
-        assert!(
-            text.contains(&format!("namespace zup-node{i} at 198.18.0.{i}")),
-            "{text}"
-        );
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("namespace zup-node{i} at 198.18.0.{i}")))
+            .unwrap_or_else(|| panic!("no plane {i}: {text}"));
+        let id = line
+            .trim()
+            .strip_prefix("node ")
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no ledger id for plane {i}: {line}"));
+        plane_ids.push(id.to_string());
     }
+    let mut listed: Vec<String> = ids.split(',').map(|s| s.trim().to_string()).collect();
+    listed.sort();
+    plane_ids.sort();
+    assert_eq!(plane_ids, listed, "{text}");
     let names = grid_namespaces();
     for n in ["zup-inet", "zup-node1", "zup-node2", "zup-node3"] {
         assert!(names.contains(&n.to_string()), "{names:?}");

@@ -353,8 +353,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         if node_nets.len() > 1 {
             println!("  nodes    {node_ids:?} in farm {farm}, network planes:");
             for n in &node_nets {
+                // Registration order is not the local index (children race node 1), so the
+                // ledger id comes from each node's own key.
+                let dirs = if n.index == 1 {
+                    vec![data.join("node"), pools.clone()]
+                } else {
+                    vec![data.join(format!("node{}", n.index))]
+                };
+                let id = match ledger_node_id(&ledger, &dirs).await {
+                    Some(id) => format!("node {id}"),
+                    None => "node ?".to_string(),
+                };
                 println!(
-                    "           namespace {} at {} (network resources {}n-<netid>)",
+                    "           {id}: namespace {} at {} (network resources {}n-<netid>)",
                     n.namespace, n.address, n.nr_prefix
                 );
             }
@@ -459,6 +470,35 @@ async fn ensure_farm(ledger: &LedgerClient, key: &KeyPair, twin: u32) -> anyhow:
         .await?
         .context("the ledger did not store the farm")?
         .id)
+}
+
+/// The ledger id of the node whose identity (`seed.txt`, its primary or a pool mirror) lies
+/// under one of `dirs` (searched 4 levels deep); `None` when it cannot be found or is not
+/// registered.
+async fn ledger_node_id(ledger: &LedgerClient, dirs: &[PathBuf]) -> Option<u32> {
+    fn find(dir: &Path, depth: u8) -> Option<PathBuf> {
+        let seed = dir.join(zos_node::identity::SEED_FILE);
+        if seed.is_file() {
+            return Some(seed);
+        }
+        if depth == 0 {
+            return None;
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        subs.iter().find_map(|d| find(d, depth - 1))
+    }
+    let path = dirs.iter().find_map(|d| find(d, 4))?;
+    let bytes = std::fs::read(&path).ok()?;
+    let seed = zos_node::identity::decode(&path, &bytes).ok()?;
+    let public = KeyPair::from_seed(KeyType::Ed25519, seed).public();
+    let twin = ledger.twin_by_account(&public).await.ok()??;
+    Some(ledger.node_by_twin(twin.id).await.ok()??.id)
 }
 
 /// Waits until `count` nodes of `farm` are registered (nodes register themselves at start);
