@@ -10,9 +10,9 @@
 //!   legacy block) so that every reader decodes one `Block` type; their hashes do not change;
 //! - the [`Upgrade`] record in the meta table names that height and the producer key, which
 //!   signs every block from `height + 1` on (genesis keeps naming none);
-//! - block `height + 1` is produced in the same write: an empty block at the legacy head's time
-//!   carrying the state root of the current state, signed, so that proofs against a signed head
-//!   work at once.
+//! - block `height + 1` is produced in the same write: no transactions, at the legacy head's
+//!   time (billing runs as in any block, so the audit replay derives it), carrying the state
+//!   root, signed, so that proofs against a signed head work at once.
 //!
 //! All of it, with the format bump, is one store batch (one redb write transaction): a crash
 //! leaves either the v1 store untouched or the v2 one complete, and a v2 store is not migrated
