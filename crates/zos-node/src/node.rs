@@ -417,7 +417,15 @@ pub async fn run_node(
     };
     let mut backoff = Duration::from_millis(200);
     let peer = loop {
-        match zos_rmb::Peer::connect(peer_cfg.clone(), dir.clone()).await {
+        // The receiver's replay cache lives with the node's state, so a restart does not
+        // reopen the window for captured requests.
+        match zos_rmb::Peer::connect_with_replay_file(
+            peer_cfg.clone(),
+            dir.clone(),
+            Some(cfg.data_dir.join("rmb-replay")),
+        )
+        .await
+        {
             Ok(p) => break Some(p),
             Err(e) => {
                 state.set_module("api", "error", e.to_string());

@@ -122,6 +122,15 @@ impl SeenIds {
         Ok(())
     }
 
+    /// Every id still live at `now`, with its expiry (what a restart must remember).
+    pub(crate) fn live_entries(&self, now: u64) -> Vec<(u32, MessageId, u64)> {
+        self.seen
+            .iter()
+            .filter(|(_, exp)| **exp >= now)
+            .map(|((twin, id), exp)| (*twin, *id, *exp))
+            .collect()
+    }
+
     /// Live ids (including ones in a bucket not yet popped).
     #[cfg(feature = "relay")]
     pub(crate) fn len(&self) -> usize {
@@ -129,9 +138,85 @@ impl SeenIds {
     }
 }
 
+/// First bytes of a saved receiver cache; entries follow as `twin u32 BE ‖ id(16) ‖
+/// expiry u64 BE`.
+const FILE_MAGIC: &[u8] = b"zos-rmb-replay-v1\n";
+const ENTRY_LEN: usize = 4 + 16 + 8;
+
+/// The file form of `entries` (see [`FILE_MAGIC`]).
+pub(crate) fn encode_file(entries: &[(u32, MessageId, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FILE_MAGIC.len() + entries.len() * ENTRY_LEN);
+    out.extend_from_slice(FILE_MAGIC);
+    for (twin, id, exp) in entries {
+        out.extend_from_slice(&twin.to_be_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&exp.to_be_bytes());
+    }
+    out
+}
+
+/// Parses a saved cache: at most `max` entries, those expired at `now` dropped. A wrong magic
+/// or a truncated entry is an error (the caller starts empty and says so), never a panic.
+pub(crate) fn decode_file(
+    bytes: &[u8],
+    now: u64,
+    max: usize,
+) -> Result<Vec<(u32, MessageId, u64)>, String> {
+    let body = bytes
+        .strip_prefix(FILE_MAGIC)
+        .ok_or("not a replay cache file (bad magic)")?;
+    if body.len() % ENTRY_LEN != 0 {
+        return Err(format!(
+            "truncated: {} bytes of entries is not a multiple of {ENTRY_LEN}",
+            body.len()
+        ));
+    }
+    if body.len() / ENTRY_LEN > max {
+        return Err(format!(
+            "{} entries, more than the {max} a cache can hold",
+            body.len() / ENTRY_LEN
+        ));
+    }
+    let mut out = Vec::with_capacity(body.len() / ENTRY_LEN);
+    for e in body.chunks_exact(ENTRY_LEN) {
+        let (twin, rest) = e.split_at(4);
+        let (id, exp) = rest.split_at(16);
+        let twin = u32::from_be_bytes(twin.try_into().map_err(|_| "entry")?);
+        let id: MessageId = id.try_into().map_err(|_| "entry")?;
+        let exp = u64::from_be_bytes(exp.try_into().map_err(|_| "entry")?);
+        if exp >= now {
+            out.push((twin, id, exp));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_round_trip_and_bad_files() {
+        let entries = vec![(1, [1u8; 16], 100), (2, [2u8; 16], 50), (3, [3u8; 16], 200)];
+        let bytes = encode_file(&entries);
+        // The entry expired at 60 is dropped.
+        assert_eq!(
+            decode_file(&bytes, 60, 10).unwrap(),
+            vec![(1, [1u8; 16], 100), (3, [3u8; 16], 200)]
+        );
+        assert!(
+            decode_file(&bytes[..bytes.len() - 1], 0, 10)
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            decode_file(b"junk", 0, 10)
+                .unwrap_err()
+                .contains("bad magic")
+        );
+        assert!(decode_file(&bytes, 0, 2).unwrap_err().contains("more than"));
+        assert!(decode_file(b"", 0, 10).is_err());
+    }
 
     fn id(n: u32) -> MessageId {
         let mut i = [0; 16];

@@ -392,3 +392,110 @@ async fn reply_from_another_twin_is_not_accepted() {
     assert_eq!(call.await.unwrap().unwrap(), json!("callee"));
     relay.stop().await;
 }
+
+/// A fake relay that accepts any number of peer logins, one after the other, and hands each
+/// connection every envelope injected after it logged in.
+async fn replaying_relay() -> (String, tokio::sync::broadcast::Sender<Bytes>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let (inject, _) = tokio::sync::broadcast::channel::<Bytes>(16);
+    let tx = inject.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut rx = tx.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let ch = Frame::Challenge {
+                    nonce: [0; 32],
+                    domain: "evil".into(),
+                };
+                if ws
+                    .send(Message::Binary(ch.encode().unwrap()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Some(Frame::Auth { .. }) = next(&mut ws).await else {
+                    return;
+                };
+                let w = Frame::Welcome { session: None };
+                if ws.send(Message::Binary(w.encode().unwrap())).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        b = rx.recv() => match b {
+                            Ok(b) => {
+                                let f = Frame::Envelope(b).encode().unwrap();
+                                if ws.send(Message::Binary(f)).await.is_err() { return; }
+                            }
+                            Err(_) => return,
+                        },
+                        f = next(&mut ws) => if f.is_none() { return },
+                    }
+                }
+            });
+        }
+    });
+    (url, inject)
+}
+
+/// The receiver's replay cache survives a restart when it has a file: a request captured
+/// before the restart and injected again after it is refused. Without the file, the same
+/// replay is served again (what the file prevents).
+#[tokio::test]
+async fn replay_cache_survives_a_restart() {
+    let dir = Arc::new(MemoryDirectory::new());
+    let ka = add_twin(&dir, 1, &["evil"]);
+    let kb = add_twin(&dir, 2, &["evil"]);
+    let (url, inject) = replaying_relay().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rmb-replay");
+    let connect = |file: Option<std::path::PathBuf>| {
+        let (dir, url, kb) = (dir.clone(), url.clone(), kb.clone());
+        async move {
+            let cfg = zos_rmb::PeerConfig {
+                relays: vec![url],
+                twin_id: 2,
+                key: kb,
+                session: None,
+            };
+            zos_rmb::Peer::connect_with_replay_file(cfg, dir, file)
+                .await
+                .unwrap()
+        }
+    };
+    let valid = RawClientBuilder { key: ka.clone() }.request(&record(&dir, 2), 60);
+    let bytes = Bytes::from(valid.encode().unwrap());
+
+    let b = connect(Some(file.clone())).await;
+    b.serve(echo_router(Arc::new(AtomicUsize::new(0))));
+    inject.send(bytes.clone()).unwrap();
+    eventually("request served", || b.stats().requests == 1).await;
+    b.close();
+    drop(b);
+    assert!(file.exists(), "close writes the cache");
+
+    let b2 = connect(Some(file.clone())).await;
+    b2.serve(echo_router(Arc::new(AtomicUsize::new(0))));
+    inject.send(bytes.clone()).unwrap();
+    eventually("replay judged", || b2.stats().received == 1).await;
+    assert_eq!((b2.stats().replayed, b2.stats().requests), (1, 0));
+    b2.close();
+    drop(b2);
+
+    // Control: a restarted peer without the file serves the replay.
+    let b3 = connect(None).await;
+    b3.serve(echo_router(Arc::new(AtomicUsize::new(0))));
+    inject.send(bytes).unwrap();
+    eventually("replay judged", || b3.stats().received == 1).await;
+    assert_eq!((b3.stats().replayed, b3.stats().requests), (0, 1));
+
+    // A damaged file is an empty cache, not a failure to start.
+    std::fs::write(&file, b"garbage").unwrap();
+    let b4 = connect(Some(file.clone())).await;
+    b4.close();
+}

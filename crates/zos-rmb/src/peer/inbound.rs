@@ -91,7 +91,7 @@ impl Inner {
         // Recorded only now, once the envelope is known to be genuine and readable: what a
         // sender cannot get through costs it no room in the cache.
         match lock(&self.replay).insert(h.source.twin, h.id, expires_at, now) {
-            Ok(()) => {}
+            Ok(()) => self.replay_dirty.store(true, Relaxed),
             Err(Refused::Replay) => {
                 c.replayed.fetch_add(1, Relaxed);
                 tracing::debug!(source = %h.source, "dropped replayed envelope");

@@ -12,7 +12,8 @@ mod link;
 mod router;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ const REPLAY_PER_SENDER: usize = 50_000;
 pub const RECEIVE_WINDOW: u32 = 3600;
 /// The longest a reply lives (seconds), and never longer than its request has left.
 pub const MAX_REPLY_TTL: u32 = 300;
+/// How often a changed replay cache is written to its file (and always at close).
+const REPLAY_SAVE_EVERY: Duration = Duration::from_secs(10);
+
 /// Requests buffered before [`Peer::serve`] is called.
 const EARLY_REQUESTS: usize = 1024;
 
@@ -217,6 +221,10 @@ pub(crate) struct Inner {
     pending: Mutex<HashMap<MessageId, Pending>>,
     serving: Mutex<Serving>,
     replay: Mutex<crate::replay::SeenIds>,
+    /// Where the replay cache survives restarts, if anywhere.
+    replay_file: Option<PathBuf>,
+    /// Ids recorded since the last save.
+    replay_dirty: AtomicBool,
     counters: Counters,
     shutdown: watch::Sender<bool>,
 }
@@ -234,6 +242,7 @@ struct CloseOnDrop(Arc<Inner>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
+        self.0.save_replay();
         let _ = self.0.shutdown.send(true);
     }
 }
@@ -252,6 +261,20 @@ impl Peer {
     /// the login; fails if all of them failed their first attempt. From then on each relay
     /// link reconnects by itself (backoff up to 5 s) until [`Peer::close`].
     pub async fn connect(cfg: PeerConfig, dir: Arc<dyn TwinDirectory>) -> Result<Peer, RmbError> {
+        Peer::connect_with_replay_file(cfg, dir, None).await
+    }
+
+    /// [`Peer::connect`], with the receiver's replay cache kept in `replay_file` across
+    /// restarts: loaded before any link opens (a missing file is an empty cache; an unreadable
+    /// or damaged one is logged and replaced), written atomically (temporary file, fsync,
+    /// rename) every [`REPLAY_SAVE_EVERY`] when ids were recorded, and at [`Peer::close`] or
+    /// when the last clone is dropped. Ids recorded in the last interval before a crash are
+    /// lost (see docs/rmb.md).
+    pub async fn connect_with_replay_file(
+        cfg: PeerConfig,
+        dir: Arc<dyn TwinDirectory>,
+        replay_file: Option<PathBuf>,
+    ) -> Result<Peer, RmbError> {
         if cfg.relays.is_empty() {
             return Err(RmbError::Config("no relay URL given".into()));
         }
@@ -281,10 +304,9 @@ impl Peer {
             connected: watch::channel(0).0,
             pending: Mutex::new(HashMap::new()),
             serving: Mutex::new(Serving::Waiting(Vec::new())),
-            replay: Mutex::new(crate::replay::SeenIds::new(
-                REPLAY_PER_SENDER,
-                REPLAY_CAPACITY,
-            )),
+            replay: Mutex::new(load_replay(replay_file.as_deref())),
+            replay_dirty: AtomicBool::new(false),
+            replay_file,
             counters: Counters::default(),
             shutdown: watch::channel(false).0,
         });
@@ -294,6 +316,9 @@ impl Peer {
             tokio::spawn(link::run(inner.clone(), i, first_tx.clone()));
         }
         drop(first_tx);
+        if inner.replay_file.is_some() {
+            tokio::spawn(save_replay_periodically(inner.clone()));
+        }
         let mut first_error = None;
         while let Some(r) = first_rx.recv().await {
             match r {
@@ -433,7 +458,59 @@ impl Peer {
     /// Closes every relay link and stops reconnecting; pending calls fail. Dropping the last
     /// clone of a `Peer` does the same.
     pub fn close(&self) {
+        self.inner.save_replay();
         let _ = self.inner.shutdown.send(true);
+    }
+}
+
+/// The replay cache saved at `path`, or an empty one.
+fn load_replay(path: Option<&Path>) -> crate::replay::SeenIds {
+    let mut seen = crate::replay::SeenIds::new(REPLAY_PER_SENDER, REPLAY_CAPACITY);
+    let Some(path) = path else { return seen };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return seen,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the replay cache; starting empty");
+            return seen;
+        }
+    };
+    let now = unix_now();
+    match crate::replay::decode_file(&bytes, now, 2 * REPLAY_CAPACITY) {
+        Ok(entries) => {
+            let n = entries.len();
+            for (twin, id, exp) in entries {
+                // Quotas held when the ids were taken; a refusal here only drops an id the
+                // sender could not have had recorded anyway.
+                let _ = seen.insert(twin, id, exp, now);
+            }
+            tracing::debug!(path = %path.display(), ids = n, "replay cache loaded");
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "damaged replay cache; starting empty");
+        }
+    }
+    seen
+}
+
+async fn save_replay_periodically(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut tick = tokio::time::interval(REPLAY_SAVE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if inner.replay_dirty.load(Relaxed) {
+                    let i = inner.clone();
+                    let _ = tokio::task::spawn_blocking(move || i.save_replay()).await;
+                }
+            }
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -450,6 +527,29 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Inner {
+    /// Writes the live replay ids to the replay file (if any) atomically; failures are logged.
+    fn save_replay(&self) {
+        let Some(path) = &self.replay_file else {
+            return;
+        };
+        self.replay_dirty.store(false, Relaxed);
+        let entries = lock(&self.replay).live_entries(unix_now());
+        let bytes = crate::replay::encode_file(&entries);
+        let tmp = path.with_extension("tmp");
+        let res = (|| -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = res {
+            // Try again at the next interval.
+            self.replay_dirty.store(true, Relaxed);
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the replay cache");
+        }
+    }
+
     async fn warn_if_ledger_differs(&self) {
         match self.dir.twin(self.twin).await {
             Ok(Some(rec)) => {
