@@ -110,6 +110,34 @@ fn client_commands_against_a_real_ledger() {
     assert!(err.contains("has no twin"), "{err}");
     let dup = zos(&url, &farmer, &["farm", "create", "farm-one"]);
     assert!(String::from_utf8_lossy(&dup.stderr).contains("farm name \"farm-one\" already exists"));
+
+    // Key rotation: the e2e key (a small-order point refused), then the signing account.
+    let (old_seed, new_seed) = ("44".repeat(32), "55".repeat(32));
+    json(&zos(&url, &old_seed, &["twin", "create"]));
+    let weak = zos(
+        &url,
+        &old_seed,
+        &["twin", "update", "--e2e-key", &"00".repeat(32)],
+    );
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("small-order"));
+    let e2e = format!("09{}", "00".repeat(31));
+    json(&zos(
+        &url,
+        &old_seed,
+        &["twin", "update", "--relay", "r2", "--e2e-key", &e2e],
+    ));
+    json(&zos(
+        &url,
+        &old_seed,
+        &["twin", "rotate-account", "--new-seed", &new_seed],
+    ));
+    let t = json(&zos(&url, &new_seed, &["twin", "show"]));
+    assert_eq!(
+        (t["relays"][0].as_str(), t["e2e_key"].as_str()),
+        (Some("r2"), Some(&*e2e))
+    );
+    let gone = zos(&url, &old_seed, &["twin", "show"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no such twin"));
     // A missing key is a clear usage error.
     let nokey = bare().args(["balance", "--ledger", &url]).output().unwrap();
     let err = String::from_utf8_lossy(&nokey.stderr);
@@ -188,7 +216,8 @@ fn client_commands_against_a_real_ledger() {
         .output()
         .unwrap();
     let report = json(&v);
-    assert_eq!(report["transactions"], 3);
+    // The farmer's three and the rotation's three (create, update, rotate-account).
+    assert_eq!(report["transactions"], 6);
 }
 
 /// `zos ledger serve --tls-self-signed DIR`: https with a self-signed certificate kept in DIR;
