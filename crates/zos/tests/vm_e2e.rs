@@ -53,7 +53,13 @@ async fn start_node(env: &Env, chain: Arc<FakeChain>, guest: &Path) -> Node {
     let mut reg = PrimitiveRegistry::new();
     zos_storage::register_with(&mut reg, storage.clone(), Arc::new(InProcessZdb));
     // The real network primitive: the VM's tap joins its resource's bridge.
-    zos_network::register_networks(&mut reg, zos_network::NetConfig::default());
+    // Its namespaces (NRs, ndmz) carry this test's prefix so that the guard removes exactly
+    // them; bridges and taps stay in this namespace, where QEMU opens them.
+    let net = zos_network::NetConfig {
+        node_netns: None,
+        ns_prefix: ns_prefix(),
+    };
+    zos_network::register_networks(&mut reg, net);
     let mut cfg = zos_vm::VmConfig::new(env.dir.join("vm"));
     cfg.cloud_container = Some(guest.to_path_buf());
     cfg.supervisor.shutdown_grace = Duration::from_secs(1);
@@ -176,13 +182,34 @@ async fn wait_console(dir: &Path, needle: &str, n: usize, within: Duration) {
     }
 }
 
+/// This test's prefix for the namespaces the network primitive makes.
+fn ns_prefix() -> String {
+    format!("zvm{}-", std::process::id())
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
 /// Kills the QEMUs of this test (again, while a supervisor may still restart them), removes
-/// its taps and network resources and unmounts its overlays, also when the test fails.
-struct VmGuard(PathBuf);
+/// its taps, network resources and NAT namespace (with the host's NAT table and uplink the
+/// network primitive adds, and the host's `ip_forward` as it found it) and unmounts its
+/// overlays, also when the test fails.
+struct VmGuard {
+    dir: PathBuf,
+    ip_forward: Option<String>,
+}
+
+impl VmGuard {
+    fn new(dir: PathBuf) -> Self {
+        VmGuard {
+            dir,
+            ip_forward: std::fs::read_to_string(IP_FORWARD).ok(),
+        }
+    }
+}
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
-        let needle = self.0.to_string_lossy().into_owned();
+        let needle = self.dir.to_string_lossy().into_owned();
         for _ in 0..10 {
             let mut found = false;
             for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -214,7 +241,17 @@ impl Drop for VmGuard {
             let id = zos_types::ids::network_id(TWIN, net);
             ip(&["link", "del", &format!("b-{id}")]);
             ip(&["link", "del", &format!("v-{id}")]);
-            ip(&["netns", "del", &format!("n-{id}")]);
+            ip(&["netns", "del", &format!("{}n-{id}", ns_prefix())]);
+        }
+        // Deleting the ndmz takes `npub4` and with it its peer `ndmz-up` here.
+        ip(&["netns", "del", &format!("{}ndmz", ns_prefix())]);
+        ip(&["link", "del", "ndmz-up"]);
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", "zos-ndmz"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(v) = &self.ip_forward {
+            let _ = std::fs::write(IP_FORWARD, v);
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
@@ -271,7 +308,7 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
     };
     let flist = format!("file://{}", guest.join("test.fl").display());
     let env = Env::new("vm", &[("ssd", 1400, PoolKind::Ssd)]).await;
-    let _guard = VmGuard(env.dir.join("vm"));
+    let _guard = VmGuard::new(env.dir.join("vm"));
     let chain = Arc::new(FakeChain::default());
     let user = KeyPair::from_seed(KeyType::Ed25519, [3u8; 32]);
     chain.put_key(TWIN, user.public());
