@@ -145,16 +145,7 @@ async fn legacy_disk_still_opens_and_new_disks_use_the_key_root() {
     let legacy = DiskKey::legacy(&NodeSecret::new([0; 32]).with_legacy_seed(SEED), "1-1-old")
         .unwrap()
         .passphrase();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf %s {legacy} | qemu-img create -q -f qcow2 --object secret,id=s0,file=/dev/stdin \
-             -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 {} 16M",
-            old.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    common::qemu_img_create_luks(&old, &legacy, "16M");
     let (ok, out) = common::qemu_io(&old, &legacy, "write -P 0x6c 0 1M");
     assert!(ok, "{out}");
 

@@ -137,16 +137,7 @@ async fn disk_copied_off_a_pool_cannot_be_decrypted_with_what_is_on_it() {
     // passphrase, no key record): what the search below must be able to open.
     let legacy_key = DiskKey::legacy(&secret, "3-1-legacy").unwrap().passphrase();
     let legacy = disk.path.with_file_name("3-1-legacy");
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf %s {legacy_key} | qemu-img create -q -f qcow2 --object secret,id=s0,file=/dev/stdin \
-             -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 {} 8M",
-            legacy.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    common::qemu_img_create_luks(&legacy, &legacy_key, "8M");
     st.shutdown().await;
     drop(st);
 

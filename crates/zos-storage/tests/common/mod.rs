@@ -218,3 +218,31 @@ pub fn has_run(hay: &[u8], b: u8, n: usize) -> bool {
     }
     false
 }
+
+/// Create an encrypted qcow2 image the way the previous version did (a passphrase on stdin, no
+/// key record). Retried like the storage's own creation: qemu's PBKDF2 calibration can read
+/// 0 ms of thread CPU and give up ("Unable to get accurate CPU usage") on a busy host.
+#[allow(dead_code)]
+pub fn qemu_img_create_luks(image: &Path, key: &str, size: &str) {
+    let mut last = None;
+    for _ in 0..4 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf %s {key} | qemu-img create -q -f qcow2 --object secret,id=s0,file=/dev/stdin \
+                 -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 {} {size}",
+                image.display()
+            ))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        let calibration = String::from_utf8_lossy(&out.stderr).contains("accurate CPU usage");
+        last = Some(out);
+        if !calibration {
+            break;
+        }
+    }
+    panic!("qemu-img create {}: {last:?}", image.display());
+}
