@@ -375,7 +375,7 @@ fn write_generation(dir: &Path, id: &str, generation: KeyGeneration) -> Result<(
 /// "Unable to get accurate CPU usage". `create` writes the image from scratch (a leftover
 /// temporary file is truncated), so trying again is safe; any other failure is returned at once.
 async fn create_luks_image(args: &[&str], key: &[u8]) -> Result<String, CmdError> {
-    const ATTEMPTS: usize = 4;
+    const ATTEMPTS: usize = 10;
     let mut attempt = 1;
     loop {
         match exec::run_with_stdin("qemu-img", args, Some(key)).await {
@@ -389,6 +389,7 @@ async fn create_luks_image(args: &[&str], key: &[u8]) -> Result<String, CmdError
                     "qemu-img could not calibrate LUKS key stretching; retrying"
                 );
                 attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt as u64)).await;
             }
             other => return other,
         }
@@ -521,6 +522,9 @@ impl Storage {
             let size_s = size.to_string();
             // iter-time: PBKDF2 stretching protects weak human passphrases; ours is 256 random
             // bits, and qemu's default (2 s per open) would only slow every create/grow/VM start.
+            // hash-alg=sha512: qemu calibrates with 2^15 rounds first, which SHA-NI hashes in
+            // well under a scheduler tick with sha256; it then reads 0 ms of CPU and refuses
+            // (about 1 create in 4 here, every retry in one CI run). sha512 has no such unit.
             let args = [
                 "create",
                 "-q",
@@ -529,7 +533,7 @@ impl Storage {
                 o,
                 sec,
                 "-o",
-                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,preallocation=off",
+                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,encrypt.hash-alg=sha512,preallocation=off",
                 &tmp_s,
                 &size_s,
             ];

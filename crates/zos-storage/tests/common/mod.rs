@@ -225,7 +225,7 @@ pub fn has_run(hay: &[u8], b: u8, n: usize) -> bool {
 #[allow(dead_code)]
 pub fn qemu_img_create_luks(image: &Path, key: &str, size: &str) {
     let mut last = None;
-    for _ in 0..4 {
+    for _ in 0..10 {
         let out = Command::new("sh")
             .arg("-c")
             .arg(format!(
