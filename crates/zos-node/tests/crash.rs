@@ -82,14 +82,7 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
     // Bob's deployment is running and billed before the crash.
     let mut bd = bob.deployment(0, "bob", vec![volume("v", 10 * GIB, 0)]);
     let bc = bob.contract(NODE, &mut bd).await;
-    bd.sign(bob.twin, &bob.key).unwrap();
-    bob.call(
-        node_twin,
-        "zos.deployment.deploy",
-        &serde_json::to_value(&bd).unwrap(),
-    )
-    .await
-    .unwrap();
+    bob.send_deploy(node_twin, &mut bd).await;
     bob.wait_state(node_twin, bc, 0, "ok").await;
     wait_for("bob's usage reported", T, || async {
         let c = grid.client.contract(bc).await.ok()??;
@@ -106,15 +99,7 @@ async fn kill_9_mid_job_converges_without_loss_or_duplicates() {
             vec![volume("a", GIB, 0), volume("b", GIB, 0)],
         );
         let c = alice.contract(NODE, &mut d).await;
-        d.sign(alice.twin, &alice.key).unwrap();
-        alice
-            .call(
-                node_twin,
-                "zos.deployment.deploy",
-                &serde_json::to_value(&d).unwrap(),
-            )
-            .await
-            .unwrap();
+        alice.send_deploy(node_twin, &mut d).await;
         contracts.push(c);
     }
     // Every deploy was acknowledged. Kill while Alice's third deployment is half done: its

@@ -56,15 +56,7 @@ async fn deploy_errors_update_and_api() {
     // deploy → ok
     let mut d = alice.deployment(0, "main", vec![volume("a", GIB, 0), ip("p", false, 0)]);
     let c = alice.contract(NODE, &mut d).await;
-    d.sign(alice.twin, &alice.key).unwrap();
-    alice
-        .call(
-            node_twin,
-            "zos.deployment.deploy",
-            &serde_json::to_value(&d).unwrap(),
-        )
-        .await
-        .unwrap();
+    alice.send_deploy(node_twin, &mut d).await;
     let got = alice.wait_state(node_twin, c, 0, "ok").await;
     assert_eq!(
         got.get("a").unwrap().result.data,
@@ -153,15 +145,7 @@ async fn deploy_errors_update_and_api() {
     let hc = alice.contract(NODE, &mut pinned).await;
     let mut other_dl = alice.deployment(0, "different", vec![volume("h", 2 * GIB, 0)]);
     other_dl.contract_id = hc;
-    other_dl.sign(alice.twin, &alice.key).unwrap();
-    alice
-        .call(
-            node_twin,
-            "zos.deployment.deploy",
-            &serde_json::to_value(&other_dl).unwrap(),
-        )
-        .await
-        .unwrap();
+    alice.send_deploy(node_twin, &mut other_dl).await;
     let e = alice.wait_state(node_twin, hc, 0, "error").await;
     assert_eq!(
         e.workloads[0].result.error,
@@ -170,15 +154,7 @@ async fn deploy_errors_update_and_api() {
 
     let mut elsewhere = alice.deployment(0, "elsewhere", vec![volume("o", GIB, 0)]);
     let oc = alice.contract(2, &mut elsewhere).await;
-    elsewhere.sign(alice.twin, &alice.key).unwrap();
-    alice
-        .call(
-            node_twin,
-            "zos.deployment.deploy",
-            &serde_json::to_value(&elsewhere).unwrap(),
-        )
-        .await
-        .unwrap();
+    alice.send_deploy(node_twin, &mut elsewhere).await;
     let e = alice.wait_state(node_twin, oc, 0, "error").await;
     assert_eq!(
         e.workloads[0].result.error,
@@ -327,26 +303,10 @@ async fn cancel_deprovisions_and_grace_pauses_then_resumes() {
 
     let mut d1 = alice.deployment(0, "one", vec![volume("a", GIB, 0)]);
     let c1 = alice.contract(NODE, &mut d1).await;
-    d1.sign(alice.twin, &alice.key).unwrap();
-    alice
-        .call(
-            node_twin,
-            "zos.deployment.deploy",
-            &serde_json::to_value(&d1).unwrap(),
-        )
-        .await
-        .unwrap();
+    alice.send_deploy(node_twin, &mut d1).await;
     let mut d2 = alice.deployment(0, "two", vec![volume("b", 10 * GIB, 0)]);
     let c2 = alice.contract(NODE, &mut d2).await;
-    d2.sign(alice.twin, &alice.key).unwrap();
-    alice
-        .call(
-            node_twin,
-            "zos.deployment.deploy",
-            &serde_json::to_value(&d2).unwrap(),
-        )
-        .await
-        .unwrap();
+    alice.send_deploy(node_twin, &mut d2).await;
     alice.wait_state(node_twin, c1, 0, "ok").await;
     alice.wait_state(node_twin, c2, 0, "ok").await;
     let f1 = prims.join(format!("{}-{c1}-a", alice.twin));

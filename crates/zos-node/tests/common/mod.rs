@@ -294,6 +294,23 @@ impl User {
         self.peer.call(node_twin, cmd, payload, T).await
     }
 
+    /// Signs `d` and sends it to the node as a new deployment (acknowledged, not yet applied).
+    pub async fn send_deploy(&self, node_twin: u32, d: &mut Deployment) {
+        self.send(node_twin, "zos.deployment.deploy", d).await
+    }
+
+    /// Signs `d` and sends it to the node as an update of its contract.
+    pub async fn send_update(&self, node_twin: u32, d: &mut Deployment) {
+        self.send(node_twin, "zos.deployment.update", d).await
+    }
+
+    async fn send(&self, node_twin: u32, cmd: &str, d: &mut Deployment) {
+        d.sign(self.twin, &self.key).unwrap();
+        self.call(node_twin, cmd, &serde_json::to_value(&*d).unwrap())
+            .await
+            .unwrap();
+    }
+
     /// The remote error message of a call that must fail.
     pub async fn call_err(&self, node_twin: u32, cmd: &str, payload: &Value) -> String {
         match self.call(node_twin, cmd, payload).await {
