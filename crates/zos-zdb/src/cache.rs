@@ -428,6 +428,7 @@ mod tests {
             datasize: 1 << 20,
             cache_bytes: 32 << 10,
             strict_index: false,
+            at_rest_key: None,
         })
         .unwrap();
         engine.create("idle").unwrap();
@@ -496,6 +497,7 @@ mod tests {
                 datasize: 64 << 10,
                 cache_bytes: BUDGET,
                 strict_index: false,
+                at_rest_key: None,
             })
             .unwrap(),
         );

@@ -5,6 +5,11 @@
 //! the secret, so after a restart the namespace stays *sealed* until the secret is given again.
 //! Each value gets a random 96-bit nonce; the key is the associated data, so a value cannot be
 //! moved to another key unnoticed. Keys and metadata (lengths, timestamps) stay in clear.
+//!
+//! The server may also hold an **at-rest key** (`ServerConfig::at_rest_key`; the node derives
+//! it from its key root): namespaces without a user's key then store every new value sealed
+//! by [`Cipher::at_rest`], bound to namespace, key and the record's place in the data files.
+//! Values written before (plaintext) stay readable.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -18,7 +23,26 @@ const NONCE_LEN: usize = 12;
 /// A namespace's value cipher.
 pub struct Cipher {
     aead: ChaCha20Poly1305,
+    /// At-rest ciphers (the server's key, not a user's) bind each record to its namespace,
+    /// key and place in the data files; `None` for a user's `encryption-key` cipher, which
+    /// binds the key only (unchanged format).
+    at_rest_ns: Option<String>,
 }
+
+/// A server's at-rest key (32 bytes; `Debug` does not show it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AtRestKey(pub [u8; 32]);
+
+impl std::fmt::Debug for AtRestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AtRestKey(..)")
+    }
+}
+
+/// Salt of the at-rest key derivation ([`Cipher::at_rest`]).
+const AT_REST_SALT: &[u8] = b"zos-zdb-at-rest-v1";
+/// Label at the start of an at-rest record's associated data.
+const AT_REST_AAD: &[u8] = b"zos-zdb-record-v1";
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +73,7 @@ impl Cipher {
         (
             Cipher {
                 aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
+                at_rest_ns: None,
             },
             salt,
             check,
@@ -61,7 +86,60 @@ impl Cipher {
         // Not secret-dependent timing in a way that matters: the check is a keyed hash output.
         (want == *check).then(|| Cipher {
             aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            at_rest_ns: None,
         })
+    }
+
+    /// The at-rest cipher of namespace `ns` under a server key (a node derives it from its key
+    /// root): HKDF-SHA256(ikm = key, salt = `zos-zdb-at-rest-v1`, info = `ns`).
+    pub fn at_rest(server_key: &[u8; 32], ns: &str) -> Cipher {
+        let hk = Hkdf::<Sha256>::new(Some(AT_REST_SALT), server_key);
+        let mut key = [0u8; 32];
+        hk.expand(ns.as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        Cipher {
+            aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            at_rest_ns: Some(ns.to_owned()),
+        }
+    }
+
+    /// Whether this is an at-rest (server key) cipher.
+    pub fn is_at_rest(&self) -> bool {
+        self.at_rest_ns.is_some()
+    }
+
+    /// The associated data of a record: the key alone for a user's cipher; for an at-rest
+    /// cipher `label || u8 len ns || ns || u8 len key || key || u32 file || u32 data offset`,
+    /// so a ciphertext cannot be moved to another key, namespace or place (for instance into
+    /// the newest version's slot, to roll a key back to an older value).
+    fn aad<'a>(&self, key: &'a [u8], at: (u32, u32), buf: &'a mut Vec<u8>) -> &'a [u8] {
+        let Some(ns) = &self.at_rest_ns else {
+            return key;
+        };
+        buf.clear();
+        buf.extend_from_slice(AT_REST_AAD);
+        // Namespace names and keys are at most 255 bytes (checked before any write).
+        buf.push(ns.len().min(255) as u8);
+        buf.extend_from_slice(ns.as_bytes());
+        buf.push(key.len().min(255) as u8);
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(&at.0.to_le_bytes());
+        buf.extend_from_slice(&at.1.to_le_bytes());
+        buf
+    }
+
+    /// Seals the value of the record of `key` stored at `at` = (data file id, offset).
+    pub fn seal_record(&self, key: &[u8], at: (u32, u32), value: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let aad = self.aad(key, at, &mut buf).to_vec();
+        self.seal(&aad, value)
+    }
+
+    /// Inverse of [`Cipher::seal_record`].
+    pub fn unseal_record(&self, key: &[u8], at: (u32, u32), sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let aad = self.aad(key, at, &mut buf).to_vec();
+        self.unseal(&aad, sealed)
     }
 
     /// `nonce || ciphertext || tag`, authenticated together with `key`.
@@ -114,5 +192,34 @@ mod tests {
         assert_eq!(c2.unseal(b"k", &s).unwrap(), b"hello");
         assert!(Cipher::open(b"wrong-secret-xxxx", "ns", &salt, &check).is_none());
         assert!(Cipher::open(b"0123456789abcdef", "other", &salt, &check).is_none());
+        // A user's cipher ignores the place (format unchanged).
+        assert_eq!(c.unseal_record(b"k", (3, 99), &s).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn at_rest_records_are_bound_to_namespace_key_and_place() {
+        let root = [7u8; 32];
+        let c = Cipher::at_rest(&root, "ns");
+        let s = c.seal_record(b"k", (1, 40), b"hello");
+        assert_eq!(s.len(), 5 + 28);
+        assert_eq!(c.unseal_record(b"k", (1, 40), &s).unwrap(), b"hello");
+        // Another place (an older version's slot), key, namespace or root: refused.
+        assert!(c.unseal_record(b"k", (1, 41), &s).is_none());
+        assert!(c.unseal_record(b"k", (2, 40), &s).is_none());
+        assert!(c.unseal_record(b"j", (1, 40), &s).is_none());
+        assert!(c.unseal(b"k", &s).is_none());
+        assert!(
+            Cipher::at_rest(&root, "other")
+                .unseal_record(b"k", (1, 40), &s)
+                .is_none()
+        );
+        assert!(
+            Cipher::at_rest(&[8; 32], "ns")
+                .unseal_record(b"k", (1, 40), &s)
+                .is_none()
+        );
+        let mut t = s.clone();
+        t[20] ^= 1;
+        assert!(c.unseal_record(b"k", (1, 40), &t).is_none());
     }
 }

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub cache_bytes: u64,
     /// Refuse a damaged index instead of rebuilding it from the data files.
     pub strict_index: bool,
+    /// The server's at-rest key ([`crate::ServerConfig::at_rest_key`]).
+    pub at_rest_key: Option<crate::crypto::AtRestKey>,
 }
 
 #[derive(Default)]
@@ -156,6 +158,9 @@ impl Engine {
             name: name.to_string(),
             source,
         })?;
+        if let Some(k) = &self.cfg.at_rest_key {
+            ns.lock().set_at_rest_key(name, &k.0);
+        }
         if let Some(h) = &self.hooks {
             let h = h.clone();
             ns.lock().store.on_jump = Some(Arc::new(move |ci, ni, cd, nd| {

@@ -146,6 +146,11 @@ pub struct ServerConfig {
     pub strict_index: bool,
     /// `--replicate-from`: this server is a mirror of the master at this address.
     pub replicate_from: Option<Replication>,
+    /// Encryption at rest under a server key (a node derives it from its key root, never
+    /// stored with the data): values of namespaces without a user's `encryption-key` are
+    /// stored sealed, bound to namespace, key and place. Clients see no difference; values
+    /// stored before stay readable. `None`: values are stored as given.
+    pub at_rest_key: Option<crypto::AtRestKey>,
 }
 
 /// How a mirror reaches its master.
@@ -230,6 +235,7 @@ impl Default for ServerConfig {
             dualnet: false,
             strict_index: false,
             replicate_from: None,
+            at_rest_key: None,
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct NsState {
     live_bytes: u64,
     next_id: u64,
     cipher: Option<Arc<Cipher>>,
+    /// The server's at-rest cipher for this namespace (`ServerConfig::at_rest_key`): seals new
+    /// values of a namespace without a user's key, opens the ones it sealed.
+    at_rest: Option<Arc<Cipher>>,
     cache: NsCache,
     /// Bumped by `FLUSH`, after which locations are reused: a read planned before it must not
     /// cache its value for the new entry at the same place.
@@ -136,7 +139,7 @@ impl DiskRead {
         match &self.cipher {
             None => Ok(stored),
             Some(c) => c
-                .unseal(&self.key, &stored)
+                .unseal_record(&self.key, (self.at.file, self.off), &stored)
                 .map(Bytes::from)
                 .ok_or_else(bad),
         }
@@ -245,6 +248,7 @@ impl Namespace {
             live_bytes: l.live_bytes,
             next_id: l.next_id,
             cipher: None,
+            at_rest: None,
             cache: NsCache::new(cache),
             generation: 0,
             appended: l.appended,
@@ -357,6 +361,39 @@ impl NsState {
         self.next_id
     }
 
+    /// Gives the namespace the server's at-rest key: from now on values of a namespace without
+    /// a user's key are stored sealed under it (older plaintext values stay readable).
+    pub fn set_at_rest_key(&mut self, ns: &str, server_key: &[u8; 32]) {
+        self.at_rest = Some(Arc::new(Cipher::at_rest(server_key, ns)));
+    }
+
+    /// The cipher that opens an entry with these flags: none for plaintext, the user's when
+    /// the namespace has a user key, else the server's at-rest cipher.
+    fn cipher_for(&self, flags: u8) -> Result<Option<Arc<Cipher>>, OpError> {
+        if flags & FLAG_ENCRYPTED == 0 {
+            return Ok(None);
+        }
+        if self.desc.encryption.is_some() {
+            return self
+                .cipher
+                .clone()
+                .map(Some)
+                .ok_or(client("Namespace is sealed, give its encryption key"));
+        }
+        self.at_rest.clone().map(Some).ok_or(client(
+            "Namespace is encrypted at rest and this server has no key for it",
+        ))
+    }
+
+    /// The cipher new values are sealed with (`None`: stored as given).
+    fn write_cipher(&self) -> Result<Option<Arc<Cipher>>, OpError> {
+        match (&self.cipher, self.desc.encryption.is_some()) {
+            (Some(c), _) => Ok(Some(c.clone())),
+            (None, true) => Err(client("Namespace is sealed, give its encryption key")),
+            (None, false) => Ok(self.at_rest.clone()),
+        }
+    }
+
     /// Values are encrypted but the secret was not given since the start.
     pub fn is_sealed(&self) -> bool {
         self.desc.encryption.is_some() && self.cipher.is_none()
@@ -451,7 +488,7 @@ impl NsState {
                 p
             }
         };
-        self.open_payload(key, m.flags, payload, m.idx)
+        self.open_payload(key, m.flags, payload, m.idx, m.data_off)
     }
 
     fn open_payload(
@@ -460,15 +497,12 @@ impl NsState {
         flags: u8,
         payload: Bytes,
         at: Loc,
+        data_off: u32,
     ) -> Result<Bytes, OpError> {
-        if flags & FLAG_ENCRYPTED == 0 {
+        let Some(c) = self.cipher_for(flags)? else {
             return Ok(payload);
-        }
-        let c = self
-            .cipher
-            .as_ref()
-            .ok_or(client("Namespace is sealed, give its encryption key"))?;
-        c.unseal(key, &payload)
+        };
+        c.unseal_record(key, (at.file, data_off), &payload)
             .map(Bytes::from)
             .ok_or(OpError::Store(StoreError::BadLoc {
                 file: at.file,
@@ -489,15 +523,11 @@ impl NsState {
         let enc = m.flags & FLAG_ENCRYPTED != 0;
         let stored = m.length as usize + if enc { SEAL_OVERHEAD as usize } else { 0 };
         let head = DATA_HDR_LEN + key.len();
-        let cipher = match (enc, &self.cipher) {
-            (false, _) => None,
-            (true, Some(c)) => Some(c.clone()),
-            (true, None) => return Err(client("Namespace is sealed, give its encryption key")),
-        };
+        let cipher = self.cipher_for(m.flags)?;
         if let Some(stored) = cached {
             self.cache.budget().count_read(true);
             return self
-                .open_payload(key, m.flags, Bytes::from_owner(stored), m.idx)
+                .open_payload(key, m.flags, Bytes::from_owner(stored), m.idx, m.data_off)
                 .map(|v| ValueRead::Done(Some(v)));
         }
         match self
@@ -596,13 +626,13 @@ impl NsState {
             Bytes::copy_from_slice(key)
         };
         let sealed;
-        let (flags, payload) = match &self.cipher {
+        let (flags, payload) = match self.write_cipher()? {
             Some(c) => {
-                sealed = c.seal(&key, value);
+                // The at-rest seal binds the record to where it will be written.
+                let entry = DATA_HDR_LEN + key.len() + value.len() + SEAL_OVERHEAD as usize;
+                let at = self.store.reserve(entry as u64)?;
+                sealed = c.seal_record(&key, at, value);
                 (FLAG_ENCRYPTED, &sealed[..])
-            }
-            None if self.desc.encryption.is_some() => {
-                return Err(client("Namespace is sealed, give its encryption key"));
             }
             None => (0, value),
         };
@@ -783,7 +813,7 @@ impl NsState {
             return Err(client("Invalid arguments (invalid key)"));
         }
         let payload = Bytes::from(self.store.read_payload(loc.file, &e)?);
-        let value = self.open_payload(key, e.flags, payload, loc)?;
+        let value = self.open_payload(key, e.flags, payload, loc, e.data_off)?;
         Ok((e.parent, e.timestamp, value))
     }
 
@@ -835,6 +865,18 @@ impl NsState {
         let existing = self.index.get(key);
         let deleted = flags & FLAG_DELETED != 0;
         let parent = existing.map_or(Loc::NONE, |m| m.idx);
+        // The feed carries plaintext for values the master sealed at rest (its key is its
+        // own); this server seals them under its own at-rest key, at their new place.
+        let sealed;
+        let (flags, stored) = match (&self.at_rest, self.desc.encryption.is_some()) {
+            (Some(c), false) if flags & (FLAG_ENCRYPTED | FLAG_DELETED) == 0 => {
+                let entry = DATA_HDR_LEN + key.len() + stored.len() + SEAL_OVERHEAD as usize;
+                let at = self.store.reserve(entry as u64)?;
+                sealed = c.seal_record(key, at, stored);
+                (flags | FLAG_ENCRYPTED, &sealed[..])
+            }
+            _ => (flags, stored),
+        };
         let a = self
             .store
             .append(key, flags, stored, length, timestamp, value_crc, parent)?;
@@ -917,7 +959,23 @@ impl NsState {
                         off: l.off,
                     }));
                 };
-                out.push((*l, e.clone(), entry[head..].to_vec()));
+                let payload = &entry[head..];
+                // Values sealed at rest leave in clear (the mirror seals them under its own
+                // key); a user's ciphertext stays ciphertext.
+                if e.flags & FLAG_ENCRYPTED != 0 && self.desc.encryption.is_none() {
+                    let c = self.cipher_for(e.flags)?.ok_or(client("Invalid key"))?;
+                    let plain = c
+                        .unseal_record(&e.key, (l.file, e.data_off), payload)
+                        .ok_or(OpError::Store(StoreError::BadLoc {
+                            file: l.file,
+                            off: l.off,
+                        }))?;
+                    let mut e = e.clone();
+                    e.flags &= !FLAG_ENCRYPTED;
+                    out.push((*l, e, plain));
+                } else {
+                    out.push((*l, e.clone(), payload.to_vec()));
+                }
                 at += len;
             }
             bytes += span;
@@ -965,12 +1023,14 @@ impl NsState {
             return Ok("-".into());
         };
         let e = self.store.read_index(loc)?;
+        // Without the encrypted bit: a value sealed at rest on one side and not on the other
+        // (each server's own key, or none) is the same entry.
         Ok(format!(
             "{:08x}{:08x}{:08x}{:02x}",
             crc32fast::hash(&e.key),
             e.value_crc,
             e.timestamp,
-            e.flags
+            e.flags & !FLAG_ENCRYPTED
         ))
     }
 }

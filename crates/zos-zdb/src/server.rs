@@ -166,6 +166,7 @@ impl Server {
             datasize: cfg.datasize,
             cache_bytes: cfg.cache_bytes,
             strict_index: cfg.strict_index,
+            at_rest_key: cfg.at_rest_key.clone(),
         };
         let engine_hooks = hooks.clone();
         let engine =

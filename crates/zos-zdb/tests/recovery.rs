@@ -199,6 +199,7 @@ fn missing_data_file_is_an_error_not_an_empty_namespace() {
         datasize: zos_zdb::DEFAULT_DATASIZE,
         cache_bytes: 0,
         strict_index: false,
+        at_rest_key: None,
     })
     .err()
     .expect("opening must fail");

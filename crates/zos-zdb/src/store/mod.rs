@@ -205,6 +205,18 @@ impl Store {
         (self.cur_id(), self.files[self.cur_id() as usize].data_len)
     }
 
+    /// Where the next append of an entry of `entry_len` bytes goes, (data file id, offset),
+    /// rotating first if it must: an at-rest seal binds the record to that place before it is
+    /// written ([`Store::append`] then puts it there).
+    pub fn reserve(&mut self, entry_len: u64) -> Result<(u32, u32), StoreError> {
+        let cur = self.files[self.cur_id() as usize];
+        if cur.data_len + entry_len > self.datasize && cur.data_len > FILE_HEADER_LEN as u64 {
+            self.jump()?;
+        }
+        let id = self.cur_id();
+        Ok((id, self.files[id as usize].data_len as u32))
+    }
+
     /// Appends one entry (data then index). `payload` is what is stored (ciphertext when
     /// encrypted), `length` the plaintext length.
     #[allow(clippy::too_many_arguments)]
@@ -221,13 +233,8 @@ impl Store {
         let key_len =
             u8::try_from(key.len()).map_err(|_| StoreError::BadLoc { file: 0, off: 0 })?;
         let entry_len = (DATA_HDR_LEN + key.len() + payload.len()) as u64;
-        let cur = self.files[self.cur_id() as usize];
-        if cur.data_len + entry_len > self.datasize && cur.data_len > FILE_HEADER_LEN as u64 {
-            self.jump()?;
-        }
-        let id = self.cur_id();
+        let (id, data_off) = self.reserve(entry_len)?;
         let info = &mut self.files[id as usize];
-        let data_off = info.data_len as u32;
         let idx_off = info.idx_len as u32;
         let h = DataHeader {
             flags,
