@@ -10,6 +10,7 @@ pub mod block;
 pub mod cache;
 pub mod fs;
 pub mod hub;
+pub mod image;
 pub mod pack;
 pub mod store;
 pub mod unpack;

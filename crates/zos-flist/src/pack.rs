@@ -82,12 +82,13 @@ pub enum PackError {
 }
 
 /// Hard-link groups: target inode → the later names' inodes.
-type LinkGroups = HashMap<u64, Vec<u64>>;
+pub(crate) type LinkGroups = HashMap<u64, Vec<u64>>;
 
-struct FileJob {
-    path: PathBuf,
-    ino: u64,
-    size: u64,
+/// One file whose content is read from `path` and whose block rows go to `ino`.
+pub(crate) struct FileJob {
+    pub(crate) path: PathBuf,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PackError + '_ {
@@ -255,8 +256,29 @@ pub async fn pack(
     router: &Router,
     opts: &PackOptions,
 ) -> Result<PackReport, PackError> {
+    let src_dir = src.to_path_buf();
+    pack_with(out, router, opts, move |w, report| {
+        walk(&src_dir, w, report)
+    })
+    .await
+}
+
+/// Writes a new `.fl` at `out`: `inodes` inserts every inode (on a blocking thread) and
+/// returns the files to upload; their blocks then go through `router`. On failure the partial
+/// `.fl` is removed.
+pub(crate) async fn pack_with<F>(
+    out: &Path,
+    router: &Router,
+    opts: &PackOptions,
+    inodes: F,
+) -> Result<PackReport, PackError>
+where
+    F: FnOnce(&Writer, &mut PackReport) -> Result<(Vec<FileJob>, LinkGroups), PackError>
+        + Send
+        + 'static,
+{
     let started = Instant::now();
-    let result = pack_inner(src, out, router, opts).await;
+    let result = pack_inner(out, router, opts, inodes).await;
     match result {
         Ok(mut r) => {
             r.seconds = started.elapsed().as_secs_f64();
@@ -269,19 +291,23 @@ pub async fn pack(
     }
 }
 
-async fn pack_inner(
-    src: &Path,
+async fn pack_inner<F>(
     out: &Path,
     router: &Router,
     opts: &PackOptions,
-) -> Result<PackReport, PackError> {
+    inodes: F,
+) -> Result<PackReport, PackError>
+where
+    F: FnOnce(&Writer, &mut PackReport) -> Result<(Vec<FileJob>, LinkGroups), PackError>
+        + Send
+        + 'static,
+{
     let (writer, jobs, links, mut report) = {
-        let src_dir = src.to_path_buf();
-        let out = out.to_path_buf();
+        let out_path = out.to_path_buf();
         let routes = router.routes(opts.keep_password);
         let tags = opts.tags.clone();
         tokio::task::spawn_blocking(move || -> Result<_, PackError> {
-            let w = Writer::create(&out)?;
+            let w = Writer::create(&out_path)?;
             for r in &routes {
                 w.add_route(r)?;
             }
@@ -289,12 +315,12 @@ async fn pack_inner(
                 w.set_tag(k, v)?;
             }
             let mut report = PackReport::default();
-            let (jobs, links) = walk(&src_dir, &w, &mut report)?;
+            let (jobs, links) = inodes(&w, &mut report)?;
             Ok((w, jobs, links, report))
         })
         .await
         .map_err(|e| PackError::Io {
-            path: src.to_path_buf(),
+            path: out.to_path_buf(),
             source: std::io::Error::other(e),
         })??
     };

@@ -15,10 +15,18 @@ use zos_flist::{BlockCache, Flist, Router};
 /// Flist commands.
 #[derive(Subcommand, Debug)]
 pub enum FlistCmd {
-    /// Pack a directory into an `.fl`, uploading its blocks to the stores.
+    /// Pack a directory, or a container image (an OCI image layout directory or tar, or a
+    /// `docker save` tarball), into an `.fl`, uploading its blocks to the stores.
     Pack {
-        /// The directory tree to pack.
+        /// The directory tree (or image) to pack.
         dir: PathBuf,
+        /// Treat DIR as an image even without an `oci-layout` file (an extracted
+        /// `docker save`); files and OCI layouts are detected.
+        #[arg(long)]
+        image: bool,
+        /// Which image of a multi-image archive (a RepoTag or OCI ref name).
+        #[arg(long)]
+        image_ref: Option<String>,
         /// The `.fl` to write (replaced if it exists).
         #[arg(short, long)]
         output: PathBuf,
@@ -160,6 +168,8 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
     match cmd {
         FlistCmd::Pack {
             dir,
+            image,
+            image_ref,
             output,
             stores,
             no_strip_password,
@@ -179,6 +189,28 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
                 tags,
                 ..Default::default()
             };
+            if image || image_ref.is_some() || zos_flist::image::is_image(&dir) {
+                let iopts = zos_flist::image::ImageOptions {
+                    reference: image_ref,
+                    staging: None,
+                    pack: opts,
+                };
+                let r = runtime()?
+                    .block_on(zos_flist::image::pack_image(&dir, &output, &router, &iopts))?;
+                println!(
+                    "{}: image of {} layers ({} whiteouts, {} opaque dirs): {} entries, {} files, {} bytes, {} blocks in {:.2}s",
+                    output.display(),
+                    r.layers.layers,
+                    r.layers.whiteouts,
+                    r.layers.opaque_dirs,
+                    r.pack.inodes,
+                    r.pack.files,
+                    r.pack.bytes,
+                    r.pack.blocks,
+                    r.pack.seconds
+                );
+                return Ok(());
+            }
             let r = runtime()?.block_on(zos_flist::pack::pack(&dir, &output, &router, &opts))?;
             println!(
                 "{}: {} entries, {} files, {} bytes, {} blocks in {:.2}s",
