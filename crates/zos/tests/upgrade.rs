@@ -59,6 +59,43 @@ fn can_run_pools() -> Result<(), String> {
     Ok(())
 }
 
+/// A `qemu-img` for the previous version that retries LUKS creation when qemu's PBKDF2
+/// calibration reads 0 ms of CPU ("Unable to get accurate CPU usage": about 1 create in 4 with
+/// sha256 on SHA-NI hosts). The previous version tries once; this one uses sha512 and retries.
+/// Without the shim the test would fail on that old bug, not on the upgrade.
+fn previous_qemu_img_shim(dir: &Path) -> PathBuf {
+    let real = Command::new("sh")
+        .args(["-c", "command -v qemu-img"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "qemu-img is not installed");
+    let shim = dir.join("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+case "$*" in *encrypt.format=luks*) ;; *) exec {real} "$@" ;; esac
+in=$(mktemp) err=$(mktemp)
+cat > "$in"
+i=0
+while [ $i -lt 10 ]; do
+    if {real} "$@" < "$in" 2> "$err"; then rm -f "$in" "$err"; exit 0; fi
+    grep -q "accurate CPU usage" "$err" || break
+    i=$((i + 1))
+done
+cat "$err" >&2
+rm -f "$in" "$err"
+exit 1
+"#
+    );
+    let file = shim.join("qemu-img");
+    std::fs::write(&file, script).unwrap();
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&file, perms).unwrap();
+    shim
+}
+
 /// One grid directory, run by one `zos up` after the other; whatever a run leaves attached or
 /// mounted is removed even when the test fails half-way.
 struct Grid {
@@ -86,9 +123,17 @@ impl Grid {
         )
     }
 
-    /// Starts `zos up` and returns its node id (from the "grid is up" summary).
-    fn up(&mut self, zos: &Path) -> u64 {
-        let child = Command::new(zos)
+    /// Starts `zos up` and returns its node id (from the "grid is up" summary). `shim`: a
+    /// directory put first on its PATH.
+    fn up(&mut self, zos: &Path, shim: Option<&Path>) -> u64 {
+        let mut cmd = Command::new(zos);
+        if let Some(dir) = shim {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![dir.to_path_buf()];
+            paths.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(paths).unwrap());
+        }
+        let child = cmd
             .args([
                 "up",
                 "--ssd",
@@ -249,7 +294,8 @@ fn a_grid_made_by_the_previous_version_runs_on_this_one() {
     };
 
     // The previous version: a grid, a deployment, data in each workload.
-    let node = grid.up(&old);
+    let shim = previous_qemu_img_shim(grid.dir.path());
+    let node = grid.up(&old, Some(&shim));
     let spec_path = grid.dir.path().join("app.yaml");
     std::fs::write(&spec_path, spec("256MiB")).unwrap();
     let (code, out, err) = grid.client(&old, &["deploy", spec_path.to_str().unwrap(), "--json"]);
@@ -285,7 +331,7 @@ fn a_grid_made_by_the_previous_version_runs_on_this_one() {
     grid.stop();
 
     // This version on the same directory.
-    assert_eq!(grid.up(new), node, "the same node id");
+    assert_eq!(grid.up(new, None), node, "the same node id");
     let (code, out, err) = grid.client(new, &["deployments", "--json"]);
     assert_eq!(code, 0, "deployments: {err}");
     let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
