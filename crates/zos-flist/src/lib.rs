@@ -12,6 +12,7 @@ pub mod fs;
 pub mod hub;
 pub mod image;
 pub mod pack;
+pub mod resolve;
 pub mod store;
 pub mod unpack;
 

@@ -269,41 +269,39 @@ impl Vms {
     }
 
     /// The local `.fl` for `url`: `file://` and absolute paths are node-local flists (the test
-    /// guest `zos up` installs); `http(s)://` is fetched once into `flists/`.
+    /// guest `zos up` installs); `http(s)://` is resolved into `flists/` (verified, cached).
     async fn flist_file(&self, url: &str) -> Result<PathBuf, PrimitiveError> {
         if url.is_empty() {
             return Err(invalid("flist is required"));
         }
-        let local = url
+        let base = url.split_once('#').map_or(url, |(b, _)| b);
+        let local = base
             .strip_prefix("file://")
-            .or(url.starts_with('/').then_some(url));
+            .or(base.starts_with('/').then_some(base));
         if let Some(p) = local {
-            let p = PathBuf::from(p);
-            return if p.is_file() {
-                Ok(p)
-            } else {
-                Err(PrimitiveError::Failed(format!(
+            if !Path::new(p).is_file() {
+                return Err(PrimitiveError::Failed(format!(
                     "flist {url} does not exist"
-                )))
-            };
-        }
-        if url.starts_with("http://") || url.starts_with("https://") {
-            let dir = self.cfg.root.join("flists/by-url");
-            let key = hex::encode(<md5::Md5 as md5::Digest>::digest(url.as_bytes()));
-            let cached = dir.join(&key);
-            if cached.is_file() {
-                return Ok(cached);
+                )));
             }
-            let got = zos_flist::fetch(url, &dir)
-                .await
-                .map_err(|e| PrimitiveError::Failed(format!("flist {url}: {e}")))?;
-            std::fs::rename(&got, &cached)
-                .map_err(|e| PrimitiveError::Failed(format!("flist cache: {e}")))?;
-            return Ok(cached);
+        } else if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(invalid(format!(
+                "flist {url:?}: expected an http(s):// or file:// URL"
+            )));
         }
-        Err(invalid(format!(
-            "flist {url:?}: expected an http(s):// or file:// URL"
-        )))
+        // zos-flist's resolver: flists cached by md5 under flists/fl (blocks under
+        // flists/blocks, the cache `unpacked` uses), verified against a hash in the URL
+        // fragment (#md5=… / #sha256=…) or else the server's `<url>.md5`; a mismatch fails.
+        let cache = zos_flist::resolve::FlistCache::new(self.cfg.root.join("flists"));
+        let r = cache.resolve(url, None).await.map_err(|e| {
+            let msg = e.to_string();
+            PrimitiveError::Failed(if msg.contains(base) {
+                msg
+            } else {
+                format!("flist {url}: {msg}")
+            })
+        })?;
+        Ok(r.path)
     }
 
     /// The flist unpacked (once per flist content) under `flists/<md5>/root`.
