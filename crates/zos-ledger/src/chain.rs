@@ -383,9 +383,11 @@ impl Chain {
             }
         }
         for (i, (_, h)) in included.iter().enumerate() {
+            let (first, end) = tx_events[i];
             let loc = TxLocation {
                 height,
                 index: i as u32,
+                events: Some([first as u32, end as u32]),
             };
             batch.put(Table::TxIndex, h.to_vec(), to_json(&loc));
         }

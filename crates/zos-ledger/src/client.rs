@@ -125,12 +125,28 @@ fn is_loopback_host(host: &str) -> bool {
 /// resubscribe from the last height you processed + 1.
 pub type SubscriptionStream<T> = Pin<Box<dyn Stream<Item = Result<T, ClientError>> + Send>>;
 
+/// One ledger server of a client's list.
+#[derive(Debug)]
+struct Endpoint {
+    http: String,
+    ws: String,
+}
+
+/// How long a client with several ledger URLs keeps trying the others (an election takes a
+/// lease period) before it reports the failure.
+const FAILOVER_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A ledger client; `Clone` is cheap (shared connection pool and cached ledger identity).
+///
+/// Several URLs (`URL,URL,…`: the servers of one etcd-backed ledger) make it fail over: a
+/// request that cannot reach a server, or that a server answers with an internal error (no
+/// producer during an election), goes to the next one, for up to 30 s; subscriptions resume on
+/// another server from the last height seen, with no event missed or delivered twice.
 #[derive(Clone, Debug)]
 pub struct LedgerClient {
     http: reqwest::Client,
-    url: Arc<str>,
-    ws_url: Arc<str>,
+    endpoints: Arc<[Endpoint]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     next_id: Arc<AtomicU64>,
     genesis_hash: Arc<OnceCell<[u8; 32]>>,
     /// Pinned TLS config for `https://`/`wss://`.
@@ -149,21 +165,51 @@ impl LedgerClient {
     }
 
     /// A client for `http://host:port` (loopback only) or `https://host:port` (needs
-    /// `trust.cert`).
-    pub fn with_trust(url: &str, trust: Trust) -> Result<Self, ClientError> {
-        let url = url.trim_end_matches('/');
+    /// `trust.cert`), or a comma-separated list of them (one scheme; failover).
+    pub fn with_trust(urls: &str, trust: Trust) -> Result<Self, ClientError> {
+        let list: Vec<&str> = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/'))
+            .filter(|u| !u.is_empty())
+            .collect();
+        let Some(first) = list.first().copied() else {
+            return Err(ClientError::Url {
+                url: urls.to_string(),
+                reason: "no URL given".into(),
+            });
+        };
+        let mut endpoints = Vec::new();
+        let mut all_secure = None;
+        let mut all_loopback = true;
+        for url in &list {
+            let bad = |reason: &str| ClientError::Url {
+                url: url.to_string(),
+                reason: reason.to_string(),
+            };
+            let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                (Some(r), _) => (r, false),
+                (_, Some(r)) => (r, true),
+                _ => return Err(bad("must start with http:// or https://")),
+            };
+            if rest.is_empty() || rest.contains('/') {
+                return Err(bad("must be http(s)://host:port"));
+            }
+            if all_secure.is_some_and(|s| s != secure) {
+                return Err(bad("all ledger URLs of a list must use the same scheme"));
+            }
+            all_secure = Some(secure);
+            all_loopback &= is_loopback_host(rest);
+            endpoints.push(Endpoint {
+                http: url.to_string(),
+                ws: format!("{}://{rest}/ws", if secure { "wss" } else { "ws" }),
+            });
+        }
+        let url = first;
+        let secure = all_secure.unwrap_or(false);
         let bad = |reason: &str| ClientError::Url {
-            url: url.to_string(),
+            url: urls.to_string(),
             reason: reason.to_string(),
         };
-        let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-            (Some(r), _) => (r, false),
-            (_, Some(r)) => (r, true),
-            _ => return Err(bad("must start with http:// or https://")),
-        };
-        if rest.is_empty() || rest.contains('/') {
-            return Err(bad("must be http(s)://host:port"));
-        }
         // Connecting fails fast; a request itself may legitimately wait for a block interval.
         let mut builder =
             reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
@@ -182,7 +228,7 @@ impl LedgerClient {
             (false, Some(_)) => {
                 return Err(bad("a pinned certificate needs an https:// URL"));
             }
-            (false, None) if !is_loopback_host(rest) => {
+            (false, None) if !all_loopback => {
                 return Err(bad(
                     "plain http is only for a ledger on this machine (loopback); use https:// \
                      with --ledger-cert",
@@ -196,10 +242,11 @@ impl LedgerClient {
         if let Some(p) = trust.producer {
             let _ = producer.set(p);
         }
+        let _ = url;
         Ok(LedgerClient {
             http,
-            url: url.into(),
-            ws_url: format!("{}://{rest}/ws", if secure { "wss" } else { "ws" }).into(),
+            endpoints: endpoints.into(),
+            current: Default::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             genesis_hash: Arc::new(OnceCell::new()),
             tls,
@@ -272,17 +319,73 @@ impl LedgerClient {
         self.verified("twin", &crate::state::keys::twin(id)).await
     }
 
-    /// The base URL.
+    /// The base URL of the server in use.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.endpoint().http
     }
 
-    /// Calls `method` with positional `params`.
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
+    /// Moves to the next server (after `idx` failed; no-op if another caller already moved).
+    fn rotate(&self, idx: usize) {
+        let next = (idx + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Calls `method` with positional `params` (on the next server too, if the client has
+    /// several and this one cannot answer).
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         params: Value,
     ) -> Result<T, ClientError> {
+        self.call_failover(method, params, &mut false).await
+    }
+
+    /// [`call`](Self::call); `retried` is set when an attempt failed in a way that leaves
+    /// its effect unknown (the request may have been served).
+    async fn call_failover<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+        retried: &mut bool,
+    ) -> Result<T, ClientError> {
+        if self.endpoints.len() == 1 {
+            return self.call_one(method, params).await;
+        }
+        let started = std::time::Instant::now();
+        let mut attempts = 0usize;
+        loop {
+            let idx = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            match self.call_one(method, params.clone()).await {
+                Err(e) if failover_worthy(&e) => {
+                    *retried = true;
+                    self.rotate(idx);
+                    attempts += 1;
+                    if started.elapsed() > FAILOVER_BUDGET {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, method, "ledger server failed; trying the next");
+                    if attempts % self.endpoints.len() == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Calls `method` on the server in use only.
+    pub async fn call_one<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, ClientError> {
+        let url = &self.endpoint().http;
         let req = Request {
             jsonrpc: "2.0".into(),
             id: Some(json!(self.next_id.fetch_add(1, Ordering::Relaxed))),
@@ -290,12 +393,12 @@ impl LedgerClient {
             params,
         };
         let http_err = |source| ClientError::Http {
-            url: self.url.to_string(),
+            url: url.to_string(),
             source,
         };
         let resp: Response = self
             .http
-            .post(&*self.url)
+            .post(url)
             .json(&req)
             .send()
             .await
@@ -404,8 +507,53 @@ impl LedgerClient {
 
     /// Submits a signed transaction; answers once its block is durable.
     /// A rejection is [`ClientError::Rejected`] with the reason.
+    ///
+    /// When an attempt failed without a clear answer (the server died, the producer changed)
+    /// and a retry is then refused for a stale nonce, the transaction may be the one that
+    /// used the nonce: if it is in the chain, its receipt is rebuilt and returned, so a
+    /// transaction is acknowledged exactly when it is in the chain, once.
     pub async fn submit(&self, tx: SignedTransaction) -> Result<Receipt, ClientError> {
-        self.call(methods::SUBMIT, json!([tx])).await
+        let mut retried = false;
+        let r = self
+            .call_failover(methods::SUBMIT, json!([tx]), &mut retried)
+            .await;
+        match r {
+            Err(ClientError::Rejected(reason)) if retried && reason.starts_with("stale nonce") => {
+                match self.landed(&tx).await? {
+                    Some(receipt) => Ok(receipt),
+                    None => Err(ClientError::Rejected(reason)),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// The receipt of `tx` if it is in the chain (the server asked may lag the producer by a
+    /// few milliseconds: asked a few times).
+    pub async fn landed(&self, tx: &SignedTransaction) -> Result<Option<Receipt>, ClientError> {
+        let gh = self.genesis_hash().await?;
+        let hash = hex::encode(tx.hash(&gh));
+        for _ in 0..20 {
+            if let Some(loc) = self.tx(&hash).await? {
+                let events = match loc.events {
+                    Some([first, end]) => {
+                        let all = self.events(loc.height).await?;
+                        all.get(first as usize..end as usize)
+                            .map(<[EventRecord]>::to_vec)
+                            .unwrap_or_default()
+                    }
+                    None => Vec::new(),
+                };
+                return Ok(Some(Receipt {
+                    tx_hash: hash,
+                    height: loc.height,
+                    index: loc.index,
+                    events,
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(None)
     }
 
     /// Fetches the account nonce, signs `call` with `key` and submits it. Concurrent `send`s from
@@ -462,7 +610,92 @@ impl LedgerClient {
         self.call(methods::DEV_FUND, json!([account, amount])).await
     }
 
-    async fn subscribe<T: DeserializeOwned + Send + 'static>(
+    async fn subscribe<T: DeserializeOwned + Send + Positioned + 'static>(
+        &self,
+        method: &'static str,
+        notification: &'static str,
+        from: u64,
+    ) -> Result<SubscriptionStream<T>, ClientError> {
+        if self.endpoints.len() == 1 {
+            return self.subscribe_once(method, notification, from).await;
+        }
+        // Several servers: resume on the next one from the height of the last item seen,
+        // dropping what was already delivered (a block's events may have been cut halfway).
+        struct S<T> {
+            client: LedgerClient,
+            from: u64,
+            last: Option<(u64, u32)>,
+            inner: Option<SubscriptionStream<T>>,
+            failing_since: Option<std::time::Instant>,
+            attempts: usize,
+        }
+        let first = self.subscribe_once::<T>(method, notification, from).await;
+        let (inner, failing_since) = match first {
+            Ok(s) => (Some(s), None),
+            Err(_) => (None, Some(std::time::Instant::now())),
+        };
+        let state = S {
+            client: self.clone(),
+            from,
+            last: None,
+            inner,
+            failing_since,
+            attempts: 0,
+        };
+        let stream = futures::stream::unfold(Some(state), move |st| async move {
+            let mut st = st?;
+            loop {
+                let Some(inner) = st.inner.as_mut() else {
+                    let idx = st.client.current.load(Ordering::Relaxed) % st.client.endpoints.len();
+                    let resume = st.last.map_or(st.from, |(h, _)| h);
+                    match st
+                        .client
+                        .subscribe_once::<T>(method, notification, resume)
+                        .await
+                    {
+                        Ok(s) => st.inner = Some(s),
+                        Err(e) => {
+                            st.client.rotate(idx);
+                            st.attempts += 1;
+                            let since =
+                                *st.failing_since.get_or_insert_with(std::time::Instant::now);
+                            if since.elapsed() > FAILOVER_BUDGET {
+                                return Some((Err(e), None));
+                            }
+                            if st.attempts % st.client.endpoints.len() == 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                    continue;
+                };
+                match inner.next().await {
+                    Some(Ok(item)) => {
+                        let pos = item.position();
+                        if st.last.is_some_and(|l| pos <= l) {
+                            continue;
+                        }
+                        st.last = Some(pos);
+                        st.failing_since = None;
+                        return Some((Ok(item), Some(st)));
+                    }
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::debug!(error = %e, "ledger subscription lost; resuming");
+                        }
+                        let idx =
+                            st.client.current.load(Ordering::Relaxed) % st.client.endpoints.len();
+                        st.client.rotate(idx);
+                        st.inner = None;
+                        st.failing_since.get_or_insert_with(std::time::Instant::now);
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn subscribe_once<T: DeserializeOwned + Send + 'static>(
         &self,
         method: &str,
         notification: &'static str,
@@ -471,8 +704,9 @@ impl LedgerClient {
         let ws_err = |e: &dyn std::fmt::Display| ClientError::WebSocket(e.to_string());
         // TCP_NODELAY: the pongs this stream sends must not wait behind Nagle.
         let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let ws_url = self.endpoint().ws.clone();
         let (mut ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(&*self.ws_url, None, true, connector)
+            tokio_tungstenite::connect_async_tls_with_config(&*ws_url, None, true, connector)
                 .await
                 .map_err(|e| ws_err(&e))?;
         let req = Request {
@@ -516,6 +750,33 @@ impl LedgerClient {
             }
         });
         Ok(Box::pin(stream))
+    }
+}
+
+/// Where a subscription item sits in the chain (resuming skips what was delivered).
+trait Positioned {
+    fn position(&self) -> (u64, u32);
+}
+
+impl Positioned for EventRecord {
+    fn position(&self) -> (u64, u32) {
+        (self.height, self.index)
+    }
+}
+
+impl Positioned for BlockHeader {
+    fn position(&self) -> (u64, u32) {
+        (self.height, 0)
+    }
+}
+
+/// Errors after which another server may do better: unreachable, or an internal error (no
+/// producer during an election, a producer that just lost its lease) or busy.
+fn failover_worthy(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http { .. } => true,
+        ClientError::Rpc { code, .. } => *code == codes::INTERNAL || *code == codes::BUSY,
+        _ => false,
     }
 }
 

@@ -49,19 +49,39 @@ pub enum Job {
     },
 }
 
-/// Runs until every sender is dropped (shutdown) or a commit fails (returned as error).
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every sender was dropped (shutdown).
+    Closed,
+    /// `active` turned false: this server is no longer the producer (etcd lease lost).
+    Deposed,
+}
+
+/// Jobs taken into one block at most: a block's batch must fit one etcd request (1.5 MiB by
+/// default; a transfer costs about 700 bytes there). The rest waits for the next block.
+pub const MAX_BLOCK_JOBS: usize = 512;
+
+/// How often a waiting producer checks that it is still the producer: a deposed one stops
+/// within this, well inside the lease margin.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs until every sender is dropped (shutdown), `active` turns false (deposed; the jobs it
+/// holds are answered with an `internal:` error the client retries elsewhere) or a commit
+/// fails (returned as error).
 // One call site (the server's producer thread); a parameter struct would only rename these.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     mut chain: Chain,
-    jobs: Receiver<Job>,
+    jobs: &Receiver<Job>,
     dev: bool,
     interval: Duration,
     faucet: Option<KeyPair>,
     head: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     published: Published,
-) -> Result<(), LedgerError> {
+    active: &dyn Fn() -> bool,
+) -> Result<Stopped, LedgerError> {
     publish(&chain, &published);
     let out = Out {
         head,
@@ -78,21 +98,28 @@ pub fn run(
         let mut batch = Vec::new();
         let mut closed = false;
         if dev {
-            match jobs.recv_timeout(tick) {
-                Ok(j) => batch.push(j),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => closed = true,
+            // Waits a tick for the first job, looking at `active` every POLL meanwhile.
+            let until = Instant::now() + tick;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(left.min(POLL)) {
+                    Ok(j) => batch.push(j),
+                    Err(RecvTimeoutError::Timeout) if left > POLL && active() => continue,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                }
+                break;
             }
-            batch.extend(jobs.try_iter());
+            batch.extend(jobs.try_iter().take(MAX_BLOCK_JOBS.saturating_sub(1)));
         } else {
             loop {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= deadline || batch.len() >= MAX_BLOCK_JOBS || !active() {
                     break;
                 }
-                match jobs.recv_timeout(deadline - now) {
+                match jobs.recv_timeout((deadline - now).min(POLL)) {
                     Ok(j) => batch.push(j),
-                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => {
                         closed = true;
                         break;
@@ -101,10 +128,30 @@ pub fn run(
             }
             deadline = Instant::now() + tick;
         }
+        if !active() {
+            refuse(batch);
+            debug!("ledger producer: deposed, stopping");
+            return Ok(Stopped::Deposed);
+        }
         process(&mut chain, batch, faucet.as_ref(), &out)?;
         if closed {
             debug!("ledger producer: all senders gone, stopping");
-            return Ok(());
+            return Ok(Stopped::Closed);
+        }
+    }
+}
+
+/// Answers jobs this server can no longer include (it stopped being the producer).
+pub fn refuse(jobs: impl IntoIterator<Item = Job>) {
+    const WHY: &str = "internal: this server is not the block producer any more; retry";
+    for j in jobs {
+        match j {
+            Job::Submit { reply, .. } | Job::Fund { reply, .. } => {
+                let _ = reply.send(Err(WHY.into()));
+            }
+            Job::Advance { reply, .. } => {
+                let _ = reply.send(Err(WHY.into()));
+            }
         }
     }
 }

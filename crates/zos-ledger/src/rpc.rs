@@ -52,6 +52,8 @@ pub mod methods {
     pub const METRICS: &str = "ledger_metrics";
     /// `[]` → `ZosVersion`.
     pub const ZOS_VERSION: &str = "ledger_zosVersion";
+    /// `[]` → `ClusterStatus` of an etcd-backed server (`null` on an embedded store).
+    pub const CLUSTER: &str = "ledger_cluster";
     /// `[SignedTransaction]` → `Receipt` once durable, or error [`super::codes::REJECTED`].
     pub const SUBMIT: &str = "ledger_submit";
     /// WebSocket: `[from_height]` → subscription id; notifications [`EVENT_NOTIFICATION`].

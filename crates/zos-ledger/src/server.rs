@@ -34,7 +34,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::producer::{self, Job};
 use crate::rpc::{NotificationParams, Request, Response, RpcError, codes, methods};
-use crate::store::{LedgerStore, RedbStore};
+use crate::store::{EtcdConfig, EtcdStore, LedgerStore, RedbStore};
 use crate::throttle::Throttle;
 use crate::tx::{SignedTransaction, decode32};
 use crate::types::{Genesis, LedgerInfo};
@@ -56,6 +56,12 @@ pub struct LedgerConfig {
     pub limits: Limits,
     /// Serve HTTPS/WSS with this certificate instead of plain HTTP/WS.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Keep the chain in this etcd cluster instead of `data_dir/ledger.redb` (several servers,
+    /// one producer at a time; `data_dir` then holds only the producer key).
+    pub etcd: Option<EtcdConfig>,
+    /// URL other servers of the cluster forward submissions to while this one produces
+    /// (default: the scheme and bound address).
+    pub advertise: Option<String>,
 }
 
 impl LedgerConfig {
@@ -69,6 +75,8 @@ impl LedgerConfig {
             block_interval: Duration::from_millis(1000),
             limits: Limits::default(),
             tls: None,
+            etcd: None,
+            advertise: None,
         }
     }
 }
@@ -188,6 +196,20 @@ pub(crate) struct App {
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// The latest signed head and its state tree (`ledger_proof`).
     published: producer::Published,
+    /// Set on an etcd-backed server.
+    cluster: Option<Cluster>,
+}
+
+/// An etcd-backed server's side of the cluster: its store and the clients it forwards
+/// submissions with while another server produces.
+struct Cluster {
+    store: Arc<EtcdStore>,
+    /// Certificate the cluster's servers share (forwarding pins it).
+    trust: crate::client::Trust,
+    /// This server's own URL (a leader key naming it is stale: retry later).
+    url: String,
+    ttl: Duration,
+    clients: Mutex<std::collections::HashMap<String, crate::client::LedgerClient>>,
 }
 
 /// A bound, not yet running ledger server.
@@ -197,6 +219,8 @@ pub struct LedgerServer {
     chain: Chain,
     cfg: LedgerConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The etcd store, its producer key and the URL it advertises (etcd mode).
+    cluster: Option<(Arc<EtcdStore>, KeyPair, String)>,
 }
 
 /// File of the producer's ed25519 seed (hex) in the data directory.
@@ -249,7 +273,43 @@ impl LedgerServer {
     pub async fn bind(mut cfg: LedgerConfig) -> Result<Self, LedgerError> {
         check_limits(&cfg.limits)?;
         fit_to_open_files(&mut cfg.limits);
-        let store = open_store(&cfg.data_dir)?;
+        // Bound first: an etcd-backed server advertises its address when it campaigns.
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| LedgerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| LedgerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let advertise = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
+        let (store, etcd): (Arc<dyn LedgerStore>, _) = match &cfg.etcd {
+            None => (open_store(&cfg.data_dir)?, None),
+            Some(ec) => {
+                std::fs::create_dir_all(&cfg.data_dir).map_err(|source| LedgerError::DataDir {
+                    path: cfg.data_dir.clone(),
+                    source,
+                })?;
+                let ec = ec.clone();
+                let s = tokio::task::spawn_blocking(move || EtcdStore::open(ec, true))
+                    .await
+                    .map_err(|e| LedgerError::Serve(std::io::Error::other(e)))??;
+                let url = advertise.clone();
+                let s2 = s.clone();
+                // An empty log: the server that wins the first election writes genesis; the
+                // others wait for it.
+                tokio::task::spawn_blocking(move || wait_for_genesis(&s2, &url))
+                    .await
+                    .map_err(|e| LedgerError::Serve(std::io::Error::other(e)))??;
+                (s.clone() as Arc<dyn LedgerStore>, Some(s))
+            }
+        };
         let key = producer_key(&cfg.data_dir)?;
         let given = cfg.genesis.clone().map(|g| complete_genesis(g, &key));
         // A given genesis was completed with a fresh nonce; an existing ledger keeps its own.
@@ -269,7 +329,7 @@ impl LedgerServer {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let g = complete_genesis(dev::genesis(now), &key);
-                Chain::open_with_producer(store, Some(g), Some(key))?
+                Chain::open_with_producer(store, Some(g), Some(key.clone()))?
             }
             other => other?,
         };
@@ -279,22 +339,13 @@ impl LedgerServer {
             }
             None => None,
         };
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| LedgerError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| LedgerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
         Ok(LedgerServer {
             listener,
             local_addr,
             chain,
             cfg,
             tls,
+            cluster: etcd.map(|s| (s, key, advertise)),
         })
     }
 
@@ -315,6 +366,7 @@ impl LedgerServer {
             chain,
             cfg,
             tls,
+            cluster,
         } = self;
         let g = chain.genesis().clone();
         let head = chain.head().header.clone();
@@ -347,6 +399,24 @@ impl LedgerServer {
             limits: cfg.limits.clone(),
             tls,
             published: Default::default(),
+            cluster: match &cluster {
+                None => None,
+                Some((store, _, url)) => Some(Cluster {
+                    store: store.clone(),
+                    trust: match &cfg.tls {
+                        Some(files) => crate::client::Trust::default()
+                            .with_cert_file(&files.cert)
+                            .map_err(|e| LedgerError::Config(e.to_string()))?,
+                        None => crate::client::Trust::default(),
+                    },
+                    url: url.clone(),
+                    ttl: cfg
+                        .etcd
+                        .as_ref()
+                        .map_or(Duration::from_secs(5), |e| e.lease_ttl),
+                    clients: Mutex::new(Default::default()),
+                }),
+            },
         });
         let published = app.published.clone();
         let metrics = app.metrics.clone();
@@ -355,16 +425,47 @@ impl LedgerServer {
         let exited = Arc::new(Notify::new());
         let exited2 = exited.clone();
         let (dev_mode, interval) = (cfg.dev, cfg.block_interval);
-        let producer = std::thread::Builder::new()
-            .name("ledger-producer".into())
-            .spawn(move || {
-                let r = producer::run(
-                    chain, jobs_rx, dev_mode, interval, faucet, head_tx, metrics, published,
-                );
-                exited2.notify_one();
-                r
-            })
-            .map_err(LedgerError::Serve)?;
+        let producer = match cluster {
+            None => std::thread::Builder::new()
+                .name("ledger-producer".into())
+                .spawn(move || {
+                    let r = producer::run(
+                        chain,
+                        &jobs_rx,
+                        dev_mode,
+                        interval,
+                        faucet,
+                        head_tx,
+                        metrics,
+                        published,
+                        &|| true,
+                    )
+                    .map(|_| ());
+                    exited2.notify_one();
+                    r
+                })
+                .map_err(LedgerError::Serve)?,
+            Some((store, key, url)) => {
+                drop(chain);
+                tokio::spawn(follow_applied(
+                    store.clone(),
+                    app.reader.clone(),
+                    head_tx,
+                    published,
+                ));
+                std::thread::Builder::new()
+                    .name("ledger-elect".into())
+                    .spawn(move || {
+                        let r = elect_and_produce(
+                            &store, &key, &url, &jobs_rx, dev_mode, interval, faucet, metrics,
+                        );
+                        store.resign();
+                        exited2.notify_one();
+                        r
+                    })
+                    .map_err(LedgerError::Serve)?
+            }
+        };
 
         let router = Router::new()
             .route("/", post(http_rpc))
@@ -743,6 +844,7 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
         }
         methods::PRICING => ok(r.pricing().map_err(internal)?),
         methods::METRICS => ok(app.metrics.snapshot()),
+        methods::CLUSTER => ok(app.cluster.as_ref().map(|c| c.store.status())),
         methods::ZOS_VERSION => ok(r.zos_version().map_err(internal)?),
         methods::SUBMIT => {
             if let Some(left) = app.throttle.banned(caller.ip) {
@@ -772,6 +874,9 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
                 }
                 return Err(RpcError::new(codes::REJECTED, "bad signature"));
             }
+            if let Some(c) = follower(app) {
+                return forward(c, methods::SUBMIT, json!([tx])).await;
+            }
             let (reply, rx) = oneshot::channel();
             enqueue(app, Job::Submit { tx, reply })?;
             outcome(rx.await)
@@ -788,6 +893,9 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
                     ),
                 ));
             }
+            if let Some(c) = follower(app) {
+                return forward(c, methods::DEV_ADVANCE_TIME, json!([seconds])).await;
+            }
             let (reply, rx) = oneshot::channel();
             enqueue(app, Job::Advance { seconds, reply })?;
             outcome(rx.await)
@@ -795,6 +903,9 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
         methods::DEV_FUND => {
             dev_only(app)?;
             let (to, amount): (PublicKey, u64) = params(p)?;
+            if let Some(c) = follower(app) {
+                return forward(c, methods::DEV_FUND, json!([to, amount])).await;
+            }
             let (reply, rx) = oneshot::channel();
             enqueue(app, Job::Fund { to, amount, reply })?;
             outcome(rx.await)
@@ -809,6 +920,179 @@ async fn dispatch(app: &App, req: &Request, caller: &Caller) -> Result<Value, Rp
             codes::METHOD_NOT_FOUND,
             format!("unknown method {other}"),
         )),
+    }
+}
+
+/// The cluster of a server that is not the producer now (`None`: produce here).
+fn follower(app: &App) -> Option<&Cluster> {
+    app.cluster.as_ref().filter(|c| !c.store.is_leader())
+}
+
+/// Sends a write to the producer and relays its answer. While there is none (an election
+/// under way) or it cannot be reached, retries for up to two lease periods, then answers with
+/// an `internal` error: the client retries on another server.
+async fn forward(c: &Cluster, method: &str, params: Value) -> Result<Value, RpcError> {
+    let deadline = tokio::time::Instant::now() + c.ttl * 2 + Duration::from_secs(1);
+    let mut last = String::from("no producer elected");
+    while tokio::time::Instant::now() < deadline {
+        if c.store.is_leader() {
+            // Became the producer meanwhile: the client's retry lands here.
+            return Err(RpcError::new(
+                codes::INTERNAL,
+                "this server just became the producer; retry",
+            ));
+        }
+        let url = c.store.leader_url().await;
+        let Some(url) = url.filter(|u| *u != c.url) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let client = {
+            let mut g = c.clients.lock().map_err(internal)?;
+            match g.get(&url) {
+                Some(cl) => cl.clone(),
+                None => {
+                    let cl = crate::client::LedgerClient::with_trust(&url, c.trust.clone())
+                        .map_err(internal)?;
+                    g.insert(url.clone(), cl.clone());
+                    cl
+                }
+            }
+        };
+        match client.call_one::<Value>(method, params.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(crate::client::ClientError::Rejected(m)) => {
+                return Err(RpcError::new(codes::REJECTED, m));
+            }
+            Err(crate::client::ClientError::Rpc { code, message, .. })
+                if code != codes::INTERNAL =>
+            {
+                return Err(RpcError::new(code, message));
+            }
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(RpcError::new(
+        codes::INTERNAL,
+        format!("forwarding to the producer failed: {last}"),
+    ))
+}
+
+/// Waits until the etcd log holds a genesis: written by this server if it wins the first
+/// election, else by the one that does (up to a minute).
+fn wait_for_genesis(store: &Arc<EtcdStore>, url: &str) -> Result<(), LedgerError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        store.catch_up()?;
+        if crate::chain::stored_genesis(&**store)?.is_some() || store.campaign(url)? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(LedgerError::Config(
+                "etcd holds no ledger and another server holds the producer lease without \
+                 writing genesis"
+                    .into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Keeps the server's head watch (subscriptions) and published head (proofs) at the height
+/// the local replica applied, whoever produced it.
+async fn follow_applied(
+    store: Arc<EtcdStore>,
+    reader: Reader,
+    head: watch::Sender<u64>,
+    published: producer::Published,
+) {
+    let mut rx = store.applied_watch();
+    loop {
+        let (h, snap) = store.tree();
+        if let Ok(Some(b)) = reader.block(h) {
+            let signed = crate::proof::SignedHead {
+                header: b.header.clone(),
+                hash: b.hash.clone(),
+                signature: b.signature.clone().unwrap_or_default(),
+            };
+            *published.write().unwrap_or_else(|p| p.into_inner()) = Some((signed, snap));
+            head.send_replace(h);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The etcd-backed server's producer thread: campaign; when elected, catch up, open the chain
+/// at the head and produce until the lease is lost; then follow and campaign again. Returns
+/// when the server shuts down (every job sender dropped).
+// One call site; a parameter struct would only rename these.
+#[allow(clippy::too_many_arguments)]
+fn elect_and_produce(
+    store: &Arc<EtcdStore>,
+    key: &KeyPair,
+    url: &str,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+    dev: bool,
+    interval: Duration,
+    faucet: Option<KeyPair>,
+    metrics: Arc<Metrics>,
+) -> Result<(), LedgerError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        if !store.is_leader() {
+            match store.campaign(url) {
+                Ok(true) => {}
+                Ok(false) => {}
+                Err(e) => debug!(error = %e, "campaign failed"),
+            }
+        }
+        if !store.is_leader() {
+            // Not the producer: answer anything queued in a race, and notice shutdown.
+            match jobs.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => producer::refuse([j]),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            continue;
+        }
+        let opened = store
+            .catch_up()
+            .map_err(LedgerError::from)
+            .and_then(|()| Chain::open_with_producer(store.clone(), None, Some(key.clone())));
+        let chain = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "elected, but the chain did not open; stepping down");
+                store.resign();
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        info!(url, head = chain.head().header.height, "producing blocks");
+        let active = || store.is_leader();
+        let r = producer::run(
+            chain,
+            jobs,
+            dev,
+            interval,
+            faucet.clone(),
+            watch::channel(0).0,
+            metrics.clone(),
+            Default::default(),
+            &active,
+        );
+        store.resign();
+        producer::refuse(jobs.try_iter());
+        match r {
+            Ok(producer::Stopped::Closed) => return Ok(()),
+            Ok(producer::Stopped::Deposed) => warn!(url, "lease lost; following"),
+            Err(e) => warn!(url, error = %e, "append failed; following"),
+        }
     }
 }
 

@@ -471,6 +471,11 @@ pub struct TxLocation {
     pub height: u64,
     /// Position in the block.
     pub index: u32,
+    /// This transaction's events: `[first, end)` indexes into the block's event list (absent
+    /// on blocks written before they were recorded). With it, a client that lost the answer
+    /// to a submission rebuilds the exact receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<[u32; 2]>,
 }
 
 /// The hashed part of a block.

@@ -33,6 +33,8 @@ async fn genesis_file_sets_up_the_ledger() {
         block_interval: std::time::Duration::from_millis(20),
         limits: Default::default(),
         tls: None,
+        etcd: None,
+        advertise: None,
     };
     let server = LedgerServer::bind(cfg.clone()).await.unwrap();
     let c = LedgerClient::new(&format!("http://{}", server.local_addr())).unwrap();
@@ -134,6 +136,8 @@ async fn genesis_file_sets_up_the_ledger() {
         block_interval: std::time::Duration::from_millis(20),
         limits: Default::default(),
         tls: None,
+        etcd: None,
+        advertise: None,
     };
     assert!(matches!(
         LedgerServer::bind(empty).await.err().unwrap(),

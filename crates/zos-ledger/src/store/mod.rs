@@ -5,11 +5,16 @@
 //! durable on return); [`MemStore`] keeps everything in memory (tests, `verify`'s replay).
 //! `tests/store_conformance.rs` runs the same suite against both.
 
+/// The etcd-replicated backend (ledger clusters).
+#[cfg(feature = "server")]
+pub mod etcd;
 mod mem;
 pub mod migrate;
 #[cfg(feature = "server")]
 mod redb;
 
+#[cfg(feature = "server")]
+pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::mem::MemStore;
 #[cfg(feature = "server")]
 pub use self::redb::RedbStore;

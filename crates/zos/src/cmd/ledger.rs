@@ -65,13 +65,80 @@ pub enum LedgerCmd {
         tls_self_signed: Option<PathBuf>,
         #[command(flatten)]
         limits: ServeLimits,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
-    /// Replay a stopped ledger from genesis and check every link, signature, event and the state.
+    /// Replay a ledger from genesis and check every link, signature, event and the state
+    /// (a stopped one in --data, or one in etcd, served or not).
     Verify {
         /// Data directory.
-        #[arg(long)]
-        data: PathBuf,
+        #[arg(long, required_unless_present = "etcd")]
+        data: Option<PathBuf>,
+        /// etcd client URLs (URL[,URL…]) of an etcd-backed ledger instead of --data.
+        #[arg(long, conflicts_with = "data")]
+        etcd: Option<String>,
+        /// Key prefix of the ledger in etcd.
+        #[arg(long, default_value = "/zos-ledger/")]
+        etcd_prefix: String,
     },
+}
+
+/// Where `zos ledger serve` keeps the chain.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One embedded redb file in --data (one server).
+    Redb,
+    /// An etcd cluster (several servers, one producer at a time; docs/ledger.md).
+    Etcd,
+}
+
+/// The etcd-backed ledger's options of `zos ledger serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Store: redb (default; or etcd when --etcd is given).
+    #[arg(long, value_enum)]
+    store: Option<StoreKind>,
+    /// etcd client URLs, URL[,URL…] (every server of the ledger names the same cluster and
+    /// holds the same producer.key in its --data).
+    #[arg(long)]
+    etcd: Option<String>,
+    /// Key prefix of this ledger in etcd.
+    #[arg(long, default_value = "/zos-ledger/")]
+    etcd_prefix: String,
+    /// Producer lease in seconds (≥ 2): the failover time after a producer dies.
+    #[arg(long, default_value_t = 5)]
+    lease_ttl: u64,
+    /// URL the other servers forward submissions to (default: scheme://listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This server's id in etcd (default: the advertised URL).
+    #[arg(long)]
+    server_id: Option<String>,
+}
+
+impl ClusterArgs {
+    fn etcd(&self, advertise: &str) -> anyhow::Result<Option<zos_ledger::store::EtcdConfig>> {
+        let kind = self.store.unwrap_or(if self.etcd.is_some() {
+            StoreKind::Etcd
+        } else {
+            StoreKind::Redb
+        });
+        match (kind, &self.etcd) {
+            (StoreKind::Redb, None) => Ok(None),
+            (StoreKind::Redb, Some(_)) => bail!("--etcd needs --store etcd (or no --store)"),
+            (StoreKind::Etcd, None) => bail!("--store etcd needs --etcd URL[,URL…]"),
+            (StoreKind::Etcd, Some(urls)) => {
+                let id = self
+                    .server_id
+                    .clone()
+                    .unwrap_or_else(|| advertise.to_string());
+                let mut cfg = zos_ledger::store::EtcdConfig::new(urls, &id)?;
+                cfg.prefix.clone_from(&self.etcd_prefix);
+                cfg.lease_ttl = Duration::from_secs(self.lease_ttl);
+                Ok(Some(cfg))
+            }
+        }
+    }
 }
 
 /// Connection, request and signature-failure limits of `zos ledger serve` (docs/ledger.md).
@@ -348,6 +415,7 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             tls_key,
             tls_self_signed,
             limits,
+            cluster,
         } => {
             let genesis = genesis.map(|p| zos_ledger::load_genesis(&p)).transpose()?;
             let tls = match (tls_cert, tls_key, tls_self_signed) {
@@ -359,6 +427,11 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
                 _ => None,
             };
             let scheme = if tls.is_some() { "https" } else { "http" };
+            let advertise = cluster
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{listen}"));
+            let etcd = cluster.etcd(&advertise)?;
             let server = LedgerServer::bind(LedgerConfig {
                 data_dir: data,
                 listen,
@@ -367,14 +440,31 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
                 block_interval: Duration::from_millis(block_interval.max(1)),
                 limits: limits.limits(),
                 tls,
+                etcd,
+                advertise: cluster.advertise.clone(),
             })
             .await?;
             eprintln!("ledger listening on {scheme}://{}", server.local_addr());
             server.run(super::shutdown_signal()).await?;
             Ok(())
         }
-        LedgerCmd::Verify { data } => {
-            let store = zos_ledger::open_store(&data)?;
+        LedgerCmd::Verify {
+            data,
+            etcd,
+            etcd_prefix,
+        } => {
+            let store: std::sync::Arc<dyn zos_ledger::LedgerStore> = match (data, etcd) {
+                (_, Some(urls)) => {
+                    let mut cfg = zos_ledger::store::EtcdConfig::new(&urls, "verify")?;
+                    cfg.prefix = etcd_prefix;
+                    tokio::task::spawn_blocking(move || {
+                        zos_ledger::store::EtcdStore::open(cfg, false)
+                    })
+                    .await??
+                }
+                (Some(data), None) => zos_ledger::open_store(&data)?,
+                (None, None) => bail!("--data or --etcd"),
+            };
             let report = tokio::task::spawn_blocking(move || zos_ledger::verify(store)).await??;
             print(&report)
         }
