@@ -1,6 +1,6 @@
 //! Running the node's ZeroDB servers: the [`ZdbLauncher`] seam, the production launcher
-//! [`InProcessZdb`] (a `zos_zdb::Server` in the node's process with an admin password derived
-//! from the key root,
+//! [`InProcessZdb`] (a `zos_zdb::Server` in the node's process with an admin password and an
+//! at-rest key derived from the key root, so namespace values are sealed on the pool,
 //! `--sync` so that writes are on disk before they are acknowledged, and `--protect`), and the
 //! supervisor that restarts a server on the same address whenever it stops unexpectedly.
 //!
@@ -35,6 +35,10 @@ pub struct ZdbServerSpec {
     pub listen: SocketAddr,
     /// `--admin`.
     pub admin_password: String,
+    /// The server's at-rest key (`zos_zdb::ServerConfig::at_rest_key`), derived from the key
+    /// root: namespace values are stored sealed under it, so a copy of the pool is useless
+    /// without the key root.
+    pub at_rest_key: zos_zdb::crypto::AtRestKey,
 }
 
 /// Resolves when a launched server has stopped: `Ok` after a requested stop, `Err(reason)`
@@ -74,6 +78,7 @@ impl ZdbLauncher for InProcessZdb {
             sync: true,
             datasize: zos_zdb::DEFAULT_DATASIZE,
             protect: true,
+            at_rest_key: Some(spec.at_rest_key.clone()),
             ..zos_zdb::ServerConfig::default()
         };
         let server = zos_zdb::Server::bind(cfg)
@@ -187,6 +192,11 @@ fn admin_password(secret: &NodeSecret, pool: &str) -> String {
     hex::encode(&secret.derive("zdb-admin", pool)[..24])
 }
 
+/// The pool's ZeroDB at-rest key: from the key root only (nothing on the pools derives it).
+fn at_rest_key(secret: &NodeSecret, pool: &str) -> zos_zdb::crypto::AtRestKey {
+    zos_zdb::crypto::AtRestKey(secret.derive("zdb-at-rest", pool))
+}
+
 impl Storage {
     /// Start (and from then on supervise) one ZeroDB server per HDD pool, or per SSD pool when
     /// the node has no HDD. Idempotent: pools that already have a server are skipped.
@@ -257,6 +267,7 @@ impl Storage {
             index_dir,
             listen: SocketAddr::new(self.cfg.zdb_listen, port),
             admin_password: admin_password(&self.secret, &pool.name),
+            at_rest_key: at_rest_key(&self.secret, &pool.name),
         };
         let first = launcher.launch(&spec, self.zdb.stop.subscribe()).await;
         let (addr, exit) = match first {
@@ -373,6 +384,22 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The at-rest key: from the key root, not the seed copied on the pools.
+    #[test]
+    fn at_rest_key_comes_from_the_key_root_only() {
+        let a = NodeSecret::new([0x5a; 32]).with_legacy_seed([1; 32]);
+        let b = NodeSecret::new([0x5a; 32]).with_legacy_seed([2; 32]);
+        let c = NodeSecret::new([0x5b; 32]).with_legacy_seed([1; 32]);
+        // Another seed (the one copied on the pools) changes nothing; another root does.
+        assert_eq!(at_rest_key(&a, "hdd"), at_rest_key(&b, "hdd"));
+        assert_ne!(at_rest_key(&a, "hdd"), at_rest_key(&c, "hdd"));
+        assert_ne!(at_rest_key(&a, "hdd"), at_rest_key(&a, "ssd"));
+        assert_ne!(
+            at_rest_key(&a, "hdd").0[..24],
+            a.derive("zdb-admin", "hdd")[..24]
+        );
+    }
 
     /// From the key root, not the seed: pinned (RFC 5869 computed in Python) and unlike the
     /// legacy password the seed gives.

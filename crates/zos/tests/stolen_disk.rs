@@ -11,6 +11,12 @@
 //! same pool *is* opened by the same search, so the search can succeed.
 //!
 //! Needs qemu-img and qemu-io (no root): prints `SKIP:` without them.
+//!
+//! Likewise for ZeroDB (`zdb_namespace_copied_off_a_pool_…`, no qemu needed): a known value
+//! written through a namespace of the node's own zdb server is nowhere in the copied pools in
+//! clear, and the copied zdb files give it to no key a thief can make from the copy (each
+//! candidate as a key root, and as the at-rest key itself), nor to a server without a key;
+//! control: the same files opened with the key the node derives from its key root give it back.
 
 #[path = "../../zos-storage/tests/common/mod.rs"]
 mod common;
@@ -21,7 +27,10 @@ use std::sync::Arc;
 
 use zos_node::identity::{self, KeyRootSource};
 use zos_primitive::NodeSecret;
-use zos_storage::{DirPoolSpec, DiskKey, PoolConfig, PoolKind, Storage, StorageConfig};
+use zos_storage::{
+    DirPoolSpec, DiskKey, InProcessZdb, NamespaceMode, NamespaceSpec, PoolConfig, PoolKind,
+    Storage, StorageConfig,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -100,6 +109,165 @@ async fn start_node(data: &Path, pools: &PoolConfig) -> (Arc<Storage>, NodeSecre
     (Arc::new(st), keys.secret)
 }
 
+fn dir_pools(tmp: &Path, data: &Path) -> PoolConfig {
+    PoolConfig {
+        runtime_dir: data.join("run"),
+        dir_pools: ["ssd", "hdd"]
+            .into_iter()
+            .map(|k| DirPoolSpec {
+                dir: tmp.join("pools").join(k),
+                size: 256 * MIB,
+                kind: if k == "ssd" {
+                    PoolKind::Ssd
+                } else {
+                    PoolKind::Hdd
+                },
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Whether `needle` occurs in any file under `tree`.
+fn found_in(tree: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    files(tree, &mut all);
+    all.into_iter()
+        .filter(|f| {
+            std::fs::read(f)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// What a zdb engine opened on `zdb_dir` with `key` answers for `ns`/`key_name`.
+fn zdb_read(
+    zdb_dir: &Path,
+    key: Option<[u8; 32]>,
+    ns: &str,
+    key_name: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    let engine = zos_zdb::engine::Engine::open(zos_zdb::engine::EngineConfig {
+        data_dir: zdb_dir.join("data"),
+        index_dir: zdb_dir.join("index"),
+        mode: None,
+        sync: false,
+        datasize: zos_zdb::DEFAULT_DATASIZE,
+        cache_bytes: 0,
+        strict_index: false,
+        at_rest_key: key.map(zos_zdb::crypto::AtRestKey),
+    })
+    .map_err(|e| e.to_string())?;
+    let n = engine.get(ns).ok_or("namespace not found")?;
+    let got = n.lock().get(key_name);
+    got.map(|v| v.map(|b| b.to_vec()))
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zdb_namespace_copied_off_a_pool_cannot_be_read_with_what_is_on_it() {
+    const MARK: &[u8] = b"zos-stolen-zdb-MARKER-3f9a1c-value";
+    let tmp = tempfile::Builder::new()
+        .prefix("zos-stolen-zdb-")
+        .tempdir()
+        .unwrap();
+    let data = tmp.path().join("node");
+    let pools = dir_pools(tmp.path(), &data);
+    let (st, secret) = start_node(&data, &pools).await;
+    st.start_zdb(Arc::new(InProcessZdb)).await.unwrap();
+    let spec = NamespaceSpec {
+        size: 16 * MIB,
+        mode: NamespaceMode::User,
+        password: "pw".into(),
+        public: false,
+    };
+    let r = st.zdb_create("3-1-ns", &spec).await.unwrap();
+    let servers = st.zdb_servers();
+    assert_eq!(servers.len(), 1, "one zdb server (on the HDD pool)");
+    let pool = servers[0].pool.clone();
+    {
+        let url = format!("redis://{}:{}/", r.ips[0], r.port);
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("SELECT")
+            .arg("3-1-ns")
+            .arg("pw")
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+        for v in [&b"first version, replaced"[..], MARK] {
+            redis::cmd("SET")
+                .arg("k")
+                .arg(v)
+                .query_async::<()>(&mut c)
+                .await
+                .unwrap();
+        }
+        let got: Vec<u8> = redis::cmd("GET")
+            .arg("k")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(got, MARK, "clients see plain 0-db");
+    }
+    st.shutdown().await;
+    drop(st);
+
+    let stolen = tmp.path().join("stolen");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(tmp.path().join("pools"))
+        .arg(&stolen)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    assert_eq!(
+        found_in(&stolen, MARK),
+        Vec::<PathBuf>::new(),
+        "the value is on no pool in clear"
+    );
+    let zdb_dirs: Vec<PathBuf> = ["ssd", "hdd"]
+        .iter()
+        .map(|k| stolen.join(k).join("zdb"))
+        .filter(|d| d.join("data").join("3-1-ns").is_dir())
+        .collect();
+    assert_eq!(zdb_dirs.len(), 1, "{zdb_dirs:?}");
+    let zdb_dir = &zdb_dirs[0];
+
+    let (seeds, secrets) = loot(&stolen);
+    assert!(!seeds.is_empty(), "the seed is on the pools");
+    let mut tries = vec![None];
+    for s in &secrets {
+        tries.push(Some(*s));
+        tries.push(Some(NodeSecret::new(*s).derive("zdb-at-rest", &pool)));
+    }
+    eprintln!(
+        "thief: {} candidate secrets, {} keys tried",
+        secrets.len(),
+        tries.len()
+    );
+    for key in &tries {
+        let got = zdb_read(zdb_dir, *key, "3-1-ns", b"k");
+        assert!(
+            !matches!(&got, Ok(Some(v)) if v == MARK),
+            "a key made from the copy reads the value"
+        );
+        assert!(got.is_err(), "no value without the key root: {got:?}");
+    }
+    // Control: the node's own key (from its key root, which is not on the pools).
+    let real = secret.derive("zdb-at-rest", &pool);
+    assert!(!tries.contains(&Some(real)));
+    assert_eq!(
+        zdb_read(zdb_dir, Some(real), "3-1-ns", b"k").unwrap(),
+        Some(MARK.to_vec())
+    );
+}
+
 #[tokio::test]
 async fn disk_copied_off_a_pool_cannot_be_decrypted_with_what_is_on_it() {
     if !zos_storage::exec::have("qemu-img") || !zos_storage::exec::have("qemu-io") {
@@ -111,22 +279,7 @@ async fn disk_copied_off_a_pool_cannot_be_decrypted_with_what_is_on_it() {
         .tempdir()
         .unwrap();
     let data = tmp.path().join("node");
-    let pools = PoolConfig {
-        runtime_dir: data.join("run"),
-        dir_pools: ["ssd", "hdd"]
-            .into_iter()
-            .map(|k| DirPoolSpec {
-                dir: tmp.path().join("pools").join(k),
-                size: 256 * MIB,
-                kind: if k == "ssd" {
-                    PoolKind::Ssd
-                } else {
-                    PoolKind::Hdd
-                },
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let pools = dir_pools(tmp.path(), &data);
     let (st, secret) = start_node(&data, &pools).await;
     let disk = st.disk_create("3-1-disk", 16 * MIB).await.unwrap();
     let key = st.disk_key("3-1-disk").unwrap().passphrase();

@@ -383,6 +383,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         secure: a.secure,
         dualnet: a.dualnet,
         strict_index: a.strict_index,
+        // The standalone server stores values as given (upstream's behaviour); the node's
+        // servers seal them under a key from its key root (zos-storage).
+        at_rest_key: None,
         replicate_from: match a.replicate_from {
             None => None,
             Some(m) => Some(zos_zdb::Replication {
