@@ -65,7 +65,13 @@ impl TlsFiles {
 /// so pins stay valid). Names: `localhost`, `127.0.0.1`, `::1` and `extra_names`. The key file
 /// is written owner-only.
 pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<TlsFiles, TlsError> {
-    let files = TlsFiles::in_dir(dir);
+    self_signed_files(TlsFiles::in_dir(dir), extra_names)
+}
+
+#[cfg(feature = "server")]
+/// [`self_signed`] with other file names (the relay's pinned certificate uses it too), made
+/// unless both files exist; their directory is created.
+pub fn self_signed_files(files: TlsFiles, extra_names: &[String]) -> Result<TlsFiles, TlsError> {
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
@@ -73,7 +79,12 @@ pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<TlsFiles, TlsEr
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    std::fs::create_dir_all(dir).map_err(|e| ferr(dir, &e))?;
+    if let Some(dir) = files.cert.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ferr(dir, &e))?;
+    }
+    if let Some(dir) = files.key.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ferr(dir, &e))?;
+    }
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     names.extend(extra_names.iter().cloned());
     let ck =
@@ -81,7 +92,7 @@ pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<TlsFiles, TlsEr
     write_private(&files.key, ck.signing_key.serialize_pem().as_bytes())
         .map_err(|e| ferr(&files.key, &e))?;
     std::fs::write(&files.cert, ck.cert.pem()).map_err(|e| ferr(&files.cert, &e))?;
-    tracing::info!(cert = %files.cert.display(), "made a self-signed ledger certificate");
+    tracing::info!(cert = %files.cert.display(), "made a self-signed certificate");
     Ok(files)
 }
 
@@ -141,13 +152,22 @@ pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError>
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// A certificate verifier that accepts exactly the `pinned` end-entity certificates (handshake
+/// signatures still checked against them). The bus builds its relay pins on it.
+pub fn pinned_verifier(pinned: Vec<CertificateDer<'static>>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Pinned {
+        certs: pinned,
+        provider: provider(),
+    })
+}
+
 /// The client side: a rustls config that accepts only `pinned`.
 pub fn pinned_client_config(
     pinned: CertificateDer<'static>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(Pinned {
-        cert: pinned,
+        certs: vec![pinned],
         provider: provider.clone(),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -160,10 +180,10 @@ pub fn pinned_client_config(
     Ok(cfg)
 }
 
-/// Accepts exactly one certificate; the handshake signatures are still checked against it.
+/// Accepts exactly the pinned certificates; the handshake signatures are still checked.
 #[derive(Debug)]
 struct Pinned {
-    cert: CertificateDer<'static>,
+    certs: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -176,7 +196,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
+        if self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(

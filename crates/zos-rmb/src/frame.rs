@@ -12,10 +12,14 @@
 //! ```
 //!
 //! The Auth signature is the twin key over [`AUTH_LABEL`](crate::frame::AUTH_LABEL) `|| nonce || str8 domain ||
-//! str8 host || role || twin || str8 session`: fresh per connection, so it cannot be replayed
-//! to the same relay. `host` is the `host[:port]` of the URL the client dialed; the relay
-//! refuses a login whose host is not one of its own, so a relay that passes another relay's
-//! challenge through to its clients (or anyone on a `ws://` path) cannot log in as them there.
+//! str8 host || channel || role || twin || str8 session`: fresh per connection, so it cannot
+//! be replayed to the same relay. `host` is the `host[:port]` of the URL the client dialed;
+//! the relay refuses a login whose host is not one of its own, so a relay that passes another
+//! relay's challenge through to its clients (or anyone on a `ws://` path) cannot log in as
+//! them there. `channel` is `0x00` on plain `ws://` and `0x01 || [32]` on `wss://`: the TLS
+//! exporter value ([`crate::tls::channel_binding`]); the relay verifies with the value of its
+//! own end, so a login passed through a man in the middle that terminates TLS (even one
+//! holding the relay's certificate and key) is refused.
 
 use bytes::Bytes;
 
@@ -23,7 +27,7 @@ use crate::codec::{CodecError, Reader, Writer, check_len};
 use crate::envelope::{Address, MAX_ERROR_MESSAGE, MAX_SESSION, MessageId};
 
 /// Domain separation for the relay login signature.
-pub const AUTH_LABEL: &[u8] = b"zos-rmb-auth-v2";
+pub const AUTH_LABEL: &[u8] = b"zos-rmb-auth-v3";
 /// Longest relay domain name.
 pub const MAX_DOMAIN: usize = 255;
 
@@ -278,12 +282,13 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The bytes a client signs to log in: the relay's challenge (`nonce`, `domain`) and the
-/// `host` the client dialed.
+/// The bytes a client signs to log in: the relay's challenge (`nonce`, `domain`), the
+/// `host` the client dialed and its TLS channel binding (`None` on plain `ws://`).
 pub fn auth_message(
     nonce: &[u8; 32],
     domain: &str,
     host: &str,
+    channel: Option<&[u8; 32]>,
     role: Role,
     twin: u32,
     session: Option<&str>,
@@ -293,6 +298,15 @@ pub fn auth_message(
     w.bytes(nonce);
     w.str8(truncate(domain, MAX_DOMAIN));
     w.str8(truncate(host, MAX_DOMAIN));
+    // The channel binding: what the signer's TLS connection exported, or nothing on plain
+    // `ws://`. The relay puts what *its* end of the connection exported here.
+    match channel {
+        None => w.u8(0),
+        Some(b) => {
+            w.u8(1);
+            w.bytes(b);
+        }
+    }
     w.u8(role_byte(role));
     w.u32(twin);
     w.str8(truncate(session.unwrap_or(""), MAX_SESSION));

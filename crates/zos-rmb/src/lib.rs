@@ -64,4 +64,4 @@ pub use peer::{
 };
 #[cfg(feature = "relay")]
 pub use relay::{Relay, RelayConfig, RelayError, RelayIdentity};
-pub use tls::{RelayTls, trust_ca_pem};
+pub use tls::{RelayTls, pin_relay_cert, pin_relay_cert_file, trust_ca_pem};

@@ -27,7 +27,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::directory::lock;
 #[cfg(feature = "relay")]
-use crate::relay::guard::{Guarded, GuardedListener};
+use crate::relay::guard::{Guarded, GuardedListener, HasConn as _};
 
 /// How long a client may take for the TLS handshake.
 #[cfg(feature = "relay")]
@@ -88,6 +88,32 @@ pub fn trust_ca_pem(pem: &[u8]) -> Result<usize, TlsError> {
     Ok(n)
 }
 
+fn pinned_certs() -> &'static Mutex<Vec<CertificateDer<'static>>> {
+    static PINS: OnceLock<Mutex<Vec<CertificateDer<'static>>>> = OnceLock::new();
+    PINS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Pins a relay's certificate for every `wss://` client of this process: a relay presenting
+/// exactly this end-entity certificate (and proving its key in the handshake) is accepted
+/// whatever its names, dates or issuer, the way the ledger's certificate is pinned
+/// (`zos_ledger::tls`). Other relays are still checked against the roots.
+pub fn pin_relay_cert(cert: CertificateDer<'static>) {
+    let mut pins = lock(pinned_certs());
+    if !pins.iter().any(|c| c.as_ref() == cert.as_ref()) {
+        pins.push(cert);
+    }
+}
+
+/// [`pin_relay_cert`] with the first certificate of a PEM file (what `zos up` hands out).
+pub fn pin_relay_cert_file(path: &std::path::Path) -> Result<(), TlsError> {
+    let cert = zos_ledger::tls::read_cert(path).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    pin_relay_cert(cert);
+    Ok(())
+}
+
 /// The client configuration for `wss://` (rebuilt per connection: cheap next to a handshake).
 pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore {
@@ -98,12 +124,92 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
             .add(c.clone())
             .map_err(|e| TlsError::Config(e.to_string()))?;
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let pins = lock(pinned_certs()).clone();
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let cfg = if pins.is_empty() {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrRoots {
+                pinned: zos_ledger::tls::pinned_verifier(pins),
+                webpki,
+            }))
+            .with_no_client_auth()
+    };
     Ok(Arc::new(cfg))
+}
+
+/// A pinned certificate, else the roots. Handshake signatures are checked the same way
+/// either way (against the presented certificate's key).
+#[derive(Debug)]
+struct PinnedOrRoots {
+    pinned: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .pinned
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.webpki
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// RFC 8446 exporter label of the login's channel binding.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-zos-rmb-login-v1";
+
+/// The login's channel binding: 32 bytes exported from this TLS connection's secrets
+/// (RFC 8446 section 7.5). Both ends of one TLS channel get the same value; a man in the
+/// middle who terminates TLS holds two channels with two different values, so a login
+/// signed over one is refused on the other. `None` before the handshake completes.
+pub fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
+    conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        .ok()
 }
 
 #[cfg(feature = "relay")]
@@ -130,8 +236,10 @@ pub(crate) fn server_config(tls: &RelayTls) -> Result<Arc<rustls::ServerConfig>,
         });
     }
     let key = read_pem(&tls.key_pem, |p| PrivateKeyDer::from_pem_file(p))?;
+    // TLS 1.3 only: its exporter is unique per channel (TLS 1.2's is not without the extended
+    // master secret: the triple handshake), and the login is bound to it.
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
@@ -167,6 +275,10 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            // The login is checked against this channel's exporter.
+                            if let Some(b) = channel_binding(tls.get_ref().1) {
+                                tls.get_ref().0.conn_state().set_channel(b);
+                            }
                             let _ = tx.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -61,7 +61,25 @@ pub(crate) async fn connect_and_login(
         // The host we dialed is signed too: the relay refuses it unless it is its own, so our
         // answer is useless to anyone who passed another relay's challenge on to us.
         let host = crate::directory::relay_domain(url).to_ascii_lowercase();
-        let msg = auth_message(&nonce, &domain, &host, role, twin, session);
+        // And the TLS channel we hold: a man in the middle terminating TLS holds another one,
+        // so this answer is useless on its own connection to the relay.
+        let channel = match ws.get_ref() {
+            MaybeTlsStream::Rustls(tls) => {
+                Some(crate::tls::channel_binding(tls.get_ref().1).ok_or_else(|| {
+                    LoginError::Transient(format!("{url}: no TLS exporter on this connection"))
+                })?)
+            }
+            _ => None,
+        };
+        let msg = auth_message(
+            &nonce,
+            &domain,
+            &host,
+            channel.as_ref(),
+            role,
+            twin,
+            session,
+        );
         let auth = Frame::Auth {
             role,
             twin,

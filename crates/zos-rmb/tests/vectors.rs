@@ -120,11 +120,37 @@ fn pinned_encodings() {
         "030163aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000001940002 6e6f00000000".replace(' ', "")
     );
     assert_eq!(
-        hex::encode(auth_message(&[7; 32], "r1", "h", Role::Peer, 5, Some("s"))),
+        hex::encode(auth_message(
+            &[7; 32],
+            "r1",
+            "h",
+            None,
+            Role::Peer,
+            5,
+            Some("s")
+        )),
         format!(
-            "{}{}027231 0168 010000000501 73",
-            hex::encode(b"zos-rmb-auth-v2"),
+            "{}{}027231 0168 00 010000000501 73",
+            hex::encode(b"zos-rmb-auth-v3"),
             "07".repeat(32)
+        )
+        .replace(' ', "")
+    );
+    assert_eq!(
+        hex::encode(auth_message(
+            &[7; 32],
+            "r1",
+            "h",
+            Some(&[9; 32]),
+            Role::Peer,
+            5,
+            None
+        )),
+        format!(
+            "{}{}027231 0168 01{} 010000000500",
+            hex::encode(b"zos-rmb-auth-v3"),
+            "07".repeat(32),
+            "09".repeat(32)
         )
         .replace(' ', "")
     );

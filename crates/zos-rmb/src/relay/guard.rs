@@ -66,9 +66,22 @@ pub(crate) struct ConnState {
     /// Bytes read since the last complete message.
     held: AtomicUsize,
     guard: Arc<Guard>,
+    /// The TLS channel's exporter value (`None` on plain `ws://`), set once after the
+    /// handshake: the login must be signed over it.
+    channel: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl ConnState {
+    /// Records the TLS channel binding (once, after the handshake).
+    pub(crate) fn set_channel(&self, binding: [u8; 32]) {
+        let _ = self.channel.set(binding);
+    }
+
+    /// The TLS channel binding, `None` on a plain connection.
+    pub(crate) fn channel(&self) -> Option<[u8; 32]> {
+        self.channel.get().copied()
+    }
+
     /// The WebSocket upgrade succeeded (for the timeout metrics).
     pub(crate) fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
@@ -203,6 +216,7 @@ impl Guard {
             upgraded: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             guard: self.clone(),
+            channel: std::sync::OnceLock::new(),
         });
         Some(Guarded {
             io: tcp,

@@ -228,7 +228,18 @@ async fn login(
             "twin {twin} is not a federation peer of this relay"
         )));
     }
-    let msg = auth_message(&nonce, &state.domain, &host, role, twin, session.as_deref());
+    // Verified over *this* connection's TLS binding: a login signed on another TLS channel
+    // (a man in the middle terminating TLS, even with our certificate) does not verify.
+    let channel = conn.channel();
+    let msg = auth_message(
+        &nonce,
+        &state.domain,
+        &host,
+        channel.as_ref(),
+        role,
+        twin,
+        session.as_deref(),
+    );
     for attempt in 0..2 {
         let rec = state
             .dir
@@ -259,6 +270,12 @@ async fn login(
         }
     }
     Err(Failure::Refused(format!(
-        "login signature does not match twin {twin}'s key on the ledger"
+        "login signature does not match twin {twin}'s key on the ledger for this {} \
+         (a login signed on another TLS channel is refused)",
+        if channel.is_some() {
+            "TLS channel"
+        } else {
+            "plain connection"
+        }
     )))
 }

@@ -219,7 +219,9 @@ impl RawClient {
         let host = host
             .unwrap_or_else(|| zos_rmb::directory::relay_domain(url))
             .to_owned();
-        let sig = key.sign(&auth_message(&nonce, &domain, &host, role, twin, session));
+        let sig = key.sign(&auth_message(
+            &nonce, &domain, &host, None, role, twin, session,
+        ));
         let auth = Frame::Auth {
             role,
             twin,
