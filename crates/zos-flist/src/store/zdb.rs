@@ -128,6 +128,13 @@ impl ZdbStore {
     }
 }
 
+impl ZdbStore {
+    /// `GET` of an arbitrary key: legacy `.flist` blocks are stored under 16-byte hashes.
+    pub async fn get_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(redis::cmd("GET").arg(key)).await
+    }
+}
+
 #[async_trait::async_trait]
 impl super::Store for ZdbStore {
     async fn get(&self, id: &BlockId) -> Result<Vec<u8>, StoreError> {

@@ -67,7 +67,8 @@ pub enum FlistCmd {
         #[arg(long, default_value_t = 8)]
         readahead: usize,
     },
-    /// Extract an flist into a directory (no FUSE needed).
+    /// Extract an flist into a directory (no FUSE needed); a legacy `.flist` (tar.gz +
+    /// capnp) too, its blocks from -s or its backend tag.
     Unpack {
         /// The `.fl`.
         flist: PathBuf,
@@ -262,6 +263,34 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
             read,
             preserve_ownership,
         } => {
+            if zos_flist::legacy::is_legacy(&flist) {
+                // An old tar.gz + capnp `.flist`: blocks from -s, else its backend tag.
+                use zos_flist::legacy;
+                let fl = legacy::LegacyFlist::open(&flist, &read.cache.join("legacy-db"))
+                    .with_context(|| format!("open {}", flist.display()))?;
+                let url = match read.stores.first() {
+                    Some(s) => s.clone(),
+                    None => fl
+                        .backend()?
+                        .unwrap_or_else(|| legacy::DEFAULT_STORAGE.to_string()),
+                };
+                let store = legacy::LegacyStore::from_url(&url)?;
+                let r = runtime()?.block_on(legacy::unpack(
+                    &fl,
+                    &store,
+                    Some(&read.cache),
+                    &target,
+                    preserve_ownership,
+                ))?;
+                println!(
+                    "{}: {} entries, {} bytes ({} special files skipped)",
+                    target.display(),
+                    r.entries,
+                    r.bytes,
+                    r.skipped
+                );
+                return Ok(());
+            }
             let fl = read.open(&flist)?;
             let cache = BlockCache::new(&read.cache);
             let opts = zos_flist::unpack::UnpackOptions {
