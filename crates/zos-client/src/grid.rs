@@ -164,6 +164,8 @@ impl Grid {
     pub async fn connect(cfg: &Config) -> Result<Grid, GridError> {
         let ledger = cfg.ledger_client()?;
         let relay = cfg.require_relay()?.to_string();
+        cfg.trust_relay()
+            .map_err(|e| zos_rmb::RmbError::Config(e.to_string()))?;
         let key = cfg.key_pair()?;
         let twin = ledger
             .twin_by_account(&key.public())
@@ -327,6 +329,28 @@ impl Grid {
             json!({"contract_id": contract_id, "name": name}),
         )
         .await
+    }
+
+    /// The last `bytes` of one of the user's VM consoles (`zos.vm.logs`; the node answers
+    /// only the deployment's owner).
+    pub async fn vm_logs(
+        &self,
+        contract_id: u64,
+        name: &str,
+        bytes: u64,
+    ) -> Result<String, GridError> {
+        let (node, _) = self.contract_node(contract_id).await?;
+        let v: Value = self
+            .node_call(
+                &node,
+                "zos.vm.logs",
+                json!({"contract_id": contract_id, "name": name, "bytes": bytes}),
+            )
+            .await?;
+        Ok(v.get("log")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// Restores a volume to a snapshot; the state before the restore is kept as a snapshot too.

@@ -210,18 +210,46 @@ async fn run(cmd: &str, args: &[&str]) -> Result<(), PrimitiveError> {
 
 /// Makes tap `tap` a port of `bridge` (idempotent). The bridge is the network resource's,
 /// made by the network primitive in this namespace: without it the network is not ready.
-async fn ensure_tap(tap: &str, bridge: &str, network: &str) -> Result<(), PrimitiveError> {
-    let sys = Path::new("/sys/class/net");
-    if !sys.join(bridge).exists() {
+/// `ns` is the node's network namespace (None: the agent's).
+async fn ensure_tap(
+    ns: Option<&str>,
+    tap: &str,
+    bridge: &str,
+    network: &str,
+) -> Result<(), PrimitiveError> {
+    if !link_exists(ns, bridge).await {
         return Err(PrimitiveError::Failed(format!(
             "network {network:?} is not ready on this node (no bridge {bridge})"
         )));
     }
-    if !sys.join(tap).exists() {
-        run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+    if !link_exists(ns, tap).await {
+        run(
+            "ip",
+            &ip_args(ns, &["tuntap", "add", "dev", tap, "mode", "tap"]),
+        )
+        .await?;
     }
-    run("ip", &["link", "set", tap, "master", bridge]).await?;
-    run("ip", &["link", "set", tap, "up"]).await
+    run("ip", &ip_args(ns, &["link", "set", tap, "master", bridge])).await?;
+    run("ip", &ip_args(ns, &["link", "set", tap, "up"])).await
+}
+
+/// `ip` arguments, in namespace `ns` when given.
+fn ip_args<'a>(ns: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = Vec::with_capacity(args.len() + 2);
+    if let Some(ns) = ns {
+        v.extend(["-n", ns]);
+    }
+    v.extend_from_slice(args);
+    v
+}
+
+async fn link_exists(ns: Option<&str>, link: &str) -> bool {
+    match ns {
+        None => Path::new("/sys/class/net").join(link).exists(),
+        Some(_) => run("ip", &ip_args(ns, &["link", "show", "dev", link]))
+            .await
+            .is_ok(),
+    }
 }
 
 impl Vms {
@@ -428,7 +456,7 @@ impl Vms {
         {
             (lower.join("boot/vmlinuz"), lower.join("boot/initrd.img"))
         } else {
-            let cc = self.cfg.cloud_container.as_ref().ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
+            let cc = self.cfg.cloud_container.as_ref().filter(|cc| cc.join("vmlinux").is_file() && cc.join("initrd.img").is_file()).ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel (vmlinux + initrd.img) on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
             (cc.join("vmlinux"), cc.join("initrd.img"))
         };
         // Writable root: an overlay of the unpacked flist, kept across restarts, removed on delete.
@@ -466,7 +494,8 @@ impl Vms {
             "b-{}",
             zos_types::ids::network_id(ctx.twin, &spec.iface.network)
         );
-        ensure_tap(&tap, &bridge, &spec.iface.network).await?;
+        let ns = self.cfg.supervisor.net_namespace.as_deref();
+        ensure_tap(ns, &tap, &bridge, &spec.iface.network).await?;
         let mac = zos_types::ids::hardware_addr(tap.as_bytes());
         let mac = mac
             .iter()
@@ -602,8 +631,9 @@ impl Vms {
             .map_err(PrimitiveError::failed)?;
         if let Ok(spec) = spec_of(wl) {
             let tap = zos_types::ids::unique(&ctx.workload_id, &spec.iface.network);
-            if Path::new("/sys/class/net").join(&tap).exists() {
-                run("ip", &["link", "del", &tap]).await?;
+            let ns = self.cfg.supervisor.net_namespace.as_deref();
+            if link_exists(ns, &tap).await {
+                run("ip", &ip_args(ns, &["link", "del", &tap])).await?;
             }
         }
         let root = dir.join("root");
@@ -737,4 +767,124 @@ pub fn register(registry: &mut PrimitiveRegistry, vms: Arc<Vms>) {
         Arc::new(HypervisorCommand(vms.clone())),
     );
     registry.add_command("zos.vm.logs", Arc::new(LogsCommand(vms)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use zos_primitive::NodeSecret;
+    use zos_types::Deployment;
+
+    fn wl(name: &str, t: WorkloadType, data: Value) -> Workload {
+        Workload {
+            name: name.into(),
+            workload_type: t,
+            data,
+            ..Workload::default()
+        }
+    }
+
+    fn vm(cpu: u64, memory: u64, network: &str, ip: &str) -> Workload {
+        wl(
+            "vm",
+            WorkloadType::Zmachine,
+            json!({"flist": "file:///nowhere.fl",
+                   "network": {"interfaces": [{"network": network, "ip": ip}], "planetary": false},
+                   "compute_capacity": {"cpu": cpu, "memory": memory},
+                   "mounts": [], "entrypoint": "/bin/sh", "env": {}}),
+        )
+    }
+
+    fn ctx_with(machine: Workload) -> (WorkloadCtx, Workload) {
+        let net = wl(
+            "net",
+            WorkloadType::Network,
+            json!({"ip_range": "10.20.0.0/16", "subnet": "10.20.2.0/24",
+                   "wireguard_private_key": "GDU+cjKrHNJS9fodzjFDzNFl5su3kJXTZ3ipPgUjOUE=",
+                   "wireguard_listen_port": 3011, "peers": []}),
+        );
+        let d = Deployment {
+            twin_id: 7,
+            contract_id: 9,
+            workloads: vec![net, machine.clone()],
+            ..Deployment::default()
+        };
+        let ctx = WorkloadCtx::new(1, Arc::new(d), "vm", NodeSecret::new([1; 32]));
+        (ctx, machine)
+    }
+
+    /// The checked result of a machine: spec, then its network.
+    fn check(machine: Workload) -> Result<(Ipv4Addr, u8, Ipv4Addr), String> {
+        let (ctx, wl) = ctx_with(machine);
+        let spec = spec_of(&wl).map_err(|e| e.to_string())?;
+        resolve_network(&ctx, &spec.iface).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn valid_machine_gets_its_address_and_gateway() {
+        let got = check(vm(1, 256 * MIB, "net", "10.20.2.5")).unwrap();
+        assert_eq!(
+            got,
+            (Ipv4Addr::new(10, 20, 2, 5), 24, Ipv4Addr::new(10, 20, 2, 1))
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let cases = [
+            (vm(1, 249 * MIB, "net", "10.20.2.5"), "less than 250MB"),
+            (
+                vm(0, 256 * MIB, "net", "10.20.2.5"),
+                "cpu capacity can't be 0",
+            ),
+            (
+                vm(1, 256 * MIB, "net", "10.20.3.5"),
+                "not in the network subnet 10.20.2.0/24",
+            ),
+            (vm(1, 256 * MIB, "net", "10.20.2.1"), "network gateway (.1)"),
+            (vm(1, 256 * MIB, "net", "10.20.2.255"), "broadcast"),
+            (
+                vm(1, 256 * MIB, "nonet", "10.20.2.5"),
+                "network \"nonet\" does not exist",
+            ),
+        ];
+        for (machine, want) in cases {
+            let e = check(machine).expect_err(want);
+            assert!(e.contains(want), "{e:?} should say {want:?}");
+        }
+        // 250 MiB exactly is the minimum upstream accepts.
+        check(vm(1, 250 * MIB, "net", "10.20.2.5")).unwrap();
+        // Env names become shell exports in the guest: only shell variable names.
+        let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
+        m.data["env"] = json!({"A B": "x"});
+        assert!(check(m).unwrap_err().contains("not a shell variable name"));
+        // No interface, or two: upstream supports exactly one private network.
+        let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
+        m.data["network"]["interfaces"] = json!([]);
+        assert!(check(m).unwrap_err().contains("only one network"));
+    }
+
+    #[tokio::test]
+    async fn missing_flists_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let vms = Vms::new(VmConfig::new(d.path()), None);
+        let e = vms.flist_file("file:///nowhere/x.fl").await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = vms.flist_file("").await.unwrap_err();
+        assert!(e.to_string().contains("flist is required"), "{e}");
+        let e = vms.flist_file("ftp://hub/x.fl").await.unwrap_err();
+        assert!(e.to_string().contains("expected an http(s)://"), "{e}");
+        // A hub that does not have it: the HTTP status is in the error.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hub = zos_flist::hub::Hub::new(d.path().join("hub"), Default::default());
+        let server = tokio::spawn(zos_flist::hub::serve(l, hub, std::future::pending()));
+        let e = vms
+            .flist_file(&format!("http://127.0.0.1:{port}/flists/0/missing.fl"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("404"), "{e}");
+        server.abort();
+    }
 }

@@ -69,6 +69,10 @@ pub struct SupervisorConfig {
     pub shutdown_grace: Duration,
     /// How long QEMU may take to open its QMP socket.
     pub start_timeout: Duration,
+    /// The node's network namespace (`/run/netns/<name>`), where the bridges of its network
+    /// resources and so the VMs' taps live; QEMU is started in it (`nsenter --net`) because a
+    /// tap is opened in the namespace of the process. None: the agent's own.
+    pub net_namespace: Option<String>,
 }
 
 impl Default for SupervisorConfig {
@@ -79,6 +83,7 @@ impl Default for SupervisorConfig {
             crash_window: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
+            net_namespace: None,
         }
     }
 }
@@ -241,7 +246,18 @@ impl Supervisor {
             .open(dir.join("qemu.log"))
             .map_err(io("qemu.log"))?;
         let log2 = log.try_clone().map_err(io("qemu.log"))?;
-        let mut child = tokio::process::Command::new(&self.cfg.qemu)
+        // nsenter execs QEMU in place: the pid we record is QEMU's.
+        let mut cmd = match &self.cfg.net_namespace {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.cfg.qemu);
+                c
+            }
+            None => tokio::process::Command::new(&self.cfg.qemu),
+        };
+        let mut child = cmd
             .args(&vm.launch.args)
             // Its own process group: a signal to the agent's group (Ctrl-C, a service
             // manager stopping the agent) does not stop the guests.

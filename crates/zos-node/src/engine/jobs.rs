@@ -322,12 +322,28 @@ impl Engine {
     }
 
     pub(super) fn ctx(&self, dl: &Deployment, name: &str) -> WorkloadCtx {
+        // The twin's deployments holding sharable workloads (networks): a VM may join a
+        // network deployed in another contract (a network over several nodes is one contract
+        // per node), which `WorkloadCtx::shared` finds here.
+        let shared: Vec<Deployment> = self
+            .inner
+            .store
+            .list(Some(dl.twin_id))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.deployment)
+            .filter(|d| {
+                d.contract_id != dl.contract_id
+                    && d.workloads.iter().any(|w| w.workload_type.is_sharable())
+            })
+            .collect();
         WorkloadCtx::new(
             self.node_id(),
             Arc::new(dl.clone()),
             name,
             self.inner.secret.clone(),
         )
+        .with_twin_deployments(Arc::from(shared))
     }
 
     /// Logs `new` and applies it, unless it is identical to the current workload (a retried

@@ -350,6 +350,9 @@ pub enum ClientCommands {
     /// Private networks: `network access NAME` (your machine as a peer, a WireGuard config).
     #[command(subcommand)]
     Network(super::network::NetworkCmd),
+    /// Virtual machines: `vm logs CONTRACT NAME [--follow]` (the serial console).
+    #[command(subcommand)]
+    Vm(super::vm::VmCmd),
     /// Cancel a contract: its node removes the workloads.
     Cancel {
         /// Contract id.
@@ -458,5 +461,6 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
         ClientCommands::Cancel { contract, args } => cancel(&args, contract),
         ClientCommands::Volume(v) => volume(v),
         ClientCommands::Network(n) => super::network::run(n),
+        ClientCommands::Vm(v) => super::vm::run(v),
     }
 }

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod deployment;
 pub mod flist;
+pub mod guest;
 pub mod key;
 pub mod ledger;
 pub mod mycelium;
@@ -10,6 +11,7 @@ pub mod network;
 pub mod node;
 pub mod rmb;
 pub mod up;
+pub mod vm;
 pub mod zdb;
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: how every long-running subcommand stops.

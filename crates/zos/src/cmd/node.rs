@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// RMB relay WebSocket URL (repeatable), e.g. `ws://127.0.0.1:8080`.
     #[arg(long = "relay", env = "ZOS_RELAY", required = true)]
     pub relays: Vec<String>,
+    /// A `wss://` relay's certificate (PEM) to pin (repeatable); `zos up` hands it out.
+    #[arg(long = "relay-cert", env = "ZOS_RELAY_CERT")]
+    pub relay_certs: Vec<PathBuf>,
     /// Relay domain written into the node's twin (repeatable); default: host:port of each URL.
     #[arg(long = "relay-domain")]
     pub relay_domains: Vec<String>,
@@ -90,6 +93,9 @@ pub async fn run_node(
     a: RunArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    for c in &a.relay_certs {
+        zos_rmb::pin_relay_cert_file(c).context("--relay-cert")?;
+    }
     let mut cfg = zos_node::NodeConfig::new(&a.ledger, a.relays[0].clone(), a.farm, a.data.clone());
     cfg.relay_urls = a.relays.clone();
     cfg.ledger_cert = a.ledger_cert.clone();
@@ -172,11 +178,14 @@ pub async fn run_node(
     }
     // VMs keep their state next to the node's (the cache pool when there are pools). The
     // cloud-container kernel (vmlinux + initrd.img, see scripts/build-test-guest.sh) comes
-    // from ZOS_CLOUD_CONTAINER or DATA/cloud-container.
+    // from ZOS_CLOUD_CONTAINER or DATA/cloud-container (looked at when a VM starts: `zos up`
+    // may link it there after the node started).
     let mut vm_cfg = zos_vm::VmConfig::new(cfg.data_dir.join("vm"));
     vm_cfg.cloud_container = std::env::var_os("ZOS_CLOUD_CONTAINER")
         .map(PathBuf::from)
-        .or_else(|| Some(a.data.join("cloud-container")).filter(|p| p.is_dir()));
+        .or_else(|| Some(a.data.join("cloud-container")));
+    // Taps join the network resources' bridges in the node's namespace.
+    vm_cfg.supervisor.net_namespace = a.net_namespace.clone();
     zos_vm::register(&mut registry, zos_vm::Vms::new(vm_cfg, storage));
     // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
     // reconciles, and release it (servers, then pools) after the node has stopped.

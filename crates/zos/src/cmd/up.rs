@@ -52,6 +52,16 @@ pub struct UpArgs {
     /// pools under DATA/nodeI.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
     pub nodes: u8,
+    /// Port of the grid's flist hub on 127.0.0.1 (serves the VM test guest; 0: any free port).
+    #[arg(long, default_value_t = 7900)]
+    pub hub_port: u16,
+    /// The VM test guest's directory: used when built, built there (from Debian packages, in
+    /// the background) when not. Default: the user's cache, one build per machine.
+    #[arg(long, env = "ZOS_VM_GUEST")]
+    pub vm_guest: Option<PathBuf>,
+    /// Do not offer the VM test guest (no build, no flist on the hub).
+    #[arg(long)]
+    pub no_vm_guest: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -201,10 +211,27 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         LedgerDirectory::new(ledger.clone()),
         Duration::from_secs(30),
     ));
-    let relay = Relay::bind(RelayConfig::new(relay_addr, relay_domain.clone()), dir)
+    // Over TLS with a self-signed certificate kept in DATA/relay/tls and pinned by the node
+    // and the client config, as the ledger's: peers sign their login over the TLS channel.
+    let relay_tls = zos_ledger::tls::self_signed_files(
+        zos_ledger::tls::TlsFiles {
+            cert: data.join("relay").join("tls").join("relay-cert.pem"),
+            key: data.join("relay").join("tls").join("relay-key.pem"),
+        },
+        &[],
+    )
+    .context("making the relay's TLS certificate")?;
+    let relay_cert = relay_tls.cert.clone();
+    zos_rmb::pin_relay_cert_file(&relay_cert).context("pinning the relay's certificate")?;
+    let mut relay_cfg = RelayConfig::new(relay_addr, relay_domain.clone());
+    relay_cfg.tls = Some(zos_rmb::RelayTls {
+        cert_chain_pem: relay_tls.cert,
+        key_pem: relay_tls.key,
+    });
+    let relay = Relay::bind(relay_cfg, dir)
         .await
         .with_context(|| format!("starting the relay on {relay_addr} (--relay-port)"))?;
-    let relay_url = format!("ws://{}", relay.local_addr());
+    let relay_url = format!("wss://{}", relay.local_addr());
     let relay_task = tokio::spawn(relay.run(stop_signal(&stop_rx)));
 
     // The user: key, funds, twin, farm, client configuration.
@@ -221,6 +248,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     client_cfg.ledger_cert = Some(ledger_cert.clone());
     client_cfg.ledger_producer = Some(producer.clone());
     client_cfg.relay = Some(relay_url.clone());
+    client_cfg.relay_cert = Some(relay_cert.clone());
     client_cfg.key = Some(key_path.clone());
     client_cfg.save(&config_path)?;
 
@@ -231,6 +259,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         ledger_cert: Some(ledger_cert.clone()),
         ledger_producer: Some(producer.clone()),
         relays: vec![relay_url.clone()],
+        relay_certs: vec![relay_cert.clone()],
         relay_domains: vec![relay_domain.clone()],
         farm,
         data: data.join("node"),
@@ -264,6 +293,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 format!("--ledger-cert={}", ledger_cert.display()),
                 format!("--ledger-producer={producer}"),
                 format!("--relay={relay_url}"),
+                format!("--relay-cert={}", relay_cert.display()),
                 format!("--relay-domain={relay_domain}"),
                 format!("--farm={farm}"),
                 format!("--data={}", dir.join("state").display()),
@@ -324,6 +354,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             .join("\n");
         }
     }
+    let vm_note = vm_guest(&a, &data, &stop_rx).await;
     let mut node_task = tokio::spawn(super::node::run_node(node_args, stop_signal(&stop_rx)));
 
     let node_id = tokio::select! {
@@ -371,11 +402,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             }
         }
         println!("  {pools_note}");
+        println!("  {vm_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
         println!("  config   {}", config_path.display());
         println!();
         println!("next, in another terminal:");
         println!("  zos deploy examples/zdb.yaml");
+        println!("  zos deploy examples/vm.yaml     # then: zos vm logs CONTRACT vm");
         println!("  zos deployments");
         println!("Ctrl-C stops the grid; `zos up` again resumes it.");
         tokio::select! {
@@ -405,6 +438,67 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     node_result?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Starts the grid's flist hub and makes the VM test guest available on it (built in the
+/// background when not cached yet); the line `zos up` prints about it.
+async fn vm_guest(a: &UpArgs, data: &Path, stop_rx: &watch::Receiver<bool>) -> String {
+    if a.no_vm_guest {
+        return "vm guest off (--no-vm-guest)".into();
+    }
+    let hub_root = data.join("hub");
+    let hub = zos_flist::hub::Hub::new(hub_root.clone(), Default::default());
+    let hub_url = match tokio::net::TcpListener::bind(("127.0.0.1", a.hub_port)).await {
+        Ok(l) => {
+            let url = l
+                .local_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default();
+            tokio::spawn(zos_flist::hub::serve(l, hub, stop_signal(stop_rx)));
+            url
+        }
+        Err(e) => {
+            return format!(
+                "vm guest not offered: the hub cannot listen on 127.0.0.1:{} ({e}; --hub-port)",
+                a.hub_port
+            );
+        }
+    };
+    let mut node_dirs = vec![data.join("node")];
+    for i in 2..=a.nodes {
+        node_dirs.push(data.join(format!("node{i}")).join("state"));
+    }
+    let guest = a.vm_guest.clone().unwrap_or_else(super::guest::default_dir);
+    if super::guest::is_built(&guest) {
+        return match super::guest::install(&guest, &node_dirs, &hub_root).await {
+            Ok(p) => format!("hub      {hub_url}   vm guest {hub_url}{p} (examples/vm.yaml)"),
+            Err(e) => format!("hub      {hub_url}   vm guest not offered: {e:#}"),
+        };
+    }
+    // First start on this machine: build once (~1 min, Debian packages) without holding the
+    // grid back; the flist appears on the hub when done.
+    let (g, h) = (guest.clone(), hub_root.clone());
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return tracing::warn!("vm guest build: {e}"),
+        };
+        let r = rt.block_on(async {
+            super::guest::build(&g).await?;
+            super::guest::install(&g, &node_dirs, &h).await
+        });
+        match r {
+            Ok(p) => eprintln!("zos up: the vm guest is ready: {p} on the hub"),
+            Err(e) => eprintln!("zos up: the vm guest could not be built: {e:#}"),
+        }
+    });
+    format!(
+        "hub      {hub_url}   vm guest building in {} (Debian packages, once; examples/vm.yaml works when done)",
+        guest.display()
+    )
 }
 
 fn user_key(path: &Path) -> anyhow::Result<KeyPair> {

@@ -1,0 +1,351 @@
+//! VMs on `zos up --nodes 2` (root, QEMU; TCG here), through the real binary and the CLI only:
+//! `zos up` offers the cached test guest (cloud-container kernel linked into each node, its
+//! root an flist on the grid's hub); `zos deploy examples/vm.yaml` is ok; `zos vm logs` shows
+//! the guest's init running the entrypoint with the workload's env, the zmount as a block
+//! device, and `--follow` streams it; the file the guest wrote into its volume is on the
+//! host's subvolume; cancel stops QEMU. Then examples/network.yaml over both nodes and one VM
+//! per node: each pings the other over the WireGuard mesh (taps in each node's namespace).
+//! Three guest boots in all (2 shared cores).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+#[path = "common/up.rs"]
+mod up;
+#[path = "common/vm_guest.rs"]
+mod vm_guest;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use up::{Up, free_port, grid_namespaces, has, is_root, local_grid_running, pids_with, zos};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+fn ok(o: &std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `zos vm logs CONTRACT NAME` until it holds the line `want` (a whole line: the console
+/// also echoes the entrypoint's text).
+fn wait_log(up: &Up, contract: u64, name: &str, want: &str, within: Duration) -> String {
+    let end = Instant::now() + within;
+    loop {
+        let o = up.client(&["vm", "logs", &contract.to_string(), name]);
+        let log = String::from_utf8_lossy(&o.stdout).into_owned();
+        if log.lines().any(|l| l.trim() == want) {
+            return log;
+        }
+        assert!(
+            Instant::now() < end,
+            "vm {name} (contract {contract}): no {want:?} within {within:?}: {log}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// QEMU processes of this grid.
+fn guests(up: &Up) -> Vec<u32> {
+    pids_with(up.data().as_os_str().as_encoded_bytes())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .starts_with("qemu")
+        })
+        .collect()
+}
+
+/// A directory named `name` under `dir` (depth-limited).
+fn find_dir(dir: &Path, name: &str, depth: u8) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if !e.file_type().ok()?.is_dir() {
+            continue;
+        }
+        if e.file_name() == name {
+            return Some(p);
+        }
+        if depth > 0 {
+            if let Some(f) = find_dir(&p, name, depth - 1) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+fn cancel(up: &Up, contract: u64) {
+    ok(&up.client(&["cancel", &contract.to_string()]), "zos cancel");
+}
+
+/// A zmachine workload `name` (YAML, under `workloads:`) in the twin's network `net`.
+fn vm_entry(name: &str, flist: &str, ip: &str, memory: u64, entrypoint: &str) -> String {
+    format!(
+        "  {name}:\n    raw:\n      type: zmachine\n      data:\n        flist: {flist}\n        \
+         network:\n          planetary: false\n          interfaces:\n            - network: net\n              \
+         ip: {ip}\n        size: 0\n        compute_capacity:\n          cpu: 1\n          memory: {memory}\n        \
+         mounts: []\n        entrypoint: \"{entrypoint}\"\n        env: {{}}\n"
+    )
+}
+
+/// A VM on `node`, pinging `peer` and saying so on its console.
+fn pinger_spec(flist: &str, name: &str, node: u32, ip: &str, peer: &str) -> String {
+    let entry = format!(
+        "/bin/sh -c 'while :; do ping -c 1 -W 1 {peer} >/dev/null && echo PING-OK {peer}; sleep 1; done'"
+    );
+    format!(
+        "name: {name}\nnode: {node}\nworkloads:\n{}",
+        vm_entry(name, flist, ip, 256 << 20, &entry)
+    )
+}
+
+#[test]
+fn vms_on_up_with_two_nodes() {
+    const T: &str = "vms_on_up_with_two_nodes";
+    if !is_root() || zos_network::network_support().is_err() || !has("nsenter") {
+        eprintln!("SKIP: {T}: needs root, /dev/net/tun, ip and nsenter");
+        return;
+    }
+    if !grid_namespaces().is_empty() {
+        if local_grid_running() {
+            eprintln!("SKIP: {T}: another local grid is running");
+            return;
+        }
+        for ns in grid_namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(guest) = rt.block_on(vm_guest::guest(T)) else {
+        return;
+    };
+    let hub = free_port().to_string();
+    let (up, printed) = Up::start(
+        2,
+        &["--vm-guest", guest.to_str().unwrap(), "--hub-port", &hub],
+        Duration::from_secs(180),
+    );
+    let text = printed.join("\n");
+    let flist = format!("http://127.0.0.1:{hub}/flists/0/test-guest.fl");
+    assert!(
+        text.contains(&format!("vm guest {flist}")),
+        "zos up offers the guest: {text}"
+    );
+    let ids: Vec<u32> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("nodes    ["))
+        .and_then(|l| l.split(']').next())
+        .unwrap_or_else(|| panic!("no node list: {text}"))
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{text}");
+
+    // 1. The first VM: examples/vm.yaml as a user runs it (the hub on this test's port).
+    let ex = std::fs::read_to_string(example("vm.yaml")).unwrap();
+    assert!(ex.contains("http://127.0.0.1:7900/flists/0/test-guest.fl"));
+    let spec = up.dir.path().join("vm.yaml");
+    std::fs::write(
+        &spec,
+        ex.replace("127.0.0.1:7900", &format!("127.0.0.1:{hub}")),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = ok(
+        &up.client(&["deploy", spec.to_str().unwrap(), "--json", "--wait", "240"]),
+        "zos deploy examples/vm.yaml",
+    );
+    let deployed = t0.elapsed();
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let contract = d["contract_id"].as_u64().unwrap();
+    for w in d["workloads"].as_array().unwrap() {
+        assert_eq!(w["result"]["state"], "ok", "{w}");
+    }
+    let log = wait_log(
+        &up,
+        contract,
+        "vm",
+        "wrote /data/hello.txt",
+        Duration::from_secs(180),
+    );
+    eprintln!(
+        "{T}: deploy ok after {deployed:?}, entrypoint done after {:?} (TCG)",
+        t0.elapsed()
+    );
+    assert!(log.contains("ZOS-INIT: started"), "{log}");
+    assert!(log.contains("ZOS-ENTRYPOINT: "), "{log}");
+    assert!(
+        log.contains("hello zos from vm"),
+        "entrypoint with env: {log}"
+    );
+    // The zmount `disk` (100 MiB = 204800 sectors) is a block device with its name as serial.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("block device /dev/vd") && l.contains("serial=disk sectors=204800")),
+        "{log}"
+    );
+    // The file the guest wrote is on the host's volume (subvolume or directory).
+    let vol = d["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "data")
+        .unwrap();
+    let wlid = vol["result"]["data"]["id"].as_str().unwrap();
+    let dir = find_dir(&up.data(), wlid, 8)
+        .unwrap_or_else(|| panic!("volume {wlid} not under {}", up.data().display()));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hello.txt")).unwrap(),
+        "written by vm for zos\n"
+    );
+    // --follow streams (the log so far at once); other names are refused.
+    let mut follow = Command::new(zos())
+        .args(["vm", "logs", &contract.to_string(), "vm", "--follow"])
+        .env("ZOS_CONFIG", up.dir.path().join("config.toml"))
+        .env("XDG_CONFIG_HOME", up.dir.path().join("xdg"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "--follow keeps running"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let mut streamed = String::new();
+    follow
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut streamed)
+        .unwrap();
+    assert!(streamed.contains("hello zos from vm"), "{streamed}");
+    let o = up.client(&["vm", "logs", &contract.to_string(), "nosuch"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no vm \"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Cancel: QEMU stops.
+    assert_eq!(guests(&up).len(), 1);
+    cancel(&up, contract);
+    let end = Instant::now() + Duration::from_secs(60);
+    while !guests(&up).is_empty() {
+        assert!(Instant::now() < end, "QEMU still runs after cancel");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // 2. A network over both nodes and a VM on each: they ping each other over the mesh.
+    ok(
+        &up.client(&[
+            "deploy",
+            example("network.yaml").to_str().unwrap(),
+            "--wait",
+            "120",
+        ]),
+        "zos deploy examples/network.yaml",
+    );
+    let list: Vec<Value> =
+        serde_json::from_str(&ok(&up.client(&["deployments", "--json"]), "deployments")).unwrap();
+    let mut subnets = Vec::new();
+    for d in &list {
+        for w in d["workloads"].as_array().unwrap() {
+            if w["type"] == "network" && w["name"] == "net" {
+                let subnet = w["data"]["subnet"].as_str().unwrap();
+                let base = subnet.rsplit_once(".0/").unwrap().0;
+                subnets.push((d["node_id"].as_u64().unwrap() as u32, base.to_string()));
+            }
+        }
+    }
+    subnets.sort();
+    assert_eq!(subnets.len(), 2, "a network resource per node: {subnets:?}");
+    let ip = |i: usize| format!("{}.5", subnets[i].1);
+
+    // 3. Bad input, one deployment: each workload's error says what is wrong. (`node:` skips
+    //    the client's own capacity check, so the node's refusal is what we see.)
+    let sub = &subnets[0].1;
+    let bad = format!(
+        "name: bad\nnode: {}\nworkloads:\n{}{}{}{}",
+        subnets[0].0,
+        vm_entry("big", &flist, &format!("{sub}.6"), 1 << 40, "true"),
+        vm_entry(
+            "nofl",
+            &flist.replace("test-guest", "nope"),
+            &format!("{sub}.7"),
+            256 << 20,
+            "true"
+        ),
+        vm_entry("gw", &flist, &format!("{sub}.1"), 256 << 20, "true"),
+        vm_entry("out", &flist, "10.99.0.5", 256 << 20, "true"),
+    );
+    let spec = up.dir.path().join("bad.yaml");
+    std::fs::write(&spec, bad).unwrap();
+    let o = up.client(&["deploy", spec.to_str().unwrap(), "--wait", "120"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    for (name, want) in [
+        ("big", "memory"),
+        ("nofl", "404"),
+        ("gw", "network gateway (.1)"),
+        ("out", "not in the network subnet"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("workload \"{name}\"")))
+            .unwrap_or_else(|| panic!("no error for {name}: {err}"));
+        assert!(line.contains(want), "{name}: {line}");
+    }
+    assert!(guests(&up).is_empty(), "no guest started for bad input");
+    let mut contracts = Vec::new();
+    for (i, name) in ["vma", "vmb"].into_iter().enumerate() {
+        let spec = up.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &spec,
+            pinger_spec(&flist, name, subnets[i].0, &ip(i), &ip(1 - i)),
+        )
+        .unwrap();
+        let out = ok(
+            &up.client(&["deploy", spec.to_str().unwrap(), "--json", "--wait", "240"]),
+            name,
+        );
+        let d: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(d["node_id"], subnets[i].0, "{d}");
+        contracts.push(d["contract_id"].as_u64().unwrap());
+    }
+    for (i, name) in ["vma", "vmb"].into_iter().enumerate() {
+        wait_log(
+            &up,
+            contracts[i],
+            name,
+            &format!("PING-OK {}", ip(1 - i)),
+            Duration::from_secs(180),
+        );
+    }
+    eprintln!("{T}: VMs on nodes {ids:?} ping each other over WireGuard");
+    for c in contracts {
+        cancel(&up, c);
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    while !guests(&up).is_empty() {
+        assert!(Instant::now() < end, "QEMU still runs after cancel");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
