@@ -25,8 +25,12 @@ pub struct Config {
     /// Without it, the key comes from the ledger over the (pinned) channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_producer: Option<String>,
-    /// Relay WebSocket URL, e.g. `ws://127.0.0.1:7700`.
+    /// Relay WebSocket URL, e.g. `ws://127.0.0.1:7700` or `wss://127.0.0.1:7700`.
     pub relay: Option<String>,
+    /// The relay's TLS certificate (PEM), pinned for a `wss://` relay (`ZOS_RELAY_CERT`);
+    /// `zos up` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_cert: Option<PathBuf>,
     /// Path of the user's key file.
     pub key: Option<PathBuf>,
     /// A hex seed given instead of a key file (`--seed` or `ZOS_SEED`; never written to the
@@ -216,6 +220,9 @@ impl Config {
         if let Some(v) = var("ZOS_RELAY") {
             self.relay = Some(v);
         }
+        if let Some(v) = var("ZOS_RELAY_CERT") {
+            self.relay_cert = Some(PathBuf::from(v));
+        }
         if let Some(v) = var("ZOS_KEY") {
             self.key = Some(PathBuf::from(v));
         }
@@ -267,6 +274,15 @@ impl Config {
         self.relay
             .as_deref()
             .ok_or_else(|| missing("relay URL", "ZOS_RELAY", "relay"))
+    }
+
+    /// Pins the configured relay certificate for this process's `wss://` connections
+    /// (`zos_rmb::pin_relay_cert_file`); nothing to do without one.
+    pub fn trust_relay(&self) -> Result<(), zos_rmb::tls::TlsError> {
+        match &self.relay_cert {
+            Some(path) => zos_rmb::pin_relay_cert_file(path),
+            None => Ok(()),
+        }
     }
 
     /// The key file path or a message saying how to set it.

@@ -325,6 +325,7 @@ pub fn run(cmd: RmbCommands) -> anyhow::Result<()> {
                 _ => Some(my_key.key_type()),
             };
             trust_ca(ca_file.as_deref())?;
+            cfg.trust_relay().context("relay certificate")?;
             let payload: serde_json::Value = match json {
                 Some(j) => serde_json::from_str(&j).context("the payload is not valid JSON")?,
                 None => serde_json::Value::Null,
