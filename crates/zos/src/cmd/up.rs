@@ -60,7 +60,7 @@ pub struct UpArgs {
     #[arg(long, env = "ZOS_VM_GUEST")]
     pub vm_guest: Option<PathBuf>,
     /// Do not offer the VM test guest (no build, no flist on the hub).
-    #[arg(long)]
+    #[arg(long, env = "ZOS_NO_VM_GUEST")]
     pub no_vm_guest: bool,
 }
 

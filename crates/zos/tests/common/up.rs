@@ -115,8 +115,12 @@ impl Up {
     /// "grid is up"; returns it and the lines it printed after that.
     pub fn start(nodes: u8, extra: &[&str], within: Duration) -> (Up, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
+        // A grid for VMs is given the cached guest; the others do not build one.
+        let vms = extra.contains(&"--vm-guest");
         let child = Command::new(zos())
             .args(["up", "--nodes", &nodes.to_string()])
+            .args(if vms { &[][..] } else { &["--no-vm-guest"][..] })
+            .env_remove("ZOS_NO_VM_GUEST")
             .args(["--ssd", "1GiB", "--hdd", "1GiB", "--metrics-port", "0"])
             .args(["--ledger-port", &free_port().to_string()])
             .args(["--relay-port", &free_port().to_string()])
