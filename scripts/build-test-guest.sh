@@ -36,7 +36,8 @@ mkdir -p ir/bin ir/lib/modules ir/proc ir/sys ir/dev ir/root ir/cidata ir/tmp
 cp "$BB" ir/bin/busybox
 ln -s busybox ir/bin/sh
 mods="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
-failover net_failover virtio_net fscache netfs 9pnet 9pnet_virtio 9p fat vfat nls_cp437 nls_ascii nls_iso8859-1"
+failover net_failover virtio_net fscache netfs 9pnet 9pnet_virtio 9p fuse virtiofs fat vfat nls_cp437 nls_ascii
+nls_iso8859-1"
 : > ir/modules.order
 for m in $mods; do
   f=$(find "x/lib/modules/$kver/kernel" -name "$m.ko" -print -quit)
@@ -46,7 +47,8 @@ for m in $mods; do
 done
 cat > ir/init <<'INIT'
 #!/bin/sh
-# zos cloud-container init: modules, cloud-init (cidata), root and volumes over 9p, then the
+# zos cloud-container init: modules, cloud-init (cidata), root and volumes over virtio-fs
+# (zos.fs=virtiofs) or 9p, then the
 # workload's entrypoint with its env. Markers (ZOS-...) are for the node's tests and operators.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -86,17 +88,22 @@ if [ -n "$zip" ]; then
     && echo "ZOS-INIT: eth0 $zip via $zgw"
 fi
 p9="trans=virtio,version=9p2000.L,msize=262144"
-if mount -t 9p -o "$p9" vroot /root 2>/dev/null; then
+fs=9p
+case " $cmdline " in *" zos.fs=virtiofs "*) fs=virtiofs;; esac
+share() { # TAG DIR: a share of the node, by the transport it chose
+  if [ "$fs" = virtiofs ]; then mount -t virtiofs "$1" "$2"; else mount -t 9p -o "$p9" "$1" "$2"; fi
+}
+if share vroot /root 2>/dev/null; then
   mkdir -p /root/proc /root/sys /root/dev
   mount -t proc proc /root/proc; mount -t sysfs sys /root/sys; mount --bind /dev /root/dev
-  echo "ZOS-INIT: root mounted"
+  echo "ZOS-INIT: root mounted ($fs)"
 else
   echo "ZOS-INIT: no root share"; exec sh
 fi
 for arg in $cmdline; do
   case "$arg" in zos.mount=*)
     v=${arg#zos.mount=}; tag=${v%%:*}; path=${v#*:}
-    mkdir -p "/root$path" && mount -t 9p -o "$p9" "$tag" "/root$path" && echo "ZOS-INIT: mounted $tag at $path";;
+    mkdir -p "/root$path" && share "$tag" "/root$path" && echo "ZOS-INIT: mounted $tag at $path";;
   esac
 done
 if [ -f /cidata/zosrc ]; then . /cidata/zosrc; fi

@@ -38,6 +38,22 @@ pub struct VmConfig {
     pub supervisor: SupervisorConfig,
     /// Skip the KVM probe and use TCG (tests; hosts known to have no usable KVM).
     pub force_tcg: bool,
+    /// `virtiofsd` (QEMU's C daemon's command line) for the root and volume shares; None:
+    /// QEMU's built-in 9p. Default: `ZOS_VIRTIOFSD`, else Debian's `/usr/lib/qemu/virtiofsd`
+    /// (package `qemu-system-common`) or `/usr/libexec/virtiofsd` when present.
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// The virtiofsd this host has (see [`VmConfig::virtiofsd`]).
+pub fn find_virtiofsd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ZOS_VIRTIOFSD") {
+        // Empty: 9p on purpose.
+        return (!p.is_empty()).then(|| PathBuf::from(p));
+    }
+    ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 impl VmConfig {
@@ -48,6 +64,7 @@ impl VmConfig {
             cloud_container: None,
             supervisor: SupervisorConfig::default(),
             force_tcg: false,
+            virtiofsd: find_virtiofsd(),
         }
     }
 }
@@ -525,8 +542,11 @@ impl Vms {
 
         let hv = self.hypervisor();
         let d = |p: &Path| p.to_string_lossy().replace(',', ",,");
-        let mut append =
-            format!("console=ttyS0 panic=-1 quiet rw zos.ip={ip}/{prefix} zos.gw={gw}");
+        let vfsd = self.cfg.virtiofsd.clone();
+        let mut append = format!(
+            "console=ttyS0 panic=-1 quiet rw zos.ip={ip}/{prefix} zos.gw={gw} zos.fs={}",
+            if vfsd.is_some() { "virtiofs" } else { "9p" }
+        );
         for (tag, _, path) in &shares {
             append += &format!(" zos.mount={tag}:{path}");
         }
@@ -572,18 +592,53 @@ impl Vms {
             "chardev:con0".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&supervisor::qmp_path(&dir))),
-            "-virtfs".into(),
-            format!(
-                "local,path={},mount_tag=vroot,security_model=none,id=vroot",
-                d(&root)
-            ),
         ];
-        for (i, (tag, path, _)) in shares.iter().enumerate() {
-            args.push("-virtfs".into());
-            args.push(format!(
-                "local,path={},mount_tag={tag},security_model=none,id=fs{i}",
-                d(path)
-            ));
+        // Root and volumes: virtio-fs (one virtiofsd per share; guest RAM must be shared
+        // memory for vhost-user) or QEMU's 9p.
+        let mut all_shares = vec![("vroot".to_string(), root.clone())];
+        all_shares.extend(shares.iter().map(|(t, p, _)| (t.clone(), p.clone())));
+        let mut helpers = Vec::new();
+        match &vfsd {
+            Some(program) => {
+                args.push("-object".into());
+                args.push(format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    spec.cap.memory / MIB
+                ));
+                args.push("-numa".into());
+                args.push("node,memdev=mem".into());
+                for (i, (tag, path)) in all_shares.iter().enumerate() {
+                    let sock = dir.join(format!("vfs{i}.sock"));
+                    helpers.push(supervisor::Helper {
+                        program: program.clone(),
+                        args: vec![
+                            "-f".into(),
+                            format!("--socket-path={}", sock.display()),
+                            "-o".into(),
+                            format!("source={}", path.display()),
+                            "-o".into(),
+                            "cache=auto".into(),
+                            // chroot: works in containers too (no namespaces needed).
+                            "-o".into(),
+                            "sandbox=chroot".into(),
+                        ],
+                        socket: sock.clone(),
+                    });
+                    args.push("-chardev".into());
+                    args.push(format!("socket,id=vfs{i},path={}", d(&sock)));
+                    args.push("-device".into());
+                    args.push(format!("vhost-user-fs-pci,chardev=vfs{i},tag={tag}"));
+                }
+            }
+            None => {
+                for (i, (tag, path)) in all_shares.iter().enumerate() {
+                    args.push("-virtfs".into());
+                    args.push(format!(
+                        "local,path={},mount_tag={tag},security_model=none,id=fs{i}",
+                        d(path)
+                    ));
+                }
+            }
         }
         let mut secrets = Vec::new();
         for (i, (name, disk, key)) in disks.iter().enumerate() {
@@ -611,7 +666,15 @@ impl Vms {
         args.push("virtio-blk-pci,drive=cidata,serial=cidata".into());
 
         self.sup
-            .ensure(&wlid, &dir, Launch { args, secrets })
+            .ensure(
+                &wlid,
+                &dir,
+                Launch {
+                    args,
+                    secrets,
+                    helpers,
+                },
+            )
             .await
             .map_err(|e| PrimitiveError::Failed(e.to_string()))?;
         let result = ZMachineResult {

@@ -25,6 +25,34 @@ pub struct Launch {
     /// Disk passphrases: `(fifo path named in a `-object secret,file=`, passphrase)`. The
     /// passphrase goes through a FIFO, never a file or the command line.
     pub secrets: Vec<(PathBuf, String)>,
+    /// Processes QEMU connects to (virtiofsd), started before it at every (re)start; they
+    /// exit when QEMU disconnects and are killed when the VM stops.
+    pub helpers: Vec<Helper>,
+}
+
+/// A process serving QEMU on a unix socket.
+#[derive(Debug, Clone)]
+pub struct Helper {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The socket it listens on (QEMU is started once it exists).
+    pub socket: PathBuf,
+}
+
+/// Kills the helpers recorded in `dir/helpers.pid` that still run for `dir`.
+fn kill_helpers(dir: &Path) {
+    let pids = std::fs::read_to_string(dir.join("helpers.pid")).unwrap_or_default();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        if pid_alive(pid, dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("helpers.pid"));
 }
 
 impl std::fmt::Debug for Launch {
@@ -32,6 +60,7 @@ impl std::fmt::Debug for Launch {
         f.debug_struct("Launch")
             .field("args", &self.args)
             .field("secrets", &self.secrets.len())
+            .field("helpers", &self.helpers)
             .finish()
     }
 }
@@ -246,6 +275,7 @@ impl Supervisor {
             .open(dir.join("qemu.log"))
             .map_err(io("qemu.log"))?;
         let log2 = log.try_clone().map_err(io("qemu.log"))?;
+        self.start_helpers(vm).await?;
         // nsenter execs QEMU in place: the pid we record is QEMU's.
         let mut cmd = match &self.cfg.net_namespace {
             Some(ns) => {
@@ -267,7 +297,10 @@ impl Supervisor {
             .stderr(log2)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| VmError::Start(format!("{}: {e}", self.cfg.qemu.display())))?;
+            .map_err(|e| {
+                kill_helpers(dir);
+                VmError::Start(format!("{}: {e}", self.cfg.qemu.display()))
+            })?;
         let pid = child
             .id()
             .ok_or_else(|| VmError::Start("qemu exited at once".into()))?;
@@ -281,6 +314,7 @@ impl Supervisor {
             if let Err(e) = r {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                kill_helpers(dir);
                 return Err(VmError::Start(format!(
                     "passing a disk key: {e}; qemu: {}",
                     qemu_log_tail(dir)
@@ -290,6 +324,7 @@ impl Supervisor {
         // Started means QEMU answers on QMP (its devices and disks opened).
         loop {
             if let Ok(Some(status)) = child.try_wait() {
+                kill_helpers(dir);
                 return Err(VmError::Start(format!(
                     "qemu exited ({status}): {}",
                     qemu_log_tail(dir)
@@ -301,6 +336,7 @@ impl Supervisor {
             if Instant::now() > deadline {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                kill_helpers(dir);
                 return Err(VmError::Start(format!(
                     "no QMP socket after {:?}: {}",
                     self.cfg.start_timeout,
@@ -313,6 +349,62 @@ impl Supervisor {
             let _ = std::fs::remove_file(fifo);
         }
         Ok((child, pid))
+    }
+
+    /// Starts the VM's helpers (after killing any left from a previous QEMU) and waits for
+    /// their sockets. Each runs in its own process group, as QEMU, and logs to `helpers.log`.
+    async fn start_helpers(&self, vm: &Vm) -> Result<(), VmError> {
+        let dir = &vm.dir;
+        kill_helpers(dir);
+        let mut pids = String::new();
+        for h in &vm.launch.helpers {
+            let _ = std::fs::remove_file(&h.socket);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("helpers.log"))
+                .map_err(|e| VmError::Io(dir.join("helpers.log").display().to_string(), e))?;
+            let log2 = log
+                .try_clone()
+                .map_err(|e| VmError::Io("helpers.log".into(), e))?;
+            let child = tokio::process::Command::new(&h.program)
+                .args(&h.args)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .kill_on_drop(false)
+                .spawn()
+                .map_err(|e| {
+                    kill_helpers(dir);
+                    VmError::Start(format!("{}: {e}", h.program.display()))
+                })?;
+            // The process is reaped by nobody while it runs; its exit is seen through /proc.
+            if let Some(pid) = child.id() {
+                pids += &format!("{pid}\n");
+                std::fs::write(dir.join("helpers.pid"), &pids)
+                    .map_err(|e| VmError::Io("helpers.pid".into(), e))?;
+            }
+            tokio::spawn(async move {
+                let mut child = child;
+                let _ = child.wait().await;
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !h.socket.exists() {
+                if Instant::now() > deadline {
+                    kill_helpers(dir);
+                    let log = std::fs::read_to_string(dir.join("helpers.log")).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                    return Err(VmError::Start(format!(
+                        "{} did not open {}: {tail}",
+                        h.program.display(),
+                        h.socket.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Waits for QEMU to exit and applies the crash policy.
@@ -454,6 +546,7 @@ impl Supervisor {
         if let Some(vm) = vm {
             let _ = vm.stop.send(true);
         }
+        kill_helpers(dir);
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
         Ok(())
     }

@@ -74,6 +74,7 @@ fn launch(guest: &Path, dir: &Path) -> Launch {
     Launch {
         args,
         secrets: Vec::new(),
+        helpers: Vec::new(),
     }
 }
 

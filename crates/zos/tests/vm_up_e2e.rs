@@ -189,6 +189,16 @@ fn vms_on_up_with_two_nodes() {
         t0.elapsed()
     );
     assert!(log.contains("ZOS-INIT: started"), "{log}");
+    // Root and volume over virtio-fs when the host has a virtiofsd, else 9p.
+    let fs = match zos_vm::primitive::find_virtiofsd() {
+        Some(_) => "virtiofs",
+        None => "9p",
+    };
+    assert!(
+        log.contains(&format!("ZOS-INIT: root mounted ({fs})")),
+        "{log}"
+    );
+    assert!(log.contains("ZOS-INIT: mounted data at /data"), "{log}");
     assert!(log.contains("ZOS-ENTRYPOINT: "), "{log}");
     assert!(
         log.contains("hello zos from vm"),
