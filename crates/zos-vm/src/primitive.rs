@@ -1,6 +1,6 @@
 //! The `zmachine` and `zmachine-light` primitives (upstream `pkg/primitives/vm`), container
 //! mode: the flist unpacked once per flist, a writable overlay per VM, root and volumes
-//! shared over 9p, zmount disks as virtio-blk (encrypted qcow2 opened by QEMU with the disk's
+//! shared over virtio-fs (9p when the host has no virtiofsd), zmount disks as virtio-blk (encrypted qcow2 opened by QEMU with the disk's
 //! key), cloud-init as a NoCloud `cidata` disk.
 
 use std::collections::BTreeMap;
