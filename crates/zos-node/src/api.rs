@@ -27,6 +27,7 @@ pub const COMMANDS: &[&str] = &[
     "zos.deployment.wait",
     "zos.deployment.list",
     "zos.deployment.changes",
+    "zos.deployment.history",
     "zos.statistics.get",
     "zos.storage.pools",
     "zos.network.public_config_get",
@@ -215,6 +216,11 @@ impl Api {
             "zos.deployment.changes" => {
                 let a: ContractArg = arg(payload)?;
                 to_value(&self.engine.changes(source, a.contract_id)?)
+            }
+            "zos.deployment.history" => {
+                let a: ContractArg = arg(payload)?;
+                let entries = self.engine.history(source, a.contract_id)?;
+                Ok(json!({ "contract_id": a.contract_id, "history": to_value(&entries)? }))
             }
             "zos.statistics.get" => self.statistics().await,
             "zos.storage.pools" => to_value(&self.pools().await),

@@ -8,7 +8,14 @@
 //!   per-deployment transaction log (`zos.deployment.changes`);
 //! - `jobs` `seq u64` → [`Job`]: the FIFO job queue (peek → process → ack, so a crash retries);
 //! - `sharable` `(twin, name)` → contract: names of sharable workloads (networks) per twin;
-//! - `meta` `name` → u64: counters (`job_seq`, `event_height`).
+//! - `meta` `name` → u64: counters (`job_seq`, `event_height`, `schema_version`);
+//! - `history` `(twin, contract, seq)` → [`HistoryEntry`]: every result change of every
+//!   workload with its stable error code and the deployment version; unlike `txlog` it
+//!   **outlives the deployment** (deleted, failed and rolled back ones keep their evidence)
+//!   and is bounded by [`HISTORY_MAX_PER_DEPLOYMENT`] entries and [`HISTORY_MAX_AGE_SECS`].
+//!
+//! Schema versions (`meta.schema_version`, absent = 1): 2 adds `history`, filled at
+//! migration from the `txlog` of the deployments stored then.
 //!
 //! Every state change (a new deployment with its init results and its job; a result with its
 //! view update) is **one** write transaction, committed with redb's default durability
@@ -29,6 +36,60 @@ const TXLOG: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("txl
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const SHARABLE: TableDefinition<(u32, &str), u64> = TableDefinition::new("sharable");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const HISTORY: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("history");
+
+/// The store schema this code writes (see the module docs).
+pub const SCHEMA_VERSION: u64 = 2;
+/// At most this many history entries are kept per deployment (the oldest go first).
+pub const HISTORY_MAX_PER_DEPLOYMENT: u64 = 512;
+/// History entries older than this (30 days) are dropped.
+pub const HISTORY_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
+
+/// One result change of one workload, as `zos.deployment.history` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Position in this deployment's history (from 1, never reused).
+    pub seq: u64,
+    /// Workload name.
+    pub name: String,
+    /// Workload type.
+    #[serde(rename = "type")]
+    pub workload_type: String,
+    /// The workload's version.
+    pub version: u32,
+    /// The deployment's version when the result was recorded.
+    pub deployment_version: u32,
+    /// Result state.
+    pub state: crate::model::ResultState,
+    /// Stable error code (`error` and refused updates), `null` otherwise.
+    pub code: Option<zos_types::ErrorCode>,
+    /// Result message (the cause for an error).
+    pub message: String,
+    /// Unix seconds of the result.
+    pub created: i64,
+}
+
+impl HistoryEntry {
+    fn of(seq: u64, deployment_version: u32, wl: &Workload) -> Self {
+        let r = &wl.result;
+        // A result restored from an old log has no code: an error then is at least `backend`.
+        let code = r.code.or(match r.state {
+            crate::model::ResultState::Error => Some(zos_types::ErrorCode::Backend),
+            _ => None,
+        });
+        HistoryEntry {
+            seq,
+            name: wl.name.clone(),
+            workload_type: wl.workload_type.as_str().to_string(),
+            version: wl.version,
+            deployment_version,
+            state: r.state,
+            code,
+            message: r.error.clone(),
+            created: r.created.0,
+        }
+    }
+}
 
 /// Errors of the engine store.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +209,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("engine records serialise (no maps with non-string keys)")
 }
@@ -181,9 +249,141 @@ impl Store {
             w.open_table(JOBS).map_err(|e| s.err(e))?;
             w.open_table(SHARABLE).map_err(|e| s.err(e))?;
             w.open_table(META).map_err(|e| s.err(e))?;
+            w.open_table(HISTORY).map_err(|e| s.err(e))?;
         }
+        s.migrate(&w)?;
         w.commit().map_err(|e| s.err(e))?;
+        s.prune_history(now_secs())?;
         Ok(s)
+    }
+
+    /// Brings an older store to [`SCHEMA_VERSION`] inside the opening transaction (a crash
+    /// leaves the old schema, and the next start migrates again).
+    fn migrate(&self, w: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut meta = w.open_table(META).map_err(|e| self.err(e))?;
+        let version = meta
+            .get("schema_version")
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt {
+                what: "schema".into(),
+                reason: format!(
+                    "store schema {version} is newer than this agent's {SCHEMA_VERSION}"
+                ),
+            });
+        }
+        if version < 2 {
+            // History starts from the transaction log of what is stored now.
+            let deps = w.open_table(DEPLOYMENTS).map_err(|e| self.err(e))?;
+            let log = w.open_table(TXLOG).map_err(|e| self.err(e))?;
+            let mut hist = w.open_table(HISTORY).map_err(|e| self.err(e))?;
+            let mut n = 0u64;
+            for item in deps.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let (twin, contract) = k.value();
+                let rec: Record = dec(|| format!("deployment {twin}/{contract}"), v.value())?;
+                let dv = rec.deployment.version;
+                let mut seq = 0;
+                for e in log
+                    .range((twin, contract, 0)..=(twin, contract, u64::MAX))
+                    .map_err(|e| self.err(e))?
+                {
+                    let (_, v) = e.map_err(|e| self.err(e))?;
+                    let wl: Workload = dec(|| format!("transaction {twin}/{contract}"), v.value())?;
+                    seq += 1;
+                    let entry = HistoryEntry::of(seq, dv, &wl);
+                    hist.insert((twin, contract, seq), enc(&entry).as_slice())
+                        .map_err(|e| self.err(e))?;
+                    n += 1;
+                }
+            }
+            tracing::info!(
+                entries = n,
+                "engine store migrated to schema 2 (deployment history)"
+            );
+        }
+        meta.insert("schema_version", SCHEMA_VERSION)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn push_history(
+        &self,
+        w: &redb::WriteTransaction,
+        twin: u32,
+        contract: u64,
+        deployment_version: u32,
+        wls: &[&Workload],
+    ) -> Result<(), StoreError> {
+        let mut hist = w.open_table(HISTORY).map_err(|e| self.err(e))?;
+        let last = hist
+            .range((twin, contract, 0)..=(twin, contract, u64::MAX))
+            .map_err(|e| self.err(e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| self.err(e))?
+            .map(|(k, _)| k.value().2)
+            .unwrap_or(0);
+        let mut seq = last;
+        for wl in wls {
+            seq += 1;
+            let entry = HistoryEntry::of(seq, deployment_version, wl);
+            hist.insert((twin, contract, seq), enc(&entry).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        if seq > HISTORY_MAX_PER_DEPLOYMENT {
+            let keep_from = seq - HISTORY_MAX_PER_DEPLOYMENT + 1;
+            hist.retain_in((twin, contract, 0)..(twin, contract, keep_from), |_, _| {
+                false
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops history entries older than [`HISTORY_MAX_AGE_SECS`] before `now` (unix
+    /// seconds). Runs at open and after every deletion; returns how many were dropped.
+    pub fn prune_history(&self, now: u64) -> Result<u64, StoreError> {
+        let cutoff = now.saturating_sub(HISTORY_MAX_AGE_SECS) as i64;
+        let w = self.write()?;
+        let mut dropped = 0;
+        {
+            let mut hist = w.open_table(HISTORY).map_err(|e| self.err(e))?;
+            hist.retain(|_, v| {
+                // An undecodable entry is dropped too: history is evidence, not state.
+                let keep = serde_json::from_slice::<HistoryEntry>(v)
+                    .map(|e| e.created >= cutoff)
+                    .unwrap_or(false);
+                if !keep {
+                    dropped += 1;
+                }
+                keep
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        w.commit().map_err(|e| self.err(e))?;
+        Ok(dropped)
+    }
+
+    /// The kept history of one deployment (also once deleted), oldest first.
+    pub fn history(&self, twin: u32, contract: u64) -> Result<Vec<HistoryEntry>, StoreError> {
+        let r = self.read()?;
+        let hist = r.open_table(HISTORY).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in hist
+            .range((twin, contract, 0)..=(twin, contract, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let (_, _, seq) = k.value();
+            out.push(dec(
+                || format!("history {twin}/{contract}/{seq}"),
+                v.value(),
+            )?);
+        }
+        Ok(out)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -261,6 +461,8 @@ impl Store {
             deps.insert((twin, contract), enc(&rec).as_slice())
                 .map_err(|e| self.err(e))?;
         }
+        let all: Vec<&Workload> = dl.workloads.iter().collect();
+        self.push_history(&w, twin, contract, dl.version, &all)?;
         self.push_job(&w, job)?;
         w.commit().map_err(|e| self.err(e))
     }
@@ -332,11 +534,13 @@ impl Store {
             }
             deps.insert((twin, contract), enc(&rec).as_slice())
                 .map_err(|e| self.err(e))?;
+            self.push_history(&w, twin, contract, rec.deployment.version, &[wl])?;
         }
         w.commit().map_err(|e| self.err(e))
     }
 
-    /// Removes a deployment, its log and its sharable names.
+    /// Removes a deployment, its log and its sharable names; its history stays (bounded by
+    /// age), so the owner can still read why it failed or when it was removed.
     pub fn delete(&self, twin: u32, contract: u64) -> Result<(), StoreError> {
         let w = self.write()?;
         {
@@ -366,7 +570,9 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         }
-        w.commit().map_err(|e| self.err(e))
+        w.commit().map_err(|e| self.err(e))?;
+        self.prune_history(now_secs())?;
+        Ok(())
     }
 
     /// The current view of one deployment.
@@ -586,6 +792,87 @@ mod tests {
         assert!(s.get(1, 10).unwrap().is_none());
         assert!(s.changes(1, 10).unwrap().is_empty());
         assert_eq!(s.changes(1, 12).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn history_outlives_delete_and_is_bounded_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("e.redb")).unwrap();
+        let mut d = dl(1, 10);
+        d.version = 4;
+        let now = crate::model::Timestamp(now_secs() as i64);
+        d.workloads[0].result.created = now;
+        s.create(&d, &job(1, 10)).unwrap();
+        let mut bad = wl("a", WorkloadType::Volume);
+        bad.result.state = ResultState::Error;
+        bad.result.error = "no space".into();
+        bad.result.created = crate::model::Timestamp(now_secs() as i64);
+        bad.result.code = Some(zos_types::ErrorCode::Capacity);
+        s.record(1, 10, &bad, Apply::Upsert).unwrap();
+        s.delete(1, 10).unwrap();
+        assert!(s.get(1, 10).unwrap().is_none());
+        let h = s.history(1, 10).unwrap();
+        assert_eq!(h[1].code, Some(zos_types::ErrorCode::Capacity));
+        assert_eq!(
+            (h[1].message.as_str(), h[1].deployment_version),
+            ("no space", 4)
+        );
+        // delete pruned "n"'s init entry (created 0: older than the age bound)
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].seq, 3);
+        assert_eq!(s.prune_history(now_secs()).unwrap(), 0);
+        assert_eq!(
+            s.prune_history(now_secs() + HISTORY_MAX_AGE_SECS + 1)
+                .unwrap(),
+            2
+        );
+        assert!(s.history(1, 10).unwrap().is_empty());
+        // count bound: the oldest go first, sequence numbers are never reused
+        s.create(&dl(2, 20), &job(2, 20)).unwrap();
+        let mut ok = wl("a", WorkloadType::Volume);
+        ok.result.created = crate::model::Timestamp(now_secs() as i64);
+        for v in 0..HISTORY_MAX_PER_DEPLOYMENT as u32 + 5 {
+            ok.version = v;
+            s.record(2, 20, &ok, Apply::Upsert).unwrap();
+        }
+        let h = s.history(2, 20).unwrap();
+        assert_eq!(h.len() as u64, HISTORY_MAX_PER_DEPLOYMENT);
+        assert_eq!(h.last().unwrap().seq, HISTORY_MAX_PER_DEPLOYMENT + 7);
+        assert_eq!(h[0].seq, 8);
+    }
+
+    #[test]
+    fn schema_1_store_is_migrated_with_history_from_the_txlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.redb");
+        {
+            let s = Store::open(&p).unwrap();
+            s.create(&dl(1, 10), &job(1, 10)).unwrap();
+            let mut bad = wl("a", WorkloadType::Volume);
+            bad.result.state = ResultState::Error;
+            bad.result.created = crate::model::Timestamp(now_secs() as i64);
+            s.record(1, 10, &bad, Apply::Upsert).unwrap();
+            // make it a schema 1 store: no history table, no version
+            let w = s.write().unwrap();
+            w.delete_table(HISTORY).unwrap();
+            w.open_table(META)
+                .unwrap()
+                .remove("schema_version")
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.meta("schema_version").unwrap(), Some(SCHEMA_VERSION));
+        let h = s.history(1, 10).unwrap();
+        // the two init entries are older than the retention and go at open
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].seq, 3);
+        // an error from a log without codes is at least `backend`
+        assert_eq!(h[0].code, Some(zos_types::ErrorCode::Backend));
+        // a newer schema is refused rather than misread
+        s.set_meta("schema_version", SCHEMA_VERSION + 1).unwrap();
+        drop(s);
+        assert!(matches!(Store::open(&p), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

@@ -68,6 +68,19 @@ impl PrimitiveError {
     pub fn failed(e: impl fmt::Display) -> Self {
         PrimitiveError::Failed(e.to_string())
     }
+
+    /// The stable code a result of this error carries in the deployment history.
+    pub fn code(&self) -> Option<zos_types::ErrorCode> {
+        use zos_types::ErrorCode;
+        match self {
+            PrimitiveError::Unsupported(_) => Some(ErrorCode::Unsupported),
+            PrimitiveError::NoActionNeeded => None,
+            PrimitiveError::Unchanged(_) | PrimitiveError::InvalidData(_) => {
+                Some(ErrorCode::InvalidInput)
+            }
+            PrimitiveError::Failed(_) => Some(ErrorCode::Backend),
+        }
+    }
 }
 
 /// One workload type's implementation.

@@ -15,6 +15,8 @@
 
 /// The challenge stream writer.
 pub mod challenge;
+/// Stable error codes of workload results.
+pub mod code;
 /// Twin keys (ed25519, sr25519).
 pub mod crypto;
 /// Typed workload data, per type.
@@ -33,6 +35,7 @@ pub mod workload;
 mod json;
 mod rfc3339;
 
+pub use code::ErrorCode;
 pub use crypto::{KeyPair, KeyType, PublicKey};
 pub use data::WorkloadData;
 pub use deployment::{

@@ -191,6 +191,10 @@ pub struct WorkloadResult {
     pub error: String,
     /// Type-specific result data (`null` when none).
     pub data: Value,
+    /// Why an `error` (or refused update) result failed: kept by the node in its deployment
+    /// history, never serialised here, so the upstream result JSON stays as it is.
+    #[serde(skip)]
+    pub code: Option<crate::ErrorCode>,
 }
 
 /// Resources a workload consumes.
@@ -308,6 +312,13 @@ mod tests {
         let js = serde_json::to_value(&r).unwrap();
         assert_eq!(js["message"], "boom");
         assert_eq!(js["state"], "error");
+        // the node-side code never reaches the upstream JSON
+        let coded = WorkloadResult {
+            code: Some(crate::ErrorCode::Capacity),
+            ..r.clone()
+        };
+        assert_eq!(serde_json::to_value(&coded).unwrap(), js);
+        assert_eq!(js.as_object().unwrap().len(), 4);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::chain::ContractStatus;
 use crate::model::{Deployment, ResultState, Timestamp, Workload, WorkloadResult};
 use crate::primitives::{PrimitiveError, WorkloadCtx, install_rank};
 use crate::store::{Apply, Job, JobOp, StoreError};
+use zos_types::ErrorCode;
 
 /// How long the capacity gate reuses measured pool sizes.
 const POOL_SIZES_TTL: Duration = Duration::from_secs(5);
@@ -36,6 +37,19 @@ pub(super) fn result(state: ResultState, error: String, data: serde_json::Value)
         state,
         error,
         data,
+        code: None,
+    }
+}
+
+/// An `error` (or, with `state` unchanged, a refused update) result with its stable code.
+pub(super) fn failure(
+    state: ResultState,
+    code: Option<ErrorCode>,
+    error: String,
+) -> WorkloadResult {
+    WorkloadResult {
+        code,
+        ..result(state, error, serde_json::Value::Null)
     }
 }
 
@@ -398,7 +412,12 @@ impl Engine {
                 continue;
             }
             let old = cur.as_ref().and_then(|d| d.get(&wl.name)).cloned();
-            wl.result = result(ResultState::Error, msg.to_string(), serde_json::Value::Null);
+            // The ledger check refused it (contract missing, other node, hash mismatch).
+            wl.result = failure(
+                ResultState::Error,
+                Some(ErrorCode::Contract),
+                msg.to_string(),
+            );
             self.save(twin, contract, old.as_ref(), wl, Apply::Upsert)?;
         }
         Ok(())
@@ -451,28 +470,28 @@ impl Engine {
     /// Provisions one workload (capacity gate first when `gate`) and returns its result.
     async fn provision_one(&self, dl: &Deployment, wl: &Workload, gate: bool) -> WorkloadResult {
         let Some(prim) = self.inner.registry.get(&wl.workload_type).cloned() else {
-            return result(
+            return failure(
                 ResultState::Error,
+                Some(ErrorCode::Unsupported),
                 format!(
                     "workload type '{}' is not supported on this node",
                     wl.workload_type
                 ),
-                serde_json::Value::Null,
             );
         };
         let ctx = self.ctx(dl, &wl.name);
         if gate {
             if let Err(msg) = self.gate(&ctx.workload_id, wl).await {
-                return result(ResultState::Error, msg, serde_json::Value::Null);
+                return failure(ResultState::Error, Some(ErrorCode::Capacity), msg);
             }
         }
         match prim.provision(&ctx, wl).await {
             Ok(data) => result(ResultState::Ok, String::new(), data),
             Err(PrimitiveError::NoActionNeeded) => wl.result.clone(),
             Err(PrimitiveError::Unchanged(why)) => {
-                result(ResultState::Unchanged, why, serde_json::Value::Null)
+                failure(ResultState::Unchanged, Some(ErrorCode::InvalidInput), why)
             }
-            Err(e) => result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+            Err(e) => failure(ResultState::Error, e.code(), e.to_string()),
         }
     }
 
@@ -637,7 +656,7 @@ impl Engine {
                 wl.workload_type
             );
             return (
-                result(ResultState::Unchanged, msg, serde_json::Value::Null),
+                failure(ResultState::Unchanged, Some(ErrorCode::Unsupported), msg),
                 Apply::LogOnly,
             );
         };
@@ -645,7 +664,7 @@ impl Engine {
         if let Err(msg) = self.gate(&ctx.workload_id, wl).await {
             // The running definition stays; the refusal is logged.
             return (
-                result(ResultState::Unchanged, msg, serde_json::Value::Null),
+                failure(ResultState::Unchanged, Some(ErrorCode::Capacity), msg),
                 Apply::LogOnly,
             );
         }
@@ -653,11 +672,11 @@ impl Engine {
             Ok(data) => (result(ResultState::Ok, String::new(), data), Apply::Upsert),
             Err(PrimitiveError::NoActionNeeded) => (cur.result.clone(), Apply::Upsert),
             Err(PrimitiveError::Unchanged(why)) => (
-                result(ResultState::Unchanged, why, serde_json::Value::Null),
+                failure(ResultState::Unchanged, Some(ErrorCode::InvalidInput), why),
                 Apply::LogOnly,
             ),
             Err(e) => (
-                result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+                failure(ResultState::Error, e.code(), e.to_string()),
                 Apply::Upsert,
             ),
         }

@@ -32,10 +32,10 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(twin, contract, name = %wl.name, error = %e, "deprovision failed");
-                new.result = result(
+                new.result = super::jobs::failure(
                     ResultState::Error,
+                    Some(zos_types::ErrorCode::Deprovision),
                     format!("failed to deprovision: {e}"),
-                    serde_json::Value::Null,
                 );
                 self.save(twin, contract, Some(wl), new, Apply::Upsert)?;
                 Ok(false)

@@ -361,6 +361,7 @@ impl Engine {
                 state: ResultState::Init,
                 error: String::new(),
                 data: serde_json::Value::Null,
+                code: None,
             };
         }
         let job = Job {
@@ -516,6 +517,20 @@ impl Engine {
             return Err(StoreError::NotFound { twin, contract }.into());
         }
         Ok(self.inner.store.changes(twin, contract)?)
+    }
+
+    /// `zos.deployment.history`: the caller's kept result history of a contract, also after
+    /// the deployment is gone (history is keyed by owner twin: no one else can read it).
+    pub fn history(
+        &self,
+        twin: u32,
+        contract: u64,
+    ) -> Result<Vec<crate::store::HistoryEntry>, EngineError> {
+        let h = self.inner.store.history(twin, contract)?;
+        if h.is_empty() {
+            return Err(StoreError::NotFound { twin, contract }.into());
+        }
+        Ok(h)
     }
 
     /// The twin owning a stored contract.

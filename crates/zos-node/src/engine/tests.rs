@@ -886,3 +886,52 @@ async fn network_consumption_is_reported_per_contract_from_the_primitives_counte
     assert!(t.engine.report_consumption(&mut meter).await.is_empty());
     assert_eq!(t.chain.nru.lock().unwrap().len(), 2);
 }
+
+/// Every result change is kept with a stable code, and stays readable (by the owner only)
+/// after the contract is canceled and the deployment removed: the evidence of a rolled-back
+/// deployment.
+#[tokio::test]
+async fn history_keeps_codes_and_outlives_the_deployment() {
+    use zos_types::ErrorCode;
+    let t = setup();
+    let d = t.dl(
+        1,
+        0,
+        vec![
+            vol("big", 96 * GIB, 0),
+            vol("ok", GIB, 0),
+            vol("bad", 13, 0),
+        ],
+    );
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    t.engine.drain().await;
+    let h = t.engine.history(TWIN, 1).unwrap();
+    let last = |name: &str| h.iter().rev().find(|e| e.name == name).cloned().unwrap();
+    assert_eq!(h.len(), 6, "{h:?}"); // 3 init + 3 results
+    assert_eq!(
+        (last("big").state, last("big").code),
+        (ResultState::Error, Some(ErrorCode::Capacity))
+    );
+    assert_eq!(
+        (last("bad").code, last("bad").message.as_str()),
+        (Some(ErrorCode::Backend), "unlucky size")
+    );
+    assert_eq!((last("ok").state, last("ok").code), (ResultState::Ok, None));
+    assert!(h.iter().all(|e| e.deployment_version == 0));
+    // the client rolls back: the contract is canceled, the node removes everything
+    t.chain.set_status(1, ContractStatus::Deleted);
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert!(t.engine.get(TWIN, 1).is_err());
+    let after = t.engine.history(TWIN, 1).unwrap();
+    assert_eq!(&after[..6], &h[..]);
+    assert!(
+        after[6..]
+            .iter()
+            .any(|e| e.name == "ok" && e.state == ResultState::Deleted),
+        "{after:?}"
+    );
+    // another twin sees nothing
+    assert!(t.engine.history(TWIN + 1, 1).is_err());
+}
