@@ -16,9 +16,11 @@
 //! axum/hyper, self-signed certificates). Without it the crate is the client side only (types,
 //! transactions, proofs, [`client::LedgerClient`]), which is all zos-client and RMB peers link.
 //!
-//! Limits: one producer process (no consensus; the [`store::LedgerStore`] trait is where a
-//! replicated backend plugs in); no transaction fees; `verify` needs the ledger stopped (redb
-//! holds a file lock). Design and differences from TFChain: `docs/ledger.md`.
+//! One producer at a time: on the embedded redb store one process; on etcd
+//! ([`store::EtcdStore`], `--store etcd`) several servers share the chain, one of them elected
+//! producer with a lease, every append conditioned on that lease (crash-fault tolerant, not
+//! Byzantine). No transaction fees; `verify` on redb needs the ledger stopped (a file lock).
+//! Design, trust model and differences from TFChain: `docs/ledger.md`.
 
 #![forbid(unsafe_code)]
 
@@ -55,7 +57,7 @@ pub mod runtime;
 pub mod server;
 /// State layout and the per-block write overlay.
 pub mod state;
-/// Persistence trait and its redb and in-memory backends.
+/// Persistence trait and its redb, etcd and in-memory backends.
 pub mod store;
 /// Bad-signature throttling per source address.
 #[cfg(feature = "server")]

@@ -934,6 +934,8 @@ fn follower(app: &App) -> Option<&Cluster> {
 async fn forward(c: &Cluster, method: &str, params: Value) -> Result<Value, RpcError> {
     let deadline = tokio::time::Instant::now() + c.ttl * 2 + Duration::from_secs(1);
     let mut last = String::from("no producer elected");
+    // The producer's URL as last read; read again from etcd after any failure.
+    let mut fresh = false;
     while tokio::time::Instant::now() < deadline {
         if c.store.is_leader() {
             // Became the producer meanwhile: the client's retry lands here.
@@ -942,8 +944,12 @@ async fn forward(c: &Cluster, method: &str, params: Value) -> Result<Value, RpcE
                 "this server just became the producer; retry",
             ));
         }
-        let url = c.store.leader_url().await;
+        let url = match c.store.cached_leader_url() {
+            Some(u) if !fresh => Some(u),
+            _ => c.store.leader_url().await,
+        };
         let Some(url) = url.filter(|u| *u != c.url) else {
+            fresh = true;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -971,6 +977,7 @@ async fn forward(c: &Cluster, method: &str, params: Value) -> Result<Value, RpcE
             }
             Err(e) => {
                 last = e.to_string();
+                fresh = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -288,13 +288,17 @@ fn child_ledger_server() {
     let etcd = std::env::var("ZOS_CHILD_ETCD").unwrap();
     let listen: SocketAddr = std::env::var("ZOS_CHILD_LISTEN").unwrap().parse().unwrap();
     let id = std::env::var("ZOS_CHILD_ID").unwrap();
-    let mut ec = EtcdConfig::new(&etcd, &id).unwrap();
-    ec.lease_ttl = Duration::from_secs(TTL_SECS);
+    // No etcd URL: the embedded redb store (the benchmark's baseline).
+    let ec = (!etcd.is_empty()).then(|| {
+        let mut ec = EtcdConfig::new(&etcd, &id).unwrap();
+        ec.lease_ttl = Duration::from_secs(TTL_SECS);
+        ec
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let mut cfg = zos_ledger::LedgerConfig::dev(PathBuf::from(data));
         cfg.listen = listen;
-        cfg.etcd = Some(ec);
+        cfg.etcd = ec;
         let server = zos_ledger::LedgerServer::bind(cfg).await.unwrap();
         server.run(std::future::pending()).await.unwrap();
     });
@@ -710,4 +714,76 @@ async fn partitioned_producer_steps_down_before_its_lease_ends() {
         .unwrap()
         .unwrap();
     assert_eq!(report.transactions, 11);
+}
+
+/// Not a test: `scripts/bench-ledger-etcd.sh` runs it (release) with `ZOS_BENCH_STORE=etcd|redb`
+/// and `ZOS_BENCH_TXS` (10,000 by default): signed transfers from 16 clients, submit→receipt
+/// latency percentiles and throughput; on etcd 3 servers, client `i` starting at server `i % 3`
+/// (two thirds of the submissions are forwarded to the producer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: scripts/bench-ledger-etcd.sh"]
+async fn bench_submit_latency() {
+    if skip() {
+        return;
+    }
+    let store = std::env::var("ZOS_BENCH_STORE").unwrap_or_else(|_| "etcd".into());
+    let total: usize = std::env::var("ZOS_BENCH_TXS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    const CLIENTS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, servers, n) = if store == "etcd" {
+        let etcd = EtcdCluster::start(dir.path(), 3);
+        let s = Servers::start(dir.path(), &etcd.urls(), 3);
+        (Some(etcd), s, 3)
+    } else {
+        (None, Servers::start(dir.path(), "", 1), 1)
+    };
+    for i in 0..n {
+        servers.wait_up(i).await;
+    }
+    let client = LedgerClient::new(&servers.urls()).unwrap();
+    let gh = client.genesis_hash().await.unwrap();
+    let sink = KeyPair::from_seed(KeyType::Ed25519, [200; 32]);
+    let keys: Vec<KeyPair> = (0..CLIENTS)
+        .map(|i| KeyPair::from_seed(KeyType::Ed25519, [i as u8 + 1; 32]))
+        .collect();
+    for k in &keys {
+        client.dev_fund(&k.public(), 1_000_000_000).await.unwrap();
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        let urls: Vec<String> = (0..n).map(|j| servers.url((i + j) % n)).collect();
+        let c = LedgerClient::new(&urls.join(",")).unwrap();
+        let sink = sink.clone();
+        let per = total / CLIENTS + usize::from(i < total % CLIENTS);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for nonce in 0..per as u64 {
+                let tx = sign(&k, &gh, nonce, &sink);
+                let t = Instant::now();
+                submit_until_acked(&c, &tx).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let head = client.head().await.unwrap();
+    println!(
+        "BENCH store={store} servers={n} clients={CLIENTS} txs={} blocks={head} elapsed={:.2}s \
+         tx/s={:.0} p50={:.1}ms p99={:.1}ms",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        lat[lat.len() / 2].as_secs_f64() * 1e3,
+        lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
+    );
 }

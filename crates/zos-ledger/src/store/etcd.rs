@@ -493,6 +493,11 @@ impl EtcdStore {
             .flatten()
     }
 
+    /// The producer's URL as last read from etcd (no request).
+    pub fn cached_leader_url(&self) -> Option<String> {
+        self.inner.leader_url.lock().ok().and_then(|g| g.clone())
+    }
+
     /// Facts for `ledger_cluster`.
     pub fn status(&self) -> ClusterStatus {
         let i = &self.inner;

@@ -62,6 +62,12 @@ pub struct UpArgs {
     /// Do not offer the VM test guest (no build, no flist on the hub).
     #[arg(long, env = "ZOS_NO_VM_GUEST")]
     pub no_vm_guest: bool,
+    /// Ledger servers. 1: in this process on redb. More: an etcd cluster of as many members
+    /// (`etcd` child processes, data under DATA/etcd, client ports from --ledger-port + 10) and
+    /// as many `zos ledger serve --store etcd` child processes on --ledger-port, +1, …, one of
+    /// them the producer at a time; the node and the client get every URL (docs/ledger.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub ledgers: u8,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -189,14 +195,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         .context("making the ledger's TLS certificate")?;
     let ledger_cert = tls.cert.clone();
     lcfg.tls = Some(tls);
-    let ledger_server = LedgerServer::bind(lcfg).await.with_context(|| {
-        format!(
-            "starting the ledger on 127.0.0.1:{} (is another `zos up` running? --ledger-port)",
-            a.ledger_port
-        )
-    })?;
-    let ledger_url = format!("https://{}", ledger_server.local_addr());
-    let ledger_task = tokio::spawn(ledger_server.run(stop_signal(&stop_rx)));
+    let (ledger_url, ledger_task) = if a.ledgers > 1 {
+        ledger_cluster(&a, &data, &lcfg, stop_signal(&stop_rx)).await?
+    } else {
+        let ledger_server = LedgerServer::bind(lcfg).await.with_context(|| {
+            format!(
+                "starting the ledger on 127.0.0.1:{} (is another `zos up` running? --ledger-port)",
+                a.ledger_port
+            )
+        })?;
+        let ledger_url = format!("https://{}", ledger_server.local_addr());
+        let task = tokio::spawn(ledger_server.run(stop_signal(&stop_rx)));
+        (ledger_url, task)
+    };
     let ledger = LedgerClient::with_trust(
         &ledger_url,
         zos_ledger::Trust::default().with_cert_file(&ledger_cert)?,
@@ -620,6 +631,135 @@ async fn wait_for_nodes(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `--ledgers N` (N > 1): N etcd members and N `zos ledger serve --store etcd` servers, each its
+/// own child process (one can be killed by hand), sharing the producer key and TLS certificate
+/// of `DATA/ledger`. Returns the URL list and a task that stops them all on `stop`.
+async fn ledger_cluster(
+    a: &UpArgs,
+    data: &std::path::Path,
+    lcfg: &LedgerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    String,
+    tokio::task::JoinHandle<Result<(), zos_ledger::LedgerError>>,
+)> {
+    use tokio::process::Command;
+    let n = usize::from(a.ledgers);
+    let have_etcd = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_etcd {
+        bail!("--ledgers {n} needs etcd (Debian: apt-get install etcd-server)");
+    }
+    let tls = lcfg.tls.clone().context("the ledger's TLS files")?;
+    let key = zos_ledger::server::producer_key(&lcfg.data_dir)?;
+    let port = |i: usize, k: usize| a.ledger_port + 10 + (2 * i + k) as u16;
+    let initial: Vec<String> = (0..n)
+        .map(|i| format!("m{i}=http://127.0.0.1:{}", port(i, 1)))
+        .collect();
+    let etcd_urls: Vec<String> = (0..n)
+        .map(|i| format!("http://127.0.0.1:{}", port(i, 0)))
+        .collect();
+    let mut children = Vec::new();
+    let log = |name: &str| -> anyhow::Result<std::fs::File> {
+        let path = data.join("etcd").join(format!("{name}.log"));
+        std::fs::create_dir_all(data.join("etcd"))?;
+        Ok(std::fs::File::create(path)?)
+    };
+    for (i, client_url) in etcd_urls.iter().enumerate() {
+        let name = format!("m{i}");
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(data.join("etcd").join(&name))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!(
+                "--listen-peer-urls=http://127.0.0.1:{}",
+                port(i, 1)
+            ))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                port(i, 1)
+            ))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-token=zos-up")
+            .arg("--auto-compaction-retention=1")
+            .arg("--log-level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log(&name)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting etcd")?;
+        children.push(child);
+    }
+    let exe = std::env::current_exe().context("finding the zos binary")?;
+    let mut urls = Vec::new();
+    for i in 0..n {
+        let dir = lcfg.data_dir.join(format!("server{i}"));
+        std::fs::create_dir_all(&dir)?;
+        // Every server signs as the one producer genesis names.
+        std::fs::write(
+            dir.join(zos_ledger::server::PRODUCER_KEY_FILE),
+            hex::encode(key.seed()),
+        )?;
+        let listen = format!("127.0.0.1:{}", a.ledger_port + i as u16);
+        urls.push(format!("https://{listen}"));
+        let child = Command::new(&exe)
+            .args(["ledger", "serve", "--dev", "--store", "etcd"])
+            .arg(format!("--data={}", dir.display()))
+            .arg(format!("--listen={listen}"))
+            .arg(format!("--tls-cert={}", tls.cert.display()))
+            .arg(format!("--tls-key={}", tls.key.display()))
+            .arg(format!("--etcd={}", etcd_urls.join(",")))
+            .arg(format!("--server-id=ledger{i}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(
+                lcfg.data_dir.join(format!("server{i}.log")),
+            )?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a ledger server")?;
+        children.push(child);
+    }
+    let url = urls.join(",");
+    let client = LedgerClient::with_trust(
+        &url,
+        zos_ledger::Trust::default().with_cert_file(&tls.cert)?,
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while client.head().await.is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the ledger servers did not come up (logs: {})",
+                lcfg.data_dir.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "zos up: {n} ledger servers on etcd ({url}), logs under {}",
+        data.display()
+    );
+    let task = tokio::spawn(async move {
+        stop.await;
+        // Ledger servers first (they stop cleanly on SIGTERM), then etcd.
+        for c in children.iter_mut().rev() {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.wait()).await;
+            let _ = c.kill().await;
+        }
+        Ok(())
+    });
+    Ok((url, task))
 }
 
 #[cfg(test)]
