@@ -80,6 +80,14 @@ zip=; zgw=
 for arg in $cmdline; do
   case "$arg" in zos.ip=*) zip=${arg#zos.ip=};; zos.gw=*) zgw=${arg#zos.gw=};; esac
 done
+# A full VM (booted by firmware from its disk, fixed command line): the address comes from
+# cidata's network-config.
+fullvm=
+case " $cmdline " in *" zos.fullvm "*) fullvm=1;; esac
+if [ -n "$fullvm" ] && [ -z "$zip" ] && [ -f /cidata/network-config ]; then
+  zip=$(sed -n '/addresses:/{n;s/^ *- //p;q}' /cidata/network-config)
+  zgw=$(sed -n 's/^ *gateway4: //p' /cidata/network-config | head -n 1)
+fi
 ip link set lo up
 if [ -n "$zip" ]; then
   i=0
@@ -93,14 +101,16 @@ case " $cmdline " in *" zos.fs=virtiofs "*) fs=virtiofs;; esac
 share() { # TAG DIR: a share of the node, by the transport it chose
   if [ "$fs" = virtiofs ]; then mount -t virtiofs "$1" "$2"; else mount -t 9p -o "$p9" "$1" "$2"; fi
 }
-if share vroot /root 2>/dev/null; then
+if [ -n "$fullvm" ]; then
+  echo "ZOS-INIT: full vm"
+elif share vroot /root 2>/dev/null; then
   mkdir -p /root/proc /root/sys /root/dev
   mount -t proc proc /root/proc; mount -t sysfs sys /root/sys; mount --bind /dev /root/dev
   echo "ZOS-INIT: root mounted ($fs)"
 else
   echo "ZOS-INIT: no root share"; exec sh
 fi
-for arg in $cmdline; do
+[ -n "$fullvm" ] || for arg in $cmdline; do
   case "$arg" in zos.mount=*)
     v=${arg#zos.mount=}; tag=${v%%:*}; path=${v#*:}
     mkdir -p "/root$path" && share "$tag" "/root$path" && echo "ZOS-INIT: mounted $tag at $path";;
@@ -109,7 +119,7 @@ done
 if [ -f /cidata/zosrc ]; then . /cidata/zosrc; fi
 if [ -n "$ZOS_ENTRYPOINT" ]; then
   echo "ZOS-ENTRYPOINT: $ZOS_ENTRYPOINT"
-  chroot /root /bin/sh -c "$ZOS_ENTRYPOINT"
+  if [ -n "$fullvm" ]; then /bin/sh -c "$ZOS_ENTRYPOINT"; else chroot /root /bin/sh -c "$ZOS_ENTRYPOINT"; fi
   echo "ZOS-ENTRYPOINT: exited $?"
 fi
 # init must not exit (the kernel would panic and the node count a crash).
@@ -125,7 +135,23 @@ for a in $("$BB" --list); do [ "$a" = busybox ] || ln -sf busybox "rootfs/bin/$a
 echo "root:x:0:0:root:/root:/bin/sh" > rootfs/etc/passwd
 echo "$pkg" > rootfs/etc/zos-test-guest
 
-rm -rf "$OUT/rootfs"
-mv vmlinux initrd.img rootfs "$OUT/"
+# full VM: fullvm/image.raw, a FAT disk (no partition table) that SeaBIOS boots through
+# syslinux into the Debian kernel and the same initramfs, which sees zos.fullvm. Skipped
+# (fullvm/SKIPPED says why) without syslinux, mtools and dosfstools.
+mkdir -p fullvm
+if command -v syslinux >/dev/null && command -v mcopy >/dev/null && command -v mkfs.vfat >/dev/null; then
+  truncate -s 32M fullvm/image.raw
+  mkfs.vfat -n ZOSFULLVM fullvm/image.raw >/dev/null
+  syslinux --install fullvm/image.raw
+  printf 'SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  APPEND initrd=initrd.img console=ttyS0 panic=-1 quiet zos.fullvm\n' > syslinux.cfg
+  mcopy -i fullvm/image.raw "$vmlinuz" ::vmlinuz
+  mcopy -i fullvm/image.raw initrd.img ::initrd.img
+  mcopy -i fullvm/image.raw syslinux.cfg ::syslinux.cfg
+else
+  echo "syslinux, mtools or dosfstools missing (apt-get install syslinux syslinux-common mtools dosfstools)" > fullvm/SKIPPED
+fi
+
+rm -rf "$OUT/rootfs" "$OUT/fullvm"
+mv vmlinux initrd.img rootfs fullvm "$OUT/"
 echo "$pkg" > "$OUT/kernel-package"
 touch "$OUT/.done"

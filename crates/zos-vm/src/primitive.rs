@@ -392,6 +392,76 @@ impl Vms {
         Ok(root)
     }
 
+    /// Writes a full VM's image onto its first mount, which must be a zmount, once per flist
+    /// (`image.written` in the VM directory holds the flist's md5): the guest owns the disk
+    /// after that, across restarts.
+    async fn write_image(
+        &self,
+        fl: &Path,
+        image: &Path,
+        spec: &Spec,
+        disks: &[(String, zos_storage::DiskInfo, Option<String>)],
+        dir: &Path,
+    ) -> Result<(), PrimitiveError> {
+        let first = spec.mounts.first().map(|m| m.name.as_str());
+        let Some((name, disk, key)) = disks.first().filter(|d| Some(d.0.as_str()) == first) else {
+            return Err(invalid(
+                "a full VM (flist with /image.raw) needs a zmount as its first mount: the image is written to it",
+            ));
+        };
+        let fail =
+            |e: String| PrimitiveError::Failed(format!("writing the image to {name:?}: {e}"));
+        let id = hex::encode(<md5::Md5 as md5::Digest>::digest(
+            std::fs::read(fl).map_err(|e| fail(e.to_string()))?,
+        ));
+        let marker = dir.join("image.written");
+        if std::fs::read_to_string(&marker).ok().as_deref() == Some(id.as_str()) {
+            return Ok(());
+        }
+        let len = std::fs::metadata(image)
+            .map_err(|e| fail(e.to_string()))?
+            .len();
+        if len > disk.size {
+            return Err(invalid(format!(
+                "the image is {len} bytes, larger than disk {name:?} ({} bytes)",
+                disk.size
+            )));
+        }
+        let mut cmd = tokio::process::Command::new("qemu-img");
+        cmd.args(["convert", "-n", "-q", "-f", "raw"]).arg(image);
+        if key.is_some() {
+            // The key reaches qemu-img on stdin, never the command line.
+            cmd.args(["--object", "secret,id=sec0,file=/dev/stdin"]);
+        }
+        cmd.args(["--target-image-opts", &disk.qemu_image_opts("sec0")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| fail(format!("qemu-img: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt as _;
+            if let Some(k) = key {
+                stdin
+                    .write_all(k.as_bytes())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "qemu-img convert: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        std::fs::write(&marker, id).map_err(|e| fail(e.to_string()))?;
+        tracing::info!(disk = %name, bytes = len, "full VM image written");
+        Ok(())
+    }
+
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         let spec = spec_of(wl)?;
         let (ip, prefix, gw) = resolve_network(ctx, &spec.iface)?;
@@ -465,46 +535,54 @@ impl Vms {
         }
         let fl = self.flist_file(&spec.flist).await?;
         let lower = self.unpacked(&fl).await?;
-        if lower.join("image.raw").exists() {
-            return Err(PrimitiveError::Failed("full VM images (flists with /image.raw) are not supported by this node yet (container flists only)".into()));
-        }
-        let (kernel, initrd) = if lower.join("boot/vmlinuz").is_file()
-            && lower.join("boot/initrd.img").is_file()
-        {
-            (lower.join("boot/vmlinuz"), lower.join("boot/initrd.img"))
+        std::fs::create_dir_all(&dir).map_err(io("vm directory"))?;
+        // Full VM (flist with /image.raw): the image on the first disk, booted by firmware.
+        // Container mode: a kernel and the flist as a writable overlay root.
+        let image = lower.join("image.raw");
+        let full_vm = image.is_file();
+        let boot = if full_vm {
+            self.write_image(&fl, &image, &spec, &disks, &dir).await?;
+            None
         } else {
-            let cc = self.cfg.cloud_container.as_ref().filter(|cc| cc.join("vmlinux").is_file() && cc.join("initrd.img").is_file()).ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel (vmlinux + initrd.img) on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
-            (cc.join("vmlinux"), cc.join("initrd.img"))
-        };
-        // Writable root: an overlay of the unpacked flist, kept across restarts, removed on delete.
-        let (upper, work, root) = (
-            dir.join("rootfs/upper"),
-            dir.join("rootfs/work"),
-            dir.join("root"),
-        );
-        for d in [&upper, &work, &root] {
-            std::fs::create_dir_all(d).map_err(io("vm directory"))?;
-        }
-        if !is_mounted(&root) {
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
+            let (kernel, initrd) = if lower.join("boot/vmlinuz").is_file()
+                && lower.join("boot/initrd.img").is_file()
+            {
+                (lower.join("boot/vmlinuz"), lower.join("boot/initrd.img"))
+            } else {
+                let cc = self.cfg.cloud_container.as_ref().filter(|cc| cc.join("vmlinux").is_file() && cc.join("initrd.img").is_file()).ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel (vmlinux + initrd.img) on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
+                (cc.join("vmlinux"), cc.join("initrd.img"))
+            };
+            // Writable root: an overlay of the unpacked flist, kept across restarts, removed on delete.
+            let (upper, work, root) = (
+                dir.join("rootfs/upper"),
+                dir.join("rootfs/work"),
+                dir.join("root"),
             );
-            run(
-                "mount",
-                &[
-                    "-t",
-                    "overlay",
-                    "overlay",
-                    "-o",
-                    &opts,
-                    &root.to_string_lossy(),
-                ],
-            )
-            .await?;
-        }
+            for d in [&upper, &work, &root] {
+                std::fs::create_dir_all(d).map_err(io("vm directory"))?;
+            }
+            if !is_mounted(&root) {
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.display(),
+                    upper.display(),
+                    work.display()
+                );
+                run(
+                    "mount",
+                    &[
+                        "-t",
+                        "overlay",
+                        "overlay",
+                        "-o",
+                        &opts,
+                        &root.to_string_lossy(),
+                    ],
+                )
+                .await?;
+            }
+            Some((kernel, initrd, root))
+        };
         // One tap on the network resource's bridge, named and addressed as upstream.
         let tap = zos_types::ids::unique(&wlid, &spec.iface.network);
         let bridge = format!(
@@ -577,12 +655,6 @@ impl Vms {
             format!("tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off"),
             "-device".into(),
             format!("virtio-net-pci,netdev=net0,mac={mac}"),
-            "-kernel".into(),
-            kernel.to_string_lossy().into(),
-            "-initrd".into(),
-            initrd.to_string_lossy().into(),
-            "-append".into(),
-            append,
             "-chardev".into(),
             format!(
                 "socket,id=con0,path={},server=on,wait=on",
@@ -593,9 +665,20 @@ impl Vms {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&supervisor::qmp_path(&dir))),
         ];
+        let mut all_shares = Vec::new();
+        if let Some((kernel, initrd, root)) = &boot {
+            args.extend([
+                "-kernel".into(),
+                kernel.to_string_lossy().into(),
+                "-initrd".into(),
+                initrd.to_string_lossy().into(),
+                "-append".into(),
+                append,
+            ]);
+            all_shares.push(("vroot".to_string(), root.clone()));
+        }
         // Root and volumes: virtio-fs (one virtiofsd per share; guest RAM must be shared
         // memory for vhost-user) or QEMU's 9p.
-        let mut all_shares = vec![("vroot".to_string(), root.clone())];
         all_shares.extend(shares.iter().map(|(t, p, _)| (t.clone(), p.clone())));
         let mut helpers = Vec::new();
         match &vfsd {
@@ -655,7 +738,15 @@ impl Vms {
             ));
             let serial: String = name.chars().take(20).collect();
             args.push("-device".into());
-            args.push(format!("virtio-blk-pci,drive=disk{i},serial={serial}"));
+            // A full VM boots from its first disk (SeaBIOS).
+            let boot = if full_vm && i == 0 {
+                ",bootindex=0"
+            } else {
+                ""
+            };
+            args.push(format!(
+                "virtio-blk-pci,drive=disk{i},serial={serial}{boot}"
+            ));
         }
         args.push("-drive".into());
         args.push(format!(

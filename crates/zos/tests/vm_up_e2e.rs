@@ -112,6 +112,81 @@ fn pinger_spec(flist: &str, name: &str, node: u32, ip: &str, peer: &str) -> Stri
     )
 }
 
+fn full_vm(up: &Up, guest: &Path, hub: &str) {
+    let src = guest.join("fullvm");
+    if !src.join("image.raw").is_file() {
+        eprintln!(
+            "SKIP: full VM part: {}",
+            std::fs::read_to_string(src.join("SKIPPED")).unwrap_or_default()
+        );
+        return;
+    }
+    // Published on the grid's hub as a user would (the hub's own block store).
+    let hub_dir = up.data().join("hub");
+    let fl = hub_dir.join("flists/0/fullvm.fl");
+    let store = format!("dir://{}", hub_dir.join("blocks").display());
+    ok(
+        &up.client(&[
+            "flist",
+            "pack",
+            src.to_str().unwrap(),
+            "-o",
+            fl.to_str().unwrap(),
+            "-s",
+            &store,
+        ]),
+        "zos flist pack",
+    );
+    let ex = std::fs::read_to_string(example("vm.yaml")).unwrap();
+    // The example's network workload: from `  net:` to the next workload, `  data:`.
+    let net = &ex[ex.find("\n  net:\n").unwrap() + 1..ex.find("\n  data:\n").unwrap() + 1];
+    let entry = "/bin/sh -c 'echo \\\"full $NAME\\\"; for b in /sys/block/vd*; do echo \\\"block device serial=$(cat $b/serial)\\\"; done; while :; do sleep 60; done'";
+    let spec = format!(
+        "name: full\nworkloads:\n{net}  disk:\n    zmount:\n      size: 100MiB\n  extra:\n    zmount:\n      \
+         size: 50MiB\n  vm:\n    raw:\n      type: zmachine\n      data:\n        \
+         flist: http://127.0.0.1:{hub}/flists/0/fullvm.fl\n        network:\n          planetary: false\n          \
+         interfaces:\n            - network: net\n              ip: 10.20.2.5\n        size: 0\n        \
+         compute_capacity:\n          cpu: 1\n          memory: 268435456\n        mounts:\n          \
+         - name: disk\n            mountpoint: /\n          - name: extra\n            mountpoint: /extra\n        \
+         entrypoint: \"{entry}\"\n        env:\n          NAME: zos\n"
+    );
+    let path = up.dir.path().join("full.yaml");
+    std::fs::write(&path, spec).unwrap();
+    let t0 = Instant::now();
+    let out = ok(
+        &up.client(&["deploy", path.to_str().unwrap(), "--json", "--wait", "240"]),
+        "deploy a full VM",
+    );
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let contract = d["contract_id"].as_u64().unwrap();
+    let log = wait_log(up, contract, "vm", "full zos", Duration::from_secs(180));
+    eprintln!(
+        "full VM: entrypoint ran {:?} after deploy (SeaBIOS, syslinux, TCG)",
+        t0.elapsed()
+    );
+    assert!(
+        log.contains("SYSLINUX"),
+        "booted by firmware from the disk: {log}"
+    );
+    assert!(log.contains("ZOS-INIT: full vm"), "{log}");
+    assert!(
+        log.contains("ZOS-INIT: eth0 10.20.2.5/24 via 10.20.2.1"),
+        "address from cloud-init: {log}"
+    );
+    for want in ["serial=disk", "serial=extra", "serial=cidata"] {
+        assert!(
+            log.contains(&format!("block device {want}")),
+            "{want}: {log}"
+        );
+    }
+    cancel(up, contract);
+    let end = Instant::now() + Duration::from_secs(60);
+    while !guests(up).is_empty() {
+        assert!(Instant::now() < end, "QEMU still runs after cancel");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
 fn vms_on_up_with_two_nodes() {
     const T: &str = "vms_on_up_with_two_nodes";
@@ -263,7 +338,11 @@ fn vms_on_up_with_two_nodes() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // 2. A network over both nodes and a VM on each: they ping each other over the mesh.
+    // 2. A full VM: an flist with /image.raw (the guest's FAT disk with syslinux), written to
+    //    the first zmount and booted by firmware; a second zmount is another virtio disk.
+    full_vm(&up, &guest, &hub);
+
+    // 3. A network over both nodes and a VM on each: they ping each other over the mesh.
     ok(
         &up.client(&[
             "deploy",
@@ -289,7 +368,7 @@ fn vms_on_up_with_two_nodes() {
     assert_eq!(subnets.len(), 2, "a network resource per node: {subnets:?}");
     let ip = |i: usize| format!("{}.5", subnets[i].1);
 
-    // 3. Bad input, one deployment: each workload's error says what is wrong. (`node:` skips
+    // 4. Bad input, one deployment: each workload's error says what is wrong. (`node:` skips
     //    the client's own capacity check, so the node's refusal is what we see.)
     let sub = &subnets[0].1;
     let bad = format!(
