@@ -109,6 +109,30 @@ pub struct NodeView {
     pub free: Option<Capacity>,
 }
 
+/// One result change of a workload, as the node keeps it (`zos.deployment.history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Position in the deployment's history (from 1).
+    pub seq: u64,
+    /// Workload name.
+    pub name: String,
+    /// Workload type.
+    #[serde(rename = "type")]
+    pub workload_type: String,
+    /// Workload version.
+    pub version: u32,
+    /// Deployment version when the result was recorded.
+    pub deployment_version: u32,
+    /// Result state.
+    pub state: ResultState,
+    /// Stable error code (`capacity`, `backend`…), for errors and refused updates.
+    pub code: Option<zos_types::ErrorCode>,
+    /// The message (the cause of an error).
+    pub message: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
 /// One of the user's deployments.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeploymentView {
@@ -318,6 +342,43 @@ impl Grid {
             deployment,
             problem: None,
         })
+    }
+
+    /// The node's kept result history of one of the user's contracts
+    /// (`zos.deployment.history`), also once the contract is canceled: a rolled-back
+    /// deployment keeps its evidence. Oldest first.
+    pub async fn history(&self, contract_id: u64) -> Result<Vec<HistoryEntry>, GridError> {
+        let contract =
+            self.ledger.contract(contract_id).await?.ok_or_else(|| {
+                GridError::Other(format!("contract {contract_id} does not exist"))
+            })?;
+        if contract.twin_id != self.twin {
+            return Err(GridError::Other(format!(
+                "contract {contract_id} is not yours"
+            )));
+        }
+        let ContractKind::Node { node_id, .. } = &contract.kind else {
+            return Err(GridError::Other(format!(
+                "contract {contract_id} is not a node contract"
+            )));
+        };
+        let node = self
+            .ledger
+            .node(*node_id)
+            .await?
+            .ok_or_else(|| GridError::Other(format!("node {node_id} does not exist")))?;
+        #[derive(Deserialize)]
+        struct Answer {
+            history: Vec<HistoryEntry>,
+        }
+        let a: Answer = self
+            .node_call(
+                &node,
+                "zos.deployment.history",
+                json!({"contract_id": contract_id}),
+            )
+            .await?;
+        Ok(a.history)
     }
 
     /// The snapshots of one of the user's volumes (`zos.storage.volume.snapshots`), oldest first.

@@ -289,6 +289,58 @@ pub fn status(args: &ClientArgs, contract: u64) -> anyhow::Result<()> {
     })
 }
 
+/// `zos status CONTRACT --history`.
+pub fn status_history(args: &ClientArgs, contract: u64) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let grid = args.connect().await?;
+        let h = grid.history(contract).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&h)?);
+            return Ok(());
+        }
+        println!(
+            "{:>4}  {:<20}  {:<12} {:>3} {:>3}  {:<9}  {:<13}  MESSAGE",
+            "SEQ", "TIME (UTC)", "WORKLOAD", "WV", "DV", "STATE", "CODE"
+        );
+        for e in h {
+            let when = chrono_like(e.created);
+            let state = serde_json::to_value(e.state)?;
+            println!(
+                "{:>4}  {:<20}  {:<12} {:>3} {:>3}  {:<9}  {:<13}  {}",
+                e.seq,
+                when,
+                e.name,
+                e.version,
+                e.deployment_version,
+                state.as_str().unwrap_or(""),
+                e.code.map(|c| c.as_str()).unwrap_or("-"),
+                e.message
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS` from unix seconds (civil-from-days; no date crate in the binary).
+fn chrono_like(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `zos cancel CONTRACT`.
 pub fn cancel(args: &ClientArgs, contract: u64) -> anyhow::Result<()> {
     runtime()?.block_on(async {
@@ -341,6 +393,10 @@ pub enum ClientCommands {
     Status {
         /// Contract id.
         contract: u64,
+        /// Every result change the node kept (state, error code, message), also after the
+        /// contract is canceled or rolled back.
+        #[arg(long)]
+        history: bool,
         #[command(flatten)]
         args: ClientArgs,
     },
@@ -457,10 +513,25 @@ pub fn run(cmd: ClientCommands) -> anyhow::Result<()> {
         ),
         ClientCommands::Nodes { args } => nodes(&args),
         ClientCommands::Deployments { all, args } => deployments(&args, all),
-        ClientCommands::Status { contract, args } => status(&args, contract),
+        ClientCommands::Status {
+            contract,
+            history: true,
+            args,
+        } => status_history(&args, contract),
+        ClientCommands::Status { contract, args, .. } => status(&args, contract),
         ClientCommands::Cancel { contract, args } => cancel(&args, contract),
         ClientCommands::Volume(v) => volume(v),
         ClientCommands::Network(n) => super::network::run(n),
         ClientCommands::Vm(v) => super::vm::run(v),
+    }
+}
+
+#[cfg(test)]
+mod history_time_tests {
+    #[test]
+    fn unix_seconds_print_as_utc() {
+        assert_eq!(super::chrono_like(0), "1970-01-01 00:00:00");
+        assert_eq!(super::chrono_like(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::chrono_like(1_796_562_001), "2026-12-06 13:00:01");
     }
 }
