@@ -64,7 +64,7 @@ pub const MAX_BLOCK_JOBS: usize = 512;
 
 /// How often a waiting producer checks that it is still the producer: a deposed one stops
 /// within this, well inside the lease margin.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 
 /// Runs until every sender is dropped (shutdown), `active` turns false (deposed; the jobs it
 /// holds are answered with an `internal:` error the client retries elsewhere) or a commit
