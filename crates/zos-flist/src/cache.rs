@@ -100,19 +100,24 @@ impl BlockCache {
         }
         // A chunk left by an earlier run (or another process): trust it only once it hashes
         // to the key.
-        if let Ok(existing) = tokio::fs::read(path).await
-            && !existing.is_empty()
-        {
-            let key = block.key;
-            let ok = tokio::task::spawn_blocking(move || block::blake2b_256(&existing) == key.0)
-                .await
-                .unwrap_or(false);
-            if ok {
+        let (p, key) = (path.to_path_buf(), block.key);
+        // Read and hash in one blocking hop.
+        let verdict = tokio::task::spawn_blocking(move || match std::fs::read(&p) {
+            Ok(existing) if !existing.is_empty() => Some(block::blake2b_256(&existing) == key.0),
+            _ => None,
+        })
+        .await
+        .unwrap_or(None);
+        match verdict {
+            Some(true) => {
                 lock(&self.verified).insert(block.id);
                 return Ok(());
             }
-            tracing::warn!(block = %block.id, path = %path.display(), "cached chunk is corrupt; fetching it again");
-            let _ = tokio::fs::remove_file(path).await;
+            Some(false) => {
+                tracing::warn!(block = %block.id, path = %path.display(), "cached chunk is corrupt; fetching it again");
+                let _ = tokio::fs::remove_file(path).await;
+            }
+            None => {}
         }
         let stored = router.get(&block.id).await?;
         let b = *block;
@@ -146,8 +151,28 @@ impl BlockCache {
         offset: usize,
         len: usize,
     ) -> Result<Vec<u8>, CacheError> {
-        let path = self.ensure(router, block).await?;
         let len = len.min(CHUNK_SIZE.saturating_sub(offset));
+        if !lock(&self.verified).contains(&block.id) {
+            // First use in this process of a chunk already on disk: read it once, check it and
+            // serve the range from those bytes (one blocking hop instead of three). Anything
+            // else (absent, corrupt) goes through `ensure`, which fetches under the per-block gate.
+            let (p, key) = (self.path_of(&block.id), block.key);
+            let hit = tokio::task::spawn_blocking(move || match std::fs::read(&p) {
+                Ok(b) if !b.is_empty() && block::blake2b_256(&b) == key.0 => {
+                    let start = offset.min(b.len());
+                    let end = (start + len).min(b.len());
+                    Some(b[start..end].to_vec())
+                }
+                _ => None,
+            })
+            .await
+            .unwrap_or(None);
+            if let Some(range) = hit {
+                lock(&self.verified).insert(block.id);
+                return Ok(range);
+            }
+        }
+        let path = self.ensure(router, block).await?;
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>, CacheError> {
             let f = std::fs::File::open(&path).map_err(Self::io(&path))?;
             let mut buf = vec![0u8; len];
