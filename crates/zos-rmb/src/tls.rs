@@ -275,10 +275,13 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            // The login is checked against this channel's exporter.
-                            if let Some(b) = channel_binding(tls.get_ref().1) {
-                                tls.get_ref().0.conn_state().set_channel(b);
-                            }
+                            // The login is checked against this channel's exporter; a TLS
+                            // connection without one must not pass for a plain one.
+                            let Some(b) = channel_binding(tls.get_ref().1) else {
+                                tracing::warn!(%peer, "no TLS exporter after the handshake");
+                                return;
+                            };
+                            tls.get_ref().0.conn_state().set_channel(b);
                             let _ = tx.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
