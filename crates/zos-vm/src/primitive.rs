@@ -1020,6 +1020,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn full_vm_images_need_a_first_zmount_large_enough() {
+        let d = tempfile::tempdir().unwrap();
+        let vms = Vms::new(VmConfig::new(d.path()), None);
+        let (fl, image) = (d.path().join("x.fl"), d.path().join("image.raw"));
+        std::fs::write(&fl, b"flist").unwrap();
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let disk = |size| zos_storage::DiskInfo {
+            id: "1-1-disk".into(),
+            pool: "ssd".into(),
+            path: d.path().join("disk.img"),
+            size,
+            encrypted: false,
+        };
+        let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
+        m.data["mounts"] = json!([{"name": "data", "mountpoint": "/data"},
+                                  {"name": "disk", "mountpoint": "/disk"}]);
+        let spec = spec_of(&m).unwrap();
+        // The first mount is a volume: refused before anything is written.
+        let disks = vec![("disk".to_string(), disk(1 << 20), None)];
+        let e = vms
+            .write_image(&fl, &image, &spec, &disks, d.path())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("needs a zmount as its first mount"),
+            "{e}"
+        );
+        // The disk first, but smaller than the image.
+        m.data["mounts"] = json!([{"name": "disk", "mountpoint": "/"}]);
+        let spec = spec_of(&m).unwrap();
+        let disks = vec![("disk".to_string(), disk(1024), None)];
+        let e = vms
+            .write_image(&fl, &image, &spec, &disks, d.path())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than disk \"disk\""), "{e}");
+        assert!(!d.path().join("image.written").exists());
+        // A raw disk large enough: written (when qemu-img is here), then not again.
+        if zos_storage::exec::have("qemu-img") {
+            std::fs::write(d.path().join("disk.img"), vec![1u8; 8192]).unwrap();
+            let disks = vec![("disk".to_string(), disk(8192), None)];
+            vms.write_image(&fl, &image, &spec, &disks, d.path())
+                .await
+                .unwrap();
+            let on_disk = std::fs::read(d.path().join("disk.img")).unwrap();
+            assert_eq!(&on_disk[..4096], &[0u8; 4096][..]);
+            assert_eq!(&on_disk[4096..], &[1u8; 4096][..]);
+            std::fs::write(d.path().join("disk.img"), vec![2u8; 8192]).unwrap();
+            vms.write_image(&fl, &image, &spec, &disks, d.path())
+                .await
+                .unwrap();
+            assert_eq!(
+                std::fs::read(d.path().join("disk.img")).unwrap(),
+                vec![2u8; 8192]
+            );
+        } else {
+            eprintln!("SKIP: full_vm image write part: qemu-img missing");
+        }
+    }
+
+    #[tokio::test]
     async fn missing_flists_are_refused_by_name() {
         let d = tempfile::tempdir().unwrap();
         let vms = Vms::new(VmConfig::new(d.path()), None);
