@@ -41,6 +41,11 @@ pub const COMMANDS: &[&str] = &[
     "zos.admin.interfaces",
     "zos.admin.get_public_nic",
     "zos.admin.set_public_nic",
+    "zos.admin.diag.logs",
+    "zos.admin.diag.pools",
+    "zos.admin.diag.net",
+    "zos.admin.diag.reach",
+    "zos.admin.diag.health",
     "zos.network.admin.interfaces",
     "zos.network.admin.get_public_nic",
     "zos.network.admin.set_public_nic",
@@ -107,16 +112,31 @@ pub struct NodeState {
     pub public_config: RwLock<Option<Value>>,
     /// Loop statuses by name.
     pub modules: Mutex<BTreeMap<String, ModuleStatus>>,
+    /// Last error of each loop with its unix time, kept after the loop recovers.
+    pub last_errors: Mutex<BTreeMap<String, (u64, String)>>,
+    /// Relay links logged in (updated by the node's health loop).
+    pub relay_links: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeState {
     /// Records a loop's status.
     pub fn set_module(&self, name: &str, status: &str, error: impl Into<String>) {
+        let error = error.into();
+        if !error.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            self.last_errors
+                .lock()
+                .expect("last errors lock")
+                .insert(name.to_string(), (now, error.clone()));
+        }
         self.modules.lock().expect("module status lock").insert(
             name.to_string(),
             ModuleStatus {
                 status: status.to_string(),
-                error: error.into(),
+                error,
             },
         );
     }
@@ -251,11 +271,19 @@ impl Api {
             "zos.system.node_features_get" => to_value(&self.engine.registry().features()),
             c if c.starts_with("zos.admin.") => {
                 let farm_twin = self.state.farm_twin.load(Ordering::Relaxed);
-                if farm_twin == 0 || source != farm_twin {
+                let farmer = farm_twin != 0 && source == farm_twin;
+                // Diagnostics only read: the node's admin twins may read them too.
+                let diag = c.starts_with("zos.admin.diag.");
+                let allowed = farmer || (diag && self.state.admin_twins.contains(&source));
+                tracing::info!(source, command = c, allowed, "admin call");
+                if !allowed {
                     return Err(ApiError::new(
                         401,
                         "unauthorized: only the farm's twin may call admin commands",
                     ));
+                }
+                if diag {
+                    return self.diag(c, payload).await;
                 }
                 match c {
                     "zos.admin.interfaces" => Ok(sysinfo::interfaces()),
@@ -361,6 +389,105 @@ impl Api {
             "modules": modules,
             "healthy": healthy,
         })
+    }
+
+    /// `zos.admin.diag.*` (caller already authorised): read-only views of the node.
+    async fn diag(&self, cmd: &str, payload: Value) -> Result<Value, ApiError> {
+        match cmd {
+            "zos.admin.diag.logs" => {
+                let q: crate::diag::LogQuery = if payload.is_null() {
+                    Default::default()
+                } else {
+                    arg(payload)?
+                };
+                let events = crate::diag::ring().query(&q);
+                Ok(
+                    json!({ "events": to_value(&events)?, "ring_capacity": crate::diag::RING_CAPACITY }),
+                )
+            }
+            "zos.admin.diag.pools" => Ok(json!({
+                "pools": to_value(&self.pools().await)?,
+                "btrfs": crate::diag::btrfs_stats().await,
+            })),
+            "zos.admin.diag.net" => Ok(crate::diag::net().await),
+            "zos.admin.diag.reach" => {
+                let a: crate::diag::ReachArg = arg(payload)?;
+                crate::diag::reach(&a)
+                    .await
+                    .map_err(|e| ApiError::new(400, e))
+            }
+            "zos.admin.diag.health" => {
+                let h = self.health().await;
+                let last_errors: BTreeMap<String, Value> = self
+                    .state
+                    .last_errors
+                    .lock()
+                    .expect("last errors lock")
+                    .iter()
+                    .map(|(k, (t, e))| (k.clone(), json!({ "at": t, "error": e })))
+                    .collect();
+                Ok(json!({
+                    "status": h.status,
+                    "reasons": h.reasons,
+                    "connections": {
+                        "relay_links": self.state.relay_links.load(Ordering::Relaxed),
+                        "twin_id": self.state.twin_id.load(Ordering::Relaxed),
+                        "farm_twin": self.state.farm_twin.load(Ordering::Relaxed),
+                    },
+                    "modules": self.diagnostics().await["modules"],
+                    "last_errors": last_errors,
+                }))
+            }
+            _ => Err(ApiError::new(404, format!("unknown command {cmd}"))),
+        }
+    }
+
+    /// The self-check: every reason the node is not fully serving. Also recorded in the
+    /// metrics (`zos_node_health_ok`).
+    pub async fn health(&self) -> crate::diag::Health {
+        let mut reasons = Vec::new();
+        let modules = self.diagnostics().await;
+        if let Some(m) = modules["modules"].as_object() {
+            for (name, st) in m {
+                let status = st["status"].as_str().unwrap_or_default();
+                if status == "error" || status == "stopped" {
+                    reasons.push(format!(
+                        "{name} {status}: {}",
+                        st["error"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        if self.state.twin_id.load(Ordering::Relaxed) == 0 {
+            reasons.push("not registered on the ledger yet".into());
+        } else if self.state.relay_links.load(Ordering::Relaxed) == 0 {
+            reasons.push("no relay link: the node API cannot be reached".into());
+        }
+        for p in self.pools().await {
+            if p.size > 0 && p.used.saturating_mul(100) / p.size >= 95 {
+                reasons.push(format!(
+                    "pool {} is {}% full",
+                    p.name,
+                    p.used.saturating_mul(100) / p.size
+                ));
+            }
+        }
+        for fs in crate::diag::btrfs_stats().await {
+            if fs["errors"].as_u64().unwrap_or(0) > 0 {
+                reasons.push(format!(
+                    "btrfs {} has {} device errors",
+                    fs["device"].as_str().unwrap_or_default(),
+                    fs["errors"]
+                ));
+            }
+        }
+        let queued = self.engine.queued_jobs();
+        if queued > 100 {
+            reasons.push(format!("{queued} jobs queued"));
+        }
+        let h = crate::diag::Health::from_reasons(reasons);
+        self.engine.metrics().set_health(h.clone());
+        h
     }
 
     fn debug(&self, cmd: &str, payload: Value) -> Result<Value, ApiError> {

@@ -25,6 +25,8 @@
 pub mod api;
 /// What the engine needs from the ledger (trait + test fake).
 pub mod chain;
+/// Read-only diagnostics for the farm's twin: log ring, probes, self-check.
+pub mod diag;
 /// The provision engine: synchronous checks, job worker, capacity gate.
 pub mod engine;
 /// Node identity: the seed file, mirrored per pool.

@@ -29,6 +29,8 @@ pub struct Metrics {
     jobs: Mutex<BTreeMap<&'static str, Histogram>>,
     results: Mutex<BTreeMap<(String, &'static str), u64>>,
     last_result: AtomicI64,
+    /// The last self-check (`zos.admin.diag.health` and the node's periodic check).
+    health: Mutex<Option<crate::diag::Health>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,9 +82,42 @@ impl Metrics {
         self.last_result.load(Ordering::Relaxed)
     }
 
+    /// Records the last self-check, published as `zos_node_health_ok` and
+    /// `zos_node_health_degraded{reason=…}`.
+    pub fn set_health(&self, h: crate::diag::Health) {
+        *self.health.lock().expect("metrics lock") = Some(h);
+    }
+
     /// Renders the text exposition; `workloads` is (type, state) → count, `queued` the queue.
     pub fn render(&self, workloads: &BTreeMap<(String, String), u64>, queued: u64) -> String {
         let mut out = String::new();
+        if let Some(h) = &*self.health.lock().expect("metrics lock") {
+            let _ = writeln!(
+                out,
+                "# HELP zos_node_health_ok 1 when the node's self-check is ok, 0 when degraded."
+            );
+            let _ = writeln!(out, "# TYPE zos_node_health_ok gauge");
+            let _ = writeln!(out, "zos_node_health_ok {}", u8::from(h.reasons.is_empty()));
+            let _ = writeln!(
+                out,
+                "# HELP zos_node_health_degraded Why the self-check is degraded (one series per reason)."
+            );
+            let _ = writeln!(out, "# TYPE zos_node_health_degraded gauge");
+            for r in &h.reasons {
+                let label: String = r
+                    .chars()
+                    .map(|c| {
+                        if c == '"' || c == '\\' || c == '\n' {
+                            '\''
+                        } else {
+                            c
+                        }
+                    })
+                    .take(200)
+                    .collect();
+                let _ = writeln!(out, "zos_node_health_degraded{{reason=\"{label}\"}} 1");
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP zos_node_workloads Workloads by type and state."

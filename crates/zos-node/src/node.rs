@@ -438,12 +438,33 @@ pub async fn run_node(
             }
         }
     };
+    let mut health_task = None;
     if let Some(peer) = &peer {
         peer.serve(api.router());
         state.set_module("api", "running", "");
         tracing::info!(twin = reg.twin_id, "node API served over RMB");
+        // The self-check every 15 s: relay links, then the metrics' health gauge.
+        let (peer, api, state, stop) = (peer.clone(), api.clone(), state.clone(), stop_rx.clone());
+        health_task = Some(tokio::spawn(async move {
+            loop {
+                state
+                    .relay_links
+                    .store(peer.connected(), std::sync::atomic::Ordering::Relaxed);
+                let h = api.health().await;
+                if !h.reasons.is_empty() {
+                    tracing::debug!(reasons = ?h.reasons, "self-check degraded");
+                }
+                tokio::select! {
+                    _ = wait(stop.clone()) => break,
+                    _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                }
+            }
+        }));
     }
     wait(stop_rx.clone()).await;
+    if let Some(t) = health_task {
+        let _ = t.await;
+    }
     if let Some(peer) = peer {
         peer.close();
     }

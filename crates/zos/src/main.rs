@@ -126,11 +126,20 @@ fn init_logging(default_level: &str, logfile: Option<std::fs::File>) {
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    // The node's diagnostics ring (`zos node diag NODE logs`) sees what the log sees.
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     match logfile {
         Some(f) => fmt
             .with_writer(std::sync::Mutex::new(f))
             .with_ansi(false)
+            .finish()
+            .with(zos_node::diag::RingLayer)
             .init(),
-        None => fmt.with_writer(std::io::stderr).with_ansi(colour).init(),
+        None => fmt
+            .with_writer(std::io::stderr)
+            .with_ansi(colour)
+            .finish()
+            .with(zos_node::diag::RingLayer)
+            .init(),
     }
 }

@@ -381,6 +381,11 @@ impl Engine {
             }
         }
         self.inner.store.record(twin, contract, &new, apply)?;
+        if matches!(new.result.state, ResultState::Error) {
+            // Fields the farmer's `zos node diag logs` filters on (contract, twin, name).
+            tracing::warn!(twin, contract, name = %new.name, code = new.result.code.map(|c| c.as_str()).unwrap_or(""),
+                error = %new.result.error, "workload failed");
+        }
         self.bump();
         let wlid = crate::model::workload_id(twin, contract, &new.name);
         {

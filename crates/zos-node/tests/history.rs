@@ -1,16 +1,14 @@
 //! End to end on a real ledger, relay and node: the deployment history outlives a rolled-back
-//! deployment and only its owner reads it; the farm's twin reads diagnostics, users cannot.
+//! deployment and only its owner reads it.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use zos_ledger::Call;
-use zos_rmb::{LedgerDirectory, Peer, PeerConfig};
 
 const NODE: u32 = 1;
 
@@ -101,27 +99,4 @@ async fn failed_workload_history_and_code_survive_the_rollback() {
         .await;
     assert_eq!(e, "deployment not found");
     node.stop().await;
-}
-
-#[allow(dead_code)] // used by the diagnostics test
-/// A peer for the farm's owner (its twin exists since `Grid::start`).
-async fn farmer_peer(grid: &Grid) -> Peer {
-    let twin = grid
-        .client
-        .twin_by_account(&grid.farmer.public())
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
-    Peer::connect(
-        PeerConfig {
-            relays: vec![grid.relay_url.clone()],
-            twin_id: twin,
-            key: grid.farmer.clone(),
-            session: None,
-        },
-        Arc::new(LedgerDirectory::new(grid.client.clone())),
-    )
-    .await
-    .unwrap()
 }

@@ -1,0 +1,515 @@
+//! Read-only diagnostics for the farm's twin (`zos.admin.diag.*`): the agent's recent logs
+//! from a bounded in-memory ring fed by a tracing layer, btrfs device error counters,
+//! routes and namespaces, a bounded reachability test, and the self-check summary.
+//!
+//! Nothing here changes the node: every probe only reads (`/proc`, `ip -j … show`,
+//! `btrfs device stats` without `-z`) or opens one outgoing TCP connection / ping that the
+//! caller bounds and this module caps.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
+
+/// Events kept in the ring (the oldest go first).
+pub const RING_CAPACITY: usize = 4096;
+/// Longest message or field value kept, in bytes.
+const MAX_TEXT: usize = 2048;
+/// Most events one `logs` call returns.
+pub const MAX_LOG_LINES: usize = 1000;
+/// Upper bound of a reachability test's timeout.
+pub const MAX_REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of pings per reachability test.
+pub const MAX_PINGS: u32 = 5;
+/// Bound of every external command a probe runs.
+const CMD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One tracing event as kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogEvent {
+    /// Position in the ring since start (never reused).
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub ts_ms: u64,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG`, `TRACE`.
+    pub level: String,
+    /// The module that logged it.
+    pub target: String,
+    /// The message.
+    pub message: String,
+    /// The event's other fields (`twin`, `contract`, `name`, `error`…), as text.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The bounded event ring.
+#[derive(Debug, Default)]
+pub struct LogRing {
+    inner: Mutex<(u64, VecDeque<LogEvent>)>,
+}
+
+/// The process-wide ring the [`RingLayer`] fills (one agent per process in production; the
+/// tests' in-process nodes share it and filter by deployment).
+pub fn ring() -> &'static LogRing {
+    static RING: OnceLock<LogRing> = OnceLock::new();
+    RING.get_or_init(LogRing::default)
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+impl LogRing {
+    /// Appends one event, dropping the oldest beyond [`RING_CAPACITY`].
+    pub fn push(&self, mut ev: LogEvent) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        ev.seq = g.0;
+        if g.1.len() >= RING_CAPACITY {
+            g.1.pop_front();
+        }
+        g.1.push_back(ev);
+    }
+
+    /// The newest events matching `q`, oldest first.
+    pub fn query(&self, q: &LogQuery) -> Vec<LogEvent> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = q.limit.unwrap_or(200).min(MAX_LOG_LINES);
+        let mut out: Vec<LogEvent> =
+            g.1.iter()
+                .rev()
+                .filter(|e| q.matches(e))
+                .take(limit)
+                .cloned()
+                .collect();
+        out.reverse();
+        out
+    }
+}
+
+/// Which events `zos.admin.diag.logs` returns.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only events about this contract (field `contract`).
+    pub contract_id: Option<u64>,
+    /// Only events about this twin (field `twin`).
+    pub twin_id: Option<u32>,
+    /// Only events about this workload (field `name`, or its workload id in `wlid`).
+    pub workload: Option<String>,
+    /// Minimum level (`error`, `warn`, `info`, `debug`, `trace`).
+    pub level: Option<String>,
+    /// Only events after this sequence number (follow mode).
+    pub after: Option<u64>,
+    /// At most this many (default 200, capped at [`MAX_LOG_LINES`]).
+    pub limit: Option<usize>,
+}
+
+fn level_rank(l: &str) -> u8 {
+    match l.to_ascii_lowercase().as_str() {
+        "error" => 0,
+        "warn" => 1,
+        "info" => 2,
+        "debug" => 3,
+        _ => 4,
+    }
+}
+
+impl LogQuery {
+    fn field(e: &LogEvent, names: &[&str]) -> Option<String> {
+        names.iter().find_map(|n| e.fields.get(*n).cloned())
+    }
+
+    fn matches(&self, e: &LogEvent) -> bool {
+        if self.after.is_some_and(|a| e.seq <= a) {
+            return false;
+        }
+        if let Some(l) = &self.level {
+            if level_rank(&e.level) > level_rank(l) {
+                return false;
+            }
+        }
+        if let Some(c) = self.contract_id {
+            if Self::field(e, &["contract", "contract_id"]) != Some(c.to_string()) {
+                return false;
+            }
+        }
+        if let Some(t) = self.twin_id {
+            if Self::field(e, &["twin", "twin_id"]) != Some(t.to_string()) {
+                return false;
+            }
+        }
+        if let Some(w) = &self.workload {
+            let by_name = Self::field(e, &["name", "workload"]).as_deref() == Some(w.as_str());
+            let by_id = Self::field(e, &["wlid", "workload_id"]).as_deref() == Some(w.as_str());
+            if !by_name && !by_id {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The tracing layer that feeds [`ring`]: add it to the process's subscriber.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RingLayer;
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, format!("{value:?}"));
+    }
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, v: String) {
+        if field.name() == "message" {
+            self.message = clip(v);
+        } else if self.fields.len() < 32 {
+            self.fields.insert(field.name().to_string(), clip(v));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RingLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let meta = event.metadata();
+        ring().push(LogEvent {
+            seq: 0,
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            level: meta.level().to_string(),
+            target: meta.target().to_string(),
+            message: f.message,
+            fields: f.fields,
+        });
+    }
+}
+
+/// Runs a read-only command with [`CMD_TIMEOUT`]; its stdout, or why it gave none.
+async fn run(prog: &str, args: &[&str]) -> Result<String, String> {
+    let fut = tokio::process::Command::new(prog)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(CMD_TIMEOUT, fut).await {
+        Err(_) => Err(format!("{prog} timed out after {CMD_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("{prog}: {e}")),
+        Ok(Ok(o)) if !o.status.success() => Err(format!(
+            "{prog} {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(Ok(o)) => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+    }
+}
+
+/// `ip -j ARGS` as JSON, or `{"error": …}`.
+async fn ip_json(args: &[&str]) -> Value {
+    let mut a = vec!["-j"];
+    a.extend_from_slice(args);
+    match run("ip", &a).await {
+        Ok(out) if out.trim().is_empty() => json!([]),
+        Ok(out) => serde_json::from_str(&out).unwrap_or_else(|e| json!({ "error": e.to_string() })),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+/// Interfaces (addresses, state), routes (v4, v6) and network namespaces, as `ip` sees
+/// them from the agent.
+pub async fn net() -> Value {
+    json!({
+        "interfaces": ip_json(&["address", "show"]).await,
+        "routes": ip_json(&["route", "show"]).await,
+        "routes6": ip_json(&["-6", "route", "show"]).await,
+        "namespaces": ip_json(&["netns", "list"]).await,
+    })
+}
+
+/// Parses `btrfs device stats` output (`[/dev/loop0].write_io_errs   0`) into
+/// device → counter → value; lines that do not parse are skipped.
+pub fn parse_device_stats(out: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut m: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for line in out.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(val)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let Some((dev, counter)) = key.strip_prefix('[').and_then(|k| k.split_once("].")) else {
+            continue;
+        };
+        if let Ok(v) = val.parse::<u64>() {
+            m.entry(dev.to_string())
+                .or_default()
+                .insert(counter.to_string(), v);
+        }
+    }
+    m
+}
+
+/// Every btrfs filesystem mounted in the agent's view, with its device error counters.
+pub async fn btrfs_stats() -> Vec<Value> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 3 || f[2] != "btrfs" || !seen.insert(f[0].to_string()) {
+            continue; // one entry per filesystem (subvolumes are mounted too)
+        }
+        let path = f[1].replace("\\040", " ");
+        let stats = match run("btrfs", &["device", "stats", &path]).await {
+            Ok(s) => json!(parse_device_stats(&s)),
+            Err(e) => json!({ "error": e }),
+        };
+        let errors: u64 = stats
+            .as_object()
+            .map(|o| {
+                o.values()
+                    .filter_map(Value::as_object)
+                    .flat_map(|c| c.values().filter_map(Value::as_u64))
+                    .sum()
+            })
+            .unwrap_or(0);
+        out.push(json!({ "device": f[0], "mount": path, "stats": stats, "errors": errors }));
+    }
+    out
+}
+
+/// `zos.admin.diag.reach`: where to test and how long at most.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachArg {
+    /// An IP address (ping) or IP:port (TCP connect). No names: the test must not depend on
+    /// (or probe) the node's resolver.
+    pub address: String,
+    /// Milliseconds, capped at [`MAX_REACH_TIMEOUT`] (default 3000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Pings for an address without a port (default 3, at most [`MAX_PINGS`]).
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+/// Runs the reachability test; `Err` only for an argument that is not an address.
+pub async fn reach(a: &ReachArg) -> Result<Value, String> {
+    let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(3000)).min(MAX_REACH_TIMEOUT);
+    if let Ok(sa) = a.address.parse::<SocketAddr>() {
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(sa)).await;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        return Ok(match r {
+            Ok(Ok(_)) => {
+                json!({"kind": "tcp", "address": sa.to_string(), "reachable": true, "rtt_ms": ms})
+            }
+            Ok(Err(e)) => {
+                json!({"kind": "tcp", "address": sa.to_string(), "reachable": false, "error": e.to_string(), "elapsed_ms": ms})
+            }
+            Err(_) => {
+                json!({"kind": "tcp", "address": sa.to_string(), "reachable": false, "error": format!("timed out after {} ms", timeout.as_millis()), "elapsed_ms": ms})
+            }
+        });
+    }
+    let ip: IpAddr = a
+        .address
+        .parse()
+        .map_err(|_| format!("'{}' is neither an IP address nor IP:port", a.address))?;
+    let count = a.count.unwrap_or(3).clamp(1, MAX_PINGS).to_string();
+    // -W per reply, -w for the whole run: both bounded by the timeout.
+    let secs = timeout.as_secs().max(1).to_string();
+    let ipstr = ip.to_string();
+    let fut = tokio::process::Command::new("ping")
+        .args(["-n", "-c", &count, "-W", &secs, "-w", &secs, &ipstr])
+        .kill_on_drop(true)
+        .output();
+    let r = tokio::time::timeout(timeout + Duration::from_secs(1), fut).await;
+    Ok(match r {
+        Ok(Ok(o)) => {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let received = out
+                .lines()
+                .find(|l| l.contains("received"))
+                .and_then(|l| l.split(',').nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            json!({"kind": "ping", "address": ipstr, "reachable": received > 0, "sent": count.parse::<u32>().unwrap_or(0),
+                   "received": received, "summary": out.lines().rev().take(2).collect::<Vec<_>>()})
+        }
+        Ok(Err(e)) => {
+            json!({"kind": "ping", "address": ipstr, "reachable": false, "error": format!("ping: {e}")})
+        }
+        Err(_) => {
+            json!({"kind": "ping", "address": ipstr, "reachable": false, "error": "ping timed out"})
+        }
+    })
+}
+
+/// The self-check: `ok` when `reasons` is empty, `degraded` otherwise.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    /// Why degraded, one short sentence each.
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    /// From the reasons found.
+    pub fn from_reasons(reasons: Vec<String>) -> Health {
+        Health {
+            status: if reasons.is_empty() { "ok" } else { "degraded" }.into(),
+            reasons,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(fields: &[(&str, &str)], level: &str) -> LogEvent {
+        LogEvent {
+            seq: 0,
+            ts_ms: 0,
+            level: level.into(),
+            target: "t".into(),
+            message: "m".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ring_is_bounded_and_filters_by_deployment_workload_and_level() {
+        let r = LogRing::default();
+        for i in 0..RING_CAPACITY + 10 {
+            r.push(ev(&[("contract", &(i % 3).to_string())], "INFO"));
+        }
+        r.push(ev(
+            &[("contract", "7"), ("twin", "3"), ("name", "vm")],
+            "WARN",
+        ));
+        let all = r.query(&LogQuery {
+            limit: Some(usize::MAX),
+            ..Default::default()
+        });
+        assert_eq!(all.len(), MAX_LOG_LINES);
+        assert_eq!(all.last().unwrap().seq, RING_CAPACITY as u64 + 11);
+        let q = |q: LogQuery| r.query(&q);
+        let seven = q(LogQuery {
+            contract_id: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(seven.len(), 1);
+        assert_eq!(
+            q(LogQuery {
+                workload: Some("vm".into()),
+                twin_id: Some(3),
+                ..Default::default()
+            })
+            .len(),
+            1
+        );
+        assert!(
+            q(LogQuery {
+                workload: Some("vm".into()),
+                twin_id: Some(4),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            q(LogQuery {
+                level: Some("warn".into()),
+                ..Default::default()
+            })
+            .len(),
+            1
+        );
+        assert!(
+            q(LogQuery {
+                after: Some(seven[0].seq),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        // the oldest were dropped
+        let g = r.inner.lock().unwrap();
+        assert_eq!(g.1.len(), RING_CAPACITY);
+        assert_eq!(g.1.front().unwrap().seq, 12);
+    }
+
+    #[test]
+    fn device_stats_parse_and_junk_is_skipped() {
+        let out = "[/dev/loop3].write_io_errs    0\n[/dev/loop3].corruption_errs 2\n\
+                   garbage\n[/dev/loop4].read_io_errs x\n[nodot 1\n";
+        let m = parse_device_stats(out);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["/dev/loop3"]["corruption_errs"], 2);
+        assert_eq!(m["/dev/loop3"].len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reach_is_bounded_and_takes_addresses_only() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = l.local_addr().unwrap().to_string();
+        let r = reach(&ReachArg {
+            address: open,
+            timeout_ms: Some(1000),
+            count: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(r["reachable"], json!(true), "{r}");
+        drop(l);
+        // a closed port on loopback is refused at once
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let r = reach(&ReachArg {
+            address: closed,
+            timeout_ms: Some(1000),
+            count: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(r["reachable"], json!(false), "{r}");
+        assert!(
+            reach(&ReachArg {
+                address: "example.com:80".into(),
+                timeout_ms: None,
+                count: None
+            })
+            .await
+            .is_err()
+        );
+    }
+}
