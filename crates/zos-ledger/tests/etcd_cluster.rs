@@ -5,7 +5,8 @@
 //! - `cluster_survives_producer_kills_and_member_restart`: signed transfers from 16 concurrent
 //!   clients while the producer is killed -9 twice and one etcd member is stopped and
 //!   restarted: every acknowledged transaction is in the chain exactly once, the chain
-//!   verifies and every server reaches the same head, an event follower sees each event once.
+//!   verifies, every server reaches the same head and proves the same balance from its own
+//!   state tree, an event follower sees each event once.
 //! - `partitioned_producer_steps_down_before_its_lease_ends`: the producer's etcd connection is
 //!   cut (a TCP proxy the test severs): it stops producing before its lease can expire, another
 //!   server takes over, and every block after the cut is the new producer's.
@@ -522,6 +523,17 @@ async fn cluster_survives_producer_kills_and_member_restart() {
         }
         let b = c.block(report.head).await.unwrap().unwrap();
         assert_eq!(b.hash, report.head_hash, "ledger{i} has another chain");
+        // Its own state tree (kept from the entries it applied) proves the sink's balance
+        // against a head signed by the producer.
+        let proven = c
+            .verified_raw(&zos_ledger::state::keys::account(&sink.public()))
+            .await
+            .unwrap();
+        let acct: zos_ledger::Account = serde_json::from_slice(&proven.value.unwrap()).unwrap();
+        assert_eq!(
+            acct.balance, total as u64,
+            "ledger{i} proves another balance"
+        );
     }
     assert_eq!(report.transactions as usize, total + CLIENTS);
 
