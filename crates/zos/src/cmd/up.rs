@@ -60,7 +60,7 @@ pub struct UpArgs {
     #[arg(long, env = "ZOS_VM_GUEST")]
     pub vm_guest: Option<PathBuf>,
     /// Do not offer the VM test guest (no build, no flist on the hub).
-    #[arg(long, env = "ZOS_NO_VM_GUEST")]
+    #[arg(long, env = "ZOS_NO_VM_GUEST", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_vm_guest: bool,
     /// Ledger servers. 1: in this process on redb. More: an etcd cluster of as many members
     /// (`etcd` child processes, data under DATA/etcd, client ports from --ledger-port + 10) and
