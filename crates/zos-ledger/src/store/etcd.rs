@@ -775,11 +775,19 @@ async fn keep_alive(inner: Arc<Inner>, lease: i64) {
 /// Catch up, then watch the log; on any error or a quiet spell, start over.
 async fn follow_loop(inner: Arc<Inner>) {
     let end = prefix_end(&inner.key("log/"));
+    let mut failures = 0u64;
     loop {
         let rev = match inner.catch_up().await {
-            Ok(r) => r,
+            Ok(r) => {
+                failures = 0;
+                r
+            }
             Err(e) => {
-                debug!(error = %e, "ledger follower: catch-up failed");
+                // Said at once, then every ~5 s while it lasts (etcd unreachable, a bad entry).
+                if failures % 25 == 0 {
+                    warn!(error = %e, failures, "ledger follower: cannot read the log from etcd");
+                }
+                failures += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
