@@ -344,6 +344,23 @@ impl Grid {
         })
     }
 
+    /// A read-only diagnostics command (`zos.admin.diag.*`) on node `node_id`: the node
+    /// answers only its farm's twin (and its admin twins).
+    pub async fn node_diag(
+        &self,
+        node_id: u32,
+        what: &str,
+        payload: Value,
+    ) -> Result<Value, GridError> {
+        let node = self
+            .ledger
+            .node(node_id)
+            .await?
+            .ok_or_else(|| GridError::Other(format!("node {node_id} does not exist")))?;
+        self.node_call(&node, &format!("zos.admin.diag.{what}"), payload)
+            .await
+    }
+
     /// The node's kept result history of one of the user's contracts
     /// (`zos.deployment.history`), also once the contract is canceled: a rolled-back
     /// deployment keeps its evidence. Oldest first.

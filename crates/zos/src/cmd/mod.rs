@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod deployment;
+pub mod diag;
 pub mod flist;
 pub mod guest;
 pub mod key;

@@ -13,6 +13,9 @@ use clap::{Args, Subcommand};
 pub enum NodeCmd {
     /// Run the node until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// The farmer's read-only diagnostics of a node over RMB:
+    /// `diag NODE [health|logs|pools|net|reach ADDR]`.
+    Diag(super::diag::DiagArgs),
 }
 
 /// `zos node run` options.
@@ -84,6 +87,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 .context("tokio runtime")?;
             rt.block_on(run_node(a, super::shutdown_signal()))
         }
+        NodeCmd::Diag(a) => super::diag::run(a),
     }
 }
 

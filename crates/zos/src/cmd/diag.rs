@@ -1,0 +1,180 @@
+//! `zos node diag NODE [logs|pools|net|reach ADDR|health]`: the farmer's read-only view of a
+//! node over RMB (`zos.admin.diag.*`; the node answers its farm's twin and admin twins only).
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::client::ClientArgs;
+
+/// `zos node diag` options.
+#[derive(Args, Debug)]
+pub struct DiagArgs {
+    /// Node id.
+    pub node: u32,
+    /// What to show (default: health).
+    #[command(subcommand)]
+    pub what: Option<DiagCmd>,
+    #[command(flatten)]
+    pub args: ClientArgs,
+}
+
+/// The diagnostics views.
+#[derive(Subcommand, Debug)]
+pub enum DiagCmd {
+    /// Self-check (`ok`/`degraded` with reasons), relay links, last error of each loop.
+    Health,
+    /// Recent agent logs (newest last), filtered by deployment or workload.
+    Logs {
+        /// Only events about this contract.
+        #[arg(long)]
+        contract: Option<u64>,
+        /// Only events about this workload (name or workload id).
+        #[arg(long)]
+        workload: Option<String>,
+        /// Minimum level: error, warn, info, debug.
+        #[arg(long)]
+        level: Option<String>,
+        /// At most this many events (the node caps it at 1000).
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+    },
+    /// Pools (size, use) and btrfs device error counters.
+    Pools,
+    /// Interfaces, routes and network namespaces as the node sees them.
+    Net,
+    /// Reachability from the node: IP:PORT (TCP connect) or IP (ping).
+    Reach {
+        /// The address.
+        address: String,
+        /// Timeout in milliseconds (the node caps it at 10 s).
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+}
+
+/// Runs `zos node diag`.
+pub fn run(a: DiagArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let grid = a.args.connect().await?;
+        let (what, payload) = match &a.what {
+            None | Some(DiagCmd::Health) => ("health", Value::Null),
+            Some(DiagCmd::Logs {
+                contract,
+                workload,
+                level,
+                limit,
+            }) => (
+                "logs",
+                json!({"contract_id": contract, "workload": workload, "level": level, "limit": limit}),
+            ),
+            Some(DiagCmd::Pools) => ("pools", Value::Null),
+            Some(DiagCmd::Net) => ("net", Value::Null),
+            Some(DiagCmd::Reach {
+                address,
+                timeout_ms,
+            }) => (
+                "reach",
+                json!({"address": address, "timeout_ms": timeout_ms}),
+            ),
+        };
+        let v = grid.node_diag(a.node, what, payload).await?;
+        if a.args.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", human(what, &v));
+        }
+        Ok(())
+    })
+}
+
+/// The text view: short for health, logs and reach; JSON for the rest (nested by nature).
+fn human(what: &str, v: &Value) -> String {
+    let mut out = String::new();
+    match what {
+        "health" => {
+            out += &format!("status: {}\n", v["status"].as_str().unwrap_or("?"));
+            for r in v["reasons"].as_array().into_iter().flatten() {
+                out += &format!("  - {}\n", r.as_str().unwrap_or_default());
+            }
+            out += &format!(
+                "relay links: {}\n",
+                v["connections"]["relay_links"].as_u64().unwrap_or(0)
+            );
+            if let Some(m) = v["last_errors"].as_object() {
+                for (name, e) in m {
+                    out += &format!(
+                        "last error of {name} (unix {}): {}\n",
+                        e["at"],
+                        e["error"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        "logs" => {
+            for e in v["events"].as_array().into_iter().flatten() {
+                let fields: Vec<String> = e["fields"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                out += &format!(
+                    "{} {:<5} {} {} {}\n",
+                    e["ts_ms"],
+                    e["level"].as_str().unwrap_or_default(),
+                    e["target"].as_str().unwrap_or_default(),
+                    e["message"].as_str().unwrap_or_default(),
+                    fields.join(" ")
+                );
+            }
+        }
+        "reach" => {
+            let ok = v["reachable"].as_bool().unwrap_or(false);
+            out += &format!(
+                "{} {}: {}",
+                v["kind"].as_str().unwrap_or_default(),
+                v["address"].as_str().unwrap_or_default(),
+                if ok { "reachable" } else { "unreachable" }
+            );
+            if let Some(ms) = v["rtt_ms"].as_f64() {
+                out += &format!(" in {ms:.1} ms");
+            }
+            if let Some(e) = v["error"].as_str() {
+                out += &format!(" ({e})");
+            }
+            out.push('\n');
+        }
+        _ => {
+            out += &serde_json::to_string_pretty(v).unwrap_or_default();
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_views() {
+        let h = human(
+            "health",
+            &json!({"status": "degraded", "reasons": ["no relay link"], "connections": {"relay_links": 0},
+                    "last_errors": {"api": {"at": 5, "error": "refused"}}}),
+        );
+        assert_eq!(
+            h,
+            "status: degraded\n  - no relay link\nrelay links: 0\nlast error of api (unix 5): refused\n"
+        );
+        let r = human(
+            "reach",
+            &json!({"kind": "tcp", "address": "10.0.0.1:22", "reachable": false, "error": "refused"}),
+        );
+        assert_eq!(r, "tcp 10.0.0.1:22: unreachable (refused)\n");
+    }
+}
