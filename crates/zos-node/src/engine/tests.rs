@@ -935,3 +935,62 @@ async fn history_keeps_codes_and_outlives_the_deployment() {
     // another twin sees nothing
     assert!(t.engine.history(TWIN + 1, 1).is_err());
 }
+
+/// A failed update keeps its evidence: a refused shrink (`unchanged`, `invalid_input`), a
+/// grow past the capacity gate (`unchanged`, `capacity`) and a new workload that fails
+/// (`error`, `backend`), each with the deployment version it belongs to.
+#[tokio::test]
+async fn failed_updates_are_in_the_history_with_codes_and_versions() {
+    use zos_types::ErrorCode;
+    let t = setup();
+    let d0 = t.dl(1, 0, vec![vol("a", 2 * GIB, 0)]);
+    t.contract(&d0, NODE);
+    t.engine.deploy(TWIN, d0).await.unwrap();
+    t.engine.drain().await;
+    let d1 = t.dl(1, 1, vec![vol("a", GIB, 1)]);
+    t.contract(&d1, NODE);
+    t.engine.update(TWIN, d1).await.unwrap();
+    t.engine.drain().await;
+    let d2 = t.dl(1, 2, vec![vol("a", 96 * GIB, 2), vol("bad", 13, 2)]);
+    t.contract(&d2, NODE);
+    t.engine.update(TWIN, d2).await.unwrap();
+    t.engine.drain().await;
+    let h = t.engine.history(TWIN, 1).unwrap();
+    let got: Vec<(String, u32, ResultState, Option<ErrorCode>)> = h
+        .iter()
+        .map(|e| (e.name.clone(), e.deployment_version, e.state, e.code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), 0, ResultState::Init, None),
+            ("a".into(), 0, ResultState::Ok, None),
+            (
+                "a".into(),
+                1,
+                ResultState::Unchanged,
+                Some(ErrorCode::InvalidInput)
+            ),
+            (
+                "a".into(),
+                2,
+                ResultState::Unchanged,
+                Some(ErrorCode::Capacity)
+            ),
+            (
+                "bad".into(),
+                2,
+                ResultState::Error,
+                Some(ErrorCode::Backend)
+            ),
+        ],
+        "{h:#?}"
+    );
+    assert_eq!(h[2].message, "cannot shrink");
+    assert_eq!(h[4].message, "unlucky size");
+    // the running definition is still the first one
+    assert_eq!(
+        t.engine.get(TWIN, 1).unwrap().get("a").unwrap().data["size"],
+        json!(2 * GIB)
+    );
+}
