@@ -129,6 +129,32 @@ pub async fn ensure(cfg: &NetConfig, public: Option<Ipv4Addr>) -> Result<(), IpE
     Ok(())
 }
 
+/// Removes the ndmz (its namespace, with it the `ndmz-up` veth pair) and the node's NAT table
+/// when no network resource of this node is left, so that a node (or `zos up`) whose last
+/// network is gone leaves nothing of its plumbing on the host. The next [`ensure`] makes it
+/// again. Returns whether it removed it.
+pub async fn remove_if_unused(cfg: &NetConfig) -> Result<bool, IpError> {
+    let nr = format!("{}n-", cfg.ns_prefix);
+    let in_use = std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with(&nr))
+        })
+        .unwrap_or(false);
+    if in_use || !ip::netns_exists(&namespace(cfg)) {
+        return Ok(false);
+    }
+    ip::netns_delete(&namespace(cfg)).await?;
+    ip::link_delete(cfg.node_netns.as_deref(), "ndmz-up").await?;
+    // `delete table` fails when it is absent; `add` first makes both cases one transaction.
+    ip::nft(
+        cfg.node_netns.as_deref(),
+        "add table ip zos-ndmz\ndelete table ip zos-ndmz\n",
+    )
+    .await?;
+    Ok(true)
+}
+
 /// Joins a network resource to the ndmz (idempotent): its `public` link, address and default
 /// route.
 pub async fn attach(cfg: &NetConfig, n: &NrNames) -> Result<(), IpError> {

@@ -599,6 +599,10 @@ impl Primitive for Networks {
         let mut running = self.running.lock().await;
         running.remove(&names.netid);
         self.remove(&names).await;
+        // Under the lock: a resource provisioned meanwhile cannot lose its ndmz.
+        if let Err(e) = crate::ndmz::remove_if_unused(&self.cfg).await {
+            tracing::warn!(error = %e, "removing the unused ndmz");
+        }
         Ok(())
     }
 }

@@ -591,6 +591,21 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
     nodes[1].net.deprovision(&ctx(&wb2, 2), &wb2).await.unwrap();
     let left = netns_list();
     assert!(!left.contains(&names_a.namespace) && !left.contains(&names_b.namespace));
+    // The last resource gone, the node's ndmz, uplink and NAT table go too.
+    assert!(
+        !left.contains(&ndmz_a),
+        "ndmz left after the last network: {left:?}"
+    );
+    assert!(
+        !sh(&["ip", "-n", &nodes[0].ns, "link", "show", "ndmz-up"])
+            .status
+            .success()
+    );
+    let tables = sh(&["ip", "netns", "exec", &nodes[0].ns, "nft", "list", "tables"]);
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("zos-ndmz"),
+        "the node's NAT table is left"
+    );
     assert!(
         !sh(&["ip", "-n", &nodes[0].ns, "link", "show", &names_a.bridge])
             .status
