@@ -794,6 +794,67 @@ mod tests {
         assert_eq!(e.code, 404);
     }
 
+    /// Diagnostics: the farm twin and the admin twins read them, admin twins get no other
+    /// admin command, users nothing; the self-check lands in the metrics.
+    #[tokio::test]
+    async fn diag_access_and_health_in_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        for who in [5, 9] {
+            let h = api
+                .dispatch(who, "zos.admin.diag.health", Value::Null)
+                .await
+                .unwrap();
+            // not registered (twin 0) in this fixture: degraded, and says why
+            assert_eq!(h["status"], json!("degraded"), "{h}");
+            assert!(
+                h["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == "not registered on the ledger yet"),
+                "{h}"
+            );
+        }
+        assert_eq!(
+            api.dispatch(9, "zos.admin.interfaces", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            401
+        );
+        for cmd in [
+            "zos.admin.diag.logs",
+            "zos.admin.diag.health",
+            "zos.admin.diag.net",
+        ] {
+            assert_eq!(
+                api.dispatch(3, cmd, Value::Null).await.unwrap_err().code,
+                401
+            );
+        }
+        let e = api
+            .dispatch(
+                5,
+                "zos.admin.diag.reach",
+                json!({"address": "node.example:22"}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 400, "{e}");
+        let e = api
+            .dispatch(5, "zos.admin.diag.logs", json!({"contract": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 400, "unknown filter fields are refused: {e}");
+        let m = api.engine.metrics().render(&BTreeMap::new(), 0);
+        assert!(m.contains("zos_node_health_ok 0"), "{m}");
+        assert!(
+            m.contains("zos_node_health_degraded{reason=\"not registered on the ledger yet\"} 1"),
+            "{m}"
+        );
+    }
+
     /// A command of a primitive crate: answered through `dispatch`, reading the store only
     /// through its `NodeView`, errors as 400; built-in names win.
     #[tokio::test]
