@@ -121,6 +121,15 @@ mount_fl "$WORK/node/debian.fl" "$M" "$WORK/node/cache-hub"
 t "hub mount: tar, new mount, warm block cache" tar_all "$M"
 umount_fl "$M"
 
+# The hub's flist again on an empty cache, with every block prefetched in the background
+# (zos flist mount --prefetch 16) while tar reads.
+M=$WORK/node/mnt-pre
+drop
+mount_fl "$WORK/node/debian.fl" "$M" "$WORK/node/cache-pre" --prefetch 16
+t "hub mount --prefetch 16: tar, cold cache" tar_all "$M"
+umount_fl "$M"
+grep -o 'prefetch done.*' "$WORK/out/mount-mnt-pre.log" | tee -a "$WORK/out/results.txt" || true
+
 # The packed flist mounted straight from ZeroDB (its own route), cold and warm.
 M=$WORK/node/mnt-zdb
 mount_fl "$WORK/debian.fl" "$M" "$WORK/node/cache-zdb"

@@ -66,6 +66,10 @@ pub enum FlistCmd {
         /// Chunks fetched ahead of reads, in parallel.
         #[arg(long, default_value_t = 8)]
         readahead: usize,
+        /// After mounting, fetch every block of the flist into the cache in the background,
+        /// N at once (reads do not wait for it; they share its downloads).
+        #[arg(long, value_name = "N")]
+        prefetch: Option<usize>,
     },
     /// Extract an flist into a directory (no FUSE needed); a legacy `.flist` (tar.gz +
     /// capnp) too, its blocks from -s or its backend tag.
@@ -231,10 +235,12 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
             read,
             allow_other,
             readahead,
+            prefetch,
         } => {
             let rt = runtime()?;
             let fl = read.open(&flist)?;
             let cache = Arc::new(BlockCache::new(&read.cache));
+            let warm_with = (fl.clone(), cache.clone());
             let opts = MountOptions {
                 allow_other,
                 readahead,
@@ -253,6 +259,24 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
                 )
             })?;
             tracing::info!(flist = %flist.display(), target = %target.display(), "mounted");
+            if let Some(n) = prefetch {
+                // Cold reads are per-file round trips (docs/benchmarks.md, Flists); filling the
+                // cache in parallel takes them off the read path. Its own thread: the warm
+                // future borrows across awaits and need not be Send.
+                let h = rt.handle().clone();
+                std::thread::spawn(move || {
+                    let (f, c) = warm_with;
+                    let t = std::time::Instant::now();
+                    match h.block_on(zos_flist::warm(&f, &c, n)) {
+                        Ok(blocks) => tracing::info!(
+                            blocks,
+                            secs = t.elapsed().as_secs_f64(),
+                            "prefetch done"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "prefetch failed"),
+                    }
+                });
+            }
             rt.block_on(super::shutdown_signal());
             handle.unmount();
             Ok(())
