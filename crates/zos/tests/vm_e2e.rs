@@ -156,6 +156,31 @@ async fn deploy(
     Ok(())
 }
 
+/// Signs and applies version `version` of contract `contract` (an update).
+async fn update(
+    engine: &Engine,
+    chain: &FakeChain,
+    user: &KeyPair,
+    contract: u64,
+    version: u32,
+    workloads: Vec<Workload>,
+) -> Result<(), String> {
+    let mut d = engine.get(TWIN, contract).map_err(|e| e.to_string())?;
+    d.version = version;
+    d.workloads = workloads;
+    d.sign(TWIN, user).unwrap();
+    chain.put_contract(ContractInfo {
+        id: contract,
+        twin_id: TWIN,
+        node_id: Some(NODE),
+        deployment_hash: d.challenge_hash_hex().unwrap(),
+        status: ContractStatus::Created,
+    });
+    engine.update(TWIN, d).await.map_err(|e| e.to_string())?;
+    engine.drain().await;
+    Ok(())
+}
+
 fn result_of(engine: &Engine, contract: u64, name: &str) -> (ResultState, String, Value) {
     let d = engine.get(TWIN, contract).unwrap();
     let w = d.workloads.into_iter().find(|w| w.name == name).unwrap();
@@ -382,6 +407,29 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
         std::fs::read_to_string(vol.path.join("from-guest")).unwrap(),
         "guest-wrote\n"
     );
+    // Update: vm2 gets 2 CPUs and 320 MiB, applied by restarting its guest.
+    let vm2_pid = node.vms.supervisor().pid("3-1-vm2").unwrap();
+    let mut up = node.engine.get(TWIN, 1).unwrap().workloads;
+    for w in &mut up {
+        w.result = Default::default();
+    }
+    let vm2 = up.iter_mut().find(|w| w.name == "vm2").unwrap();
+    vm2.data["compute_capacity"] = json!({"cpu": 2, "memory": 320 * MIB});
+    vm2.version = 1;
+    update(&node.engine, &chain, &user, 1, 1, up).await.unwrap();
+    let (state, err, _) = result_of(&node.engine, 1, "vm2");
+    assert_eq!(state, ResultState::Ok, "{err}");
+    let vm2_new = node.vms.supervisor().pid("3-1-vm2").unwrap();
+    assert_ne!(vm2_new, vm2_pid, "the guest was restarted");
+    let args: Vec<String> = std::fs::read(format!("/proc/{vm2_new}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(args.windows(2).any(|w| w == ["-m", "320"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["-smp", "2"]), "{args:?}");
+    assert_eq!(result_of(&node.engine, 1, "vm").0, ResultState::Ok);
+
     // The owner reads the console through the API; another twin cannot.
     let logs = api
         .dispatch(TWIN, "zos.vm.logs", json!({"contract_id": 1, "name": "vm"}))
