@@ -366,7 +366,7 @@ impl HubClient {
             base: base.trim_end_matches('/').to_string(),
             twin,
             key,
-            http: reqwest::Client::new(),
+            http: crate::http_client().build().unwrap_or_default(),
         }
     }
 

@@ -20,6 +20,38 @@ pub mod legacy_capnp;
 pub mod pack;
 pub mod resolve;
 pub mod store;
+
+/// An HTTP client builder that speaks https with the public web PKI (Mozilla's roots, built
+/// in: a node has no system trust store), for hubs and http stores such as upstream's.
+pub(crate) fn http_client() -> reqwest::ClientBuilder {
+    let roots = web_pki_roots();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match tls {
+        Ok(cfg) => reqwest::Client::builder().use_preconfigured_tls(cfg),
+        // Unreachable with ring's provider; http still works without it.
+        Err(_) => reqwest::Client::builder(),
+    }
+}
+
+fn web_pki_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn https_trusts_the_web_pki() {
+        // The workspace's reqwest has no roots of its own (manual roots): without these every
+        // https hub, upstream's included, would fail with UnknownIssuer.
+        assert!(super::web_pki_roots().len() > 100);
+    }
+}
 pub mod unpack;
 
 pub mod meta;

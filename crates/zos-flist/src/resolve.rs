@@ -158,7 +158,7 @@ impl FlistCache {
     pub fn new(root: impl Into<PathBuf>) -> FlistCache {
         FlistCache {
             root: root.into(),
-            http: reqwest::Client::builder()
+            http: crate::http_client()
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .timeout(std::time::Duration::from_secs(600))
                 .build()

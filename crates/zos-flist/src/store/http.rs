@@ -7,6 +7,18 @@ use std::time::Duration;
 use super::StoreError;
 use crate::block::BlockId;
 
+/// `e` and its causes ("error sending request" alone does not say that a certificate failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Blocks over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
@@ -15,8 +27,7 @@ pub struct HttpStore {
 }
 
 impl HttpStore {
-    /// From `http://…` or `https://…` (`https` needs a TLS-enabled build of the HTTP client;
-    /// the workspace builds reqwest without TLS, so https URLs report an error on use).
+    /// From `http://…` or `https://…` (https checked against the public web PKI).
     pub fn from_url(url: &str) -> Result<HttpStore, StoreError> {
         let u =
             reqwest::Url::parse(url).map_err(|e| StoreError::BadSpec(url.into(), e.to_string()))?;
@@ -26,7 +37,7 @@ impl HttpStore {
                 "expected http(s)://host/base".into(),
             ));
         }
-        let client = reqwest::Client::builder()
+        let client = crate::http_client()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
@@ -46,7 +57,12 @@ impl HttpStore {
 
     /// GET one URL: Ok(None) on 404.
     async fn fetch(&self, url: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let resp = self.client.get(url).send().await.map_err(|e| self.err(e))?;
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.err(with_causes(&e)))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
