@@ -42,6 +42,7 @@ pub const COMMANDS: &[&str] = &[
     "zos.admin.get_public_nic",
     "zos.admin.set_public_nic",
     "zos.admin.diag.logs",
+    "zos.admin.diag.kernel",
     "zos.admin.diag.pools",
     "zos.admin.diag.net",
     "zos.admin.diag.reach",
@@ -404,6 +405,14 @@ impl Api {
                 Ok(
                     json!({ "events": to_value(&events)?, "ring_capacity": crate::diag::RING_CAPACITY }),
                 )
+            }
+            "zos.admin.diag.kernel" => {
+                let a: crate::diag::KernelArg = if payload.is_null() {
+                    Default::default()
+                } else {
+                    arg(payload)?
+                };
+                Ok(crate::diag::kernel(&a).await)
             }
             "zos.admin.diag.pools" => Ok(json!({
                 "pools": to_value(&self.pools().await)?,

@@ -250,6 +250,36 @@ pub async fn net() -> Value {
     })
 }
 
+/// Most kernel lines one `kernel` call returns.
+pub const MAX_KERNEL_LINES: usize = 1000;
+
+/// `zos.admin.diag.kernel`: the last kernel messages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelArg {
+    /// How many of the newest lines (default 100, capped at [`MAX_KERNEL_LINES`]).
+    pub lines: Option<usize>,
+    /// Only warnings and worse.
+    pub warnings: bool,
+}
+
+/// The newest kernel ring-buffer lines (`dmesg`, read only: never `--clear`).
+pub async fn kernel(a: &KernelArg) -> Value {
+    let n = a.lines.unwrap_or(100).clamp(1, MAX_KERNEL_LINES);
+    let mut args = vec!["--kernel", "--nopager"];
+    if a.warnings {
+        args.extend(["--level", "emerg,alert,crit,err,warn"]);
+    }
+    match run("dmesg", &args).await {
+        Ok(out) => {
+            let all: Vec<&str> = out.lines().collect();
+            let tail = &all[all.len().saturating_sub(n)..];
+            json!({ "lines": tail })
+        }
+        Err(e) => json!({ "error": e }),
+    }
+}
+
 /// Parses `btrfs device stats` output (`[/dev/loop0].write_io_errs   0`) into
 /// device → counter → value; lines that do not parse are skipped.
 pub fn parse_device_stats(out: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -464,6 +494,26 @@ mod tests {
         let g = r.inner.lock().unwrap();
         assert_eq!(g.1.len(), RING_CAPACITY);
         assert_eq!(g.1.front().unwrap().seq, 12);
+    }
+
+    #[tokio::test]
+    async fn kernel_lines_are_bounded() {
+        let v = kernel(&KernelArg {
+            lines: Some(3),
+            warnings: false,
+        })
+        .await;
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("SKIP kernel_lines_are_bounded: dmesg unavailable here: {e}");
+            return;
+        }
+        assert!(v["lines"].as_array().unwrap().len() <= 3, "{v}");
+        let v = kernel(&KernelArg {
+            lines: Some(usize::MAX),
+            warnings: true,
+        })
+        .await;
+        assert!(v["lines"].as_array().unwrap().len() <= MAX_KERNEL_LINES);
     }
 
     #[test]

@@ -137,6 +137,13 @@ async fn farmer_reads_logs_and_reachability_another_user_cannot() {
     assert_eq!(h["connections"]["twin_id"], json!(node_twin));
     let p = call("zos.admin.diag.pools", Value::Null).await.unwrap();
     assert_eq!(p["pools"][0]["name"], json!("ssd0"));
+    let k = call("zos.admin.diag.kernel", json!({"lines": 5}))
+        .await
+        .unwrap();
+    assert!(
+        k["lines"].as_array().is_some_and(|l| l.len() <= 5) || k["error"].is_string(),
+        "{k}"
+    );
     let n = call("zos.admin.diag.net", Value::Null).await.unwrap();
     assert!(
         n["routes"].is_array() || n["routes"]["error"].is_string(),
@@ -148,6 +155,7 @@ async fn farmer_reads_logs_and_reachability_another_user_cannot() {
         ("zos.admin.diag.logs", json!({"contract_id": c})),
         ("zos.admin.diag.reach", json!({"address": addr})),
         ("zos.admin.diag.health", Value::Null),
+        ("zos.admin.diag.kernel", Value::Null),
     ] {
         match alice.call(node_twin, cmd, &payload).await {
             Err(RmbError::Remote { code, .. }) => assert_eq!(code, 401, "{cmd}"),

@@ -1,4 +1,4 @@
-//! `zos node diag NODE [logs|pools|net|reach ADDR|health]`: the farmer's read-only view of a
+//! `zos node diag NODE [health|logs|kernel|pools|net|reach ADDR]`: the farmer's read-only view of a
 //! node over RMB (`zos.admin.diag.*`; the node answers its farm's twin and admin twins only).
 
 use clap::{Args, Subcommand};
@@ -38,6 +38,15 @@ pub enum DiagCmd {
         #[arg(long, default_value_t = 200)]
         limit: usize,
     },
+    /// The newest kernel messages.
+    Kernel {
+        /// How many lines (the node caps it at 1000).
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+        /// Only warnings and worse.
+        #[arg(long)]
+        warnings: bool,
+    },
     /// Pools (size, use) and btrfs device error counters.
     Pools,
     /// Interfaces, routes and network namespaces as the node sees them.
@@ -70,6 +79,10 @@ pub fn run(a: DiagArgs) -> anyhow::Result<()> {
             }) => (
                 "logs",
                 json!({"contract_id": contract, "workload": workload, "level": level, "limit": limit}),
+            ),
+            Some(DiagCmd::Kernel { lines, warnings }) => (
+                "kernel",
+                json!({"lines": lines, "warnings": warnings}),
             ),
             Some(DiagCmd::Pools) => ("pools", Value::Null),
             Some(DiagCmd::Net) => ("net", Value::Null),
@@ -130,6 +143,15 @@ fn human(what: &str, v: &Value) -> String {
                     e["message"].as_str().unwrap_or_default(),
                     fields.join(" ")
                 );
+            }
+        }
+        "kernel" => {
+            for l in v["lines"].as_array().into_iter().flatten() {
+                out += l.as_str().unwrap_or_default();
+                out.push('\n');
+            }
+            if let Some(e) = v["error"].as_str() {
+                out += &format!("(kernel messages unavailable: {e})\n");
             }
         }
         "reach" => {

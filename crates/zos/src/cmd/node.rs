@@ -14,7 +14,7 @@ pub enum NodeCmd {
     /// Run the node until SIGINT/SIGTERM.
     Run(RunArgs),
     /// The farmer's read-only diagnostics of a node over RMB:
-    /// `diag NODE [health|logs|pools|net|reach ADDR]`.
+    /// `diag NODE [health|logs|kernel|pools|net|reach ADDR]`.
     Diag(super::diag::DiagArgs),
 }
 
