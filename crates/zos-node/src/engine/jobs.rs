@@ -503,6 +503,19 @@ impl Engine {
     /// Installs every workload of a stored deployment in type order. New (`init`) workloads
     /// pass the capacity gate; `ok` ones are provisioned again (idempotent); on `reprovision`
     /// paused ones are provisioned and paused again; `error`/`deleted` ones are left alone.
+    /// Whether the history shows `wl` ok at its current version.
+    pub(crate) fn was_ok(&self, twin: u32, contract: u64, wl: &Workload) -> bool {
+        self.inner
+            .store
+            .history(twin, contract)
+            .map(|h| {
+                h.iter().any(|e| {
+                    e.name == wl.name && e.version == wl.version && e.state == ResultState::Ok
+                })
+            })
+            .unwrap_or(false)
+    }
+
     async fn install(&self, twin: u32, contract: u64, reprovision: bool) -> Result<(), StoreError> {
         let Some(rec) = self.inner.store.get(twin, contract)? else {
             return Ok(());
@@ -522,8 +535,15 @@ impl Engine {
                 state,
                 ResultState::Init | ResultState::Unset | ResultState::Unchanged
             );
-            let run =
-                gate || state == ResultState::Ok || (reprovision && state == ResultState::Paused);
+            // A workload that was ok at this version and failed since (something it needs was
+            // not ready after a reboot: a network, a disk) is retried until it is ok again;
+            // one that never was ok stays failed until its owner changes it.
+            let retry =
+                reprovision && state == ResultState::Error && self.was_ok(twin, contract, &cur);
+            let run = gate
+                || retry
+                || state == ResultState::Ok
+                || (reprovision && state == ResultState::Paused);
             if !run {
                 continue;
             }

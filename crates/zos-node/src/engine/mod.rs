@@ -603,6 +603,13 @@ impl Engine {
                 self.enqueue(d.twin_id, d.contract_id, JobOp::Pause)?;
             } else if !grace && paused {
                 self.enqueue(d.twin_id, d.contract_id, JobOp::Resume)?;
+            } else if !grace
+                && d.workloads.iter().any(|w| {
+                    w.result.state == ResultState::Error && self.was_ok(d.twin_id, d.contract_id, w)
+                })
+            {
+                // Once ok, failed since: retried every sync until it matches its spec again.
+                self.enqueue(d.twin_id, d.contract_id, JobOp::Reprovision)?;
             }
         }
         Ok(())

@@ -26,6 +26,8 @@ struct Mem {
     calls: Mutex<Vec<String>>,
     /// Workload id → cumulative traffic counter (`consumption`).
     traffic: Mutex<BTreeMap<String, u64>>,
+    /// Something every workload needs is missing: provisioning fails.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Mem {
@@ -36,6 +38,7 @@ impl Mem {
             live: Mutex::default(),
             calls: Mutex::default(),
             traffic: Mutex::default(),
+            down: Default::default(),
         })
     }
     fn calls(&self, what: &str) -> usize {
@@ -67,6 +70,9 @@ impl Primitive for Mem {
             .push(format!("provision {}", ctx.workload_id));
         if wl.data.get("size") == Some(&json!(13)) {
             return Err(PrimitiveError::Failed("unlucky size".into()));
+        }
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PrimitiveError::Failed("dependency not ready".into()));
         }
         self.live
             .lock()
@@ -489,6 +495,42 @@ async fn cancel_pause_resume_and_sync() {
     assert_eq!(t.states(1)[0].1, ResultState::Paused);
     assert_eq!(t.vol.calls("pause"), 2);
     assert_eq!(t.vol.calls("resume"), 1);
+}
+
+#[tokio::test]
+async fn a_workload_that_was_ok_is_retried_until_it_is_ok_again() {
+    use std::sync::atomic::Ordering;
+    let t = setup();
+    let d = t.dl(1, 0, vec![vol("a", GIB, 0), vol("never", 13, 0)]);
+    t.contract(&d, NODE);
+    t.engine.deploy(TWIN, d).await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Ok);
+    assert_eq!(t.states(1)[1].1, ResultState::Error);
+    // A reboot where what `a` needs is not there yet: `a` fails.
+    t.vol.down.store(true, Ordering::SeqCst);
+    t.engine.reconcile_all().unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0].1, ResultState::Error);
+    let (a_tries, never_tries) = (
+        t.vol.calls("provision 3-1-a"),
+        t.vol.calls("provision 3-1-never"),
+    );
+    // Each sync tries `a` again; the workload that never was ok is left alone.
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.vol.calls("provision 3-1-a"), a_tries + 1);
+    assert_eq!(t.states(1)[0].1, ResultState::Error);
+    t.vol.down.store(false, Ordering::SeqCst);
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.states(1)[0], ("a".into(), ResultState::Ok, String::new()));
+    assert_eq!(t.vol.calls("provision 3-1-never"), never_tries);
+    assert_eq!(t.states(1)[1].1, ResultState::Error);
+    // Ok again: nothing more to retry.
+    t.engine.sync().await.unwrap();
+    t.engine.drain().await;
+    assert_eq!(t.vol.calls("provision 3-1-a"), a_tries + 2);
 }
 
 #[tokio::test]
