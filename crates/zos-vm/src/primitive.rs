@@ -102,26 +102,34 @@ struct Spec {
     entrypoint: String,
     env: BTreeMap<String, String>,
     iface: MachineInterface,
+    /// Upstream's RootSize: `size`, at least MinRootSize for the CPU and memory.
+    root_size: u64,
 }
 
 fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
     let data = wl.typed_data().map_err(|e| invalid(e.to_string()))?;
-    let (flist, cap, mounts, entrypoint, env, ifaces) = match data {
+    let (root_size, (flist, cap, mounts, entrypoint, env, ifaces)) = match data {
         WorkloadData::Zmachine(z) => (
-            z.flist,
-            z.compute_capacity,
-            z.mounts,
-            z.entrypoint,
-            z.env,
-            z.network.interfaces,
+            z.root_size(),
+            (
+                z.flist,
+                z.compute_capacity,
+                z.mounts,
+                z.entrypoint,
+                z.env,
+                z.network.interfaces,
+            ),
         ),
         WorkloadData::ZmachineLight(z) => (
-            z.flist,
-            z.compute_capacity,
-            z.mounts,
-            z.entrypoint,
-            z.env,
-            z.network.interfaces,
+            z.root_size(),
+            (
+                z.flist,
+                z.compute_capacity,
+                z.mounts,
+                z.entrypoint,
+                z.env,
+                z.network.interfaces,
+            ),
         ),
         other => return Err(invalid(format!("not a zmachine: {other:?}"))),
     };
@@ -152,7 +160,14 @@ fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
         entrypoint,
         env,
         iface,
+        root_size,
     })
+}
+
+/// The volume holding a container-mode VM's writable root (RootSize quota). Workload ids
+/// start with the twin's number, so this name cannot be a user's volume.
+fn root_volume(wlid: &str) -> String {
+    format!("vmroot-{wlid}")
 }
 
 /// The VM's private address, checked against its network workload: `(ip, prefix, gateway)`.
@@ -565,12 +580,22 @@ impl Vms {
                 let cc = self.cfg.cloud_container.as_ref().filter(|cc| cc.join("vmlinux").is_file() && cc.join("initrd.img").is_file()).ok_or_else(|| PrimitiveError::Failed("no cloud-container kernel (vmlinux + initrd.img) on this node and the flist has no /boot/vmlinuz + /boot/initrd.img".into()))?;
                 (cc.join("vmlinux"), cc.join("initrd.img"))
             };
-            // Writable root: an overlay of the unpacked flist, kept across restarts, removed on delete.
-            let (upper, work, root) = (
-                dir.join("rootfs/upper"),
-                dir.join("rootfs/work"),
-                dir.join("root"),
-            );
+            // Writable root: an overlay of the unpacked flist, kept across restarts, removed on
+            // delete, on a volume of RootSize so that a guest cannot fill the pool (an update
+            // that grows RootSize raises the quota; it is never lowered). A VM made before
+            // keeps its root under its directory; without pools there is no quota.
+            let legacy = dir.join("rootfs/upper").is_dir();
+            let rootfs = match (&self.storage, legacy) {
+                (Some(storage), false) => {
+                    storage
+                        .volume_create(&root_volume(&wlid), spec.root_size)
+                        .await
+                        .map_err(|e| PrimitiveError::Failed(format!("root volume: {e}")))?
+                        .path
+                }
+                _ => dir.join("rootfs"),
+            };
+            let (upper, work, root) = (rootfs.join("upper"), rootfs.join("work"), dir.join("root"));
             for d in [&upper, &work, &root] {
                 std::fs::create_dir_all(d).map_err(io("vm directory"))?;
             }
@@ -826,6 +851,12 @@ impl Vms {
         let root = dir.join("root");
         if is_mounted(&root) {
             run("umount", &[&root.to_string_lossy()]).await?;
+        }
+        if let Some(storage) = &self.storage {
+            storage
+                .volume_delete(&root_volume(&ctx.workload_id))
+                .await
+                .map_err(|e| PrimitiveError::Failed(format!("root volume: {e}")))?;
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

@@ -407,6 +407,16 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
         std::fs::read_to_string(vol.path.join("from-guest")).unwrap(),
         "guest-wrote\n"
     );
+    // The writable root lives on a volume of RootSize (MinRootSize for 1 CPU, 256 MiB).
+    let rootvol = node
+        .storage
+        .volume_get("vmroot-3-1-vm")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rootvol.size, 500 * MIB);
+    assert!(rootvol.path.join("upper").is_dir(), "{rootvol:?}");
+
     // Update: vm2 gets 2 CPUs and 320 MiB, applied by restarting its guest.
     let vm2_pid = node.vms.supervisor().pid("3-1-vm2").unwrap();
     let mut up = node.engine.get(TWIN, 1).unwrap().workloads;
@@ -583,6 +593,14 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
     node.engine.sync().await.unwrap();
     node.engine.drain().await;
     assert!(!dir.exists(), "vm dir left behind");
+    assert!(
+        node.storage
+            .volume_get("vmroot-3-1-vm")
+            .await
+            .unwrap()
+            .is_none(),
+        "root volume left behind"
+    );
     assert!(!node.vms.vm_dir("3-1-vm2").exists(), "vm2 dir left behind");
     assert!(
         !Path::new("/sys/class/net").join(&tap).exists(),
