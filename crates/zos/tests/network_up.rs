@@ -4,86 +4,12 @@
 //! `zos up`, and a clean stop removes every namespace of the grid.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn zos() -> &'static str {
-    env!("CARGO_BIN_EXE_zos")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
-
-fn grid_namespaces() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with("zup"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The `zos node run` child of `parent` serving `namespace`.
-fn node_child(parent: u32, namespace: &str) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // ppid is the 4th field, after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let want = format!("--net-namespace={namespace}");
-        if ppid == Some(parent) && cmd.split(|b| *b == 0).any(|a| a == want.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-struct Up {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in grid_namespaces() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-}
+#[path = "common/up.rs"]
+mod up;
+use up::*;
 
 #[test]
 fn several_nodes_need_root() {
@@ -131,55 +57,7 @@ fn three_nodes_on_a_local_internet() {
         eprintln!("SKIP three_nodes_on_a_local_internet: another local grid's namespaces exist");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(zos())
-        .args([
-            "up",
-            "--nodes",
-            "3",
-            "--ssd",
-            "1GiB",
-            "--hdd",
-            "1GiB",
-            "--metrics-port",
-            "0",
-        ])
-        .args(["--ledger-port", &free_port().to_string()])
-        .args(["--relay-port", &free_port().to_string()])
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .env("ZOS_CONFIG", dir.path().join("config.toml"))
-        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut up = Up {
-        child: Some(child),
-        _dir: dir,
-    };
-    let stdout = up.child.as_mut().unwrap().stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut lines = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("grid is up") => break,
-            Ok(line) => lines.push(line),
-            Err(_) => panic!("zos up --nodes 3 did not come up within 180 s: {lines:?}"),
-        }
-    }
-    let mut printed = Vec::new();
-    while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
-        printed.push(l);
-    }
+    let (mut up, printed) = Up::start(3, &[], Duration::from_secs(180));
     let text = printed.join("\n");
     let ids = text
         .lines()

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -11,38 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn zos() -> &'static str {
-    env!("CARGO_BIN_EXE_zos")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn can_run_pools() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        return Err("not root".into());
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Err("no loop devices".into());
-    }
-    if Command::new("mkfs.btrfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("mkfs.btrfs missing".into());
-    }
-    Ok(())
-}
+#[path = "common/up.rs"]
+mod up;
+use up::{can_run_pools, free_port, release_dir, zos};
 
 /// Kills `zos up` and removes whatever it left, even when the test fails half-way.
 struct Grid {
@@ -94,28 +64,7 @@ impl Drop for Grid {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let data = self.data().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        for m in mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&data))
-        {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
-        let loops = Command::new("losetup")
-            .arg("-a")
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        for l in String::from_utf8_lossy(&loops)
-            .lines()
-            .filter(|l| l.contains(&data))
-        {
-            if let Some(dev) = l.split(':').next() {
-                let _ = Command::new("losetup").arg("-d").arg(dev).status();
-            }
-        }
+        release_dir(&self.data());
     }
 }
 

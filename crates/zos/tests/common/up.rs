@@ -99,6 +99,53 @@ pub fn node_child(parent: u32, namespace: &str) -> Option<u32> {
     None
 }
 
+/// Whether pools can be made here (root, loop devices, mkfs.btrfs); why not otherwise.
+pub fn can_run_pools() -> Result<(), String> {
+    if !is_root() {
+        return Err("not root".into());
+    }
+    if !std::path::Path::new("/dev/loop-control").exists() {
+        return Err("no loop devices".into());
+    }
+    if Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("mkfs.btrfs missing".into());
+    }
+    Ok(())
+}
+
+/// Unmounts everything under `data` (innermost first) and detaches the loop devices whose
+/// backing files are there: what a killed grid leaves.
+pub fn release_dir(data: &std::path::Path) {
+    let data_s = data.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&data_s))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = Command::new("umount").arg("-l").arg(m).status();
+    }
+    let loops = Command::new("losetup")
+        .arg("-a")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    for l in String::from_utf8_lossy(&loops)
+        .lines()
+        .filter(|l| l.contains(&data_s))
+    {
+        if let Some(dev) = l.split(':').next() {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+    }
+}
+
 /// A running `zos up --nodes N`.
 pub struct Up {
     pub child: Option<Child>,
@@ -121,7 +168,9 @@ impl Up {
             .args(["up", "--nodes", &nodes.to_string()])
             .args(if vms { &[][..] } else { &["--no-vm-guest"][..] })
             .env_remove("ZOS_NO_VM_GUEST")
-            .args(["--ssd", "1GiB", "--hdd", "1GiB", "--metrics-port", "0"])
+            // VMs take a RootSize volume each (500 MiB at least): room for a few (sparse files).
+            .args(["--ssd", if vms { "4GiB" } else { "1GiB" }])
+            .args(["--hdd", "1GiB", "--metrics-port", "0"])
             .args(["--ledger-port", &free_port().to_string()])
             .args(["--relay-port", &free_port().to_string()])
             .args(extra)
@@ -201,31 +250,8 @@ impl Drop for Up {
             }
         }
         std::thread::sleep(Duration::from_millis(300));
-        // Then the overlays and pools they kept busy, innermost first, and loop devices.
-        let data_s = data.display().to_string();
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&data_s))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
-        let loops = Command::new("losetup")
-            .arg("-a")
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        for l in String::from_utf8_lossy(&loops)
-            .lines()
-            .filter(|l| l.contains(&data_s))
-        {
-            if let Some(dev) = l.split(':').next() {
-                let _ = Command::new("losetup").arg("-d").arg(dev).status();
-            }
-        }
+        // Then the overlays and pools they kept busy, and loop devices.
+        release_dir(&data);
         for ns in grid_namespaces() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
