@@ -124,16 +124,8 @@ fn three_nodes_on_a_local_internet() {
 
     // A clean stop removes the grid's namespaces.
     let mut c = up.child.take().unwrap();
-    Command::new("kill")
-        .args(["-INT", &c.id().to_string()])
-        .status()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end && c.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
     assert!(
-        c.try_wait().unwrap().is_some(),
+        interrupt(&mut c, Duration::from_secs(60)).is_some(),
         "zos up stopped within 60 s"
     );
     assert!(

@@ -2,17 +2,15 @@
 //! client on the namespace, cancel, and a clean stop that leaves no loop device or mount.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 #[path = "common/up.rs"]
 mod up;
-use up::{can_run_pools, free_port, release_dir, zos};
+use up::{can_run_pools, free_port, interrupt, release_dir, stdout_lines, zos};
 
 /// Kills `zos up` and removes whatever it left, even when the test fails half-way.
 struct Grid {
@@ -100,13 +98,7 @@ fn start_grid() -> Grid {
         child: Some(child),
         dir,
     };
-    let stdout = grid.child.as_mut().unwrap().stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(grid.child.as_mut().unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -203,19 +195,8 @@ fn up_deploy_use_cancel_stop() {
 
     // Stop like a user does (Ctrl-C) and check nothing is left attached or mounted.
     let mut child = grid.child.take().unwrap();
-    Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "zos up did not stop within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        interrupt(&mut child, Duration::from_secs(60)).expect("zos up did not stop within 60 s");
     assert!(status.success(), "zos up exited with {status}");
     assert_eq!(
         grid.leftovers(),

@@ -8,17 +8,15 @@
 //! fails. `ZOS_PREVIOUS_BIN` points at another binary.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 #[path = "common/up.rs"]
 mod up;
-use up::{can_run_pools, free_port, release_dir};
+use up::{can_run_pools, free_port, interrupt, release_dir, stdout_lines};
 
 fn new_zos() -> &'static str {
     env!("CARGO_BIN_EXE_zos")
@@ -129,13 +127,7 @@ impl Grid {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let stdout = self.child.as_mut().unwrap().stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(self.child.as_mut().unwrap());
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut up = false;
         loop {
@@ -155,19 +147,8 @@ impl Grid {
     /// Stops `zos up` like a user does (Ctrl-C).
     fn stop(&mut self) {
         let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .arg("-INT")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "zos up did not stop within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = interrupt(&mut child, Duration::from_secs(60))
+            .expect("zos up did not stop within 60 s");
         assert!(status.success(), "zos up exited with {status}");
     }
 

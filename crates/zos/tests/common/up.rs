@@ -99,6 +99,36 @@ pub fn node_child(parent: u32, namespace: &str) -> Option<u32> {
     None
 }
 
+/// The lines `child` prints on stdout, read by a thread (so a test can wait with a timeout).
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Ctrl-C for `child` (SIGINT, what `zos up` stops cleanly on); its exit status if it exited
+/// within `within`.
+pub fn interrupt(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Whether pools can be made here (root, loop devices, mkfs.btrfs); why not otherwise.
 pub fn can_run_pools() -> Result<(), String> {
     if !is_root() {
@@ -187,13 +217,7 @@ impl Up {
             child: Some(child),
             dir,
         };
-        let stdout = up.child.as_mut().unwrap().stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(up.child.as_mut().unwrap());
         let deadline = Instant::now() + within;
         let mut lines = Vec::new();
         loop {
@@ -229,14 +253,9 @@ impl Drop for Up {
         // The grid first (SIGINT: nodes detach their guests and release pools), so that no
         // agent restarts a guest killed below.
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(200));
+            if interrupt(&mut c, Duration::from_secs(30)).is_none() {
+                let _ = c.kill();
             }
-            let _ = c.kill();
             let _ = c.wait();
         }
         // Whatever still names the grid's directory: guests (they outlive the agent on
