@@ -168,7 +168,9 @@ struct Out {
 /// The signed head and its state tree, for `ledger_proof` (replaced after every block).
 pub(crate) type Published = Arc<std::sync::RwLock<Option<(SignedHead, Arc<TreeSnapshot>)>>>;
 
-fn publish(chain: &Chain, published: &Published) {
+/// Also called by the server before it starts serving, so a proof asked for in the first
+/// instants finds a head rather than racing the producer thread's start.
+pub(crate) fn publish(chain: &Chain, published: &Published) {
     let b = chain.head();
     let head = SignedHead {
         header: b.header.clone(),

@@ -426,25 +426,28 @@ impl LedgerServer {
         let exited2 = exited.clone();
         let (dev_mode, interval) = (cfg.dev, cfg.block_interval);
         let producer = match cluster {
-            None => std::thread::Builder::new()
-                .name("ledger-producer".into())
-                .spawn(move || {
-                    let r = producer::run(
-                        chain,
-                        &jobs_rx,
-                        dev_mode,
-                        interval,
-                        faucet,
-                        head_tx,
-                        metrics,
-                        published,
-                        &|| true,
-                    )
-                    .map(|_| ());
-                    exited2.notify_one();
-                    r
-                })
-                .map_err(LedgerError::Serve)?,
+            None => {
+                producer::publish(&chain, &published);
+                std::thread::Builder::new()
+                    .name("ledger-producer".into())
+                    .spawn(move || {
+                        let r = producer::run(
+                            chain,
+                            &jobs_rx,
+                            dev_mode,
+                            interval,
+                            faucet,
+                            head_tx,
+                            metrics,
+                            published,
+                            &|| true,
+                        )
+                        .map(|_| ());
+                        exited2.notify_one();
+                        r
+                    })
+                    .map_err(LedgerError::Serve)?
+            }
             Some((store, key, url)) => {
                 drop(chain);
                 tokio::spawn(follow_applied(
@@ -748,8 +751,10 @@ async fn prove(app: &App, key: &[u8]) -> Result<crate::proof::StateProof, RpcErr
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // A replica following etcd publishes once it has applied its first block.
         let Some((head, snap)) = published else {
-            return Err(RpcError::new(codes::INTERNAL, "no head published yet"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         };
         let value = match snap.value_hash_of(key) {
             None => None,
@@ -776,7 +781,7 @@ async fn prove(app: &App, key: &[u8]) -> Result<crate::proof::StateProof, RpcErr
     }
     Err(RpcError::new(
         codes::BUSY,
-        "state changed during every attempt to prove it; retry",
+        "no head published yet, or the state changed during every attempt to prove it; retry",
     ))
 }
 
