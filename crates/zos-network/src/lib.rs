@@ -27,10 +27,12 @@ use zos_types::{Deployment, ResultState, Workload, WorkloadType};
 pub mod ip;
 pub mod names;
 pub mod ndmz;
+pub mod public;
 pub mod resource;
 pub mod wg;
 
 pub use names::deployment_names;
+pub use public::{ContractIps, Public, ReservedIp, register_public_ips};
 pub use resource::{NetConfig, Networks, NrNames};
 
 /// Adds the `network` primitive (network resources on this node's network plane `cfg`).
