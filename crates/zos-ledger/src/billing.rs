@@ -9,6 +9,13 @@
 //! deleted (`NodeContractCanceled` / `NameContractCanceled`), IPs freed.
 //!
 //! All arithmetic is integer (u128 intermediates), so a replay computes the same amounts.
+//!
+//! **Fair billing** (ledgers whose genesis sets `offline_cutoff_secs`): a node contract is
+//! charged only from the node's first report that the deployment is up (`started`), and not for
+//! time its node did not serve it: silent (no transaction of its own) for longer than the
+//! cut-off, counted from `last_seen + cutoff`, or paused for maintenance. That time is recorded
+//! as a gap (`offline_secs`, `gaps`) when a charge runs during it and when the node is heard
+//! from again, and left out of the next charge (`offline_pending`).
 
 use zos_types::crypto::PublicKey;
 
@@ -17,8 +24,8 @@ use crate::state::{Overlay, keys, trailing_id};
 use crate::store::Table;
 use crate::tx::Event;
 use crate::types::{
-    Balance, BillingInfo, Contract, ContractKind, ContractState, Farm, Node, PricingPolicy,
-    Resources, Twin,
+    Balance, BillingGap, BillingInfo, Contract, ContractKind, ContractState, Farm, MAX_GAPS, Node,
+    PricingPolicy, Resources, Twin,
 };
 
 const GIB: u128 = 1 << 30;
@@ -61,13 +68,109 @@ pub fn hourly_cost(c: &Contract, policy: &PricingPolicy) -> u128 {
     }
 }
 
-/// What `c` owes at `now`: the carried debt, elapsed time and unbilled traffic.
+/// What `c` owes at `now`: the carried debt, elapsed time (less the unserved time recorded
+/// since the last charge) and unbilled traffic.
 pub fn amount_due(c: &Contract, policy: &PricingPolicy, now: u64) -> Balance {
-    let elapsed = u128::from(now.saturating_sub(c.billing.last_billed));
+    let elapsed = u128::from(
+        now.saturating_sub(c.billing.last_billed)
+            .saturating_sub(c.billing.offline_pending),
+    );
     let time = hourly_cost(c, policy) * elapsed / 3600;
     let nu = u128::from(c.billing.nru_unbilled) * u128::from(policy.nu_per_gb) / GIB;
     let total = u128::from(c.billing.amount_unbilled) + time + nu;
     Balance::try_from(total).unwrap_or(Balance::MAX)
+}
+
+/// Fair billing: records that `c` was not served during `[from, to)`. A gap never reaches back
+/// before the last one's end (nothing is counted twice) and joins it when they touch.
+pub fn record_gap(c: &mut Contract, from: u64, to: u64) {
+    let b = &mut c.billing;
+    let from = from.max(b.gaps.last().map_or(0, |g| g.to));
+    if to <= from {
+        return;
+    }
+    b.offline_secs = b.offline_secs.saturating_add(to - from);
+    b.offline_pending = b.offline_pending.saturating_add(to - from);
+    match b.gaps.last_mut() {
+        Some(g) if g.to == from => g.to = to,
+        _ => {
+            b.gaps.push(BillingGap { from, to });
+            if b.gaps.len() > MAX_GAPS {
+                b.gaps.remove(0);
+            }
+        }
+    }
+}
+
+/// Fair billing: records the time up to `now` during which `node` has not served `c` since
+/// its last charge: silent since `last_seen + cutoff`, or paused for maintenance.
+pub fn account_unserved(c: &mut Contract, node: &Node, cutoff: u64, now: u64) {
+    let Some(started) = c.billing.started else {
+        return;
+    };
+    let mut from = if node.last_seen > 0 {
+        node.last_seen.saturating_add(cutoff)
+    } else {
+        u64::MAX
+    };
+    if let Some(m) = node.maintenance.filter(|m| m.pause) {
+        from = from.min(m.since);
+    }
+    record_gap(c, from.max(c.billing.last_billed).max(started), now);
+}
+
+/// Fair billing, when the node of `node_id` is heard from at `now` (any transaction of its
+/// own): a silence past the cut-off ends, and its contracts record what was not served.
+/// Updates `node.last_seen`; the caller stores the node.
+pub fn node_heard_from(
+    st: &mut Overlay<'_>,
+    p: &Params,
+    now: u64,
+    node: &mut Node,
+) -> Result<(), TxError> {
+    let Some(cutoff) = p.offline_cutoff else {
+        return Ok(());
+    };
+    if node.last_seen > 0 && now > node.last_seen.saturating_add(cutoff) {
+        for_each_active_contract(st, node.id, |c| account_unserved(c, node, cutoff, now))?;
+    }
+    node.last_seen = now;
+    Ok(())
+}
+
+/// Applies `f` to every active contract of `node_id` and stores it.
+pub fn for_each_active_contract(
+    st: &mut Overlay<'_>,
+    node_id: u32,
+    mut f: impl FnMut(&mut Contract),
+) -> Result<(), TxError> {
+    let prefix = keys::node_contracts_prefix(node_id);
+    for (key, _) in st.scan_prefix(&prefix)? {
+        let id = trailing_id(Table::State, &key)?;
+        if let Some(mut c) = st.get::<Contract>(&keys::contract(id))? {
+            if c.state.is_active() {
+                f(&mut c);
+                st.put(keys::contract(id), &c);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fair billing's view of `c` at `now` before a charge: not started → nothing accrues; else
+/// the unserved time is recorded. No-op on other ledgers and for name contracts.
+fn fair_account(st: &Overlay<'_>, p: &Params, c: &mut Contract, now: u64) -> Result<(), TxError> {
+    let (Some(cutoff), Some(node_id)) = (p.offline_cutoff, c.node_id()) else {
+        return Ok(());
+    };
+    if c.billing.started.is_none() {
+        c.billing.last_billed = now;
+        return Ok(());
+    }
+    if let Some(node) = st.get::<Node>(&keys::node(node_id))? {
+        account_unserved(c, &node, cutoff, now);
+    }
+    Ok(())
 }
 
 /// Charges every contract whose slot is at or before `now`.
@@ -101,11 +204,13 @@ fn bill(
     if !c.state.is_active() {
         return Ok(());
     }
+    fair_account(st, p, &mut c, now)?;
     let policy = pricing(st)?;
     let due = amount_due(&c, &policy, now);
     let payer = owner_account(st, c.twin_id)?;
     let balance = account(st, &payer)?.balance;
     c.billing.last_billed = now;
+    c.billing.offline_pending = 0;
     c.billing.nru_unbilled = 0;
     let (node_id, twin_id) = (c.node_id().unwrap_or(0), c.twin_id);
     if balance >= due {
@@ -149,11 +254,13 @@ pub fn settle_on_cancel(
     mut c: Contract,
     ev: &mut Vec<Event>,
 ) -> Result<Contract, TxError> {
+    fair_account(st, p, &mut c, now)?;
     let policy = pricing(st)?;
     let due = amount_due(&c, &policy, now);
     let payer = owner_account(st, c.twin_id)?;
     let amount = due.min(account(st, &payer)?.balance);
     c.billing.last_billed = now;
+    c.billing.offline_pending = 0;
     c.billing.nru_unbilled = 0;
     pay(st, p, &mut c, &payer, amount, now, ev)?;
     Ok(c)

@@ -462,6 +462,7 @@ fn params(g: &Genesis) -> Params {
         council: g.council,
         billing_interval: g.billing_interval_secs.max(1),
         grace_period: g.grace_period_secs,
+        offline_cutoff: g.offline_cutoff_secs,
     }
 }
 

@@ -314,6 +314,11 @@ impl LedgerClient {
             .await
     }
 
+    /// A node, proven against a signed head.
+    pub async fn verified_node(&self, id: u32) -> Result<Verified<Node>, ClientError> {
+        self.verified("node", &crate::state::keys::node(id)).await
+    }
+
     /// A twin, proven against a signed head.
     pub async fn verified_twin(&self, id: u32) -> Result<Verified<Twin>, ClientError> {
         self.verified("twin", &crate::state::keys::twin(id)).await

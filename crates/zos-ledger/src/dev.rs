@@ -46,5 +46,6 @@ pub fn genesis(timestamp: u64) -> Genesis {
         grace_period_secs: 14 * 24 * 3600,
         nonce: Some(Genesis::random_nonce()),
         producer: None,
+        offline_cutoff_secs: None,
     }
 }

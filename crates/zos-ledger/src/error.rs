@@ -127,6 +127,9 @@ pub enum TxError {
     /// Contract not found.
     #[error("unknown contract {0}")]
     UnknownContract(u64),
+    /// The node's farmer put it in maintenance: it takes no new contracts.
+    #[error("node {0} is in maintenance: it takes no new contracts until its farmer ends it")]
+    NodeInMaintenance(u32),
     /// Not enough free IPs in the farm's pool.
     #[error("farm {farm_id} IP pool exhausted: {requested} requested, {free} free")]
     IpPoolExhausted {

@@ -380,6 +380,7 @@ impl LedgerServer {
             billing_interval_secs: g.billing_interval_secs,
             grace_period_secs: g.grace_period_secs,
             producer: chain.producer_key(),
+            offline_cutoff_secs: g.offline_cutoff_secs,
         };
         let (head_tx, head_rx) = watch::channel(head.height);
         let (stop_tx, stop_rx) = watch::channel(false);

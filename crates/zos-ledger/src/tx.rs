@@ -178,6 +178,26 @@ pub enum Call {
         /// Hex signature by `new_account` over [`rotate_account_message`].
         consent: String,
     },
+    /// Farmer: put a node of the caller's farm in maintenance (`on`) or take it out. New
+    /// contracts on it are refused meanwhile; existing ones keep running, or are paused
+    /// (and not billed) when `pause`.
+    SetNodeMaintenance {
+        /// The node.
+        node_id: u32,
+        /// Enter (`true`) or leave maintenance.
+        on: bool,
+        /// Ask the node to pause its workloads while in maintenance.
+        pause: bool,
+    },
+    /// Farmer: give node `from`'s record (id, contracts, public config) to the machine that
+    /// registered as node `to` after losing its identity; `to`'s record is removed. Both must
+    /// be in the caller's farm and `to` must have no contracts.
+    MoveNode {
+        /// The old node (its id is kept).
+        from: u32,
+        /// The node record the new identity made.
+        to: u32,
+    },
 }
 
 /// What the new account signs to accept twin `twin_id` from `old` (see
@@ -416,6 +436,46 @@ pub enum Event {
         contract_id: u64,
         /// Bytes.
         nru: u64,
+    },
+    /// Fair billing: the node reported the deployment up; charges run from now.
+    ContractBillingStarted {
+        /// Contract.
+        contract_id: u64,
+        /// Node.
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+    },
+    /// A farmer put a node in maintenance or took it out.
+    NodeMaintenanceSet {
+        /// Node.
+        node_id: u32,
+        /// In maintenance now.
+        on: bool,
+        /// Workloads paused.
+        pause: bool,
+    },
+    /// Notice to a contract's owner that its node entered (`on`) or left maintenance.
+    ContractNodeMaintenance {
+        /// Contract.
+        contract_id: u64,
+        /// Node.
+        node_id: u32,
+        /// Owner.
+        twin_id: u32,
+        /// In maintenance now.
+        on: bool,
+        /// Workloads paused.
+        pause: bool,
+    },
+    /// A farmer moved node `from`'s record to the identity of node `to` (removed).
+    NodeMoved {
+        /// The kept node id.
+        from: u32,
+        /// The removed node id.
+        to: u32,
+        /// The twin that now runs node `from`.
+        twin_id: u32,
     },
     /// A contract was charged.
     ContractBilled {

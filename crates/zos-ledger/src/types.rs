@@ -144,6 +144,40 @@ pub struct Node {
     pub uptime: u64,
     /// Ledger time of the last update or uptime report.
     pub updated_at: u64,
+    /// Maintenance mode, set by the farmer (`set_node_maintenance`): new contracts are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Ledger time the node was last heard from directly: its last own transaction (uptime or
+    /// usage report, update). Kept on ledgers with fair billing (`offline_cutoff_secs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_seen: u64,
+}
+
+/// A node's maintenance mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Ledger time it started.
+    pub since: u64,
+    /// The farmer asked the node to pause its workloads (not billed while paused).
+    pub pause: bool,
+}
+
+/// Time a contract was not billed because its node was silent past the cut-off or paused for
+/// maintenance: `[from, to)` in ledger seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingGap {
+    /// Start (ledger time).
+    pub from: u64,
+    /// End (ledger time).
+    pub to: u64,
+}
+
+/// The most recent gaps kept per contract (the total stays in `offline_secs`).
+pub const MAX_GAPS: usize = 8;
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Lifecycle of a contract: created → grace period → deleted (grace can also return to created).
@@ -210,6 +244,20 @@ pub struct BillingInfo {
     pub total_billed: Balance,
     /// Ledger time of the next scheduled charge.
     pub next_bill: u64,
+    /// Fair billing: ledger time billing started (the node reported the deployment up);
+    /// `None` = not started, nothing is charged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    /// Fair billing: seconds never billed because the node was silent past the cut-off or
+    /// paused for maintenance (total).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offline_secs: u64,
+    /// Of those, the seconds after `last_billed` the next charge leaves out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offline_pending: u64,
+    /// The latest gaps (at most [`MAX_GAPS`]), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<BillingGap>,
 }
 
 /// A contract between a twin and the grid.
@@ -246,6 +294,10 @@ pub struct ContractResources {
     pub contract_id: u64,
     /// Used capacity.
     pub used: Resources,
+    /// The node runs the deployment (a workload is ok): fair billing starts at the first
+    /// report saying so. Absent (older nodes) counts as up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
 }
 
 /// Public network traffic of one contract over a window, as reported by its node.
@@ -341,6 +393,12 @@ pub struct Genesis {
     /// `DATA/producer.key`) when a new ledger starts from a file without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<PublicKey>,
+    /// Fair billing (docs/ledger.md): node contracts are billed from the node's first report
+    /// that the deployment is up, and not for time their node was silent longer than this many
+    /// seconds (nor paused for maintenance). Absent: billing from creation (ledgers made
+    /// before; a replay must derive the same blocks, so a chain never changes rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_cutoff_secs: Option<u64>,
 }
 
 fn default_billing_interval() -> u64 {
@@ -388,4 +446,7 @@ pub struct LedgerInfo {
     /// that told you this).
     #[serde(default)]
     pub producer: Option<PublicKey>,
+    /// Fair billing's cut-off (seconds), when the ledger bills fairly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_cutoff_secs: Option<u64>,
 }

@@ -114,6 +114,7 @@ async fn billing_grace_recovery_and_deletion() {
         Call::ReportContractResources(vec![ContractResources {
             contract_id: 1,
             used,
+            ok: None,
         }]),
     )
     .await

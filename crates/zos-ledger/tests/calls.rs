@@ -565,6 +565,7 @@ fn node_reports_resources_and_nru_for_its_own_contracts_only() {
     let report = Call::ReportContractResources(vec![ContractResources {
         contract_id: 1,
         used,
+        ok: None,
     }]);
     h.rejects(&user, report.clone(), "has no node");
     let ev = h.ok(&node, report);
@@ -597,6 +598,7 @@ fn node_reports_resources_and_nru_for_its_own_contracts_only() {
         Call::ReportContractResources(vec![ContractResources {
             contract_id: 1,
             used,
+            ok: None,
         }]),
         "not the owner of contract 1",
     );
@@ -606,10 +608,12 @@ fn node_reports_resources_and_nru_for_its_own_contracts_only() {
             ContractResources {
                 contract_id: 1,
                 used: zos_ledger::Resources::default(),
+                ok: None,
             },
             ContractResources {
                 contract_id: 77,
                 used,
+                ok: None,
             },
         ]),
         "unknown contract 77",

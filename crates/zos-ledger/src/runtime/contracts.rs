@@ -26,6 +26,9 @@ pub(super) fn create_node_contract(
     check_hash(deployment_hash)?;
     check_data(deployment_data)?;
     let node = node(st, *node_id)?;
+    if node.maintenance.is_some() {
+        return Err(TxError::NodeInMaintenance(*node_id));
+    }
     if st
         .get::<u64>(&keys::node_hash(*node_id, deployment_hash))?
         .is_some()

@@ -2,10 +2,13 @@
 
 use zos_types::crypto::PublicKey;
 
-use super::{TxError, farm, invalid, my_twin, node, owned_farm};
+use super::{Params, TxError, farm, invalid, my_twin, node, owned_farm};
+use crate::billing;
 use crate::state::{Overlay, keys};
 use crate::tx::Event;
-use crate::types::{Farm, Interface, Location, Node, PublicConfig, PublicIp, Resources};
+use crate::types::{
+    Farm, Interface, Location, Maintenance, Node, PublicConfig, PublicIp, Resources,
+};
 use crate::validate::{check_ip, check_name};
 
 /// `create_farm`: a uniquely named farm owned by the caller's twin.
@@ -91,6 +94,7 @@ pub(super) fn remove_ip(
 #[allow(clippy::too_many_arguments)] // one parameter per field of the call
 pub(super) fn create_node(
     st: &mut Overlay<'_>,
+    p: &Params,
     now: u64,
     who: &PublicKey,
     farm_id: &u32,
@@ -127,6 +131,8 @@ pub(super) fn create_node(
         created: now,
         uptime: 0,
         updated_at: now,
+        maintenance: None,
+        last_seen: if p.offline_cutoff.is_some() { now } else { 0 },
     };
     st.put(keys::node(id), &node);
     st.put(keys::node_by_twin(twin.id), &id);
@@ -138,6 +144,7 @@ pub(super) fn create_node(
 #[allow(clippy::too_many_arguments)] // one parameter per field of the call
 pub(super) fn update_node(
     st: &mut Overlay<'_>,
+    p: &Params,
     now: u64,
     who: &PublicKey,
     node_id: &u32,
@@ -179,6 +186,7 @@ pub(super) fn update_node(
     node.secure_boot = *secure_boot;
     node.serial_number = serial_number.to_owned();
     node.updated_at = now;
+    billing::node_heard_from(st, p, now, &mut node)?;
     st.put(keys::node(node.id), &node);
     ev.push(Event::NodeStored { node });
     Ok(())
@@ -187,6 +195,7 @@ pub(super) fn update_node(
 /// `report_uptime`: by the node's twin.
 pub(super) fn report_uptime(
     st: &mut Overlay<'_>,
+    p: &Params,
     now: u64,
     who: &PublicKey,
     uptime: &u64,
@@ -199,6 +208,7 @@ pub(super) fn report_uptime(
     let mut node = node(st, id)?;
     node.uptime = *uptime;
     node.updated_at = now;
+    billing::node_heard_from(st, p, now, &mut node)?;
     st.put(keys::node(id), &node);
     ev.push(Event::NodeUptimeReported {
         node_id: id,
@@ -227,5 +237,119 @@ pub(super) fn set_public_config(
         node_id: *node_id,
         config: config.clone(),
     });
+    Ok(())
+}
+
+/// `set_node_maintenance`: by the owner of the node's farm. Entering refuses new contracts on
+/// the node; each active contract's owner gets a `contract_node_maintenance` notice. Leaving a
+/// paused maintenance records the paused time as unbilled (fair billing).
+#[allow(clippy::too_many_arguments)] // one parameter per field of the call
+pub(super) fn set_maintenance(
+    st: &mut Overlay<'_>,
+    p: &Params,
+    now: u64,
+    who: &PublicKey,
+    node_id: u32,
+    on: bool,
+    pause: bool,
+    ev: &mut Vec<Event>,
+) -> Result<(), TxError> {
+    let mut node = node(st, node_id)?;
+    owned_farm(st, who, node.farm_id)
+        .map_err(|_| TxError::NotOwner(format!("farm of node {node_id}")))?;
+    if !on && pause {
+        return Err(invalid("pause", "only when entering maintenance"));
+    }
+    let before = node.clone();
+    if let (Some(cutoff), Some(m)) = (p.offline_cutoff, before.maintenance) {
+        // Leaving a paused maintenance, or changing it: the paused time so far is unserved.
+        if m.pause {
+            billing::for_each_active_contract(st, node_id, |c| {
+                billing::account_unserved(c, &before, cutoff, now)
+            })?;
+        }
+    }
+    node.maintenance = on.then_some(Maintenance {
+        since: match before.maintenance {
+            // Changing `pause` restarts the clock the unserved time is counted from.
+            Some(m) if m.pause == pause => m.since,
+            _ => now,
+        },
+        pause,
+    });
+    node.updated_at = now;
+    st.put(keys::node(node_id), &node);
+    ev.push(Event::NodeMaintenanceSet { node_id, on, pause });
+    let mut notices = Vec::new();
+    billing::for_each_active_contract(st, node_id, |c| {
+        notices.push(Event::ContractNodeMaintenance {
+            contract_id: c.id,
+            node_id,
+            twin_id: c.twin_id,
+            on,
+            pause,
+        })
+    })?;
+    ev.extend(notices);
+    Ok(())
+}
+
+/// `move_node`: by the owner of both nodes' farm. Node `from` (its id, contracts, public
+/// config) now belongs to the twin of node `to`, whose record is removed.
+pub(super) fn move_node(
+    st: &mut Overlay<'_>,
+    p: &Params,
+    now: u64,
+    who: &PublicKey,
+    from: u32,
+    to: u32,
+    ev: &mut Vec<Event>,
+) -> Result<(), TxError> {
+    if from == to {
+        return Err(invalid("to", "a node cannot move to itself"));
+    }
+    let mut old = node(st, from)?;
+    let new = node(st, to)?;
+    owned_farm(st, who, old.farm_id)
+        .map_err(|_| TxError::NotOwner(format!("farm of node {from}")))?;
+    if new.farm_id != old.farm_id {
+        return Err(invalid(
+            "to",
+            format!(
+                "node {to} is in farm {}, node {from} in farm {}",
+                new.farm_id, old.farm_id
+            ),
+        ));
+    }
+    if !st.scan_prefix(&keys::node_contracts_prefix(to))?.is_empty() {
+        return Err(invalid(
+            "to",
+            format!("node {to} has active contracts: cancel them first"),
+        ));
+    }
+    st.delete(keys::node_by_twin(old.twin_id));
+    st.delete(keys::node(to));
+    st.put(keys::node_by_twin(new.twin_id), &from);
+    old.twin_id = new.twin_id;
+    old.resources = new.resources;
+    old.interfaces = new.interfaces;
+    old.features = new.features;
+    old.version = new.version;
+    old.virtualized = new.virtualized;
+    old.secure_boot = new.secure_boot;
+    old.serial_number = new.serial_number;
+    old.uptime = new.uptime;
+    old.updated_at = now;
+    if p.offline_cutoff.is_some() {
+        // Heard from through the new identity: the old one's silence ends here.
+        billing::node_heard_from(st, p, now, &mut old)?;
+    }
+    st.put(keys::node(from), &old);
+    ev.push(Event::NodeMoved {
+        from,
+        to,
+        twin_id: old.twin_id,
+    });
+    ev.push(Event::NodeStored { node: old });
     Ok(())
 }

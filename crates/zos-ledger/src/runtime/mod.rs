@@ -37,6 +37,8 @@ pub struct Params {
     pub billing_interval: u64,
     /// Seconds of grace before deletion.
     pub grace_period: u64,
+    /// Fair billing's cut-off (`Genesis::offline_cutoff_secs`); `None`: billing from creation.
+    pub offline_cutoff: Option<u64>,
 }
 
 /// Maximum length of `deployment_data` (upstream `MaxDeploymentDataLength`).
@@ -79,6 +81,7 @@ pub fn apply(
             serial_number,
         } => farms::create_node(
             st,
+            p,
             now,
             who,
             farm_id,
@@ -106,6 +109,7 @@ pub fn apply(
             serial_number,
         } => farms::update_node(
             st,
+            p,
             now,
             who,
             node_id,
@@ -120,7 +124,11 @@ pub fn apply(
             serial_number,
             &mut ev,
         )?,
-        Call::ReportUptime { uptime } => farms::report_uptime(st, now, who, uptime, &mut ev)?,
+        Call::ReportUptime { uptime } => farms::report_uptime(st, p, now, who, uptime, &mut ev)?,
+        Call::SetNodeMaintenance { node_id, on, pause } => {
+            farms::set_maintenance(st, p, now, who, *node_id, *on, *pause, &mut ev)?
+        }
+        Call::MoveNode { from, to } => farms::move_node(st, p, now, who, *from, *to, &mut ev)?,
         Call::SetNodePublicConfig { node_id, config } => {
             farms::set_public_config(st, now, who, node_id, config, &mut ev)?
         }
@@ -159,9 +167,9 @@ pub fn apply(
             contracts::create_name_contract(st, p, now, who, name, &mut ev)?
         }
         Call::ReportContractResources(reports) => {
-            reports::contract_resources(st, who, reports, &mut ev)?
+            reports::contract_resources(st, p, now, who, reports, &mut ev)?
         }
-        Call::AddNruReports(reports) => reports::nru(st, who, reports, &mut ev)?,
+        Call::AddNruReports(reports) => reports::nru(st, p, now, who, reports, &mut ev)?,
         Call::SetZosVersion {
             version,
             safe_to_upgrade,

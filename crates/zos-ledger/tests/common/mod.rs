@@ -35,7 +35,11 @@ impl Harness {
     }
 
     pub fn with_store(store: Arc<dyn LedgerStore>) -> Self {
-        let chain = Chain::open(store.clone(), Some(dev::genesis(T0))).unwrap();
+        Self::with_genesis(store, dev::genesis(T0))
+    }
+
+    pub fn with_genesis(store: Arc<dyn LedgerStore>, genesis: zos_ledger::Genesis) -> Self {
+        let chain = Chain::open(store.clone(), Some(genesis)).unwrap();
         Harness {
             reader: Reader::new(store.clone()),
             store,
