@@ -88,12 +88,36 @@ if [ -n "$fullvm" ] && [ -z "$zip" ] && [ -f /cidata/network-config ]; then
   zip=$(sed -n '/addresses:/{n;s/^ *- //p;q}' /cidata/network-config)
   zgw=$(sed -n 's/^ *gateway4: //p' /cidata/network-config | head -n 1)
 fi
+# A public IP: the public NIC (found by its MAC) holds it and the default route; the private
+# one keeps routes to its network only (zos.routes).
+zpub=; zpubgw=; zpub6=; zpubmac=; zroutes=
+for arg in $cmdline; do
+  case "$arg" in zos.pub=*) zpub=${arg#zos.pub=};; zos.pubgw=*) zpubgw=${arg#zos.pubgw=};;
+    zos.pub6=*) zpub6=${arg#zos.pub6=};; zos.pubmac=*) zpubmac=${arg#zos.pubmac=};;
+    zos.routes=*) zroutes=${arg#zos.routes=};; esac
+done
 ip link set lo up
 if [ -n "$zip" ]; then
   i=0
   while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  ip link set eth0 up && ip addr add "$zip" dev eth0 && ip route add default via "$zgw" \
-    && echo "ZOS-INIT: eth0 $zip via $zgw"
+  if [ -n "$zpubmac" ]; then
+    ip link set eth0 up && ip addr add "$zip" dev eth0 && echo "ZOS-INIT: eth0 $zip"
+    for r in $(echo "$zroutes" | tr , ' '); do ip route add "$r" via "$zgw"; done
+  else
+    ip link set eth0 up && ip addr add "$zip" dev eth0 && ip route add default via "$zgw" \
+      && echo "ZOS-INIT: eth0 $zip via $zgw"
+  fi
+fi
+if [ -n "$zpubmac" ]; then
+  pdev=; i=0
+  while [ -z "$pdev" ] && [ $i -lt 100 ]; do
+    for n in /sys/class/net/*; do [ "$(cat $n/address)" = "$zpubmac" ] && pdev=${n##*/}; done
+    [ -z "$pdev" ] && sleep 0.1; i=$((i+1))
+  done
+  ip link set "$pdev" up
+  [ -n "$zpub" ] && ip addr add "$zpub" dev "$pdev" && ip route add default via "$zpubgw" \
+    && echo "ZOS-INIT: $pdev $zpub via $zpubgw (public)"
+  [ -n "$zpub6" ] && ip addr add "$zpub6" dev "$pdev" && echo "ZOS-INIT: $pdev $zpub6 (public)"
 fi
 p9="trans=virtio,version=9p2000.L,msize=262144"
 fs=9p

@@ -11,16 +11,20 @@ pub const IMAGE_SIZE: u64 = 2 << 20;
 /// Upstream's nameservers.
 pub const NAMESERVERS: [&str; 3] = ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888"];
 
-/// The private interface of a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An interface of a VM: the private one (`eth0`), and the public one (`eth1`) of a VM with
+/// a public IP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interface {
     /// Guest interface name (`eth0`).
     pub name: String,
     /// MAC (`aa:bb:…`).
     pub mac: String,
-    /// `a.b.c.d/n`.
+    /// `a.b.c.d/n` (may be empty: a public NIC with only IPv6).
     pub address: String,
-    /// Gateway (the network resource's `.1`).
+    /// An IPv6 `addr/64` (the public NIC's SLAAC address), or empty.
+    pub address6: String,
+    /// IPv4 gateway (the network resource's `.1`, or the farm's for the public NIC), or
+    /// empty: no default route through this interface.
     pub gateway: String,
     /// Extra routes `(destination, via)`.
     pub routes: Vec<(String, String)>,
@@ -82,9 +86,14 @@ impl CloudConfig {
         let mut s = String::from("version: 2\nethernets:\n");
         for i in &self.interfaces {
             s += &format!(
-                "  {}:\n    match:\n      macaddress: {}\n    set-name: {}\n    addresses:\n    - {}\n",
-                i.name, i.mac, i.name, i.address
+                "  {}:\n    match:\n      macaddress: {}\n    set-name: {}\n    addresses:\n",
+                i.name, i.mac, i.name
             );
+            for a in [&i.address, &i.address6] {
+                if !a.is_empty() {
+                    s += &format!("    - {a}\n");
+                }
+            }
             if !i.gateway.is_empty() {
                 s += &format!("    gateway4: {}\n", i.gateway);
             }
@@ -188,6 +197,7 @@ mod tests {
                 address: "10.20.2.5/24".into(),
                 gateway: "10.20.2.1".into(),
                 routes: vec![("10.20.0.0/16".into(), "10.20.2.1".into())],
+                ..Default::default()
             }],
             ssh_keys: CloudConfig::keys_from_env(
                 &[(
@@ -223,6 +233,24 @@ mod tests {
         assert!(
             c.user_data()
                 .starts_with("#cloud-config\nusers:\n- name: root\n")
+        );
+        // A public NIC: its own MAC, both addresses, the farm's gateway as the default route;
+        // the private NIC then has routes only.
+        let mut p = cfg();
+        p.interfaces[0].gateway.clear();
+        p.interfaces.push(Interface {
+            name: "eth1".into(),
+            mac: "ee:cb:5b:ec:5f:85".into(),
+            address: "203.0.113.10/24".into(),
+            address6: "2001:db8:1:0:eccb:5bff:feec:5f85/64".into(),
+            gateway: "203.0.113.1".into(),
+            routes: vec![],
+        });
+        let n = p.network_config();
+        assert_eq!(n.matches("gateway4:").count(), 1, "{n}");
+        assert!(
+            n.contains("  eth1:\n    match:\n      macaddress: ee:cb:5b:ec:5f:85\n    set-name: eth1\n    addresses:\n    - 203.0.113.10/24\n    - 2001:db8:1:0:eccb:5bff:feec:5f85/64\n    gateway4: 203.0.113.1\n"),
+            "{n}"
         );
         assert!(valid_env_name("A_1") && !valid_env_name("1A") && !valid_env_name("A-B"));
     }

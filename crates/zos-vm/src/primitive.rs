@@ -88,10 +88,15 @@ const FIXED: &str = "fixed";
 /// What an update cannot change: the image (the writable root is an overlay over it) and the
 /// network identity (tap, address). A VM with another of these is a new VM.
 fn fixed_part(spec: &Spec) -> String {
-    format!(
+    let mut s = format!(
         "flist={}\nnetwork={}\nip={}\n",
         spec.flist, spec.iface.network, spec.iface.ip
-    )
+    );
+    // Only when set, so that VMs recorded before public IPs keep their record.
+    if !spec.public_ip.is_empty() {
+        s += &format!("public_ip={}\n", spec.public_ip);
+    }
+    s
 }
 
 /// The fields both machine types share.
@@ -102,12 +107,18 @@ struct Spec {
     entrypoint: String,
     env: BTreeMap<String, String>,
     iface: MachineInterface,
+    /// The `ip`/`ipv4` workload whose public tap is the VM's second NIC (zmachine only).
+    public_ip: String,
     /// Upstream's RootSize: `size`, at least MinRootSize for the CPU and memory.
     root_size: u64,
 }
 
 fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
     let data = wl.typed_data().map_err(|e| invalid(e.to_string()))?;
+    let public_ip = match &data {
+        WorkloadData::Zmachine(z) => z.network.public_ip.clone(),
+        _ => String::new(),
+    };
     let (root_size, (flist, cap, mounts, entrypoint, env, ifaces)) = match data {
         WorkloadData::Zmachine(z) => (
             z.root_size(),
@@ -160,8 +171,66 @@ fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
         entrypoint,
         env,
         iface,
+        public_ip,
         root_size,
     })
+}
+
+/// The public NIC of a VM whose `network.public_ip` names an `ip`/`ipv4` workload: that
+/// workload's tap (made by zos-network's `ip` primitive, upstream names) and its addresses.
+struct PublicNic {
+    tap: String,
+    mac: String,
+    /// `a.b.c.d/n`, when the workload has an IPv4.
+    ipv4: Option<String>,
+    /// The farm's IPv4 gateway.
+    gw4: Option<String>,
+    /// `addr/64`, when the workload has an IPv6.
+    ipv6: Option<String>,
+}
+
+fn public_nic(ctx: &WorkloadCtx, name: &str) -> Result<Option<PublicNic>, PrimitiveError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let sib = ctx.sibling(name).ok_or_else(|| {
+        invalid(format!(
+            "public_ip {name:?}: no such workload in the deployment"
+        ))
+    })?;
+    if !matches!(sib.workload_type(), WorkloadType::Ip | WorkloadType::Ipv4) {
+        return Err(invalid(format!(
+            "public_ip {name:?} is a {}, not an ip workload",
+            sib.workload_type()
+        )));
+    }
+    let r: zos_types::data::PublicIpResult = sib.result()?;
+    let tap = zos_types::ids::unique(&sib.workload_id(), "pub");
+    let mac = zos_types::ids::format_mac(&zos_types::ids::hardware_addr(tap.as_bytes()));
+    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+    Ok(Some(PublicNic {
+        tap,
+        mac,
+        ipv4: some(r.ip.to_string()),
+        gw4: some(r.gateway.to_string()),
+        ipv6: some(r.ip6.to_string()),
+    }))
+}
+
+/// The private network's range (`10.20.0.0/16`), routed through the private NIC when the
+/// default route is the public one.
+fn network_range(ctx: &WorkloadCtx, network: &str) -> Option<String> {
+    let range = match ctx.shared(network)?.data().ok()? {
+        WorkloadData::Network(n) => n.ip_range,
+        WorkloadData::NetworkLight(n) => n.ip_range,
+        _ => return None,
+    };
+    let (a, len) = range.get()?;
+    let IpAddr::V4(a) = a else { return None };
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0);
+    Some(format!("{}/{len}", Ipv4Addr::from(u32::from(a) & mask)))
 }
 
 /// The volume holding a container-mode VM's writable root (RootSize quota). Workload ids
@@ -492,6 +561,7 @@ impl Vms {
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         let spec = spec_of(wl)?;
         let (ip, prefix, gw) = resolve_network(ctx, &spec.iface)?;
+        let public = public_nic(ctx, &spec.public_ip)?;
         let wlid = ctx.workload_id.clone();
         let dir = self.vm_dir(&wlid);
         let io = |what: &str| {
@@ -635,16 +705,47 @@ impl Vms {
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":");
+        // With a public IP the default route is the public NIC's (upstream): the private NIC
+        // keeps routes to its network and the WireGuard range.
+        let mut private_routes = vec![("100.64.0.0/16".to_string(), gw.to_string())];
+        if public.is_some() {
+            if let Some(range) = network_range(ctx, &spec.iface.network) {
+                private_routes.insert(0, (range, gw.to_string()));
+            }
+        }
+        let mut interfaces = vec![crate::cloudinit::Interface {
+            name: "eth0".into(),
+            mac: mac.clone(),
+            address: format!("{ip}/{prefix}"),
+            gateway: if public.is_some() {
+                String::new()
+            } else {
+                gw.to_string()
+            },
+            routes: private_routes.clone(),
+            ..Default::default()
+        }];
+        if let Some(p) = &public {
+            // The tap is the ip workload's (installed before VMs): it must exist here.
+            if !link_exists(ns, &p.tap).await {
+                return Err(PrimitiveError::Failed(format!(
+                    "public_ip {:?}: its tap {} does not exist",
+                    spec.public_ip, p.tap
+                )));
+            }
+            interfaces.push(crate::cloudinit::Interface {
+                name: "eth1".into(),
+                mac: p.mac.clone(),
+                address: p.ipv4.clone().unwrap_or_default(),
+                gateway: p.gw4.clone().unwrap_or_default(),
+                address6: p.ipv6.clone().unwrap_or_default(),
+                ..Default::default()
+            });
+        }
         let ci = CloudConfig {
             instance_id: wlid.clone(),
             hostname: wl.name.clone(),
-            interfaces: vec![crate::cloudinit::Interface {
-                name: "eth0".into(),
-                mac: mac.clone(),
-                address: format!("{ip}/{prefix}"),
-                gateway: gw.to_string(),
-                routes: vec![("100.64.0.0/16".into(), gw.to_string())],
-            }],
+            interfaces,
             ssh_keys: CloudConfig::keys_from_env(&spec.env),
             mounts: shares
                 .iter()
@@ -665,6 +766,18 @@ impl Vms {
         );
         for (tag, _, path) in &shares {
             append += &format!(" zos.mount={tag}:{path}");
+        }
+        // The public NIC for the test guest's init (cloud-init guests read network-config).
+        if let Some(p) = &public {
+            append += &format!(" zos.pubmac={}", p.mac);
+            if let (Some(a), Some(g)) = (&p.ipv4, &p.gw4) {
+                append += &format!(" zos.pub={a} zos.pubgw={g}");
+            }
+            if let Some(a) = &p.ipv6 {
+                append += &format!(" zos.pub6={a}");
+            }
+            let routes: Vec<&str> = private_routes.iter().map(|(to, _)| to.as_str()).collect();
+            append += &format!(" zos.routes={}", routes.join(","));
         }
         let mut args: Vec<String> = vec![
             "-name".into(),
@@ -703,6 +816,18 @@ impl Vms {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&supervisor::qmp_path(&dir))),
         ];
+        // The public NIC second, so that the private one stays the guest's eth0.
+        if let Some(p) = &public {
+            args.extend([
+                "-netdev".into(),
+                format!(
+                    "tap,id=net1,ifname={},script=no,downscript=no,vhost=off",
+                    p.tap
+                ),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=net1,mac={}", p.mac),
+            ]);
+        }
         let mut all_shares = Vec::new();
         if let Some((kernel, initrd, root)) = &boot {
             args.extend([
