@@ -604,7 +604,8 @@ impl Grid {
                         node_id: node.id,
                         deployment_hash: hash,
                         deployment_data: d.metadata.clone(),
-                        public_ips: 0,
+                        // One reserved IPv4 per `ipv4` / `ip` (v4) workload (IPV4U).
+                        public_ips: public_ipv4_count(&d),
                     },
                 )
                 .await?;
@@ -900,6 +901,18 @@ const WAIT_HOLD: Duration = Duration::from_secs(10);
 struct WaitReply {
     settled: bool,
     deployment: Deployment,
+}
+
+/// How many public IPv4 addresses the contract of `d` reserves: its IPV4U (one per `ipv4`
+/// workload and per `ip` workload with `v4`).
+pub fn public_ipv4_count(d: &Deployment) -> u32 {
+    d.workloads
+        .iter()
+        .filter_map(|w| w.capacity().ok())
+        .map(|c| c.ipv4u)
+        .sum::<u64>()
+        .try_into()
+        .unwrap_or(u32::MAX)
 }
 
 /// The workloads `sent` changes (their version is the deployment's).

@@ -254,6 +254,9 @@ pub enum WorkloadSpec {
     Zmount(SizeSpec),
     /// A private network over the deployment's nodes (the mesh is computed at deploy time).
     Network(NetworkSpec),
+    /// A public IP for a VM (`network.public_ip` of a zmachine names it): `v4` reserves one
+    /// of the farm's IPv4 addresses with the contract, `v6` takes the node's public /64.
+    Ip(IpSpec),
     /// Any upstream workload, data as upstream JSON.
     Raw(RawSpec),
 }
@@ -294,6 +297,21 @@ pub fn parse_range(s: &str) -> Result<std::net::Ipv4Addr, String> {
         ));
     }
     Ok(a)
+}
+
+/// `ip:` fields (at least one of them true).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpSpec {
+    /// One of the farm's public IPv4 addresses, reserved by the contract.
+    #[serde(default)]
+    pub v4: bool,
+    /// The SLAAC address of the VM's public NIC in the node's public IPv6 /64.
+    #[serde(default)]
+    pub v6: bool,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// `zdb:` fields.
@@ -530,6 +548,11 @@ impl WorkloadSpec {
                     n.description.clone(),
                 )
             }
+            WorkloadSpec::Ip(i) => (
+                WorkloadType::Ip,
+                json!({"v4": i.v4, "v6": i.v6}),
+                i.description.clone(),
+            ),
             WorkloadSpec::Raw(r) => (
                 WorkloadType::parse(&r.workload_type),
                 r.data.clone(),
@@ -563,6 +586,22 @@ mod tests {
         assert_eq!(d.workloads[0].data["mode"], "seq");
         assert_eq!(d.workloads[1].workload_type, WorkloadType::Volume);
         assert_eq!(d.signature_requirement.requests[0].twin_id, 7);
+    }
+
+    #[test]
+    fn ip_workloads_reserve_one_ipv4_each_with_v4() {
+        let s = spec(
+            "name: web\nnode: 1\nworkloads:\n  pub:\n    ip: { v4: true, v6: true }\n  pub6:\n    ip: { v6: true }\n",
+        );
+        let d = s.to_deployment(7, None);
+        d.validate().unwrap();
+        assert_eq!(d.workloads[0].workload_type, WorkloadType::Ip);
+        assert_eq!(d.workloads[0].data, json!({"v4": true, "v6": true}));
+        assert_eq!(crate::grid::public_ipv4_count(&d), 1);
+        let e = err("name: web\nworkloads:\n  pub:\n    ip: {}\n");
+        assert!(e.contains("public ip workload with no selections"), "{e}");
+        let e = err("name: web\nworkloads:\n  pub:\n    ip: { v4: yes please }\n");
+        assert!(e.contains("line"), "{e}");
     }
 
     #[test]
