@@ -24,6 +24,9 @@ pub mod sni;
 
 mod primitive;
 
+/// The attribute [`NameOwners`] implementations need (re-exported so that they need no
+/// dependency of their own).
+pub use async_trait::async_trait;
 pub use certs::{CertStore, DevCa, Issuer};
 pub use primitive::{FqdnProxy, Gateway, NameProxy};
 
@@ -32,7 +35,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use zos_primitive::PrimitiveRegistry;
 
 /// Who owns the active name contracts: the ledger, seen through the node's client.
