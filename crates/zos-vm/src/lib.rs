@@ -18,4 +18,4 @@ pub mod supervisor;
 
 pub use hypervisor::Hypervisor;
 pub use primitive::{VmConfig, Vms, ZMachinePrimitive, register};
-pub use supervisor::{Launch, Started, Supervisor, SupervisorConfig, VmError};
+pub use supervisor::{ConsoleAt, Launch, Started, Supervisor, SupervisorConfig, VmError};

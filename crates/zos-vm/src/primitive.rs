@@ -22,7 +22,7 @@ use zos_types::{Workload, WorkloadType};
 
 use crate::cloudinit::{CloudConfig, valid_env_name};
 use crate::hypervisor::{self, Hypervisor};
-use crate::supervisor::{self, Launch, Supervisor, SupervisorConfig};
+use crate::supervisor::{self, ConsoleAt, Launch, Supervisor, SupervisorConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -42,6 +42,9 @@ pub struct VmConfig {
     /// QEMU's built-in 9p. Default: `ZOS_VIRTIOFSD`, else Debian's `/usr/lib/qemu/virtiofsd`
     /// (package `qemu-system-common`) or `/usr/libexec/virtiofsd` when present.
     pub virtiofsd: Option<PathBuf>,
+    /// Prefix of the network resources' namespace names (`<prefix>n-<netid>`, see
+    /// zos-network's `NetConfig::ns_prefix`): each VM's console is served in its NR's.
+    pub nr_ns_prefix: String,
 }
 
 /// The virtiofsd this host has (see [`VmConfig::virtiofsd`]).
@@ -65,6 +68,7 @@ impl VmConfig {
             supervisor: SupervisorConfig::default(),
             force_tcg: false,
             virtiofsd: find_virtiofsd(),
+            nr_ns_prefix: String::new(),
         }
     }
 }
@@ -919,6 +923,15 @@ impl Vms {
         args.push("-device".into());
         args.push("virtio-blk-pci,drive=cidata,serial=cidata".into());
 
+        // Upstream's console address: the NR gateway, port 20000 + the VM's last octet.
+        let console_at = ConsoleAt {
+            netns: Some(format!(
+                "{}n-{}",
+                self.cfg.nr_ns_prefix,
+                zos_types::ids::network_id(ctx.twin, &spec.iface.network)
+            )),
+            addr: std::net::SocketAddr::from((gw, 20000 + u16::from(ip.octets()[3]))),
+        };
         self.sup
             .ensure(
                 &wlid,
@@ -927,6 +940,7 @@ impl Vms {
                     args,
                     secrets,
                     helpers,
+                    console: Some(console_at.clone()),
                 },
             )
             .await
@@ -934,7 +948,7 @@ impl Vms {
         let result = ZMachineResult {
             id: wlid,
             ip: ip.to_string(),
-            console_url: format!("{gw}:{}", 20000 + u32::from(ip.octets()[3])),
+            console_url: console_at.addr.to_string(),
             ..Default::default()
         };
         serde_json::to_value(result).map_err(PrimitiveError::failed)

@@ -28,6 +28,18 @@ pub struct Launch {
     /// Processes QEMU connects to (virtiofsd), started before it at every (re)start; they
     /// exit when QEMU disconnects and are killed when the VM stops.
     pub helpers: Vec<Helper>,
+    /// Where the console is served (see [`crate::console::serve`]): the network resource's
+    /// namespace and `gateway:20000+octet`. None: only logged.
+    pub console: Option<ConsoleAt>,
+}
+
+/// A console listen address.
+#[derive(Debug, Clone)]
+pub struct ConsoleAt {
+    /// The namespace the address lives in (None: the agent's).
+    pub netns: Option<String>,
+    /// The address.
+    pub addr: std::net::SocketAddr,
 }
 
 /// A process serving QEMU on a unix socket.
@@ -230,10 +242,22 @@ impl Supervisor {
             stop,
         });
         // The console copier runs for the VM's whole life and reconnects across restarts.
+        let (hub, hub_rx) = crate::console::hub();
+        if let Some(at) = &vm.launch.console {
+            tokio::spawn(crate::console::serve(
+                at.netns.clone(),
+                at.addr,
+                dir.to_path_buf(),
+                hub.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(crate::console::run(
             console_sock(dir),
             crate::console::log_path(dir),
             crate::console::ROTATE_AT,
+            hub,
+            hub_rx,
             stop_rx,
         ));
         let (child, pid, how) = match live_pid(dir) {

@@ -75,6 +75,7 @@ fn launch(guest: &Path, dir: &Path) -> Launch {
         args,
         secrets: Vec::new(),
         helpers: Vec::new(),
+        console: None,
     }
 }
 

@@ -63,6 +63,7 @@ async fn start_node(env: &Env, chain: Arc<FakeChain>, guest: &Path) -> Node {
     let mut cfg = zos_vm::VmConfig::new(env.dir.join("vm"));
     cfg.cloud_container = Some(guest.to_path_buf());
     cfg.supervisor.shutdown_grace = Duration::from_secs(1);
+    cfg.nr_ns_prefix = ns_prefix();
     let vms = zos_vm::Vms::new(cfg, Some(storage.clone()));
     zos_vm::register(&mut reg, vms.clone());
     reg.start().await.unwrap();
@@ -451,6 +452,41 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
             .await
             .is_err()
     );
+    // The console is served at console_url inside the private network (the NR's namespace):
+    // HTTP gets the log's tail, a raw TCP client the live serial line.
+    let nr = format!(
+        "{}n-{}",
+        ns_prefix(),
+        zos_types::ids::network_id(TWIN, "vmnet")
+    );
+    let page = std::process::Command::new("ip")
+        .args(["netns", "exec", &nr, "curl", "-sS", "--max-time", "10"])
+        .arg("http://10.20.2.1:20005/")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("ENV-HELLO=world from zos"), "{page}");
+    let last_tick = |c: &str| {
+        c.rsplit("TICK-")
+            .next()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let seen = last_tick(&console(&dir));
+    let raw = std::process::Command::new("ip")
+        .args(["netns", "exec", &nr, "bash", "-c"])
+        .arg("exec 3<>/dev/tcp/10.20.2.1/20005; timeout 4 cat <&3")
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    // The backlog, then ticks printed after the client connected (one a second).
+    assert!(raw.contains("TICK-"), "raw console: {raw}");
+    assert!(
+        last_tick(&raw) > seen,
+        "no live output after TICK-{seen}: {raw}"
+    );
+    // Outside the private network (this namespace) nothing listens there.
+    assert!(std::net::TcpStream::connect("10.20.2.1:20005").is_err());
     let pid = node.vms.supervisor().pid(wlid).unwrap();
     let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
