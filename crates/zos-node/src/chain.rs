@@ -63,8 +63,9 @@ pub trait Chain: Send + Sync {
     /// The account key of a twin (used to verify deployment signatures).
     async fn twin_key(&self, twin: u32) -> Result<Option<PublicKey>, ChainError>;
 
-    /// Reports the resources used by each contract (after every job).
-    async fn report_resources(&self, used: &[(u64, Capacity)]) -> Result<(), ChainError>;
+    /// Reports the resources used by each contract (after every job), and whether the
+    /// deployment is up (a workload ok or paused): fair billing starts with the first `true`.
+    async fn report_resources(&self, used: &[(u64, Capacity, bool)]) -> Result<(), ChainError>;
 
     /// Reports network units consumed per contract (`add_nru_reports`).
     async fn report_nru(&self, reports: &[NruReport]) -> Result<(), ChainError>;
@@ -172,11 +173,11 @@ pub mod fake {
                 .copied())
         }
 
-        async fn report_resources(&self, used: &[(u64, Capacity)]) -> Result<(), ChainError> {
+        async fn report_resources(&self, used: &[(u64, Capacity, bool)]) -> Result<(), ChainError> {
             self.reports
                 .lock()
                 .expect("fake chain lock")
-                .extend_from_slice(used);
+                .extend(used.iter().map(|(id, c, _)| (*id, *c)));
             Ok(())
         }
 

@@ -90,15 +90,40 @@ fn contract_info(c: zos_ledger::Contract) -> ContractInfo {
     }
 }
 
+fn paused_for_maintenance(n: &zos_ledger::Node) -> bool {
+    n.maintenance.is_some_and(|m| m.pause)
+}
+
+/// The engine pauses contracts in their grace period; a paused maintenance is the same to it.
+fn maintenance_status(mut c: ContractInfo, paused: bool) -> ContractInfo {
+    if paused {
+        c.status = ContractStatus::GracePeriod;
+    }
+    c
+}
+
 #[async_trait]
 impl Chain for NodeLedger {
     async fn contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
-        Ok(self
+        let Some(c) = self
             .client
             .contract(id)
             .await
             .map_err(|e| cerr("get contract", e))?
-            .map(contract_info))
+            .map(contract_info)
+        else {
+            return Ok(None);
+        };
+        let paused = match c.node_id {
+            Some(n) if c.status == ContractStatus::Created => self
+                .client
+                .node(n)
+                .await
+                .map_err(|e| cerr("get node", e))?
+                .is_some_and(|n| paused_for_maintenance(&n)),
+            _ => false,
+        };
+        Ok(Some(maintenance_status(c, paused)))
     }
 
     async fn verified_contract(&self, id: u64) -> Result<Option<ContractInfo>, ChainError> {
@@ -114,7 +139,26 @@ impl Chain for NodeLedger {
                 message: format!("proven record of contract {id} names contract {}", c.id),
                 rejected: false,
             }),
-            other => Ok(other.map(contract_info)),
+            Some(c) => {
+                let c = contract_info(c);
+                // A node its farmer paused for maintenance pauses its contracts as a grace
+                // period does, on the same proof standard (the node record, proven).
+                let paused = match c.node_id {
+                    Some(n) if c.status == ContractStatus::Created => {
+                        let v = self
+                            .client
+                            .verified_node(n)
+                            .await
+                            .map_err(|e| cerr("verify node", e))?;
+                        v.value
+                            .filter(|node| node.id == n)
+                            .is_some_and(|node| paused_for_maintenance(&node))
+                    }
+                    _ => false,
+                };
+                Ok(Some(maintenance_status(c, paused)))
+            }
+            None => Ok(None),
         }
     }
 
@@ -143,10 +187,10 @@ impl Chain for NodeLedger {
             .map(|t| t.account))
     }
 
-    async fn report_resources(&self, used: &[(u64, Capacity)]) -> Result<(), ChainError> {
+    async fn report_resources(&self, used: &[(u64, Capacity, bool)]) -> Result<(), ChainError> {
         let reports = used
             .iter()
-            .map(|(id, c)| ContractResources {
+            .map(|(id, c, up)| ContractResources {
                 contract_id: *id,
                 used: Resources {
                     cru: c.cru,
@@ -154,6 +198,7 @@ impl Chain for NodeLedger {
                     hru: c.hru,
                     mru: c.mru,
                 },
+                ok: Some(*up),
             })
             .collect();
         self.send(

@@ -200,14 +200,16 @@ impl Worker for RegistrarWorker {
         let mut uptime = tokio::time::interval(self.cfg.uptime_interval);
         let mut recheck = tokio::time::interval(self.cfg.registration_interval);
         recheck.tick().await; // registration just ran at start
+        // An uptime report the ledger did not get is retried every few seconds instead of
+        // at the next interval: the ledger's "last seen" (and fair billing) then follows the
+        // node as soon as the ledger is reachable again.
+        let mut pending = false;
+        let retry = UPTIME_RETRY.min(self.cfg.uptime_interval);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = uptime.tick() => {
-                    if let Err(e) = registrar::report_uptime(&self.ledger).await {
-                        tracing::warn!(error = %e, "uptime report failed");
-                    }
-                }
+                _ = uptime.tick() => pending = true,
+                _ = tokio::time::sleep(retry), if pending => {}
                 _ = recheck.tick() => {
                     let facts = registrar::discover(self.cfg.farm_id, &self.registry).await;
                     let public = self.public;
@@ -215,11 +217,21 @@ impl Worker for RegistrarWorker {
                         Ok(r) => self.state.farm_twin.store(r.farm_twin, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e, "registration re-check failed"),
                     }
+                    continue;
+                }
+            }
+            if pending {
+                match registrar::report_uptime(&self.ledger).await {
+                    Ok(()) => pending = false,
+                    Err(e) => tracing::warn!(error = %e, "uptime report failed; retrying"),
                 }
             }
         }
     }
 }
+
+/// How soon a failed uptime report is sent again.
+const UPTIME_RETRY: Duration = Duration::from_secs(10);
 
 async fn wait(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {

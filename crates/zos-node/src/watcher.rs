@@ -82,6 +82,28 @@ pub fn apply(
             tracing::info!(contract = contract_id, "grace period ended: resuming");
             engine.enqueue(*twin_id, *contract_id, JobOp::Resume)?;
         }
+        Event::ContractNodeMaintenance {
+            contract_id,
+            node_id,
+            twin_id,
+            on,
+            pause,
+        } if *node_id == me => {
+            // The farmer paused the node's workloads for maintenance, or ended it: the same
+            // jobs as a grace period (the pause is confirmed against the proven node record).
+            if *on && *pause {
+                tracing::info!(contract = contract_id, "maintenance with pause: pausing");
+                engine.enqueue(*twin_id, *contract_id, JobOp::Pause)?;
+            } else if !*on {
+                tracing::info!(contract = contract_id, "maintenance ended: resuming");
+                engine.enqueue(*twin_id, *contract_id, JobOp::Resume)?;
+            } else {
+                tracing::info!(
+                    contract = contract_id,
+                    "node in maintenance; workloads keep running"
+                );
+            }
+        }
         Event::NodePublicConfigStored { node_id, config } if *node_id == me => {
             tracing::info!(?config, "public config changed: reconfiguring");
             let json = config.as_ref().map(public_config_json);
@@ -233,6 +255,28 @@ mod tests {
                 node_id: 7,
                 twin_id: 3,
             },
+            // maintenance: kept running, paused, ended
+            Event::ContractNodeMaintenance {
+                contract_id: 4,
+                node_id: 7,
+                twin_id: 3,
+                on: true,
+                pause: false,
+            },
+            Event::ContractNodeMaintenance {
+                contract_id: 4,
+                node_id: 7,
+                twin_id: 3,
+                on: true,
+                pause: true,
+            },
+            Event::ContractNodeMaintenance {
+                contract_id: 4,
+                node_id: 7,
+                twin_id: 3,
+                on: false,
+                pause: false,
+            },
         ] {
             assert!(apply(&engine, &state, &rec(ev)).unwrap());
         }
@@ -251,7 +295,9 @@ mod tests {
                     }
                 ),
                 (2, JobOp::Pause),
-                (2, JobOp::Resume)
+                (2, JobOp::Resume),
+                (4, JobOp::Pause),
+                (4, JobOp::Resume)
             ]
         );
         let cfg = PublicConfig {

@@ -23,7 +23,8 @@ impl Engine {
         self.inner.report_wake.notify_one();
     }
 
-    /// Sends every pending report now (Σ capacity of ok/paused workloads per contract).
+    /// Sends every pending report now (Σ capacity of ok/paused workloads per contract, and
+    /// whether the contract has any: the deployment is up).
     /// On failure the contracts stay pending for the next attempt.
     pub async fn flush_reports(&self) -> bool {
         let pending =
@@ -31,18 +32,20 @@ impl Engine {
         if pending.is_empty() {
             return true;
         }
-        let batch: Vec<(u64, Capacity)> = {
+        let batch: Vec<(u64, Capacity, bool)> = {
             let used = self.inner.used.lock().expect("usage index lock");
             pending
                 .iter()
                 .map(|&c| {
                     let mut cap = Capacity::default();
+                    let mut up = false;
                     for (wc, w) in used.values() {
                         if *wc == c {
                             cap += *w;
+                            up = true;
                         }
                     }
-                    (c, cap)
+                    (c, cap, up)
                 })
                 .collect()
         };
