@@ -397,9 +397,10 @@ impl Public {
                 return None;
             }
             serde_json::from_value::<PublicIpResult>(w.result.data.clone())
-                .ok()
-                .map(|r| r.ip.to_string())
-                .filter(|s| !s.is_empty())
+                .ok()?
+                .ip
+                .get()
+                .map(|(a, len)| format!("{a}/{len}"))
         };
         let own = ctx.sibling(&wl.name).and_then(|s| held(s.workload()));
         let others: Vec<String> = ctx

@@ -211,13 +211,14 @@ fn public_nic(ctx: &WorkloadCtx, name: &str) -> Result<Option<PublicNic>, Primit
     let r: zos_types::data::PublicIpResult = sib.result()?;
     let tap = zos_types::ids::unique(&sib.workload_id(), "pub");
     let mac = zos_types::ids::format_mac(&zos_types::ids::hardware_addr(tap.as_bytes()));
-    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+    // Unset fields print as Go's `<nil>`: read them as options.
+    let net = |n: &zos_types::gofmt::IpNet| n.get().map(|(a, len)| format!("{a}/{len}"));
     Ok(Some(PublicNic {
         tap,
         mac,
-        ipv4: some(r.ip.to_string()),
-        gw4: some(r.gateway.to_string()),
-        ipv6: some(r.ip6.to_string()),
+        ipv4: net(&r.ip),
+        gw4: r.gateway.0.map(|g| g.to_string()),
+        ipv6: net(&r.ip6),
     }))
 }
 
