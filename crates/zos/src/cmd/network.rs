@@ -104,6 +104,78 @@ pub async fn setup_internet(n: usize) -> anyhow::Result<Vec<NodeNet>> {
     Ok(nodes)
 }
 
+/// The local internet's public segment (TEST-NET-3 and the IPv6 documentation range: routed
+/// nowhere): the farm's gateway on `br0`, node 1's public address, the farm's IP block.
+pub const PUBLIC_GW4: &str = "203.0.113.1";
+/// Node 1's public IPv4 (its public namespace).
+pub const PUBLIC_NODE4: &str = "203.0.113.2/24";
+/// The farm's IPv6 gateway.
+pub const PUBLIC_GW6: &str = "2001:db8:1::1";
+/// Node 1's public IPv6.
+pub const PUBLIC_NODE6: &str = "2001:db8:1::2/64";
+/// The farm's public IPs (each `/24`, gateway [`PUBLIC_GW4`]).
+pub const FARM_IPS: [&str; 4] = [
+    "203.0.113.10",
+    "203.0.113.11",
+    "203.0.113.12",
+    "203.0.113.13",
+];
+/// Node 1's public NIC in its namespace.
+pub const PUBLIC_NIC: &str = "pub0";
+
+/// Gives `node` a public NIC on the internet bridge (`pub0` in its namespace, its peer `pubI`
+/// a port of `br0`, no address: the node bridges it) and the bridge the farm's gateway
+/// addresses, so that the internet namespace reaches public IPs.
+pub async fn setup_public(node: &NodeNet) -> anyhow::Result<()> {
+    let inet = internet_ns();
+    let port = format!("pub{}", node.index);
+    if ip(&["-n", &node.namespace, "link", "show", PUBLIC_NIC])
+        .await
+        .is_err()
+    {
+        let _ = ip(&["-n", &inet, "link", "del", &port]).await;
+        ip(&[
+            "-n",
+            &inet,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            PUBLIC_NIC,
+            "netns",
+            &node.namespace,
+        ])
+        .await?;
+    }
+    ip(&["-n", &inet, "link", "set", &port, "master", "br0", "up"]).await?;
+    ip(&["-n", &node.namespace, "link", "set", PUBLIC_NIC, "up"]).await?;
+    ip(&[
+        "-n",
+        &inet,
+        "addr",
+        "replace",
+        &format!("{PUBLIC_GW4}/24"),
+        "dev",
+        "br0",
+    ])
+    .await?;
+    ip(&[
+        "-n",
+        &inet,
+        "addr",
+        "replace",
+        &format!("{PUBLIC_GW6}/64"),
+        "dev",
+        "br0",
+        "nodad",
+    ])
+    .await?;
+    Ok(())
+}
+
 /// Removes every namespace of the local grid (the nodes re-create their network resources
 /// from their stored deployments at the next start).
 pub async fn teardown_internet() {

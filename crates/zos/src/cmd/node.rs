@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// a machine do not share them. Empty on a real node.
     #[arg(long, default_value = "")]
     pub netns_prefix: String,
+    /// The link of the node's network plane that is its public NIC: with a public config on
+    /// the ledger it becomes the uplink of `br-pub` (the public namespace and VMs' public IPs,
+    /// docs/network.md). Without it the node refuses `ip` workloads.
+    #[arg(long, env = "ZOS_PUBLIC_NIC")]
+    pub public_nic: Option<String>,
 }
 
 /// Runs a node subcommand.
@@ -132,13 +137,17 @@ pub async fn run_node(
     // at deploy time as an unsupported type, and the node says why here.
     match zos_network::network_support() {
         Ok(()) => {
-            zos_network::register_networks(
-                &mut registry,
-                zos_network::NetConfig {
-                    node_netns: a.net_namespace.clone(),
-                    ns_prefix: a.netns_prefix.clone(),
-                },
+            let net_cfg = zos_network::NetConfig {
+                node_netns: a.net_namespace.clone(),
+                ns_prefix: a.netns_prefix.clone(),
+            };
+            zos_network::register_networks(&mut registry, net_cfg.clone());
+            let public = zos_network::Public::new(
+                net_cfg,
+                a.public_nic.clone(),
+                Arc::new(LedgerIps(public_ips_client(&a)?)),
             );
+            zos_network::register_public_ips(&mut registry, public);
         }
         Err(why) => tracing::warn!("private networks disabled: {why}"),
     }
@@ -201,6 +210,56 @@ pub async fn run_node(
     let result = zos_node::run_node(cfg, registry.clone(), shutdown).await;
     registry.shutdown().await;
     result.context("node")
+}
+
+/// A ledger client for the public IP reservations, trusting what the node trusts.
+fn public_ips_client(a: &RunArgs) -> anyhow::Result<zos_ledger::LedgerClient> {
+    let mut trust = zos_ledger::Trust {
+        producer: match &a.ledger_producer {
+            Some(hex) => Some(zos_types::crypto::PublicKey {
+                key_type: zos_types::crypto::KeyType::Ed25519,
+                bytes: zos_types::crypto::decode_hex32("--ledger-producer", hex)?,
+            }),
+            None => None,
+        },
+        ..Default::default()
+    };
+    if let Some(cert) = &a.ledger_cert {
+        trust = trust.with_cert_file(cert)?;
+    }
+    Ok(zos_ledger::LedgerClient::with_trust(&a.ledger, trust)?)
+}
+
+/// The public IPs the ledger reserved for a contract, read from its proven record (an IP the
+/// node hands out must be the contract's).
+struct LedgerIps(zos_ledger::LedgerClient);
+
+#[async_trait::async_trait]
+impl zos_network::ContractIps for LedgerIps {
+    async fn reserved(&self, contract_id: u64) -> Result<Vec<zos_network::ReservedIp>, String> {
+        let c = self
+            .0
+            .verified_contract(contract_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .value
+            .ok_or_else(|| format!("contract {contract_id} does not exist"))?;
+        match c.kind {
+            zos_ledger::types::ContractKind::Node {
+                public_ips_list, ..
+            } if c.state.is_active() => Ok(public_ips_list
+                .into_iter()
+                .map(|p| zos_network::ReservedIp {
+                    ip: p.ip,
+                    gateway: p.gateway,
+                })
+                .collect()),
+            zos_ledger::types::ContractKind::Node { .. } => {
+                Err(format!("contract {contract_id} is not active"))
+            }
+            _ => Err(format!("contract {contract_id} is not a node contract")),
+        }
+    }
 }
 
 /// Moves node state files (seed, engine store) left in `old` by a node that ran before it had

@@ -282,6 +282,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         sync_secs: 3600,
         net_namespace: None,
         netns_prefix: String::new(),
+        public_nic: None,
     };
     // Several nodes: a local internet of namespaces; node 1 runs here, the others as children.
     let nodes_n = usize::from(a.nodes);
@@ -291,6 +292,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         node_nets = super::network::setup_internet(nodes_n).await?;
         node_args.net_namespace = Some(node_nets[0].namespace.clone());
         node_args.netns_prefix = node_nets[0].nr_prefix.clone();
+        // Node 1 is the grid's public node: a public NIC on the internet, the farm's IPs there.
+        super::network::setup_public(&node_nets[0]).await?;
+        node_args.public_nic = Some(super::network::PUBLIC_NIC.into());
+        ensure_farm_ips(&ledger, &key, farm).await?;
         for n in &node_nets[1..] {
             let dir = data.join(format!("node{}", n.index));
             let metrics = if a.metrics_port == 0 {
@@ -385,6 +390,27 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     if let Some(node_ids) = node_id {
         let node_ids = node_ids?;
         let node_id = node_ids[0];
+        let public_note = if node_nets.len() > 1 {
+            let dirs = vec![data.join("node"), pools.clone()];
+            match ledger_node_id(&ledger, &dirs).await {
+                Some(id) => {
+                    set_public_config(&ledger, &key, id).await?;
+                    Some(format!(
+                        "public   node {id}: public namespace {}public at {} (gateway {}), farm IPs {} … {} (/24) on the internet {} (namespace {}-inet)",
+                        node_nets[0].nr_prefix,
+                        super::network::PUBLIC_NODE4,
+                        super::network::PUBLIC_GW4,
+                        super::network::FARM_IPS[0],
+                        super::network::FARM_IPS[super::network::FARM_IPS.len() - 1],
+                        "203.0.113.0/24",
+                        super::network::PREFIX,
+                    ))
+                }
+                None => Some("public   node 1's ledger id not found: no public config".into()),
+            }
+        } else {
+            None
+        };
         println!("zos grid is up");
         println!(
             "  ledger   {ledger_url}   (data {})",
@@ -412,6 +438,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        if let Some(p) = &public_note {
+            println!("  {p}");
+        }
+        println!(
+            "  gateway  https://NAME.{} on 127.0.0.1:{} (http :{}), CA {}",
+            a.gateway_domain,
+            a.gateway_port,
+            a.gateway_http_port,
+            gateway_ca.cert.display()
+        );
         println!("  {pools_note}");
         println!("  {vm_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
@@ -575,6 +611,66 @@ async fn ensure_farm(ledger: &LedgerClient, key: &KeyPair, twin: u32) -> anyhow:
         .await?
         .context("the ledger did not store the farm")?
         .id)
+}
+
+/// The farm's public IPs on the local internet (added once; the ledger keeps them).
+async fn ensure_farm_ips(ledger: &LedgerClient, key: &KeyPair, farm: u32) -> anyhow::Result<()> {
+    let have = ledger
+        .farm(farm)
+        .await?
+        .map(|f| f.public_ips)
+        .unwrap_or_default();
+    for a in super::network::FARM_IPS {
+        let ip = format!("{a}/24");
+        if have.iter().any(|p| p.ip == ip) {
+            continue;
+        }
+        ledger
+            .send(
+                key,
+                Call::AddFarmIp {
+                    farm_id: farm,
+                    ip,
+                    gateway: super::network::PUBLIC_GW4.into(),
+                },
+            )
+            .await
+            .context("adding the farm's public IPs")?;
+    }
+    Ok(())
+}
+
+/// Node `node_id`'s public config: its address on the local internet's public segment.
+async fn set_public_config(
+    ledger: &LedgerClient,
+    key: &KeyPair,
+    node_id: u32,
+) -> anyhow::Result<()> {
+    let config = zos_ledger::PublicConfig {
+        ip4: zos_ledger::IpConfig {
+            ip: super::network::PUBLIC_NODE4.into(),
+            gw: super::network::PUBLIC_GW4.into(),
+        },
+        ip6: Some(zos_ledger::IpConfig {
+            ip: super::network::PUBLIC_NODE6.into(),
+            gw: super::network::PUBLIC_GW6.into(),
+        }),
+        domain: None,
+    };
+    let current = ledger.node(node_id).await?.and_then(|n| n.public_config);
+    if current.as_ref() != Some(&config) {
+        ledger
+            .send(
+                key,
+                Call::SetNodePublicConfig {
+                    node_id,
+                    config: Some(config),
+                },
+            )
+            .await
+            .context("setting node 1's public config")?;
+    }
+    Ok(())
 }
 
 /// The ledger id of the node whose identity (`seed.txt`, its primary or a pool mirror) lies
