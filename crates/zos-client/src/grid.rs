@@ -449,7 +449,18 @@ impl Grid {
 
     /// Cancels a contract; its node removes the workloads when it sees the event.
     pub async fn cancel(&self, contract_id: u64) -> Result<(), GridError> {
-        self.contract_node(contract_id).await?;
+        // A name contract (a gateway name) has no node: it is canceled on the ledger only.
+        let name_contract = matches!(
+            self.ledger.contract(contract_id).await?,
+            Some(Contract {
+                kind: ContractKind::Name { .. },
+                twin_id,
+                ..
+            }) if twin_id == self.twin
+        );
+        if !name_contract {
+            self.contract_node(contract_id).await?;
+        }
         self.ledger
             .send(&self.key, Call::CancelContract { contract_id })
             .await?;
@@ -503,6 +514,7 @@ impl Grid {
                 (node, raw, None)
             }
         };
+        self.ensure_names(&d).await?;
         let sent = self.send(&node, d, previous.is_some()).await?;
         let view = self.wait(&node, &sent, opts.wait, &mut progress).await?;
         let errors = failures(
@@ -549,6 +561,39 @@ impl Grid {
             errors,
             outcome,
         })
+    }
+
+    /// Creates the name contract of every gateway-name-proxy of `d` the twin does not hold
+    /// yet (a name held by another twin is an error: the node would refuse the gateway).
+    async fn ensure_names(&self, d: &Deployment) -> Result<(), GridError> {
+        for w in &d.workloads {
+            if w.workload_type != zos_types::WorkloadType::GatewayNameProxy {
+                continue;
+            }
+            let Some(name) = w.data["name"].as_str() else {
+                continue;
+            };
+            match self.ledger.name_contract(name).await? {
+                Some(c) if c.twin_id == self.twin => {}
+                Some(c) => {
+                    return Err(GridError::Other(format!(
+                        "gateway name {name:?} is taken (name contract {} of twin {})",
+                        c.id, c.twin_id
+                    )));
+                }
+                None => {
+                    self.ledger
+                        .send(
+                            &self.key,
+                            Call::CreateNameContract {
+                                name: name.to_string(),
+                            },
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `node` announces the v2 deployment hash in `zos.system.version` (zos nodes do;
@@ -789,6 +834,10 @@ impl Grid {
         };
         for view in self.nodes().await? {
             let Some(free) = view.free else { continue };
+            // The ledger refuses new contracts on a node in maintenance.
+            if view.node.maintenance.is_some() {
+                continue;
+            }
             if filter.farm.is_some_and(|f| f != view.node.farm_id) {
                 continue;
             }

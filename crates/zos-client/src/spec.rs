@@ -257,8 +257,64 @@ pub enum WorkloadSpec {
     /// A public IP for a VM (`network.public_ip` of a zmachine names it): `v4` reserves one
     /// of the farm's IPv4 addresses with the contract, `v6` takes the node's public /64.
     Ip(IpSpec),
+    /// A web gateway serving NAME.<node domain> (`zos deploy` creates the name contract).
+    GatewayName(GatewayNameSpec),
+    /// A web gateway serving your own domain (pointed at the node's public IP).
+    GatewayFqdn(GatewayFqdnSpec),
     /// Any upstream workload, data as upstream JSON.
     Raw(RawSpec),
+}
+
+/// `gateway-name:` fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayNameSpec {
+    /// The name (letters, digits, `-`, `_`): served as NAME.<node domain>.
+    pub name: String,
+    /// `http://IP[:PORT]` backends, or `IP:PORT` with `tls_passthrough`.
+    pub backends: Vec<String>,
+    /// Pass TLS through to the backends (routed by SNI) instead of terminating it.
+    #[serde(default)]
+    pub tls_passthrough: bool,
+    /// A network of yours on the gateway node the backends are in.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `gateway-fqdn:` fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFqdnSpec {
+    /// Your domain (its DNS must point at the gateway node).
+    pub fqdn: String,
+    /// `http://IP[:PORT]` backends, or `IP:PORT` with `tls_passthrough`.
+    pub backends: Vec<String>,
+    /// Pass TLS through to the backends (routed by SNI) instead of terminating it.
+    #[serde(default)]
+    pub tls_passthrough: bool,
+    /// A network of yours on the gateway node the backends are in.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn gateway_data(
+    key: &str,
+    value: &str,
+    backends: &[String],
+    tls_passthrough: bool,
+    network: &Option<String>,
+) -> Value {
+    let mut v = json!({key: value, "tls_passthrough": tls_passthrough, "backends": backends});
+    if let Some(n) = network {
+        v["network"] = json!(n);
+    }
+    v
 }
 
 /// `network:` fields.
@@ -553,6 +609,16 @@ impl WorkloadSpec {
                 json!({"v4": i.v4, "v6": i.v6}),
                 i.description.clone(),
             ),
+            WorkloadSpec::GatewayName(g) => (
+                WorkloadType::GatewayNameProxy,
+                gateway_data("name", &g.name, &g.backends, g.tls_passthrough, &g.network),
+                g.description.clone(),
+            ),
+            WorkloadSpec::GatewayFqdn(g) => (
+                WorkloadType::GatewayFqdnProxy,
+                gateway_data("fqdn", &g.fqdn, &g.backends, g.tls_passthrough, &g.network),
+                g.description.clone(),
+            ),
             WorkloadSpec::Raw(r) => (
                 WorkloadType::parse(&r.workload_type),
                 r.data.clone(),
@@ -673,6 +739,32 @@ mod tests {
             }
         }
         assert!(seen >= 3, "examples missing in {}", dir.display());
+    }
+
+    #[test]
+    fn gateways_translate_to_upstream_data() {
+        let s = spec(
+            "name: gw\nworkloads:\n  a:\n    gateway-name:\n      name: site\n      backends: [\"http://10.1.2.3:80\"]\n      network: net\n  b:\n    gateway-fqdn:\n      fqdn: x.example.org\n      tls_passthrough: true\n      backends: [\"10.1.2.3:443\"]\n",
+        );
+        let d = s.to_deployment(1, None);
+        assert_eq!(d.workloads[0].workload_type, WorkloadType::GatewayNameProxy);
+        assert_eq!(
+            d.workloads[0].data,
+            json!({"name": "site", "tls_passthrough": false, "backends": ["http://10.1.2.3:80"], "network": "net"})
+        );
+        assert_eq!(
+            d.workloads[1].data,
+            json!({"fqdn": "x.example.org", "tls_passthrough": true, "backends": ["10.1.2.3:443"]})
+        );
+        d.validate().unwrap();
+        // Upstream's backend rules apply when the spec is read.
+        let e = err(
+            "name: gw\nworkloads:\n  a:\n    gateway-name:\n      name: site\n      backends: [\"http://127.0.0.1\"]\n",
+        );
+        assert!(
+            e.contains("invalid ip address in backend: 127.0.0.1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -190,6 +190,8 @@ fn print_view(view: &DeploymentView, json: bool) {
         }
         let detail = if w.result.state == ResultState::Error {
             w.result.error.clone()
+        } else if let Some(url) = gateway_url(w) {
+            url
         } else {
             data.to_string()
         };
@@ -201,6 +203,18 @@ fn print_view(view: &DeploymentView, json: bool) {
             detail
         );
     }
+}
+
+/// The URL a gateway workload serves (a name proxy's from its result, an FQDN proxy's from its
+/// data).
+fn gateway_url(w: &zos_types::Workload) -> Option<String> {
+    use zos_types::WorkloadType;
+    let fqdn = match w.workload_type {
+        WorkloadType::GatewayNameProxy => w.result.data["fqdn"].as_str()?,
+        WorkloadType::GatewayFqdnProxy => w.data["fqdn"].as_str()?,
+        _ => return None,
+    };
+    Some(format!("https://{fqdn}"))
 }
 
 fn redact_value(v: &serde_json::Value) -> serde_json::Value {

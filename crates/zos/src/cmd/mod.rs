@@ -4,6 +4,7 @@ pub mod client;
 pub mod deployment;
 pub mod diag;
 pub mod flist;
+pub mod gateway;
 pub mod guest;
 pub mod key;
 pub mod ledger;

@@ -75,6 +75,9 @@ pub struct RunArgs {
     /// a machine do not share them. Empty on a real node.
     #[arg(long, default_value = "")]
     pub netns_prefix: String,
+    /// The web gateway (off unless its listeners are given).
+    #[command(flatten)]
+    pub gateway: super::gateway::GatewayArgs,
     /// The link of the node's network plane that is its public NIC: with a public config on
     /// the ledger it becomes the uplink of `br-pub` (the public namespace and VMs' public IPs,
     /// docs/network.md). Without it the node refuses `ip` workloads.
@@ -200,6 +203,16 @@ pub async fn run_node(
     // Taps join the network resources' bridges in the node's namespace.
     vm_cfg.supervisor.net_namespace = a.net_namespace.clone();
     zos_vm::register(&mut registry, zos_vm::Vms::new(vm_cfg, storage));
+    // The web gateway keeps its certificates next to the node's state.
+    super::gateway::register(
+        &mut registry,
+        &a.gateway,
+        &a.ledger,
+        a.ledger_cert.as_deref(),
+        a.ledger_producer.as_deref(),
+        &cfg.data_dir,
+        &a.netns_prefix,
+    )?;
     // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
     // reconciles, and release it (servers, then pools) after the node has stopped.
     registry

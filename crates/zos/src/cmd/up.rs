@@ -68,6 +68,18 @@ pub struct UpArgs {
     /// them the producer at a time; the node and the client get every URL (docs/ledger.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub ledgers: u8,
+    /// Port of node 1's web gateway TLS listener on 127.0.0.1 (docs/gateway.md).
+    #[arg(long, default_value_t = 7443)]
+    pub gateway_port: u16,
+    /// Port of node 1's web gateway plain HTTP listener on 127.0.0.1.
+    #[arg(long, default_value_t = 7480)]
+    pub gateway_http_port: u16,
+    /// Node 1's gateway domain: name proxies serve NAME.DOMAIN (no DNS: `curl --resolve`).
+    #[arg(long, default_value = "gw.zos.local")]
+    pub gateway_domain: String,
+    /// Seconds between the gateway's checks of name contracts (a canceled one loses its route).
+    #[arg(long, default_value_t = 60)]
+    pub gateway_recheck_secs: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -262,6 +274,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     client_cfg.relay_cert = Some(relay_cert.clone());
     client_cfg.key = Some(key_path.clone());
     client_cfg.save(&config_path)?;
+    // The gateway's dev CA, next to the client config: `curl --cacert` trusts what node 1's
+    // gateway serves.
+    let gateway_ca_dir = config_path
+        .parent()
+        .map_or_else(|| data.clone(), Path::to_path_buf);
+    let gateway_ca = zos_gateway::DevCa::load_or_create(&gateway_ca_dir)
+        .context("making the gateway's dev CA")?;
 
     // The node, with loop-file pools when this host can run them, directory pools otherwise.
     let pools_note;
@@ -282,6 +301,15 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         sync_secs: 3600,
         net_namespace: None,
         netns_prefix: String::new(),
+        gateway: super::gateway::GatewayArgs {
+            gateway_https: Some(SocketAddr::from(([127, 0, 0, 1], a.gateway_port))),
+            gateway_http: Some(SocketAddr::from(([127, 0, 0, 1], a.gateway_http_port))),
+            gateway_domain: Some(a.gateway_domain.clone()),
+            gateway_dev_ca: Some(gateway_ca_dir.clone()),
+            gateway_recheck_secs: a.gateway_recheck_secs,
+            gateway_no_dns_check: true,
+            ..Default::default()
+        },
         public_nic: None,
     };
     // Several nodes: a local internet of namespaces; node 1 runs here, the others as children.
@@ -441,6 +469,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         if let Some(p) = &public_note {
             println!("  {p}");
         }
+        println!(
+            "  gateway  https://NAME.{} on 127.0.0.1:{} (http :{}), CA {}",
+            a.gateway_domain,
+            a.gateway_port,
+            a.gateway_http_port,
+            gateway_ca.cert.display()
+        );
         println!(
             "  gateway  https://NAME.{} on 127.0.0.1:{} (http :{}), CA {}",
             a.gateway_domain,
