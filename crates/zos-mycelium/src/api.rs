@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1` (upstream `mycelium-api`): node info, peers (list, add,
-//! remove), selected / fallback / queried routes, public key by IP. No authentication, as
-//! upstream: bind it to loopback.
+//! remove), selected / fallback / queried routes, public key by IP; and `/metrics`
+//! (Prometheus text: per-peer and per-route health). No authentication, as upstream: bind it
+//! to loopback.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -25,6 +26,7 @@ pub fn router(node: Node) -> Router {
         .route("/api/v1/admin/routes/fallback", get(fallback))
         .route("/api/v1/admin/routes/queried", get(queried))
         .route("/api/v1/pubkey/{ip}", get(pubkey))
+        .route("/metrics", get(metrics))
         .with_state(node)
 }
 
@@ -72,7 +74,12 @@ async fn remove_peer(State(n): State<Node>, Path(endpoint): Path<String>) -> Res
 }
 
 fn routes_json(n: &Node, routes: Vec<RouteInfo>) -> Json<Value> {
-    Json(Value::Array(
+    Json(routes_value(n, routes))
+}
+
+/// Routes as upstream's API shows them.
+pub(crate) fn routes_value(n: &Node, routes: Vec<RouteInfo>) -> Value {
+    Value::Array(
         routes
             .into_iter()
             .map(|r| {
@@ -84,7 +91,16 @@ fn routes_json(n: &Node, routes: Vec<RouteInfo>) -> Json<Value> {
                 })
             })
             .collect(),
-    ))
+    )
+}
+
+/// Queried subnets and the seconds until their query expires.
+pub(crate) fn queried_value(n: &Node) -> Vec<(String, u64)> {
+    let now = Instant::now();
+    let v = n.inner().router().queried_subnets();
+    v.into_iter()
+        .map(|(s, e)| (s.to_string(), e.saturating_duration_since(now).as_secs()))
+        .collect()
 }
 
 async fn selected(State(n): State<Node>) -> Json<Value> {
@@ -98,15 +114,33 @@ async fn fallback(State(n): State<Node>) -> Json<Value> {
 }
 
 async fn queried(State(n): State<Node>) -> Json<Value> {
-    let now = Instant::now();
-    let v = n.inner().router().queried_subnets();
     Json(Value::Array(
-        v.into_iter()
-            .map(|(s, e)| {
-                json!({"subnet": s.to_string(), "expiration": e.saturating_duration_since(now).as_secs()})
-            })
+        queried_value(&n)
+            .into_iter()
+            .map(|(s, e)| json!({"subnet": s, "expiration": e}))
             .collect(),
     ))
+}
+
+async fn metrics(State(n): State<Node>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&n),
+    )
+        .into_response()
+}
+
+/// The Prometheus exporter alone (upstream's `--metrics-api-address`): `GET /metrics`.
+pub async fn serve_metrics(node: Node, addr: SocketAddr) -> std::io::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "mycelium metrics listening");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    axum::serve(l, app).await
 }
 
 async fn pubkey(State(n): State<Node>, Path(ip): Path<String>) -> Response {

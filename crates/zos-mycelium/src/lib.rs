@@ -6,10 +6,13 @@
 
 pub mod api;
 pub mod crypto;
+pub mod discovery;
+pub mod metrics;
 pub mod node;
 pub mod packet;
 pub mod replay;
 pub mod router;
+pub mod rpc;
 pub mod subnet;
 
 pub use crypto::{PublicKey, SecretKey, SharedSecret};

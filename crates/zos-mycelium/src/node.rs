@@ -19,11 +19,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::crypto::{AES_OVERHEAD, SecretKey};
+use crate::discovery;
 use crate::packet::{
     self, DATA_HEADER_LEN, DataPacket, HEADER_LEN, Packet, USER_HEADER_LEN, USER_TYPE_L3,
 };
 use crate::replay::ReplayWindow;
-use crate::router::{Lookup, Output, PeerId, Router};
+use crate::router::{Lookup, Output, PeerId, Router, Timers};
 use crate::subnet::{GLOBAL_SUBNET, Subnet};
 
 /// TUN MTU, as upstream.
@@ -85,6 +86,29 @@ pub struct Config {
     pub tcp_listen: SocketAddr,
     /// TUN interface name; `None` = `--no-tun` (routing only).
     pub tun_name: Option<String>,
+    /// Every timer divided by this (1 = upstream's); tests only, see [`Timers::divided`].
+    pub timer_divisor: u32,
+    /// Link-local discovery (upstream: on, port 9650); `None` = `--disable-peer-discovery`.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// Link-local discovery settings (upstream's `--peer-discovery-port`,
+/// `--peer-discovery-interface`).
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// UDP port of the beacons.
+    pub port: u16,
+    /// Only these interfaces (all usable ones if empty).
+    pub interfaces: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            port: discovery::DISCOVERY_PORT,
+            interfaces: Vec::new(),
+        }
+    }
 }
 
 /// Peer kinds as the API names them.
@@ -95,7 +119,12 @@ pub enum PeerKind {
     Static,
     /// Accepted connection.
     Inbound,
+    /// Found by a link-local beacon.
+    LinkLocalDiscovery,
 }
+
+/// Discovered peers are forgotten after this many failed connects in a row.
+const DISCOVERED_MAX_FAILURES: u32 = 3;
 
 struct Link {
     tx: mpsc::Sender<Bytes>,
@@ -108,6 +137,7 @@ struct Link {
 
 struct StaticPeer {
     addr: SocketAddr,
+    kind: PeerKind,
     task: AbortHandle,
     link: Option<PeerId>,
     discovered: Instant,
@@ -128,6 +158,44 @@ struct PendingQueue {
     items: Vec<Pending>,
 }
 
+/// Data-path counters (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets read from the TUN and sent encrypted.
+    pub tun_rx: AtomicU64,
+    /// Packets decrypted and written to the TUN.
+    pub tun_tx: AtomicU64,
+    /// Packets forwarded for others.
+    pub forwarded: AtomicU64,
+    /// Packets dropped: no route in time, or the route is unusable.
+    pub no_route: AtomicU64,
+    /// Packets dropped: decryption failed.
+    pub undecryptable: AtomicU64,
+    /// Packets dropped: replayed nonce.
+    pub replayed: AtomicU64,
+    /// Frames dropped: a link's or the TUN's queue was full.
+    pub queue_full: AtomicU64,
+    /// Packets dropped: hop limit reached.
+    pub hop_limit: AtomicU64,
+}
+
+/// A live link's health (for `/metrics`).
+#[derive(Debug, Clone)]
+pub struct LinkHealth {
+    /// `proto://remote`.
+    pub endpoint: String,
+    /// How the link came to be.
+    pub kind: PeerKind,
+    /// Smoothed RTT cost + transport cost (the router's metric for the link).
+    pub link_cost: u16,
+    /// Time since the last IHU (dead at the dead-peer timeout).
+    pub ihu_age: Duration,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
 /// Shared state of a running node.
 pub struct Inner {
     router: Mutex<Router>,
@@ -138,6 +206,12 @@ pub struct Inner {
     next_id: AtomicU64,
     tun_tx: Option<mpsc::Sender<BytesMut>>,
     start_time: u64,
+    /// Data-path counters.
+    pub counters: Counters,
+    /// Static peer redial period ([`RECONNECT_INTERVAL`] unless divided).
+    reconnect: Duration,
+    /// How long packets wait for a route ([`PENDING_TIMEOUT`] unless divided).
+    pending_timeout: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,8 +244,16 @@ impl Node {
                     addr: cfg.tcp_listen,
                     source,
                 })?;
+        let tcp_port = listener
+            .local_addr()
+            .map_or(cfg.tcp_listen.port(), |a| a.port());
         let inner = Arc::new(Inner {
-            router: Mutex::new(Router::new(cfg.key.clone(), rnd, now)),
+            router: Mutex::new(Router::with_timers(
+                cfg.key.clone(),
+                rnd,
+                Timers::divided(cfg.timer_divisor),
+                now,
+            )),
             links: Mutex::new(HashMap::new()),
             statics: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
@@ -181,6 +263,9 @@ impl Node {
             start_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            counters: Counters::default(),
+            reconnect: RECONNECT_INTERVAL / cfg.timer_divisor.max(1),
+            pending_timeout: PENDING_TIMEOUT / cfg.timer_divisor.max(1),
         });
         tracing::info!(address = %pk.address(), subnet = %pk.subnet(), pubkey = %pk, "mycelium node starting");
         let node = Node {
@@ -191,6 +276,17 @@ impl Node {
             tokio::spawn(accept_loop(inner.clone(), listener)).abort_handle(),
             tokio::spawn(timer_loop(inner.clone())).abort_handle(),
         ];
+        if let Some(d) = cfg.discovery {
+            let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, d.port));
+            let sock = discovery::bind(d.port)
+                .await
+                .map_err(|source| NodeError::Listen { addr, source })?;
+            let period = discovery::BEACON_INTERVAL / cfg.timer_divisor.max(1);
+            tasks.push(
+                tokio::spawn(discovery_loop(inner.clone(), sock, d, tcp_port, period))
+                    .abort_handle(),
+            );
+        }
         if let Some(t) = tun {
             tasks.push(tokio::spawn(tun_loop(inner.clone(), t.clone())).abort_handle());
             tasks.push(tokio::spawn(tun_write_loop(t, tun_rx)).abort_handle());
@@ -245,13 +341,28 @@ impl Inner {
     }
 
     fn add_static_peer(self: &Arc<Self>, addr: SocketAddr) -> bool {
+        self.add_dialed_peer(addr, PeerKind::Static)
+    }
+
+    /// A peer found by a beacon: dialed unless it is known or already linked to us.
+    fn add_discovered_peer(self: &Arc<Self>, addr: SocketAddr) {
+        let linked = lock(&self.links)
+            .values()
+            .any(|l| same_host(&l.remote, &addr));
+        if !linked && self.add_dialed_peer(addr, PeerKind::LinkLocalDiscovery) {
+            tracing::info!(%addr, "peer discovered on the link");
+        }
+    }
+
+    fn add_dialed_peer(self: &Arc<Self>, addr: SocketAddr, kind: PeerKind) -> bool {
         let mut statics = lock(&self.statics);
         if statics.iter().any(|s| s.addr == addr) {
             return false;
         }
-        let task = tokio::spawn(static_peer_loop(self.clone(), addr)).abort_handle();
+        let task = tokio::spawn(static_peer_loop(self.clone(), addr, kind)).abort_handle();
         statics.push(StaticPeer {
             addr,
+            kind,
             task,
             link: None,
             discovered: Instant::now(),
@@ -282,12 +393,13 @@ impl Inner {
         let now = Instant::now();
         let endpoint =
             |a: &SocketAddr| serde_json::json!({"proto": "tcp", "addr": {"socket": a.to_string()}});
+        let kind = |k: PeerKind| serde_json::to_value(k).unwrap_or_default();
         let mut out = Vec::new();
         for s in statics.iter() {
             let l = s.link.and_then(|id| links.get(&id));
             out.push(serde_json::json!({
                 "endpoint": endpoint(&s.addr),
-                "type": "static",
+                "type": kind(s.kind),
                 "connectionState": if l.is_some() { "alive" } else { "connecting" },
                 "txBytes": l.map_or(0, |l| l.tx_bytes.load(Ordering::Relaxed)),
                 "rxBytes": l.map_or(0, |l| l.rx_bytes.load(Ordering::Relaxed)),
@@ -307,6 +419,27 @@ impl Inner {
             }));
         }
         out
+    }
+
+    /// Every live link with the router's view of it.
+    pub fn link_health(&self) -> Vec<LinkHealth> {
+        let now = Instant::now();
+        let peers = lock(&self.router).peers();
+        let links = lock(&self.links);
+        peers
+            .into_iter()
+            .filter_map(|p| {
+                let l = links.get(&p.id)?;
+                Some(LinkHealth {
+                    endpoint: format!("tcp://{}", l.remote),
+                    kind: l.kind,
+                    link_cost: p.link_cost,
+                    ihu_age: now.saturating_duration_since(p.last_ihu),
+                    rx_bytes: l.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: l.tx_bytes.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
     }
 
     /// "TCP [local] <-> [remote]"-style next hop names for the API.
@@ -356,6 +489,7 @@ impl Inner {
         if let Some(l) = links.get(&peer)
             && l.tx.try_send(frame).is_err()
         {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer, "link queue full: frame dropped");
         }
     }
@@ -402,6 +536,7 @@ impl Inner {
                 f.put_slice(pkt);
                 let trailer = secret.encrypt_detached(&mut f[start..]);
                 f.put_slice(&trailer);
+                self.counters.tun_rx.fetch_add(1, Ordering::Relaxed);
                 self.send_frame(peer, f.freeze());
             }
             Lookup::Unknown => {
@@ -409,7 +544,10 @@ impl Inner {
                 self.queue(dst, Pending::Tx(Bytes::copy_from_slice(pkt)));
             }
             Lookup::Queried => self.queue(dst, Pending::Tx(Bytes::copy_from_slice(pkt))),
-            Lookup::Unreachable | Lookup::Local => {}
+            Lookup::Unreachable => {
+                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+            }
+            Lookup::Local => {}
         }
     }
 
@@ -433,6 +571,7 @@ impl Inner {
             return;
         }
         if p.hop_limit < 2 {
+            self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
             // Upstream answers with an out-of-band ICMP time-exceeded; not implemented here.
             return;
         }
@@ -446,6 +585,7 @@ impl Inner {
             Lookup::Route { peer, .. } => {
                 let mut f = BytesMut::with_capacity(HEADER_LEN + DATA_HEADER_LEN + p.body.len());
                 packet::encode_data(&p, &mut f);
+                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.send_frame(peer, f.freeze());
             }
             Lookup::Unknown => {
@@ -453,7 +593,10 @@ impl Inner {
                 self.queue(p.dst, Pending::Fwd(p));
             }
             Lookup::Queried => self.queue(p.dst, Pending::Fwd(p)),
-            Lookup::Unreachable | Lookup::Local => {}
+            Lookup::Unreachable => {
+                self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+            }
+            Lookup::Local => {}
         }
     }
 
@@ -466,10 +609,12 @@ impl Inner {
             return;
         };
         let Ok((n, nonce)) = secret.decrypt_in_place(&mut p.body) else {
+            self.counters.undecryptable.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(src = %p.src, "undecryptable data packet dropped");
             return;
         };
         if !lock(&self.replay).accept(src_subnet, nonce) {
+            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(src = %p.src, "replayed data packet dropped");
             return;
         }
@@ -488,10 +633,13 @@ impl Inner {
         }
         // Upstream overwrites the inner hop limit with the outer one.
         ip[7] = p.hop_limit;
-        if let Some(t) = &self.tun_tx
-            && t.try_send(ip).is_err()
-        {
-            tracing::debug!("TUN queue full: packet dropped");
+        if let Some(t) = &self.tun_tx {
+            if t.try_send(ip).is_err() {
+                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("TUN queue full: packet dropped");
+            } else {
+                self.counters.tun_tx.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -511,7 +659,7 @@ impl Inner {
             let (only_rx, expired) = lock(&self.pending).get(&s).map_or((false, false), |q| {
                 (
                     q.items.iter().all(|p| matches!(p, Pending::Rx(_))),
-                    now.saturating_duration_since(q.since) > PENDING_TIMEOUT,
+                    now.saturating_duration_since(q.since) > self.pending_timeout,
                 )
             });
             let ready = routed || (keyed && only_rx);
@@ -523,6 +671,9 @@ impl Inner {
             };
             if !ready {
                 tracing::debug!(subnet = %s, dropped = q.items.len(), "no route in time");
+                self.counters
+                    .no_route
+                    .fetch_add(q.items.len() as u64, Ordering::Relaxed);
                 continue;
             }
             for p in q.items {
@@ -609,18 +760,81 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn static_peer_loop(inner: Arc<Inner>, addr: SocketAddr) {
+/// Same address and, for link-local ones, same interface (ports differ between directions).
+fn same_host(a: &SocketAddr, b: &SocketAddr) -> bool {
+    match (a, b) {
+        (SocketAddr::V6(a), SocketAddr::V6(b)) => a.ip() == b.ip() && a.scope_id() == b.scope_id(),
+        _ => a.ip() == b.ip(),
+    }
+}
+
+/// Dials a static or discovered peer, keeps its link, redials when it drops. A discovered
+/// peer is forgotten after [`DISCOVERED_MAX_FAILURES`] failed connects in a row (upstream).
+async fn static_peer_loop(inner: Arc<Inner>, addr: SocketAddr, kind: PeerKind) {
+    let mut failures = 0;
     loop {
-        match tokio::time::timeout(RECONNECT_INTERVAL, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(inner.reconnect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
+                failures = 0;
                 tracing::info!(%addr, "connected to peer");
-                run_link(inner.clone(), s, addr, PeerKind::Static, Some(addr)).await;
+                run_link(inner.clone(), s, addr, kind, Some(addr)).await;
                 tracing::info!(%addr, "peer link closed");
             }
-            Ok(Err(e)) => tracing::debug!(%addr, "connect: {e}"),
-            Err(_) => tracing::debug!(%addr, "connect timed out"),
+            Ok(Err(e)) => {
+                failures += 1;
+                tracing::debug!(%addr, "connect: {e}");
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::debug!(%addr, "connect timed out");
+            }
         }
-        tokio::time::sleep(RECONNECT_INTERVAL).await;
+        if kind == PeerKind::LinkLocalDiscovery && failures >= DISCOVERED_MAX_FAILURES {
+            tracing::info!(%addr, "discovered peer unreachable: forgotten");
+            lock(&inner.statics).retain(|s| s.addr != addr);
+            return;
+        }
+        tokio::time::sleep(inner.reconnect).await;
+    }
+}
+
+/// Beacons out (at start, then every [`discovery::BEACON_INTERVAL`]) and in.
+async fn discovery_loop(
+    inner: Arc<Inner>,
+    sock: Arc<tokio::net::UdpSocket>,
+    cfg: DiscoveryConfig,
+    tcp_port: u16,
+    period: Duration,
+) {
+    let rid = inner.router().router_id();
+    let beacon = packet::encode_beacon(tcp_port, &rid);
+    let mut joined = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 256];
+    // A beacon can be lost while a neighbour is still joining the group (seen in tests: the
+    // first one then waits a whole period), so the first three go out 1 s and 2 s apart.
+    let mut sent = 0u32;
+    let next = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next);
+    loop {
+        tokio::select! {
+            () = &mut next => {
+                discovery::beacon_round(&sock, &mut joined, &cfg.interfaces, &beacon, cfg.port).await;
+                sent += 1;
+                let wait = if sent < 3 { Duration::from_secs(u64::from(sent)) } else { period };
+                next.as_mut().reset(tokio::time::Instant::now() + wait);
+            }
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    if let Some(d) = discovery::accept_beacon(from, &buf[..n], &rid) {
+                        inner.add_discovered_peer(d.endpoint);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("discovery socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
     }
 }
 

@@ -38,12 +38,89 @@ pub const SEQNO_BUMP_INTERVAL: Duration = Duration::from_secs(4);
 pub const SOURCE_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Selected routes expiring within this are refreshed by a route request when used.
 pub const ALMOST_EXPIRED: Duration = Duration::from_secs(15);
-/// Hello interval on the wire (centiseconds).
-const HELLO_INTERVAL_CS: u16 = 2000;
-/// IHU interval on the wire (centiseconds).
-const IHU_INTERVAL_CS: u16 = 6000;
-/// Update interval advertised for the own subnet and for propagated routes (300 s).
-const UPDATE_INTERVAL_CS: u16 = 30000;
+
+/// The router's timers. [`Timers::default`] is upstream's (reference §6.1); tests shorten them
+/// all at once with [`Timers::divided`] (`zos mycelium run --test-timer-divisor`, hidden) so
+/// that dead-link detection and route expiry fit a CI budget. The intervals written on the
+/// wire (Hello, IHU, Update) follow, so a receiver's hold time (3.5 × the Update interval)
+/// shrinks with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// Hello period.
+    pub hello: Duration,
+    /// A peer without an IHU for this long is dead.
+    pub dead_peer: Duration,
+    /// How often dead peers are looked for.
+    pub dead_check: Duration,
+    /// Own-subnet announcement period (and the Update interval advertised).
+    pub announce: Duration,
+    /// How long a retraction is held.
+    pub retraction_hold: Duration,
+    /// Route request timeout and dedup window.
+    pub route_query: Duration,
+    /// Seqno request dedup memory.
+    pub seqno_cache: Duration,
+    /// Minimum time between own seqno bumps.
+    pub seqno_bump: Duration,
+    /// Feasibility distance lifetime.
+    pub source_lifetime: Duration,
+    /// Selected routes expiring within this are refreshed when used.
+    pub almost_expired: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            hello: HELLO_INTERVAL,
+            dead_peer: DEAD_PEER_TIMEOUT,
+            dead_check: DEAD_CHECK_INTERVAL,
+            announce: ANNOUNCE_INTERVAL,
+            retraction_hold: RETRACTION_HOLD,
+            route_query: ROUTE_QUERY_TIMEOUT,
+            seqno_cache: SEQNO_CACHE_TIME,
+            seqno_bump: SEQNO_BUMP_INTERVAL,
+            source_lifetime: SOURCE_LIFETIME,
+            almost_expired: ALMOST_EXPIRED,
+        }
+    }
+}
+
+impl Timers {
+    /// Upstream's timers divided by `n` (≥ 1): for tests only; nodes must agree on it.
+    pub fn divided(n: u32) -> Self {
+        let n = n.max(1);
+        let d = Self::default();
+        Self {
+            hello: d.hello / n,
+            dead_peer: d.dead_peer / n,
+            dead_check: d.dead_check / n,
+            announce: d.announce / n,
+            retraction_hold: d.retraction_hold / n,
+            route_query: d.route_query / n,
+            seqno_cache: d.seqno_cache / n,
+            seqno_bump: d.seqno_bump / n,
+            source_lifetime: d.source_lifetime / n,
+            almost_expired: d.almost_expired / n,
+        }
+    }
+
+    fn centis(d: Duration) -> u16 {
+        u16::try_from(d.as_millis() / 10).unwrap_or(u16::MAX)
+    }
+
+    fn hello_cs(&self) -> u16 {
+        Self::centis(self.hello)
+    }
+
+    /// IHU interval: upstream sends 3 × the Hello interval.
+    fn ihu_cs(&self) -> u16 {
+        Self::centis(self.hello * 3)
+    }
+
+    fn update_cs(&self) -> u16 {
+        Self::centis(self.announce)
+    }
+}
 /// Initial smoothed link cost.
 const INITIAL_LINK_COST: u16 = 1000;
 /// A different route must be better by more than this to replace the selected one.
@@ -172,6 +249,7 @@ pub struct Router {
     seqno_requests: HashMap<(RouterId, Subnet, SeqNo), SeqnoRequestState>,
     seqno_sent: HashMap<(RouterId, Subnet, SeqNo, PeerId), Instant>,
     rr_sent: HashMap<(Subnet, PeerId), Instant>,
+    timers: Timers,
     next_hello: Instant,
     next_announce: Instant,
     next_dead_check: Instant,
@@ -181,6 +259,11 @@ pub struct Router {
 impl Router {
     /// A router for `secret`; `rnd` is the random part of the router id (new at each start).
     pub fn new(secret: SecretKey, rnd: [u8; 6], now: Instant) -> Self {
+        Self::with_timers(secret, rnd, Timers::default(), now)
+    }
+
+    /// A router with other timers than upstream's (tests).
+    pub fn with_timers(secret: SecretKey, rnd: [u8; 6], timers: Timers, now: Instant) -> Self {
         let public_key = secret.public_key();
         Self {
             router_id: RouterId::new(public_key, rnd),
@@ -196,11 +279,17 @@ impl Router {
             seqno_requests: HashMap::new(),
             seqno_sent: HashMap::new(),
             rr_sent: HashMap::new(),
-            next_hello: now + HELLO_INTERVAL,
-            next_announce: now + ANNOUNCE_INTERVAL,
-            next_dead_check: now + DEAD_CHECK_INTERVAL,
+            timers,
+            next_hello: now + timers.hello,
+            next_announce: now + timers.announce,
+            next_dead_check: now + timers.dead_check,
             out: Vec::new(),
         }
+    }
+
+    /// The timers in use.
+    pub fn timers(&self) -> Timers {
+        self.timers
     }
 
     /// This node's /64.
@@ -288,7 +377,7 @@ impl Router {
             Tlv::Hello {
                 flags: 0x8000,
                 seqno,
-                interval: HELLO_INTERVAL_CS,
+                interval: self.timers.hello_cs(),
             },
         );
     }
@@ -304,26 +393,26 @@ impl Router {
     /// Runs due timers: Hellos, own announcements, dead peers, route and cache expiry.
     pub fn tick(&mut self, now: Instant) {
         if now >= self.next_hello {
-            self.next_hello = now + HELLO_INTERVAL;
+            self.next_hello = now + self.timers.hello;
             let ids: Vec<PeerId> = self.peers.keys().copied().collect();
             for id in ids {
                 self.send_hello(id, now);
             }
         }
         if now >= self.next_announce {
-            self.next_announce = now + ANNOUNCE_INTERVAL;
+            self.next_announce = now + self.timers.announce;
             self.announce_own();
         }
         if now >= self.next_dead_check {
-            self.next_dead_check = now + DEAD_CHECK_INTERVAL;
+            self.next_dead_check = now + self.timers.dead_check;
             let dead: Vec<PeerId> = self
                 .peers
                 .iter()
-                .filter(|(_, p)| now.saturating_duration_since(p.last_ihu) > DEAD_PEER_TIMEOUT)
+                .filter(|(_, p)| now.saturating_duration_since(p.last_ihu) > self.timers.dead_peer)
                 .map(|(id, _)| *id)
                 .collect();
             for id in dead {
-                tracing::info!(peer = id, "no IHU for 43 s: peer dead");
+                tracing::info!(peer = id, timeout = ?self.timers.dead_peer, "no IHU in time: peer dead");
                 self.out.push(Output::KillPeer(id));
                 self.remove_peer(id, now);
             }
@@ -348,15 +437,15 @@ impl Router {
         self.seqno_requests
             .retain(|_, r| r.expires.is_some_and(|e| e > now));
         self.seqno_sent
-            .retain(|_, t| now.saturating_duration_since(*t) < SEQNO_BUMP_INTERVAL);
+            .retain(|_, t| now.saturating_duration_since(*t) < self.timers.seqno_bump);
         self.rr_sent
-            .retain(|_, t| now.saturating_duration_since(*t) < ROUTE_QUERY_TIMEOUT);
+            .retain(|_, t| now.saturating_duration_since(*t) < self.timers.route_query);
     }
 
     fn own_update(&self) -> Tlv {
         Tlv::Update {
             flags: 0,
-            interval: UPDATE_INTERVAL_CS,
+            interval: self.timers.update_cs(),
             seqno: self.seqno,
             metric: Metric(0),
             subnet: self.subnet,
@@ -386,7 +475,7 @@ impl Router {
                     peer,
                     Tlv::Ihu {
                         rx_cost,
-                        interval: IHU_INTERVAL_CS,
+                        interval: self.timers.ihu_cs(),
                         address: None,
                     },
                 );
@@ -454,7 +543,7 @@ impl Router {
         }
         let feasible = self.is_feasible(subnet, rid, seqno, metric);
         let hold = if metric.is_infinite() {
-            RETRACTION_HOLD
+            self.timers.retraction_hold
         } else {
             Duration::from_millis(u64::from(interval) * 10 * 7 / 2)
         };
@@ -630,7 +719,7 @@ impl Router {
                 self.record_source(subnet, rid, metric, seqno, now);
                 Tlv::Update {
                     flags: 0,
-                    interval: UPDATE_INTERVAL_CS,
+                    interval: self.timers.update_cs(),
                     seqno,
                     metric,
                     subnet,
@@ -657,7 +746,7 @@ impl Router {
         seqno: SeqNo,
         now: Instant,
     ) {
-        let expires = now + SOURCE_LIFETIME;
+        let expires = now + self.timers.source_lifetime;
         let fd = self
             .sources
             .entry((subnet, rid))
@@ -688,7 +777,7 @@ impl Router {
         if self.queried.contains_key(&subnet) {
             return;
         }
-        self.queried.insert(subnet, now + ROUTE_QUERY_TIMEOUT);
+        self.queried.insert(subnet, now + self.timers.route_query);
         self.forward_route_request(subnet, 0, None, now);
     }
 
@@ -751,7 +840,7 @@ impl Router {
         if generation.saturating_add(1) >= MAX_RR_GENERATION {
             return;
         }
-        self.queried.insert(subnet, now + ROUTE_QUERY_TIMEOUT);
+        self.queried.insert(subnet, now + self.timers.route_query);
         self.forward_route_request(subnet, generation + 1, Some(peer), now);
     }
 
@@ -819,7 +908,7 @@ impl Router {
             return;
         }
         let st = self.seqno_requests.entry(key).or_default();
-        st.expires = Some(now + SEQNO_CACHE_TIME);
+        st.expires = Some(now + self.timers.seqno_cache);
         st.requesters.push(peer);
 
         if self.subnet.contains_subnet(&subnet) {
@@ -827,7 +916,7 @@ impl Router {
                 && seqno.gt(self.seqno)
                 && self
                     .last_bump
-                    .is_none_or(|t| now.saturating_duration_since(t) >= SEQNO_BUMP_INTERVAL)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.timers.seqno_bump)
             {
                 self.seqno = self.seqno.next();
                 self.last_bump = Some(now);
@@ -853,7 +942,7 @@ impl Router {
                     peer,
                     Tlv::Update {
                         flags: 0,
-                        interval: UPDATE_INTERVAL_CS,
+                        interval: self.timers.update_cs(),
                         seqno: r.seqno,
                         metric,
                         subnet,
@@ -919,10 +1008,10 @@ impl Router {
         let (peer, secret, refresh) = (
             r.neighbour,
             entry.secret.clone(),
-            r.expires.saturating_duration_since(now) < ALMOST_EXPIRED,
+            r.expires.saturating_duration_since(now) < self.timers.almost_expired,
         );
         if refresh && !self.queried.contains_key(&subnet) {
-            self.queried.insert(subnet, now + ROUTE_QUERY_TIMEOUT);
+            self.queried.insert(subnet, now + self.timers.route_query);
             self.forward_route_request(subnet, 0, None, now);
         }
         Lookup::Route { peer, secret }

@@ -58,12 +58,29 @@ pub struct RunArgs {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:8989")]
     api_addr: std::net::SocketAddr,
+    /// JSON-RPC API address.
+    #[arg(long, default_value = "127.0.0.1:8990")]
+    jsonrpc_addr: std::net::SocketAddr,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address too (the HTTP API always has
+    /// them).
+    #[arg(long, value_name = "ADDR")]
+    metrics_api_address: Option<std::net::SocketAddr>,
     /// Accepted for upstream compatibility: this build has no QUIC transport.
     #[arg(long)]
     disable_quic: bool,
-    /// Accepted for upstream compatibility: link-local discovery is not implemented yet.
+    /// Do not look for peers on the local links (multicast beacons on `ff02::cafe`).
     #[arg(long)]
     disable_peer_discovery: bool,
+    /// UDP port of link-local discovery.
+    #[arg(long, default_value_t = zos_mycelium::discovery::DISCOVERY_PORT)]
+    peer_discovery_port: u16,
+    /// Discover peers only on this interface (repeatable; default: every usable one).
+    #[arg(long, value_name = "NAME")]
+    peer_discovery_interface: Vec<String>,
+    /// Tests only: divide every protocol timer (Hello, dead peer, announce, hold times,
+    /// redial) by N so that failure detection fits a CI budget. Nodes must agree on it.
+    #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    test_timer_divisor: u32,
 }
 
 fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
@@ -82,13 +99,29 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
             a.tcp_listen_port,
         )),
         tun_name: (!a.no_tun).then_some(a.tun_name),
+        timer_divisor: a.test_timer_divisor,
+        discovery: (!a.disable_peer_discovery).then(|| zos_mycelium::node::DiscoveryConfig {
+            port: a.peer_discovery_port,
+            interfaces: a.peer_discovery_interface.clone(),
+        }),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
         let node = zos_mycelium::node::Node::start(cfg).await?;
         let api = zos_mycelium::api::serve(node.clone(), a.api_addr);
+        let rpc = zos_mycelium::rpc::serve(node.clone(), a.jsonrpc_addr);
+        let metrics = async {
+            match a.metrics_api_address {
+                Some(addr) => zos_mycelium::api::serve_metrics(node.clone(), addr)
+                    .await
+                    .with_context(|| format!("metrics on {addr}")),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = api => r.with_context(|| format!("HTTP API on {}", a.api_addr))?,
+            r = rpc => r.with_context(|| format!("JSON-RPC on {}", a.jsonrpc_addr))?,
+            r = metrics => r?,
             _ = super::shutdown_signal() => {}
         }
         node.shutdown();
