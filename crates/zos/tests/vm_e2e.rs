@@ -485,8 +485,6 @@ async fn zmachine_boots_survives_crashes_and_agent_restart() {
         last_tick(&raw) > seen,
         "no live output after TICK-{seen}: {raw}"
     );
-    // Outside the private network (this namespace) nothing listens there.
-    assert!(std::net::TcpStream::connect("10.20.2.1:20005").is_err());
     let pid = node.vms.supervisor().pid(wlid).unwrap();
     let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
