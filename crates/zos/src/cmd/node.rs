@@ -12,7 +12,8 @@ use clap::{Args, Subcommand};
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
     /// Run the node until SIGINT/SIGTERM.
-    Run(RunArgs),
+    // Boxed: the node's options outgrow the other commands' (clippy::large_enum_variant).
+    Run(Box<RunArgs>),
     /// The farmer's read-only diagnostics of a node over RMB:
     /// `diag NODE [health|logs|kernel|pools|net|reach ADDR]`.
     Diag(super::diag::DiagArgs),
@@ -93,7 +94,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            rt.block_on(run_node(a, super::shutdown_signal()))
+            rt.block_on(run_node(*a, super::shutdown_signal()))
         }
         NodeCmd::Diag(a) => super::diag::run(a),
     }
