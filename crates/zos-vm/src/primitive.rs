@@ -1229,6 +1229,47 @@ mod tests {
         assert!(check(m).unwrap_err().contains("only one network"));
     }
 
+    #[test]
+    fn a_public_ip_is_the_named_ip_workloads_tap_and_result() {
+        let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
+        m.data["network"]["public_ip"] = json!("pub");
+        let (ctx, _) = ctx_with(m.clone());
+        let e = public_nic(&ctx, "pub").err().unwrap().to_string();
+        assert!(e.contains("no such workload"), "{e}");
+        assert!(public_nic(&ctx, "").unwrap().is_none());
+        assert_eq!(network_range(&ctx, "net").as_deref(), Some("10.20.0.0/16"));
+        let with = |ip: Workload| {
+            let mut d = (*ctx.deployment).clone();
+            d.workloads.push(ip);
+            WorkloadCtx::new(1, Arc::new(d), "vm", NodeSecret::new([1; 32]))
+        };
+        let c = with(wl("pub", WorkloadType::Volume, json!({"size": 1})));
+        let e = public_nic(&c, "pub").err().unwrap().to_string();
+        assert!(e.contains("not an ip workload"), "{e}");
+        let mut ip = wl("pub", WorkloadType::Ip, json!({"v4": true}));
+        let e = public_nic(&with(ip.clone()), "pub")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is not deployed"), "{e}");
+        ip.result.state = zos_types::ResultState::Ok;
+        ip.result.data = json!({"ip": "203.0.113.10/24", "ip6": "", "gateway": "203.0.113.1"});
+        let p = public_nic(&with(ip), "pub").unwrap().unwrap();
+        // Upstream names: Unique("pub") of the ip workload's id, its MAC.
+        assert_eq!(p.tap, zos_types::ids::unique("7-9-pub", "pub"));
+        assert_eq!(
+            p.mac,
+            zos_types::ids::format_mac(&zos_types::ids::hardware_addr(p.tap.as_bytes()))
+        );
+        assert_eq!(p.ipv4.as_deref(), Some("203.0.113.10/24"));
+        assert_eq!(p.gw4.as_deref(), Some("203.0.113.1"));
+        assert_eq!(p.ipv6, None, "an unset IPv6 is none, not Go's <nil>");
+        // The public IP is part of the VM's fixed identity; VMs without one keep their record.
+        assert!(fixed_part(&spec_of(&m).unwrap()).ends_with("public_ip=pub\n"));
+        let plain = fixed_part(&spec_of(&vm(1, 256 * MIB, "net", "10.20.2.5")).unwrap());
+        assert!(!plain.contains("public_ip"));
+    }
+
     #[tokio::test]
     async fn an_update_cannot_change_the_image_network_or_address() {
         let d = tempfile::tempdir().unwrap();
