@@ -239,7 +239,7 @@ pub fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         println!(
-            "{:<6} {:<6} {:<6} {:>12} {:>12} {:>12}",
+            "{:<6} {:<6} {:<6} {:>12} {:>12} {:>12}  state",
             "node", "farm", "cores", "free mem", "free ssd", "free hdd"
         );
         for n in nodes {
@@ -247,8 +247,15 @@ pub fn nodes(args: &ClientArgs) -> anyhow::Result<()> {
                 Some(f) => (format_size(f.mru), format_size(f.sru), format_size(f.hru)),
                 None => ("offline".into(), "-".into(), "-".into()),
             };
+            // Maintenance is the farmer's word on the ledger; "up" is the node answering.
+            let state = match n.node.maintenance {
+                Some(m) if m.pause => "maintenance (paused)",
+                Some(_) => "maintenance",
+                None if n.free.is_some() => "up",
+                None => "down",
+            };
             println!(
-                "{:<6} {:<6} {:<6} {:>12} {:>12} {:>12}",
+                "{:<6} {:<6} {:<6} {:>12} {:>12} {:>12}  {state}",
                 n.node.id, n.node.farm_id, n.node.resources.cru, m, s, h
             );
         }

@@ -343,6 +343,31 @@ pub enum FarmCmd {
         /// Gateway, e.g. 185.69.166.1.
         gateway: String,
     },
+    /// Put a node of your farm in maintenance (`on`: new contracts refused, existing ones keep
+    /// running; `--pause` pauses them, unbilled) or end it (`off`).
+    Maintenance {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Node id.
+        node_id: u32,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// Pause the node's workloads while in maintenance (owners are notified).
+        #[arg(long)]
+        pause: bool,
+    },
+    /// Give node OLD's record (id, contracts, public config) to the machine that registered
+    /// as node NEW after losing its identity (NEW's record goes; it must have no contracts).
+    /// Restart the machine's node afterwards so that it serves as OLD.
+    MoveNode {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// The lost node's id (kept).
+        old: u32,
+        /// The id its new identity registered with (removed).
+        new: u32,
+    },
 }
 
 /// `zos contracts`
@@ -557,6 +582,25 @@ async fn farm(cmd: FarmCmd) -> anyhow::Result<()> {
                 ip,
                 gateway,
             };
+            let r = opts.client()?.send(&opts.key()?, call).await?;
+            print(&r)
+        }
+        FarmCmd::Maintenance {
+            opts,
+            node_id,
+            mode,
+            pause,
+        } => {
+            let on = mode == "on";
+            if pause && !on {
+                bail!("--pause only goes with `on`");
+            }
+            let call = Call::SetNodeMaintenance { node_id, on, pause };
+            let r = opts.client()?.send(&opts.key()?, call).await?;
+            print(&r)
+        }
+        FarmCmd::MoveNode { opts, old, new } => {
+            let call = Call::MoveNode { from: old, to: new };
             let r = opts.client()?.send(&opts.key()?, call).await?;
             print(&r)
         }

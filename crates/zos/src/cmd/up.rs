@@ -80,6 +80,11 @@ pub struct UpArgs {
     /// Seconds between the gateway's checks of name contracts (a canceled one loses its route).
     #[arg(long, default_value_t = 60)]
     pub gateway_recheck_secs: u64,
+    /// Fair billing's cut-off on a new grid's ledger: a node silent (no uptime or usage
+    /// report) for longer is not billed until it reports again; its node reports uptime every
+    /// third of it (at most every 40 min). Fixed when the grid is made (docs/ledger.md).
+    #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(3..))]
+    pub offline_cutoff: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -202,6 +207,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // certificate kept in DATA/ledger/tls, pinned by the node and the client config, and a
     // producer key the node and the client pin too.
     let mut lcfg = LedgerConfig::dev(data.join("ledger"));
+    if !data.join("ledger").join("ledger.redb").exists() {
+        // A new grid bills fairly; an existing one keeps the rules its chain was made with.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut g = zos_ledger::dev::genesis(now);
+        g.offline_cutoff_secs = Some(a.offline_cutoff);
+        lcfg.genesis = Some(g);
+    }
     lcfg.listen = SocketAddr::from(([127, 0, 0, 1], a.ledger_port));
     let tls = zos_ledger::tls::self_signed(&data.join("ledger").join("tls"), &[])
         .context("making the ledger's TLS certificate")?;
@@ -299,6 +314,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
         admin_twins: vec![twin],
         sync_secs: 3600,
+        uptime_secs: (a.offline_cutoff / 3).clamp(1, 2400),
         net_namespace: None,
         netns_prefix: String::new(),
         gateway: super::gateway::GatewayArgs {
@@ -345,6 +361,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 format!("--pool=dir:{}:{}:hdd", dir.join("hdd").display(), a.hdd),
                 format!("--metrics=127.0.0.1:{metrics}"),
                 format!("--admin-twin={twin}"),
+                format!("--uptime-secs={}", (a.offline_cutoff / 3).clamp(1, 2400)),
                 format!("--net-namespace={}", n.namespace),
                 format!("--netns-prefix={}", n.nr_prefix),
             ];

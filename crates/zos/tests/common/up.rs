@@ -192,6 +192,30 @@ impl Up {
     /// "grid is up"; returns it and the lines it printed after that.
     pub fn start(nodes: u8, extra: &[&str], within: Duration) -> (Up, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
+        let mut up = Up { child: None, dir };
+        let printed = up.launch(nodes, extra, within);
+        (up, printed)
+    }
+
+    /// Starts the same grid again (same data and config; new ports) after it stopped; the
+    /// lines it printed after "grid is up".
+    pub fn restart(&mut self, nodes: u8, extra: &[&str], within: Duration) -> Vec<String> {
+        assert!(self.child.is_none(), "stop the grid first");
+        self.launch(nodes, extra, within)
+    }
+
+    /// Stops the grid (Ctrl-C) and waits for it.
+    pub fn stop(&mut self, within: Duration) {
+        if let Some(mut c) = self.child.take() {
+            if interrupt(&mut c, within).is_none() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
+    fn launch(&mut self, nodes: u8, extra: &[&str], within: Duration) -> Vec<String> {
+        let dir = self.dir.path();
         // A grid for VMs is given the cached guest; the others do not build one.
         let vms = extra.contains(&"--vm-guest");
         let child = Command::new(zos())
@@ -203,21 +227,21 @@ impl Up {
             .args(["--hdd", "1GiB", "--metrics-port", "0"])
             .args(["--ledger-port", &free_port().to_string()])
             .args(["--relay-port", &free_port().to_string()])
+            // not the fixed defaults: grids of parallel tests would collide there
+            .args(["--gateway-port", &free_port().to_string()])
+            .args(["--gateway-http-port", &free_port().to_string()])
             .args(extra)
             .arg("--data")
-            .arg(dir.path().join("data"))
-            .env("ZOS_CONFIG", dir.path().join("config.toml"))
-            .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+            .arg(dir.join("data"))
+            .env("ZOS_CONFIG", dir.join("config.toml"))
+            .env("XDG_CONFIG_HOME", dir.join("xdg"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut up = Up {
-            child: Some(child),
-            dir,
-        };
-        let rx = stdout_lines(up.child.as_mut().unwrap());
+        self.child = Some(child);
+        let rx = stdout_lines(self.child.as_mut().unwrap());
         let deadline = Instant::now() + within;
         let mut lines = Vec::new();
         loop {
@@ -234,7 +258,7 @@ impl Up {
         while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
             printed.push(l);
         }
-        (up, printed)
+        printed
     }
 
     pub fn client(&self, args: &[&str]) -> std::process::Output {
