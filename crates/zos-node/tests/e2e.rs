@@ -360,6 +360,27 @@ async fn cancel_deprovisions_and_grace_pauses_then_resumes() {
     assert!(!prims.join(format!("{}-{c2}-b.paused", alice.twin)).exists());
     assert_eq!(ops(&prims, "pause").len(), 1);
     assert_eq!(ops(&prims, "resume").len(), 1);
+
+    // the farmer's maintenance with pause pauses it the same way (the pause is confirmed
+    // against the proven node record), and ending it resumes it
+    let maintenance = |on, pause| Call::SetNodeMaintenance {
+        node_id: NODE,
+        on,
+        pause,
+    };
+    grid.client
+        .send(&grid.farmer, maintenance(true, true))
+        .await
+        .unwrap();
+    let paused = alice.wait_state(node_twin, c2, 0, "paused").await;
+    assert_eq!(paused.workloads[0].result.error, "paused");
+    grid.client
+        .send(&grid.farmer, maintenance(false, false))
+        .await
+        .unwrap();
+    alice.wait_state(node_twin, c2, 0, "ok").await;
+    assert_eq!(ops(&prims, "pause").len(), 2);
+    assert_eq!(ops(&prims, "resume").len(), 2);
     node.stop().await;
 }
 
