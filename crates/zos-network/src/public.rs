@@ -537,7 +537,9 @@ impl Lifecycle for PublicLifecycle {
 }
 
 /// Adds the `ip` and `ipv4` primitives and the public side's lifecycle (the public namespace
-/// follows the node's public config).
+/// follows the node's public config). Register it before `register_networks`: lifecycles see
+/// a new config in registration order, and the network set then finds the node's public
+/// address in the public namespace instead of warning that the plane lacks it.
 pub fn register_public_ips(registry: &mut PrimitiveRegistry, public: Arc<Public>) {
     for t in [WorkloadType::Ip, WorkloadType::Ipv4] {
         registry.register(Arc::new(IpPrimitive {

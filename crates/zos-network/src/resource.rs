@@ -267,6 +267,12 @@ impl Networks {
         let public = match wanted {
             Some(a) => match crate::ndmz::plane_has(&self.cfg, a).await {
                 Ok(true) => Some(a),
+                // A public node's public namespace holds it (made first, see
+                // `public::register_public_ips`): NR traffic keeps leaving masqueraded.
+                Ok(false) if ip::netns_exists(&crate::public::namespace(&self.cfg)) => {
+                    tracing::info!(%a, "public ipv4 is the public namespace's; network resources stay masqueraded");
+                    None
+                }
                 Ok(false) => {
                     why = Some(format!(
                         "public ipv4 {a} is not an address of the node's network plane; network resources stay masqueraded"
