@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod node;
 pub mod packet;
+pub mod quic;
 pub mod replay;
 pub mod router;
 pub mod rpc;

@@ -30,13 +30,17 @@ pub fn render(n: &Node) -> String {
         "1 if the peer's link is up (configured and discovered peers are listed while down)",
     );
     for p in inner.peer_stats() {
-        let ep = p["endpoint"]["addr"]["socket"].as_str().unwrap_or("");
+        let ep = format!(
+            "{}://{}",
+            p["endpoint"]["proto"].as_str().unwrap_or(""),
+            p["endpoint"]["addr"]["socket"].as_str().unwrap_or("")
+        );
         let kind = p["type"].as_str().unwrap_or("");
         let up = p["connectionState"] == "alive";
         let _ = writeln!(
             o,
-            "mycelium_peer_up{{endpoint=\"tcp://{}\",type=\"{kind}\"}} {}",
-            esc(ep),
+            "mycelium_peer_up{{endpoint=\"{}\",type=\"{kind}\"}} {}",
+            esc(&ep),
             u8::from(up)
         );
     }

@@ -23,6 +23,7 @@ use crate::discovery;
 use crate::packet::{
     self, DATA_HEADER_LEN, DataPacket, HEADER_LEN, Packet, USER_HEADER_LEN, USER_TYPE_L3,
 };
+use crate::quic;
 use crate::replay::ReplayWindow;
 use crate::router::{Lookup, Output, PeerId, Router, Timers};
 use crate::subnet::{GLOBAL_SUBNET, Subnet};
@@ -43,8 +44,10 @@ const COALESCE: usize = 50;
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// A peer endpoint string is not `tcp://ip:port`.
-    #[error("bad peer endpoint {0:?}: expected tcp://<ip>:<port> (IPv6 in brackets)")]
+    /// A peer endpoint string is not `tcp://ip:port` or `quic://ip:port`.
+    #[error(
+        "bad peer endpoint {0:?}: expected tcp://<ip>:<port> or quic://<ip>:<port> (IPv6 in brackets)"
+    )]
     BadEndpoint(String),
     /// Binding a listener failed.
     #[error("listening on {addr}: {source}")]
@@ -54,6 +57,9 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
+    /// QUIC could not be set up.
+    #[error(transparent)]
+    Quic(#[from] quic::QuicError),
     /// Creating or configuring the TUN failed.
     #[error("TUN {name}: {message}")]
     Tun {
@@ -64,15 +70,69 @@ pub enum NodeError {
     },
 }
 
-/// Parses `tcp://ip:port` (`quic://` is refused: this build has no QUIC transport).
-pub fn parse_endpoint(s: &str) -> Result<SocketAddr, NodeError> {
+/// A link transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// Plain TCP.
+    Tcp,
+    /// QUIC (control on a stream, data as DATAGRAMs).
+    Quic,
+}
+
+impl Proto {
+    /// Upstream's lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Quic => "quic",
+        }
+    }
+}
+
+/// A peer endpoint, `tcp://ip:port` or `quic://ip:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Transport.
+    pub proto: Proto,
+    /// Address (IPv6 link-local ones carry their scope).
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// A TCP endpoint.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            proto: Proto::Tcp,
+            addr,
+        }
+    }
+
+    /// As upstream's API shows it (v0.7.6+): `{"proto", "addr": {"socket"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"proto": self.proto.name(), "addr": {"socket": self.addr.to_string()}})
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.proto.name(), self.addr)
+    }
+}
+
+/// Parses `tcp://ip:port` or `quic://ip:port` (IPv6 in brackets, case-insensitive protocol).
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, NodeError> {
     let (proto, rest) = s
         .split_once("://")
         .ok_or_else(|| NodeError::BadEndpoint(s.into()))?;
-    if !proto.eq_ignore_ascii_case("tcp") {
+    let proto = if proto.eq_ignore_ascii_case("tcp") {
+        Proto::Tcp
+    } else if proto.eq_ignore_ascii_case("quic") {
+        Proto::Quic
+    } else {
         return Err(NodeError::BadEndpoint(s.into()));
-    }
-    rest.parse().map_err(|_| NodeError::BadEndpoint(s.into()))
+    };
+    let addr = rest.parse().map_err(|_| NodeError::BadEndpoint(s.into()))?;
+    Ok(Endpoint { proto, addr })
 }
 
 /// How a node is configured (upstream's daemon flags).
@@ -80,10 +140,12 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, NodeError> {
 pub struct Config {
     /// The node key.
     pub key: SecretKey,
-    /// Static peers (`tcp://…`).
-    pub peers: Vec<SocketAddr>,
+    /// Static peers.
+    pub peers: Vec<Endpoint>,
     /// TCP listen address (upstream: `[::]:9651`).
     pub tcp_listen: SocketAddr,
+    /// QUIC (UDP) listen address (upstream: `[::]:9651`); `None` = `--disable-quic`.
+    pub quic_listen: Option<SocketAddr>,
     /// TUN interface name; `None` = `--no-tun` (routing only).
     pub tun_name: Option<String>,
     /// Every timer divided by this (1 = upstream's); tests only, see [`Timers::divided`].
@@ -128,7 +190,7 @@ const DISCOVERED_MAX_FAILURES: u32 = 3;
 
 struct Link {
     tx: mpsc::Sender<Bytes>,
-    remote: SocketAddr,
+    remote: Endpoint,
     kind: PeerKind,
     rx_bytes: Arc<AtomicU64>,
     tx_bytes: Arc<AtomicU64>,
@@ -136,7 +198,7 @@ struct Link {
 }
 
 struct StaticPeer {
-    addr: SocketAddr,
+    addr: Endpoint,
     kind: PeerKind,
     task: AbortHandle,
     link: Option<PeerId>,
@@ -208,6 +270,8 @@ pub struct Inner {
     start_time: u64,
     /// Data-path counters.
     pub counters: Counters,
+    /// The QUIC endpoint (listener and dialer), if QUIC is on.
+    quic: Option<quinn::Endpoint>,
     /// Static peer redial period ([`RECONNECT_INTERVAL`] unless divided).
     reconnect: Duration,
     /// How long packets wait for a route ([`PENDING_TIMEOUT`] unless divided).
@@ -247,6 +311,11 @@ impl Node {
         let tcp_port = listener
             .local_addr()
             .map_or(cfg.tcp_listen.port(), |a| a.port());
+        let rid = crate::packet::RouterId::new(pk, rnd);
+        let quic = match cfg.quic_listen {
+            Some(a) => Some(quic::endpoint(a, &rid.to_string())?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             router: Mutex::new(Router::with_timers(
                 cfg.key.clone(),
@@ -264,6 +333,7 @@ impl Node {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             counters: Counters::default(),
+            quic: quic.clone(),
             reconnect: RECONNECT_INTERVAL / cfg.timer_divisor.max(1),
             pending_timeout: PENDING_TIMEOUT / cfg.timer_divisor.max(1),
         });
@@ -276,6 +346,9 @@ impl Node {
             tokio::spawn(accept_loop(inner.clone(), listener)).abort_handle(),
             tokio::spawn(timer_loop(inner.clone())).abort_handle(),
         ];
+        if let Some(q) = quic {
+            tasks.push(tokio::spawn(quic_accept_loop(inner.clone(), q)).abort_handle());
+        }
         if let Some(d) = cfg.discovery {
             let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, d.port));
             let sock = discovery::bind(d.port)
@@ -304,12 +377,12 @@ impl Node {
     }
 
     /// Adds a static peer; `false` if it exists.
-    pub fn add_static_peer(&self, addr: SocketAddr) -> bool {
+    pub fn add_static_peer(&self, addr: Endpoint) -> bool {
         self.inner.add_static_peer(addr)
     }
 
     /// Removes a static peer and closes its link; `false` if unknown.
-    pub fn remove_static_peer(&self, addr: SocketAddr) -> bool {
+    pub fn remove_static_peer(&self, addr: Endpoint) -> bool {
         self.inner.remove_static_peer(addr)
     }
 
@@ -326,6 +399,9 @@ impl Node {
                 a.abort();
             }
         }
+        if let Some(q) = &self.inner.quic {
+            q.close(0u8.into(), b"shutdown");
+        }
     }
 }
 
@@ -340,21 +416,21 @@ impl Inner {
         self.start_time
     }
 
-    fn add_static_peer(self: &Arc<Self>, addr: SocketAddr) -> bool {
+    fn add_static_peer(self: &Arc<Self>, addr: Endpoint) -> bool {
         self.add_dialed_peer(addr, PeerKind::Static)
     }
 
     /// A peer found by a beacon: dialed unless it is known or already linked to us.
-    fn add_discovered_peer(self: &Arc<Self>, addr: SocketAddr) {
+    fn add_discovered_peer(self: &Arc<Self>, addr: Endpoint) {
         let linked = lock(&self.links)
             .values()
-            .any(|l| same_host(&l.remote, &addr));
+            .any(|l| same_host(&l.remote.addr, &addr.addr));
         if !linked && self.add_dialed_peer(addr, PeerKind::LinkLocalDiscovery) {
             tracing::info!(%addr, "peer discovered on the link");
         }
     }
 
-    fn add_dialed_peer(self: &Arc<Self>, addr: SocketAddr, kind: PeerKind) -> bool {
+    fn add_dialed_peer(self: &Arc<Self>, addr: Endpoint, kind: PeerKind) -> bool {
         let mut statics = lock(&self.statics);
         if statics.iter().any(|s| s.addr == addr) {
             return false;
@@ -371,7 +447,7 @@ impl Inner {
         true
     }
 
-    fn remove_static_peer(&self, addr: SocketAddr) -> bool {
+    fn remove_static_peer(&self, addr: Endpoint) -> bool {
         let removed = {
             let mut statics = lock(&self.statics);
             let Some(i) = statics.iter().position(|s| s.addr == addr) else {
@@ -391,8 +467,7 @@ impl Inner {
         let links = lock(&self.links);
         let statics = lock(&self.statics);
         let now = Instant::now();
-        let endpoint =
-            |a: &SocketAddr| serde_json::json!({"proto": "tcp", "addr": {"socket": a.to_string()}});
+        let endpoint = Endpoint::to_json;
         let kind = |k: PeerKind| serde_json::to_value(k).unwrap_or_default();
         let mut out = Vec::new();
         for s in statics.iter() {
@@ -431,7 +506,7 @@ impl Inner {
             .filter_map(|p| {
                 let l = links.get(&p.id)?;
                 Some(LinkHealth {
-                    endpoint: format!("tcp://{}", l.remote),
+                    endpoint: l.remote.to_string(),
                     kind: l.kind,
                     link_cost: p.link_cost,
                     ihu_age: now.saturating_duration_since(p.last_ihu),
@@ -444,9 +519,10 @@ impl Inner {
 
     /// "TCP [local] <-> [remote]"-style next hop names for the API.
     pub fn link_name(&self, id: PeerId) -> String {
-        lock(&self.links)
-            .get(&id)
-            .map_or_else(|| format!("link {id}"), |l| format!("TCP {}", l.remote))
+        lock(&self.links).get(&id).map_or_else(
+            || format!("link {id}"),
+            |l| format!("{} {}", l.remote.proto.name().to_uppercase(), l.remote.addr),
+        )
     }
 
     fn close_link(&self, id: PeerId) {
@@ -749,7 +825,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 tracing::info!(%remote, "inbound peer");
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    run_link(inner, s, remote, PeerKind::Inbound, None).await;
+                    run_tcp_link(inner, s, Endpoint::tcp(remote), PeerKind::Inbound, None).await;
                 });
             }
             Err(e) => {
@@ -757,6 +833,43 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Upstream bounds inbound QUIC handshakes to 10 at once, 10 s each.
+const QUIC_HANDSHAKES: usize = 10;
+const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn quic_accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(QUIC_HANDSHAKES));
+    while let Some(incoming) = ep.accept().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = Endpoint {
+                proto: Proto::Quic,
+                addr: incoming.remote_address(),
+            };
+            let setup = async {
+                let conn = incoming.await?;
+                // The connector's stream becomes visible with its first control packet.
+                let (send, recv) = conn.accept_bi().await?;
+                Ok::<_, quinn::ConnectionError>((conn, send, recv))
+            };
+            let link = tokio::time::timeout(QUIC_HANDSHAKE_TIMEOUT, setup).await;
+            drop(permit);
+            match link {
+                Ok(Ok((conn, send, recv))) => {
+                    tracing::info!(remote = %remote.addr, "inbound QUIC peer");
+                    run_quic_link(inner, conn, send, recv, remote, PeerKind::Inbound, None).await;
+                }
+                Ok(Err(e)) => tracing::debug!(remote = %remote.addr, "QUIC handshake: {e}"),
+                Err(_) => tracing::debug!(remote = %remote.addr, "QUIC handshake timed out"),
+            }
+        });
     }
 }
 
@@ -768,25 +881,54 @@ fn same_host(a: &SocketAddr, b: &SocketAddr) -> bool {
     }
 }
 
+/// Dials one endpoint and runs its link until it ends; `Err` if the dial failed.
+async fn dial(inner: &Arc<Inner>, ep: Endpoint, kind: PeerKind) -> Result<(), String> {
+    match ep.proto {
+        Proto::Tcp => {
+            let s = tokio::time::timeout(
+                inner.reconnect.max(Duration::from_secs(1)),
+                TcpStream::connect(ep.addr),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+            tracing::info!(%ep, "connected to peer");
+            run_tcp_link(inner.clone(), s, ep, kind, Some(ep)).await;
+        }
+        Proto::Quic => {
+            let q = inner.quic.as_ref().ok_or("QUIC is disabled")?;
+            let setup = async {
+                let conn = q
+                    .connect(ep.addr, quic::SNI)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((conn, send, recv))
+            };
+            let (conn, send, recv) = tokio::time::timeout(QUIC_HANDSHAKE_TIMEOUT, setup)
+                .await
+                .map_err(|_| "QUIC handshake timed out".to_string())??;
+            tracing::info!(%ep, "connected to peer");
+            run_quic_link(inner.clone(), conn, send, recv, ep, kind, Some(ep)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Dials a static or discovered peer, keeps its link, redials when it drops. A discovered
 /// peer is forgotten after [`DISCOVERED_MAX_FAILURES`] failed connects in a row (upstream).
-async fn static_peer_loop(inner: Arc<Inner>, addr: SocketAddr, kind: PeerKind) {
+async fn static_peer_loop(inner: Arc<Inner>, addr: Endpoint, kind: PeerKind) {
     let mut failures = 0;
     loop {
-        match tokio::time::timeout(inner.reconnect, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
+        match dial(&inner, addr, kind).await {
+            Ok(()) => {
                 failures = 0;
-                tracing::info!(%addr, "connected to peer");
-                run_link(inner.clone(), s, addr, kind, Some(addr)).await;
                 tracing::info!(%addr, "peer link closed");
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 failures += 1;
                 tracing::debug!(%addr, "connect: {e}");
-            }
-            Err(_) => {
-                failures += 1;
-                tracing::debug!(%addr, "connect timed out");
             }
         }
         if kind == PeerKind::LinkLocalDiscovery && failures >= DISCOVERED_MAX_FAILURES {
@@ -826,7 +968,7 @@ async fn discovery_loop(
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     if let Some(d) = discovery::accept_beacon(from, &buf[..n], &rid) {
-                        inner.add_discovered_peer(d.endpoint);
+                        inner.add_discovered_peer(Endpoint::tcp(d.endpoint));
                     }
                 }
                 Err(e) => {
@@ -838,21 +980,77 @@ async fn discovery_loop(
     }
 }
 
-/// Runs one link until it fails; registers it with the router while it lives.
-async fn run_link(
+async fn run_tcp_link(
     inner: Arc<Inner>,
     stream: TcpStream,
-    remote: SocketAddr,
+    remote: Endpoint,
     kind: PeerKind,
-    static_addr: Option<SocketAddr>,
+    static_addr: Option<Endpoint>,
 ) {
     let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let cost = match remote.addr.ip() {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => 10,
+        _ => 15,
+    };
+    run_link(
+        inner,
+        rd,
+        remote,
+        kind,
+        static_addr,
+        cost,
+        |rx, tx_bytes, _| vec![tokio::spawn(write_loop(wr, rx, tx_bytes)).abort_handle()],
+    )
+    .await;
+}
+
+async fn run_quic_link(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    remote: Endpoint,
+    kind: PeerKind,
+    static_addr: Option<Endpoint>,
+) {
+    let cost = quic::static_cost(&remote.addr);
+    let inner2 = inner.clone();
+    run_link(
+        inner,
+        recv,
+        remote,
+        kind,
+        static_addr,
+        cost,
+        move |rx, tx_bytes, rx_bytes| {
+            vec![
+                tokio::spawn(quic_write_loop(send, conn.clone(), rx, tx_bytes)).abort_handle(),
+                tokio::spawn(quic_datagram_loop(inner2, conn, rx_bytes)).abort_handle(),
+            ]
+        },
+    )
+    .await;
+}
+
+/// Runs one link until it fails; registers it with the router while it lives. `rd` carries
+/// the packet stream; `spawn_io` starts the writer (and, for QUIC, the datagram reader) from
+/// the link's frame queue and byte counters (tx, rx).
+#[allow(clippy::too_many_arguments)]
+async fn run_link<R: tokio::io::AsyncRead + Unpin>(
+    inner: Arc<Inner>,
+    mut rd: R,
+    remote: Endpoint,
+    kind: PeerKind,
+    static_addr: Option<Endpoint>,
+    cost: u16,
+    spawn_io: impl FnOnce(mpsc::Receiver<Bytes>, Arc<AtomicU64>, Arc<AtomicU64>) -> Vec<AbortHandle>,
+) {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
     let rx_bytes = Arc::new(AtomicU64::new(0));
     let tx_bytes = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_loop(wr, rx, tx_bytes.clone()));
+    let mut abort = spawn_io(rx, tx_bytes.clone(), rx_bytes.clone());
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // The reader runs in this task; an abort of the link (dead peer, API delete) is signalled
     // through `done` by dropping the writer and this sender.
@@ -860,6 +1058,7 @@ async fn run_link(
         let _keep = done_tx;
         std::future::pending::<()>().await;
     });
+    abort.push(reader_abort.abort_handle());
     lock(&inner.links).insert(
         id,
         Link {
@@ -868,7 +1067,7 @@ async fn run_link(
             kind,
             rx_bytes: rx_bytes.clone(),
             tx_bytes,
-            abort: vec![writer.abort_handle(), reader_abort.abort_handle()],
+            abort,
         },
     );
     if let Some(a) = static_addr {
@@ -878,10 +1077,6 @@ async fn run_link(
             s.last_connected = Some(SystemTime::now());
         }
     }
-    let cost = match remote.ip() {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => 10,
-        _ => 15,
-    };
     let now = Instant::now();
     inner.with_router(|r| r.add_peer(id, cost, now));
 
@@ -927,7 +1122,7 @@ async fn run_link(
     finish(&inner, static_addr, id);
 }
 
-fn finish(inner: &Inner, static_addr: Option<SocketAddr>, id: PeerId) {
+fn finish(inner: &Inner, static_addr: Option<Endpoint>, id: PeerId) {
     if let Some(a) = static_addr {
         let mut statics = lock(&inner.statics);
         if let Some(s) = statics
@@ -958,6 +1153,59 @@ async fn write_loop(
         tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     let _ = wr.shutdown().await;
+}
+
+/// QUIC: data frames go out as one DATAGRAM each (the `Bytes` is handed over, no copy);
+/// control frames, and data frames larger than the path allows in a datagram, go on the
+/// stream (the receiver's stream decoder takes both kinds, as on TCP).
+async fn quic_write_loop(
+    mut send: quinn::SendStream,
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Bytes>,
+    tx_bytes: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(COALESCE);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    while rx.recv_many(&mut batch, COALESCE).await > 0 {
+        let max = conn.max_datagram_size().unwrap_or(0);
+        let mut n = 0;
+        for f in batch.drain(..) {
+            n += f.len();
+            let is_data = f.len() > HEADER_LEN && f[1] == 0;
+            if is_data && f.len() <= max {
+                match conn.send_datagram(f) {
+                    Ok(()) => continue,
+                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                    Err(e) => {
+                        tracing::debug!("QUIC datagram: {e}");
+                        continue;
+                    }
+                }
+            }
+            out.extend_from_slice(&f);
+        }
+        if !out.is_empty() {
+            if send.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = send.finish();
+}
+
+/// QUIC: each DATAGRAM holds one data packet (header included).
+async fn quic_datagram_loop(inner: Arc<Inner>, conn: quinn::Connection, rx_bytes: Arc<AtomicU64>) {
+    while let Ok(d) = conn.read_datagram().await {
+        rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        let mut b = BytesMut::from(&d[..]);
+        match packet::decode(&mut b) {
+            Ok(Some(Packet::Data(p))) => inner.handle_link_data(p),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("bad QUIC datagram: {e}"),
+        }
+    }
 }
 
 async fn timer_loop(inner: Arc<Inner>) {

@@ -245,6 +245,11 @@ pub struct Router {
     peers: BTreeMap<PeerId, Peer>,
     table: BTreeMap<Subnet, SubnetEntry>,
     queried: HashMap<Subnet, Instant>,
+    /// Subnets whose selected route was lost, and when: a new link is asked for them (a zos
+    /// addition, wire-compatible: plain route requests), so that a neighbour coming back after
+    /// a crash restores the routes that went through it without waiting for traffic to time
+    /// out a query first.
+    lost: HashMap<Subnet, Instant>,
     sources: HashMap<(Subnet, RouterId), FeasibilityDistance>,
     seqno_requests: HashMap<(RouterId, Subnet, SeqNo), SeqnoRequestState>,
     seqno_sent: HashMap<(RouterId, Subnet, SeqNo, PeerId), Instant>,
@@ -275,6 +280,7 @@ impl Router {
             peers: BTreeMap::new(),
             table: BTreeMap::new(),
             queried: HashMap::new(),
+            lost: HashMap::new(),
             sources: HashMap::new(),
             seqno_requests: HashMap::new(),
             seqno_sent: HashMap::new(),
@@ -332,7 +338,8 @@ impl Router {
         );
         self.send_hello(id, now);
         self.send(id, self.own_update());
-        let queried: Vec<Subnet> = self.queried.keys().copied().collect();
+        let mut queried: Vec<Subnet> = self.queried.keys().copied().collect();
+        queried.extend(self.lost.keys().filter(|s| !self.queried.contains_key(s)));
         for s in queried {
             self.send(
                 id,
@@ -433,6 +440,9 @@ impl Router {
         }
         self.table.retain(|_, e| !e.routes.is_empty());
         self.queried.retain(|_, exp| *exp > now);
+        let keep = self.timers.seqno_cache;
+        self.lost
+            .retain(|_, t| now.saturating_duration_since(*t) < keep);
         self.sources.retain(|_, fd| fd.expires > now);
         self.seqno_requests
             .retain(|_, r| r.expires.is_some_and(|e| e > now));
@@ -670,12 +680,14 @@ impl Router {
         }
         if choice.is_some() {
             self.queried.remove(&subnet);
+            self.lost.remove(&subnet);
         }
         let after = self.selected(&subnet);
         if after.is_none()
             && let Some((_, rid, _, _)) = before
         {
             // Lost the route: ask for a newer seqno from the old source everywhere.
+            self.lost.insert(subnet, now);
             self.send_seqno_request(subnet, rid, None, now);
         }
         let significant = match (before, after) {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zos_mycelium::SecretKey;
-use zos_mycelium::node::{Config, Node};
+use zos_mycelium::node::{Config, Endpoint, Node};
 
-async fn node(seed: u8, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
+async fn node(seed: u8, peers: Vec<Endpoint>) -> (Node, SocketAddr) {
     // Bind to learn a free port, then let the node bind it.
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
     let addr = probe.local_addr().expect("addr");
@@ -19,6 +19,7 @@ async fn node(seed: u8, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
         key: SecretKey::from_bytes([seed; 32]),
         peers,
         tcp_listen: addr,
+        quic_listen: None,
         tun_name: None,
         timer_divisor: 1,
         discovery: None,
@@ -67,7 +68,7 @@ async fn rpc(addr: SocketAddr, req: Value) -> Value {
 #[tokio::test]
 async fn rest_json_rpc_and_metrics_on_linked_nodes() {
     let (b, b_addr) = node(2, vec![]).await;
-    let (a, _) = node(1, vec![b_addr]).await;
+    let (a, _) = node(1, vec![Endpoint::tcp(b_addr)]).await;
     let rest = serve(zos_mycelium::api::router(a.clone())).await;
     let jrpc = serve(zos_mycelium::rpc::router(a.clone())).await;
 

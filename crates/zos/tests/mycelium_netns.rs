@@ -7,7 +7,8 @@
 //!
 //! The nodes run with `--test-timer-divisor 5` (hidden flag): Hello 4 s, dead peer 8.6 s
 //! checked every 2 s, redial 1 s — upstream's timers / 5, so the silent-failure phases take
-//! ~10 s each instead of ~50 s. Needs root, /dev/net/tun and ping; SKIPs loudly otherwise.
+//! ~10 s each instead of ~50 s (`ZOS_MYC_TEST_DIVISOR=1` runs with upstream's timers).
+//! Needs root, /dev/net/tun and ping; SKIPs loudly otherwise.
 
 mod common;
 
@@ -21,9 +22,20 @@ use std::time::{Duration, Instant};
 use common::{Proc, TempDir};
 
 const DIVISOR: u32 = 5;
-/// Dead-peer timeout + one check period at DIVISOR (43 s + 10 s upstream), plus slack for
-/// the retraction to travel and a loaded CI host.
-const SILENT_FAILURE_BOUND: Duration = Duration::from_secs(53 / DIVISOR as u64 + 6);
+
+/// The timer divisor: 5, or `ZOS_MYC_TEST_DIVISOR` (1 measures with upstream's timers).
+fn divisor() -> u32 {
+    std::env::var("ZOS_MYC_TEST_DIVISOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DIVISOR)
+}
+
+/// Dead-peer timeout + one check period (43 s + 10 s upstream, divided), plus slack for the
+/// retraction to travel and a loaded CI host.
+fn silent_failure_bound() -> Duration {
+    Duration::from_secs(53 / u64::from(divisor()) + 6)
+}
 const ECHO_PORT: u16 = 7070;
 
 fn have(cmd: &str) -> bool {
@@ -178,7 +190,7 @@ impl Net {
             .args(extra)
             .arg("--key-file")
             .arg(self.key(i))
-            .args(["--test-timer-divisor", &DIVISOR.to_string()]);
+            .args(["--test-timer-divisor", &divisor().to_string()]);
         if !peers.is_empty() {
             c.arg("--peers").args(peers);
         }
@@ -416,8 +428,13 @@ fn four_nodes_in_a_line_reroute_and_recover() {
     );
     let t0 = Instant::now();
     net.start(2, &["tcp://10.77.3.2:9651"]);
-    net.wait_ping(0, 3, true, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("A->D after C restarted; B's log:\n{}", net.log(1)));
+    net.wait_ping(
+        0,
+        3,
+        true,
+        Duration::from_secs(120 / u64::from(divisor()) + 6),
+    )
+    .unwrap_or_else(|| panic!("A->D after C restarted; B's log:\n{}", net.log(1)));
     eprintln!(
         "A->D back {:.1} s after C was restarted",
         t0.elapsed().as_secs_f64()
@@ -443,12 +460,12 @@ fn four_nodes_in_a_line_reroute_and_recover() {
         t0.elapsed().as_secs_f64()
     );
     echo(&mut conn, b"the same connection over the new link");
-    net.wait_ping(0, 2, true, SILENT_FAILURE_BOUND)
+    net.wait_ping(0, 2, true, silent_failure_bound())
         .unwrap_or_else(|| panic!("A->C via D; A's log:\n{}", net.log(0)));
     eprintln!(
         "A->C via D {:.1} s after the cut (bound {:?})",
         t0.elapsed().as_secs_f64(),
-        SILENT_FAILURE_BOUND
+        silent_failure_bound()
     );
 
     // 4. D leaves without a word (SIGSTOP: its sockets stay open, it sends nothing): its
@@ -459,7 +476,7 @@ fn four_nodes_in_a_line_reroute_and_recover() {
     let d_subnet = net.subnet(3);
     while net.selected_subnets(0).contains(&d_subnet) {
         assert!(
-            t0.elapsed() < SILENT_FAILURE_BOUND,
+            t0.elapsed() < silent_failure_bound(),
             "A still routes to D {:?} after D left",
             t0.elapsed()
         );
@@ -508,4 +525,59 @@ fn nodes_on_a_link_find_each_other() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, peers) = http(&net.ns(2), "GET", "/api/v1/admin/peers", None).expect("peers");
     assert_eq!(peers, "[]", "C found a peer");
+}
+
+/// QUIC links as upstream (quic:// peers): control packets on one stream, data packets as
+/// DATAGRAMs; a full-size packet that does not fit the path's datagram size goes on the
+/// stream. A reaches C over two QUIC hops with small and full-MTU pings and TCP.
+#[test]
+fn three_nodes_over_quic() {
+    if !can_run("three_nodes_over_quic") {
+        return;
+    }
+    let mut net = Net::new("mycq", 3);
+    net.link(0, 1, 7);
+    net.link(1, 2, 8);
+    net.start(2, &[]);
+    net.start(1, &["quic://10.77.8.2:9651"]);
+    net.start(0, &["quic://10.77.7.2:9651"]);
+    let t = net
+        .wait_ping(0, 2, true, Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            panic!(
+                "A reaches C over QUIC; logs:\n{}\n{}",
+                net.log(0),
+                net.log(1)
+            )
+        });
+    eprintln!("A->C over two QUIC hops after {:.1} s", t.as_secs_f64());
+    // 1352 bytes of payload: a 1400-byte IPv6 packet, the TUN MTU.
+    assert!(sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.ns(0),
+        "ping",
+        "-6",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-s",
+        "1352",
+        &net.addrs[2].to_string(),
+    ]));
+    net.echo_server(2);
+    let mut conn = net.connect(0, 2);
+    let big = vec![7u8; 256 * 1024];
+    echo(&mut conn, &big);
+    let (_, peers) = http(&net.ns(0), "GET", "/api/v1/admin/peers", None).expect("peers");
+    assert!(peers.contains(r#""proto":"quic""#), "{peers}");
+    let (_, metrics) = http(&net.ns(0), "GET", "/metrics", None).expect("metrics");
+    assert!(
+        metrics.contains(r#"mycelium_peer_up{endpoint="quic://10.77.7.2:9651",type="static"} 1"#),
+        "{metrics}"
+    );
 }

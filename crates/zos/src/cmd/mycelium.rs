@@ -10,7 +10,8 @@ use zos_mycelium::{PublicKey, SecretKey};
 /// Mycelium subcommands.
 #[derive(Subcommand, Debug)]
 pub enum MyceliumCmd {
-    /// Run the overlay daemon (upstream `mycelium` flags): TCP links, TUN, HTTP API.
+    /// Run the overlay daemon (upstream `mycelium` flags): TCP and QUIC links, link-local
+    /// discovery, TUN, HTTP and JSON-RPC APIs.
     Run(RunArgs),
     /// Show the public key and overlay address of a public key, or of the key file.
     Inspect {
@@ -40,7 +41,8 @@ pub enum MyceliumCmd {
 /// `zos mycelium run` flags (upstream's names).
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Static peers, `tcp://<ip>:<port>` (IPv6 in brackets); repeatable or space-separated.
+    /// Static peers, `tcp://<ip>:<port>` or `quic://<ip>:<port>` (IPv6 in brackets); repeatable
+    /// or space-separated.
     #[arg(long, num_args = 1..)]
     peers: Vec<String>,
     /// The node's key file (32 raw bytes; generated with mode 0640 if missing).
@@ -65,7 +67,10 @@ pub struct RunArgs {
     /// them).
     #[arg(long, value_name = "ADDR")]
     metrics_api_address: Option<std::net::SocketAddr>,
-    /// Accepted for upstream compatibility: this build has no QUIC transport.
+    /// UDP port for QUIC peer links, bound on `[::]`.
+    #[arg(short = 'q', long, default_value_t = 9651)]
+    quic_listen_port: u16,
+    /// No QUIC: neither listen nor dial `quic://` peers.
     #[arg(long)]
     disable_quic: bool,
     /// Do not look for peers on the local links (multicast beacons on `ff02::cafe`).
@@ -98,6 +103,10 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<()> {
             std::net::Ipv6Addr::UNSPECIFIED,
             a.tcp_listen_port,
         )),
+        quic_listen: (!a.disable_quic).then_some(std::net::SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            a.quic_listen_port,
+        ))),
         tun_name: (!a.no_tun).then_some(a.tun_name),
         timer_divisor: a.test_timer_divisor,
         discovery: (!a.disable_peer_discovery).then(|| zos_mycelium::node::DiscoveryConfig {
