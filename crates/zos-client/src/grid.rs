@@ -832,8 +832,18 @@ impl Grid {
             NodeSelector::Filter(f) => f.clone(),
             _ => Default::default(),
         };
+        // Public IPs need a public node (one its farmer gave a public config).
+        let public = d.workloads.iter().any(|w| {
+            matches!(
+                w.workload_type,
+                zos_types::WorkloadType::Ip | zos_types::WorkloadType::Ipv4
+            )
+        });
         for view in self.nodes().await? {
             let Some(free) = view.free else { continue };
+            if public && view.node.public_config.is_none() {
+                continue;
+            }
             // The ledger refuses new contracts on a node in maintenance.
             if view.node.maintenance.is_some() {
                 continue;

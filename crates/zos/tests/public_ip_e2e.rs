@@ -101,7 +101,7 @@ fn a_vm_with_a_public_ip_on_up() {
         eprintln!("SKIP: {T}: needs root, /dev/net/tun and ip");
         return;
     }
-    for tool in ["nft", "tcpdump", "ping"] {
+    for tool in ["nft", "tcpdump", "ping", "curl"] {
         if !has(tool) {
             eprintln!("SKIP: {T}: {tool} missing");
             return;
@@ -145,24 +145,26 @@ fn a_vm_with_a_public_ip_on_up() {
     assert_eq!(ips.len(), 4, "{ips:?}");
     assert!(ips.iter().all(|(_, c)| *c == 0), "{ips:?}");
 
-    // A network, a public IP and a VM using both, on the public node.
-    let flist = format!("http://127.0.0.1:{hub}/flists/0/test-guest.fl");
-    // The VM pings the gateway from its own address (PUB-PING-OK) and from one it does not
-    // own (it must never leave the tap).
+    // examples/public-ip.yaml (a network, a public IP and a VM using both; `node: any` must
+    // pick the public node), its VM also pinging the gateway from its own address
+    // (PUB-PING-OK) and from one it does not own (which must never leave the tap).
+    let example =
+        std::fs::read_to_string(vm_guest::workspace().join("examples/public-ip.yaml")).unwrap();
+    let serve = "mkdir -p /www && echo \\\"hello from $(hostname) on a public IP\\\" > /www/index.html && httpd -p 80 -h /www && echo serving;";
+    assert!(
+        example.contains(serve),
+        "the example serves a page: {example}"
+    );
     let entry = "ip addr add 203.0.113.99/24 dev eth1; while :; do \
         ping -c 1 -W 1 -I 203.0.113.10 203.0.113.1 >/dev/null && echo PUB-PING-OK; \
         ping -c 1 -W 1 -I 203.0.113.99 203.0.113.1 >/dev/null && echo SPOOF-PING-OK; sleep 1; done";
-    let spec = format!(
-        "name: pub\nnode: {node}\nworkloads:\n  net:\n    raw:\n      type: network\n      data:\n        \
-         ip_range: 10.40.0.0/16\n        subnet: 10.40.2.0/24\n        \
-         wireguard_private_key: GDU+cjKrHNJS9fodzjFDzNFl5su3kJXTZ3ipPgUjOUE=\n        \
-         wireguard_listen_port: 3021\n        peers: []\n  pubip:\n    ip: {{ v4: true }}\n  \
-         vm:\n    raw:\n      type: zmachine\n      data:\n        flist: {flist}\n        \
-         network:\n          public_ip: pubip\n          planetary: false\n          interfaces:\n            \
-         - network: net\n              ip: 10.40.2.5\n        size: 0\n        compute_capacity:\n          \
-         cpu: 1\n          memory: 268435456\n        mounts: []\n        \
-         entrypoint: \"/bin/sh -c '{entry}'\"\n        env: {{}}\n"
-    );
+    let spec = example
+        .replace("127.0.0.1:7900", &format!("127.0.0.1:{hub}"))
+        .replace(
+            "echo serving; while :; do sleep 60; done",
+            &format!("echo serving; {entry}"),
+        );
+    assert!(spec.contains("SPOOF-PING-OK"), "{spec}");
     let path = up.dir.path().join("pub.yaml");
     std::fs::write(&path, spec).unwrap();
     let t0 = Instant::now();
@@ -181,6 +183,7 @@ fn a_vm_with_a_public_ip_on_up() {
             .unwrap()
             .clone()
     };
+    assert_eq!(d["node_id"], node, "node: any picks the public node");
     for name in ["net", "pubip", "vm"] {
         assert_eq!(w(name)["result"]["state"], "ok", "{}", w(name));
     }
@@ -209,6 +212,24 @@ fn a_vm_with_a_public_ip_on_up() {
     assert!(
         ping_from("zup-inet", "203.0.113.10", Duration::from_secs(20)),
         "the internet reaches the VM on its public IP"
+    );
+    // The page the example serves, over TCP from the internet.
+    let page = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "zup-inet",
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "http://203.0.113.10/",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout).trim(),
+        "hello from vm on a public IP",
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
     );
     // Five seconds of the VM's pings on the internet's bridge: its own address only.
     let mut cap = Command::new("ip")
