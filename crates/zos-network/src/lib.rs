@@ -40,9 +40,26 @@ pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Ar
     let n = Networks::new(cfg.clone());
     registry.register(n.clone());
     registry.add_command("zos.network.endpoints", Arc::new(Interfaces(cfg)));
+    // Read by the farm's twin through the node's `zos.admin.diag.*` authorisation.
+    registry.add_command("zos.admin.diag.wg", Arc::new(WgDiag(n.clone())));
     registry.add_lifecycle(Arc::new(PublicSide(n.clone())));
     registry.add_feature("wireguard");
     n
+}
+
+/// `zos.admin.diag.wg`: WireGuard devices and peers with handshake ages.
+struct WgDiag(Arc<Networks>);
+
+#[async_trait]
+impl ApiCommand for WgDiag {
+    async fn call(
+        &self,
+        _node: &dyn NodeView,
+        _twin: u32,
+        _payload: Value,
+    ) -> Result<Value, String> {
+        Ok(self.0.wg_status().await)
+    }
 }
 
 /// The network set's lifecycle: applies the node's public config in place when it changes.

@@ -315,6 +315,37 @@ impl Networks {
             .map(|r| r.device.peer_status())
     }
 
+    /// `zos.admin.diag.wg`: every running resource's WireGuard device, its listen port and
+    /// peers (public key, endpoint, seconds since the last completed handshake; `null` when
+    /// none completed since the device started).
+    pub async fn wg_status(&self) -> Value {
+        use base64::Engine as _;
+        let running = self.running.lock().await;
+        let list: Vec<Value> = running
+            .iter()
+            .map(|(netid, r)| {
+                let peers: Vec<Value> = r
+                    .device
+                    .peer_status()
+                    .into_iter()
+                    .map(|(key, endpoint, age)| {
+                        serde_json::json!({
+                            "public_key": base64::engine::general_purpose::STANDARD.encode(key),
+                            "endpoint": endpoint.map(|e| e.to_string()),
+                            "handshake_age_secs": age.map(|a| a.as_secs()),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "netid": netid,
+                    "listen_port": r.device.listen_port(),
+                    "peers": peers,
+                })
+            })
+            .collect();
+        serde_json::json!({ "networks": list })
+    }
+
     /// Creates or converges the resource for `p`.
     async fn apply(&self, p: Plan) -> Result<(), PrimitiveError> {
         let mut running = self.running.lock().await;

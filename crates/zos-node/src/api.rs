@@ -414,10 +414,15 @@ impl Api {
                 };
                 Ok(crate::diag::kernel(&a).await)
             }
-            "zos.admin.diag.pools" => Ok(json!({
-                "pools": to_value(&self.pools().await)?,
-                "btrfs": crate::diag::btrfs_stats().await,
-            })),
+            "zos.admin.diag.pools" => {
+                let btrfs = crate::diag::btrfs_stats().await;
+                let smart = crate::diag::smart(&crate::diag::btrfs_devices(&btrfs)).await;
+                Ok(json!({
+                    "pools": to_value(&self.pools().await)?,
+                    "btrfs": btrfs,
+                    "smart": smart,
+                }))
+            }
             "zos.admin.diag.net" => Ok(crate::diag::net().await),
             "zos.admin.diag.reach" => {
                 let a: crate::diag::ReachArg = arg(payload)?;
@@ -447,7 +452,16 @@ impl Api {
                     "last_errors": last_errors,
                 }))
             }
-            _ => Err(ApiError::new(404, format!("unknown command {cmd}"))),
+            // Views a primitive set adds (the network's WireGuard peers), authorised as ours.
+            _ => match self.engine.registry().command(cmd) {
+                Some(c) => {
+                    let view = crate::primitives::StoreView(self.engine.store());
+                    c.call(&view, 0, payload)
+                        .await
+                        .map_err(|e| ApiError::new(400, e))
+                }
+                None => Err(ApiError::new(404, format!("unknown command {cmd}"))),
+            },
         }
     }
 

@@ -330,6 +330,95 @@ pub async fn btrfs_stats() -> Vec<Value> {
     out
 }
 
+/// Runs a read-only command with [`CMD_TIMEOUT`]; its exit code and stdout whatever the code
+/// (`smartctl` reports findings in its exit status bits and still prints its JSON).
+async fn run_any(prog: &str, args: &[&str]) -> Result<(i32, String), String> {
+    let fut = tokio::process::Command::new(prog)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(CMD_TIMEOUT, fut).await {
+        Err(_) => Err(format!("{prog} timed out after {CMD_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("{prog}: {e}")),
+        Ok(Ok(o)) => Ok((
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )),
+    }
+}
+
+/// SMART health of the devices under the node's btrfs pools (`smartctl -j -H -A`), or why
+/// there is none: `smartctl` not installed, or a device without SMART (loop files, most
+/// virtual disks) with smartctl's own message.
+pub async fn smart(devices: &[String]) -> Value {
+    if run_any("smartctl", &["--version"]).await.is_err() {
+        return json!({ "available": false, "reason": "smartctl is not installed on this node" });
+    }
+    let mut out = Vec::new();
+    for d in devices {
+        let v = match run_any("smartctl", &["-j", "-H", "-A", d]).await {
+            Ok((_, stdout)) => parse_smart(d, &stdout),
+            Err(e) => json!({ "device": d, "error": e }),
+        };
+        out.push(v);
+    }
+    json!({ "available": true, "devices": out })
+}
+
+/// The fields of `smartctl -j -H -A` a farmer needs: overall verdict, temperature, power-on
+/// hours, reallocated and pending sectors; smartctl's error messages when it has no verdict.
+/// Never panics on odd input (it is a child's output).
+pub fn parse_smart(device: &str, stdout: &str) -> Value {
+    let Ok(j) = serde_json::from_str::<Value>(stdout) else {
+        return json!({ "device": device, "error": "smartctl printed no JSON" });
+    };
+    let attr = |id: u64| {
+        j["ata_smart_attributes"]["table"]
+            .as_array()
+            .and_then(|t| t.iter().find(|a| a["id"].as_u64() == Some(id)))
+            .and_then(|a| a["raw"]["value"].as_u64())
+    };
+    let messages: Vec<String> = j["smartctl"]["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x["string"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let passed = j["smart_status"]["passed"].as_bool();
+    let mut v = json!({
+        "device": device,
+        "model": j["model_name"].as_str(),
+        "passed": passed,
+        "temperature_c": j["temperature"]["current"].as_u64(),
+        "power_on_hours": j["power_on_time"]["hours"].as_u64(),
+        "reallocated_sectors": attr(5),
+        "pending_sectors": attr(197),
+        "exit_status": j["smartctl"]["exit_status"].as_u64(),
+    });
+    if passed.is_none() {
+        v["error"] = json!(if messages.is_empty() {
+            "no SMART verdict".to_string()
+        } else {
+            messages.join("; ")
+        });
+    }
+    v
+}
+
+/// The devices of the btrfs filesystems [`btrfs_stats`] found.
+pub fn btrfs_devices(stats: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = stats
+        .iter()
+        .filter_map(|f| f["stats"].as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `zos.admin.diag.reach`: where to test and how long at most.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -514,6 +603,37 @@ mod tests {
         })
         .await;
         assert!(v["lines"].as_array().unwrap().len() <= MAX_KERNEL_LINES);
+    }
+
+    #[test]
+    fn smart_output_is_read_and_junk_is_an_error() {
+        let ok = r#"{"smartctl":{"exit_status":0},"model_name":"Disk X",
+            "smart_status":{"passed":true},"temperature":{"current":34},
+            "power_on_time":{"hours":1200},
+            "ata_smart_attributes":{"table":[{"id":5,"raw":{"value":8}},{"id":197,"raw":{"value":0}}]}}"#;
+        let v = parse_smart("/dev/sda", ok);
+        assert_eq!(v["passed"], true);
+        assert_eq!(v["temperature_c"], 34);
+        assert_eq!(v["power_on_hours"], 1200);
+        assert_eq!(v["reallocated_sectors"], 8);
+        assert_eq!(v["pending_sectors"], 0);
+        assert!(v.get("error").is_none());
+        let failing = r#"{"smartctl":{"exit_status":8},"smart_status":{"passed":false}}"#;
+        assert_eq!(parse_smart("/dev/sdb", failing)["passed"], false);
+        let loopdev = r#"{"smartctl":{"exit_status":1,"messages":[{"string":"/dev/loop0: Unable to detect device type","severity":"error"}]}}"#;
+        let v = parse_smart("/dev/loop0", loopdev);
+        assert_eq!(v["passed"], Value::Null);
+        assert_eq!(v["error"], "/dev/loop0: Unable to detect device type");
+        for junk in ["", "{", "[]", "null", "{\"smart_status\":7}"] {
+            let v = parse_smart("/dev/x", junk);
+            assert!(v["error"].is_string(), "{junk}: {v}");
+        }
+        let stats = vec![
+            json!({"stats": {"/dev/loop1": {}, "/dev/loop0": {}}}),
+            json!({"stats": {"error": "x"}}),
+            json!({"stats": {"/dev/loop0": {}}}),
+        ];
+        assert_eq!(btrfs_devices(&stats)[..2], ["/dev/loop0", "/dev/loop1"]);
     }
 
     #[test]

@@ -151,6 +151,25 @@ fn rolled_back_history_and_farmer_diagnostics_on_zos_up() {
     let (code, text, err) = run(&up, &["node", "diag", "1", "health"]);
     assert_eq!(code, 0, "{err}");
     assert!(text.starts_with("status: "), "{text}");
+    // disk health: SMART where smartctl is there (loop-backed pools have none: said per
+    // device), else said once
+    let (code, out, err) = run(&up, &["node", "diag", "1", "pools", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let pools: Value = serde_json::from_str(&out).unwrap();
+    let smart = &pools["smart"];
+    if smart["available"] == false {
+        assert!(
+            smart["reason"].as_str().unwrap().contains("smartctl"),
+            "{smart}"
+        );
+    } else {
+        for d in smart["devices"].as_array().unwrap() {
+            assert!(
+                d["passed"].is_boolean() || d["error"].is_string(),
+                "{smart}"
+            );
+        }
+    }
 
     maintenance_identity_and_fair_billing(&mut up, node_id(&first));
 }

@@ -263,6 +263,24 @@ fn a_private_network_over_three_nodes() {
     );
     all_pairs_ping("after deploy", Duration::from_secs(60));
 
+    // The farmer (the user, on zos up) sees node 1's WireGuard peers and their handshakes.
+    let o = up.client(&["node", "diag", &ids[0].to_string(), "wg", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let wg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let peers: Vec<&serde_json::Value> = wg["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["peers"].as_array().into_iter().flatten())
+        .collect();
+    assert!(
+        peers.len() >= 2
+            && peers
+                .iter()
+                .any(|p| p["handshake_age_secs"].as_u64().is_some_and(|a| a < 120)),
+        "node 1's peers with recent handshakes: {wg}"
+    );
+
     // On the local internet the traffic between nodes is WireGuard only: a capture while
     // pinging holds UDP to/from the nodes' WireGuard ports and no inner (10.20/16) packet.
     let pcap = up.dir.path().join("inet.pcap");

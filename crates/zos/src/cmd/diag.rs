@@ -47,8 +47,10 @@ pub enum DiagCmd {
         #[arg(long)]
         warnings: bool,
     },
-    /// Pools (size, use) and btrfs device error counters.
+    /// Pools (size, use), btrfs device error counters and SMART health (with smartctl).
     Pools,
+    /// WireGuard devices of the node's networks: peers, endpoints, handshake ages.
+    Wg,
     /// Interfaces, routes and network namespaces as the node sees them.
     Net,
     /// Reachability from the node: IP:PORT (TCP connect) or IP (ping).
@@ -86,6 +88,7 @@ pub fn run(a: DiagArgs) -> anyhow::Result<()> {
             ),
             Some(DiagCmd::Pools) => ("pools", Value::Null),
             Some(DiagCmd::Net) => ("net", Value::Null),
+            Some(DiagCmd::Wg) => ("wg", Value::Null),
             Some(DiagCmd::Reach {
                 address,
                 timeout_ms,
@@ -170,6 +173,26 @@ fn human(what: &str, v: &Value) -> String {
             }
             out.push('\n');
         }
+        "wg" => {
+            for n in v["networks"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "network {} port {}\n",
+                    n["netid"].as_str().unwrap_or_default(),
+                    n["listen_port"]
+                );
+                for p in n["peers"].as_array().into_iter().flatten() {
+                    let age = match p["handshake_age_secs"].as_u64() {
+                        Some(s) => format!("handshake {s} s ago"),
+                        None => "no handshake".to_string(),
+                    };
+                    out += &format!(
+                        "  peer {} at {}: {age}\n",
+                        p["public_key"].as_str().unwrap_or_default(),
+                        p["endpoint"].as_str().unwrap_or("(no endpoint)")
+                    );
+                }
+            }
+        }
         _ => {
             out += &serde_json::to_string_pretty(v).unwrap_or_default();
             out.push('\n');
@@ -198,5 +221,15 @@ mod tests {
             &json!({"kind": "tcp", "address": "10.0.0.1:22", "reachable": false, "error": "refused"}),
         );
         assert_eq!(r, "tcp 10.0.0.1:22: unreachable (refused)\n");
+        let w = human(
+            "wg",
+            &json!({"networks": [{"netid": "n1", "listen_port": 3000, "peers": [
+                {"public_key": "K1", "endpoint": "198.18.0.3:3001", "handshake_age_secs": 12},
+                {"public_key": "K2", "endpoint": null, "handshake_age_secs": null}]}]}),
+        );
+        assert_eq!(
+            w,
+            "network n1 port 3000\n  peer K1 at 198.18.0.3:3001: handshake 12 s ago\n  peer K2 at (no endpoint): no handshake\n"
+        );
     }
 }
