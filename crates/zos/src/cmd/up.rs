@@ -68,7 +68,8 @@ pub struct UpArgs {
     /// them the producer at a time; the node and the client get every URL (docs/ledger.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub ledgers: u8,
-    /// Port of node 1's web gateway TLS listener on 127.0.0.1 (docs/gateway.md).
+    /// Port of node 1's web gateway TLS listener on 127.0.0.1 (docs/gateway.md; a free one
+    /// when taken or 0).
     #[arg(long, default_value_t = 7443)]
     pub gateway_port: u16,
     /// Port of node 1's web gateway plain HTTP listener on 127.0.0.1.
@@ -296,6 +297,17 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         .map_or_else(|| data.clone(), Path::to_path_buf);
     let gateway_ca = zos_gateway::DevCa::load_or_create(&gateway_ca_dir)
         .context("making the gateway's dev CA")?;
+    // A port another grid holds is replaced by a free one (printed below), as grids share
+    // the machine in tests; 0 asks for a free one.
+    let free_or = |p: u16| {
+        std::net::TcpListener::bind(("127.0.0.1", p))
+            .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("a port for the gateway")
+    };
+    let (gateway_port, gateway_http_port) =
+        (free_or(a.gateway_port)?, free_or(a.gateway_http_port)?);
 
     // The node, with loop-file pools when this host can run them, directory pools otherwise.
     let pools_note;
@@ -318,8 +330,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         net_namespace: None,
         netns_prefix: String::new(),
         gateway: super::gateway::GatewayArgs {
-            gateway_https: Some(SocketAddr::from(([127, 0, 0, 1], a.gateway_port))),
-            gateway_http: Some(SocketAddr::from(([127, 0, 0, 1], a.gateway_http_port))),
+            gateway_https: Some(SocketAddr::from(([127, 0, 0, 1], gateway_port))),
+            gateway_http: Some(SocketAddr::from(([127, 0, 0, 1], gateway_http_port))),
             gateway_domain: Some(a.gateway_domain.clone()),
             gateway_dev_ca: Some(gateway_ca_dir.clone()),
             gateway_recheck_secs: a.gateway_recheck_secs,
@@ -489,8 +501,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         println!(
             "  gateway  https://NAME.{} on 127.0.0.1:{} (http :{}), CA {}",
             a.gateway_domain,
-            a.gateway_port,
-            a.gateway_http_port,
+            gateway_port,
+            gateway_http_port,
             gateway_ca.cert.display()
         );
         println!(
