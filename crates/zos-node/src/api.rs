@@ -872,6 +872,67 @@ mod tests {
         assert_eq!(e.code, 400, "unknown filter fields are refused: {e}");
         let m = api.engine.metrics().render(&BTreeMap::new(), 0);
         assert!(m.contains("zos_node_health_ok 0"), "{m}");
+        drop(api);
+
+        // A view a primitive set adds under zos.admin.diag.* (the network's `wg`) is behind
+        // the same gate: farm and admin twins read it, users get 401.
+        struct Echo;
+        #[async_trait::async_trait]
+        impl crate::primitives::ApiCommand for Echo {
+            async fn call(
+                &self,
+                _node: &dyn crate::primitives::NodeView,
+                _twin: u32,
+                _payload: Value,
+            ) -> Result<Value, String> {
+                Ok(json!({"networks": []}))
+            }
+        }
+        let mut registry = crate::primitives::PrimitiveRegistry::new();
+        registry.add_command("zos.admin.diag.wg", Arc::new(Echo));
+        let dir2 = tempfile::tempdir().unwrap();
+        let engine = crate::engine::Engine::new(
+            crate::store::Store::open(&dir2.path().join("e.redb")).unwrap(),
+            Arc::new(crate::chain::fake::FakeChain::default()),
+            registry,
+            crate::primitives::NodeSecret::new([1; 32]),
+            crate::engine::EngineConfig {
+                host: crate::engine::HostCapacity {
+                    memory: 8 << 30,
+                    cores: 2,
+                },
+            },
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        let state = NodeState {
+            farm_id: 1,
+            admin_twins: vec![9],
+            ..NodeState::default()
+        };
+        state.farm_twin.store(5, Ordering::Relaxed);
+        let api = Api::new(engine, Arc::new(state));
+        for who in [5, 9] {
+            let v = api
+                .dispatch(who, "zos.admin.diag.wg", Value::Null)
+                .await
+                .unwrap();
+            assert_eq!(v, json!({"networks": []}));
+        }
+        assert_eq!(
+            api.dispatch(3, "zos.admin.diag.wg", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            401
+        );
+        assert_eq!(
+            api.dispatch(5, "zos.admin.diag.nope", Value::Null)
+                .await
+                .unwrap_err()
+                .code,
+            404
+        );
         assert!(
             m.contains("zos_node_health_degraded{reason=\"not registered on the ledger yet\"} 1"),
             "{m}"
