@@ -301,6 +301,30 @@ pub fn parse_device_stats(out: &str) -> BTreeMap<String, BTreeMap<String, u64>> 
     m
 }
 
+/// `btrfs scrub status` text (`Status:           finished`, `Error summary:    no errors
+/// found`, or `no stats available`) as `{key: value}` with lower-case snake keys; lines
+/// without a `key: value` shape are kept under `note`.
+pub fn parse_scrub_status(out: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.split_once(':') {
+            Some((k, v)) if !k.is_empty() && k.len() <= 40 && !v.trim().is_empty() => {
+                let key = k.trim().to_ascii_lowercase().replace([' ', '-'], "_");
+                m.insert(key, v.trim().to_string());
+            }
+            _ => {
+                m.entry("note".to_string())
+                    .and_modify(|n: &mut String| {
+                        n.push_str("; ");
+                        n.push_str(line);
+                    })
+                    .or_insert_with(|| line.to_string());
+            }
+        }
+    }
+    m
+}
+
 /// Every btrfs filesystem mounted in the agent's view, with its device error counters.
 pub async fn btrfs_stats() -> Vec<Value> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -325,7 +349,12 @@ pub async fn btrfs_stats() -> Vec<Value> {
                     .sum()
             })
             .unwrap_or(0);
-        out.push(json!({ "device": f[0], "mount": path, "stats": stats, "errors": errors }));
+        // The last scrub's outcome ("no stats available" when none ran): read only.
+        let scrub = match run("btrfs", &["scrub", "status", &path]).await {
+            Ok(s) => json!(parse_scrub_status(&s)),
+            Err(e) => json!({ "error": e }),
+        };
+        out.push(json!({ "device": f[0], "mount": path, "stats": stats, "errors": errors, "scrub": scrub }));
     }
     out
 }
@@ -603,6 +632,19 @@ mod tests {
         })
         .await;
         assert!(v["lines"].as_array().unwrap().len() <= MAX_KERNEL_LINES);
+    }
+
+    #[test]
+    fn scrub_status_is_read() {
+        let done = "UUID:             5e8c\nScrub started:    Sun Dec  6 15:00:00 2026\nStatus:           finished\nDuration:         0:00:01\nError summary:    no errors found\n";
+        let m = parse_scrub_status(done);
+        assert_eq!(m["status"], "finished");
+        assert_eq!(m["error_summary"], "no errors found");
+        assert_eq!(m["scrub_started"], "Sun Dec  6 15:00:00 2026");
+        let none = parse_scrub_status("UUID:             5e8c\n\tno stats available\n");
+        assert_eq!(none["note"], "no stats available");
+        assert!(parse_scrub_status("").is_empty());
+        let _ = parse_scrub_status(":\n::\n\u{0}x:y\n");
     }
 
     #[test]
