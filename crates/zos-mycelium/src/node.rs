@@ -580,7 +580,7 @@ impl Inner {
     }
 
     /// A packet read from the TUN: encrypt for its destination and send, or queue for a route.
-    fn handle_tun_packet(&self, pkt: &[u8]) {
+    fn handle_tun_packet(&self, pkt: &[u8], arena: &mut BytesMut) {
         if pkt.len() < 40 || pkt[0] >> 4 != 6 {
             return;
         }
@@ -605,15 +605,15 @@ impl Inner {
                 let Ok(len16) = u16::try_from(body_len) else {
                     return;
                 };
-                let mut f = BytesMut::with_capacity(HEADER_LEN + DATA_HEADER_LEN + body_len);
-                packet::encode_data_header(hop, src, dst, len16, &mut f);
+                let f = frame_buf(arena, HEADER_LEN + DATA_HEADER_LEN + body_len);
+                packet::encode_data_header(hop, src, dst, len16, f);
                 let start = f.len();
                 f.put_slice(&[1, USER_TYPE_L3, 0, 0]);
                 f.put_slice(pkt);
                 let trailer = secret.encrypt_detached(&mut f[start..]);
                 f.put_slice(&trailer);
                 self.counters.tun_rx.fetch_add(1, Ordering::Relaxed);
-                self.send_frame(peer, f.freeze());
+                self.send_frame(peer, f.split().freeze());
             }
             Lookup::Unknown => {
                 self.with_router(|r| r.request_route(dst, now));
@@ -640,7 +640,7 @@ impl Inner {
     }
 
     /// A data frame from a link: deliver if it is for us, else forward.
-    fn handle_link_data(&self, mut p: DataPacket) {
+    fn handle_link_data(&self, mut p: DataPacket, arena: &mut BytesMut) {
         let own = lock(&self.router).subnet();
         if own.contains_ip(p.dst) {
             self.deliver(p);
@@ -652,17 +652,17 @@ impl Inner {
             return;
         }
         p.hop_limit -= 1;
-        self.forward(p);
+        self.forward(p, arena);
     }
 
-    fn forward(&self, p: DataPacket) {
+    fn forward(&self, p: DataPacket, arena: &mut BytesMut) {
         let now = Instant::now();
         match self.with_router(|r| r.lookup(p.dst, now)) {
             Lookup::Route { peer, .. } => {
-                let mut f = BytesMut::with_capacity(HEADER_LEN + DATA_HEADER_LEN + p.body.len());
-                packet::encode_data(&p, &mut f);
+                let f = frame_buf(arena, HEADER_LEN + DATA_HEADER_LEN + p.body.len());
+                packet::encode_data(&p, f);
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                self.send_frame(peer, f.freeze());
+                self.send_frame(peer, f.split().freeze());
             }
             Lookup::Unknown => {
                 self.with_router(|r| r.request_route(p.dst, now));
@@ -722,6 +722,7 @@ impl Inner {
     /// Retries queued packets whose route or key appeared; drops those past the timeout.
     fn flush_pending(&self) {
         let now = Instant::now();
+        let mut arena = BytesMut::new();
         let subnets: Vec<Subnet> = lock(&self.pending).keys().copied().collect();
         for s in subnets {
             // Sends need a selected route; receptions only the source's key.
@@ -754,13 +755,26 @@ impl Inner {
             }
             for p in q.items {
                 match p {
-                    Pending::Tx(b) => self.handle_tun_packet(&b),
-                    Pending::Fwd(p) => self.forward(p),
+                    Pending::Tx(b) => self.handle_tun_packet(&b, &mut arena),
+                    Pending::Fwd(p) => self.forward(p, &mut arena),
                     Pending::Rx(p) => self.deliver(p),
                 }
             }
         }
     }
+}
+
+/// Size of the blocks frames are carved from.
+const ARENA_BLOCK: usize = 256 * 1024;
+
+/// Frames are written into a per-task arena and split off as `Bytes` that share its block, so
+/// the data path allocates once per 256 KiB block (≈ 170 full-size frames), not per packet;
+/// a block is freed when the last frame cut from it has been written out.
+fn frame_buf(arena: &mut BytesMut, need: usize) -> &mut BytesMut {
+    if arena.capacity() - arena.len() < need {
+        *arena = BytesMut::with_capacity(ARENA_BLOCK.max(need));
+    }
+    arena
 }
 
 fn ipv6_at(b: &[u8], at: usize) -> Ipv6Addr {
@@ -1081,6 +1095,7 @@ async fn run_link<R: tokio::io::AsyncRead + Unpin>(
     inner.with_router(|r| r.add_peer(id, cost, now));
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut arena = BytesMut::new();
     loop {
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
@@ -1098,7 +1113,7 @@ async fn run_link<R: tokio::io::AsyncRead + Unpin>(
                     let now = Instant::now();
                     inner.with_router(|r| r.handle(id, tlv, now));
                 }
-                Ok(Some(Packet::Data(p))) => inner.handle_link_data(p),
+                Ok(Some(Packet::Data(p))) => inner.handle_link_data(p, &mut arena),
                 Ok(Some(Packet::Ignored)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -1197,11 +1212,12 @@ async fn quic_write_loop(
 
 /// QUIC: each DATAGRAM holds one data packet (header included).
 async fn quic_datagram_loop(inner: Arc<Inner>, conn: quinn::Connection, rx_bytes: Arc<AtomicU64>) {
+    let mut arena = BytesMut::new();
     while let Ok(d) = conn.read_datagram().await {
         rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
         let mut b = BytesMut::from(&d[..]);
         match packet::decode(&mut b) {
-            Ok(Some(Packet::Data(p))) => inner.handle_link_data(p),
+            Ok(Some(Packet::Data(p))) => inner.handle_link_data(p, &mut arena),
             Ok(_) => {}
             Err(e) => tracing::debug!("bad QUIC datagram: {e}"),
         }
@@ -1222,9 +1238,10 @@ async fn timer_loop(inner: Arc<Inner>) {
 
 async fn tun_loop(inner: Arc<Inner>, tun: Arc<tun::AsyncDevice>) {
     let mut buf = vec![0u8; 65536];
+    let mut arena = BytesMut::new();
     loop {
         match tun.recv(&mut buf).await {
-            Ok(n) => inner.handle_tun_packet(&buf[..n]),
+            Ok(n) => inner.handle_tun_packet(&buf[..n], &mut arena),
             Err(e) => {
                 tracing::warn!("TUN read: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;

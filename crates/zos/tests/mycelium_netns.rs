@@ -32,9 +32,9 @@ fn divisor() -> u32 {
 }
 
 /// Dead-peer timeout + one check period (43 s + 10 s upstream, divided), plus slack for the
-/// retraction to travel and a loaded CI host.
+/// retraction to travel, the retracted entry to be held and a loaded CI host.
 fn silent_failure_bound() -> Duration {
-    Duration::from_secs(53 / u64::from(divisor()) + 6)
+    Duration::from_secs(53 / u64::from(divisor()) + 8)
 }
 const ECHO_PORT: u16 = 7070;
 
