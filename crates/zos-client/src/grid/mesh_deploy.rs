@@ -299,6 +299,7 @@ impl Grid {
     ) -> Result<Vec<DeploymentView>, GridError> {
         let mut sent: Vec<(Node, Deployment, bool)> = Vec::new();
         for (node, d, update) in planned {
+            self.ensure_names(&d).await?;
             let d = self.send(&node, d, update).await?;
             sent.push((node, d, update));
         }
