@@ -104,6 +104,15 @@ pub fn apply(
                 );
             }
         }
+        Event::NodeMoved { from, to, .. } if *to == me => {
+            // The farmer gave this identity a lost node's record: the id (and what hangs off
+            // it: contracts, public config) is learnt at registration, so at the next start.
+            tracing::warn!(
+                node = to,
+                becomes = from,
+                "this node's record was moved to node {from} by its farmer: restart the node to serve as node {from}"
+            );
+        }
         Event::NodePublicConfigStored { node_id, config } if *node_id == me => {
             tracing::info!(?config, "public config changed: reconfiguring");
             let json = config.as_ref().map(public_config_json);
