@@ -28,8 +28,13 @@ use crate::sni::{SniError, client_hello_sni};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// How long a client may take to send its ClientHello or request headers.
+/// How long a client may take to send its ClientHello (and finish the handshake) or request
+/// headers.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client connections served at once per listener; more wait in the kernel's accept queue
+/// (file descriptors are finite and shared with the rest of the node).
+pub const MAX_CONNECTIONS: usize = 8192;
 
 /// The backend connector of a route: plain TCP, from the route's namespace.
 #[derive(Debug, Clone)]
@@ -199,7 +204,11 @@ impl Proxy {
 
     /// Serves plain HTTP on `l` until the task is aborted.
     pub async fn serve_http(self: Arc<Self>, l: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (s, peer) = match l.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -210,13 +219,20 @@ impl Proxy {
             };
             let _ = s.set_nodelay(true);
             let me = self.clone();
-            tokio::spawn(async move { me.serve_conn(s, peer, "http").await });
+            tokio::spawn(async move {
+                me.serve_conn(s, peer, "http").await;
+                drop(slot);
+            });
         }
     }
 
     /// Serves TLS (terminated or passed through by SNI) on `l` until the task is aborted.
     pub async fn serve_https(self: Arc<Self>, l: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (s, peer) = match l.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -231,6 +247,7 @@ impl Proxy {
                 if let Err(e) = me.tls_conn(s, peer).await {
                     tracing::debug!(%peer, error = %e, "gateway tls connection");
                 }
+                drop(slot);
             });
         }
     }
@@ -264,14 +281,16 @@ impl Proxy {
             tokio::io::copy_bidirectional(&mut s, &mut up).await?;
             return Ok(());
         }
-        let tls = self
-            .tls
-            .accept(Rewind {
-                pre: buf,
-                pos: 0,
-                inner: s,
-            })
-            .await?;
+        // The handshake is bounded too: a client that stalls after its ClientHello must not
+        // hold the connection forever.
+        let accept = self.tls.accept(Rewind {
+            pre: buf,
+            pos: 0,
+            inner: s,
+        });
+        let tls = tokio::time::timeout_at(deadline, accept)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.serve_conn(tls, peer, "https").await;
         Ok(())
     }
@@ -290,6 +309,7 @@ impl Proxy {
             .header_read_timeout(HELLO_TIMEOUT)
             .keep_alive(true)
             .serve_connection(TokioIo::new(s), svc)
+            .with_upgrades()
             .await;
         if let Err(e) = r {
             tracing::debug!(%peer, error = %e, "gateway http connection");
@@ -344,9 +364,26 @@ impl Proxy {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         *req.uri_mut() = uri;
+        // An upgrade (WebSocket) keeps its Connection/Upgrade headers; the two upgraded
+        // connections are joined once the backend switches protocols.
+        let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| {
+            req.headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+        });
+        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let h = req.headers_mut();
         for name in HOP {
             h.remove(name);
+        }
+        if let Some(u) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, u.clone());
         }
         if !h.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(&host) {
@@ -366,7 +403,22 @@ impl Proxy {
         }
         let req = req.map(|b| b.boxed());
         match route.client.request(req).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_side {
+                        let backend_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            match tokio::try_join!(client_side, backend_side) {
+                                Ok((c, b)) => {
+                                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "gateway upgrade"),
+                            }
+                        });
+                        return resp.map(|b| b.boxed());
+                    }
+                }
                 let mut resp = resp.map(|b| b.boxed());
                 for name in HOP {
                     resp.headers_mut().remove(name);
