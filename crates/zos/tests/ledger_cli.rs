@@ -196,6 +196,68 @@ fn client_commands_against_a_real_ledger() {
         .unwrap();
     assert_eq!(json(&listed), serde_json::json!([]));
 
+    // The farmer's node commands: two machines register in farm 1 (as `zos node run` does);
+    // maintenance (farmer only; `--pause` goes with `on`), then the first machine's record
+    // moved to the second (its identity was lost).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ledger = zos_ledger::LedgerClient::new(&url).unwrap();
+    for seed in [0x66u8, 0x77] {
+        let k = zos_types::KeyPair::from_seed(zos_types::KeyType::Ed25519, [seed; 32]);
+        rt.block_on(ledger.send(
+            &k,
+            zos_ledger::Call::CreateTwin {
+                relays: vec![],
+                e2e_key: None,
+            },
+        ))
+        .unwrap();
+        rt.block_on(ledger.send(
+            &k,
+            zos_ledger::Call::CreateNode {
+                farm_id: 1,
+                resources: Default::default(),
+                location: Default::default(),
+                interfaces: vec![],
+                public_config: None,
+                features: vec![],
+                version: "0".into(),
+                virtualized: false,
+                secure_boot: false,
+                serial_number: String::new(),
+            },
+        ))
+        .unwrap();
+    }
+    let on = json(&zos(&url, &farmer, &["farm", "maintenance", "1", "on"]));
+    assert_eq!(
+        on["events"][0]["event"]["node_maintenance_set"]["on"], true,
+        "{on}"
+    );
+    let not_farmer = zos(&url, &new_seed, &["farm", "maintenance", "1", "off"]);
+    assert_eq!(not_farmer.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&not_farmer.stderr).contains("not the owner of farm of node 1")
+    );
+    let bad = zos(
+        &url,
+        &farmer,
+        &["farm", "maintenance", "1", "off", "--pause"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let moved = json(&zos(&url, &farmer, &["farm", "move-node", "1", "2"]));
+    assert_eq!(
+        moved["events"][0]["event"]["node_moved"],
+        serde_json::json!({"from": 1, "to": 2, "twin_id": 4}),
+        "{moved}"
+    );
+    assert!(rt.block_on(ledger.node(2)).unwrap().is_none());
+    let n1 = rt.block_on(ledger.node(1)).unwrap().unwrap();
+    assert_eq!(n1.twin_id, 4);
+    assert!(
+        n1.maintenance.is_some(),
+        "the kept record keeps its maintenance"
+    );
+
     // Clean stop on SIGTERM, then the audit passes.
     let pid = server.0.id().to_string();
     assert!(
@@ -216,8 +278,9 @@ fn client_commands_against_a_real_ledger() {
         .output()
         .unwrap();
     let report = json(&v);
-    // The farmer's three and the rotation's three (create, update, rotate-account).
-    assert_eq!(report["transactions"], 6);
+    // The farmer's three, the rotation's three (create, update, rotate-account), the two
+    // machines' twins and nodes, maintenance and the move.
+    assert_eq!(report["transactions"], 12);
 }
 
 /// `zos ledger serve --tls-self-signed DIR`: https with a self-signed certificate kept in DIR;
