@@ -52,6 +52,9 @@ enum Command {
     /// The flist hub: `hub serve`.
     #[command(subcommand)]
     Hub(cmd::flist::HubCmd),
+    /// The bootable image: `image build -o DIR`, `image ls FILE`, `image overlay`.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
     /// Print a shell completion script: `source <(zos completions bash)`.
     Completions {
         /// The shell.
@@ -62,6 +65,10 @@ enum Command {
 /// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
 /// 2 bad usage (clap's own code).
 fn main() -> ExitCode {
+    // The image's /init: the kernel starts us as PID 1 with its own arguments.
+    if std::process::id() == 1 {
+        cmd::image::pid1();
+    }
     let cli = Cli::parse();
     // User commands keep the terminal for their own output; servers log at info.
     let quiet = matches!(
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
         Command::Flist(c) => cmd::flist::run(c),
         Command::Hub(c) => cmd::flist::run_hub(c),
         Command::Mycelium(c) => cmd::mycelium::run(c),
+        Command::Image(c) => cmd::image::run(c),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "zos", &mut std::io::stdout());
             Ok(())

@@ -6,6 +6,7 @@ pub mod diag;
 pub mod flist;
 pub mod gateway;
 pub mod guest;
+pub mod image;
 pub mod key;
 pub mod ledger;
 pub mod mycelium;

@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// workloads.
     #[arg(long = "pool")]
     pub pools: Vec<String>,
+    /// Also take every blank whole disk (formatted into a btrfs pool) and every btrfs disk
+    /// labelled `zos-*`; disks holding anything else are never touched. What the image's
+    /// PID 1 passes: a real node's disks are its pools.
+    #[arg(long)]
+    pub discover_disks: bool,
+    /// Address the ZeroDB servers listen on (default: loopback). The image's node listens on
+    /// all addresses: its workloads are reached from outside the machine.
+    #[arg(long)]
+    pub zdb_listen: Option<std::net::IpAddr>,
     /// Loopback address of the Prometheus endpoint (`GET /metrics`).
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub metrics: Option<SocketAddr>,
@@ -163,9 +172,10 @@ pub async fn run_node(
         Err(why) => tracing::warn!("private networks disabled: {why}"),
     }
     let mut storage = None;
-    if !a.pools.is_empty() {
+    if !a.pools.is_empty() || a.discover_disks {
         let mut pool_cfg = zos_storage::PoolConfig {
             runtime_dir: a.data.join("run"),
+            discover_disks: a.discover_disks,
             ..Default::default()
         };
         for p in &a.pools {
@@ -192,11 +202,11 @@ pub async fn run_node(
         }
         let keys =
             zos_node::identity::load_node_keys(&cfg.data_dir, &cfg.seed_mirrors, &cfg.key_root)?;
-        let s = Arc::new(zos_storage::Storage::new(
-            manager,
-            keys.secret,
-            zos_storage::StorageConfig::new(pool_cfg),
-        ));
+        let mut storage_cfg = zos_storage::StorageConfig::new(pool_cfg);
+        if let Some(ip) = a.zdb_listen {
+            storage_cfg.zdb_listen = ip;
+        }
+        let s = Arc::new(zos_storage::Storage::new(manager, keys.secret, storage_cfg));
         zos_storage::register(&mut registry, s.clone());
         storage = Some(s);
     }

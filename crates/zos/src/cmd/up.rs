@@ -68,6 +68,10 @@ pub struct UpArgs {
     /// them the producer at a time; the node and the client get every URL (docs/ledger.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub ledgers: u8,
+    /// Another address nodes reach the relay's port by, besides 127.0.0.1 (repeatable): a
+    /// node in a QEMU guest sees this host as 10.0.2.2 and signs its login for that name.
+    #[arg(long = "relay-alias")]
+    pub relay_aliases: Vec<String>,
     /// Port of node 1's web gateway TLS listener on 127.0.0.1 (docs/gateway.md; a free one
     /// when taken or 0).
     #[arg(long, default_value_t = 7443)]
@@ -263,6 +267,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let relay_cert = relay_tls.cert.clone();
     zos_rmb::pin_relay_cert_file(&relay_cert).context("pinning the relay's certificate")?;
     let mut relay_cfg = RelayConfig::new(relay_addr, relay_domain.clone());
+    relay_cfg.public_urls = a
+        .relay_aliases
+        .iter()
+        .map(|h| format!("{h}:{}", relay_addr.port()))
+        .collect();
     relay_cfg.tls = Some(zos_rmb::RelayTls {
         cert_chain_pem: relay_tls.cert,
         key_pem: relay_tls.key,
@@ -323,6 +332,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         // DATA/node/key-root: under the grid's directory, outside DATA/pools.
         key_root: None,
         pools: Vec::new(),
+        discover_disks: false,
+        zdb_listen: None,
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
         admin_twins: vec![twin],
         sync_secs: 3600,

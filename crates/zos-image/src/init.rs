@@ -1,0 +1,464 @@
+//! zos as PID 1: the system (pseudo filesystems, modules, read-only root), the network, the
+//! boot medium, then the node as a supervised child process. PID 1 reaps every orphan, restarts
+//! the node when it dies, and powers off cleanly on the ACPI power button, Ctrl-Alt-Del or
+//! SIGTERM (node first, then everything else, then the filesystems).
+//!
+//! Why a child and not the node in PID 1's own process: PID 1 must reap every process
+//! (`waitpid(-1)`), which would steal the exit statuses of the node's own children (mkfs,
+//! btrfs, ip); a separate process keeps both correct, and it is the seam the A/B upgrade uses
+//! (the child is the active release's binary).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::cmdline::{BootConfig, NetConfig};
+use crate::dhcp;
+
+/// Where the boot medium (FAT, label [`BOOT_LABEL`]) is mounted.
+pub const BOOT_MOUNT: &str = "/run/zos/boot";
+/// The boot medium's filesystem label.
+pub const BOOT_LABEL: &str = "ZOSBOOT";
+/// The node's volatile data directory (tmpfs): pool mount points and runtime files.
+pub const DATA_DIR: &str = "/var/lib/zos";
+
+/// Says something on the console (PID 1's stderr is /dev/console) with a marker tests and
+/// operators can grep.
+pub fn say(msg: &str) {
+    eprintln!("ZOS-INIT: {msg}");
+}
+
+fn mnt(src: &str, target: &str, fs: &str, flags: MsFlags, data: Option<&str>) {
+    let _ = std::fs::create_dir_all(target);
+    if let Err(e) = mount(Some(src), target, Some(fs), flags, data) {
+        if e != nix::errno::Errno::EBUSY {
+            say(&format!("mount {fs} on {target}: {e}"));
+        }
+    }
+}
+
+/// Mounts the pseudo filesystems and tmpfs areas, loads the image's modules (from
+/// `/etc/zos/modules`), and makes the root read-only. Returns the modules that failed.
+pub fn system_setup() -> Vec<(String, String)> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nosuid, None);
+    mnt("sysfs", "/sys", "sysfs", nosuid, None);
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None,
+    );
+    mnt("tmpfs", "/dev/shm", "tmpfs", nosuid, None);
+    mnt(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
+    mnt(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    );
+    mnt(
+        "tmpfs",
+        "/var",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
+    mnt(
+        "tmpfs",
+        "/mnt",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
+    mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None);
+    let _ = nix::unistd::sethostname("zos");
+    let order = std::fs::read_to_string("/etc/zos/modules").unwrap_or_default();
+    let failed = crate::kmod::load_all(Path::new("/lib/modules"), &order);
+    // The image's files never change at run time: state lives on the pools.
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
+        say(&format!("root stays writable: {e}"));
+    }
+    // Ctrl-Alt-Del becomes SIGINT to us: a clean shutdown, not an instant reset.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+    failed
+}
+
+/// NICs with a device behind them (not lo, not virtual), sorted.
+pub fn physical_nics() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().join("device").exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A tool of the image by absolute path: the kernel starts PID 1 without PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let p = Path::new("/usr/sbin").join(name);
+    if p.is_file() { p } else { PathBuf::from(name) }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(tool("ip"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Brings the network up as the command line says: loopback, then DHCP (or the static
+/// address) on the chosen NIC; waits up to `wait` for the NIC to appear. Returns a summary.
+pub fn network_up(cfg: &BootConfig, wait: Duration) -> Result<String, String> {
+    ip(&["link", "set", "lo", "up"])?;
+    let start = Instant::now();
+    let nic = loop {
+        let nics = physical_nics();
+        let pick = match &cfg.nic {
+            Some(n) => nics.iter().find(|x| *x == n).cloned(),
+            None => nics.first().cloned(),
+        };
+        if let Some(n) = pick {
+            break n;
+        }
+        if start.elapsed() > wait {
+            return Err("no network interface".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ip(&["link", "set", &nic, "up"])?;
+    match &cfg.net {
+        NetConfig::Static {
+            addr,
+            prefix,
+            gateway,
+        } => {
+            ip(&["addr", "add", &format!("{addr}/{prefix}"), "dev", &nic])?;
+            if let Some(gw) = gateway {
+                ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gw.to_string(),
+                    "dev",
+                    &nic,
+                ])?;
+            }
+            Ok(format!("{nic} {addr}/{prefix} (static) via {gateway:?}"))
+        }
+        NetConfig::Dhcp => {
+            let lease = dhcp::acquire(&nic, wait).map_err(|e| e.to_string())?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/{}", lease.addr, lease.prefix),
+                "dev",
+                &nic,
+            ])?;
+            if let Some(gw) = lease.router {
+                ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gw.to_string(),
+                    "dev",
+                    &nic,
+                ])?;
+            }
+            if !lease.dns.is_empty() {
+                let conf: String = lease
+                    .dns
+                    .iter()
+                    .map(|d| format!("nameserver {d}\n"))
+                    .collect();
+                // /etc is read-only: resolv.conf lives in /run (the image links it).
+                let _ = std::fs::write("/run/resolv.conf", conf);
+            }
+            Ok(format!(
+                "{nic} {}/{} (dhcp from {}, {} s) via {:?}",
+                lease.addr, lease.prefix, lease.server, lease.lease_secs, lease.router
+            ))
+        }
+    }
+}
+
+/// Finds and mounts the boot medium (a FAT filesystem labelled [`BOOT_LABEL`]: the USB stick
+/// the image boots from) read-write at [`BOOT_MOUNT`]. It keeps the key root, which must not
+/// live on a data pool. `None` when there is none.
+pub fn mount_boot_medium() -> Option<PathBuf> {
+    let out = Command::new(tool("blkid"))
+        .args(["-t", &format!("LABEL={BOOT_LABEL}"), "-o", "device"])
+        .output()
+        .ok()?;
+    let dev = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    if dev.is_empty() {
+        return None;
+    }
+    let _ = std::fs::create_dir_all(BOOT_MOUNT);
+    // quiet: chmod succeeds silently (the key root's owner-only checks); the masks make every
+    // file 0600 and directory 0700.
+    match mount(
+        Some(dev.as_str()),
+        BOOT_MOUNT,
+        Some("vfat"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("fmask=0177,dmask=0077,quiet,flush"),
+    ) {
+        Ok(()) => Some(PathBuf::from(BOOT_MOUNT)),
+        Err(e) => {
+            say(&format!("boot medium {dev}: {e}"));
+            None
+        }
+    }
+}
+
+/// Why PID 1 stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Power off (power button, SIGTERM).
+    PowerOff,
+    /// Reboot (Ctrl-Alt-Del, SIGINT).
+    Reboot,
+}
+
+/// Events PID 1 waits on.
+enum Event {
+    Stop(Stop),
+}
+
+/// Watches every input device named "Power Button" (the ACPI button driver's) for KEY_POWER.
+fn watch_power_button(tx: mpsc::Sender<Event>) {
+    let Ok(rd) = std::fs::read_dir("/sys/class/input") else {
+        say("no /sys/class/input: the power button is not watched");
+        return;
+    };
+    let mut seen = Vec::new();
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("event") {
+            continue;
+        }
+        let dev_name = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
+        seen.push(format!("{name}={}", dev_name.trim()));
+        if !dev_name.contains("Power Button") {
+            continue;
+        }
+        say(&format!("power button: /dev/input/{name}"));
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let Ok(mut f) = std::fs::File::open(format!("/dev/input/{name}")) else {
+                return;
+            };
+            // struct input_event on 64-bit: timeval (16), type u16, code u16, value i32.
+            let mut ev = [0u8; 24];
+            while f.read_exact(&mut ev).is_ok() {
+                let kind = u16::from_ne_bytes([ev[16], ev[17]]);
+                let code = u16::from_ne_bytes([ev[18], ev[19]]);
+                let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                // EV_KEY, KEY_POWER, pressed
+                if kind == 1 && code == 116 && value == 1 {
+                    let _ = tx.send(Event::Stop(Stop::PowerOff));
+                    return;
+                }
+            }
+        });
+        return;
+    }
+    say(&format!("no power button among the input devices {seen:?}"));
+}
+
+/// Runs `spawn()` (the node) under supervision until a stop: restarts it with backoff when it
+/// exits, reaps every other process, then stops it and powers off (or reboots). `preflight`
+/// is asked before each start: `Err(why)` is said on the console and retried later (a node
+/// without disks or without a farm). Never returns.
+pub fn supervise(
+    mut preflight: impl FnMut() -> Result<(), String>,
+    mut spawn: impl FnMut() -> std::io::Result<std::process::Child>,
+) -> ! {
+    let (tx, rx) = mpsc::channel();
+    signals(tx.clone());
+    watch_power_button(tx.clone());
+    let mut node: Option<u32> = None;
+    let mut backoff = Duration::from_secs(2);
+    let mut next_start = Instant::now();
+    let mut started = Instant::now();
+    let stop = loop {
+        let was_running = node.is_some();
+        reap(&mut node);
+        if was_running && node.is_none() {
+            // A node that dies young is restarted less and less often (up to a minute); one
+            // that ran a while starts again promptly.
+            if started.elapsed() < Duration::from_secs(60) {
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            } else {
+                backoff = Duration::from_secs(2);
+            }
+            say(&format!("restarting the node in {backoff:?}"));
+            next_start = Instant::now() + backoff;
+        }
+        if node.is_none() && Instant::now() >= next_start {
+            // What a dead node left mounted (its pools) is released first: a mounted disk is
+            // not offered to the next start.
+            unmount_all();
+            match preflight() {
+                Err(why) => {
+                    say(&format!("not starting the node: {why}; retrying in 30 s"));
+                    next_start = Instant::now() + Duration::from_secs(30);
+                }
+                Ok(()) => match spawn() {
+                    Ok(child) => {
+                        say(&format!("node started (pid {})", child.id()));
+                        node = Some(child.id());
+                        started = Instant::now();
+                    }
+                    Err(e) => {
+                        say(&format!(
+                            "cannot start the node: {e}; retrying in {backoff:?}"
+                        ));
+                        next_start = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                },
+            }
+        }
+        if let Ok(Event::Stop(s)) = rx.recv_timeout(Duration::from_millis(200)) {
+            break s;
+        }
+    };
+    say(&format!("{stop:?} requested: stopping the node"));
+    if let Some(pid) = node {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while node.is_some() && Instant::now() < deadline {
+            reap(&mut node);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if node.is_some() {
+            say("the node did not stop in 60 s: killing it");
+        }
+    }
+    // Everything else: TERM, a moment, KILL (kill(-1) spares PID 1).
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let mut none = None;
+    reap(&mut none);
+    nix::unistd::sync();
+    let _ = nix::mount::umount2(BOOT_MOUNT, nix::mount::MntFlags::empty());
+    unmount_all();
+    nix::unistd::sync();
+    say("bye");
+    let mode = match stop {
+        Stop::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+        Stop::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+    };
+    let _ = nix::sys::reboot::reboot(mode);
+    // reboot(2) only returns on error; PID 1 must never exit.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Unmounts what the node left mounted (pools), deepest first.
+fn unmount_all() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| t.starts_with(DATA_DIR) || t.starts_with("/mnt/"))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        if let Err(e) = nix::mount::umount2(t, nix::mount::MntFlags::empty()) {
+            say(&format!("umount {t}: {e}"));
+        }
+    }
+}
+
+fn reap(node: &mut Option<u32>) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(st) => {
+                let pid = st.pid().map(|p| p.as_raw() as u32);
+                if pid.is_some() && pid == *node {
+                    say(&format!("the node exited: {st:?}"));
+                    *node = None;
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM → power off, SIGINT (Ctrl-Alt-Del) → reboot. PID 1 ignores signals it has no
+/// handler for, so they are blocked in every thread (this runs before any thread starts) and
+/// taken with sigwait on one; std's spawn clears the mask in the node's process.
+fn signals(tx: mpsc::Sender<Event>) {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if let Err(e) = set.thread_block() {
+        say(&format!(
+            "no signal handling ({e}): the power button still works"
+        ));
+        return;
+    }
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            let s = if sig == Signal::SIGINT {
+                Stop::Reboot
+            } else {
+                Stop::PowerOff
+            };
+            let _ = tx.send(Event::Stop(s));
+        }
+    });
+}

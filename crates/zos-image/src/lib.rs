@@ -1,0 +1,16 @@
+//! The bootable zos image and zos as PID 1.
+//!
+//! - [`build`]: `zos image build`: the Debian kernel, and an initramfs ([`cpio`]) whose
+//!   `/init` is the zos binary, with the modules ([`kmod`]) and tools the node needs; no shell.
+//! - [`init`]: PID 1: mounts, modules, the command line ([`cmdline`]), the network
+//!   ([`dhcp`]), the boot medium, then the node as a supervised child; clean power-off.
+//! - [`release`]: signed release bundles, pinned keys per network, A/B slots with a health
+//!   gate and rollback (docs/image.md).
+
+pub mod build;
+pub mod cmdline;
+pub mod cpio;
+pub mod dhcp;
+pub mod init;
+pub mod kmod;
+pub mod release;

@@ -1,0 +1,314 @@
+//! `zos image build|ls|overlay` and zos as PID 1 (`/init` of the image): thin wrappers over
+//! `zos-image`; the node itself runs as `zos node run` in a child process.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use zos_image::{cmdline, init};
+
+/// Image commands.
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Build the bootable image: DIR/vmlinuz, DIR/vmlinux, DIR/initramfs.cpio (its /init is
+    /// zos), DIR/image.json.
+    Build(BuildArgs),
+    /// List the files of an initramfs (concatenated archives too).
+    Ls {
+        /// The cpio file.
+        file: PathBuf,
+    },
+    /// Write a small archive to append to the initramfs (`cat initramfs.cpio site.cpio`):
+    /// a site's files such as the pinned ledger and relay certificates.
+    Overlay {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// `PATH_IN_IMAGE=HOST_FILE` (repeatable), e.g. `/etc/zos/ledger-cert.pem=cert.pem`.
+        #[arg(long = "file", required = true)]
+        files: Vec<String>,
+    },
+}
+
+/// `zos image build` options.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The zos binary to put in as /init (build it static:
+    /// `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target
+    /// x86_64-unknown-linux-gnu`); default: this binary.
+    #[arg(long)]
+    pub zos: Option<PathBuf>,
+    /// Debian kernel package; default: what `linux-image-amd64` depends on.
+    #[arg(long)]
+    pub kernel_package: Option<String>,
+    /// Where the extracted kernel package is cached; default: the user's cache.
+    #[arg(long, env = "ZOS_IMAGE_CACHE")]
+    pub cache: Option<PathBuf>,
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("zos")
+        .join("image-kernel")
+}
+
+/// Runs an image subcommand.
+pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Build(a) => {
+            let zos = match a.zos {
+                Some(z) => z,
+                None => std::env::current_exe().context("locating this binary")?,
+            };
+            let opts = zos_image::build::BuildOptions {
+                out: a.output.clone(),
+                zos,
+                cache: a.cache.unwrap_or_else(default_cache),
+                kernel_package: a.kernel_package,
+            };
+            let built = zos_image::build::build(&opts)?;
+            let m = &built.manifest;
+            println!("zos image in {}", a.output.display());
+            println!(
+                "  kernel     {} ({})",
+                m.kernel_package,
+                built.vmlinuz.display()
+            );
+            if let Some(v) = &built.vmlinux {
+                println!("  vmlinux    {} (QEMU PVH boot)", v.display());
+            }
+            println!(
+                "  initramfs  {} ({} MiB, /init {})",
+                built.initramfs.display(),
+                m.initramfs_bytes >> 20,
+                if m.init_static {
+                    "static"
+                } else {
+                    "dynamic: its libraries are copied in"
+                }
+            );
+            println!("  modules    {}", m.modules.join(" "));
+            println!("  tools      {}", m.tools.join(" "));
+            Ok(())
+        }
+        ImageCmd::Ls { file } => {
+            let b = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            for e in zos_image::cpio::list(&b)? {
+                match e.link {
+                    Some(l) => println!("{:06o} {:>10} {} -> {l}", e.mode, e.size, e.name),
+                    None => println!("{:06o} {:>10} {}", e.mode, e.size, e.name),
+                }
+            }
+            Ok(())
+        }
+        ImageCmd::Overlay { output, files } => {
+            let mut list = Vec::new();
+            for f in files {
+                let (dest, src) = f
+                    .split_once('=')
+                    .with_context(|| format!("--file {f}: want PATH_IN_IMAGE=HOST_FILE"))?;
+                let data = std::fs::read(src).with_context(|| format!("reading {src}"))?;
+                list.push((dest.to_string(), data));
+            }
+            let bytes = zos_image::build::overlay(&list)?;
+            std::fs::write(&output, bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Site files the node's arguments point at when the overlay put them in.
+const LEDGER_CERT: &str = "/etc/zos/ledger-cert.pem";
+const RELAY_CERT: &str = "/etc/zos/relay-cert.pem";
+
+/// The arguments of `zos node run` for this boot.
+fn node_args(cfg: &cmdline::BootConfig, key_root: &Path) -> Vec<String> {
+    let mut a = vec!["node".to_string(), "run".to_string()];
+    for l in cfg.ledgers.iter().take(1) {
+        a.push(format!("--ledger={l}"));
+    }
+    if Path::new(LEDGER_CERT).is_file() {
+        a.push(format!("--ledger-cert={LEDGER_CERT}"));
+    }
+    if let Some(p) = &cfg.ledger_producer {
+        a.push(format!("--ledger-producer={p}"));
+    }
+    for r in &cfg.relays {
+        a.push(format!("--relay={r}"));
+    }
+    if Path::new(RELAY_CERT).is_file() {
+        a.push(format!("--relay-cert={RELAY_CERT}"));
+    }
+    for d in &cfg.relay_domains {
+        a.push(format!("--relay-domain={d}"));
+    }
+    if let Some(f) = cfg.farm {
+        a.push(format!("--farm={f}"));
+    }
+    a.push(format!("--data={}", init::DATA_DIR));
+    a.push(format!("--key-root={}", key_root.display()));
+    a.push("--discover-disks".into());
+    // Workloads are reached from outside the machine (zdb results name the listen address
+    // unless public IPs are set; with port forwarding the port is what matters).
+    a.push("--zdb-listen=0.0.0.0".into());
+    for t in &cfg.admin_twins {
+        a.push(format!("--admin-twin={t}"));
+    }
+    a
+}
+
+/// Why the node cannot start yet, if it cannot.
+fn preflight(cfg: &cmdline::BootConfig) -> Result<(), String> {
+    if cfg.farm.is_none() {
+        return Err(
+            "no farmer_id on the kernel command line: this node belongs to no farm (add \
+             farmer_id=ID)"
+                .into(),
+        );
+    }
+    if cfg.ledgers.is_empty() || cfg.relays.is_empty() {
+        return Err("no ledger= or relay= on the kernel command line".into());
+    }
+    let out = std::process::Command::new(init::tool("lsblk"))
+        .args([
+            "-J",
+            "-b",
+            "-o",
+            "NAME,PATH,SIZE,ROTA,TYPE,FSTYPE,LABEL,MOUNTPOINT,RO",
+        ])
+        .output()
+        .map_err(|e| format!("lsblk: {e}"))?;
+    let disks = zos_storage::disks::usable_disks(&String::from_utf8_lossy(&out.stdout))
+        .map_err(|e| e.to_string())?;
+    if disks.is_empty() {
+        return Err(
+            "no usable disk (blank, or a zos-* btrfs pool): disks holding other data \
+                    are never touched"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The key root kept on the boot medium (FAT: no hard links, no modes, so PID 1 writes it
+/// there itself, atomically by rename, and hands the node an owner-only copy in /run).
+fn key_root_from_boot_medium(boot: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = boot.join("zos");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let src = dir.join("key-root");
+    let text = match std::fs::read(&src) {
+        Ok(b) => {
+            zos_node::identity::decode_key_root(&src, &b)?;
+            b
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut root = [0u8; 32];
+            getrandom_fill(&mut root)?;
+            let text = zos_node::identity::encode_key_root(&root).into_bytes();
+            let tmp = dir.join("key-root.tmp");
+            let mut f = std::fs::File::create(&tmp).context("writing the key root")?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &src).context("writing the key root")?;
+            init::say("generated a new key root on the boot medium");
+            text
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create("/run/zos")?;
+    let copy = PathBuf::from("/run/zos/key-root");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&copy)?;
+    f.write_all(&text)?;
+    Ok(copy)
+}
+
+/// 32 random bytes from the kernel.
+fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
+/// PID 1: the whole boot. Never returns.
+pub fn pid1() -> ! {
+    init::say(&format!("zos {} starting", env!("CARGO_PKG_VERSION")));
+    // SAFETY-free environment setup: this process is single-threaded here.
+    let failed = init::system_setup();
+    for (m, e) in &failed {
+        init::say(&format!("module {m} did not load: {e}"));
+    }
+    let cmd = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cfg = cmdline::parse(&cmd);
+    for w in &cfg.warnings {
+        init::say(&format!("kernel command line: {w}"));
+    }
+    init::say(&format!(
+        "runmode {:?} (network {}), version {}, farm {:?}",
+        cfg.runmode,
+        cfg.runmode.network(),
+        cfg.version,
+        cfg.farm
+    ));
+    let boot = init::mount_boot_medium();
+    let key_root = match boot.as_deref().map(key_root_from_boot_medium) {
+        Some(Ok(p)) => {
+            init::say(&format!(
+                "boot medium at {}: the key root lives there",
+                init::BOOT_MOUNT
+            ));
+            p
+        }
+        Some(Err(e)) => {
+            init::say(&format!(
+                "boot medium: {e:#}: the key root is kept in memory"
+            ));
+            PathBuf::from("/run/zos/key-root")
+        }
+        None => {
+            init::say(
+                "no boot medium (a FAT filesystem labelled ZOSBOOT): the key root is kept in \
+                 memory, so encrypted disks and ZeroDB admin secrets change at every boot",
+            );
+            PathBuf::from("/run/zos/key-root")
+        }
+    };
+    let mut net_ok = false;
+    let c2 = cfg.clone();
+    init::supervise(
+        move || {
+            if !net_ok {
+                let s = init::network_up(&c2, std::time::Duration::from_secs(20))
+                    .map_err(|e| format!("network: {e}"))?;
+                init::say(&format!("network up: {s}"));
+                net_ok = true;
+            }
+            preflight(&c2)
+        },
+        move || {
+            std::process::Command::new("/init")
+                .args(node_args(&cfg, &key_root))
+                .env("PATH", "/usr/sbin:/usr/bin")
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .spawn()
+        },
+    )
+}
