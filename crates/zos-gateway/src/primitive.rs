@@ -24,6 +24,9 @@ pub struct Gateway {
     /// Domain and public IPs from the node's public config.
     public: RwLock<Public>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Traffic counters by workload id (kept when a route is replaced or dropped by a name
+    /// check, removed with the workload).
+    traffic: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
     /// Itself, for the periodic task started by [`Lifecycle::start`] (which gets `&self`).
     me: std::sync::Weak<Gateway>,
 }
@@ -71,6 +74,7 @@ impl Gateway {
             table: Arc::new(RwLock::new(Table::default())),
             certs,
             tasks: Mutex::new(Vec::new()),
+            traffic: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -155,7 +159,14 @@ impl Gateway {
         Ok(Some(ns))
     }
 
-    async fn install(&self, route: Route) -> Result<(), PrimitiveError> {
+    async fn install(&self, mut route: Route) -> Result<(), PrimitiveError> {
+        route.traffic = self
+            .traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(route.workload_id.clone())
+            .or_default()
+            .clone();
         if let Some(cert) = &route.cert {
             match self.cfg.issuer {
                 // Immediate: the route works with TLS as soon as the workload is ok.
@@ -185,6 +196,23 @@ impl Gateway {
             .map_err(PrimitiveError::failed)?;
         tracing::info!(fqdn, workload = wl, "gateway route");
         Ok(())
+    }
+
+    /// Bytes the workload's route moved so far (`None` for a workload without a route).
+    pub fn traffic(&self, workload_id: &str) -> Option<u64> {
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(workload_id)
+            .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn deprovision(&self, workload_id: &str) {
+        self.remove(workload_id);
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(workload_id);
     }
 
     fn remove(&self, workload_id: &str) {
@@ -427,8 +455,17 @@ impl Primitive for NameProxy {
     }
 
     async fn deprovision(&self, ctx: &WorkloadCtx, _: &Workload) -> Result<(), PrimitiveError> {
-        self.0.remove(&ctx.workload_id);
+        self.0.deprovision(&ctx.workload_id);
         Ok(())
+    }
+
+    /// Request and response bytes through the gateway (upstream's gateway NRU).
+    async fn consumption(
+        &self,
+        ctx: &WorkloadCtx,
+        _: &Workload,
+    ) -> Result<Option<u64>, PrimitiveError> {
+        Ok(self.0.traffic(&ctx.workload_id))
     }
 }
 
@@ -443,7 +480,16 @@ impl Primitive for FqdnProxy {
     }
 
     async fn deprovision(&self, ctx: &WorkloadCtx, _: &Workload) -> Result<(), PrimitiveError> {
-        self.0.remove(&ctx.workload_id);
+        self.0.deprovision(&ctx.workload_id);
         Ok(())
+    }
+
+    /// Request and response bytes through the gateway (upstream's gateway NRU).
+    async fn consumption(
+        &self,
+        ctx: &WorkloadCtx,
+        _: &Workload,
+    ) -> Result<Option<u64>, PrimitiveError> {
+        Ok(self.0.traffic(&ctx.workload_id))
     }
 }

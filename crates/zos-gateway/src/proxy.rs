@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,6 +100,18 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// `b`, adding the length of every data frame to `traffic`.
+fn counted(b: Incoming, traffic: &Arc<AtomicU64>) -> Body {
+    let t = traffic.clone();
+    b.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            t.fetch_add(u64::try_from(d.len()).unwrap_or(0), Ordering::Relaxed);
+        }
+        f
+    })
+    .boxed()
 }
 
 /// Header names that belong to one hop (RFC 9110 §7.6.1) and are not forwarded.
@@ -278,7 +291,10 @@ impl Proxy {
                 .ok_or_else(|| io::Error::other("route without backends"))?;
             let mut up = crate::netns::connect(r.netns.as_deref(), b.addr).await?;
             up.write_all(&buf).await?;
-            tokio::io::copy_bidirectional(&mut s, &mut up).await?;
+            // Counted when the connection ends (the counter is cumulative, sampled hourly).
+            let (a, b) = tokio::io::copy_bidirectional(&mut s, &mut up).await?;
+            let n = a + b + u64::try_from(buf.len()).unwrap_or(0);
+            r.traffic.fetch_add(n, Ordering::Relaxed);
             return Ok(());
         }
         // The handshake is bounded too: a client that stalls after its ClientHello must not
@@ -401,17 +417,22 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&host) {
             h.insert("x-forwarded-host", v);
         }
-        let req = req.map(|b| b.boxed());
+        let req = req.map(|b| counted(b, &route.traffic));
         match route.client.request(req).await {
             Ok(mut resp) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_side {
                         let backend_side = hyper::upgrade::on(&mut resp);
+                        let traffic = route.traffic.clone();
                         tokio::spawn(async move {
                             match tokio::try_join!(client_side, backend_side) {
                                 Ok((c, b)) => {
                                     let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                                    if let Ok((x, y)) =
+                                        tokio::io::copy_bidirectional(&mut c, &mut b).await
+                                    {
+                                        traffic.fetch_add(x + y, Ordering::Relaxed);
+                                    }
                                 }
                                 Err(e) => tracing::debug!(error = %e, "gateway upgrade"),
                             }
@@ -419,7 +440,7 @@ impl Proxy {
                         return resp.map(|b| b.boxed());
                     }
                 }
-                let mut resp = resp.map(|b| b.boxed());
+                let mut resp = resp.map(|b| counted(b, &route.traffic));
                 for name in HOP {
                     resp.headers_mut().remove(name);
                 }

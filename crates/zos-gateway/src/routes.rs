@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
@@ -63,6 +63,9 @@ pub struct Route {
     /// Certificate name serving this host (terminated routes).
     pub cert: Option<String>,
     next: AtomicUsize,
+    /// Request and response body bytes (passthrough: all bytes both ways), the workload's
+    /// network consumption; shared with the gateway so that it outlives a replaced route.
+    pub traffic: Arc<AtomicU64>,
     /// Pooled keep-alive connections to the backends (from the right namespace).
     pub(crate) client: Client<NsConnector, BoxBody<bytes::Bytes, hyper::Error>>,
 }
@@ -105,6 +108,7 @@ impl Route {
             netns,
             cert,
             next: AtomicUsize::new(0),
+            traffic: Arc::new(AtomicU64::new(0)),
             client,
         }
     }

@@ -298,6 +298,28 @@ async fn gateway_routes_terminates_passes_through_and_forgets() {
         "the gateway's CA does not verify a passed-through connection: {passed_with_gw_ca:?}"
     );
     assert!(unknown.1.ends_with("404"), "{unknown:?}");
+    // Network consumption: the page's bytes, fetched twice (https and http); the passthrough
+    // connection's bytes (both ways) once it ended.
+    let page = u64::try_from("hello from the backend\n".len()).unwrap();
+    let used = name_p
+        .consumption(&ctx(&d, "web"), &web)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used, 2 * page, "body bytes only: {used}");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = name_p
+            .consumption(&ctx(&d, "pass"), &pass)
+            .await
+            .unwrap()
+            .unwrap();
+        if p > 1000 {
+            break;
+        }
+        assert!(Instant::now() < end, "passthrough bytes not counted: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Refusals.
     let d2 = deployment(

@@ -96,6 +96,11 @@ async fn upgrades_are_joined_through_the_gateway() {
         ..Deployment::default()
     });
     let ctx = WorkloadCtx::new(1, d, "ws", NodeSecret::new([1; 32]));
+    assert_eq!(
+        NameProxy(gw.clone()).consumption(&ctx, &w).await.unwrap(),
+        None,
+        "no route yet"
+    );
     NameProxy(gw.clone()).provision(&ctx, &w).await.unwrap();
 
     let mut c = TcpStream::connect(http).await.unwrap();
@@ -126,5 +131,12 @@ async fn upgrades_are_joined_through_the_gateway() {
         .unwrap();
     let h = head(&mut c).await;
     assert!(h.starts_with("http/1.1 200"), "{h}");
+    let mut body = [0u8; 6];
+    c.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"plain\n");
+    // The workload's consumption: the plain body now, the upgraded stream once it ends.
+    let p = NameProxy(gw.clone());
+    assert_eq!(p.consumption(&ctx, &w).await.unwrap(), Some(6));
+    drop(c);
     gw.shutdown().await;
 }
