@@ -165,6 +165,8 @@ pub fn render(n: &Node) -> String {
         ("dropped_replayed", &c.replayed),
         ("dropped_queue_full", &c.queue_full),
         ("dropped_hop_limit", &c.hop_limit),
+        ("quic_datagram", &c.quic_datagrams),
+        ("quic_stream", &c.quic_stream_data),
     ] {
         let _ = writeln!(
             o,

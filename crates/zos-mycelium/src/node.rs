@@ -239,6 +239,10 @@ pub struct Counters {
     pub queue_full: AtomicU64,
     /// Packets dropped: hop limit reached.
     pub hop_limit: AtomicU64,
+    /// Data packets sent as QUIC DATAGRAMs.
+    pub quic_datagrams: AtomicU64,
+    /// Data packets sent on a QUIC stream (larger than the path's datagram size).
+    pub quic_stream_data: AtomicU64,
 }
 
 /// A live link's health (for `/metrics`).
@@ -1030,6 +1034,7 @@ async fn run_quic_link(
 ) {
     let cost = quic::static_cost(&remote.addr);
     let inner2 = inner.clone();
+    let inner3 = inner.clone();
     run_link(
         inner,
         recv,
@@ -1039,7 +1044,8 @@ async fn run_quic_link(
         cost,
         move |rx, tx_bytes, rx_bytes| {
             vec![
-                tokio::spawn(quic_write_loop(send, conn.clone(), rx, tx_bytes)).abort_handle(),
+                tokio::spawn(quic_write_loop(inner3, send, conn.clone(), rx, tx_bytes))
+                    .abort_handle(),
                 tokio::spawn(quic_datagram_loop(inner2, conn, rx_bytes)).abort_handle(),
             ]
         },
@@ -1174,6 +1180,7 @@ async fn write_loop(
 /// control frames, and data frames larger than the path allows in a datagram, go on the
 /// stream (the receiver's stream decoder takes both kinds, as on TCP).
 async fn quic_write_loop(
+    inner: Arc<Inner>,
     mut send: quinn::SendStream,
     conn: quinn::Connection,
     mut rx: mpsc::Receiver<Bytes>,
@@ -1189,13 +1196,25 @@ async fn quic_write_loop(
             let is_data = f.len() > HEADER_LEN && f[1] == 0;
             if is_data && f.len() <= max {
                 match conn.send_datagram(f) {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        inner
+                            .counters
+                            .quic_datagrams
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
                     Err(e) => {
                         tracing::debug!("QUIC datagram: {e}");
                         continue;
                     }
                 }
+            }
+            if is_data {
+                inner
+                    .counters
+                    .quic_stream_data
+                    .fetch_add(1, Ordering::Relaxed);
             }
             out.extend_from_slice(&f);
         }

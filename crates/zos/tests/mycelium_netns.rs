@@ -580,4 +580,16 @@ fn three_nodes_over_quic() {
         metrics.contains(r#"mycelium_peer_up{endpoint="quic://10.77.7.2:9651",type="static"} 1"#),
         "{metrics}"
     );
+    // Small packets went as DATAGRAMs, full-MTU ones (1476-byte frames: over a 1500-byte
+    // path's datagram size) on the stream.
+    let count = |what: &str| -> u64 {
+        let key = format!("mycelium_packets_total{{what=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("quic_datagram") > 0, "{metrics}");
+    assert!(count("quic_stream") > 0, "{metrics}");
 }
