@@ -1,6 +1,7 @@
-//! Protocol upgrades (WebSocket) through the gateway, without root: a backend on loopback that
-//! switches to an echo protocol; the client's bytes come back through the gateway after the
-//! 101. A request without `Connection: upgrade` is not upgraded.
+//! The gateway without root (backends on loopback, no namespaces): protocol upgrades
+//! (WebSocket) — a backend that switches to an echo protocol, the client's bytes come back
+//! through the gateway after the 101, a request without `Connection: upgrade` is not upgraded,
+//! consumption counts the body; and the node domain from the public config.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -139,4 +140,64 @@ async fn upgrades_are_joined_through_the_gateway() {
     assert_eq!(p.consumption(&ctx, &w).await.unwrap(), Some(6));
     drop(c);
     gw.shutdown().await;
+}
+
+/// The node domain comes from the public config when it has one, else from the configuration;
+/// the public config's IPs are the node's own (refused as backends).
+#[tokio::test]
+async fn the_public_config_domain_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = GatewayConfig::new(
+        tmp.path().join("cache"),
+        Issuer::DevCa {
+            ca: DevCa::load_or_create(tmp.path()).unwrap(),
+            days: 90,
+        },
+    );
+    cfg.domain = Some("static.test".into());
+    let gw = Gateway::new(cfg, Arc::new(Mine));
+    let p = NameProxy(gw.clone());
+    let wl = |name: &str, backend: &str| Workload {
+        name: name.into(),
+        workload_type: WorkloadType::GatewayNameProxy,
+        data: json!({"name": name, "backends": [backend]}),
+        ..Workload::default()
+    };
+    let (a, b, c) = (
+        wl("a", "http://10.9.0.1"),
+        wl("b", "http://10.9.0.1"),
+        wl("c", "http://[2001:db8::7]:80"),
+    );
+    let d = Arc::new(Deployment {
+        twin_id: 1,
+        contract_id: 1,
+        workloads: vec![a.clone(), b.clone(), c.clone()],
+        ..Deployment::default()
+    });
+    let ctx = |n: &str| WorkloadCtx::new(1, d.clone(), n, NodeSecret::new([1; 32]));
+    assert_eq!(
+        p.provision(&ctx("a"), &a).await.unwrap(),
+        json!({"fqdn": "a.static.test"})
+    );
+    gw.public_config(Some(
+        &json!({"ipv4": "203.0.113.9/24", "ipv6": "2001:db8::7/64", "domain": "farm.example"}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        p.provision(&ctx("b"), &b).await.unwrap(),
+        json!({"fqdn": "b.farm.example"})
+    );
+    let e = p.provision(&ctx("c"), &c).await.unwrap_err().to_string();
+    assert!(e.contains("this node's public IP"), "{e}");
+    // The public config removed: back to the configured domain.
+    gw.public_config(None).await.unwrap();
+    assert_eq!(gw.domain().as_deref(), Some("static.test"));
+    assert_eq!(
+        gw.routes(),
+        [
+            ("a.static.test".to_string(), "1-1-a".to_string()),
+            ("b.farm.example".to_string(), "1-1-b".to_string())
+        ]
+    );
 }
