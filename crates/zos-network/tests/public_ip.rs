@@ -136,6 +136,14 @@ fn deployment(workloads: Vec<Workload>) -> Arc<Deployment> {
     })
 }
 
+/// `wl` as stored after a successful provision with result `r`.
+fn first_ok(wl: &Workload, r: &Value) -> Workload {
+    let mut w = wl.clone();
+    w.result.state = ResultState::Ok;
+    w.result.data = r.clone();
+    w
+}
+
 fn ip_wl(name: &str, data: Value) -> Workload {
     Workload {
         name: name.into(),
@@ -447,6 +455,43 @@ async fn a_public_ip_is_reachable_and_cannot_be_spoofed() {
     let e = prim.provision(&c3, &third).await.unwrap_err().to_string();
     assert!(e.contains("its contract reserved 2"), "{e}");
     prim.deprovision(&c2, &second).await.unwrap();
+    // The deprecated `ipv4` (no data) is a v4 workload: it takes the free second IP.
+    let legacy = Workload {
+        name: "legacy".into(),
+        workload_type: WorkloadType::Ipv4,
+        data: json!({}),
+        ..Workload::default()
+    };
+    let d4 = deployment(vec![first_ok(&wl, &r), legacy.clone()]);
+    let c4 = WorkloadCtx::new(1, d4, "legacy", NodeSecret::new([3; 32]));
+    let v4prim = registry.get(&WorkloadType::Ipv4).unwrap().clone();
+    let r4 = v4prim.provision(&c4, &legacy).await.unwrap();
+    assert_eq!(r4["ip"], "203.0.113.11/24");
+    v4prim.deprovision(&c4, &legacy).await.unwrap();
+
+    // A restarted node (a fresh public side, nothing in memory) converges from its public
+    // config and the workload alone: same result, the stand-in still reachable, one chain
+    // per hook.
+    let restarted = Public::new(
+        cfg.clone(),
+        Some("pub0".into()),
+        Arc::new(Reserved(vec![ReservedIp {
+            ip: "203.0.113.10/24".into(),
+            gateway: "203.0.113.1".into(),
+        }])),
+    );
+    let mut registry2 = PrimitiveRegistry::new();
+    public::register_public_ips(&mut registry2, restarted);
+    registry2.public_config_changed(Some(&config)).await;
+    let prim2 = registry2.get(&WorkloadType::Ip).unwrap().clone();
+    let d5 = deployment(vec![first_ok(&wl, &r)]);
+    let c5 = WorkloadCtx::new(1, d5, "pubip", NodeSecret::new([3; 32]));
+    assert_eq!(prim2.provision(&c5, &wl).await.unwrap(), r);
+    let rules = must(&[
+        "ip", "netns", "exec", &node, "nft", "list", "table", "bridge", "zos-pub",
+    ]);
+    assert_eq!(rules.matches("chain r-").count(), 2, "{rules}");
+    assert!(ping(&inet, &["203.0.113.10"], Duration::from_secs(10)));
 
     // Deprovision: the tap and its chains are gone (the VM's end goes with its veth).
     prim.deprovision(&ctx, &wl).await.unwrap();
