@@ -117,6 +117,9 @@ pub struct NodeState {
     pub last_errors: Mutex<BTreeMap<String, (u64, String)>>,
     /// Relay links logged in (updated by the node's health loop).
     pub relay_links: std::sync::atomic::AtomicUsize,
+    /// The farmer's maintenance mode as the ledger last said it (`{pause, since}` from the node
+    /// record at registration, `{pause, height}` from an event), `None` outside maintenance.
+    pub maintenance: RwLock<Option<Value>>,
 }
 
 impl NodeState {
@@ -450,6 +453,7 @@ impl Api {
                     },
                     "modules": self.diagnostics().await["modules"],
                     "last_errors": last_errors,
+                    "maintenance": self.state.maintenance.read().expect("maintenance lock").clone(),
                 }))
             }
             // Views a primitive set adds (the network's WireGuard peers), authorised as ours.

@@ -358,6 +358,9 @@ pub async fn run_node(
     registry.public_config_changed(public.as_ref()).await;
     state.twin_id.store(reg.twin_id, Ordering::Relaxed);
     state.farm_twin.store(reg.farm_twin, Ordering::Relaxed);
+    *state.maintenance.write().expect("maintenance lock") = reg
+        .maintenance
+        .map(|m| serde_json::json!({ "pause": m.pause, "since": m.since }));
     tracing::info!(
         node = reg.node_id,
         twin = reg.twin_id,

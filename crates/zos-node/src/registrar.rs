@@ -34,6 +34,8 @@ pub struct Registration {
     pub farm_twin: u32,
     /// The node's public config as stored on the ledger.
     pub public_config: Option<zos_ledger::PublicConfig>,
+    /// The farmer's maintenance mode on the ledger.
+    pub maintenance: Option<zos_ledger::Maintenance>,
 }
 
 /// The node record fields the node itself decides.
@@ -216,6 +218,7 @@ pub async fn register(
         node_id: node.id,
         farm_twin: farm.twin_id,
         public_config: node.public_config.clone(),
+        maintenance: node.maintenance,
     })
 }
 

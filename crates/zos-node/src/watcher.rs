@@ -104,6 +104,11 @@ pub fn apply(
                 );
             }
         }
+        Event::NodeMaintenanceSet { node_id, on, pause } if *node_id == me => {
+            tracing::info!(on, pause, "the farmer set this node's maintenance mode");
+            *state.maintenance.write().expect("maintenance lock") =
+                on.then(|| json!({ "pause": pause, "height": rec.height }));
+        }
         Event::NodeMoved { from, to, .. } if *to == me => {
             // The farmer gave this identity a lost node's record: the id (and what hangs off
             // it: contracts, public config) is learnt at registration, so at the next start.
@@ -309,6 +314,21 @@ mod tests {
                 (4, JobOp::Resume)
             ]
         );
+        // the farmer's maintenance mode is what health shows
+        let set = |on, pause| {
+            rec(Event::NodeMaintenanceSet {
+                node_id: 7,
+                on,
+                pause,
+            })
+        };
+        assert!(apply(&engine, &state, &set(true, true)).unwrap());
+        assert_eq!(
+            *state.maintenance.read().unwrap(),
+            Some(json!({"pause": true, "height": 1}))
+        );
+        assert!(apply(&engine, &state, &set(false, false)).unwrap());
+        assert_eq!(*state.maintenance.read().unwrap(), None);
         let cfg = PublicConfig {
             ip4: IpConfig {
                 ip: "185.1.2.3/24".into(),

@@ -268,6 +268,19 @@ fn maintenance_identity_and_fair_billing(up: &mut Up, node: u32) {
     let (code, _, err) = deploy(up, "other", other);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("node 1 is in maintenance"), "{err}");
+    // the node knows it too (its health says so to the farmer)
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, out, err) = run(up, &["node", "diag", "1", "health", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let h: Value = serde_json::from_str(&out).unwrap();
+        if h["maintenance"].is_object() {
+            assert_eq!(h["maintenance"]["pause"], false, "{h}");
+            break;
+        }
+        assert!(Instant::now() < end, "health shows no maintenance: {h}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // … while the existing deployment keeps running
     let (code, out, err) = run(up, &["status", &c.to_string(), "--json"]);
     assert_eq!(code, 0, "{err}");

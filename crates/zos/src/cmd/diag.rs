@@ -120,6 +120,13 @@ fn human(what: &str, v: &Value) -> String {
                 "relay links: {}\n",
                 v["connections"]["relay_links"].as_u64().unwrap_or(0)
             );
+            if v["maintenance"].is_object() {
+                out += if v["maintenance"]["pause"] == true {
+                    "maintenance (farmer): workloads paused, new contracts refused\n"
+                } else {
+                    "maintenance (farmer): new contracts refused\n"
+                };
+            }
             if let Some(m) = v["last_errors"].as_object() {
                 for (name, e) in m {
                     out += &format!(
