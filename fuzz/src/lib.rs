@@ -16,7 +16,11 @@ pub fn resp(data: &[u8]) {
         match zos_zdb::resp::parse_request(buf) {
             Ok(Some(frame)) => {
                 let used = frame.len;
-                assert!(used > 0 && used <= buf.len(), "frame length {used} of {}", buf.len());
+                assert!(
+                    used > 0 && used <= buf.len(),
+                    "frame length {used} of {}",
+                    buf.len()
+                );
                 let args: Vec<Bytes> = frame
                     .args
                     .iter()
@@ -52,8 +56,7 @@ pub fn deployment(data: &[u8]) {
     }
     // What we accept we can write back and read again to the same hash.
     let again = serde_json::to_vec(&d).expect("a parsed deployment serialises");
-    let d2: zos_types::Deployment =
-        serde_json::from_slice(&again).expect("our own output parses");
+    let d2: zos_types::Deployment = serde_json::from_slice(&again).expect("our own output parses");
     assert_eq!(d.challenge_hash().ok(), d2.challenge_hash().ok());
 }
 
