@@ -2,7 +2,8 @@
 //! examples/network.yaml over both nodes, a VM of the test guest running busybox httpd on the
 //! node that is not the gateway, and a name proxy on node 1 (the gateway node) to the VM's
 //! private address over the WireGuard mesh: curl through the gateway returns the VM's page;
-//! canceling the name contract takes the route down within the re-check period. One guest boot.
+//! a backend on the gateway node's own public IP is refused; canceling the name contract takes
+//! the route down within the re-check period. One guest boot.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 #[path = "common/up.rs"]
@@ -181,6 +182,31 @@ fn gateway_to_a_vm_on_another_node() {
         t0.elapsed()
     );
     assert!(page.ends_with("200"), "{page}");
+
+    // A backend on the gateway node's own public IP (its public config, set by zos up) is
+    // refused.
+    let public4 = text
+        .lines()
+        .find(|l| l.trim().starts_with("public   node"))
+        .and_then(|l| l.split(" at ").nth(1))
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no public config line: {text}"))
+        .to_string();
+    let own_spec = up.dir.path().join("gwown.yaml");
+    std::fs::write(
+        &own_spec,
+        format!(
+            "name: gwown\nnode: {gw_node}\nworkloads:\n  site:\n    gateway-name:\n      name: ownip\n      \
+             backends: [\"http://{public4}:80\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = up.client(&["deploy", own_spec.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("points at this node's public IP"),
+        "a backend on {public4}: {err}"
+    );
 
     // Cancel the name contract: 404 within the 2 s re-check.
     let contracts: Value =
