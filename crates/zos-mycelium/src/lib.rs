@@ -8,6 +8,7 @@ pub mod api;
 pub mod crypto;
 pub mod discovery;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod packet;
 pub mod quic;
