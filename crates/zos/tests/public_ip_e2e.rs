@@ -1,7 +1,7 @@
 //! A VM with a public IP on `zos up --nodes 2` (root, QEMU; TCG here), through the real binary
 //! and the CLI: `zos up` gives node 1 a public config on the local internet (203.0.113.0/24,
 //! gateway 203.0.113.1 on the internet namespace's bridge) and the farm four public IPs;
-//! `zos deploy` of a network, an `ip: { v4: true }` and a VM naming it reserves one on the
+//! `zos deploy` of a network, an `ip: { v4: true, v6: true }` and a VM naming it reserves one on the
 //! ledger with the contract; the VM boots with the public tap as its second NIC and the
 //! internet namespace pings it on that address; the VM's own pings out work, its pings from
 //! an address it does not own never reach the internet's bridge (tcpdump there); cancel
@@ -190,6 +190,10 @@ fn a_vm_with_a_public_ip_on_up() {
     let r = &w("pubip")["result"]["data"];
     assert_eq!(r["ip"], "203.0.113.10/24", "{r}");
     assert_eq!(r["gateway"], "203.0.113.1", "{r}");
+    // v6: the SLAAC address of the public tap's MAC in node 1's public /64.
+    let (tap, mac) = zos_network::public::tap_of(&format!("{}-{contract}-pubip", d["twin_id"]));
+    let ip6 = zos_network::public::slaac("2001:db8:1::".parse().unwrap(), mac).to_string();
+    assert_eq!(r["ip6"], format!("{ip6}/64"), "{r}");
     let ips = farm_ips(&up, &rt);
     assert!(
         ips.contains(&("203.0.113.10/24".into(), contract)),
@@ -210,8 +214,16 @@ fn a_vm_with_a_public_ip_on_up() {
     );
     assert!(log.contains("ZOS-INIT: eth0 10.40.2.5/24"), "{log}");
     assert!(
+        log.contains(&format!("ZOS-INIT: eth1 {ip6}/64 (public)")),
+        "{log}"
+    );
+    assert!(
         ping_from("zup-inet", "203.0.113.10", Duration::from_secs(20)),
         "the internet reaches the VM on its public IP"
+    );
+    assert!(
+        ping_from("zup-inet", &ip6, Duration::from_secs(20)),
+        "the internet reaches the VM on its public IPv6 (on the segment's /64)"
     );
     // The page the example serves, over TCP from the internet.
     let page = sh(&[
@@ -261,7 +273,6 @@ fn a_vm_with_a_public_ip_on_up() {
     );
 
     // Cancel: QEMU stops, the tap and its chains go, the IP is the farm's again.
-    let tap = zos_network::public::tap_of(&format!("{}-{contract}-pubip", d["twin_id"])).0;
     assert!(
         sh(&["ip", "-n", "zup-node1", "link", "show", &tap])
             .status
