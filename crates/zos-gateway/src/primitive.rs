@@ -493,3 +493,62 @@ impl Primitive for FqdnProxy {
         Ok(self.0.traffic(&ctx.workload_id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct NoNames;
+
+    #[async_trait]
+    impl NameOwners for NoNames {
+        async fn owner(&self, _: &str) -> Result<Option<u32>, String> {
+            Ok(None)
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x.gw.test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The HTTP listener answers ACME HTTP-01 challenges of a running order (any host), and
+    /// only those.
+    #[tokio::test]
+    async fn http_listener_answers_acme_challenges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let acme = crate::acme::AcmeConfig {
+            directory: "https://127.0.0.1:9/unused".into(),
+            email: "x@example.org".into(),
+            account_file: tmp.path().join("acme.json"),
+        };
+        let mut cfg = GatewayConfig::new(tmp.path().to_path_buf(), crate::Issuer::Acme(acme));
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        cfg.http_listen = free();
+        cfg.https_listen = free();
+        let gw = Gateway::new(cfg.clone(), Arc::new(NoNames));
+        gw.start().await.unwrap();
+        gw.certs()
+            .challenges
+            .lock()
+            .unwrap()
+            .insert("tok-1".into(), "tok-1.thumbprint".into());
+        let r = get(cfg.http_listen, "/.well-known/acme-challenge/tok-1").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with("\r\n\r\ntok-1.thumbprint"), "{r}");
+        let r = get(cfg.http_listen, "/.well-known/acme-challenge/other").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        gw.shutdown().await;
+    }
+}
