@@ -335,3 +335,46 @@ fn updates_for_a_foreign_subnet_or_outside_the_overlay_are_dropped() {
         );
     }
 }
+
+#[test]
+fn a_crashed_neighbour_restores_lost_routes_without_traffic() {
+    // A–B–C–D with routes in use; C crashes (its links close) and restarts with a new router
+    // id. B lost D's route through C; when C is linked again B asks it for the lost /64 at
+    // once (a route request per lost subnet), so B routes to D again without any traffic
+    // having to time out a query first, and A gets the route pushed.
+    let mut n = line();
+    assert_eq!(n.path(A, D), Some(vec![A, B, C, D]));
+    n.cut(B, C);
+    n.cut(C, D);
+    n.nodes[C] = Some(Router::new(
+        SecretKey::from_bytes([C as u8 + 1; 32]),
+        [8; 6],
+        n.now,
+    ));
+    let d_subnet = n.r(D).subnet();
+    assert!(
+        n.r(B)
+            .selected_routes()
+            .iter()
+            .all(|r| r.subnet != d_subnet)
+    );
+    n.link(C, D);
+    n.link(B, C);
+    // No lookups, no route requests from the data path: only the link-up.
+    n.advance(5);
+    assert!(
+        n.r(B)
+            .selected_routes()
+            .iter()
+            .any(|r| r.subnet == d_subnet),
+        "B did not get its lost route back on link-up"
+    );
+    assert!(
+        n.r(A)
+            .selected_routes()
+            .iter()
+            .any(|r| r.subnet == d_subnet),
+        "A did not get the restored route pushed"
+    );
+    assert_eq!(n.path(A, D), Some(vec![A, B, C, D]));
+}
