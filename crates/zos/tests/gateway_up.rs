@@ -2,7 +2,8 @@
 //! server inside its network resource namespace (standing in for a VM, which would take
 //! minutes to boot), and `zos deploy` of name proxies to them (the client creates the name
 //! contracts). curl reaches the page through the gateway with the grid's dev CA; passthrough
-//! shows the backend's own certificate; `zos deployments` shows the URL; a second deployment
+//! shows the backend's own certificate; `zos deployments` shows the URL; the routes come back
+//! after the grid restarts; a second deployment
 //! asking for the same name is refused; canceling the name contract removes the route within
 //! the re-check period.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -118,7 +119,7 @@ fn name_proxies_on_a_local_grid() {
             return;
         }
     }
-    let (up, printed) = Up::start(
+    let (mut up, printed) = Up::start(
         1,
         &["--gateway-recheck-secs", "2"],
         Duration::from_secs(180),
@@ -233,6 +234,27 @@ fn name_proxies_on_a_local_grid() {
         !curl(&https(&pass_host, sp, &ca)).0,
         "the grid's CA does not vouch for a passed-through backend"
     );
+
+    // The grid restarted: the engine provisions the gateways again (routes live in memory),
+    // the certificate comes from the node's cache, the CA is kept.
+    let ca_before = std::fs::read(&ca).unwrap();
+    up.stop(Duration::from_secs(60));
+    let printed = up.restart(
+        1,
+        &["--gateway-recheck-secs", "2"],
+        Duration::from_secs(180),
+    );
+    let sp = gateway_port(&printed.join("\n"));
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_before, "the dev CA is kept");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = curl(&https(&host, sp, &ca));
+        if page.1 == "hello through the gateway\n" {
+            break;
+        }
+        assert!(Instant::now() < end, "after a restart: {page:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // A second deployment asking for the same name is refused (by the node: the name
     // contract is the twin's, the domain is served).
