@@ -799,3 +799,134 @@ async fn bench_submit_latency() {
         lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
     );
 }
+
+/// A CA and a certificate it signed for `names` (client and server use): `(ca, cert, key)` PEMs.
+fn pki(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "zos test etcd CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let issue = |names: &[&str]| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (cert, key) = issue(names);
+    (ca_pem, cert, key)
+}
+
+/// etcd reached over TLS with client certificates (`--client-cert-auth`): the store opens and
+/// commits with the cluster's CA and its client certificate; without a client certificate,
+/// with another CA, or with http:// while TLS is configured, it refuses to open.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    if !etcd_installed() {
+        eprintln!("SKIP: etcd_over_tls_with_client_certificates: etcd not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(&["127.0.0.1", "localhost"]);
+    let w = |n: &str, s: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let (ca_f, cert_f, key_f) = (w("ca.pem", &ca), w("cert.pem", &cert), w("key.pem", &key));
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+    let _etcd = Proc(Some(
+        Command::new("etcd")
+            .args(["--name", "tls0", "--data-dir"])
+            .arg(dir.path().join("tls0"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("tls0=http://127.0.0.1:{peer}"),
+            ])
+            .arg("--cert-file")
+            .arg(&cert_f)
+            .arg("--key-file")
+            .arg(&key_f)
+            .arg("--trusted-ca-file")
+            .arg(&ca_f)
+            .args(["--client-cert-auth", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd"),
+    ));
+    let tls = |client_cert: bool, ca_pem: &str| zos_ledger::store::EtcdTls {
+        ca_pem: ca_pem.as_bytes().to_vec(),
+        client: client_cert.then(|| (cert.as_bytes().to_vec(), key.as_bytes().to_vec())),
+    };
+    let open = |tls: Option<zos_ledger::store::EtcdTls>, url: &str| {
+        let mut ec = EtcdConfig::new(url, "tls-test").unwrap();
+        ec.lease_ttl = Duration::from_secs(TTL_SECS);
+        ec.tls = tls;
+        EtcdStore::open(ec, false)
+    };
+    // The member comes up within a few seconds; until then opening fails like any refusal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match open(Some(tls(true, &ca)), &url) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd over TLS never answered: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(
+        store.campaign("https://ledger.example").unwrap(),
+        "the only server becomes the producer over TLS"
+    );
+    drop(store);
+    let Err(e) = open(Some(tls(false, &ca)), &url) else {
+        panic!("opened without a client certificate")
+    };
+    eprintln!("without a client certificate: {e}");
+    assert!(e.to_string().contains("BadCertificate"), "{e}");
+    let (other_ca, _, _) = pki(&["127.0.0.1"]);
+    let Err(e) = open(Some(tls(true, &other_ca)), &url) else {
+        panic!("trusted members' certificate from another CA")
+    };
+    eprintln!("another CA: {e}");
+    assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+    let plain = format!("http://127.0.0.1:{client}");
+    let Err(e) = open(Some(tls(true, &ca)), &plain) else {
+        panic!("opened http with TLS configured")
+    };
+    assert!(e.to_string().contains("use https://"), "{e}");
+    let Err(e) = open(None, &url) else {
+        panic!("opened https without a CA")
+    };
+    assert!(e.to_string().contains("--etcd-cacert"), "{e}");
+}

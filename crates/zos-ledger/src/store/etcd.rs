@@ -32,11 +32,52 @@ use tracing::{debug, info, warn};
 use super::{Batch, LedgerStore, MemStore, Pairs, StoreError, Table};
 use crate::proof::{self, TreeSnapshot};
 
+/// TLS to the etcd members. The CA is the only root trusted (not the system's: an etcd
+/// cluster has its own PKI); the client certificate is what a cluster started with
+/// `--client-cert-auth` requires of every client.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM of the CA that signed the members' certificates.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate (chain) and PEM private key of this client.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// Reads the CA and, when both are given, the client certificate and key.
+    pub fn from_files(
+        ca: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, StoreError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| err("open", format!("{}: {e}", p.display())))
+        };
+        Ok(EtcdTls {
+            ca_pem: read(ca)?,
+            client: match client {
+                Some((c, k)) => Some((read(c)?, read(k)?)),
+                None => None,
+            },
+        })
+    }
+}
+
 /// Where a cluster's ledger lives in etcd and how long a producer's lease lasts.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
-    /// Client URLs of the etcd members (`http://host:port`).
+    /// Client URLs of the etcd members (`http://host:port`, or `https://` with [`Self::tls`]).
     pub endpoints: Vec<String>,
+    /// TLS to the members: required for `https://` endpoints, refused with `http://` ones (a
+    /// configuration that asks for TLS never silently talks in clear).
+    pub tls: Option<EtcdTls>,
     /// Key prefix of this ledger (several ledgers may share a cluster).
     pub prefix: String,
     /// Lease of the producer: a dead or partitioned producer is replaced after at most this
@@ -58,15 +99,24 @@ impl EtcdConfig {
             return Err(err("open", "no etcd endpoint given"));
         }
         for e in &endpoints {
-            if !e.starts_with("http://") {
+            if !e.starts_with("http://") && !e.starts_with("https://") {
                 return Err(err(
                     "open",
-                    format!("etcd endpoint {e:?} must be http://host:port"),
+                    format!("etcd endpoint {e:?} must be http://host:port or https://host:port"),
                 ));
             }
         }
+        if endpoints.iter().any(|e| e.starts_with("https://"))
+            && endpoints.iter().any(|e| e.starts_with("http://"))
+        {
+            return Err(err(
+                "open",
+                "etcd endpoints mix http:// and https://: a cluster is reached one way",
+            ));
+        }
         Ok(EtcdConfig {
             endpoints,
+            tls: None,
             prefix: "/zos-ledger/".into(),
             lease_ttl: Duration::from_secs(5),
             id: id.to_string(),
@@ -108,6 +158,19 @@ fn unb64(v: &Value) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// An error with its causes: reqwest's own text hides why a connection failed (a refused
+/// certificate, a reset), which is what an operator needs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 /// The smallest key after every key starting with `p` (etcd's `range_end` for a prefix).
 fn prefix_end(p: &[u8]) -> Vec<u8> {
     super::prefix_end(p).unwrap_or_else(|| vec![0])
@@ -123,13 +186,46 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// A client for these members.
-    pub fn new(endpoints: &[String]) -> Result<Self, StoreError> {
-        let http = reqwest::Client::builder()
+    /// A client for these members, over TLS when `tls` is given (then only `https://`).
+    pub fn new(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self, StoreError> {
+        let secure = endpoints.iter().all(|e| e.starts_with("https://"));
+        match (secure, tls) {
+            (true, None) => {
+                return Err(err(
+                    "open",
+                    "https:// etcd endpoints need the cluster's CA (--etcd-cacert)",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(err(
+                    "open",
+                    "etcd TLS is configured but the endpoints are http://: use https://",
+                ));
+            }
+            _ => {}
+        }
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| err("open", e.to_string()))?;
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            let ca = reqwest::Certificate::from_pem(&tls.ca_pem)
+                .map_err(|e| err("open", format!("etcd CA: {e}")))?;
+            b = b
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .https_only(true)
+                .min_tls_version(reqwest::tls::Version::TLS_1_2);
+            if let Some((cert, key)) = &tls.client {
+                let mut pem = cert.clone();
+                pem.push(b'\n');
+                pem.extend_from_slice(key);
+                let id = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| err("open", format!("etcd client certificate: {e}")))?;
+                b = b.identity(id);
+            }
+        }
+        let http = b.build().map_err(|e| err("open", e.to_string()))?;
         Ok(Etcd {
             http,
             endpoints: endpoints.to_vec().into(),
@@ -156,7 +252,7 @@ impl Etcd {
             let resp = match r {
                 Ok(r) => r,
                 Err(e) => {
-                    last = format!("{url}: {e}");
+                    last = format!("{url}: {}", chain(&e));
                     continue;
                 }
             };
@@ -387,7 +483,7 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| err("open", e.to_string()))?;
-        let etcd = Etcd::new(&cfg.endpoints)?;
+        let etcd = Etcd::new(&cfg.endpoints, cfg.tls.as_ref())?;
         let (notify, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             cfg,

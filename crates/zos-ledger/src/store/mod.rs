@@ -14,7 +14,7 @@ pub mod migrate;
 mod redb;
 
 #[cfg(feature = "server")]
-pub use self::etcd::{EtcdConfig, EtcdStore};
+pub use self::etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use self::mem::MemStore;
 #[cfg(feature = "server")]
 pub use self::redb::RedbStore;

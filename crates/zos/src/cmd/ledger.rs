@@ -18,7 +18,7 @@ use super::client::KeyTypeArg;
 pub enum LedgerCommands {
     /// Run or audit the grid ledger.
     #[command(subcommand)]
-    Ledger(LedgerCmd),
+    Ledger(Box<LedgerCmd>),
     /// Show or create twins.
     #[command(subcommand)]
     Twin(TwinCmd),
@@ -80,6 +80,8 @@ pub enum LedgerCmd {
         /// Key prefix of the ledger in etcd.
         #[arg(long, default_value = "/zos-ledger/")]
         etcd_prefix: String,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
     },
 }
 
@@ -114,6 +116,33 @@ pub struct ClusterArgs {
     /// This server's id in etcd (default: the advertised URL).
     #[arg(long)]
     server_id: Option<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
+}
+
+/// TLS to etcd (`https://` endpoints): the cluster's CA, and this server's client certificate
+/// when the cluster requires one (`--client-cert-auth`).
+#[derive(Args, Debug, Clone)]
+pub struct EtcdTlsArgs {
+    /// PEM CA of the etcd members' certificates (the only root trusted).
+    #[arg(long, value_name = "FILE")]
+    etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_key", requires = "etcd_cacert")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn apply(&self, cfg: &mut zos_ledger::store::EtcdConfig) -> anyhow::Result<()> {
+        if let Some(ca) = &self.etcd_cacert {
+            let client = self.etcd_cert.as_deref().zip(self.etcd_key.as_deref());
+            cfg.tls = Some(zos_ledger::store::EtcdTls::from_files(ca, client)?);
+        }
+        Ok(())
+    }
 }
 
 impl ClusterArgs {
@@ -133,6 +162,7 @@ impl ClusterArgs {
                     .clone()
                     .unwrap_or_else(|| advertise.to_string());
                 let mut cfg = zos_ledger::store::EtcdConfig::new(urls, &id)?;
+                self.etcd_tls.apply(&mut cfg)?;
                 cfg.prefix.clone_from(&self.etcd_prefix);
                 cfg.lease_ttl = Duration::from_secs(self.lease_ttl);
                 Ok(Some(cfg))
@@ -401,7 +431,7 @@ pub fn run(cmd: LedgerCommands) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         match cmd {
-            LedgerCommands::Ledger(c) => ledger(c).await,
+            LedgerCommands::Ledger(c) => ledger(*c).await,
             LedgerCommands::Twin(c) => twin(c).await,
             LedgerCommands::Farm(c) => farm(c).await,
             LedgerCommands::Contracts(a) => contracts(a).await,
@@ -477,10 +507,12 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             data,
             etcd,
             etcd_prefix,
+            etcd_tls,
         } => {
             let store: std::sync::Arc<dyn zos_ledger::LedgerStore> = match (data, etcd) {
                 (_, Some(urls)) => {
                     let mut cfg = zos_ledger::store::EtcdConfig::new(&urls, "verify")?;
+                    etcd_tls.apply(&mut cfg)?;
                     cfg.prefix = etcd_prefix;
                     tokio::task::spawn_blocking(move || {
                         zos_ledger::store::EtcdStore::open(cfg, false)
