@@ -354,10 +354,99 @@ pub fn load_node_keys(
     Ok(NodeKeys { key, secret })
 }
 
+/// [`load_node_keys`] with one more copy of the identity on the boot medium (`boot`, the key
+/// root's directory on a real node): the seed is mirrored there too, so a node that lost every
+/// pool keeps its id; the key root is still checked against the pools only. A `boot` inside a
+/// pool adds nothing.
+pub fn load_node_keys_with_boot(
+    data_dir: &Path,
+    pools: &[PathBuf],
+    boot: Option<&Path>,
+    key_root: &KeyRootSource,
+) -> Result<NodeKeys, IdentityError> {
+    let mut mirrors = pools.to_vec();
+    if let Some(b) = boot.filter(|b| !pools.iter().any(|p| b.starts_with(p))) {
+        mirrors.push(b.to_path_buf());
+    }
+    let key = load_or_create(data_dir, &mirrors)?;
+    let root = key_root.load_or_create(pools)?;
+    let secret = NodeSecret::new(root).with_legacy_seed(*key.seed());
+    Ok(NodeKeys { key, secret })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_boot_medium_keeps_an_identity_copy_when_every_pool_is_lost() {
+        let d = tempfile::tempdir().unwrap();
+        let (pool1, pool2, boot) = (
+            d.path().join("p1"),
+            d.path().join("p2"),
+            d.path().join("boot"),
+        );
+        let data = pool1.join("cache");
+        for p in [&pool1, &pool2, &boot] {
+            fs::create_dir_all(p).unwrap();
+        }
+        let pools = vec![pool1.clone(), pool2.clone()];
+        let root = KeyRootSource::File(boot.join(KEY_ROOT_FILE));
+        let first = load_node_keys_with_boot(&data, &pools, Some(&boot), &root).unwrap();
+        for p in [&data, &pool1, &pool2, &boot] {
+            assert!(p.join(SEED_FILE).exists(), "{}", p.display());
+        }
+        // one pool's copies gone (the primary lives on it): same identity from the other pool
+        fs::remove_file(data.join(SEED_FILE)).unwrap();
+        fs::remove_file(pool1.join(SEED_FILE)).unwrap();
+        let again = load_node_keys_with_boot(&data, &pools, Some(&boot), &root).unwrap();
+        assert_eq!(again.key.public(), first.key.public());
+        // every pool lost (new disks): the boot medium's copy keeps the identity
+        fs::remove_dir_all(&pool1).unwrap();
+        fs::remove_dir_all(&pool2).unwrap();
+        fs::create_dir_all(&pool1).unwrap();
+        fs::create_dir_all(&pool2).unwrap();
+        let after = load_node_keys_with_boot(&data, &pools, Some(&boot), &root).unwrap();
+        assert_eq!(after.key.public(), first.key.public());
+        assert!(
+            pool2.join(SEED_FILE).exists(),
+            "new pools get the copy back"
+        );
+        // without the boot copy, losing every pool is a new identity
+        let d2 = tempfile::tempdir().unwrap();
+        let lone = d2.path().join("p");
+        fs::create_dir_all(&lone).unwrap();
+        let root2 = KeyRootSource::File(d2.path().join("boot").join(KEY_ROOT_FILE));
+        let a = load_node_keys_with_boot(
+            &lone.join("cache"),
+            std::slice::from_ref(&lone),
+            None,
+            &root2,
+        )
+        .unwrap();
+        fs::remove_dir_all(&lone).unwrap();
+        fs::create_dir_all(&lone).unwrap();
+        let b = load_node_keys_with_boot(
+            &lone.join("cache"),
+            std::slice::from_ref(&lone),
+            None,
+            &root2,
+        )
+        .unwrap();
+        assert_ne!(a.key.public(), b.key.public());
+        // a boot directory inside a pool is no extra copy, and the key root stays refused there
+        let inside = pool1.join("boot");
+        let e = load_node_keys_with_boot(
+            &data,
+            &pools,
+            Some(&inside),
+            &KeyRootSource::File(inside.join(KEY_ROOT_FILE)),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(matches!(e, IdentityError::KeyRootOnPool { .. }), "{e}");
+    }
 
     #[test]
     fn format_is_upstream_versioned_1_0_0() {

@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// Directories the seed is mirrored to (one per storage pool). The key root may not be
     /// inside any of them.
     pub seed_mirrors: Vec<PathBuf>,
+    /// The boot medium's directory (a real node's key root directory): one more identity
+    /// copy, outside the pools, so losing every pool keeps the node id.
+    pub boot_seed_dir: Option<PathBuf>,
     /// Where the key root comes from (default: `key-root` in the `data_dir` given to
     /// [`NodeConfig::new`]). Keep it off the data pools: see `docs/storage.md` §Threat model.
     pub key_root: crate::identity::KeyRootSource,
@@ -79,6 +82,7 @@ impl NodeConfig {
             ),
             data_dir,
             seed_mirrors: Vec::new(),
+            boot_seed_dir: None,
             metrics_listen: None,
             admin_twins: Vec::new(),
             sync_interval: Duration::from_secs(3600),
@@ -287,7 +291,12 @@ pub async fn run_node(
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let keys = crate::identity::load_node_keys(&cfg.data_dir, &cfg.seed_mirrors, &cfg.key_root)?;
+    let keys = crate::identity::load_node_keys_with_boot(
+        &cfg.data_dir,
+        &cfg.seed_mirrors,
+        cfg.boot_seed_dir.as_deref(),
+        &cfg.key_root,
+    )?;
     let key = keys.key;
     tracing::info!(public = %key.public(), "node identity loaded");
     let store = open_store(&cfg.data_dir)?;

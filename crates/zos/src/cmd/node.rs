@@ -142,6 +142,12 @@ pub async fn run_node(
         .clone()
         .unwrap_or_else(|| a.data.join(zos_node::identity::KEY_ROOT_FILE));
     cfg.key_root = zos_node::identity::KeyRootSource::File(key_root_path.clone());
+    // An explicit key root lives on the boot medium: the identity gets a copy there too.
+    cfg.boot_seed_dir = a
+        .key_root
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf);
     if a.key_root.is_none() {
         // DATA holds the default key root: owner only.
         std::fs::create_dir_all(&a.data)
@@ -200,8 +206,12 @@ pub async fn run_node(
             adopt_state(&a.data, &cache, &key_root_path)?;
             cfg.data_dir = cache;
         }
-        let keys =
-            zos_node::identity::load_node_keys(&cfg.data_dir, &cfg.seed_mirrors, &cfg.key_root)?;
+        let keys = zos_node::identity::load_node_keys_with_boot(
+            &cfg.data_dir,
+            &cfg.seed_mirrors,
+            cfg.boot_seed_dir.as_deref(),
+            &cfg.key_root,
+        )?;
         let mut storage_cfg = zos_storage::StorageConfig::new(pool_cfg);
         if let Some(ip) = a.zdb_listen {
             storage_cfg.zdb_listen = ip;
