@@ -217,7 +217,11 @@ impl Net {
     fn signal(&self, i: usize, sig: &str) {
         let pid = self.procs[i].as_ref().expect("running").0.id().to_string();
         // `ip netns exec` execs the command: the child's pid is the node's.
-        assert!(sh(&["kill", sig, &pid]), "kill {sig} {}", NAMES[i]);
+        assert!(
+            sh(&["sh", "-c", &format!("kill {sig} {pid}")]),
+            "kill {sig} {}",
+            NAMES[i]
+        );
     }
 
     fn ping(&self, from: usize, to: usize) -> bool {
