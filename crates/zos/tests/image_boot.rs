@@ -33,10 +33,10 @@ struct Qemu {
 impl Qemu {
     fn start(dir: &Path, image: &Path, initrd: &Path, cmdline: &str) -> Qemu {
         let monitor = dir.join("mon.sock");
-        let console = dir.join(format!(
-            "console-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
+        // A new file per boot: a stale line of the previous boot must never match.
+        static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let console = dir.join(format!("console-{n}.log"));
         let _ = std::fs::remove_file(&monitor);
         let kernel = if image.join("vmlinux").is_file() {
             image.join("vmlinux")
