@@ -74,6 +74,21 @@ impl zos_primitive::Lifecycle for PublicSide {
     async fn public_config(&self, config: Option<&Value>) -> Result<(), String> {
         self.0.set_public_config(config).await
     }
+
+    /// Failing while a WireGuard peer that answered once has gone quiet (the node's
+    /// self-check then reports `primitives.network error: …` as a reason to be degraded).
+    async fn health(&self) -> zos_primitive::Health {
+        let stale = self.0.stale_peers(resource::STALE_HANDSHAKE).await;
+        if stale.is_empty() {
+            zos_primitive::Health::ok()
+        } else {
+            zos_primitive::Health::failing(format!(
+                "no WireGuard handshake for over {} s: {}",
+                resource::STALE_HANDSHAKE.as_secs(),
+                stale.join("; ")
+            ))
+        }
+    }
 }
 
 /// Whether network resources can be made here: root (namespaces, links), `/dev/net/tun` and

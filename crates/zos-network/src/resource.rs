@@ -316,8 +316,9 @@ impl Networks {
     }
 
     /// `zos.admin.diag.wg`: every running resource's WireGuard device, its listen port and
-    /// peers (public key, endpoint, seconds since the last completed handshake; `null` when
-    /// none completed since the device started).
+    /// peers: public key, endpoint (now and as configured), allowed IPs, rx/tx bytes and the
+    /// last completed handshake (`handshake`: `never` or `N s ago`; `handshake_age_secs`:
+    /// `null` when none completed since the device started), `stale` per [`STALE_HANDSHAKE`].
     pub async fn wg_status(&self) -> Value {
         use base64::Engine as _;
         let running = self.running.lock().await;
@@ -326,13 +327,24 @@ impl Networks {
             .map(|(netid, r)| {
                 let peers: Vec<Value> = r
                     .device
-                    .peer_status()
+                    .peers()
                     .into_iter()
-                    .map(|(key, endpoint, age)| {
+                    .map(|p| {
+                        let allowed: Vec<String> = p
+                            .allowed_ips
+                            .iter()
+                            .map(|(ip, len)| format!("{ip}/{len}"))
+                            .collect();
                         serde_json::json!({
-                            "public_key": base64::engine::general_purpose::STANDARD.encode(key),
-                            "endpoint": endpoint.map(|e| e.to_string()),
-                            "handshake_age_secs": age.map(|a| a.as_secs()),
+                            "public_key": base64::engine::general_purpose::STANDARD.encode(p.public_key),
+                            "endpoint": p.endpoint.map(|e| e.to_string()),
+                            "configured_endpoint": p.configured_endpoint.map(|e| e.to_string()),
+                            "allowed_ips": allowed,
+                            "handshake_age_secs": p.last_handshake.map(|a| a.as_secs()),
+                            "handshake": handshake_text(p.last_handshake),
+                            "stale": p.is_stale(STALE_HANDSHAKE),
+                            "rx_bytes": p.rx_bytes,
+                            "tx_bytes": p.tx_bytes,
                         })
                     })
                     .collect();
@@ -344,6 +356,28 @@ impl Networks {
             })
             .collect();
         serde_json::json!({ "networks": list })
+    }
+
+    /// Peers that handshook once and have not for longer than `limit`, as `network NETID: peer
+    /// KEY at ENDPOINT: last handshake N s ago` (the self-check's reasons).
+    pub async fn stale_peers(&self, limit: std::time::Duration) -> Vec<String> {
+        use base64::Engine as _;
+        let running = self.running.lock().await;
+        let mut out = Vec::new();
+        for (netid, r) in running.iter() {
+            for p in r.device.peers().into_iter().filter(|p| p.is_stale(limit)) {
+                out.push(format!(
+                    "network {netid}: WireGuard peer {} at {} {}",
+                    base64::engine::general_purpose::STANDARD.encode(p.public_key),
+                    p.endpoint
+                        .or(p.configured_endpoint)
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
+                    handshake_text(p.last_handshake),
+                ));
+            }
+        }
+        out
     }
 
     /// Creates or converges the resource for `p`.
@@ -641,6 +675,19 @@ impl Primitive for Networks {
             tracing::warn!(error = %e, "removing the unused ndmz");
         }
         Ok(())
+    }
+}
+
+/// A peer with an endpoint whose last handshake is older than this makes the node degraded:
+/// sessions are renewed every 2 min while keepalives (25 s) flow, so 3 min means the peer
+/// (or the path to it) is gone.
+pub const STALE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// `never`, or `N s ago`.
+pub fn handshake_text(age: Option<std::time::Duration>) -> String {
+    match age {
+        None => "never".into(),
+        Some(a) => format!("{} s ago", a.as_secs()),
     }
 }
 

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -84,6 +84,51 @@ struct Peer {
     endpoint: Option<SocketAddr>,
     /// Index handed to boringtun (shifted left 8 bits in session ids), unique per device.
     index: u32,
+    /// When the last handshake completed, as we saw it. Kept by us because boringtun forgets
+    /// it once the session expires (9 min without a new one), exactly when a dead peer matters.
+    last_handshake: Option<Instant>,
+}
+
+impl Peer {
+    /// Refreshes [`Peer::last_handshake`] from the state machine.
+    fn note_handshake(&mut self) -> Option<Instant> {
+        if let Some(age) = self.tunn.time_since_last_handshake() {
+            let at = Instant::now().checked_sub(age);
+            if at > self.last_handshake {
+                self.last_handshake = at;
+            }
+        }
+        self.last_handshake
+    }
+}
+
+/// A peer as the device sees it now (diagnostics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    /// Its static public key.
+    pub public_key: [u8; 32],
+    /// The configured endpoint (what we dial); `None` for peers that dial us.
+    pub configured_endpoint: Option<SocketAddr>,
+    /// Where packets go now (the address last heard from, else the configured one).
+    pub endpoint: Option<SocketAddr>,
+    /// Networks routed to this peer.
+    pub allowed_ips: Vec<(IpAddr, u8)>,
+    /// Time since the last completed handshake; `None`: never since the device started.
+    pub last_handshake: Option<Duration>,
+    /// Bytes received from / sent to the peer (WireGuard payload, this session set).
+    pub rx_bytes: u64,
+    /// See `rx_bytes`.
+    pub tx_bytes: u64,
+}
+
+impl PeerStatus {
+    /// Stale: the peer has an endpoint to dial, handshook once, and not again for longer than
+    /// `limit` (sessions are renewed every 2 min while keepalives flow, so a healthy peer's
+    /// handshake is never much older than that). Peers that never handshook are not stale:
+    /// a remote node may simply not be deployed yet.
+    pub fn is_stale(&self, limit: Duration) -> bool {
+        self.configured_endpoint.is_some() && self.last_handshake.is_some_and(|a| a > limit)
+    }
 }
 
 struct State {
@@ -110,6 +155,7 @@ impl State {
             endpoint: cfg.endpoint,
             cfg,
             index,
+            last_handshake: None,
         }
     }
 
@@ -284,10 +330,31 @@ impl Device {
 
     /// `(public key, endpoint, seconds since last handshake)` per peer, for diagnostics/tests.
     pub fn peer_status(&self) -> Vec<([u8; 32], Option<SocketAddr>, Option<Duration>)> {
+        self.peers()
+            .into_iter()
+            .map(|p| (p.public_key, p.endpoint, p.last_handshake))
+            .collect()
+    }
+
+    /// Every peer's status (keys, endpoints, allowed IPs, handshake age, traffic).
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let now = Instant::now();
         lock(&self.state)
             .peers
-            .iter()
-            .map(|p| (p.cfg.public_key, p.endpoint, p.tunn.stats().0))
+            .iter_mut()
+            .map(|p| {
+                let last = p.note_handshake();
+                let (_, tx, rx, _, _) = p.tunn.stats();
+                PeerStatus {
+                    public_key: p.cfg.public_key,
+                    configured_endpoint: p.cfg.endpoint,
+                    endpoint: p.endpoint,
+                    allowed_ips: p.cfg.allowed_ips.clone(),
+                    last_handshake: last.map(|t| now.saturating_duration_since(t)),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
+            })
             .collect()
     }
 
@@ -431,6 +498,8 @@ async fn timers(state: Arc<Mutex<State>>, udp: Arc<UdpSocket>) {
         {
             let mut st = lock(&state);
             for p in st.peers.iter_mut() {
+                // Recorded before boringtun may drop an expired session (and its time).
+                p.note_handshake();
                 if let TunnResult::WriteToNetwork(b) = p.tunn.update_timers(&mut dst) {
                     if let Some(e) = p.endpoint {
                         out.push((e, b.to_vec()));
@@ -467,5 +536,144 @@ mod tests {
         assert!(e.contains("peer key"), "{e}");
         let e = decode_key("peer key", "AAAA").expect_err("3 bytes");
         assert!(e.contains("must be 32 bytes, got 3"), "{e}");
+    }
+
+    /// Namespaces of the device test, removed on drop (also when an assertion fails).
+    struct Netns(Vec<String>);
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .status();
+            }
+        }
+    }
+
+    fn ip(args: &[&str]) {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip runs");
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn key(b64: &str) -> [u8; 32] {
+        decode_key("test key", b64).expect("generated key")
+    }
+
+    fn peer(private_b64: &str, allowed: &str, endpoint: SocketAddr) -> PeerConfig {
+        let (net, len) = allowed.split_once('/').expect("cidr");
+        PeerConfig {
+            public_key: key(&public_key_of(private_b64).expect("public key")),
+            allowed_ips: vec![(net.parse().expect("ip"), len.parse().expect("len"))],
+            endpoint: Some(endpoint),
+        }
+    }
+
+    /// Two real devices (UDP on the host's loopback, TUNs moved into namespaces of this test)
+    /// handshake when one pings the other: the status shows keys, allowed IPs, traffic and a
+    /// fresh handshake; a third peer whose endpoint never answers shows `never` and is not
+    /// stale; once B is gone, B's handshake on A ages past a limit and B is stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_status_shows_handshakes_traffic_and_staleness() {
+        if let Err(e) = crate::network_support() {
+            eprintln!("SKIP: WireGuard device test: {e}");
+            return;
+        }
+        let pid = std::process::id();
+        let (na, nb) = (format!("wgd{pid}a"), format!("wgd{pid}b"));
+        let _guard = Netns(vec![na.clone(), nb.clone()]);
+        for n in [&na, &nb] {
+            ip(&["netns", "add", n]);
+        }
+        let (ka, kb, kc) = (
+            generate_private_key(),
+            generate_private_key(),
+            generate_private_key(),
+        );
+        let (ua, ta) = open(None, &na, 0).expect("device a");
+        let (ub, tb) = open(None, &nb, 0).expect("device b");
+        // C's endpoint: a socket held open that never answers (no ICMP, no handshake).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let at = |u: &std::net::UdpSocket| {
+            SocketAddr::from(([127, 0, 0, 1], u.local_addr().expect("addr").port()))
+        };
+        let (pa, pb, pc) = (at(&ua), at(&ub), at(&silent));
+        let a = Device::start(
+            ua,
+            ta,
+            &DeviceConfig {
+                private_key: key(&ka),
+                peers: vec![peer(&kb, "10.77.0.2/32", pb), peer(&kc, "10.77.0.3/32", pc)],
+            },
+        )
+        .expect("start a");
+        let b = Device::start(
+            ub,
+            tb,
+            &DeviceConfig {
+                private_key: key(&kb),
+                peers: vec![peer(&ka, "10.77.0.1/32", pa)],
+            },
+        )
+        .expect("start b");
+        for (dev, ns, addr) in [(&na, &na, "10.77.0.1/24"), (&nb, &nb, "10.77.0.2/24")] {
+            ip(&["link", "set", dev, "netns", ns]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        assert_eq!(
+            a.peers()[0].last_handshake,
+            None,
+            "no handshake before traffic"
+        );
+        let pinged = tokio::task::spawn_blocking({
+            let na = na.clone();
+            move || {
+                (0..10).any(|_| {
+                    std::process::Command::new("ip")
+                        .args(["netns", "exec", &na, "ping", "-c1", "-W1", "10.77.0.2"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                })
+            }
+        })
+        .await
+        .expect("ping task");
+        assert!(pinged, "A reaches B over WireGuard");
+
+        let st = a.peers();
+        assert_eq!(st.len(), 2);
+        let (sb, sc) = (&st[0], &st[1]);
+        assert_eq!(sb.public_key, key(&public_key_of(&kb).expect("pk")));
+        assert_eq!(sb.configured_endpoint, Some(pb));
+        assert_eq!(sb.allowed_ips, vec![("10.77.0.2".parse().expect("ip"), 32)]);
+        let age = sb.last_handshake.expect("B handshook");
+        assert!(age < Duration::from_secs(15), "{age:?}");
+        assert!(sb.rx_bytes > 0 && sb.tx_bytes > 0, "{sb:?}");
+        assert!(!sb.is_stale(Duration::from_secs(180)));
+        assert_eq!(sc.last_handshake, None, "C never answers");
+        assert_eq!(sc.rx_bytes, 0);
+        assert!(
+            !sc.is_stale(Duration::ZERO),
+            "never handshaken is not stale"
+        );
+
+        // B goes away: its last handshake on A only ages (and survives boringtun's session
+        // expiry, kept by the device).
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let st = a.peers();
+        let aged = st[0].last_handshake.expect("still remembered");
+        assert!(aged > age, "{aged:?} after {age:?}");
+        assert!(st[0].is_stale(Duration::from_secs(1)), "{:?}", st[0]);
+        assert!(!st[1].is_stale(Duration::from_secs(1)));
+        drop(silent);
     }
 }

@@ -333,6 +333,38 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
         "10.1.2.1",
     ]);
 
+    // Diagnostics: A's peer B with its allowed IPs, traffic and a fresh handshake; not stale
+    // at the self-check's limit, stale (and named) at a zero limit.
+    let wg = nodes[0].net.wg_status().await;
+    let pb = &wg["networks"][0]["peers"][0];
+    assert!(
+        pb["allowed_ips"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n == "10.1.2.0/24")),
+        "{wg}"
+    );
+    assert!(pb["rx_bytes"].as_u64().unwrap_or(0) > 0, "{wg}");
+    assert!(pb["tx_bytes"].as_u64().unwrap_or(0) > 0, "{wg}");
+    assert!(
+        pb["handshake"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(" s ago")),
+        "{wg}"
+    );
+    assert_eq!(pb["stale"], json!(false), "{wg}");
+    assert!(
+        nodes[0]
+            .net
+            .stale_peers(zos_network::resource::STALE_HANDSHAKE)
+            .await
+            .is_empty()
+    );
+    let stale = nodes[0].net.stale_peers(Duration::ZERO).await;
+    assert!(
+        stale.len() == 1 && stale[0].contains(pb["public_key"].as_str().unwrap_or("?")),
+        "{stale:?}"
+    );
+
     // Network consumption: the NR's counters (WireGuard + public links) grow with traffic
     // (10 × 1000-byte pings cross w- both ways: more than 20 kB).
     let before = nodes[0]
