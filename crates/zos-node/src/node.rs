@@ -225,9 +225,13 @@ impl Worker for RegistrarWorker {
                 }
             }
             if pending {
-                match registrar::report_uptime(&self.ledger).await {
-                    Ok(()) => pending = false,
-                    Err(e) => tracing::warn!(error = %e, "uptime report failed; retrying"),
+                // A ledger that is gone keeps a send retrying for a while: never hold a stop.
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    r = registrar::report_uptime(&self.ledger) => match r {
+                        Ok(()) => pending = false,
+                        Err(e) => tracing::warn!(error = %e, "uptime report failed; retrying"),
+                    },
                 }
             }
         }

@@ -827,6 +827,14 @@ async fn ledger_cluster(
     }
     let tls = lcfg.tls.clone().context("the ledger's TLS files")?;
     let key = zos_ledger::server::producer_key(&lcfg.data_dir)?;
+    // A new cluster bills fairly too: its genesis (with the cut-off) goes in a file every
+    // server is given at every start. A cluster made before has none and keeps its chain.
+    let genesis_file = lcfg.data_dir.join("genesis.json");
+    if !data.join("etcd").exists() {
+        if let Some(g) = &lcfg.genesis {
+            std::fs::write(&genesis_file, serde_json::to_vec_pretty(g)?)?;
+        }
+    }
     let port = |i: usize, k: usize| a.ledger_port + 10 + (2 * i + k) as u16;
     let initial: Vec<String> = (0..n)
         .map(|i| format!("m{i}=http://127.0.0.1:{}", port(i, 1)))
@@ -880,14 +888,18 @@ async fn ledger_cluster(
         )?;
         let listen = format!("127.0.0.1:{}", a.ledger_port + i as u16);
         urls.push(format!("https://{listen}"));
-        let child = Command::new(&exe)
-            .args(["ledger", "serve", "--dev", "--store", "etcd"])
+        let mut cmd = Command::new(&exe);
+        cmd.args(["ledger", "serve", "--dev", "--store", "etcd"])
             .arg(format!("--data={}", dir.display()))
             .arg(format!("--listen={listen}"))
             .arg(format!("--tls-cert={}", tls.cert.display()))
             .arg(format!("--tls-key={}", tls.key.display()))
             .arg(format!("--etcd={}", etcd_urls.join(",")))
-            .arg(format!("--server-id=ledger{i}"))
+            .arg(format!("--server-id=ledger{i}"));
+        if genesis_file.exists() {
+            cmd.arg(format!("--genesis={}", genesis_file.display()));
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(
                 lcfg.data_dir.join(format!("server{i}.log")),
