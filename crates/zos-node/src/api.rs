@@ -420,13 +420,25 @@ impl Api {
             "zos.admin.diag.pools" => {
                 let btrfs = crate::diag::btrfs_stats().await;
                 let smart = crate::diag::smart(&crate::diag::btrfs_devices(&btrfs)).await;
+                crate::diag::smart_cache().note(&smart);
                 Ok(json!({
                     "pools": to_value(&self.pools().await)?,
                     "btrfs": btrfs,
                     "smart": smart,
                 }))
             }
-            "zos.admin.diag.net" => Ok(crate::diag::net().await),
+            "zos.admin.diag.net" => {
+                let mut v = crate::diag::net().await;
+                // The network set's WireGuard view (`zos.admin.diag.wg`), when it runs here.
+                if let Some(c) = self.engine.registry().command("zos.admin.diag.wg") {
+                    let view = crate::primitives::StoreView(self.engine.store());
+                    v["wireguard"] = c
+                        .call(&view, 0, Value::Null)
+                        .await
+                        .unwrap_or_else(|e| json!({ "error": e }));
+                }
+                Ok(v)
+            }
             "zos.admin.diag.reach" => {
                 let a: crate::diag::ReachArg = arg(payload)?;
                 crate::diag::reach(&a)
@@ -499,7 +511,8 @@ impl Api {
                 ));
             }
         }
-        for fs in crate::diag::btrfs_stats().await {
+        let btrfs = crate::diag::btrfs_stats().await;
+        for fs in &btrfs {
             if fs["errors"].as_u64().unwrap_or(0) > 0 {
                 reasons.push(format!(
                     "btrfs {} has {} device errors",
@@ -508,6 +521,10 @@ impl Api {
                 ));
             }
         }
+        // SMART as last read (smartctl is too slow for every check; refreshed in background).
+        reasons.extend(crate::diag::cached_smart_failures(
+            crate::diag::btrfs_devices(&btrfs),
+        ));
         let queued = self.engine.queued_jobs();
         if queued > 100 {
             reasons.push(format!("{queued} jobs queued"));
