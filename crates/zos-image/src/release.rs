@@ -118,7 +118,34 @@ pub fn signed_message(network: &str, version: &str, content_hash: &str) -> Vec<u
 #[derive(Debug, Clone, Default)]
 pub struct PinnedKeys(BTreeMap<String, Vec<VerifyingKey>>);
 
+/// A new release signing key's 32-byte seed, from the OS RNG.
+pub fn generate_seed() -> [u8; 32] {
+    use rand::RngCore as _;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
+}
+
+/// The public key (hex) of a seed: what networks pin.
+pub fn public_key_hex(seed: &[u8; 32]) -> String {
+    hex::encode(SigningKey::from_bytes(seed).verifying_key().to_bytes())
+}
+
+/// The signing key of a seed.
+pub fn signing_key(seed: &[u8; 32]) -> SigningKey {
+    SigningKey::from_bytes(seed)
+}
+
 impl PinnedKeys {
+    /// Pins a hex public key for `network`.
+    pub fn pin_hex(&mut self, network: &str, key: &str) -> Result<(), ReleaseError> {
+        let bad = || ReleaseError::Manifest(format!("pinned key {key:?} is not an ed25519 key"));
+        let b = hex::decode(key.trim()).map_err(|_| bad())?;
+        let b = <[u8; 32]>::try_from(b).map_err(|_| bad())?;
+        let vk = VerifyingKey::from_bytes(&b).map_err(|_| bad())?;
+        self.pin(network, vk);
+        Ok(())
+    }
     /// Pins `key` for `network`.
     pub fn pin(&mut self, network: &str, key: VerifyingKey) {
         self.0.entry(network.to_string()).or_default().push(key);

@@ -18,6 +18,38 @@ pub enum ImageCmd {
         /// The cpio file.
         file: PathBuf,
     },
+    /// Make a release signing key: FILE gets the seed (hex, owner-only); prints the public key
+    /// to pin for a network.
+    Keygen {
+        /// The key file to write (refuses to overwrite).
+        file: PathBuf,
+    },
+    /// Sign a release bundle (a directory holding the zos binary): writes DIR/release.json.
+    Sign {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// Release version, e.g. v2 (`--version` is the binary's own).
+        #[arg(long = "release")]
+        release: String,
+        /// Network: dev, qa, test or main.
+        #[arg(long)]
+        network: String,
+        /// The key file from `zos image keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify a release bundle as a node of NETWORK would: signed by a pinned key, every file
+    /// as hashed. Exit 1 when refused.
+    Verify {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// The node's network.
+        #[arg(long)]
+        network: String,
+        /// Public key (hex) pinned for the network (repeatable).
+        #[arg(long = "pin", required = true)]
+        pins: Vec<String>,
+    },
     /// Write a small archive to append to the initramfs (`cat initramfs.cpio site.cpio`):
     /// a site's files such as the pinned ledger and relay certificates.
     Overlay {
@@ -105,6 +137,51 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                     None => println!("{:06o} {:>10} {}", e.mode, e.size, e.name),
                 }
             }
+            Ok(())
+        }
+        ImageCmd::Keygen { file } => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let seed = zos_image::release::generate_seed();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            writeln!(f, "{}", hex::encode(seed))?;
+            println!("{}", zos_image::release::public_key_hex(&seed));
+            Ok(())
+        }
+        ImageCmd::Sign {
+            dir,
+            release,
+            network,
+            key,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let seed = zos_types::crypto::decode_hex32("--key", text.trim())?;
+            let key = zos_image::release::signing_key(&seed);
+            let m = zos_image::release::sign_bundle(&dir, &release, &network, &key)?;
+            println!(
+                "signed {} for {}: content {}",
+                m.version, m.network, m.content_hash
+            );
+            Ok(())
+        }
+        ImageCmd::Verify { dir, network, pins } => {
+            let mut keys = zos_image::release::PinnedKeys::default();
+            for p in &pins {
+                keys.pin_hex(&network, p)?;
+            }
+            let m = zos_image::release::verify_bundle(&dir, &network, &keys)?;
+            println!(
+                "ok: {} for {} ({} files)",
+                m.version,
+                m.network,
+                m.files.len()
+            );
             Ok(())
         }
         ImageCmd::Overlay { output, files } => {
