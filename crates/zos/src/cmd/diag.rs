@@ -188,10 +188,26 @@ fn human(what: &str, v: &Value) -> String {
                     n["listen_port"]
                 );
                 for p in n["peers"].as_array().into_iter().flatten() {
-                    let age = match p["handshake_age_secs"].as_u64() {
+                    let mut age = match p["handshake_age_secs"].as_u64() {
                         Some(s) => format!("handshake {s} s ago"),
-                        None => "no handshake".to_string(),
+                        None => "handshake never".to_string(),
                     };
+                    if p["stale"] == true {
+                        age += " (stale)";
+                    }
+                    // Older nodes answer without traffic and allowed IPs.
+                    if let (Some(rx), Some(tx)) = (p["rx_bytes"].as_u64(), p["tx_bytes"].as_u64()) {
+                        age += &format!(", rx {rx} B, tx {tx} B");
+                    }
+                    let allowed: Vec<&str> = p["allowed_ips"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if !allowed.is_empty() {
+                        age += &format!(", allowed {}", allowed.join(" "));
+                    }
                     out += &format!(
                         "  peer {} at {}: {age}\n",
                         p["public_key"].as_str().unwrap_or_default(),
@@ -232,11 +248,14 @@ mod tests {
             "wg",
             &json!({"networks": [{"netid": "n1", "listen_port": 3000, "peers": [
                 {"public_key": "K1", "endpoint": "198.18.0.3:3001", "handshake_age_secs": 12},
-                {"public_key": "K2", "endpoint": null, "handshake_age_secs": null}]}]}),
+                {"public_key": "K2", "endpoint": null, "handshake_age_secs": null},
+                {"public_key": "K3", "endpoint": "198.18.0.4:3001", "handshake_age_secs": 400,
+                 "stale": true, "rx_bytes": 92, "tx_bytes": 148,
+                 "allowed_ips": ["10.1.3.0/24", "100.64.1.3/32"]}]}]}),
         );
         assert_eq!(
             w,
-            "network n1 port 3000\n  peer K1 at 198.18.0.3:3001: handshake 12 s ago\n  peer K2 at (no endpoint): no handshake\n"
+            "network n1 port 3000\n  peer K1 at 198.18.0.3:3001: handshake 12 s ago\n  peer K2 at (no endpoint): handshake never\n  peer K3 at 198.18.0.4:3001: handshake 400 s ago (stale), rx 92 B, tx 148 B, allowed 10.1.3.0/24 100.64.1.3/32\n"
         );
     }
 }
