@@ -4,9 +4,8 @@
 //! TCP port, router id) there every 60 s. A beacon from an `fe80::/64` source with another
 //! router id makes its sender a peer at `tcp://[fe80::…%scope]:port`.
 //!
-//! Interfaces are read from `/proc/net/if_inet6` and `/sys/class/net/*/{flags,type}` (no
-//! netlink dependency); they are rescanned at every beacon so that links that appear later are
-//! joined too.
+//! Interfaces are read with getifaddrs and rescanned at every beacon, so that links that
+//! appear later are joined too.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -24,13 +23,6 @@ pub const MULTICAST_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x
 /// Upstream's beacon period.
 pub const BEACON_INTERVAL: Duration = Duration::from_secs(60);
 
-const IFF_UP: u32 = 0x1;
-const IFF_LOOPBACK: u32 = 0x8;
-const IFF_POINTOPOINT: u32 = 0x10;
-const IFF_MULTICAST: u32 = 0x1000;
-/// `ARPHRD_NONE`: what a TUN device reports as its type.
-const ARPHRD_NONE: u32 = 65534;
-
 /// An interface discovery may use.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Interface {
@@ -40,47 +32,35 @@ pub struct Interface {
     pub name: String,
 }
 
-fn sysfs_u32(name: &str, attr: &str) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/{attr}")).ok()?;
-    let s = s.trim();
-    match s.strip_prefix("0x") {
-        Some(h) => u32::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
 /// Interfaces with an `fe80::/64` address that are up, multicast-capable and neither
-/// loopback, point-to-point nor a TUN; `only` restricts them to those names (if not empty).
+/// loopback nor point-to-point (TUNs are point-to-point); `only` restricts them to those names
+/// (if not empty). Read with getifaddrs (netlink), so a node running on a thread inside
+/// another namespace sees that namespace's interfaces (`/sys/class/net` would show the
+/// mounter's).
 pub fn interfaces(only: &[String]) -> Vec<Interface> {
-    let Ok(table) = std::fs::read_to_string("/proc/net/if_inet6") else {
+    use nix::net::if_::InterfaceFlags as F;
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
     let mut out = BTreeSet::new();
-    for line in table.lines() {
-        // address ifindex prefixlen scope flags name
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || !f[0].starts_with("fe80000000000000") {
-            continue;
-        }
-        let (Ok(index), name) = (u32::from_str_radix(f[1], 16), f[5]) else {
+    for a in addrs {
+        let Some(v6) = a.address.as_ref().and_then(|s| s.as_sockaddr_in6()) else {
             continue;
         };
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
+        if v6.ip().segments()[..4] != [0xfe80, 0, 0, 0] {
             continue;
         }
-        let (Some(flags), Some(kind)) = (sysfs_u32(name, "flags"), sysfs_u32(name, "type")) else {
+        if !only.is_empty() && !only.contains(&a.interface_name) {
             continue;
-        };
-        if flags & IFF_UP == 0
-            || flags & IFF_MULTICAST == 0
-            || flags & (IFF_LOOPBACK | IFF_POINTOPOINT) != 0
-            || kind == ARPHRD_NONE
+        }
+        if !a.flags.contains(F::IFF_UP | F::IFF_MULTICAST)
+            || a.flags.intersects(F::IFF_LOOPBACK | F::IFF_POINTOPOINT)
         {
             continue;
         }
         out.insert(Interface {
-            index,
-            name: name.to_string(),
+            index: v6.scope_id(),
+            name: a.interface_name,
         });
     }
     out.into_iter().collect()

@@ -597,3 +597,85 @@ fn three_nodes_over_quic() {
     assert!(count("quic_datagram") > 0, "{metrics}");
     assert!(count("quic_stream") > 0, "{metrics}");
 }
+
+/// `zos node run --mycelium`: the node's host instance runs in the node's network namespace
+/// with the key converted from the node's identity (upstream's derivation), and two nodes on
+/// one link find each other by link-local discovery (no peers given) and ping. The nodes
+/// have no ledger (they keep retrying registration): the host instance does not wait for it.
+#[test]
+fn node_host_instances_find_each_other() {
+    if !can_run("node_host_instances_find_each_other") {
+        return;
+    }
+    let mut net = Net::new("myh", 2);
+    net.link(0, 1, 9);
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, name) in NAMES.iter().enumerate().take(2) {
+        let data = net.dir.0.join(format!("node{i}"));
+        let log = std::fs::File::create(net.dir.0.join(format!("{name}.log"))).expect("log");
+        let c = Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args(["node", "run", "--mycelium", "--farm", "1"])
+            .args([
+                "--ledger",
+                "http://127.0.0.1:9",
+                "--relay",
+                "ws://127.0.0.1:9",
+            ])
+            .arg("--net-namespace")
+            .arg(net.ns(i))
+            .arg("--data")
+            .arg(&data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("zos node run");
+        net.procs[i] = Some(Proc(c));
+    }
+    // Each host address is the one derived from that node's seed, on my0 in its namespace.
+    for i in 0..2 {
+        let seed_file = net.dir.0.join(format!("node{i}")).join("seed.txt");
+        let t0 = Instant::now();
+        let seed = loop {
+            if let Ok(b) = std::fs::read(&seed_file)
+                && let Ok(s) = zos_node::identity::decode(&seed_file, &b)
+            {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no seed: {}",
+                net.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let want = zos_mycelium::SecretKey::from_ed25519_seed(&seed)
+            .public_key()
+            .address();
+        net.addrs[i] = want;
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new("ip")
+                .args(["-n", &net.ns(i), "-6", "-o", "addr", "show", "dev", "my0"])
+                .output()
+                .expect("ip");
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("{want}/7")) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no my0 with {want} in {}: {}",
+                net.ns(i),
+                net.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let t = net
+        .wait_ping(0, 1, true, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("node hosts do not link: {}\n{}", net.log(0), net.log(1)));
+    eprintln!(
+        "host instances linked and pinged after {:.1} s",
+        t.as_secs_f64()
+    );
+}

@@ -201,3 +201,63 @@ pub fn run(cmd: MyceliumCmd) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `zos node run` flags for the node's host instance.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HostArgs {
+    /// Run the node's host Mycelium instance (upstream's `mycelium` service) in the node's
+    /// network namespace: key from the node's identity, TUN `my0`, TCP and QUIC on 9651,
+    /// link-local discovery on 9650 (nodes on one LAN link up by themselves); the node then
+    /// lists `mycelium` in its features.
+    #[arg(long)]
+    pub mycelium: bool,
+    /// A peer of the host instance (`tcp://…` or `quic://…`; repeatable).
+    #[arg(long = "mycelium-peer", value_name = "ENDPOINT", requires = "mycelium")]
+    pub mycelium_peers: Vec<String>,
+}
+
+/// Starts the node's host instance if asked (before the primitives start; it runs until the
+/// returned handle is dropped) and adds `mycelium` to the node's features.
+pub fn start_host(
+    args: &HostArgs,
+    cfg: &zos_node::NodeConfig,
+    netns: Option<&str>,
+    registry: &mut zos_node::PrimitiveRegistry,
+) -> anyhow::Result<Option<zos_mycelium::netns::NsNode>> {
+    if !args.mycelium {
+        return Ok(None);
+    }
+    // The same identity the agent loads (idempotent): its ed25519 seed, converted as upstream.
+    let keys = zos_node::identity::load_node_keys_with_boot(
+        &cfg.data_dir,
+        &cfg.seed_mirrors,
+        cfg.boot_seed_dir.as_deref(),
+        &cfg.key_root,
+    )?;
+    let key = SecretKey::from_ed25519_seed(keys.key.seed());
+    let peers = args
+        .mycelium_peers
+        .iter()
+        .map(|p| zos_mycelium::node::parse_endpoint(p))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--mycelium-peer")?;
+    let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 9651));
+    let pk = key.public_key();
+    let node = zos_mycelium::netns::NsNode::start(
+        zos_mycelium::node::Config {
+            key,
+            peers,
+            tcp_listen: any,
+            quic_listen: Some(any),
+            tun_name: Some("my0".into()),
+            timer_divisor: 1,
+            discovery: Some(zos_mycelium::node::DiscoveryConfig::default()),
+        },
+        netns,
+        None,
+    )
+    .context("starting the host mycelium instance")?;
+    tracing::info!(address = %pk.address(), namespace = ?netns, "host mycelium instance running");
+    registry.add_feature("mycelium");
+    Ok(Some(node))
+}

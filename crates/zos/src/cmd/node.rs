@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// docs/network.md). Without it the node refuses `ip` workloads.
     #[arg(long, env = "ZOS_PUBLIC_NIC")]
     pub public_nic: Option<String>,
+    /// The host Mycelium instance (off unless `--mycelium`).
+    #[command(flatten)]
+    pub mycelium: super::mycelium::HostArgs,
 }
 
 /// Runs a node subcommand.
@@ -240,6 +243,13 @@ pub async fn run_node(
         a.ledger_producer.as_deref(),
         &cfg.data_dir,
         &a.netns_prefix,
+    )?;
+    // The host Mycelium instance lives as long as the node (dropped at return: stopped).
+    let _mycelium = super::mycelium::start_host(
+        &a.mycelium,
+        &cfg,
+        a.net_namespace.as_deref(),
+        &mut registry,
     )?;
     // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
     // reconciles, and release it (servers, then pools) after the node has stopped.

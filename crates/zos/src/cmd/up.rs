@@ -350,6 +350,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         public_nic: None,
+        mycelium: Default::default(),
     };
     // Several nodes: a local internet of namespaces; node 1 runs here, the others as children.
     let nodes_n = usize::from(a.nodes);
