@@ -245,12 +245,8 @@ pub async fn run_node(
         &a.netns_prefix,
     )?;
     // The host Mycelium instance lives as long as the node (dropped at return: stopped).
-    let _mycelium = super::mycelium::start_host(
-        &a.mycelium,
-        &cfg,
-        a.net_namespace.as_deref(),
-        &mut registry,
-    )?;
+    let _mycelium =
+        super::mycelium::start_host(&a.mycelium, &cfg, a.net_namespace.as_deref(), &mut registry)?;
     // Primitive sets bring up what they need (storage: its ZeroDB servers) before the node
     // reconciles, and release it (servers, then pools) after the node has stopped.
     registry
