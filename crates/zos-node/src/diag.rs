@@ -325,6 +325,19 @@ pub fn parse_scrub_status(out: &str) -> BTreeMap<String, String> {
     m
 }
 
+/// A parsed `btrfs scrub status -R` with `errors`: the sum of its `*_errors` counters (read,
+/// csum, verify, super, uncorrectable, corrected… what the last scrub met), 0 when none ran.
+pub fn scrub_json(m: &BTreeMap<String, String>) -> Value {
+    let errors: u64 = m
+        .iter()
+        .filter(|(k, _)| k.ends_with("_errors"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .fold(0u64, u64::saturating_add);
+    let mut v = json!(m);
+    v["errors"] = json!(errors);
+    v
+}
+
 /// Every btrfs filesystem mounted in the agent's view, with its device error counters.
 pub async fn btrfs_stats() -> Vec<Value> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -349,9 +362,10 @@ pub async fn btrfs_stats() -> Vec<Value> {
                     .sum()
             })
             .unwrap_or(0);
-        // The last scrub's outcome ("no stats available" when none ran): read only.
-        let scrub = match run("btrfs", &["scrub", "status", &path]).await {
-            Ok(s) => json!(parse_scrub_status(&s)),
+        // The last scrub's outcome with raw counters ("no stats available" when none ran):
+        // read only.
+        let scrub = match run("btrfs", &["scrub", "status", "-R", &path]).await {
+            Ok(s) => scrub_json(&parse_scrub_status(&s)),
             Err(e) => json!({ "error": e }),
         };
         out.push(json!({ "device": f[0], "mount": path, "stats": stats, "errors": errors, "scrub": scrub }));
@@ -820,6 +834,24 @@ mod tests {
             !SmartCache::default().failures_and_due(false).1,
             "no devices: no reading"
         );
+    }
+
+    /// `btrfs scrub status -R` as btrfs-progs prints it (captured on a loop filesystem: before
+    /// any scrub and after one), and an error count.
+    #[test]
+    fn raw_scrub_status_counts_errors() {
+        let none = "UUID:             ee11cef0-c6f8-45c1-a406-f47b2541eac0\n\tno stats available\n\tdata_extents_scrubbed: 0\n\tread_errors: 0\n\tcsum_errors: 0\n\tuncorrectable_errors: 0\n\tlast_physical: 0\n";
+        let v = scrub_json(&parse_scrub_status(none));
+        assert_eq!(v["note"], "no stats available");
+        assert_eq!(v["errors"], 0);
+        let done = "UUID:             ee11cef0-c6f8-45c1-a406-f47b2541eac0\nScrub started:    Sun Dec  6 15:51:13 2026\nStatus:           finished\nDuration:         0:00:00\n\tdata_extents_scrubbed: 128\n\tdata_bytes_scrubbed: 8388608\n\tread_errors: 0\n\tcsum_errors: 3\n\tverify_errors: 0\n\tsuper_errors: 0\n\tmalloc_errors: 0\n\tuncorrectable_errors: 1\n\tunverified_errors: 0\n\tcorrected_errors: 2\n\tlast_physical: 72613888\n";
+        let v = scrub_json(&parse_scrub_status(done));
+        assert_eq!(v["status"], "finished");
+        assert_eq!(v["data_bytes_scrubbed"], "8388608");
+        assert_eq!(v["uncorrectable_errors"], "1");
+        assert_eq!(v["errors"], 6);
+        let odd = "x_errors: 18446744073709551615\ny_errors: 5\nz_errors: -1\n";
+        assert_eq!(scrub_json(&parse_scrub_status(odd))["errors"], u64::MAX);
     }
 
     #[test]
