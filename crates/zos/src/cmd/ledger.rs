@@ -128,7 +128,12 @@ pub struct EtcdTlsArgs {
     #[arg(long, value_name = "FILE")]
     etcd_cacert: Option<PathBuf>,
     /// PEM client certificate for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_key", requires = "etcd_cacert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_key",
+        requires = "etcd_cacert"
+    )]
     etcd_cert: Option<PathBuf>,
     /// PEM private key of --etcd-cert.
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
