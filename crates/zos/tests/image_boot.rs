@@ -283,6 +283,30 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
          relay_domain=127.0.0.1:{rport}"
     );
 
+    // An orphan first (no farmer_id): it says why on the console, keeps waiting, and the power
+    // button still stops it cleanly. The disks stay blank: nothing starts without a farm.
+    let orphan_cmdline = cmdline.replace(&format!("farmer_id={farm} "), "");
+    let mut orphan = Qemu::start(dir.path(), &img, &initrd, &orphan_cmdline);
+    let why = orphan.wait_console("no farmer_id", Duration::from_secs(60));
+    assert!(why.is_some(), "orphan said nothing:\n{}", orphan.console());
+    assert!(
+        orphan.power_off(Duration::from_secs(60)),
+        "orphan: no power-off:\n{}",
+        orphan.console()
+    );
+    assert!(orphan.console().contains("ZOS-INIT: bye"));
+    assert!(
+        {
+            let mut head = vec![0u8; 1 << 20];
+            std::fs::File::open(dir.path().join("ssd.img"))
+                .unwrap()
+                .read_exact(&mut head)
+                .unwrap();
+            head.iter().all(|b| *b == 0)
+        },
+        "an orphan touched a disk"
+    );
+
     let t0 = Instant::now();
     let mut vm = Qemu::start(dir.path(), &img, &initrd, &cmdline);
     let reg = vm.wait_console("node registered", REGISTER_WITHIN);
