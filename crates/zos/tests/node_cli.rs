@@ -189,10 +189,19 @@ fn node_run_registers_serves_and_stops() {
         .iter()
         .map(|f| f.as_str().expect("a feature is a string"))
         .collect();
+    // Upstream's advertised names (zos-reference §2.3).
     let known = [
+        "zmount",
+        "zdb",
+        "volume",
         "network",
+        "network-light",
         "zmachine",
         "zmachine-light",
+        "ipv4",
+        "ip",
+        "gateway-name-proxy",
+        "gateway-fqdn-proxy",
         "wireguard",
         "mycelium",
     ];

@@ -85,6 +85,9 @@ fn start_grid() -> Grid {
             "--relay-port",
             &r.to_string(),
         ])
+        // Its own gateway ports: tests run in parallel, and zos up's defaults are fixed.
+        .args(["--gateway-port", &free_port().to_string()])
+        .args(["--gateway-http-port", &free_port().to_string()])
         .arg("--data")
         .arg(dir.path().join("data"))
         .env("ZOS_CONFIG", dir.path().join("config.toml"))

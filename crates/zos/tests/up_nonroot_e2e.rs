@@ -186,6 +186,9 @@ fn start(grid: &mut Grid) -> String {
         ])
         .args(["--ledger-port", &l.to_string()])
         .args(["--relay-port", &r.to_string()])
+        // Its own gateway ports: tests run in parallel, and zos up's defaults are fixed.
+        .args(["--gateway-port", &free_port().to_string()])
+        .args(["--gateway-http-port", &free_port().to_string()])
         .arg("--data")
         .arg(grid.data())
         .stdout(Stdio::piped())

@@ -117,6 +117,18 @@ impl Grid {
             ])
             .args(["--ledger-port", &self.ports[0].to_string()])
             .args(["--relay-port", &self.ports[1].to_string()])
+            // This version's gateway gets its own ports (tests run in parallel and zos up's
+            // defaults are fixed); the previous release has no gateway.
+            .args(if zos == Path::new(env!("CARGO_BIN_EXE_zos")) {
+                vec![
+                    "--gateway-port".to_string(),
+                    free_port().to_string(),
+                    "--gateway-http-port".to_string(),
+                    free_port().to_string(),
+                ]
+            } else {
+                Vec::new()
+            })
             .arg("--data")
             .arg(self.data())
             .env("ZOS_CONFIG", self.dir.path().join("config.toml"))
