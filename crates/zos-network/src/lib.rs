@@ -25,6 +25,7 @@ use zos_types::data::{PublicIpResult, WorkloadData};
 use zos_types::{Deployment, ResultState, Workload, WorkloadType};
 
 pub mod ip;
+pub mod mycelium;
 pub mod names;
 pub mod ndmz;
 pub mod public;

@@ -7,7 +7,8 @@
 //!   (on the bridge) ↔ `n-<netid>` (inside the NR) holding the gateway `<subnet>.1` and its ULA
 //!   `Convert4to6(netid, gateway)/64`;
 //! - WireGuard `w-<netid>` inside the NR, with `wgIP(subnet)/16` and a route per peer allowed
-//!   IP; its UDP socket listens on the workload's port in the node's namespace.
+//!   IP; its UDP socket listens on the workload's port in the node's namespace;
+//! - with `mycelium.hex_key`, a Mycelium instance inside the NR ([`crate::mycelium`]).
 //!
 //! Everything is derived from the workload: the kernel holds no state we need. Provision is
 //! idempotent (it converges what exists), a restarted node provisions again from its stored
@@ -26,6 +27,7 @@ use zos_types::ids::{convert_4to6, network_id};
 use zos_types::{Workload, WorkloadType};
 
 use crate::ip::{self, ip};
+use crate::mycelium::{self as myc, MyceliumPlan, NrMycelium};
 use crate::wg::{self, Device, DeviceConfig, PeerConfig};
 
 /// Where a node's network plane lives.
@@ -99,6 +101,8 @@ pub struct Plan {
     pub port: u16,
     /// WireGuard configuration.
     pub device: DeviceConfig,
+    /// The network's Mycelium instance, if it has a key.
+    pub mycelium: Option<MyceliumPlan>,
 }
 
 fn v4(what: &str, n: &zos_types::gofmt::IpNet) -> Result<(Ipv4Addr, u8), String> {
@@ -192,12 +196,17 @@ pub fn plan(twin: u32, name: &str, n: &Network, ns_prefix: &str) -> Result<Plan,
             endpoint,
         });
     }
+    let mycelium = match &n.mycelium {
+        Some(m) => Some(MyceliumPlan::new(&m.hex_key.0, &m.peers)?),
+        None => None,
+    };
     Ok(Plan {
         names: NrNames::new(twin, name, ns_prefix),
         ip_range,
         subnet,
         port: n.wireguard_listen_port,
         device: DeviceConfig { private_key, peers },
+        mycelium,
     })
 }
 
@@ -208,6 +217,7 @@ fn x25519_public(k: &[u8; 32]) -> boringtun::x25519::PublicKey {
 struct Running {
     plan: Plan,
     device: Device,
+    mycelium: Option<NrMycelium>,
 }
 
 /// The network primitive and its port manager.
@@ -402,7 +412,9 @@ impl Networks {
         };
         if restart {
             // Stop the old device first so its port is free again; the TUN goes with it.
-            running.remove(&id);
+            if let Some(m) = running.remove(&id).and_then(|r| r.mycelium) {
+                myc::stop(m).await;
+            }
             let (udp, tun) =
                 wg::open(self.node_ns(), &p.names.wireguard, p.port).map_err(failed)?;
             // Nothing was made before the socket was bound: a port in use leaves no trace.
@@ -418,11 +430,29 @@ impl Networks {
                 self.remove(&p.names).await;
                 return Err(failed(e));
             }
-            running.insert(id, Running { plan: p, device });
+            let mycelium = match converge_mycelium(&p, None).await {
+                Ok(m) => m,
+                Err(e) => {
+                    drop(device);
+                    self.remove(&p.names).await;
+                    return Err(failed(e));
+                }
+            };
+            running.insert(
+                id,
+                Running {
+                    plan: p,
+                    device,
+                    mycelium,
+                },
+            );
         } else if let Some(r) = running.get_mut(&id) {
             r.device.reconfigure(&p.device);
             self.links(&p).await.map_err(failed)?;
             self.routes(&p).await.map_err(failed)?;
+            r.mycelium = converge_mycelium(&p, r.mycelium.take())
+                .await
+                .map_err(failed)?;
             r.plan = p;
         }
         Ok(())
@@ -589,6 +619,30 @@ impl Networks {
     }
 }
 
+/// Keeps, restarts, starts or stops the NR's Mycelium instance to match `p`, and puts its
+/// gateway on the NR's bridge leg.
+async fn converge_mycelium(
+    p: &Plan,
+    have: Option<NrMycelium>,
+) -> Result<Option<NrMycelium>, String> {
+    let keep = match (have, &p.mycelium) {
+        (Some(h), Some(w)) if h.plan == *w => Some(h),
+        (Some(h), _) => {
+            myc::stop(h).await;
+            None
+        }
+        (None, _) => None,
+    };
+    myc::address_bridge(&p.names.namespace, &p.names.nr_link, p.mycelium.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    match (keep, &p.mycelium) {
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(w)) => myc::start(&p.names.namespace, w).await.map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 fn network_of(ip: IpAddr, len: u8) -> String {
     match ip {
         IpAddr::V4(a) => {
@@ -668,7 +722,9 @@ impl Primitive for Networks {
     async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
         let names = NrNames::new(ctx.twin, &wl.name, &self.cfg.ns_prefix);
         let mut running = self.running.lock().await;
-        running.remove(&names.netid);
+        if let Some(m) = running.remove(&names.netid).and_then(|r| r.mycelium) {
+            myc::stop(m).await;
+        }
         self.remove(&names).await;
         // Under the lock: a resource provisioned meanwhile cannot lose its ndmz.
         if let Err(e) = crate::ndmz::remove_if_unused(&self.cfg).await {
