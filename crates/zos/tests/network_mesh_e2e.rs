@@ -280,6 +280,25 @@ fn a_private_network_over_three_nodes() {
                 .any(|p| p["handshake_age_secs"].as_u64().is_some_and(|a| a < 120)),
         "node 1's peers with recent handshakes: {wg}"
     );
+    // ... with traffic, allowed IPs, and none stale; `net` carries the same view.
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["stale"] == false
+                && p["allowed_ips"].as_array().is_some_and(|a| !a.is_empty()))
+            && peers
+                .iter()
+                .any(|p| p["rx_bytes"].as_u64().unwrap_or(0) > 0),
+        "{wg}"
+    );
+    let o = up.client(&["node", "diag", &ids[0].to_string(), "net", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let net: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        net["wireguard"]["networks"].as_array().map(Vec::len),
+        wg["networks"].as_array().map(Vec::len),
+        "{net}"
+    );
 
     // On the local internet the traffic between nodes is WireGuard only: a capture while
     // pinging holds UDP to/from the nodes' WireGuard ports and no inner (10.20/16) packet.
