@@ -119,6 +119,17 @@ if [ -n "$zpubmac" ]; then
     && echo "ZOS-INIT: $pdev $zpub via $zpubgw (public)"
   [ -n "$zpub6" ] && ip addr add "$zpub6" dev "$pdev" && echo "ZOS-INIT: $pdev $zpub6 (public)"
 fi
+# Mycelium (network.mycelium): an address of the network's /64 on the private NIC and
+# 400::/7 via the network resource (zos.myc, zos.mycgw).
+zmyc=; zmycgw=
+for arg in $cmdline; do
+  case "$arg" in zos.myc=*) zmyc=${arg#zos.myc=};; zos.mycgw=*) zmycgw=${arg#zos.mycgw=};; esac
+done
+if [ -n "$zmyc" ] && [ -n "$zip" ]; then
+  echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
+  ip addr add "$zmyc" dev eth0 && ip route add 400::/7 via "$zmycgw" dev eth0 \
+    && echo "ZOS-INIT: eth0 $zmyc (mycelium)"
+fi
 p9="trans=virtio,version=9p2000.L,msize=262144"
 fs=9p
 case " $cmdline " in *" zos.fs=virtiofs "*) fs=virtiofs;; esac

@@ -4,7 +4,7 @@
 //! key), cloud-init as a NoCloud `cidata` disk.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use zos_primitive::{
 };
 use zos_storage::Storage;
 use zos_types::data::{
-    MachineCapacity, MachineInterface, MachineMount, WorkloadData, ZMachineResult,
+    MachineCapacity, MachineInterface, MachineMount, MyceliumIp, WorkloadData, ZMachineResult,
 };
 use zos_types::{Workload, WorkloadType};
 
@@ -100,6 +100,9 @@ fn fixed_part(spec: &Spec) -> String {
     if !spec.public_ip.is_empty() {
         s += &format!("public_ip={}\n", spec.public_ip);
     }
+    if let Some(m) = &spec.mycelium {
+        s += &format!("mycelium={}:{}\n", m.network, hex::encode(&m.hex_seed.0));
+    }
     s
 }
 
@@ -113,15 +116,18 @@ struct Spec {
     iface: MachineInterface,
     /// The `ip`/`ipv4` workload whose public tap is the VM's second NIC (zmachine only).
     public_ip: String,
+    /// `network.mycelium`: an address in the network's Mycelium /64.
+    mycelium: Option<MyceliumIp>,
     /// Upstream's RootSize: `size`, at least MinRootSize for the CPU and memory.
     root_size: u64,
 }
 
 fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
     let data = wl.typed_data().map_err(|e| invalid(e.to_string()))?;
-    let public_ip = match &data {
-        WorkloadData::Zmachine(z) => z.network.public_ip.clone(),
-        _ => String::new(),
+    let (public_ip, mycelium) = match &data {
+        WorkloadData::Zmachine(z) => (z.network.public_ip.clone(), z.network.mycelium.clone()),
+        WorkloadData::ZmachineLight(z) => (String::new(), z.network.mycelium.clone()),
+        _ => (String::new(), None),
     };
     let (root_size, (flist, cap, mounts, entrypoint, env, ifaces)) = match data {
         WorkloadData::Zmachine(z) => (
@@ -176,8 +182,66 @@ fn spec_of(wl: &Workload) -> Result<Spec, PrimitiveError> {
         env,
         iface,
         public_ip,
+        mycelium,
         root_size,
     })
+}
+
+/// The VM's Mycelium address and gateway for `network.mycelium` (upstream: the network's
+/// /64 prefix ‖ `ff0f` ‖ seed, gateway `<prefix>::1`). The /64 is derived from the network
+/// workload's `mycelium.hex_key`; the network resource puts the gateway on its bridge, so the
+/// address rides the VM's private NIC, which must therefore be on that network.
+fn resolve_mycelium(
+    ctx: &WorkloadCtx,
+    spec: &Spec,
+) -> Result<Option<(Ipv6Addr, Ipv6Addr)>, PrimitiveError> {
+    let Some(m) = &spec.mycelium else {
+        return Ok(None);
+    };
+    if m.network != spec.iface.network {
+        return Err(invalid(format!(
+            "mycelium network {:?} must be the VM's private network {:?} (its NIC carries the mycelium /64)",
+            m.network, spec.iface.network
+        )));
+    }
+    let net = ctx.shared(&m.network).ok_or_else(|| {
+        invalid(format!(
+            "mycelium network {:?} does not exist (in this deployment or the twin's networks)",
+            m.network
+        ))
+    })?;
+    let key = match net.data()? {
+        WorkloadData::Network(n) => n.mycelium.map(|k| k.hex_key.0),
+        WorkloadData::NetworkLight(n) => Some(n.mycelium.hex_key.0),
+        _ => {
+            return Err(invalid(format!(
+                "workload {:?} is not a network",
+                m.network
+            )));
+        }
+    }
+    .ok_or_else(|| {
+        invalid(format!(
+            "network {:?} has no mycelium key (mycelium.hex_key)",
+            m.network
+        ))
+    })?;
+    let key: [u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid("the network's mycelium key is not 32 bytes"))?;
+    let seed: [u8; 6] = m
+        .hex_seed
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid("invalid mycelium seed length expected 6 bytes"))?;
+    let subnet = zos_mycelium::SecretKey::from_bytes(key)
+        .public_key()
+        .subnet();
+    let addr = zos_mycelium::crypto::vm_address(&subnet, seed)
+        .ok_or_else(|| invalid("mycelium seed must not be all zeros or all ff"))?;
+    Ok(Some((addr, zos_mycelium::crypto::gateway(&subnet))))
 }
 
 /// The public NIC of a VM whose `network.public_ip` names an `ip`/`ipv4` workload: that
@@ -566,6 +630,7 @@ impl Vms {
     async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
         let spec = spec_of(wl)?;
         let (ip, prefix, gw) = resolve_network(ctx, &spec.iface)?;
+        let mycelium = resolve_mycelium(ctx, &spec)?;
         let public = public_nic(ctx, &spec.public_ip)?;
         let wlid = ctx.workload_id.clone();
         let dir = self.vm_dir(&wlid);
@@ -718,17 +783,21 @@ impl Vms {
                 private_routes.insert(0, (range, gw.to_string()));
             }
         }
+        let mut eth0_routes = private_routes.clone();
+        if let Some((_, mgw)) = mycelium {
+            eth0_routes.push(("400::/7".into(), mgw.to_string()));
+        }
         let mut interfaces = vec![crate::cloudinit::Interface {
             name: "eth0".into(),
             mac: mac.clone(),
             address: format!("{ip}/{prefix}"),
+            address6: mycelium.map(|(a, _)| format!("{a}/64")).unwrap_or_default(),
             gateway: if public.is_some() {
                 String::new()
             } else {
                 gw.to_string()
             },
-            routes: private_routes.clone(),
-            ..Default::default()
+            routes: eth0_routes,
         }];
         if let Some(p) = &public {
             // The tap is the ip workload's (installed before VMs): it must exist here.
@@ -771,6 +840,10 @@ impl Vms {
         );
         for (tag, _, path) in &shares {
             append += &format!(" zos.mount={tag}:{path}");
+        }
+        // The Mycelium address on the private NIC and 400::/7 via the network resource.
+        if let Some((a, g)) = mycelium {
+            append += &format!(" zos.myc={a}/64 zos.mycgw={g}");
         }
         // The public NIC for the test guest's init (cloud-init guests read network-config).
         if let Some(p) = &public {
@@ -949,6 +1022,7 @@ impl Vms {
         let result = ZMachineResult {
             id: wlid,
             ip: ip.to_string(),
+            mycelium_ip: mycelium.map(|(a, _)| a.to_string()).unwrap_or_default(),
             console_url: console_at.addr.to_string(),
             ..Default::default()
         };
@@ -1227,6 +1301,49 @@ mod tests {
         let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
         m.data["network"]["interfaces"] = json!([]);
         assert!(check(m).unwrap_err().contains("only one network"));
+    }
+
+    #[test]
+    fn a_mycelium_address_comes_from_the_networks_key_and_the_seed() {
+        // The reference vector: network key a0..bf, seed 010203040506.
+        let key: String = (0xa0u8..=0xbf).map(|b| format!("{b:02x}")).collect();
+        let with_net = |m: Workload, myc: Option<&str>| {
+            let (ctx, _) = ctx_with(m.clone());
+            let mut d = (*ctx.deployment).clone();
+            if let Some(k) = myc {
+                d.workloads[0].data["mycelium"] = json!({"hex_key": k, "peers": []});
+            }
+            (
+                WorkloadCtx::new(1, Arc::new(d), "vm", NodeSecret::new([1; 32])),
+                spec_of(&m).unwrap(),
+            )
+        };
+        let mut m = vm(1, 256 * MIB, "net", "10.20.2.5");
+        m.data["network"]["mycelium"] = json!({"Network": "net", "hex_seed": "010203040506"});
+        let (ctx, spec) = with_net(m.clone(), Some(&key));
+        let (a, g) = resolve_mycelium(&ctx, &spec).unwrap().unwrap();
+        assert_eq!(a.to_string(), "593:f932:c049:6b1:ff0f:102:304:506");
+        assert_eq!(g.to_string(), "593:f932:c049:6b1::1");
+        assert!(fixed_part(&spec).ends_with("mycelium=net:010203040506\n"));
+        // Without network.mycelium: none, and the VM's record is unchanged.
+        let plain = vm(1, 256 * MIB, "net", "10.20.2.5");
+        let (c, s) = with_net(plain, Some(&key));
+        assert!(resolve_mycelium(&c, &s).unwrap().is_none());
+        assert!(!fixed_part(&s).contains("mycelium"));
+        // A network without a key, a reserved seed, another network: clear errors.
+        let (c, s) = with_net(m.clone(), None);
+        let e = resolve_mycelium(&c, &s).unwrap_err().to_string();
+        assert!(e.contains("has no mycelium key"), "{e}");
+        let mut zero = m.clone();
+        zero.data["network"]["mycelium"]["hex_seed"] = json!("000000000000");
+        let (c, s) = with_net(zero, Some(&key));
+        let e = resolve_mycelium(&c, &s).unwrap_err().to_string();
+        assert!(e.contains("all zeros"), "{e}");
+        let mut other = m;
+        other.data["network"]["mycelium"]["Network"] = json!("other");
+        let (c, s) = with_net(other, Some(&key));
+        let e = resolve_mycelium(&c, &s).unwrap_err().to_string();
+        assert!(e.contains("must be the VM's private network"), "{e}");
     }
 
     #[test]
