@@ -137,6 +137,28 @@ pub fn generate_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(s.to_bytes())
 }
 
+/// Gives network data `data` (of workload `name`) a Mycelium instance: the key it had in
+/// `previous` (the node's current deployment) when it had one, so the network keeps its /64
+/// and its VMs their addresses, else a new random 32-byte key.
+pub fn with_mycelium(data: &mut Value, previous: Option<&Deployment>, name: &str) {
+    let key = previous_mycelium_key(previous, name).unwrap_or_else(|| {
+        let k = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        hex::encode(k.to_bytes())
+    });
+    data["mycelium"] = json!({"hex_key": key, "peers": []});
+}
+
+/// The hex Mycelium key network workload `name` has in `previous`, if any.
+pub fn previous_mycelium_key(previous: Option<&Deployment>, name: &str) -> Option<String> {
+    let w = previous?.get(name)?;
+    let Ok(WorkloadData::Network(n)) = w.typed_data() else {
+        return None;
+    };
+    n.mycelium
+        .filter(|m| m.hex_key.0.len() == 32)
+        .map(|m| hex::encode(&m.hex_key.0))
+}
+
 /// The base64 public key of a base64 private key.
 pub fn public_key(private_b64: &str) -> Result<String, String> {
     let b = base64::engine::general_purpose::STANDARD
@@ -309,6 +331,37 @@ pub fn compute(
 mod tests {
     use super::*;
     use zos_types::{Workload, WorkloadType};
+
+    #[test]
+    fn a_mycelium_key_is_new_once_then_kept() {
+        let mut v = json!({"subnet": "10.20.2.0/24"});
+        with_mycelium(&mut v, None, "net");
+        let key = v["mycelium"]["hex_key"].as_str().unwrap().to_string();
+        assert_eq!(key.len(), 64);
+        assert_eq!(v["mycelium"]["peers"], json!([]));
+        let d = Deployment {
+            workloads: vec![Workload {
+                name: "net".into(),
+                workload_type: WorkloadType::Network,
+                data: json!({"ip_range": "10.20.0.0/16", "subnet": "10.20.2.0/24",
+                    "wireguard_private_key": generate_key(), "wireguard_listen_port": 3011,
+                    "peers": [], "mycelium": v["mycelium"].clone()}),
+                ..Workload::default()
+            }],
+            ..Deployment::default()
+        };
+        assert_eq!(previous_mycelium_key(Some(&d), "net"), Some(key.clone()));
+        let mut again = json!({});
+        with_mycelium(&mut again, Some(&d), "net");
+        assert_eq!(again["mycelium"]["hex_key"], json!(key), "kept");
+        let mut other = json!({});
+        with_mycelium(&mut other, Some(&d), "other");
+        assert_ne!(
+            other["mycelium"]["hex_key"],
+            json!(key),
+            "a new key for another network"
+        );
+    }
 
     fn node(id: u32, endpoint: Option<&str>, used: &[u16]) -> MeshNode {
         MeshNode {

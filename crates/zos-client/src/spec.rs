@@ -327,6 +327,10 @@ pub struct NetworkSpec {
     /// Description.
     #[serde(default)]
     pub description: String,
+    /// A Mycelium instance in every network resource (a key per node, kept across deploys):
+    /// VMs then take `network.mycelium` addresses.
+    #[serde(default)]
+    pub mycelium: bool,
 }
 
 fn deserialize_range<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::Ipv4Addr, D::Error> {
@@ -486,6 +490,18 @@ pub fn parse(file: &str, text: &str) -> Result<SpecInput, SpecError> {
 }
 
 impl Spec {
+    /// The names of the spec's networks with `mycelium: true`.
+    pub fn mycelium_networks(&self) -> Vec<String> {
+        self.workloads
+            .0
+            .iter()
+            .filter_map(|(n, w)| match w {
+                WorkloadSpec::Network(net) if net.mycelium => Some(n.0.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The spec's network workloads (name, range).
     pub fn networks(&self) -> Vec<(String, std::net::Ipv4Addr)> {
         self.workloads

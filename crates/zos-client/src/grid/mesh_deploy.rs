@@ -126,7 +126,11 @@ impl Grid {
                 let access = existing_access(&existing, name, *range);
                 let data = mesh::compute(name, *range, &nodes, &opts.rotate_keys, &access)
                     .map_err(|e| GridError::Other(e.to_string()))?;
-                for (node, v) in data {
+                let mycelium = spec.mycelium_networks().contains(name);
+                for (node, mut v) in data {
+                    if mycelium {
+                        mesh::with_mycelium(&mut v, existing.get(&node), name);
+                    }
                     per_node.entry(node).or_default().insert(name.clone(), v);
                 }
             }
@@ -252,7 +256,12 @@ impl Grid {
             let (Some(current), Some(v)) = (existing.get(&node.id), data.get(&node.id)) else {
                 continue;
             };
-            planned.push((node.clone(), updated(current, name, v.clone()), true));
+            let mut v = v.clone();
+            // A network with a Mycelium instance keeps it (and its key).
+            if mesh::previous_mycelium_key(Some(current), name).is_some() {
+                mesh::with_mycelium(&mut v, Some(current), name);
+            }
+            planned.push((node.clone(), updated(current, name, v), true));
         }
         self.send_all(planned, opts, &mut progress).await?;
         Ok(mesh::access_config(
