@@ -493,6 +493,63 @@ pub fn overlay(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, BuildError> {
     w.finish().map_err(io("overlay"))
 }
 
+/// A bootable USB/disk image: one FAT filesystem (no partition table) labelled `ZOSBOOT`,
+/// booted by BIOS firmware through syslinux into `vmlinuz` with `initrds` (loaded in order,
+/// so a site overlay follows the image) and `cmdline`. It is also the boot medium PID 1 keeps
+/// the key root on. Needs mkfs.vfat, syslinux and mcopy on the build host.
+pub fn usb_image(
+    out: &Path,
+    vmlinuz: &Path,
+    initrds: &[PathBuf],
+    cmdline: &str,
+) -> Result<(), BuildError> {
+    let mut payload = std::fs::metadata(vmlinuz).map_err(io("vmlinuz"))?.len();
+    for i in initrds {
+        payload += std::fs::metadata(i)
+            .map_err(io(format!("{}", i.display())))?
+            .len();
+    }
+    // Room for the key root and a second release's files later.
+    let size = (payload + (32 << 20)).div_ceil(1 << 20) << 20;
+    let _ = std::fs::remove_file(out);
+    let f = std::fs::File::create(out).map_err(io(format!("creating {}", out.display())))?;
+    f.set_len(size).map_err(io("sizing the image"))?;
+    drop(f);
+    run(Command::new("mkfs.vfat")
+        .args(["-n", crate::init::BOOT_LABEL])
+        .arg(out))?;
+    run(Command::new("syslinux").arg("--install").arg(out))?;
+    let mut names = Vec::new();
+    for (n, i) in initrds.iter().enumerate() {
+        let name = format!("initrd{n}.img");
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(out)
+            .arg(i)
+            .arg(format!("::{name}")))?;
+        names.push(name);
+    }
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(out)
+        .arg(vmlinuz)
+        .arg("::vmlinuz"))?;
+    let cfg = format!(
+        "SERIAL 0 115200\nDEFAULT zos\nPROMPT 0\nTIMEOUT 0\nLABEL zos\n  KERNEL vmlinuz\n  APPEND initrd={} {}\n",
+        names.join(","),
+        cmdline.trim()
+    );
+    let cfg_file = out.with_extension("syslinux.cfg");
+    std::fs::write(&cfg_file, cfg).map_err(io("syslinux.cfg"))?;
+    let r = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(out)
+        .arg(&cfg_file)
+        .arg("::syslinux.cfg"));
+    let _ = std::fs::remove_file(&cfg_file);
+    r.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,23 @@ pub enum ImageCmd {
         /// The cpio file.
         file: PathBuf,
     },
+    /// Write a bootable USB/disk image (FAT labelled ZOSBOOT, syslinux): the image's kernel and
+    /// initramfs, a site overlay, and this node's kernel command line. It is also the boot medium
+    /// the node keeps its key root on.
+    Usb {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The `zos image build` directory.
+        #[arg(long)]
+        image: PathBuf,
+        /// A site overlay (`zos image overlay`) loaded after the initramfs.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Kernel command line, e.g. `farmer_id=1 runmode=dev ledger=… relay=…`.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
     /// Make a release signing key: FILE gets the seed (hex, owner-only); prints the public key
     /// to pin for a network.
     Keygen {
@@ -137,6 +154,22 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                     None => println!("{:06o} {:>10} {}", e.mode, e.size, e.name),
                 }
             }
+            Ok(())
+        }
+        ImageCmd::Usb {
+            output,
+            image,
+            overlay,
+            cmdline,
+        } => {
+            let mut initrds = vec![image.join("initramfs.cpio")];
+            initrds.extend(overlay);
+            let cmdline = format!("console=ttyS0 panic=-1 quiet {cmdline}");
+            zos_image::build::usb_image(&output, &image.join("vmlinuz"), &initrds, &cmdline)?;
+            println!(
+                "{}: boot it from BIOS (syslinux); label ZOSBOOT",
+                output.display()
+            );
             Ok(())
         }
         ImageCmd::Keygen { file } => {
