@@ -65,8 +65,9 @@ enum Command {
 /// Exit codes: 0 success, 1 the operation failed (a check did not pass, a server error),
 /// 2 bad usage (clap's own code).
 fn main() -> ExitCode {
-    // The image's /init: the kernel starts us as PID 1 with its own arguments.
-    if std::process::id() == 1 {
+    // The image's /init: the kernel starts us as PID 1 with its own arguments. A `zos` command
+    // that is PID 1 of a container (argv[0] not /init) stays an ordinary command.
+    if std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init") {
         cmd::image::pid1();
     }
     let cli = Cli::parse();
