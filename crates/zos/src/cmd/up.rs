@@ -363,6 +363,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         // Node 1 is the grid's public node: a public NIC on the internet, the farm's IPs there.
         super::network::setup_public(&node_nets[0]).await?;
         node_args.public_nic = Some(super::network::PUBLIC_NIC.into());
+        // Every node runs its host Mycelium instance (network resources with a mycelium key
+        // peer with it); the others also dial node 1's, besides discovery on the bridge.
+        node_args.mycelium.mycelium = true;
+        let mycelium_peer = format!(
+            "--mycelium-peer=tcp://{}:{}",
+            node_nets[0].address,
+            zos_network::mycelium::HOST_PORT
+        );
         ensure_farm_ips(&ledger, &key, farm).await?;
         for n in &node_nets[1..] {
             let dir = data.join(format!("node{}", n.index));
@@ -388,6 +396,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 format!("--uptime-secs={}", (a.offline_cutoff / 3).clamp(1, 2400)),
                 format!("--net-namespace={}", n.namespace),
                 format!("--netns-prefix={}", n.nr_prefix),
+                "--mycelium".into(),
+                mycelium_peer.clone(),
             ];
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let child = super::network::ChildNode {
