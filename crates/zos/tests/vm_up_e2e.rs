@@ -4,7 +4,10 @@
 //! the guest's init running the entrypoint with the workload's env, the zmount as a block
 //! device, and `--follow` streams it; the file the guest wrote into its volume is on the
 //! host's subvolume; cancel stops QEMU. Then examples/network.yaml over both nodes and one VM
-//! per node: each pings the other over the WireGuard mesh (taps in each node's namespace).
+//! per node: each pings the other over the WireGuard mesh (taps in each node's namespace)
+//! and over Mycelium (the network with `mycelium: true`: an instance per network resource,
+//! linked through the nodes' host instances; each VM's `network.mycelium` address is its
+//! result's `mycelium_ip`).
 //! Three guest boots in all (2 shared cores).
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -101,15 +104,61 @@ fn vm_entry(name: &str, flist: &str, ip: &str, memory: u64, entrypoint: &str) ->
     )
 }
 
-/// A VM on `node`, pinging `peer` and saying so on its console.
-fn pinger_spec(flist: &str, name: &str, node: u32, ip: &str, peer: &str) -> String {
+/// A VM on `node` with a Mycelium address from `seed`, pinging `peer` and `peer6` (its
+/// Mycelium address) and saying so on its console.
+fn pinger_spec(
+    flist: &str,
+    name: &str,
+    node: u32,
+    ip: &str,
+    peer: &str,
+    seed: &str,
+    peer6: &str,
+) -> String {
     let entry = format!(
-        "/bin/sh -c 'while :; do ping -c 1 -W 1 {peer} >/dev/null && echo PING-OK {peer}; sleep 1; done'"
+        "/bin/sh -c 'while :; do ping -c 1 -W 1 {peer} >/dev/null && echo PING-OK {peer}; \
+         ping -c 1 -W 1 {peer6} >/dev/null && echo PING6-OK {peer6}; sleep 1; done'"
     );
-    format!(
-        "name: {name}\nnode: {node}\nworkloads:\n{}",
-        vm_entry(name, flist, ip, 256 << 20, &entry)
-    )
+    let vm = vm_entry(name, flist, ip, 256 << 20, &entry).replace(
+        "          planetary: false\n",
+        &format!(
+            "          planetary: false\n          mycelium:\n            Network: net\n            \
+             hex_seed: \"{seed}\"\n"
+        ),
+    );
+    format!("name: {name}\nnode: {node}\nworkloads:\n{vm}")
+}
+
+/// `(10.20.X, <mycelium /64>::1)` of every network resource of the grid with a Mycelium
+/// instance: both addresses sit on its bridge leg.
+fn mycelium_gateways() -> Vec<(String, std::net::Ipv6Addr)> {
+    let mut out = Vec::new();
+    for ns in grid_namespaces().into_iter().filter(|n| n.contains("-n-")) {
+        let o = Command::new("ip")
+            .args(["-n", &ns, "-o", "addr", "show"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        let word_after = |kind: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace().skip_while(|w| *w != kind);
+                    w.nth(1).map(str::to_string)
+                })
+                .collect()
+        };
+        let base = word_after("inet")
+            .into_iter()
+            .find_map(|c| c.strip_suffix(".1/24").map(str::to_string));
+        let gw = word_after("inet6").into_iter().find_map(|c| {
+            let a: std::net::Ipv6Addr = c.strip_suffix("/64")?.parse().ok()?;
+            (a.octets()[0] & 0xfe == 0x04).then_some(a)
+        });
+        if let (Some(b), Some(g)) = (base, gw) {
+            out.push((b, g));
+        }
+    }
+    out
 }
 
 fn full_vm(up: &Up, guest: &Path, hub: &str) {
@@ -342,15 +391,19 @@ fn vms_on_up_with_two_nodes() {
     //    the first zmount and booted by firmware; a second zmount is another virtio disk.
     full_vm(&up, &guest, &hub);
 
-    // 3. A network over both nodes and a VM on each: they ping each other over the mesh.
+    // 3. A network over both nodes (the example, with Mycelium) and a VM on each: they ping
+    //    each other over the mesh and over Mycelium.
+    let net = std::fs::read_to_string(example("network.yaml")).unwrap();
+    let net = net.replace(
+        "      ip_range: 10.20.0.0/16\n",
+        "      ip_range: 10.20.0.0/16\n      mycelium: true\n",
+    );
+    assert!(net.contains("mycelium: true"), "{net}");
+    let net_spec = up.dir.path().join("network.yaml");
+    std::fs::write(&net_spec, net).unwrap();
     ok(
-        &up.client(&[
-            "deploy",
-            example("network.yaml").to_str().unwrap(),
-            "--wait",
-            "120",
-        ]),
-        "zos deploy examples/network.yaml",
+        &up.client(&["deploy", net_spec.to_str().unwrap(), "--wait", "120"]),
+        "zos deploy examples/network.yaml with mycelium",
     );
     let list: Vec<Value> =
         serde_json::from_str(&ok(&up.client(&["deployments", "--json"]), "deployments")).unwrap();
@@ -360,6 +413,8 @@ fn vms_on_up_with_two_nodes() {
             if w["type"] == "network" && w["name"] == "net" {
                 let subnet = w["data"]["subnet"].as_str().unwrap();
                 let base = subnet.rsplit_once(".0/").unwrap().0;
+                // The key is redacted in the listing: only its presence shows.
+                assert_eq!(w["data"]["mycelium"]["hex_key"], "<redacted>", "{w}");
                 subnets.push((d["node_id"].as_u64().unwrap() as u32, base.to_string()));
             }
         }
@@ -367,6 +422,22 @@ fn vms_on_up_with_two_nodes() {
     subnets.sort();
     assert_eq!(subnets.len(), 2, "a network resource per node: {subnets:?}");
     let ip = |i: usize| format!("{}.5", subnets[i].1);
+    // Each VM's Mycelium address: its node's network /64 ‖ ff0f ‖ seed, the /64 read from
+    // the gateway each network resource put on its bridge leg (next to `<subnet>.1`).
+    let gateways = mycelium_gateways();
+    let seeds = ["0a0b0c0d0e01", "0a0b0c0d0e02"];
+    let myc = |i: usize| {
+        let gw = gateways
+            .iter()
+            .find(|(base, _)| *base == subnets[i].1)
+            .unwrap_or_else(|| panic!("no mycelium gateway for {}: {gateways:?}", subnets[i].1))
+            .1;
+        let mut a = gw.octets();
+        a[8] = 0xff;
+        a[9] = 0x0f;
+        hex::decode_to_slice(seeds[i], &mut a[10..]).unwrap();
+        std::net::Ipv6Addr::from(a).to_string()
+    };
 
     // 4. Bad input, one deployment: each workload's error says what is wrong. (`node:` skips
     //    the client's own capacity check, so the node's refusal is what we see.)
@@ -408,7 +479,15 @@ fn vms_on_up_with_two_nodes() {
         let spec = up.dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &spec,
-            pinger_spec(&flist, name, subnets[i].0, &ip(i), &ip(1 - i)),
+            pinger_spec(
+                &flist,
+                name,
+                subnets[i].0,
+                &ip(i),
+                &ip(1 - i),
+                seeds[i],
+                &myc(1 - i),
+            ),
         )
         .unwrap();
         let out = ok(
@@ -417,6 +496,11 @@ fn vms_on_up_with_two_nodes() {
         );
         let d: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(d["node_id"], subnets[i].0, "{d}");
+        assert_eq!(
+            d["workloads"][0]["result"]["data"]["mycelium_ip"],
+            myc(i).as_str(),
+            "{d}"
+        );
         contracts.push(d["contract_id"].as_u64().unwrap());
     }
     for (i, name) in ["vma", "vmb"].into_iter().enumerate() {
@@ -429,6 +513,16 @@ fn vms_on_up_with_two_nodes() {
         );
     }
     eprintln!("{T}: VMs on nodes {ids:?} ping each other over WireGuard");
+    for (i, name) in ["vma", "vmb"].into_iter().enumerate() {
+        wait_log(
+            &up,
+            contracts[i],
+            name,
+            &format!("PING6-OK {}", myc(1 - i)),
+            Duration::from_secs(120),
+        );
+    }
+    eprintln!("{T}: and over Mycelium ({} <-> {})", myc(0), myc(1));
     for c in contracts {
         cancel(&up, c);
     }
