@@ -40,6 +40,7 @@ pub use resource::{NetConfig, Networks, NrNames};
 pub fn register_networks(registry: &mut PrimitiveRegistry, cfg: NetConfig) -> Arc<Networks> {
     let n = Networks::new(cfg.clone());
     registry.register(n.clone());
+    registry.register(Arc::new(resource::NetworksLight(n.clone())));
     registry.add_command("zos.network.endpoints", Arc::new(Interfaces(cfg)));
     // Read by the farm's twin through the node's `zos.admin.diag.*` authorisation.
     registry.add_command("zos.admin.diag.wg", Arc::new(WgDiag(n.clone())));

@@ -10,6 +10,9 @@
 //!   IP; its UDP socket listens on the workload's port in the node's namespace;
 //! - with `mycelium.hex_key`, a Mycelium instance inside the NR ([`crate::mycelium`]).
 //!
+//! `network-light` ([`NetworksLight`], zos-light's network) is the same without WireGuard:
+//! namespace, bridge, veth with the gateway, ndmz, and its (mandatory) Mycelium instance.
+//!
 //! Everything is derived from the workload: the kernel holds no state we need. Provision is
 //! idempotent (it converges what exists), a restarted node provisions again from its stored
 //! deployments, and deprovision removes all of it.
@@ -22,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::Mutex;
 use zos_primitive::{Primitive, PrimitiveError, WorkloadCtx};
-use zos_types::data::{Network, WorkloadData};
+use zos_types::data::{Network, NetworkLight, WorkloadData};
 use zos_types::ids::{convert_4to6, network_id};
 use zos_types::{Workload, WorkloadType};
 
@@ -228,6 +231,9 @@ pub struct Networks {
     running: Mutex<BTreeMap<String, Running>>,
     /// The node's public IPv4 from its public config (checked to be on the node's plane).
     public: std::sync::Mutex<Option<Ipv4Addr>>,
+    /// Running `network-light` resources by netid: their Mycelium instance (locked after
+    /// `running`).
+    light: Mutex<BTreeMap<String, NrMycelium>>,
 }
 
 impl std::fmt::Debug for Networks {
@@ -247,6 +253,7 @@ impl Networks {
             cfg,
             running: Mutex::new(BTreeMap::new()),
             public: std::sync::Mutex::new(None),
+            light: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -394,6 +401,11 @@ impl Networks {
     async fn apply(&self, p: Plan) -> Result<(), PrimitiveError> {
         let mut running = self.running.lock().await;
         let id = p.names.netid.clone();
+        if self.light.lock().await.contains_key(&id) {
+            return Err(failed(format!(
+                "network {id} runs as a network-light resource on this node"
+            )));
+        }
         // Port manager: a port belongs to one resource of this node.
         if p.port != 0 {
             if let Some((other, _)) = running
@@ -418,7 +430,7 @@ impl Networks {
             let (udp, tun) =
                 wg::open(self.node_ns(), &p.names.wireguard, p.port).map_err(failed)?;
             // Nothing was made before the socket was bound: a port in use leaves no trace.
-            let made = self.links(&p).await;
+            let made = self.links(&p.names, p.subnet).await;
             if let Err(e) = made {
                 drop((udp, tun));
                 self.remove(&p.names).await;
@@ -430,7 +442,7 @@ impl Networks {
                 self.remove(&p.names).await;
                 return Err(failed(e));
             }
-            let mycelium = match converge_mycelium(&p, None).await {
+            let mycelium = match converge_mycelium(&p.names, p.mycelium.as_ref(), None).await {
                 Ok(m) => m,
                 Err(e) => {
                     drop(device);
@@ -448,9 +460,9 @@ impl Networks {
             );
         } else if let Some(r) = running.get_mut(&id) {
             r.device.reconfigure(&p.device);
-            self.links(&p).await.map_err(failed)?;
+            self.links(&p.names, p.subnet).await.map_err(failed)?;
             self.routes(&p).await.map_err(failed)?;
-            r.mycelium = converge_mycelium(&p, r.mycelium.take())
+            r.mycelium = converge_mycelium(&p.names, p.mycelium.as_ref(), r.mycelium.take())
                 .await
                 .map_err(failed)?;
             r.plan = p;
@@ -459,8 +471,7 @@ impl Networks {
     }
 
     /// Namespace, bridge, veth and the gateway addresses (idempotent).
-    async fn links(&self, p: &Plan) -> Result<(), ip::IpError> {
-        let n = &p.names;
+    async fn links(&self, n: &NrNames, subnet: (Ipv4Addr, u8)) -> Result<(), ip::IpError> {
         let node = self.node_ns();
         let ns = Some(n.namespace.as_str());
         ip::netns_ensure(&n.namespace).await?;
@@ -508,8 +519,8 @@ impl Networks {
             &["link", "set", &n.bridge_port, "master", &n.bridge, "up"],
         )
         .await?;
-        let gw = gateway(p.subnet.0, p.subnet.1);
-        let gw4 = format!("{gw}/{}", p.subnet.1);
+        let gw = gateway(subnet.0, subnet.1);
+        let gw4 = format!("{gw}/{}", subnet.1);
         ip(ns, &["addr", "replace", &gw4, "dev", &n.nr_link]).await?;
         if let Some(v6) = convert_4to6(&n.netid, gw.into()) {
             ip(
@@ -622,10 +633,11 @@ impl Networks {
 /// Keeps, restarts, starts or stops the NR's Mycelium instance to match `p`, and puts its
 /// gateway on the NR's bridge leg.
 async fn converge_mycelium(
-    p: &Plan,
+    names: &NrNames,
+    want: Option<&MyceliumPlan>,
     have: Option<NrMycelium>,
 ) -> Result<Option<NrMycelium>, String> {
-    let keep = match (have, &p.mycelium) {
+    let keep = match (have, want) {
         (Some(h), Some(w)) if h.plan == *w => Some(h),
         (Some(h), _) => {
             myc::stop(h).await;
@@ -633,13 +645,117 @@ async fn converge_mycelium(
         }
         (None, _) => None,
     };
-    myc::address_bridge(&p.names.namespace, &p.names.nr_link, p.mycelium.as_ref())
+    myc::address_bridge(&names.namespace, &names.nr_link, want)
         .await
         .map_err(|e| e.to_string())?;
-    match (keep, &p.mycelium) {
+    match (keep, want) {
         (Some(h), _) => Ok(Some(h)),
-        (None, Some(w)) => myc::start(&p.names.namespace, w).await.map(Some),
+        (None, Some(w)) => myc::start(&names.namespace, w).await.map(Some),
         (None, None) => Ok(None),
+    }
+}
+
+/// The `network-light` primitive (zos-light's network resource): the NR without WireGuard,
+/// with its mandatory Mycelium instance. Shares the node's [`Networks`] (names, ndmz, lock).
+#[derive(Debug)]
+pub struct NetworksLight(pub Arc<Networks>);
+
+impl NetworksLight {
+    fn decode(
+        &self,
+        ctx: &WorkloadCtx,
+        wl: &Workload,
+    ) -> Result<(NrNames, (Ipv4Addr, u8), MyceliumPlan), PrimitiveError> {
+        let n: NetworkLight = match wl.typed_data() {
+            Ok(WorkloadData::NetworkLight(n)) => n,
+            Ok(_) => {
+                return Err(PrimitiveError::InvalidData(
+                    "not a network-light workload".into(),
+                ));
+            }
+            Err(e) => return Err(PrimitiveError::InvalidData(e.to_string())),
+        };
+        let subnet = v4("subnet", &n.subnet).map_err(PrimitiveError::InvalidData)?;
+        if subnet.1 > 30 {
+            return Err(PrimitiveError::InvalidData(format!(
+                "subnet {} is too small for a gateway",
+                n.subnet
+            )));
+        }
+        let m = MyceliumPlan::new(&n.mycelium.hex_key.0, &n.mycelium.peers)
+            .map_err(PrimitiveError::InvalidData)?;
+        Ok((
+            NrNames::new(ctx.twin, &wl.name, &self.0.cfg.ns_prefix),
+            subnet,
+            m,
+        ))
+    }
+}
+
+#[async_trait]
+impl Primitive for NetworksLight {
+    fn workload_type(&self) -> WorkloadType {
+        WorkloadType::NetworkLight
+    }
+
+    fn supports_update(&self) -> bool {
+        true
+    }
+
+    async fn provision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        let (names, subnet, m) = self.decode(ctx, wl)?;
+        tracing::info!(netid = %names.netid, wl = %ctx.workload_id, "network-light resource");
+        let running = self.0.running.lock().await;
+        if running.contains_key(&names.netid) {
+            return Err(failed(format!(
+                "a network named {:?} already runs on this node",
+                wl.name
+            )));
+        }
+        let mut light = self.0.light.lock().await;
+        let fresh = !light.contains_key(&names.netid);
+        if let Err(e) = self.0.links(&names, subnet).await {
+            if fresh {
+                self.0.remove(&names).await;
+            }
+            return Err(failed(e));
+        }
+        let have = light.remove(&names.netid);
+        match converge_mycelium(&names, Some(&m), have).await {
+            Ok(Some(r)) => {
+                light.insert(names.netid.clone(), r);
+                Ok(Value::Null)
+            }
+            Ok(None) => Err(failed("mycelium instance missing")),
+            Err(e) => {
+                if fresh {
+                    self.0.remove(&names).await;
+                }
+                Err(failed(e))
+            }
+        }
+    }
+
+    async fn update(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<Value, PrimitiveError> {
+        self.provision(ctx, wl).await
+    }
+
+    async fn deprovision(&self, ctx: &WorkloadCtx, wl: &Workload) -> Result<(), PrimitiveError> {
+        let names = NrNames::new(ctx.twin, &wl.name, &self.0.cfg.ns_prefix);
+        let running = self.0.running.lock().await;
+        if running.contains_key(&names.netid) {
+            // The name is a `network` resource's: not ours to remove.
+            return Ok(());
+        }
+        if let Some(m) = self.0.light.lock().await.remove(&names.netid) {
+            myc::stop(m).await;
+        }
+        self.0.remove(&names).await;
+        if let Err(e) = crate::ndmz::remove_if_unused(&self.0.cfg).await {
+            tracing::warn!(error = %e, "removing the unused ndmz");
+        }
+        drop(running);
+        Ok(())
     }
 }
 

@@ -6,8 +6,10 @@
 //! and routes `400::/7` via `<NR /64>::1`, as the zmachine primitive configures a guest. The
 //! two "VMs" ping each other over their overlay addresses: VM → NR → its instance → host A →
 //! host B → B's NR instance → B's bridge → VM. Then: provisioning again keeps the instance, a
-//! restarted node (process state gone) starts it again from the workload, an update without
-//! the key stops it and removes the gateway, and deprovision removes everything.
+//! restarted node (process state gone) starts it again from the workload, a `network-light`
+//! resource (no WireGuard) on A gets its own instance and its VM reaches B's, an update
+//! without the key stops A's instance and removes the gateway, and deprovision removes
+//! everything.
 //!
 //! Skips (loudly) without root, /dev/net/tun, `ip`, `nft` or `ping`. Every namespace is named
 //! `mycnr<pid>-…` and removed by a guard, also on panic; stale ones of dead runs are removed
@@ -24,6 +26,7 @@ use zos_mycelium::netns::NsNode;
 use zos_mycelium::node::{Config, Endpoint};
 use zos_mycelium::{SecretKey, crypto};
 use zos_network::mycelium::{MyceliumPlan, TUN};
+use zos_network::resource::NetworksLight;
 use zos_network::wg::generate_private_key;
 use zos_network::{NetConfig, Networks, NrNames};
 use zos_primitive::{NodeSecret, Primitive, WorkloadCtx};
@@ -344,6 +347,49 @@ async fn vms_on_two_nodes_reach_each_other_over_network_mycelium() {
         ping6(&vms[0].0, vms[1].1, Duration::from_secs(30)),
         "the overlay path returns after a restart"
     );
+
+    // network-light on A (no WireGuard, mandatory mycelium): its own namespace, bridge and
+    // instance; a VM stand-in on its bridge reaches B's VM over Mycelium too.
+    let light_key = rand_key();
+    let light_wl = Workload {
+        name: "light".into(),
+        workload_type: WorkloadType::NetworkLight,
+        data: json!({"subnet": "10.9.1.0/24",
+            "mycelium": {"hex_key": light_key.iter().map(|b| format!("{b:02x}")).collect::<String>(), "peers": []}}),
+        ..Workload::default()
+    };
+    let light = NetworksLight(nets[0].clone());
+    light
+        .provision(&ctx(&light_wl, 5), &light_wl)
+        .await
+        .unwrap();
+    light
+        .provision(&ctx(&light_wl, 5), &light_wl)
+        .await
+        .unwrap();
+    let light_names = NrNames::new(7, "light", &format!("{}-", nodes[0].0));
+    let light_plan = MyceliumPlan::new(&light_key, &[]).unwrap();
+    must(&["ip", "-n", &light_names.namespace, "link", "show", TUN]);
+    let light_vm = format!("{prefix}vml");
+    vm(
+        &light_vm,
+        &nodes[0].0,
+        &light_names.bridge,
+        "tvml",
+        crypto::vm_address(&light_plan.subnet(), seed).unwrap(),
+        light_plan.gateway(),
+    );
+    assert!(
+        ping6(&light_vm, vms[1].1, Duration::from_secs(30)),
+        "a network-light VM reaches B's VM"
+    );
+    light
+        .deprovision(&ctx(&light_wl, 5), &light_wl)
+        .await
+        .unwrap();
+    assert!(!netns_list().contains(&light_names.namespace));
+    // A's network resource is untouched.
+    assert!(ping6(&vms[0].0, vms[1].1, Duration::from_secs(5)));
 
     // An update without the key: the instance stops, the gateway goes.
     let plain = network_wl(
