@@ -233,6 +233,7 @@ pub async fn run_node(
         .or_else(|| Some(a.data.join("cloud-container")));
     // Taps join the network resources' bridges in the node's namespace.
     vm_cfg.supervisor.net_namespace = a.net_namespace.clone();
+    vm_cfg.nr_ns_prefix = a.netns_prefix.clone();
     zos_vm::register(&mut registry, zos_vm::Vms::new(vm_cfg, storage));
     // The web gateway keeps its certificates next to the node's state.
     super::gateway::register(

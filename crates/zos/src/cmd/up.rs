@@ -527,13 +527,6 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             gateway_http_port,
             gateway_ca.cert.display()
         );
-        println!(
-            "  gateway  https://NAME.{} on 127.0.0.1:{} (http :{}), CA {}",
-            a.gateway_domain,
-            a.gateway_port,
-            a.gateway_http_port,
-            gateway_ca.cert.display()
-        );
         println!("  {pools_note}");
         println!("  {vm_note}");
         println!("  you      twin {twin}, key {}", key_path.display());
