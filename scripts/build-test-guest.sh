@@ -9,7 +9,7 @@ set -euo pipefail
 OUT=${1:?usage: build-test-guest.sh OUT_DIR}
 [ -e "$OUT/.done" ] && exit 0
 BB=/bin/busybox
-[ -x "$BB" ] && "$BB" --list | grep -qx insmod || { echo "build-test-guest: busybox-static missing (apt-get install busybox-static)" >&2; exit 2; }
+[ -x "$BB" ] && "$BB" --list | grep -x insmod >/dev/null || { echo "build-test-guest: busybox-static missing (apt-get install busybox-static)" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 work=$(mktemp -d "$OUT/.work.XXXXXX")
@@ -168,6 +168,16 @@ mkdir -p rootfs/bin rootfs/etc rootfs/tmp rootfs/root
 cp "$BB" rootfs/bin/busybox
 for a in $("$BB" --list); do [ "$a" = busybox ] || ln -sf busybox "rootfs/bin/$a"; done
 echo "root:x:0:0:root:/root:/bin/sh" > rootfs/etc/passwd
+# openssl with its libraries and config: a TLS server of the guest's own (the gateway's SNI
+# passthrough test shows its certificate). Skipped when the host has no openssl.
+if command -v openssl >/dev/null; then
+  ob=$(command -v openssl)
+  install -D "$ob" rootfs/usr/bin/openssl
+  for lib in $(ldd "$ob" | awk '/=>/ && $3 ~ /^\// {print $3} /^[[:space:]]*\// {print $1}'); do
+    install -D "$lib" "rootfs$lib"
+  done
+  if [ -f /usr/lib/ssl/openssl.cnf ]; then install -D /usr/lib/ssl/openssl.cnf rootfs/usr/lib/ssl/openssl.cnf; fi
+fi
 echo "$pkg" > rootfs/etc/zos-test-guest
 
 # full VM: fullvm/image.raw, a FAT disk (no partition table) that SeaBIOS boots through

@@ -125,7 +125,11 @@ fn gateway_to_a_vm_on_another_node() {
 
     // The VM serves a page with busybox httpd.
     let flist = format!("http://127.0.0.1:{hub}/flists/0/test-guest.fl");
-    let entry = "/bin/sh -c 'mkdir -p /www; echo \\\"hello from vm $(hostname)\\\" > /www/index.html; httpd -p 8080 -h /www && echo HTTPD-UP; while :; do sleep 60; done'";
+    // And a TLS server with a certificate made in the guest (self-signed, CN vmpass.DOMAIN),
+    // for SNI passthrough.
+    let entry = "/bin/sh -c 'mkdir -p /www; echo \\\"hello from vm $(hostname)\\\" > /www/index.html; httpd -p 8080 -h /www && echo HTTPD-UP; \
+                 /usr/bin/openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=vmpass.gw.zos.local -addext subjectAltName=DNS:vmpass.gw.zos.local -keyout /tls.key -out /tls.crt && \
+                 (/usr/bin/openssl s_server -www -quiet -accept 8443 -cert /tls.crt -key /tls.key &) && echo TLS-UP; while :; do sleep 60; done'";
     let spec = format!(
         "name: gwvm\nnode: {vm_node}\nworkloads:\n  web:\n    raw:\n      type: zmachine\n      data:\n        \
          flist: {flist}\n        network:\n          planetary: false\n          interfaces:\n            \
@@ -182,6 +186,55 @@ fn gateway_to_a_vm_on_another_node() {
         t0.elapsed()
     );
     assert!(page.ends_with("200"), "{page}");
+
+    // SNI passthrough to the VM: the client sees the certificate the guest made for itself
+    // (issuer = its own subject), not one of the grid's CA, and the VM's TLS server answers.
+    let pass_spec = up.dir.path().join("gwpass.yaml");
+    std::fs::write(
+        &pass_spec,
+        format!(
+            "name: gwpass\nnode: {gw_node}\nworkloads:\n  pass:\n    gateway-name:\n      name: vmpass\n      \
+             tls_passthrough: true\n      backends: [\"{vm_ip}:8443\"]\n      network: net\n"
+        ),
+    )
+    .unwrap();
+    ok(
+        &up.client(&["deploy", pass_spec.to_str().unwrap()]),
+        "deploy the passthrough proxy",
+    );
+    let pass_host = "vmpass.gw.zos.local";
+    let end = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let o = Command::new("curl")
+            .args(["-sS", "-k", "-v", "--max-time", "5"])
+            .args(["--resolve", &format!("{pass_host}:{sp}:127.0.0.1")])
+            .arg(format!("https://{pass_host}:{sp}/"))
+            .output()
+            .unwrap();
+        let (body, info) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        if o.status.success() && body.contains("s_server") {
+            break info;
+        }
+        let log = up.client(&["vm", "logs", &vm_contract.to_string(), "web"]);
+        assert!(
+            Instant::now() < end,
+            "no TLS answer from the VM through passthrough: {info}\nvm log: {}",
+            String::from_utf8_lossy(&log.stdout)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        seen.contains("issuer: CN=vmpass.gw.zos.local"),
+        "the VM's own self-signed certificate: {seen}"
+    );
+    assert!(
+        !curl_gw(pass_host, sp, &ca).0,
+        "the grid's CA does not vouch for the VM's certificate"
+    );
+    eprintln!("{T}: SNI passthrough shows the VM's own certificate");
 
     // A backend on the gateway node's own public IP (its public config, set by zos up) is
     // refused.

@@ -13,7 +13,11 @@ pub fn workspace() -> PathBuf {
 /// The guest directory (vmlinux, initrd.img, rootfs/, test.fl), or None (with a loud SKIP)
 /// when it cannot be built here.
 pub async fn guest(test: &str) -> Option<PathBuf> {
+    // The test command (scripts/test, as root) installs everything a guest needs and sets
+    // ZOS_REQUIRE_VM_GUEST: there a missing guest is a failure, never a skip.
+    let required = std::env::var_os("ZOS_REQUIRE_VM_GUEST").is_some();
     if !zos_storage::exec::have("qemu-system-x86_64") {
+        assert!(!required, "{test}: qemu-system-x86_64 missing");
         eprintln!("SKIP: {test}: qemu-system-x86_64 missing (apt-get install qemu-system-x86)");
         return None;
     }
@@ -27,6 +31,7 @@ pub async fn guest(test: &str) -> Option<PathBuf> {
         .arg(&out)
         .status();
     if !matches!(st, Ok(s) if s.success()) {
+        assert!(!required, "{test}: build-test-guest.sh failed ({st:?})");
         eprintln!(
             "SKIP: {test}: build-test-guest.sh failed ({st:?}): needs apt-get, busybox-static, cpio, python3"
         );
