@@ -653,7 +653,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn api(dir: &tempfile::TempDir) -> Api {
-        let engine = crate::engine::test_engine(&dir.path().join("e.redb"));
+        api_with(dir, crate::primitives::PrimitiveRegistry::new())
+    }
+
+    /// The farm's twin is 5, an admin twin 9.
+    fn api_with(dir: &tempfile::TempDir, registry: crate::primitives::PrimitiveRegistry) -> Api {
+        let engine = crate::engine::test_engine_with(&dir.path().join("e.redb"), registry);
         let state = NodeState {
             farm_id: 1,
             admin_twins: vec![9],
@@ -912,27 +917,7 @@ mod tests {
         let mut registry = crate::primitives::PrimitiveRegistry::new();
         registry.add_command("zos.admin.diag.wg", Arc::new(Echo));
         let dir2 = tempfile::tempdir().unwrap();
-        let engine = crate::engine::Engine::new(
-            crate::store::Store::open(&dir2.path().join("e.redb")).unwrap(),
-            Arc::new(crate::chain::fake::FakeChain::default()),
-            registry,
-            crate::primitives::NodeSecret::new([1; 32]),
-            crate::engine::EngineConfig {
-                host: crate::engine::HostCapacity {
-                    memory: 8 << 30,
-                    cores: 2,
-                },
-            },
-            Arc::new(crate::metrics::Metrics::default()),
-        )
-        .unwrap();
-        let state = NodeState {
-            farm_id: 1,
-            admin_twins: vec![9],
-            ..NodeState::default()
-        };
-        state.farm_twin.store(5, Ordering::Relaxed);
-        let api = Api::new(engine, Arc::new(state));
+        let api = api_with(&dir2, registry);
         for who in [5, 9] {
             let v = api
                 .dispatch(who, "zos.admin.diag.wg", Value::Null)
@@ -994,20 +979,7 @@ mod tests {
             }
         }
         registry.add_lifecycle(Arc::new(Sick));
-        let engine = crate::engine::Engine::new(
-            crate::store::Store::open(&dir.path().join("e.redb")).unwrap(),
-            Arc::new(crate::chain::fake::FakeChain::default()),
-            registry,
-            crate::primitives::NodeSecret::new([1; 32]),
-            crate::engine::EngineConfig {
-                host: crate::engine::HostCapacity {
-                    memory: 8 << 30,
-                    cores: 2,
-                },
-            },
-            Arc::new(crate::metrics::Metrics::default()),
-        )
-        .unwrap();
+        let engine = crate::engine::test_engine_with(&dir.path().join("e.redb"), registry);
         let d = Deployment {
             twin_id: 3,
             contract_id: 1,

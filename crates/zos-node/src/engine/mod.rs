@@ -129,10 +129,19 @@ pub struct Engine {
 /// An engine on a fake ledger with no primitives (8 GiB, 2 cores), for unit tests.
 #[cfg(test)]
 pub(crate) fn test_engine(path: &std::path::Path) -> Engine {
+    test_engine_with(path, crate::primitives::PrimitiveRegistry::new())
+}
+
+/// [`test_engine`] with the primitives, commands and lifecycles of `registry`.
+#[cfg(test)]
+pub(crate) fn test_engine_with(
+    path: &std::path::Path,
+    registry: crate::primitives::PrimitiveRegistry,
+) -> Engine {
     Engine::new(
         crate::store::Store::open(path).expect("test store"),
         Arc::new(crate::chain::fake::FakeChain::default()),
-        crate::primitives::PrimitiveRegistry::new(),
+        registry,
         crate::primitives::NodeSecret::new([1; 32]),
         EngineConfig {
             host: HostCapacity {
