@@ -361,6 +361,17 @@ impl Grid {
             .await
     }
 
+    /// Asks node `node_id` for a clean reboot (`zos.admin.reboot`): only its farm's twin and
+    /// its admin twins may, and only a node under the zos image's PID 1 can.
+    pub async fn node_reboot(&self, node_id: u32) -> Result<Value, GridError> {
+        let node = self
+            .ledger
+            .node(node_id)
+            .await?
+            .ok_or_else(|| GridError::Other(format!("node {node_id} does not exist")))?;
+        self.node_call(&node, "zos.admin.reboot", Value::Null).await
+    }
+
     /// The node's kept result history of one of the user's contracts
     /// (`zos.deployment.history`), also once the contract is canceled: a rolled-back
     /// deployment keeps its evidence. Oldest first.

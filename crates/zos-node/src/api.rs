@@ -120,6 +120,8 @@ pub struct NodeState {
     /// The farmer's maintenance mode as the ledger last said it (`{pause, since}` from the node
     /// record at registration, `{pause, height}` from an event), `None` outside maintenance.
     pub maintenance: RwLock<Option<Value>>,
+    /// PID 1's request file (`zos.admin.reboot`), `None` when the node runs as a host process.
+    pub init_request: Option<std::path::PathBuf>,
 }
 
 impl NodeState {
@@ -163,6 +165,9 @@ struct WaitArg {
 fn default_wait_ms() -> u64 {
     10_000
 }
+
+/// How long `zos.admin.reboot` waits before PID 1 sees the request: the reply goes out first.
+pub const REBOOT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest a `zos.deployment.wait` call holds: below the clients' RMB call timeouts, so a
 /// reply ("not settled yet") always arrives and the client asks again.
@@ -276,9 +281,12 @@ impl Api {
             c if c.starts_with("zos.admin.") => {
                 let farm_twin = self.state.farm_twin.load(Ordering::Relaxed);
                 let farmer = farm_twin != 0 && source == farm_twin;
-                // Diagnostics only read: the node's admin twins may read them too.
+                // Diagnostics only read: the node's admin twins may read them too, and may
+                // reboot the node (the farmer's other admin commands stay the farmer's).
                 let diag = c.starts_with("zos.admin.diag.");
-                let allowed = farmer || (diag && self.state.admin_twins.contains(&source));
+                let reboot = c == "zos.admin.reboot";
+                let allowed =
+                    farmer || ((diag || reboot) && self.state.admin_twins.contains(&source));
                 tracing::info!(source, command = c, allowed, "admin call");
                 if !allowed {
                     return Err(ApiError::new(
@@ -290,6 +298,7 @@ impl Api {
                     return self.diag(c, payload).await;
                 }
                 match c {
+                    "zos.admin.reboot" => self.reboot(source),
                     "zos.admin.interfaces" => Ok(sysinfo::interfaces()),
                     "zos.admin.get_public_nic" => {
                         Ok(json!({ "is_single": true, "is_dual": false, "dual_interface": "" }))
@@ -312,6 +321,32 @@ impl Api {
             }
             _ => self.extra(source, command, payload).await,
         }
+    }
+
+    /// `zos.admin.reboot` (caller already authorised): asks PID 1 for a clean reboot. The
+    /// request is staged now (a write error is the caller's answer) and made visible to PID 1
+    /// after [`REBOOT_DELAY`], so that this reply leaves before PID 1 stops the node.
+    fn reboot(&self, source: u32) -> Result<Value, ApiError> {
+        let Some(path) = &self.state.init_request else {
+            return Err(ApiError::new(
+                400,
+                "reboot needs the zos image's PID 1: this node runs as a host process",
+            ));
+        };
+        let staged = crate::init_request::stage(path, "reboot").map_err(|e| {
+            ApiError::new(
+                500,
+                format!("writing the reboot request {}: {e}", path.display()),
+            )
+        })?;
+        tracing::warn!(source, "reboot requested over the API; asking PID 1");
+        tokio::spawn(async move {
+            tokio::time::sleep(REBOOT_DELAY).await;
+            if let Err(e) = staged.commit() {
+                tracing::error!(error = %e, "reboot request not delivered to PID 1");
+            }
+        });
+        Ok(json!({ "rebooting": true, "in_secs": REBOOT_DELAY.as_secs() }))
     }
 
     /// A command added by a primitive crate (volume snapshots, network views…): it reads the
@@ -666,6 +701,70 @@ mod tests {
         };
         state.farm_twin.store(5, Ordering::Relaxed);
         Api::new(engine, Arc::new(state))
+    }
+
+    /// `zos.admin.reboot`: the farm's twin (5) and admin twins (9) only; it writes `reboot` to
+    /// PID 1's request file after the reply; a node without PID 1 says why.
+    #[tokio::test]
+    async fn reboot_is_the_farmers_and_asks_pid1() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = dir.path().join("init-request");
+        let engine = crate::engine::test_engine_with(
+            &dir.path().join("e.redb"),
+            crate::primitives::PrimitiveRegistry::new(),
+        );
+        let state = NodeState {
+            farm_id: 1,
+            admin_twins: vec![9],
+            init_request: Some(request.clone()),
+            ..NodeState::default()
+        };
+        state.farm_twin.store(5, Ordering::Relaxed);
+        let api = Api::new(engine.clone(), Arc::new(state));
+        for twin in [3, 0] {
+            let e = api
+                .dispatch(twin, "zos.admin.reboot", Value::Null)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, 401, "twin {twin}: {e}");
+        }
+        assert!(!request.exists(), "a refused call writes nothing");
+        for twin in [5, 9] {
+            let v = api
+                .dispatch(twin, "zos.admin.reboot", Value::Null)
+                .await
+                .unwrap();
+            assert_eq!(v["rebooting"], json!(true));
+            assert!(!request.exists(), "the reply goes out before PID 1 sees it");
+            tokio::time::sleep(REBOOT_DELAY + std::time::Duration::from_millis(500)).await;
+            assert_eq!(std::fs::read_to_string(&request).unwrap(), "reboot");
+            std::fs::remove_file(&request).unwrap();
+        }
+        // an unwritable place is the caller's error, not a silent no-op
+        let state = NodeState {
+            init_request: Some(dir.path().join("missing/init-request")),
+            ..NodeState::default()
+        };
+        state.farm_twin.store(5, Ordering::Relaxed);
+        let e = Api::new(engine.clone(), Arc::new(state))
+            .dispatch(5, "zos.admin.reboot", Value::Null)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 500, "{e}");
+        // a host process: no PID 1 to ask
+        let state = NodeState::default();
+        state.farm_twin.store(5, Ordering::Relaxed);
+        let e = Api::new(engine, Arc::new(state))
+            .dispatch(5, "zos.admin.reboot", Value::Null)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                400,
+                "reboot needs the zos image's PID 1: this node runs as a host process"
+            )
+        );
     }
 
     #[tokio::test]

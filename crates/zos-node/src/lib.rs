@@ -31,6 +31,8 @@ pub mod diag;
 pub mod engine;
 /// Node identity: the seed file, mirrored per pool.
 pub mod identity;
+/// Requests to the image's PID 1 (`/run/zos/init-request`: reboot, switch).
+pub mod init_request;
 /// The real ledger behind `Chain` and RMB's twin directory.
 pub mod ledger;
 /// Prometheus metrics on loopback.

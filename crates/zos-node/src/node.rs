@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub registration_interval: Duration,
     /// Network consumption (NRU) report period (upstream: 1 h).
     pub nru_interval: Duration,
+    /// PID 1's request file when the node runs under the zos image's PID 1 (`ZOS_INIT=1`;
+    /// [`crate::init_request::from_env`]); `None` for a host process, which cannot reboot.
+    pub init_request: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -89,6 +92,7 @@ impl NodeConfig {
             uptime_interval: Duration::from_secs(40 * 60),
             registration_interval: Duration::from_secs(24 * 3600),
             nru_interval: Duration::from_secs(3600),
+            init_request: crate::init_request::from_env(),
         }
     }
 }
@@ -330,6 +334,7 @@ pub async fn run_node(
     let state = Arc::new(NodeState {
         farm_id: cfg.farm_id,
         admin_twins: cfg.admin_twins.clone(),
+        init_request: cfg.init_request.clone(),
         ..NodeState::default()
     });
     let relays: Vec<String> = if cfg.relay_domains.is_empty() {
