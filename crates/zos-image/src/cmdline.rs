@@ -69,8 +69,24 @@ pub struct BootConfig {
     pub net: NetConfig,
     /// `zos.nic=NAME`.
     pub nic: Option<String>,
+    /// Self-upgrades: `zos.upgrade_hub=URL zos.upgrade_twin=N` (both, or no upgrades),
+    /// `zos.upgrade_interval=SECS`, `zos.upgrade_deadline=SECS`.
+    pub upgrade: Option<UpgradeConfig>,
     /// Problems found (bad values): said on the console, the rest of the line still applies.
     pub warnings: Vec<String>,
+}
+
+/// Where releases come from and how fast a node checks and judges them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeConfig {
+    /// The flist hub (`zos hub serve`, upstream's hub).
+    pub hub: String,
+    /// The hub namespace (twin) releases are published under.
+    pub twin: u32,
+    /// How often the node reads the ledger's version (None: the node's default).
+    pub interval_secs: Option<u64>,
+    /// How long a new release has to become healthy (None: the node's default).
+    pub deadline_secs: Option<u64>,
 }
 
 fn list(v: &str) -> impl Iterator<Item = String> + '_ {
@@ -155,7 +171,42 @@ pub fn parse(cmdline: &str) -> BootConfig {
             }
         }
     };
+    let mut secs = |k: &str| match last(k) {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                warnings.push(format!("{k}={v:?} is not a positive number of seconds"));
+                None
+            }
+        },
+    };
+    let (interval_secs, deadline_secs) =
+        (secs("zos.upgrade_interval"), secs("zos.upgrade_deadline"));
+    let upgrade = match (last("zos.upgrade_hub"), last("zos.upgrade_twin")) {
+        (None, None) => None,
+        (Some(hub), Some(t)) => match t.parse::<u32>() {
+            Ok(twin) if !hub.is_empty() => Some(UpgradeConfig {
+                hub: hub.to_string(),
+                twin,
+                interval_secs,
+                deadline_secs,
+            }),
+            _ => {
+                warnings.push(format!(
+                    "zos.upgrade_hub={hub:?} zos.upgrade_twin={t:?}: no self-upgrades"
+                ));
+                None
+            }
+        },
+        _ => {
+            warnings
+                .push("self-upgrades need both zos.upgrade_hub and zos.upgrade_twin: none".into());
+            None
+        }
+    };
     BootConfig {
+        upgrade,
         farm,
         runmode,
         version: last("version").unwrap_or("v3").to_string(),
@@ -204,5 +255,26 @@ mod tests {
         assert_eq!(c.runmode, RunMode::Production);
         assert_eq!(c.net, NetConfig::Dhcp);
         assert_eq!(c.warnings.len(), 3);
+    }
+
+    #[test]
+    fn upgrade_settings_need_hub_and_twin() {
+        let c = parse(
+            "zos.upgrade_hub=http://10.0.2.2:8080 zos.upgrade_twin=9 zos.upgrade_interval=5 \
+             zos.upgrade_deadline=90",
+        );
+        assert_eq!(
+            c.upgrade,
+            Some(UpgradeConfig {
+                hub: "http://10.0.2.2:8080".into(),
+                twin: 9,
+                interval_secs: Some(5),
+                deadline_secs: Some(90)
+            })
+        );
+        assert!(c.warnings.is_empty());
+        let c = parse("zos.upgrade_hub=http://h zos.upgrade_interval=0");
+        assert_eq!(c.upgrade, None);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
 }

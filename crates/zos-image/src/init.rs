@@ -18,6 +18,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::bootstrap::{HEALTHY_FILE, REQUEST_FILE, Trial, Verdict, judge};
 use crate::cmdline::{BootConfig, NetConfig};
 use crate::dhcp;
 
@@ -314,34 +315,98 @@ fn watch_power_button(tx: mpsc::Sender<Event>) {
     say(&format!("no power button among the input devices {seen:?}"));
 }
 
+/// A started node, and the trial PID 1 judges it by when it runs a release on trial.
+#[derive(Debug)]
+pub struct Started {
+    /// The node's process.
+    pub child: std::process::Child,
+    /// Set when the node runs a slot on trial.
+    pub trial: Option<Trial>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Takes the node's request from [`REQUEST_FILE`] (one word), if there is one.
+fn take_request() -> Option<String> {
+    let r = std::fs::read_to_string(REQUEST_FILE).ok()?;
+    let _ = std::fs::remove_file(REQUEST_FILE);
+    Some(r.trim().to_string())
+}
+
 /// Runs `spawn()` (the node) under supervision until a stop: restarts it with backoff when it
-/// exits, reaps every other process, then stops it and powers off (or reboots). `preflight`
-/// is asked before each start: `Err(why)` is said on the console and retried later (a node
+/// exits, reaps every other process, acts on the node's requests ([`REQUEST_FILE`]: `switch`
+/// restarts it onto a newly installed release, `reboot` reboots cleanly), judges a release on
+/// trial (health marker, exit, deadline: a failed trial is stopped and `rollback(reason)`
+/// called before the next start), then stops it and powers off (or reboots). `preflight` is
+/// asked before each start: `Err(why)` is said on the console and retried later (a node
 /// without disks or without a farm). Never returns.
 pub fn supervise(
     mut preflight: impl FnMut() -> Result<(), String>,
-    mut spawn: impl FnMut() -> std::io::Result<std::process::Child>,
+    mut spawn: impl FnMut() -> std::io::Result<Started>,
+    mut rollback: impl FnMut(&str),
 ) -> ! {
     let (tx, rx) = mpsc::channel();
     signals(tx.clone());
     watch_power_button(tx.clone());
     let mut node: Option<u32> = None;
+    let mut trial: Option<Trial> = None;
     let mut backoff = Duration::from_secs(2);
     let mut next_start = Instant::now();
     let mut started = Instant::now();
     let stop = loop {
         let was_running = node.is_some();
-        reap(&mut node);
+        let exit = reap(&mut node);
         if was_running && node.is_none() {
-            // A node that dies young is restarted less and less often (up to a minute); one
-            // that ran a while starts again promptly.
-            if started.elapsed() < Duration::from_secs(60) {
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+            if let Some(t) = trial.take() {
+                // A release on trial that dies is not restarted: the known-good one is.
+                let status = exit.unwrap_or_else(|| "unknown status".into());
+                if let Verdict::Failed(why) = judge(&t, now_secs(), None, Some(&status)) {
+                    fail_trial(&why, &mut rollback);
+                }
+                next_start = Instant::now();
             } else {
-                backoff = Duration::from_secs(2);
+                // A node that dies young is restarted less and less often (up to a minute);
+                // one that ran a while starts again promptly.
+                if started.elapsed() < Duration::from_secs(60) {
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                } else {
+                    backoff = Duration::from_secs(2);
+                }
+                say(&format!("restarting the node in {backoff:?}"));
+                next_start = Instant::now() + backoff;
             }
-            say(&format!("restarting the node in {backoff:?}"));
-            next_start = Instant::now() + backoff;
+        }
+        if let (Some(t), Some(_)) = (&trial, node) {
+            let marker = std::fs::read_to_string(HEALTHY_FILE).ok();
+            match judge(t, now_secs(), marker.as_deref(), None) {
+                Verdict::Waiting => {}
+                Verdict::Healthy => {
+                    say(&format!("release {} is healthy", t.version));
+                    trial = None;
+                }
+                Verdict::Failed(why) => {
+                    stop_node(&mut node);
+                    trial = None;
+                    fail_trial(&why, &mut rollback);
+                    next_start = Instant::now();
+                }
+            }
+        }
+        match take_request().as_deref() {
+            None => {}
+            Some("switch") => {
+                say("the node installed a release: restarting it on the new slot");
+                stop_node(&mut node);
+                trial = None;
+                backoff = Duration::from_secs(2);
+                next_start = Instant::now();
+            }
+            Some("reboot") => break Stop::Reboot,
+            Some(other) => say(&format!("unknown request from the node: {other:?}")),
         }
         if node.is_none() && Instant::now() >= next_start {
             // What a dead node left mounted (its pools) is released first: a mounted disk is
@@ -352,20 +417,32 @@ pub fn supervise(
                     say(&format!("not starting the node: {why}; retrying in 30 s"));
                     next_start = Instant::now() + Duration::from_secs(30);
                 }
-                Ok(()) => match spawn() {
-                    Ok(child) => {
-                        say(&format!("node started (pid {})", child.id()));
-                        node = Some(child.id());
-                        started = Instant::now();
+                Ok(()) => {
+                    // A marker from an earlier run proves nothing about this one.
+                    let _ = std::fs::remove_file(HEALTHY_FILE);
+                    match spawn() {
+                        Ok(s) => {
+                            say(&format!("node started (pid {})", s.child.id()));
+                            node = Some(s.child.id());
+                            if let Some(t) = &s.trial {
+                                say(&format!(
+                                    "release {} on trial: it must be healthy within {} s",
+                                    t.version,
+                                    t.deadline.saturating_sub(now_secs())
+                                ));
+                            }
+                            trial = s.trial;
+                            started = Instant::now();
+                        }
+                        Err(e) => {
+                            say(&format!(
+                                "cannot start the node: {e}; retrying in {backoff:?}"
+                            ));
+                            next_start = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                        }
                     }
-                    Err(e) => {
-                        say(&format!(
-                            "cannot start the node: {e}; retrying in {backoff:?}"
-                        ));
-                        next_start = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                    }
-                },
+                }
             }
         }
         if let Ok(Event::Stop(s)) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -373,17 +450,7 @@ pub fn supervise(
         }
     };
     say(&format!("{stop:?} requested: stopping the node"));
-    if let Some(pid) = node {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while node.is_some() && Instant::now() < deadline {
-            reap(&mut node);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if node.is_some() {
-            say("the node did not stop in 60 s: killing it");
-        }
-    }
+    stop_node(&mut node);
     // Everything else: TERM, a moment, KILL (kill(-1) spares PID 1).
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
@@ -406,6 +473,33 @@ pub fn supervise(
     }
 }
 
+/// A failed trial: said on the console, its pools released, the rollback recorded.
+fn fail_trial(why: &str, rollback: &mut impl FnMut(&str)) {
+    say(&format!("release trial failed: {why}: rolling back"));
+    unmount_all();
+    rollback(why);
+}
+
+/// SIGTERM to the node, then up to 60 s for it to stop (its workloads' servers and pools),
+/// then SIGKILL.
+fn stop_node(node: &mut Option<u32>) {
+    let Some(pid) = *node else { return };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.is_some() && Instant::now() < deadline {
+        reap(node);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if node.is_some() {
+        say("the node did not stop in 60 s: killing it");
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        while node.is_some() {
+            reap(node);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Unmounts what the node left mounted (pools), deepest first.
 fn unmount_all() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -422,14 +516,21 @@ fn unmount_all() {
     }
 }
 
-fn reap(node: &mut Option<u32>) {
+/// Reaps every exited child; returns the node's exit status when it was among them.
+fn reap(node: &mut Option<u32>) -> Option<String> {
+    let mut node_exit = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(WaitStatus::StillAlive) | Err(_) => return node_exit,
             Ok(st) => {
                 let pid = st.pid().map(|p| p.as_raw() as u32);
                 if pid.is_some() && pid == *node {
                     say(&format!("the node exited: {st:?}"));
+                    node_exit = Some(match st {
+                        WaitStatus::Exited(_, c) => format!("exit status {c}"),
+                        WaitStatus::Signaled(_, s, _) => format!("killed by {s}"),
+                        other => format!("{other:?}"),
+                    });
                     *node = None;
                 }
             }

@@ -5,8 +5,10 @@
 //! - [`init`]: PID 1: mounts, modules, the command line ([`cmdline`]), the network
 //!   ([`dhcp`]), the boot medium, then the node as a supervised child; clean power-off.
 //! - [`release`]: signed release bundles, pinned keys per network, A/B slots with a health
-//!   gate and rollback (docs/image.md).
+//!   gate and rollback (docs/image.md); [`bootstrap`]: PID 1 running the right slot and
+//!   rolling back a failed trial.
 
+pub mod bootstrap;
 pub mod build;
 pub mod cmdline;
 pub mod cpio;

@@ -155,7 +155,8 @@ impl PinnedKeys {
     }
 }
 
-fn sha256_file(p: &Path) -> Result<String, ReleaseError> {
+/// sha256 of a file, hex.
+pub fn sha256_file(p: &Path) -> Result<String, ReleaseError> {
     let b = std::fs::read(p).map_err(io(p))?;
     Ok(hex::encode(Sha256::digest(&b)))
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use zos_image::{cmdline, init};
+use zos_image::{bootstrap, cmdline, init};
 
 /// Image commands.
 #[derive(Subcommand, Debug)]
@@ -239,8 +239,29 @@ const LEDGER_CERT: &str = "/etc/zos/ledger-cert.pem";
 const RELAY_CERT: &str = "/etc/zos/relay-cert.pem";
 
 /// The arguments of `zos node run` for this boot.
-fn node_args(cfg: &cmdline::BootConfig, key_root: &Path) -> Vec<String> {
+fn node_args(
+    cfg: &cmdline::BootConfig,
+    key_root: &Path,
+    version: &str,
+    pins: &[String],
+) -> Vec<String> {
     let mut a = vec!["node".to_string(), "run".to_string()];
+    // The version this binary runs as: the release's, which the node reports on the ledger.
+    a.push(format!("--release-version={version}"));
+    if let Some(u) = &cfg.upgrade {
+        a.push(format!("--upgrade-hub={}", u.hub));
+        a.push(format!("--upgrade-twin={}", u.twin));
+        a.push(format!("--release-network={}", cfg.runmode.network()));
+        for p in pins {
+            a.push(format!("--release-pin={p}"));
+        }
+        if let Some(s) = u.interval_secs {
+            a.push(format!("--upgrade-interval-secs={s}"));
+        }
+        if let Some(s) = u.deadline_secs {
+            a.push(format!("--upgrade-deadline-secs={s}"));
+        }
+    }
     for l in cfg.ledgers.iter().take(1) {
         a.push(format!("--ledger={l}"));
     }
@@ -400,6 +421,20 @@ pub fn pid1() -> ! {
             PathBuf::from("/run/zos/key-root")
         }
     };
+    let network = cfg.runmode.network();
+    let (keys, pins, warnings) = bootstrap::parse_pins(
+        &std::fs::read_to_string(bootstrap::RELEASE_KEYS).unwrap_or_default(),
+        network,
+    );
+    for w in &warnings {
+        init::say(w);
+    }
+    if cfg.upgrade.is_some() && pins.is_empty() {
+        init::say(&format!(
+            "no release key pinned for network {network} ({}): every release will be refused",
+            bootstrap::RELEASE_KEYS
+        ));
+    }
     let mut net_ok = false;
     let c2 = cfg.clone();
     init::supervise(
@@ -413,12 +448,36 @@ pub fn pid1() -> ! {
             preflight(&c2)
         },
         move || {
-            std::process::Command::new("/init")
-                .args(node_args(&cfg, &key_root))
+            // The release to run: the slot state on the pools, or the image's own binary.
+            let choice = bootstrap::choose(
+                &keys,
+                network,
+                (Path::new("/init"), env!("CARGO_PKG_VERSION")),
+            );
+            for n in &choice.notes {
+                init::say(n);
+            }
+            init::say(&format!(
+                "running release {} ({})",
+                choice.version,
+                choice.exe.display()
+            ));
+            let child = std::process::Command::new(&choice.exe)
+                .args(node_args(&cfg, &key_root, &choice.version, &pins))
                 .env("PATH", "/usr/sbin:/usr/bin")
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
-                .spawn()
+                // Tells the node a supervisor acts on its requests (switch, reboot).
+                .env("ZOS_INIT", "1")
+                .spawn()?;
+            Ok(init::Started {
+                child,
+                trial: choice.trial,
+            })
+        },
+        |why| match bootstrap::record_rollback(why) {
+            Ok(()) => init::say("rollback recorded: the previous release runs next"),
+            Err(e) => init::say(&format!("recording the rollback failed: {e}")),
         },
     )
 }
