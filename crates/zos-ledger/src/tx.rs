@@ -15,8 +15,8 @@ use sha2::{Digest as _, Sha256};
 use zos_types::crypto::{KeyPair, KeyType, PublicKey};
 
 use crate::types::{
-    Balance, ContractResources, Farm, Interface, Location, Node, NruConsumption, PricingPolicy,
-    PublicConfig, PublicIp, Resources, Twin,
+    Balance, ContractResources, Farm, Interface, Location, MAX_ROLLBACK_REASON, MAX_VERSION_LEN,
+    Node, NruConsumption, PricingPolicy, PublicConfig, PublicIp, Resources, Twin,
 };
 
 /// Everything a signed transaction can ask for. Who may call what is in `docs/ledger.md`.
@@ -157,17 +157,35 @@ pub enum Call {
     ReportContractResources(Vec<ContractResources>),
     /// Node-side: network consumption per contract.
     AddNruReports(Vec<NruConsumption>),
-    /// Council: set the target node software version.
+    /// Council: set the target node software version and its rollout stage; clears a halt.
+    // The stage fields are newer than the call: absent in old JSON, and not written while empty
+    // so the signed bytes of an unstaged call are what they always were.
     SetZosVersion {
         /// Version.
         version: String,
         /// May nodes upgrade now.
         safe_to_upgrade: bool,
+        /// Only nodes of these (existing) farms upgrade; empty: every farm. At most 1000.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        farms: Vec<u32>,
+        /// Only this percentage (1..=100) of nodes upgrades; `None`: every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share_percent: Option<u8>,
     },
     /// Council: replace the pricing policy.
     SetPricingPolicy {
         /// New prices.
         policy: PricingPolicy,
+    },
+    /// Node-side (the node's twin): the node rolled back from `version`. When `version` is
+    /// the current target, the rollout halts (see [`crate::types::ZosVersion::halted`]).
+    ReportRollback {
+        /// The caller's node.
+        node_id: u32,
+        /// The version it rolled back from (1..=64 bytes).
+        version: String,
+        /// Why (at most 512 bytes; [`Call::report_rollback`] truncates).
+        reason: String,
     },
     /// Move the caller's twin to another signing account (key rotation). The new account must
     /// have no twin and consents with a signature over [`rotate_account_message`], so nobody can
@@ -218,6 +236,16 @@ pub fn rotate_account_message(twin_id: u32, old: &PublicKey, new: &PublicKey) ->
 }
 
 impl Call {
+    /// A [`Call::ReportRollback`] whose version and reason are cut (at a character boundary)
+    /// to what the ledger accepts, so a long local reason never makes the report fail.
+    pub fn report_rollback(node_id: u32, version: &str, reason: &str) -> Call {
+        Call::ReportRollback {
+            node_id,
+            version: truncate_utf8(version, MAX_VERSION_LEN).to_owned(),
+            reason: truncate_utf8(reason, MAX_ROLLBACK_REASON).to_owned(),
+        }
+    }
+
     /// A [`Call::RotateTwinAccount`] for twin `twin_id` owned by `old`, consented by `new`.
     pub fn rotate_twin_account(twin_id: u32, old: &PublicKey, new: &KeyPair) -> Call {
         let new_account = new.public();
@@ -227,6 +255,18 @@ impl Call {
             consent,
         }
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A call signed by its account.
@@ -486,12 +526,37 @@ pub enum Event {
         /// Amount charged.
         amount: Balance,
     },
-    /// The council set the target software version.
+    /// The council set the target software version (any halt is cleared).
     ZosVersionUpdated {
         /// Version.
         version: String,
         /// May nodes upgrade now.
         safe_to_upgrade: bool,
+        /// Stage farms (empty: every farm); not written when empty, as before staging existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        farms: Vec<u32>,
+        /// Stage share; not written when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share_percent: Option<u8>,
+    },
+    /// A node rolled back from the target version: the rollout is halted.
+    RolloutHalted {
+        /// The node.
+        node_id: u32,
+        /// The target version it rolled back from.
+        version: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// A node rolled back from a version that is not the target (or the rollout is already
+    /// halted): recorded here only.
+    RollbackReported {
+        /// The node.
+        node_id: u32,
+        /// The version it rolled back from.
+        version: String,
+        /// Its reason.
+        reason: String,
     },
     /// The council replaced the pricing policy.
     PricingPolicyStored {
@@ -642,6 +707,67 @@ mod tests {
                 assert!(!bad.verify(&[0; 32]), "{kt:?} {}", bad.signature.len());
             }
         }
+    }
+
+    #[test]
+    fn unstaged_set_zos_version_signs_the_old_bytes() {
+        // JSON of the call before staging existed: it still decodes, and re-encodes to the
+        // same bytes, so old transactions keep their signatures and hashes.
+        let old = r#"{"set_zos_version":{"version":"1.2.3","safe_to_upgrade":true}}"#;
+        let call: Call = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            call,
+            Call::SetZosVersion {
+                version: "1.2.3".into(),
+                safe_to_upgrade: true,
+                farms: vec![],
+                share_percent: None,
+            }
+        );
+        assert_eq!(serde_json::to_string(&call).unwrap(), old);
+        let staged: Call = serde_json::from_str(
+            r#"{"set_zos_version":{"version":"2","safe_to_upgrade":false,"farms":[1,2],"share_percent":10}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            staged,
+            Call::SetZosVersion { ref farms, share_percent: Some(10), .. } if farms == &[1, 2]
+        ));
+        let ev = Event::ZosVersionUpdated {
+            version: "1.2.3".into(),
+            safe_to_upgrade: true,
+            farms: vec![],
+            share_percent: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"zos_version_updated":{"version":"1.2.3","safe_to_upgrade":true}}"#
+        );
+    }
+
+    #[test]
+    fn report_rollback_cuts_at_char_boundaries() {
+        let long = "é".repeat(400); // 800 bytes
+        let Call::ReportRollback {
+            node_id,
+            version,
+            reason,
+        } = Call::report_rollback(3, &"v".repeat(100), &long)
+        else {
+            panic!("not a rollback report");
+        };
+        assert_eq!((node_id, version.len()), (3, MAX_VERSION_LEN));
+        assert_eq!(reason.len(), MAX_ROLLBACK_REASON);
+        assert!(long.starts_with(&reason));
+        let odd = format!("x{long}");
+        let Call::ReportRollback { reason, .. } = Call::report_rollback(1, "v", &odd) else {
+            panic!("not a rollback report");
+        };
+        assert_eq!(reason.len(), MAX_ROLLBACK_REASON - 1, "no half character");
+        let Call::ReportRollback { reason, .. } = Call::report_rollback(1, "v", "short") else {
+            panic!("not a rollback report");
+        };
+        assert_eq!(reason, "short");
     }
 
     #[test]

@@ -342,13 +342,79 @@ impl Default for PricingPolicy {
     }
 }
 
-/// The target node software version, set by the council.
+/// The target node software version, set by the council, with its rollout stage.
+///
+/// The stage fields and `halted` are newer than the record: they default when absent and are
+/// not written while empty, so a record without them encodes to the very bytes it always did
+/// (the state root of an old chain replays unchanged; no store migration is needed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZosVersion {
     /// Version string nodes should run.
     pub version: String,
     /// Whether nodes may upgrade to it now.
     pub safe_to_upgrade: bool,
+    /// Stage: only nodes of these farms upgrade (empty: every farm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub farms: Vec<u32>,
+    /// Stage: only this percentage of nodes upgrades, chosen by [`rollout_bucket`] (`None`:
+    /// every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_percent: Option<u8>,
+    /// Set when a node reported that it rolled back from this version: nobody else upgrades
+    /// until the council sets a version again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<RolloutHalt>,
+}
+
+/// Why a rollout stopped: the first node that rolled back from the target version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutHalt {
+    /// The node that rolled back.
+    pub node_id: u32,
+    /// The version it rolled back from (the target at the time).
+    pub version: String,
+    /// The node's reason (e.g. the failed health check).
+    pub reason: String,
+}
+
+/// Longest version string of [`ZosVersion`] and of a rollback report, in bytes.
+pub const MAX_VERSION_LEN: usize = 64;
+/// Longest rollback reason the ledger accepts, in bytes (longer ones are refused; use
+/// `Call::report_rollback`, which truncates).
+pub const MAX_ROLLBACK_REASON: usize = 512;
+/// Most farms one rollout stage may name.
+pub const MAX_ROLLOUT_FARMS: usize = 1000;
+
+/// A node's place in the rollout of `version`: 0..100, from
+/// `sha256("zos-ledger/rollout/v1" ‖ version ‖ node_id BE)`. Stable for a version, so raising
+/// the share only adds nodes; different per version, so the first nodes are not always the same.
+pub fn rollout_bucket(version: &str, node_id: u32) -> u8 {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"zos-ledger/rollout/v1");
+    h.update((version.len() as u64).to_be_bytes());
+    h.update(version.as_bytes());
+    h.update(node_id.to_be_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    // u64 mod 100: the bias (2^64 mod 100 of 2^64) is negligible.
+    (u64::from_be_bytes(first) % 100) as u8
+}
+
+impl ZosVersion {
+    /// Whether node `node_id` of farm `farm_id` is in this version's rollout stage: its farm is
+    /// listed (or no farm is) and its bucket is below the share (or there is no share). Says
+    /// nothing about `safe_to_upgrade` or `halted`, which the caller checks too.
+    pub fn applies_to(&self, node_id: u32, farm_id: u32) -> bool {
+        if !self.farms.is_empty() && !self.farms.contains(&farm_id) {
+            return false;
+        }
+        match self.share_percent {
+            None => true,
+            Some(share) => rollout_bucket(&self.version, node_id) < share,
+        }
+    }
 }
 
 /// A funded account at genesis.
@@ -449,4 +515,116 @@ pub struct LedgerInfo {
     /// Fair billing's cut-off (seconds), when the ledger bills fairly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_cutoff_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn old_zos_version_records_decode_and_encode_unchanged() {
+        let old = r#"{"version":"1.2.3","safe_to_upgrade":true}"#;
+        let v: ZosVersion = serde_json::from_str(old).unwrap();
+        assert_eq!(v.version, "1.2.3");
+        assert!(v.safe_to_upgrade && v.farms.is_empty());
+        assert_eq!((v.share_percent, v.halted.clone()), (None, None));
+        // Same bytes back: the state root of a chain written before staging does not move.
+        assert_eq!(serde_json::to_string(&v).unwrap(), old);
+        assert!(v.applies_to(1, 1) && v.applies_to(u32::MAX, 0));
+    }
+
+    #[test]
+    fn staged_record_round_trips() {
+        let v = ZosVersion {
+            version: "2.0.0".into(),
+            safe_to_upgrade: true,
+            farms: vec![3, 9],
+            share_percent: Some(25),
+            halted: Some(RolloutHalt {
+                node_id: 4,
+                version: "2.0.0".into(),
+                reason: "health check".into(),
+            }),
+        };
+        let back: ZosVersion = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn farm_filter() {
+        let v = ZosVersion {
+            version: "2.0.0".into(),
+            farms: vec![3, 9],
+            ..ZosVersion::default()
+        };
+        assert!(v.applies_to(1, 3) && v.applies_to(1, 9));
+        assert!(!v.applies_to(1, 4));
+    }
+
+    #[test]
+    fn share_picks_about_that_share_of_nodes() {
+        for share in [1u8, 10, 50, 90] {
+            let v = ZosVersion {
+                version: "2.0.0".into(),
+                share_percent: Some(share),
+                ..ZosVersion::default()
+            };
+            let n = (0..10_000).filter(|id| v.applies_to(*id, 1)).count();
+            let want = usize::from(share) * 100;
+            // ±30 % of the expected count (the spread of 10 000 draws is far below that).
+            assert!(
+                n * 10 >= want * 7 && n * 10 <= want * 13,
+                "share {share}: {n} of 10000"
+            );
+        }
+        let all = ZosVersion {
+            version: "2.0.0".into(),
+            share_percent: Some(100),
+            ..ZosVersion::default()
+        };
+        assert!((0..1000).all(|id| all.applies_to(id, 7)));
+        let none = ZosVersion {
+            share_percent: Some(0),
+            ..all.clone()
+        };
+        assert!(!(0..1000).any(|id| none.applies_to(id, 7)));
+        // Another version: another first cohort.
+        let a: Vec<u8> = (0..64).map(|id| rollout_bucket("2.0.0", id)).collect();
+        let b: Vec<u8> = (0..64).map(|id| rollout_bucket("2.0.1", id)).collect();
+        assert_ne!(a, b);
+    }
+
+    /// A larger share is a superset of a smaller one (for the same version and farms): raising
+    /// the share never takes a node out of the rollout.
+    #[test]
+    fn larger_share_is_a_superset() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(500), |(
+            version in "[0-9a-z.-]{1,16}",
+            node_id in any::<u32>(),
+            farm_id in 0u32..4,
+            farms in proptest::collection::vec(0u32..4, 0..3),
+            small in 0u8..=100,
+            extra in 0u8..=100,
+        )| {
+            let large = small.saturating_add(extra).min(100);
+            let v = |share| ZosVersion {
+                version: version.clone(),
+                safe_to_upgrade: true,
+                farms: farms.clone(),
+                share_percent: Some(share),
+                halted: None,
+            };
+            if v(small).applies_to(node_id, farm_id) {
+                prop_assert!(v(large).applies_to(node_id, farm_id));
+            }
+            let everyone = ZosVersion { share_percent: None, ..v(small) };
+            if v(large).applies_to(node_id, farm_id) {
+                prop_assert!(everyone.applies_to(node_id, farm_id));
+            }
+            prop_assert!(rollout_bucket(&version, node_id) < 100);
+        });
+    }
 }

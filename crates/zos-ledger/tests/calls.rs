@@ -629,6 +629,8 @@ fn council_governance() {
     let set = Call::SetZosVersion {
         version: "1.2.3".into(),
         safe_to_upgrade: true,
+        farms: vec![],
+        share_percent: None,
     };
     h.rejects(
         &user,
@@ -639,7 +641,9 @@ fn council_governance() {
         h.ok(&council, set),
         vec![Event::ZosVersionUpdated {
             version: "1.2.3".into(),
-            safe_to_upgrade: true
+            safe_to_upgrade: true,
+            farms: vec![],
+            share_percent: None,
         }]
     );
     assert_eq!(h.reader.zos_version().unwrap().version, "1.2.3");

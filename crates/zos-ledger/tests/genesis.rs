@@ -63,6 +63,8 @@ async fn genesis_file_sets_up_the_ledger() {
     let set = Call::SetZosVersion {
         version: "9.9.9".into(),
         safe_to_upgrade: false,
+        farms: vec![],
+        share_percent: None,
     };
     assert!(matches!(
         c.send(&alice, set.clone()).await,

@@ -173,10 +173,26 @@ pub fn apply(
         Call::SetZosVersion {
             version,
             safe_to_upgrade,
-        } => governance::set_zos_version(st, p, who, version, safe_to_upgrade, &mut ev)?,
+            farms,
+            share_percent,
+        } => governance::set_zos_version(
+            st,
+            p,
+            who,
+            version,
+            *safe_to_upgrade,
+            farms,
+            *share_percent,
+            &mut ev,
+        )?,
         Call::SetPricingPolicy { policy } => {
             governance::set_pricing_policy(st, p, who, policy, &mut ev)?
         }
+        Call::ReportRollback {
+            node_id,
+            version,
+            reason,
+        } => governance::report_rollback(st, who, *node_id, version, reason, &mut ev)?,
     }
     Ok(ev)
 }
