@@ -217,10 +217,70 @@ pub fn network_up(cfg: &BootConfig, wait: Duration) -> Result<String, String> {
                 // /etc is read-only: resolv.conf lives in /run (the image links it).
                 let _ = std::fs::write("/run/resolv.conf", conf);
             }
-            Ok(format!(
+            let summary = format!(
                 "{nic} {}/{} (dhcp from {}, {} s) via {:?}",
                 lease.addr, lease.prefix, lease.server, lease.lease_secs, lease.router
-            ))
+            );
+            let nic2 = nic.clone();
+            std::thread::spawn(move || keep_lease(&nic2, lease));
+            Ok(summary)
+        }
+    }
+}
+
+/// When to renew a lease of `secs` (RFC 2131's T1, half the lease), and when to retry a failed
+/// renewal while `left` seconds of it remain (half of what is left, at least 10 s).
+pub fn renew_after(secs: u32, failed_with_left: Option<u32>) -> Duration {
+    match failed_with_left {
+        None => Duration::from_secs(u64::from(secs / 2).max(10)),
+        Some(left) => Duration::from_secs(u64::from(left / 2).max(10)),
+    }
+}
+
+/// Renews the DHCP lease for as long as the node runs, moving the address if the server hands
+/// out another one: a node on a real LAN outlives its lease.
+fn keep_lease(nic: &str, mut lease: dhcp::Lease) {
+    let mut granted = Instant::now();
+    let mut failed = None;
+    loop {
+        std::thread::sleep(renew_after(lease.lease_secs, failed));
+        match dhcp::acquire(nic, Duration::from_secs(30)) {
+            Ok(new) => {
+                if (new.addr, new.prefix) != (lease.addr, lease.prefix) {
+                    say(&format!(
+                        "dhcp: address moved from {}/{} to {}/{}",
+                        lease.addr, lease.prefix, new.addr, new.prefix
+                    ));
+                    let add = format!("{}/{}", new.addr, new.prefix);
+                    let del = format!("{}/{}", lease.addr, lease.prefix);
+                    let r = ip(&["addr", "add", &add, "dev", nic])
+                        .and_then(|()| ip(&["addr", "del", &del, "dev", nic]));
+                    if let Err(e) = r {
+                        say(&format!("dhcp: {e}"));
+                    }
+                }
+                if let Some(gw) = new.router {
+                    let _ = ip(&[
+                        "route",
+                        "replace",
+                        "default",
+                        "via",
+                        &gw.to_string(),
+                        "dev",
+                        nic,
+                    ]);
+                }
+                lease = new;
+                granted = Instant::now();
+                failed = None;
+            }
+            Err(e) => {
+                let left = u64::from(lease.lease_secs).saturating_sub(granted.elapsed().as_secs());
+                say(&format!(
+                    "dhcp renewal on {nic}: {e}; {left} s of the lease left"
+                ));
+                failed = Some(u32::try_from(left).unwrap_or(u32::MAX));
+            }
         }
     }
 }
@@ -562,4 +622,18 @@ fn signals(tx: mpsc::Sender<Event>) {
             let _ = tx.send(Event::Stop(s));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_renew_at_half_and_retry_at_half_of_what_is_left() {
+        assert_eq!(renew_after(86_400, None), Duration::from_secs(43_200));
+        assert_eq!(renew_after(3_600, Some(1_000)), Duration::from_secs(500));
+        // Never a busy loop, even on a silly lease.
+        assert_eq!(renew_after(0, None), Duration::from_secs(10));
+        assert_eq!(renew_after(3_600, Some(0)), Duration::from_secs(10));
+    }
 }
