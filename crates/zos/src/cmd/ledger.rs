@@ -83,6 +83,37 @@ pub enum LedgerCmd {
         #[command(flatten)]
         etcd_tls: EtcdTlsArgs,
     },
+    /// Council: set the node software version the grid runs, optionally staged to some farms
+    /// or a share of the nodes; clears a halted rollout. Signed with --key/--seed (the
+    /// council's key) or --dev-council.
+    SetVersion {
+        /// Version (the release `zos-<V>.fl` on the hub).
+        // Not named `version`: that id is clap's own `--version`.
+        #[arg(value_name = "VERSION")]
+        target: String,
+        /// Nodes may upgrade now (without it the version is announced only).
+        #[arg(long)]
+        safe_to_upgrade: bool,
+        /// Stage: only nodes of this farm (repeatable; none: every farm).
+        #[arg(long = "farm", value_name = "FARM_ID")]
+        farms: Vec<u32>,
+        /// Stage: only this percentage of nodes (1..=100; the same nodes go first when raised).
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+        share: Option<u8>,
+        /// Sign with the well-known dev council key (a `--dev` ledger; never on a real grid).
+        #[arg(long, conflicts_with_all = ["key", "seed"])]
+        dev_council: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show the target node software version, its stage and whether the rollout is halted.
+    Version {
+        /// Print the ledger's JSON record instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
 }
 
 /// Where `zos ledger serve` keeps the chain.
@@ -530,7 +561,66 @@ async fn ledger(cmd: LedgerCmd) -> anyhow::Result<()> {
             let report = tokio::task::spawn_blocking(move || zos_ledger::verify(store)).await??;
             print(&report)
         }
+        LedgerCmd::SetVersion {
+            target,
+            safe_to_upgrade,
+            farms,
+            share,
+            dev_council,
+            opts,
+        } => {
+            let key = if dev_council {
+                zos_ledger::dev::council_key()
+            } else {
+                opts.key()?
+            };
+            let call = Call::SetZosVersion {
+                version: target,
+                safe_to_upgrade,
+                farms,
+                share_percent: share,
+            };
+            let r = opts.client()?.send(&key, call).await?;
+            print(&r)
+        }
+        LedgerCmd::Version { json, opts } => {
+            let v = opts.client()?.zos_version().await?;
+            if json {
+                return print(&v);
+            }
+            println!("{}", version_text(&v));
+            Ok(())
+        }
     }
+}
+
+/// `zos ledger version` as text: one `key: value` line each.
+fn version_text(v: &zos_ledger::ZosVersion) -> String {
+    let target = if v.version.is_empty() {
+        "(none set)"
+    } else {
+        &v.version
+    };
+    let farms = if v.farms.is_empty() {
+        "all".to_string()
+    } else {
+        let ids: Vec<String> = v.farms.iter().map(u32::to_string).collect();
+        ids.join(",")
+    };
+    let share = v
+        .share_percent
+        .map_or("all nodes".to_string(), |p| format!("{p}% of nodes"));
+    let halted = match &v.halted {
+        None => "no".to_string(),
+        Some(h) => format!(
+            "yes: node {} rolled back from {}: {}",
+            h.node_id, h.version, h.reason
+        ),
+    };
+    format!(
+        "version: {target}\nsafe_to_upgrade: {}\nfarms: {farms}\nshare: {share}\nhalted: {halted}",
+        v.safe_to_upgrade
+    )
 }
 
 async fn twin(cmd: TwinCmd) -> anyhow::Result<()> {
