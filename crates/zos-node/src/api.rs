@@ -41,6 +41,7 @@ pub const COMMANDS: &[&str] = &[
     "zos.admin.interfaces",
     "zos.admin.get_public_nic",
     "zos.admin.set_public_nic",
+    "zos.admin.reboot",
     "zos.admin.diag.logs",
     "zos.admin.diag.kernel",
     "zos.admin.diag.pools",
@@ -122,9 +123,21 @@ pub struct NodeState {
     pub maintenance: RwLock<Option<Value>>,
     /// PID 1's request file (`zos.admin.reboot`), `None` when the node runs as a host process.
     pub init_request: Option<std::path::PathBuf>,
+    /// The release version this node runs (`zos.system.version`; empty: the crate's).
+    pub version: String,
+    /// Milestones of this run and the upgrader's status (`upgrade` in the diag health view).
+    pub progress: crate::progress::Progress,
 }
 
 impl NodeState {
+    /// The release version this node runs (the crate's when none was given).
+    pub fn version(&self) -> &str {
+        if self.version.is_empty() {
+            env!("CARGO_PKG_VERSION")
+        } else {
+            &self.version
+        }
+    }
     /// Records a loop's status.
     pub fn set_module(&self, name: &str, status: &str, error: impl Into<String>) {
         let error = error.into();
@@ -270,7 +283,7 @@ impl Api {
             // The engine checks contracts against the hash scheme a deployment declares, so it
             // takes both; clients look for this member before sending hash_version 2.
             "zos.system.version" => Ok(json!({
-                "zos": env!("CARGO_PKG_VERSION"),
+                "zos": self.state.version(),
                 "zinit": "",
                 zos_types::deployment::VERSION_HASH_KEY: zos_types::deployment::HASH_VERSIONS,
             })),
@@ -501,6 +514,7 @@ impl Api {
                     "modules": self.diagnostics().await["modules"],
                     "last_errors": last_errors,
                     "maintenance": self.state.maintenance.read().expect("maintenance lock").clone(),
+                    "upgrade": self.state.progress.upgrade(),
                 }))
             }
             // Views a primitive set adds (the network's WireGuard peers), authorised as ours.
@@ -721,6 +735,7 @@ mod tests {
         };
         state.farm_twin.store(5, Ordering::Relaxed);
         let api = Api::new(engine.clone(), Arc::new(state));
+        assert!(COMMANDS.contains(&"zos.admin.reboot"), "routed over RMB");
         for twin in [3, 0] {
             let e = api
                 .dispatch(twin, "zos.admin.reboot", Value::Null)

@@ -43,6 +43,8 @@ pub mod model;
 pub mod node;
 /// The primitive trait and registry.
 pub mod primitives;
+/// Milestones of a node run shared with its embedder (the upgrader's health gate).
+pub mod progress;
 /// Capacity discovery, twin and node registration, uptime.
 pub mod registrar;
 /// Durable engine state (redb).

@@ -63,6 +63,11 @@ pub struct NodeConfig {
     /// PID 1's request file when the node runs under the zos image's PID 1 (`ZOS_INIT=1`;
     /// [`crate::init_request::from_env`]); `None` for a host process, which cannot reboot.
     pub init_request: Option<PathBuf>,
+    /// The release version this node runs: what it registers on the ledger and answers to
+    /// `zos.system.version` (the image's PID 1 passes the slot's version).
+    pub version: String,
+    /// Milestones of this run, shared with the embedder (the upgrader's health gate).
+    pub progress: crate::progress::Progress,
 }
 
 impl NodeConfig {
@@ -93,6 +98,8 @@ impl NodeConfig {
             registration_interval: Duration::from_secs(24 * 3600),
             nru_interval: Duration::from_secs(3600),
             init_request: crate::init_request::from_env(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            progress: crate::progress::Progress::default(),
         }
     }
 }
@@ -219,7 +226,8 @@ impl Worker for RegistrarWorker {
                 _ = uptime.tick() => pending = true,
                 _ = tokio::time::sleep(retry), if pending => {}
                 _ = recheck.tick() => {
-                    let facts = registrar::discover(self.cfg.farm_id, &self.registry).await;
+                    let mut facts = registrar::discover(self.cfg.farm_id, &self.registry).await;
+                    facts.version = self.cfg.version.clone();
                     let public = self.public;
                     match registrar::register(&self.ledger, &public, &self.relays, &self.e2e, &facts).await {
                         Ok(r) => self.state.farm_twin.store(r.farm_twin, Ordering::Relaxed),
@@ -335,6 +343,8 @@ pub async fn run_node(
         farm_id: cfg.farm_id,
         admin_twins: cfg.admin_twins.clone(),
         init_request: cfg.init_request.clone(),
+        version: cfg.version.clone(),
+        progress: cfg.progress.clone(),
         ..NodeState::default()
     });
     let relays: Vec<String> = if cfg.relay_domains.is_empty() {
@@ -347,7 +357,8 @@ pub async fn run_node(
     // Registration: retried until it works or we are told to stop.
     let mut backoff = Duration::from_millis(200);
     let reg = loop {
-        let facts = registrar::discover(cfg.farm_id, &registry).await;
+        let mut facts = registrar::discover(cfg.farm_id, &registry).await;
+        facts.version = cfg.version.clone();
         match registrar::register(&ledger, &key.public(), &relays, &e2e, &facts).await {
             Ok(r) => break r,
             Err(e) => {
@@ -385,12 +396,26 @@ pub async fn run_node(
         farm = cfg.farm_id,
         "node registered"
     );
+    cfg.progress
+        .registered(reg.node_id, reg.twin_id, ledger.clone());
 
     let n = engine.reconcile_all().map_err(|e| match e {
         crate::engine::EngineError::Store(s) => NodeError::Store(s),
         other => NodeError::Ledger(other.to_string()),
     })?;
     tracing::info!(deployments = n, "reconciliation queued");
+    // The first pass is done once the queue (those jobs and any queued before) drained.
+    let (eng, progress, stop) = (engine.clone(), cfg.progress.clone(), stop_rx.clone());
+    let reconciled = tokio::spawn(async move {
+        while eng.queued_jobs() > 0 {
+            tokio::select! {
+                _ = wait(stop.clone()) => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tracing::info!("first reconcile pass done");
+        progress.reconciled();
+    });
 
     let mut tasks = vec![
         spawn(Box::new(EngineWorker(engine.clone())), &state, &stop_rx),
@@ -476,6 +501,35 @@ pub async fn run_node(
         peer.serve(api.router());
         state.set_module("api", "running", "");
         tracing::info!(twin = reg.twin_id, "node API served over RMB");
+        // The API answering a client through the relay (not a direct call): what a release on
+        // trial must show before it is kept.
+        let (p, progress, stop, twin) = (
+            peer.clone(),
+            cfg.progress.clone(),
+            stop_rx.clone(),
+            reg.twin_id,
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let r = p
+                    .call(
+                        twin,
+                        "zos.system.version",
+                        &serde_json::Value::Null,
+                        Duration::from_secs(10),
+                    )
+                    .await;
+                match r.map(|v| v["zos"].as_str().map(str::to_string)) {
+                    Ok(Some(v)) => return progress.api_answered(v),
+                    Ok(None) => tracing::warn!("zos.system.version answered without a version"),
+                    Err(e) => tracing::debug!(error = %e, "the node API does not answer yet"),
+                }
+                tokio::select! {
+                    _ = wait(stop.clone()) => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }));
         // The self-check every 15 s: relay links, then the metrics' health gauge.
         let (peer, api, state, stop) = (peer.clone(), api.clone(), state.clone(), stop_rx.clone());
         health_task = Some(tokio::spawn(async move {
@@ -502,6 +556,7 @@ pub async fn run_node(
         peer.close();
     }
     drop(api);
+    let _ = reconciled.await;
     for t in tasks {
         let _ = t.await;
     }

@@ -127,6 +127,9 @@ fn human(what: &str, v: &Value) -> String {
                     "maintenance (farmer): new contracts refused\n"
                 };
             }
+            if v["upgrade"].is_object() {
+                out += &upgrade_section(&v["upgrade"]);
+            }
             if let Some(m) = v["last_errors"].as_object() {
                 for (name, e) in m {
                     out += &format!(
@@ -224,6 +227,49 @@ fn human(what: &str, v: &Value) -> String {
     out
 }
 
+/// `upgrade:` of the health view: the release that runs, the slots, a trial, the last rollback
+/// and the last refused release, each with its reason.
+fn upgrade_section(u: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = format!(
+        "upgrade: running {} (network {}), active slot {}",
+        s(&u["running"]),
+        s(&u["network"]),
+        s(&u["active"])
+    );
+    if let Some(slots) = u["slots"].as_object() {
+        let list: Vec<String> = slots.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
+        out += &format!(" ({})", list.join(" "));
+    }
+    out.push('\n');
+    if u["trial"].is_object() {
+        out += &format!(
+            "  trial: {} in slot {}, healthy by unix {}\n",
+            s(&u["trial"]["version"]),
+            s(&u["trial"]["slot"]),
+            u["trial"]["deadline"]
+        );
+    }
+    if u["last_rollback"].is_object() {
+        out += &format!(
+            "  last rollback: from {}: {}\n",
+            s(&u["last_rollback"]["version"]),
+            s(&u["last_rollback"]["reason"])
+        );
+    }
+    if u["last_refused"].is_object() {
+        out += &format!(
+            "  last refused release: {}: {}\n",
+            s(&u["last_refused"]["version"]),
+            s(&u["last_refused"]["reason"])
+        );
+    }
+    if let Some(st) = u["status"].as_str() {
+        out += &format!("  upgrader: {st}\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +302,23 @@ mod tests {
         assert_eq!(
             w,
             "network n1 port 3000\n  peer K1 at 198.18.0.3:3001: handshake 12 s ago\n  peer K2 at (no endpoint): handshake never\n  peer K3 at 198.18.0.4:3001: handshake 400 s ago (stale), rx 92 B, tx 148 B, allowed 10.1.3.0/24 100.64.1.3/32\n"
+        );
+    }
+
+    #[test]
+    fn upgrade_section_shows_trial_rollback_and_refusal() {
+        let h = human(
+            "health",
+            &json!({"status": "ok", "connections": {"relay_links": 1}, "upgrade": {
+                "running": "v2", "network": "dev", "active": "b", "slots": {"a": "v1", "b": "v2"},
+                "trial": {"slot": "a", "version": "v3", "deadline": 99},
+                "last_rollback": {"version": "v3", "reason": "exited"},
+                "last_refused": {"version": "v4", "reason": "no valid signature"},
+                "status": "holding"}}),
+        );
+        assert_eq!(
+            h,
+            "status: ok\nrelay links: 1\nupgrade: running v2 (network dev), active slot b (a=v1 b=v2)\n  trial: v3 in slot a, healthy by unix 99\n  last rollback: from v3: exited\n  last refused release: v4: no valid signature\n  upgrader: holding\n"
         );
     }
 }

@@ -67,6 +67,9 @@ pub enum ImageCmd {
         #[arg(long = "pin", required = true)]
         pins: Vec<String>,
     },
+    /// Publish a signed release bundle on a hub as `zos-<version>.fl` (checked first: its
+    /// release.json parses, a signature it carries is valid, every file hashes as listed).
+    Publish(super::upgrade::PublishArgs),
     /// Write a small archive to append to the initramfs (`cat initramfs.cpio site.cpio`):
     /// a site's files such as the pinned ledger and relay certificates.
     Overlay {
@@ -217,6 +220,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ImageCmd::Publish(a) => super::upgrade::publish(a),
         ImageCmd::Overlay { output, files } => {
             let mut list = Vec::new();
             for f in files {

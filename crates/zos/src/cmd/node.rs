@@ -13,10 +13,19 @@ use clap::{Args, Subcommand};
 pub enum NodeCmd {
     /// Run the node until SIGINT/SIGTERM.
     // Boxed: the node's options outgrow the other commands' (clippy::large_enum_variant).
-    Run(Box<RunArgs>),
+    Run(Box<RunCmd>),
     /// The farmer's read-only diagnostics of a node over RMB:
     /// `diag NODE [health|logs|kernel|pools|net|reach ADDR]`.
     Diag(super::diag::DiagArgs),
+}
+
+/// `zos node run`: the node's options and its release (upgrade) options.
+#[derive(Args, Debug)]
+pub struct RunCmd {
+    #[command(flatten)]
+    node: RunArgs,
+    #[command(flatten)]
+    upgrade: super::upgrade::UpgradeArgs,
 }
 
 /// `zos node run` options.
@@ -110,7 +119,8 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
-            rt.block_on(run_node(*a, super::shutdown_signal()))
+            let RunCmd { node, upgrade } = *a;
+            rt.block_on(run_node_with(node, upgrade, super::shutdown_signal()))
         }
         NodeCmd::Diag(a) => super::diag::run(a),
     }
@@ -120,6 +130,15 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
 /// embeds the node through this too.
 pub async fn run_node(
     a: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_node_with(a, Default::default(), shutdown).await
+}
+
+/// [`run_node`] with release options: the version it runs as, and the upgrader.
+pub async fn run_node_with(
+    a: RunArgs,
+    up: super::upgrade::UpgradeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     for c in &a.relay_certs {
@@ -255,7 +274,22 @@ pub async fn run_node(
         .await
         .map_err(anyhow::Error::msg)
         .context("starting primitives")?;
+    // Releases live next to the engine store: the first SSD pool's cache when there are pools.
+    cfg.version = up.running();
+    let upgrader = super::upgrade::Upgrader {
+        releases: cfg.data_dir.join("releases"),
+        running: cfg.version.clone(),
+        farm_id: a.farm,
+        args: up,
+        init_request: cfg.init_request.clone(),
+        progress: cfg.progress.clone(),
+    };
+    if let Err(e) = std::fs::create_dir_all(&upgrader.releases) {
+        tracing::warn!(error = %e, dir = %upgrader.releases.display(), "releases directory");
+    }
+    let upgrades = tokio::spawn(upgrader.run());
     let result = zos_node::run_node(cfg, registry.clone(), shutdown).await;
+    upgrades.abort();
     registry.shutdown().await;
     result.context("node")
 }
