@@ -423,6 +423,15 @@ pub enum FarmCmd {
         #[arg(long)]
         pause: bool,
     },
+    /// Reboot a node of your farm cleanly, through its API (the node asks the zos image's
+    /// PID 1; a node running as a host process refuses).
+    Reboot {
+        #[command(flatten)]
+        args: super::client::ClientArgs,
+        /// Node id.
+        #[arg(long)]
+        node: u32,
+    },
     /// Give node OLD's record (id, contracts, public config) to the machine that registered
     /// as node NEW after losing its identity (NEW's record goes; it must have no contracts).
     /// Restart the machine's node afterwards so that it serves as OLD.
@@ -725,6 +734,15 @@ async fn farm(cmd: FarmCmd) -> anyhow::Result<()> {
             let call = Call::SetNodeMaintenance { node_id, on, pause };
             let r = opts.client()?.send(&opts.key()?, call).await?;
             print(&r)
+        }
+        FarmCmd::Reboot { args, node } => {
+            let v = args.connect().await?.node_reboot(node).await?;
+            if args.json {
+                print(&v)
+            } else {
+                println!("node {node} is rebooting");
+                Ok(())
+            }
         }
         FarmCmd::MoveNode { opts, old, new } => {
             let call = Call::MoveNode { from: old, to: new };
