@@ -2,6 +2,7 @@
 //!
 //! - [`build`]: `zos image build`: the Debian kernel, and an initramfs ([`cpio`]) whose
 //!   `/init` is the zos binary, with the modules ([`kmod`]) and tools the node needs; no shell.
+//! - [`iso`]: `zos image iso`: a bootable ISO (ISOLINUX for BIOS, GRUB for UEFI).
 //! - [`init`]: PID 1: mounts, modules, the command line ([`cmdline`]), the network
 //!   ([`dhcp`]), the boot medium, then the node as a supervised child; clean power-off.
 //! - [`release`]: signed release bundles, pinned keys per network, A/B slots with a health
@@ -14,5 +15,6 @@ pub mod cmdline;
 pub mod cpio;
 pub mod dhcp;
 pub mod init;
+pub mod iso;
 pub mod kmod;
 pub mod release;

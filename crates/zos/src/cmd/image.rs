@@ -35,6 +35,29 @@ pub enum ImageCmd {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
+    /// Write a bootable ISO (isohybrid: also for a USB stick): ISOLINUX for BIOS and, when
+    /// GRUB's EFI modules are installed, GRUB for UEFI; the image's kernel and initramfs, a
+    /// site overlay, and this node's kernel command line.
+    Iso {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The `zos image build` directory.
+        #[arg(long)]
+        image: PathBuf,
+        /// A site overlay (`zos image overlay`) loaded after the initramfs.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Kernel command line, e.g. `farmer_id=1 runmode=dev ledger=… relay=…`.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Require the UEFI boot entry (default: added when the tools are installed).
+        #[arg(long, conflicts_with = "no_efi")]
+        efi: bool,
+        /// BIOS boot only.
+        #[arg(long)]
+        no_efi: bool,
+    },
     /// Make a release signing key: FILE gets the seed (hex, owner-only); prints the public key
     /// to pin for a network.
     Keygen {
@@ -172,6 +195,35 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
             println!(
                 "{}: boot it from BIOS (syslinux); label ZOSBOOT",
                 output.display()
+            );
+            Ok(())
+        }
+        ImageCmd::Iso {
+            output,
+            image,
+            overlay,
+            cmdline,
+            efi,
+            no_efi,
+        } => {
+            let mut initrds = vec![image.join("initramfs.cpio")];
+            initrds.extend(overlay);
+            let built = zos_image::iso::iso_image(&zos_image::iso::IsoOptions {
+                out: output.clone(),
+                vmlinuz: image.join("vmlinuz"),
+                initrds,
+                cmdline: format!("console=ttyS0 panic=-1 quiet {cmdline}"),
+                efi: match (efi, no_efi) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            })?;
+            println!(
+                "{}: {} MiB, boots from BIOS (ISOLINUX){}",
+                output.display(),
+                built.bytes.div_ceil(1 << 20),
+                if built.efi { " and UEFI (GRUB)" } else { "" }
             );
             Ok(())
         }
