@@ -11,7 +11,7 @@ use crate::types::{
 
 /// `set_zos_version`: council only. A new target (even the same version again) starts a new
 /// rollout: the stage is replaced and any halt cleared.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per field of the call
 pub(super) fn set_zos_version(
     st: &mut Overlay<'_>,
     p: &Params,
