@@ -122,41 +122,48 @@ struct Grid {
 }
 
 impl Grid {
-    /// `zos node run` as v`version`, under a pretend PID 1.
+    /// `zos node run` as `version`, under a pretend PID 1.
     fn node(&self, version: &str, log: &str) -> Proc {
+        self.node_with(version, log, true)
+    }
+
+    fn node_with(&self, version: &str, log: &str, supervised: bool) -> Proc {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
+        if !supervised {
+            c.env_remove("ZOS_INIT");
+        }
         Proc(
-            Command::new(env!("CARGO_BIN_EXE_zos"))
-                .args([
-                    "node",
-                    "run",
-                    "--ledger",
-                    &self.ledger,
-                    "--relay",
-                    &self.relay,
-                ])
-                .args([
-                    "--relay-domain",
-                    "local",
-                    "--farm",
-                    "1",
-                    "--admin-twin",
-                    "1",
-                ])
-                .args(["--metrics", "127.0.0.1:0", "--data"])
-                .arg(self.dir.join("node"))
-                .args(["--release-version", version, "--upgrade-hub", &self.hub])
-                .args(["--upgrade-twin", "1", "--release-network", "dev"])
-                .args(["--release-pin", &self.pin, "--upgrade-interval-secs", "1"])
-                .args(["--upgrade-deadline-secs", "300"])
-                .env("RUST_LOG", "info")
-                .env("ZOS_INIT", "1")
-                .env("ZOS_INIT_REQUEST", self.dir.join("init-request"))
-                .env("ZOS_RELEASE_HEALTHY", self.dir.join("release-healthy"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
+            c.args([
+                "node",
+                "run",
+                "--ledger",
+                &self.ledger,
+                "--relay",
+                &self.relay,
+            ])
+            .args([
+                "--relay-domain",
+                "local",
+                "--farm",
+                "1",
+                "--admin-twin",
+                "1",
+            ])
+            .args(["--metrics", "127.0.0.1:0", "--data"])
+            .arg(self.dir.join("node"))
+            .args(["--release-version", version, "--upgrade-hub", &self.hub])
+            .args(["--upgrade-twin", "1", "--release-network", "dev"])
+            .args(["--release-pin", &self.pin, "--upgrade-interval-secs", "1"])
+            .args(["--upgrade-deadline-secs", "300"])
+            .env("RUST_LOG", "info")
+            .env("ZOS_INIT", if supervised { "1" } else { "0" })
+            .env("ZOS_INIT_REQUEST", self.dir.join("init-request"))
+            .env("ZOS_RELEASE_HEALTHY", self.dir.join("release-healthy"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
         )
     }
 
@@ -293,8 +300,20 @@ fn node_installs_a_signed_release_commits_it_healthy_and_refuses_an_unpinned_one
     // v2, signed by the pinned key, is the target.
     g.publish("v2", 1);
     g.set_version(&rt, "v2");
-    let mut n = g.node("v1", "node-v1.log");
     let releases = g.releases();
+    // Without a supervisor nothing would start the new release: not even installed.
+    let mut n = g.node_with("v1", "node-v1-alone.log", false);
+    wait("no supervisor said", Duration::from_secs(60), || {
+        let out = zos(&uenv, &["node", "diag", "1", "health", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = v["upgrade"]["status"].as_str()?.to_string();
+        s.contains("no supervisor").then_some(())
+    });
+    assert!(state(&releases).is_none() && !releases.join("b").exists());
+    assert!(!dir.0.join("init-request").exists());
+    sigterm(&mut n);
+
+    let mut n = g.node("v1", "node-v1.log");
     let st = wait("v2 installed on trial", Duration::from_secs(60), || {
         state(&releases).filter(|s| s.trial.is_some())
     });

@@ -14,6 +14,7 @@ pub mod network;
 pub mod node;
 pub mod rmb;
 pub mod up;
+pub mod up_image;
 pub mod upgrade;
 pub mod vm;
 pub mod zdb;

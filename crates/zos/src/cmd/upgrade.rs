@@ -269,9 +269,10 @@ impl Upgrader {
                 return;
             }
         }
-        self.report_rollback().await;
+        // The health gate first: a trial's deadline runs while the report retries.
         let gate = self.clone();
         let health = tokio::spawn(async move { gate.health_gate().await });
+        self.report_rollback().await;
         if self.args.upgrade_hub.is_some() {
             self.upgrade_loop().await;
         } else {
@@ -417,6 +418,18 @@ impl Upgrader {
             Decision::Hold(why) => return Ok(format!("holding: {why}")),
             Decision::Upgrade(v) => v,
         };
+        let Some(request) = &self.init_request else {
+            // Installing would leave a trial nobody starts (and whose deadline runs out).
+            tracing::error!(
+                version = %v,
+                "release {v} is the target, but this node has no supervisor to switch to it \
+                 (ZOS_INIT=1: the image's PID 1); it keeps running {}",
+                self.running
+            );
+            return Ok(format!(
+                "{v} available; no supervisor (ZOS_INIT=1) to switch: not installed"
+            ));
+        };
         tracing::info!(from = %self.running, to = %v, "upgrading");
         let pins = self.pins()?;
         let bundle = self.fetch(&v).await?;
@@ -427,45 +440,32 @@ impl Upgrader {
             Ok(m) if m.version == v => {}
             Ok(m) => {
                 let why = format!("the bundle published as {v} says it is {}", m.version);
-                tracing::error!(version = %v, reason = %why, "release refused");
-                refused.add(&self.releases, &v, &why);
-                return Ok(format!("refused {v}: {why}"));
+                return Ok(self.refuse(&mut refused, &v, &why, &bundle));
             }
-            Err(e) => {
-                let why = e.to_string();
-                tracing::error!(version = %v, reason = %why, "release refused");
-                refused.add(&self.releases, &v, &why);
-                return Ok(format!("refused {v}: {why}"));
-            }
+            Err(e) => return Ok(self.refuse(&mut refused, &v, &e.to_string(), &bundle)),
         }
         let deadline = unix_now() + self.args.upgrade_deadline_secs;
         let (slot, _) = release::install(&bundle, &self.releases, net, &pins, deadline)
             .map_err(|e| format!("installing {v}: {e}"))?;
         tracing::info!(version = %v, slot = slot.dir(), deadline, "release installed; trial starts at the switch");
-        let _ = std::fs::remove_dir_all(&bundle);
-        match &self.init_request {
-            Some(path) => {
-                zos_node::init_request::write(path, "switch")
-                    .map_err(|e| format!("switch request {}: {e}", path.display()))?;
-                tracing::warn!(version = %v, "asked PID 1 to switch to the new release");
-                Ok(format!(
-                    "installed {v} in slot {}; switch requested",
-                    slot.dir()
-                ))
-            }
-            None => {
-                tracing::error!(
-                    version = %v,
-                    "release installed but no supervisor (ZOS_INIT=1) to switch to it: \
-                     the node keeps running {}",
-                    self.running
-                );
-                Ok(format!(
-                    "installed {v} in slot {}; no supervisor to switch",
-                    slot.dir()
-                ))
-            }
-        }
+        // The slot holds its own copy: the download (blocks included) is not needed any more.
+        let _ = std::fs::remove_dir_all(self.releases.join("download"));
+        zos_node::init_request::write(request, "switch")
+            .map_err(|e| format!("switch request {}: {e}", request.display()))?;
+        tracing::warn!(version = %v, "asked PID 1 to switch to the new release");
+        Ok(format!(
+            "installed {v} in slot {}; switch requested",
+            slot.dir()
+        ))
+    }
+
+    /// A bundle that failed verification: logged with the reason, remembered (not fetched
+    /// again every loop), its download removed. It never reaches a slot.
+    fn refuse(&self, refused: &mut Refused, v: &str, why: &str, bundle: &Path) -> String {
+        tracing::error!(version = %v, reason = %why, "release refused");
+        refused.add(&self.releases, v, why);
+        let _ = std::fs::remove_dir_all(bundle);
+        format!("refused {v}: {why}")
     }
 
     /// Downloads release `v` into `<releases>/download/<v>` (blocks cached under
