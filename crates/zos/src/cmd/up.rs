@@ -90,6 +90,13 @@ pub struct UpArgs {
     /// third of it (at most every 40 min). Fixed when the grid is made (docs/ledger.md).
     #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(3..))]
     pub offline_cutoff: u64,
+    /// Run the node(s) as this image (`zos image build -o DIR`) in QEMU on a host bridge
+    /// (root; docs/image.md "zos up --image"); the ledger and relay listen on the bridge.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Memory of each image node, MiB (--image).
+    #[arg(long, default_value_t = 2048)]
+    pub image_mem: u32,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -198,6 +205,22 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     let data = a.data.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    // --image: the bridge first; the ledger and relay listen on its address.
+    let image_net = match &a.image {
+        Some(dir) => Some(super::up_image::prepare(
+            dir,
+            usize::from(a.nodes),
+            a.ledgers,
+            &data,
+        )?),
+        None => None,
+    };
+    let listen_ip = image_net
+        .as_ref()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |n| {
+            std::net::IpAddr::V4(n.host_ip())
+        });
+    let tls_names: Vec<String> = image_net.iter().map(|n| n.host_ip().to_string()).collect();
     let pools = data.join("pools");
     std::fs::create_dir_all(&pools).with_context(|| format!("creating {}", pools.display()))?;
     let storage = choose_storage(&pools, pool_support()).map_err(anyhow::Error::msg)?;
@@ -222,8 +245,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         g.offline_cutoff_secs = Some(a.offline_cutoff);
         lcfg.genesis = Some(g);
     }
-    lcfg.listen = SocketAddr::from(([127, 0, 0, 1], a.ledger_port));
-    let tls = zos_ledger::tls::self_signed(&data.join("ledger").join("tls"), &[])
+    lcfg.listen = SocketAddr::new(listen_ip, a.ledger_port);
+    let tls = zos_ledger::tls::self_signed(&data.join("ledger").join("tls"), &tls_names)
         .context("making the ledger's TLS certificate")?;
     let ledger_cert = tls.cert.clone();
     lcfg.tls = Some(tls);
@@ -248,7 +271,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let producer = ledger.producer().await?.to_hex();
 
     // The relay; twins name it by its address.
-    let relay_addr = SocketAddr::from(([127, 0, 0, 1], a.relay_port));
+    let relay_addr = SocketAddr::new(listen_ip, a.relay_port);
     let relay_domain = relay_addr.to_string();
     let dir: Arc<dyn TwinDirectory> = Arc::new(CachedDirectory::new(
         LedgerDirectory::new(ledger.clone()),
@@ -261,7 +284,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             cert: data.join("relay").join("tls").join("relay-cert.pem"),
             key: data.join("relay").join("tls").join("relay-key.pem"),
         },
-        &[],
+        &tls_names,
     )
     .context("making the relay's TLS certificate")?;
     let relay_cert = relay_tls.cert.clone();
@@ -299,6 +322,26 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     client_cfg.relay_cert = Some(relay_cert.clone());
     client_cfg.key = Some(key_path.clone());
     client_cfg.save(&config_path)?;
+    if let (Some(net), Some(image)) = (image_net, &a.image) {
+        let grid = super::up_image::Grid {
+            ledger_url,
+            ledger_cert,
+            producer,
+            relay_url,
+            relay_cert,
+            relay_domain,
+            farm,
+            twin,
+            key_path,
+            config_path,
+        };
+        let sizes = (a.ssd.as_str(), a.hdd.as_str(), a.image_mem);
+        let r = super::up_image::run(image, net, &data, grid, &ledger, sizes).await;
+        let _ = stop_tx.send(true);
+        let _ = relay_task.await;
+        let _ = ledger_task.await;
+        return r;
+    }
     // The gateway's dev CA, next to the client config: `curl --cacert` trusts what node 1's
     // gateway serves.
     let gateway_ca_dir = config_path
