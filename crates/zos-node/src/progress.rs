@@ -86,3 +86,24 @@ impl Progress {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn milestones_reach_every_subscriber() {
+        let p = Progress::default();
+        let mut rx = p.clone().subscribe();
+        assert_eq!(p.get(), Milestones::default());
+        p.reconciled();
+        rx.changed().await.unwrap();
+        assert!(rx.borrow_and_update().reconciled);
+        p.api_answered("v2".into());
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().api_version.as_deref(), Some("v2"));
+        assert!(p.ledger().is_none() && p.upgrade().is_none());
+        p.set_upgrade(serde_json::json!({"running": "v2"}));
+        assert_eq!(p.upgrade().unwrap()["running"], "v2");
+    }
+}

@@ -269,16 +269,17 @@ impl Upgrader {
                 return;
             }
         }
-        // The health gate first: a trial's deadline runs while the report retries.
-        let gate = self.clone();
-        let health = tokio::spawn(async move { gate.health_gate().await });
-        self.report_rollback().await;
-        if self.args.upgrade_hub.is_some() {
-            self.upgrade_loop().await;
-        } else {
-            self.publish_status("no --upgrade-hub: upgrades off");
-        }
-        let _ = health.await;
+        // Side by side: a trial's deadline runs while the report retries. Both end with the
+        // task (aborted when the node stops).
+        let rest = async {
+            self.report_rollback().await;
+            if self.args.upgrade_hub.is_some() {
+                self.upgrade_loop().await;
+            } else {
+                self.publish_status("no --upgrade-hub: upgrades off");
+            }
+        };
+        tokio::join!(self.health_gate(), rest);
     }
 
     /// A release on trial that is what runs: commit it once registered, the API answered over
