@@ -236,7 +236,13 @@ impl Upgrader {
     /// The `upgrade` section of `zos node diag`: what runs, the slots, the trial, the last
     /// rollback and the last refused release.
     pub fn publish_status(&self, note: &str) {
-        let st = SlotState::load(&self.releases).ok();
+        // No state.json yet: the image's own binary runs, no slot holds anything.
+        let st = self
+            .releases
+            .join("state.json")
+            .is_file()
+            .then(|| SlotState::load(&self.releases).ok())
+            .flatten();
         let refused = Refused::load(&self.releases);
         let v = json!({
             "running": self.running,
