@@ -154,36 +154,35 @@ pub struct Choice {
     pub notes: Vec<String>,
 }
 
-/// `zos-*` btrfs pools by device path (from `lsblk -J -o PATH,FSTYPE,LABEL`).
-pub fn pools_in_lsblk(json: &str) -> Vec<String> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        let Some(arr) = v.as_array() else { return };
-        for d in arr {
-            let s = |k: &str| d.get(k).and_then(|x| x.as_str()).unwrap_or("");
-            if s("fstype") == "btrfs" && s("label").starts_with("zos-") && !s("path").is_empty() {
-                out.push(s("path").to_string());
-            }
-            if let Some(c) = d.get("children") {
-                walk(c, out);
-            }
-        }
-    }
+/// `zos-*` btrfs pools by device path, from `blkid -o export` (blkid probes the disks itself:
+/// the image runs no udev, so lsblk would know no labels).
+pub fn pools_in_blkid(export: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
-        if let Some(b) = v.get("blockdevices") {
-            walk(b, &mut out);
+    for block in export.split("\n\n") {
+        let get = |k: &str| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or("")
+        };
+        if get("TYPE") == "btrfs" && get("LABEL").starts_with("zos-") && !get("DEVNAME").is_empty()
+        {
+            out.push(get("DEVNAME").to_string());
         }
     }
     out
 }
 
 fn pools() -> Vec<String> {
-    match std::process::Command::new(crate::init::tool("lsblk"))
-        .args(["-J", "-o", "PATH,FSTYPE,LABEL"])
+    match std::process::Command::new(crate::init::tool("blkid"))
+        .args(["-o", "export"])
         .output()
     {
-        Ok(o) => pools_in_lsblk(&String::from_utf8_lossy(&o.stdout)),
-        Err(_) => Vec::new(),
+        Ok(o) => pools_in_blkid(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => {
+            crate::init::say(&format!("blkid: {e}"));
+            Vec::new()
+        }
     }
 }
 
@@ -206,9 +205,15 @@ fn on_pool<T>(dev: &str, rw: bool, f: impl FnOnce(&Path) -> T) -> Result<T, Stri
 
 /// The pool holding `cache/releases/state.json`, if any.
 fn releases_pool() -> Option<String> {
-    pools()
-        .into_iter()
-        .find(|dev| on_pool(dev, false, |r| r.join("state.json").is_file()).unwrap_or(false))
+    pools().into_iter().find(
+        |dev| match on_pool(dev, false, |r| r.join("state.json").is_file()) {
+            Ok(found) => found,
+            Err(e) => {
+                crate::init::say(&format!("looking for releases: {e}"));
+                false
+            }
+        },
+    )
 }
 
 /// Copies a verified slot's binary into tmpfs and checks the copy against the manifest (what
@@ -251,10 +256,14 @@ pub fn choose(keys: &PinnedKeys, network: &str, builtin: (&Path, &str)) -> Choic
             false,
             |releases| -> Result<Result<Choice, Decision>, String> {
                 let st = SlotState::load(releases).map_err(|e| e.to_string())?;
+                // Each slot is hashed once (a release is tens of MiB, slow to hash under TCG).
+                let verified = std::cell::RefCell::new(Vec::new());
                 let verify = |s: Slot| {
-                    release::verify_bundle(&releases.join(s.dir()), network, keys)
-                        .map(|m| m.version)
-                        .map_err(|e| e.to_string())
+                    let m = release::verify_bundle(&releases.join(s.dir()), network, keys)
+                        .map_err(|e| e.to_string())?;
+                    let v = m.version.clone();
+                    verified.borrow_mut().push((s, m));
+                    Ok(v)
                 };
                 match decide(&st, verify) {
                     Decision::Slot {
@@ -262,8 +271,12 @@ pub fn choose(keys: &PinnedKeys, network: &str, builtin: (&Path, &str)) -> Choic
                         version,
                         trial,
                     } => {
-                        let m = release::verify_bundle(&releases.join(slot.dir()), network, keys)
-                            .map_err(|e| e.to_string())?;
+                        let m = verified
+                            .borrow()
+                            .iter()
+                            .find(|(s, _)| *s == slot)
+                            .map(|(_, m)| m.clone())
+                            .ok_or("slot chosen without verification")?;
                         let exe = stage(releases, slot, &m)?;
                         Ok(Ok(Choice {
                             exe,
@@ -411,11 +424,11 @@ mod tests {
             parse_pins(&format!("# site\ndev {k}\nmain {k}\ndev zz\nbad\n"), "dev");
         assert_eq!(hexes, [k]);
         assert_eq!(warn.len(), 2, "{warn:?}");
-        let j = r#"{"blockdevices":[{"path":"/dev/sda","fstype":"btrfs","label":"zos-sda"},
-            {"path":"/dev/sdb","fstype":null,"label":null,"children":[
-              {"path":"/dev/sdb1","fstype":"btrfs","label":"zos-sdb1"}]},
-            {"path":"/dev/sdc","fstype":"btrfs","label":"home"}]}"#;
-        assert_eq!(pools_in_lsblk(j), ["/dev/sda", "/dev/sdb1"]);
-        assert!(pools_in_lsblk("not json").is_empty());
+        let export = "DEVNAME=/dev/sda\nLABEL=zos-sda\nUUID=1\nTYPE=btrfs\n\n\
+                      DEVNAME=/dev/sdb\nLABEL=home\nTYPE=btrfs\n\n\
+                      DEVNAME=/dev/vda\nLABEL=ZOSBOOT\nTYPE=vfat\n\n\
+                      DEVNAME=/dev/sdc1\nLABEL=zos-sdc1\nTYPE=btrfs\n";
+        assert_eq!(pools_in_blkid(export), ["/dev/sda", "/dev/sdc1"]);
+        assert!(pools_in_blkid("garbage\n\n=\n").is_empty());
     }
 }

@@ -70,6 +70,17 @@ fn main() -> ExitCode {
     if std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init") {
         cmd::image::pid1();
     }
+    // A parent may hand us blocked signals (zos' own PID 1 blocks SIGTERM/SIGINT to take them
+    // with sigwait, and a spawned child inherits the mask): a server would then never see its
+    // stop signal. Unblocked here, before any thread exists, so every thread inherits this.
+    {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
+        }
+        let _ = set.thread_unblock();
+    }
     let cli = Cli::parse();
     // User commands keep the terminal for their own output; servers log at info.
     let quiet = matches!(
