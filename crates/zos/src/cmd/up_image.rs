@@ -151,7 +151,6 @@ pub fn prepare(image: &Path, nodes: usize, ledgers: u8, data: &Path) -> anyhow::
     let dir = data.join("image");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let state = dir.join("net");
-    // A bridge left by a killed `zos up` of this grid: removed when its owner is gone.
     let previous = std::fs::read_to_string(&state).ok().and_then(|s| {
         let mut w = s.split_whitespace();
         Some((
@@ -159,25 +158,41 @@ pub fn prepare(image: &Path, nodes: usize, ledgers: u8, data: &Path) -> anyhow::
             w.next()?.parse::<u32>().ok()?,
         ))
     });
-    if let Some((n, pid)) = previous {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            for i in 1..=32 {
-                let _ = Command::new("ip")
-                    .args(["link", "del", &format!("zimg{n}t{i}")])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
+    if let Some((_, pid)) = previous {
+        // Its command line, not only its pid: a killed owner may linger as a zombie (empty
+        // command line) and pids are reused.
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let owner_alive = cmd.split(|b| *b == 0).any(|a| a == b"--image");
+        if pid != std::process::id() && owner_alive {
+            bail!(
+                "another `zos up --image` (pid {pid}) runs this grid ({})",
+                data.display()
+            );
+        }
+    }
+    // What a killed `zos up` of this grid left: its guests, then its bridge and taps.
+    kill_stale_guests(&dir);
+    if let Some((n, _)) = previous {
+        for i in 1..=32 {
             let _ = Command::new("ip")
-                .args(["link", "del", &format!("zimgbr{n}")])
+                .args(["link", "del", &format!("zimg{n}t{i}")])
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("zimgbr{n}")])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
     let table = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
     let routes = routes(&table);
     // The grid's previous subnet first: its URLs and certificates stay the same.
-    let mut order: Vec<u8> = previous.map(|(n, _)| n).into_iter().collect();
-    order.extend((0..=255u8).filter(|n| Some(*n) != previous.map(|(p, _)| p)));
+    let subnet_file = dir.join("subnet");
+    let preferred = std::fs::read_to_string(&subnet_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok());
+    let mut order: Vec<u8> = preferred.into_iter().collect();
+    order.extend((0..=255u8).filter(|n| Some(*n) != preferred));
     let mut last_err = None;
     for n in order {
         if !subnet_free(n, &routes) {
@@ -197,6 +212,8 @@ pub fn prepare(image: &Path, nodes: usize, ledgers: u8, data: &Path) -> anyhow::
         };
         std::fs::write(&state, format!("{n} {}\n", std::process::id()))
             .with_context(|| format!("writing {}", state.display()))?;
+        std::fs::write(&subnet_file, format!("{n}\n"))
+            .with_context(|| format!("writing {}", subnet_file.display()))?;
         ip(&[
             "addr",
             "add",
@@ -217,6 +234,36 @@ pub fn prepare(image: &Path, nodes: usize, ledgers: u8, data: &Path) -> anyhow::
     match last_err {
         Some(e) => Err(e.context("no free 10.77.<n>.0/24 subnet for the image bridge")),
         None => bail!("no free 10.77.<n>.0/24 subnet for the image bridge (all are routed)"),
+    }
+}
+
+/// QEMUs of this grid left by a `zos up` that was killed (they hold the disks and the taps):
+/// killed, found by their pid files and checked by their command line naming the node's dir.
+fn kill_stale_guests(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let ndir = e.path();
+        let Some(pid) = std::fs::read_to_string(ndir.join("qemu.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = ndir.as_os_str().as_encoded_bytes();
+        if needle.is_empty() || !cmd.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        eprintln!(
+            "zos up: killing QEMU {pid} left by a previous `zos up` ({})",
+            ndir.display()
+        );
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -346,6 +393,8 @@ async fn boot_and_serve(
             .arg(format!("zos-image-node{i}"))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
+            .arg("-pidfile")
+            .arg(ndir.join("qemu.pid"))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .arg("-kernel")
