@@ -313,3 +313,62 @@ fn zdb_result(text: &str) -> (String, Vec<String>, u16) {
     }
     panic!("no zdb result in {text}");
 }
+
+/// Without root: a clear refusal, nothing made. With root and a directory that is no image:
+/// refused before any bridge exists.
+#[test]
+fn up_image_refuses_without_root_or_image() {
+    if !is_root() {
+        return skip("not root (drops to nobody with setpriv)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", zos()])
+        .args(["up", "--image", "/nonexistent", "--data"])
+        .arg(dir.path())
+        .env("ZOS_CONFIG", dir.path().join("config.toml"))
+        .output();
+    let Ok(out) = out else {
+        return skip("setpriv missing");
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("Permission denied") && !err.contains("needs root") {
+        return skip(&format!("nobody cannot run the test binary: {err}"));
+    }
+    assert!(!out.status.success());
+    assert!(err.contains("zos up --image needs root"), "{err}");
+
+    let empty = dir.path().join("not-an-image");
+    std::fs::create_dir(&empty).unwrap();
+    let links_before = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let out = Command::new(zos())
+        .arg("up")
+        .arg("--image")
+        .arg(&empty)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env("ZOS_CONFIG", dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not an image") && err.contains("zos image build -o DIR"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data/image/net").exists(),
+        "a network was made"
+    );
+    let links_after = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let count = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(": zimgbr"))
+            .count()
+    };
+    assert!(
+        count(&links_after) <= count(&links_before),
+        "a bridge was made"
+    );
+}

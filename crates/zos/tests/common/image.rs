@@ -42,12 +42,22 @@ pub fn build() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let out = root.join(format!("zos-image-{}-{mtime}", meta.len()));
     if out.join("image.json").is_file() {
+        // In use: not old (see below).
+        let _ =
+            std::fs::File::open(&out).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return out;
     }
-    // Images of older binaries are 100+ MiB each: only the current one is kept.
+    // Images of older binaries are 100+ MiB each: removed once unused for half an hour (not at
+    // once: another test run may be booting one right now).
     for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("zos-image-") && e.path() != out {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(1800));
+        if name.starts_with("zos-image-") && e.path() != out && old {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
