@@ -149,8 +149,12 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Brings the network up as the command line says: loopback, then DHCP (or the static
-/// address) on the chosen NIC; waits up to `wait` for the NIC to appear. Returns a summary.
-pub fn network_up(cfg: &BootConfig, wait: Duration) -> Result<String, String> {
+/// address) on the chosen NIC; waits up to `wait` for the NIC to appear. Returns a summary and
+/// the node's address.
+pub fn network_up(
+    cfg: &BootConfig,
+    wait: Duration,
+) -> Result<(String, std::net::Ipv4Addr), String> {
     ip(&["link", "set", "lo", "up"])?;
     let start = Instant::now();
     let nic = loop {
@@ -186,7 +190,10 @@ pub fn network_up(cfg: &BootConfig, wait: Duration) -> Result<String, String> {
                     &nic,
                 ])?;
             }
-            Ok(format!("{nic} {addr}/{prefix} (static) via {gateway:?}"))
+            Ok((
+                format!("{nic} {addr}/{prefix} (static) via {gateway:?}"),
+                *addr,
+            ))
         }
         NetConfig::Dhcp => {
             let lease = dhcp::acquire(&nic, wait).map_err(|e| e.to_string())?;
@@ -221,9 +228,9 @@ pub fn network_up(cfg: &BootConfig, wait: Duration) -> Result<String, String> {
                 "{nic} {}/{} (dhcp from {}, {} s) via {:?}",
                 lease.addr, lease.prefix, lease.server, lease.lease_secs, lease.router
             );
-            let nic2 = nic.clone();
+            let (nic2, addr) = (nic.clone(), lease.addr);
             std::thread::spawn(move || keep_lease(&nic2, lease));
-            Ok(summary)
+            Ok((summary, addr))
         }
     }
 }
@@ -600,7 +607,8 @@ fn reap(node: &mut Option<u32>) -> Option<String> {
 
 /// SIGTERM → power off, SIGINT (Ctrl-Alt-Del) → reboot. PID 1 ignores signals it has no
 /// handler for, so they are blocked in every thread (this runs before any thread starts) and
-/// taken with sigwait on one; std's spawn clears the mask in the node's process.
+/// taken with sigwait on one. Children inherit the mask (std's spawn keeps it): zos unblocks them
+/// first thing in main().
 fn signals(tx: mpsc::Sender<Event>) {
     use nix::sys::signal::SigSet;
     let mut set = SigSet::empty();

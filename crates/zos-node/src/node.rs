@@ -510,7 +510,9 @@ pub async fn run_node(
             reg.twin_id,
         );
         tasks.push(tokio::spawn(async move {
+            let mut tries = 0u32;
             loop {
+                tries += 1;
                 let r = p
                     .call(
                         twin,
@@ -522,6 +524,10 @@ pub async fn run_node(
                 match r.map(|v| v["zos"].as_str().map(str::to_string)) {
                     Ok(Some(v)) => return progress.api_answered(v),
                     Ok(None) => tracing::warn!("zos.system.version answered without a version"),
+                    // Said now and then: a release on trial waits for this answer.
+                    Err(e) if tries % 5 == 1 => {
+                        tracing::warn!(error = %e, tries, "the node API does not answer over the relay yet")
+                    }
                     Err(e) => tracing::debug!(error = %e, "the node API does not answer yet"),
                 }
                 tokio::select! {

@@ -300,6 +300,7 @@ fn node_args(
     key_root: &Path,
     version: &str,
     pins: &[String],
+    addr: Option<std::net::Ipv4Addr>,
 ) -> Vec<String> {
     let mut a = vec!["node".to_string(), "run".to_string()];
     // The version this binary runs as: the release's, which the node reports on the ledger.
@@ -342,9 +343,12 @@ fn node_args(
     a.push(format!("--data={}", init::DATA_DIR));
     a.push(format!("--key-root={}", key_root.display()));
     a.push("--discover-disks".into());
-    // Workloads are reached from outside the machine (zdb results name the listen address
-    // unless public IPs are set; with port forwarding the port is what matters).
-    a.push("--zdb-listen=0.0.0.0".into());
+    // Workloads are reached from outside the machine: ZeroDB listens on the node's own address,
+    // which its results name (0.0.0.0 would be named 127.0.0.1, useless to a user).
+    a.push(format!(
+        "--zdb-listen={}",
+        addr.map_or("0.0.0.0".to_string(), |a| a.to_string())
+    ));
     for t in &cfg.admin_twins {
         a.push(format!("--admin-twin={t}"));
     }
@@ -491,15 +495,17 @@ pub fn pid1() -> ! {
             bootstrap::RELEASE_KEYS
         ));
     }
-    let mut net_ok = false;
+    // The node's address, once the network is up (the preflight brings it up).
+    let addr = std::rc::Rc::new(std::cell::Cell::new(None));
+    let addr2 = addr.clone();
     let c2 = cfg.clone();
     init::supervise(
         move || {
-            if !net_ok {
-                let s = init::network_up(&c2, std::time::Duration::from_secs(20))
+            if addr2.get().is_none() {
+                let (s, a) = init::network_up(&c2, std::time::Duration::from_secs(20))
                     .map_err(|e| format!("network: {e}"))?;
                 init::say(&format!("network up: {s}"));
-                net_ok = true;
+                addr2.set(Some(a));
             }
             preflight(&c2)
         },
@@ -519,7 +525,13 @@ pub fn pid1() -> ! {
                 choice.exe.display()
             ));
             let child = std::process::Command::new(&choice.exe)
-                .args(node_args(&cfg, &key_root, &choice.version, &pins))
+                .args(node_args(
+                    &cfg,
+                    &key_root,
+                    &choice.version,
+                    &pins,
+                    addr.get(),
+                ))
                 .env("PATH", "/usr/sbin:/usr/bin")
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")

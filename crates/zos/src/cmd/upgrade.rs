@@ -320,8 +320,16 @@ impl Upgrader {
             {
                 break;
             }
-            if m.changed().await.is_err() {
-                return;
+            // Said every 10 s while waiting: which of the three is missing.
+            match tokio::time::timeout(Duration::from_secs(10), m.changed()).await {
+                Ok(Err(_)) => return,
+                Ok(Ok(())) => {}
+                Err(_) => tracing::info!(
+                    registered = now.node_id != 0,
+                    reconciled = now.reconciled,
+                    api_answered = ?now.api_version,
+                    "release on trial: still waiting for health"
+                ),
             }
         }
         let committed = (|| -> Result<(), String> {
