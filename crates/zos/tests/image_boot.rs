@@ -128,6 +128,11 @@ impl Qemu {
     /// The power button, then waits for QEMU to exit (zos powers off).
     fn power_off(&mut self, within: Duration) -> bool {
         self.hmp("system_powerdown");
+        self.wait_exit(within)
+    }
+
+    /// Waits for QEMU to exit (a power-off, or a reboot under -no-reboot).
+    fn wait_exit(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
@@ -241,7 +246,21 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
     let rport = relay.rsplit(':').next().unwrap().to_string();
     let nodes_before = nodes(&up);
     let farm = nodes_before[0]["node"]["farm_id"].as_u64().unwrap();
-    // The site overlay: the grid's pinned certificates.
+    // The site overlay: the grid's pinned certificates, and the release key pinned for dev.
+    let release_key = dir.path().join("release.key");
+    let o = Command::new(zos())
+        .args(["image", "keygen"])
+        .arg(&release_key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "keygen: {o:?}");
+    let pinned = String::from_utf8_lossy(&o.stdout)
+        .split_ascii_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap()
+        .to_string();
+    let keys_file = dir.path().join("release-keys");
+    std::fs::write(&keys_file, format!("dev {pinned}\n")).unwrap();
     let overlay = dir.path().join("site.cpio");
     let st = Command::new(zos())
         .args(["image", "overlay", "-o"])
@@ -253,6 +272,10 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
         .arg(format!(
             "--file=/etc/zos/relay-cert.pem={}",
             data.join("relay/tls/relay-cert.pem").display()
+        ))
+        .arg(format!(
+            "--file=/etc/zos/release-keys={}",
+            keys_file.display()
         ))
         .status()
         .unwrap();
@@ -277,10 +300,14 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
         .status()
         .unwrap();
     assert!(st.success());
+    let hub = Hub::start(dir.path());
     let cmdline = format!(
         "console=ttyS0 panic=-1 quiet farmer_id={farm} runmode=dev version=v3 \
          ledger=https://10.0.2.2:{lport} ledger_producer={producer} relay=wss://10.0.2.2:{rport} \
-         relay_domain=127.0.0.1:{rport}"
+         relay_domain=127.0.0.1:{rport} zos.upgrade_hub=http://10.0.2.2:{} zos.upgrade_twin={HUB_TWIN} \
+         zos.upgrade_interval=3 zos.upgrade_deadline={}",
+        hub.port,
+        TRIAL_DEADLINE.as_secs()
     );
 
     // An orphan first (no farmer_id): it says why on the console, keeps waiting, and the power
@@ -382,16 +409,24 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
     let o = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.contains("survived"), "SET/GET: {o}");
 
-    // Power button: a clean shutdown, then the same disks boot again.
+    // The farmer reboots it through the node API (`zos farm reboot`): PID 1 stops the node and
+    // reboots cleanly; QEMU runs with -no-reboot, so the reboot ends this QEMU and the same
+    // disks boot again in the next one. (The power button was pressed on the orphan above.)
+    let o = up.client(&["farm", "reboot", "--node", &node_id.to_string()]);
     assert!(
-        vm.power_off(Duration::from_secs(90)),
-        "no power-off; console:\n{}",
+        o.status.success(),
+        "farm reboot: {o:?}; console:\n{}",
         vm.console()
     );
     assert!(
-        vm.console().contains("ZOS-INIT: bye"),
-        "unclean shutdown:\n{}",
+        vm.wait_exit(Duration::from_secs(90)),
+        "no reboot; console:\n{}",
         vm.console()
+    );
+    let c = vm.console();
+    assert!(
+        c.contains("Reboot requested") && c.contains("ZOS-INIT: bye"),
+        "unclean reboot:\n{c}"
     );
     let t2 = Instant::now();
     let mut vm2 = Qemu::start(dir.path(), &img, &initrd, &cmdline);
@@ -441,8 +476,251 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert!(got.contains("survived"), "data lost after reboot: {got}");
+
+    upgrades(
+        &up,
+        &hub,
+        dir.path(),
+        &release_key,
+        &vm2,
+        node_id,
+        &zos_bin,
+        &|| read_key(port, &ns),
+    );
     assert!(vm2.power_off(Duration::from_secs(90)), "second power-off");
     drop(up);
+}
+
+/// The hub namespace releases are published under, and its upload key.
+const HUB_TWIN: u32 = 77;
+const HUB_SEED: [u8; 32] = [0x11; 32];
+/// How long a release on trial has to become healthy (the node restarts in about 10 s).
+const TRIAL_DEADLINE: Duration = Duration::from_secs(90);
+/// Ledger version set → the node healthy on it (download, verify, install, restart).
+const UPGRADE_WITHIN: Duration = Duration::from_secs(240);
+
+/// `zos hub serve` on the host's loopback (the guest reaches it at 10.0.2.2).
+struct Hub {
+    child: Child,
+    port: u16,
+}
+
+impl Hub {
+    fn start(dir: &Path) -> Hub {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(zos())
+            .args(["hub", "serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(dir.join("hub"))
+            .arg(format!(
+                "--twin={HUB_TWIN}=ed25519:{}",
+                zos_image::release::public_key_hex(&HUB_SEED)
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "hub did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Hub { child, port }
+    }
+
+    /// Signs `bin` as release `version` with `key` and publishes it as `zos-<version>.fl`.
+    fn publish(&self, dir: &Path, version: &str, bin: &Path, key: &Path) {
+        let b = dir.join(format!("bundle-{version}"));
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::copy(bin, b.join("zos")).unwrap();
+        let o = Command::new(zos())
+            .args(["image", "sign"])
+            .arg(&b)
+            .args(["--release", version, "--network", "dev", "--key"])
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "sign {version}: {o:?}");
+        let o = Command::new(zos())
+            .args(["image", "publish"])
+            .arg(&b)
+            .args(["--hub", &format!("http://127.0.0.1:{}", self.port)])
+            .args(["--twin", &HUB_TWIN.to_string()])
+            .args(["--seed", &hex::encode(HUB_SEED)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "publish {version}: {o:?}");
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_key(port: u16, ns: &str) -> String {
+    let o = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("SELECT {ns} s3cret-pass\nGET image-key\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn set_version(up: &Up, v: &str) {
+    let o = up.client(&[
+        "ledger",
+        "set-version",
+        v,
+        "--safe-to-upgrade",
+        "--dev-council",
+    ]);
+    assert!(o.status.success(), "set-version {v}: {o:?}");
+}
+
+fn node_version(up: &Up, node_id: u64) -> String {
+    nodes(up)
+        .into_iter()
+        .find(|n| n["node"]["id"].as_u64() == Some(node_id))
+        .and_then(|n| n["node"]["version"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Signed self-upgrades on the running image: v2 is installed and passes its trial; a bundle
+/// signed by an unpinned key is refused and never run; a v3 that never becomes healthy is rolled
+/// back to v2 by PID 1, the reason is on the ledger (the rollout halts) and the data stays.
+#[allow(clippy::too_many_arguments)]
+fn upgrades(
+    up: &Up,
+    hub: &Hub,
+    dir: &Path,
+    key: &Path,
+    vm: &Qemu,
+    node_id: u64,
+    zos_bin: &Path,
+    read: &dyn Fn() -> String,
+) {
+    // v2: the same program without its debug sections (what a release build ships is smaller
+    // still); published, then set on the ledger.
+    let bin = dir.join("zos-stripped");
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(zos_bin)
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    hub.publish(dir, "v2", &bin, key);
+    let t = Instant::now();
+    set_version(up, "v2");
+    let ok = vm.wait_console("release v2 is healthy", UPGRADE_WITHIN);
+    assert!(ok.is_some(), "v2 not healthy; console:\n{}", vm.console());
+    eprintln!(
+        "image_boot: version set on the ledger -> healthy on v2 {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node_version(up, node_id) != "v2" {
+        assert!(Instant::now() < deadline, "the ledger never saw v2");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read().contains("survived") {
+        assert!(Instant::now() < deadline, "data lost in the upgrade to v2");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // A bundle signed by a key nobody pinned: refused, never installed, never run.
+    let rogue = dir.join("rogue.key");
+    let o = Command::new(zos())
+        .args(["image", "keygen"])
+        .arg(&rogue)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    hub.publish(dir, "v2-rogue", &bin, &rogue);
+    set_version(up, "v2-rogue");
+    let refused = vm.wait_console("no valid signature", Duration::from_secs(120));
+    let c = vm.console();
+    assert!(
+        refused.is_some_and(|l| l.contains("v2-rogue")),
+        "rogue bundle not refused; console:\n{c}"
+    );
+    assert!(
+        !c.contains("running release v2-rogue"),
+        "the rogue release ran:\n{c}"
+    );
+
+    // v3 never becomes healthy (a program that only waits): PID 1 rolls it back by itself.
+    let src = dir.join("hang.c");
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void){for(;;)pause();}\n",
+    )
+    .unwrap();
+    let hang = dir.join("hang");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&hang)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cc -static");
+    hub.publish(dir, "v3", &hang, key);
+    let t = Instant::now();
+    set_version(up, "v3");
+    let ran = vm.wait_console("running release v3", UPGRADE_WITHIN);
+    assert!(ran.is_some(), "v3 never ran; console:\n{}", vm.console());
+    let back = vm.wait_console("rolling back", TRIAL_DEADLINE + Duration::from_secs(60));
+    assert!(back.is_some(), "no rollback; console:\n{}", vm.console());
+    eprintln!(
+        "image_boot: v3 set -> rolled back {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Back on v2 by itself; the reason reached the ledger and halted the rollout.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut halted = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let o = up.client(&["ledger", "version", "--json"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if !v["halted"].is_null() {
+                halted = v["halted"].clone();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(halted["version"], "v3", "rollout not halted: {halted}");
+    assert!(
+        halted["reason"].as_str().unwrap_or("").contains("healthy"),
+        "reason: {halted}"
+    );
+    assert_eq!(node_version(up, node_id), "v2");
+    let c = vm.console();
+    let after = &c[c.rfind("rolling back").unwrap()..];
+    assert!(
+        after.contains("running release v2"),
+        "not back on v2:\n{after}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read().contains("survived") {
+        assert!(Instant::now() < deadline, "data lost after the rollback");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn nodes(up: &Up) -> Vec<serde_json::Value> {
