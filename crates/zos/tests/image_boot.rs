@@ -485,6 +485,7 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
         &vm2,
         node_id,
         &zos_bin,
+        port,
         &|| read_key(port, &ns),
     );
     assert!(vm2.power_off(Duration::from_secs(90)), "second power-off");
@@ -580,6 +581,19 @@ fn read_key(port: u16, ns: &str) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// A RESP PING through the forwarded port answered with PONG.
+fn ping(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
 fn set_version(up: &Up, v: &str) {
     let o = up.client(&[
         "ledger",
@@ -611,6 +625,7 @@ fn upgrades(
     vm: &Qemu,
     node_id: u64,
     zos_bin: &Path,
+    zdb_port: u16,
     read: &dyn Fn() -> String,
 ) {
     // v2: the same program without its debug sections (what a release build ships is smaller
@@ -624,13 +639,41 @@ fn upgrades(
         .unwrap();
     assert!(st.success());
     hub.publish(dir, "v2", &bin, key);
+    // How long ZeroDB is unreachable while the node switches release (it runs in the node's
+    // process): the longest gap between answered PINGs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut last_ok, mut gap, mut answered) = (Instant::now(), Duration::ZERO, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if ping(zdb_port) {
+                    gap = gap.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                    answered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (gap, answered)
+        })
+    };
     let t = Instant::now();
     set_version(up, "v2");
     let ok = vm.wait_console("release v2 is healthy", UPGRADE_WITHIN);
     assert!(ok.is_some(), "v2 not healthy; console:\n{}", vm.console());
+    let healthy = t.elapsed();
+    // The old node stops only after the new release was fetched and installed.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (gap, answered) = pinger.join().unwrap();
+    assert!(
+        answered > 0,
+        "ZeroDB never answered PING during the upgrade"
+    );
     eprintln!(
-        "image_boot: version set on the ledger -> healthy on v2 {:.1} s",
-        t.elapsed().as_secs_f64()
+        "image_boot: version set on the ledger -> healthy on v2 {:.1} s; zdb unreachable for {:.1} s of it",
+        healthy.as_secs_f64(),
+        gap.as_secs_f64()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while node_version(up, node_id) != "v2" {
