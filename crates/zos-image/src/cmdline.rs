@@ -221,6 +221,22 @@ pub fn parse(cmdline: &str) -> BootConfig {
     }
 }
 
+/// What every boot medium (`zos image usb|iso|pxe`) puts before the node's own words: the
+/// console on the first serial port (where a BMC or QEMU shows it), reboot on a kernel panic
+/// (a node must come back by itself), and no kernel chatter over PID 1's lines.
+pub const BOOT_PREFIX: &str = "console=ttyS0 panic=-1 quiet";
+
+/// The kernel command line a boot medium carries: [`BOOT_PREFIX`], then `site` (the node's
+/// `farmer_id=… ledger=…`).
+pub fn boot_cmdline(site: &str) -> String {
+    let site = site.trim();
+    if site.is_empty() {
+        BOOT_PREFIX.to_string()
+    } else {
+        format!("{BOOT_PREFIX} {site}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

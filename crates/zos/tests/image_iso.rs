@@ -1,18 +1,20 @@
 //! `zos image iso`: the ISO holds the kernel, the initramfs, the overlay (in load order) and the
 //! command line in ISOLINUX's configuration, and is El Torito bootable (BIOS; UEFI when GRUB's
 //! EFI modules are installed) — checked with xorriso on small stand-in files. Then a real boot
-//! under QEMU (TCG): SeaBIOS → ISOLINUX → the Debian kernel → a tiny /init (busybox-static, a
-//! test fixture only, never in the zos image) that prints the kernel command line and the
+//! under QEMU (TCG): SeaBIOS → ISOLINUX → the Debian kernel → a tiny /init (`common/tiny_boot.rs`:
+//! busybox-static, a test fixture only, never in the zos image) that prints the kernel command line and the
 //! overlay's file and powers off; the same through OVMF → GRUB when OVMF is installed.
 //! Tools missing → a loud SKIP.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
 use common::TempDir;
+#[path = "common/tiny_boot.rs"]
+mod tiny_boot;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 fn zos(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zos"))
@@ -210,77 +212,6 @@ fn iso_holds_kernel_initramfs_overlay_and_cmdline_and_is_el_torito_bootable() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// The Debian kernel `zos image build` uses (its cache, or `apt-get download` once).
-fn kernel() -> Option<PathBuf> {
-    let cache = std::env::var_os("ZOS_IMAGE_CACHE").map_or_else(
-        || {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join("zos/image-kernel")
-        },
-        PathBuf::from,
-    );
-    let pkg = match zos_image::build::default_kernel_package() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIP: image_iso boot: no kernel package: {e}");
-            return None;
-        }
-    };
-    let tree = match zos_image::build::fetch_kernel(&cache, &pkg) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("SKIP: image_iso boot: kernel {pkg}: {e}");
-            return None;
-        }
-    };
-    let v = std::fs::read_dir(tree.join("boot"))
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        });
-    if v.is_none() {
-        eprintln!("SKIP: image_iso boot: no vmlinuz in {}", tree.display());
-    }
-    v
-}
-
-/// A tiny initramfs: busybox-static and an /init that prints the command line and the
-/// overlay's file, then powers off.
-fn tiny_initramfs(out: &Path) {
-    let mut w = zos_image::cpio::Writer::new(std::fs::File::create(out).unwrap());
-    for d in ["bin", "dev", "proc", "etc"] {
-        w.dir(d, 0o755).unwrap();
-    }
-    w.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    w.file(
-        "bin/busybox",
-        0o755,
-        &std::fs::read("/bin/busybox").unwrap(),
-    )
-    .unwrap();
-    let init = "#!/bin/busybox sh\n\
-        /bin/busybox mount -t proc proc /proc\n\
-        /bin/busybox echo \"ISO-INIT cmdline: $(/bin/busybox cat /proc/cmdline)\"\n\
-        /bin/busybox echo \"ISO-INIT overlay: $(/bin/busybox cat /etc/iso-overlay)\"\n\
-        /bin/busybox poweroff -f\n";
-    w.file("init", 0o755, init.as_bytes()).unwrap();
-    w.finish().unwrap();
-}
-
-fn overlay(out: &Path) {
-    let mut w = zos_image::cpio::Writer::new(std::fs::File::create(out).unwrap());
-    w.dir("etc", 0o755).unwrap();
-    w.file("etc/iso-overlay", 0o644, b"site-overlay-loaded")
-        .unwrap();
-    w.finish().unwrap();
-}
-
 /// Boots `iso` with `firmware` args; the console once QEMU exits (or the deadline passes).
 fn boot(
     dir: &Path,
@@ -289,39 +220,9 @@ fn boot(
     firmware: &[String],
     within: Duration,
 ) -> (String, Duration) {
-    let console = dir.join(format!("{name}.log"));
-    let start = Instant::now();
-    let mut child = common::Proc(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "512"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args(firmware)
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-cdrom")
-            .arg(iso)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    while start.elapsed() < within {
-        if child.0.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let took = start.elapsed();
-    drop(child); // killed if still running
-    let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
-    (text, took)
+    let mut args = firmware.to_vec();
+    args.extend(["-cdrom".to_string(), iso.display().to_string()]);
+    tiny_boot::qemu(dir, name, &args, within)
 }
 
 #[test]
@@ -333,19 +234,14 @@ fn iso_boots_bios_isolinux_and_uefi_grub_under_qemu() {
         eprintln!("SKIP: image_iso boot: no qemu-system-x86_64");
         return;
     }
-    let bb = std::fs::read("/bin/busybox").unwrap_or_default();
-    // a static busybox has no PT_INTERP: "/lib64/ld-linux" would be in a dynamic one
-    if bb.is_empty() || bb.windows(15).any(|w| w == b"/lib64/ld-linux") {
-        eprintln!("SKIP: image_iso boot: needs busybox-static at /bin/busybox");
+    if !tiny_boot::busybox_static("image_iso boot") {
         return;
     }
-    let Some(vmlinuz) = kernel() else { return };
+    let Some(vmlinuz) = tiny_boot::kernel("image_iso boot") else {
+        return;
+    };
     let dir = TempDir::new();
-    let img = dir.0.join("image");
-    std::fs::create_dir_all(&img).unwrap();
-    std::fs::copy(&vmlinuz, img.join("vmlinuz")).unwrap();
-    tiny_initramfs(&img.join("initramfs.cpio"));
-    overlay(&dir.0.join("site.cpio"));
+    let img = tiny_boot::image_dir(&dir.0, &vmlinuz);
     let iso = dir.0.join("zos.iso");
     let o = zos(&[
         "image",
@@ -369,18 +265,18 @@ fn iso_boots_bios_isolinux_and_uefi_grub_under_qemu() {
         );
         let cmd = console
             .lines()
-            .find(|l| l.contains("ISO-INIT cmdline:"))
+            .find(|l| l.contains(tiny_boot::CMDLINE_LINE))
             .unwrap_or_else(|| panic!("{name}: /init never ran:\n{console}"));
         assert!(
             cmd.contains("zos.isotest=marker-42") && cmd.contains("console=ttyS0"),
             "{cmd}"
         );
         assert!(
-            console.contains("ISO-INIT overlay: site-overlay-loaded"),
+            console.contains(tiny_boot::OVERLAY_LOADED),
             "{name}: the overlay was not loaded:\n{console}"
         );
         assert!(
-            console.contains("reboot: Power down"),
+            console.contains(tiny_boot::POWER_DOWN),
             "{name}: no clean power-off:\n{console}"
         );
         eprintln!(

@@ -58,6 +58,33 @@ pub enum ImageCmd {
         #[arg(long)]
         no_efi: bool,
     },
+    /// Write what a network boot server serves (TFTP root or HTTP directory): the image's
+    /// kernel and initramfs, a site overlay, `boot.ipxe` (the DHCP boot file for iPXE clients)
+    /// and, when Debian's pxelinux is installed, `pxelinux.0` (the boot file for plain PXE ROMs).
+    Pxe {
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The `zos image build` directory.
+        #[arg(long)]
+        image: PathBuf,
+        /// A site overlay (`zos image overlay`) loaded after the initramfs.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Kernel command line, e.g. `farmer_id=1 runmode=dev ledger=… relay=…`.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Where iPXE fetches the kernel and initrds (e.g. `http://boot.lan/zos/`); default:
+        /// next to `boot.ipxe`, over the protocol that fetched it.
+        #[arg(long)]
+        http_base: Option<String>,
+        /// Require PXELINUX (default: added when installed).
+        #[arg(long, conflicts_with = "no_pxelinux")]
+        pxelinux: bool,
+        /// iPXE only.
+        #[arg(long)]
+        no_pxelinux: bool,
+    },
     /// Make a release signing key: FILE gets the seed (hex, owner-only); prints the public key
     /// to pin for a network.
     Keygen {
@@ -190,7 +217,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
         } => {
             let mut initrds = vec![image.join("initramfs.cpio")];
             initrds.extend(overlay);
-            let cmdline = format!("console=ttyS0 panic=-1 quiet {cmdline}");
+            let cmdline = cmdline::boot_cmdline(&cmdline);
             zos_image::build::usb_image(&output, &image.join("vmlinuz"), &initrds, &cmdline)?;
             println!(
                 "{}: boot it from BIOS (syslinux); label ZOSBOOT",
@@ -212,7 +239,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 out: output.clone(),
                 vmlinuz: image.join("vmlinuz"),
                 initrds,
-                cmdline: format!("console=ttyS0 panic=-1 quiet {cmdline}"),
+                cmdline: cmdline::boot_cmdline(&cmdline),
                 efi: match (efi, no_efi) {
                     (true, _) => Some(true),
                     (_, true) => Some(false),
@@ -224,6 +251,41 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 output.display(),
                 built.bytes.div_ceil(1 << 20),
                 if built.efi { " and UEFI (GRUB)" } else { "" }
+            );
+            Ok(())
+        }
+        ImageCmd::Pxe {
+            output,
+            image,
+            overlay,
+            cmdline,
+            http_base,
+            pxelinux,
+            no_pxelinux,
+        } => {
+            let mut initrds = vec![image.join("initramfs.cpio")];
+            initrds.extend(overlay);
+            let built = zos_image::pxe::pxe_dir(&zos_image::pxe::PxeOptions {
+                out: output.clone(),
+                vmlinuz: image.join("vmlinuz"),
+                initrds,
+                cmdline: cmdline::boot_cmdline(&cmdline),
+                http_base,
+                pxelinux: match (pxelinux, no_pxelinux) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            })?;
+            println!("{}: {}", output.display(), built.files.join(" "));
+            println!(
+                "  DHCP boot file: {} for iPXE clients{}",
+                zos_image::pxe::IPXE_SCRIPT,
+                if built.pxelinux {
+                    format!(", {} for plain PXE ROMs", zos_image::pxe::PXELINUX)
+                } else {
+                    " (no pxelinux: apt-get install pxelinux syslinux-common)".to_string()
+                }
             );
             Ok(())
         }
