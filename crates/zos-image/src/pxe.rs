@@ -182,6 +182,13 @@ pub fn pxe_dir(o: &PxeOptions) -> Result<PxeBuilt, BuildError> {
         &ipxe_script(base.as_deref().unwrap_or(""), &initrds, &o.cmdline),
     )?;
     let pxelinux = loaders.is_some();
+    if !pxelinux {
+        // From an earlier run: PXELINUX's config would boot the old command line.
+        for f in [PXELINUX, "ldlinux.c32", "pxelinux.cfg/default"] {
+            let _ = std::fs::remove_file(o.out.join(f));
+        }
+        let _ = std::fs::remove_dir(o.out.join("pxelinux.cfg"));
+    }
     if let Some((pxe, ldlinux)) = loaders {
         let cfg_dir = o.out.join("pxelinux.cfg");
         std::fs::create_dir_all(&cfg_dir).map_err(io("creating pxelinux.cfg"))?;

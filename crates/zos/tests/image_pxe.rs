@@ -122,6 +122,15 @@ fn pxe_dir_serves_kernel_initrds_in_order_and_the_command_line() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!srv.join("initrd1.img").exists());
+    // nor a PXELINUX config naming the old command line and overlay
+    for f in ["pxelinux.0", "ldlinux.c32", "pxelinux.cfg"] {
+        assert!(!srv.join(f).exists(), "{f} left from the first run");
+    }
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("pxelinux"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(
         String::from_utf8(read("boot.ipxe")).unwrap(),
         "#!ipxe\nkernel http://boot.lan/zos/vmlinuz console=ttyS0 panic=-1 quiet\n\

@@ -283,6 +283,8 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 zos_image::pxe::IPXE_SCRIPT,
                 if built.pxelinux {
                     format!(", {} for plain PXE ROMs", zos_image::pxe::PXELINUX)
+                } else if no_pxelinux {
+                    String::new()
                 } else {
                     " (no pxelinux: apt-get install pxelinux syslinux-common)".to_string()
                 }
