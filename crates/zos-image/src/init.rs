@@ -406,13 +406,15 @@ fn take_request() -> Option<String> {
 
 /// Runs `spawn()` (the node) under supervision until a stop: restarts it with backoff when it
 /// exits, reaps every other process, acts on the node's requests ([`REQUEST_FILE`]: `switch`
-/// restarts it onto a newly installed release, `reboot` reboots cleanly), judges a release on
+/// restarts it onto a newly installed release, prepared by `prestage()` while the old node still
+/// runs; `reboot` reboots cleanly), judges a release on
 /// trial (health marker, exit, deadline: a failed trial is stopped and `rollback(reason)`
 /// called before the next start), then stops it and powers off (or reboots). `preflight` is
 /// asked before each start: `Err(why)` is said on the console and retried later (a node
 /// without disks or without a farm). Never returns.
 pub fn supervise(
     mut preflight: impl FnMut() -> Result<(), String>,
+    mut prestage: impl FnMut(),
     mut spawn: impl FnMut() -> std::io::Result<Started>,
     mut rollback: impl FnMut(&str),
 ) -> ! {
@@ -467,6 +469,9 @@ pub fn supervise(
             None => {}
             Some("switch") => {
                 say("the node installed a release: restarting it on the new slot");
+                // The new release is verified and copied while the old node still serves:
+                // its workloads are down only from its stop to the new node's start.
+                prestage();
                 stop_node(&mut node);
                 trial = None;
                 backoff = Duration::from_secs(2);

@@ -659,6 +659,13 @@ fn upgrades(
     };
     let t = Instant::now();
     set_version(up, "v2");
+    let switch = vm.wait_console("the node installed a release", UPGRADE_WITHIN);
+    assert!(
+        switch.is_some(),
+        "v2 not installed; console:\n{}",
+        vm.console()
+    );
+    let installed = t.elapsed();
     let ok = vm.wait_console("release v2 is healthy", UPGRADE_WITHIN);
     assert!(ok.is_some(), "v2 not healthy; console:\n{}", vm.console());
     let healthy = t.elapsed();
@@ -671,8 +678,10 @@ fn upgrades(
         "ZeroDB never answered PING during the upgrade"
     );
     eprintln!(
-        "image_boot: version set on the ledger -> healthy on v2 {:.1} s; zdb unreachable for {:.1} s of it",
+        "image_boot: version set on the ledger -> healthy on v2 {:.1} s (fetched, verified and \
+         installed at {:.1} s); zdb unreachable for {:.1} s of it",
         healthy.as_secs_f64(),
+        installed.as_secs_f64(),
         gap.as_secs_f64()
     );
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -559,6 +559,9 @@ pub fn pid1() -> ! {
             bootstrap::RELEASE_KEYS
         ));
     }
+    let builtin = ("/init", env!("CARGO_PKG_VERSION"));
+    let staged = std::rc::Rc::new(std::cell::RefCell::new(None::<bootstrap::Choice>));
+    let (staged2, keys2) = (staged.clone(), keys.clone());
     // The node's address, once the network is up (the preflight brings it up).
     let addr = std::rc::Rc::new(std::cell::Cell::new(None));
     let addr2 = addr.clone();
@@ -574,12 +577,20 @@ pub fn pid1() -> ! {
             preflight(&c2)
         },
         move || {
-            // The release to run: the slot state on the pools, or the image's own binary.
-            let choice = bootstrap::choose(
-                &keys,
-                network,
-                (Path::new("/init"), env!("CARGO_PKG_VERSION")),
-            );
+            // Only a release slot is worth keeping: a fall-back to the image's own binary is
+            // decided again at the start (the pool may just have been busy).
+            let c = bootstrap::choose(&keys2, network, (Path::new(builtin.0), builtin.1));
+            if c.exe != Path::new(builtin.0) {
+                init::say(&format!("release {} staged", c.version));
+                *staged2.borrow_mut() = Some(c);
+            }
+        },
+        move || {
+            // The release to run: staged at a switch, else the slot state on the pools, else
+            // the image's own binary.
+            let choice = staged.borrow_mut().take().unwrap_or_else(|| {
+                bootstrap::choose(&keys, network, (Path::new(builtin.0), builtin.1))
+            });
             for n in &choice.notes {
                 init::say(n);
             }
