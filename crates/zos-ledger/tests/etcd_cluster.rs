@@ -328,18 +328,28 @@ fn sign(key: &KeyPair, gh: &[u8; 32], nonce: u64, to: &KeyPair) -> SignedTransac
 /// Submits until acknowledged: the client fails over by itself; a submission that still
 /// failed is looked up (it may have landed) and otherwise sent again.
 async fn submit_until_acked(c: &LedgerClient, tx: &SignedTransaction) -> Receipt {
-    for _ in 0..10 {
+    // Retries span a failover (the old producer's lease must run out first), with a growing
+    // pause: ten retries without one could all fail inside the failover window, and a client
+    // that gave up left the test waiting forever for transfers that never came.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(50);
+    loop {
         match c.submit(tx.clone()).await {
             Ok(r) => return r,
             Err(e) => {
                 if let Ok(Some(r)) = c.landed(tx).await {
                     return r;
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "transaction never acknowledged in 60 s: {e}"
+                );
                 eprintln!("retrying a submission: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }
-    panic!("transaction never acknowledged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -424,7 +434,13 @@ async fn cluster_survives_producer_kills_and_member_restart() {
     let wait_for = |frac: usize| {
         let done = done.clone();
         async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
             while done.load(Ordering::Relaxed) < total * frac / 4 {
+                assert!(
+                    Instant::now() < deadline,
+                    "transfers stalled at {} of {total}",
+                    done.load(Ordering::Relaxed)
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -449,7 +465,12 @@ async fn cluster_survives_producer_kills_and_member_restart() {
         let q = s.producer(Some(p)).await;
         // Failover: until the new producer has appended a block.
         let c = s.client(q);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while c.head().await.unwrap_or(0) <= head_before {
+            assert!(
+                Instant::now() < deadline,
+                "ledger{q} produced no block in 60 s after ledger{p} was killed"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = killed.elapsed();

@@ -496,9 +496,9 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
 const HUB_TWIN: u32 = 77;
 const HUB_SEED: [u8; 32] = [0x11; 32];
 /// How long a release on trial has to become healthy (the node restarts in about 10 s).
-const TRIAL_DEADLINE: Duration = Duration::from_secs(90);
+const TRIAL_DEADLINE: Duration = Duration::from_secs(120);
 /// Ledger version set → the node healthy on it (download, verify, install, restart).
-const UPGRADE_WITHIN: Duration = Duration::from_secs(240);
+const UPGRADE_WITHIN: Duration = Duration::from_secs(600);
 
 /// `zos hub serve` on the host's loopback (the guest reaches it at 10.0.2.2).
 struct Hub {
