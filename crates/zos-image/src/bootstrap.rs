@@ -85,6 +85,25 @@ pub fn decide(st: &SlotState, verify: impl Fn(Slot) -> Result<String, String>) -
     }
 }
 
+/// The deadline PID 1 holds a trial to when it starts it at `now`: the whole window from the
+/// start (verifying and staging a large release on a slow machine must not eat it), but never
+/// past the install's deadline plus one window, so a trial that keeps rebooting the machine
+/// still runs out.
+pub fn trial_deadline(deadline: u64, window: Option<u64>, now: u64) -> u64 {
+    match window {
+        Some(w) => deadline
+            .max(now.saturating_add(w))
+            .min(deadline.saturating_add(w)),
+        None => deadline,
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How a trial stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -278,6 +297,10 @@ pub fn choose(keys: &PinnedKeys, network: &str, builtin: (&Path, &str)) -> Choic
                             .map(|(_, m)| m.clone())
                             .ok_or("slot chosen without verification")?;
                         let exe = stage(releases, slot, &m)?;
+                        let trial = trial.map(|t| Trial {
+                            deadline: trial_deadline(t.deadline, st.trial_window, now_secs()),
+                            ..t
+                        });
                         Ok(Ok(Choice {
                             exe,
                             version,
@@ -345,6 +368,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             trial,
             last_rollback: None,
+            trial_window: None,
         }
     }
 
@@ -411,6 +435,18 @@ mod tests {
             Verdict::Failed(r) if r.contains("deadline")));
         // Healthy just in time wins over a deadline passed since.
         assert_eq!(judge(&t, 101, Some("v3"), None), Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_trial_gets_its_window_from_its_start_within_bounds() {
+        // Installed at 100 with a 120 s window (deadline 220); staging ended at 200.
+        assert_eq!(trial_deadline(220, Some(120), 200), 320);
+        // Started quickly: the install's deadline stands.
+        assert_eq!(trial_deadline(220, Some(120), 101), 221);
+        // Started very late (reboots): never past deadline + window.
+        assert_eq!(trial_deadline(220, Some(120), 1_000), 340);
+        // Older state files: the deadline as written.
+        assert_eq!(trial_deadline(220, None, 1_000), 220);
     }
 
     #[test]

@@ -294,6 +294,11 @@ pub struct SlotState {
     pub trial: Option<(Slot, u64)>,
     /// The last rollback: (version, reason).
     pub last_rollback: Option<(String, String)>,
+    /// How long the trial may take from the moment it starts running (seconds): the deadline
+    /// is set at install, and verifying and staging a large release can eat most of it on a
+    /// slow machine before the node even starts. Absent in older state files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_window: Option<u64>,
 }
 
 impl SlotState {
@@ -335,6 +340,7 @@ impl SlotState {
                 versions: BTreeMap::new(),
                 trial: None,
                 last_rollback: None,
+                trial_window: None,
             }),
             Err(e) => Err(io(&p)(e)),
         }
@@ -377,6 +383,10 @@ pub fn install(
     }
     let m = verify_bundle(&dir, network, keys)?;
     st.start_trial(&m.version, deadline);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    st.trial_window = Some(deadline.saturating_sub(now));
     st.save(releases)?;
     Ok((slot, m))
 }
