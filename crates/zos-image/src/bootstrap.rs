@@ -34,6 +34,8 @@ pub struct Trial {
     pub version: String,
     /// Unix seconds by which it must be healthy.
     pub deadline: u64,
+    /// The health window from the trial's start (see [`trial_deadline`]).
+    pub window: Option<u64>,
 }
 
 /// What to run, from the slot state and which slots verify.
@@ -63,6 +65,7 @@ pub fn decide(st: &SlotState, verify: impl Fn(Slot) -> Result<String, String>) -
                 trial: Some(Trial {
                     version: version.clone(),
                     deadline,
+                    window: st.trial_window,
                 }),
                 version,
             },
@@ -96,12 +99,6 @@ pub fn trial_deadline(deadline: u64, window: Option<u64>, now: u64) -> u64 {
             .min(deadline.saturating_add(w)),
         None => deadline,
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// How a trial stands.
@@ -297,10 +294,6 @@ pub fn choose(keys: &PinnedKeys, network: &str, builtin: (&Path, &str)) -> Choic
                             .map(|(_, m)| m.clone())
                             .ok_or("slot chosen without verification")?;
                         let exe = stage(releases, slot, &m)?;
-                        let trial = trial.map(|t| Trial {
-                            deadline: trial_deadline(t.deadline, st.trial_window, now_secs()),
-                            ..t
-                        });
                         Ok(Ok(Choice {
                             exe,
                             version,
@@ -386,7 +379,8 @@ mod tests {
                 version: "v2".into(),
                 trial: Some(Trial {
                     version: "v2".into(),
-                    deadline: 50
+                    deadline: 50,
+                    window: None
                 })
             }
         );
@@ -424,6 +418,7 @@ mod tests {
         let t = Trial {
             version: "v3".into(),
             deadline: 100,
+            window: None,
         };
         assert_eq!(judge(&t, 50, None, None), Verdict::Waiting);
         assert_eq!(judge(&t, 50, Some("v3\n"), None), Verdict::Healthy);

@@ -493,7 +493,16 @@ pub fn supervise(
                     // A marker from an earlier run proves nothing about this one.
                     let _ = std::fs::remove_file(HEALTHY_FILE);
                     match spawn() {
-                        Ok(s) => {
+                        Ok(mut s) => {
+                            // The window counts from now, when the trial really starts
+                            // (staging and the old node's stop come before).
+                            if let Some(t) = s.trial.as_mut() {
+                                t.deadline = crate::bootstrap::trial_deadline(
+                                    t.deadline,
+                                    t.window,
+                                    now_secs(),
+                                );
+                            }
                             say(&format!("node started (pid {})", s.child.id()));
                             node = Some(s.child.id());
                             if let Some(t) = &s.trial {
