@@ -454,26 +454,10 @@ fn image_boots_registers_serves_zdb_and_keeps_its_identity() {
     );
     vm2.hmp(&format!("hostfwd_add tcp:127.0.0.1:{port}-:{port}"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = String::new();
-    while Instant::now() < deadline {
-        let o = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("SELECT {ns} s3cret-pass\nGET image-key\n").as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        got = String::from_utf8_lossy(&o.stdout).to_string();
-        if got.contains("survived") {
-            break;
-        }
+    let mut got = read_key(port, &ns);
+    while !got.contains("survived") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));
+        got = read_key(port, &ns);
     }
     assert!(got.contains("survived"), "data lost after reboot: {got}");
 
