@@ -90,7 +90,7 @@ pub async fn ensure(cfg: &NetConfig, public: Option<Ipv4Addr>) -> Result<(), IpE
     ip(ns, &["link", "set", "lo", "up"]).await?;
     ip::sysctl(ns, &["net.ipv4.ip_forward=1"]).await?;
     if !ip::link_exists(ns, BRIDGE).await {
-        ip(ns, &["link", "add", BRIDGE, "type", "bridge"]).await?;
+        ip::bridge_add(ns, BRIDGE).await?;
     }
     ip(
         ns,

@@ -299,7 +299,7 @@ impl Public {
     async fn make(&self, nic: &str, c: &PublicConfig) -> Result<(), IpError> {
         let node = self.node_ns();
         if !ip::link_exists(node, BRIDGE).await {
-            ip(node, &["link", "add", BRIDGE, "type", "bridge"]).await?;
+            ip::bridge_add(node, BRIDGE).await?;
         }
         ip(node, &["link", "set", BRIDGE, "up"]).await?;
         ip(node, &["link", "set", nic, "master", BRIDGE, "up"]).await?;

@@ -492,7 +492,7 @@ impl Networks {
         )
         .await?;
         if !ip::link_exists(node, &n.bridge).await {
-            ip(node, &["link", "add", &n.bridge, "type", "bridge"]).await?;
+            ip::bridge_add(node, &n.bridge).await?;
         }
         ip(node, &["link", "set", &n.bridge, "up"]).await?;
         if !ip::link_exists(ns, &n.nr_link).await {

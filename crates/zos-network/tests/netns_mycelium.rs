@@ -383,11 +383,32 @@ async fn vms_on_two_nodes_reach_each_other_over_network_mycelium() {
         ping6(&light_vm, vms[1].1, Duration::from_secs(30)),
         "a network-light VM reaches B's VM"
     );
+    // The ndmz bridge's MAC (behind the NRs' default gateway) must not follow its ports: it
+    // used to change when the light NR's port was the lowest, and A's path stalled until its
+    // neighbour entry for the gateway went stale (7–27 s).
+    let ndmz = zos_network::ndmz::namespace(&NetConfig {
+        node_netns: Some(nodes[0].0.clone()),
+        ns_prefix: format!("{}-", nodes[0].0),
+    });
+    let mac = || {
+        must(&[
+            "ip",
+            "-n",
+            &ndmz,
+            "-br",
+            "link",
+            "show",
+            "dev",
+            zos_network::ndmz::BRIDGE,
+        ])
+    };
+    let mac_before = mac();
     light
         .deprovision(&ctx(&light_wl, 5), &light_wl)
         .await
         .unwrap();
     assert!(!netns_list().contains(&light_names.namespace));
+    assert_eq!(mac(), mac_before, "the ndmz bridge kept its MAC");
     // A's network resource is untouched.
     assert!(ping6(&vms[0].0, vms[1].1, Duration::from_secs(5)));
 

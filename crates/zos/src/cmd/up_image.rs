@@ -199,7 +199,8 @@ pub fn prepare(image: &Path, nodes: usize, ledgers: u8, data: &Path) -> anyhow::
             continue;
         }
         let bridge = format!("zimgbr{n}");
-        if let Err(e) = ip(&["link", "add", &bridge, "type", "bridge"]) {
+        let mac = zos_network::ip::bridge_mac();
+        if let Err(e) = ip(&["link", "add", &bridge, "address", &mac, "type", "bridge"]) {
             // Taken by another `zos up --image` starting at the same time: the next one.
             last_err = Some(e);
             continue;
