@@ -374,7 +374,7 @@ impl PoolManager {
                 pool: "lsblk".into(),
                 source,
             })?;
-            for d in usable_disks(&out)? {
+            for d in usable_disks(&out, &cfg.runtime_dir.join("pools"))? {
                 candidates.push(Candidate {
                     name: d.label,
                     kind: d.kind,

@@ -440,7 +440,10 @@ fn preflight(cfg: &cmdline::BootConfig) -> Result<(), String> {
         ])
         .output()
         .map_err(|e| format!("lsblk: {e}"))?;
-    let disks = zos_storage::disks::usable_disks(&String::from_utf8_lossy(&out.stdout))
+    // The node (`--data=DATA_DIR`) mounts its pools under DATA_DIR/run/pools; one still
+    // mounted there (a VM kept it busy through the node's restart) is the node's own.
+    let own = Path::new(init::DATA_DIR).join("run/pools");
+    let disks = zos_storage::disks::usable_disks(&String::from_utf8_lossy(&out.stdout), &own)
         .map_err(|e| e.to_string())?;
     if disks.is_empty() {
         return Err(
