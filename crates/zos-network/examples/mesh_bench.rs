@@ -10,76 +10,32 @@
 //! ones of dead runs removed at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Guard, ctx, internet, must, sh};
+
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zos_network::resource::wg_ip;
 use zos_network::wg::{generate_private_key, public_key_of};
 use zos_network::{NetConfig, Networks, NrNames};
-use zos_primitive::{NodeSecret, Primitive, WorkloadCtx};
-use zos_types::{Deployment, Workload, WorkloadType};
+use zos_primitive::Primitive;
+use zos_types::{Workload, WorkloadType};
 
 const FAMILY: &str = "zbn";
 
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run")
-}
+/// The wireguard-go processes, stopped on drop (before the guard removes their namespaces).
+struct Children(Vec<Child>);
 
-fn must(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn cleanup(mine: Option<&str>) {
-    let o = sh(&["ip", "netns", "list"]);
-    for ns in String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-    {
-        let Some(rest) = ns.strip_prefix(FAMILY) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let dead = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if mine.is_some_and(|m| ns.starts_with(m)) || dead {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-struct Guard {
-    prefix: String,
-    children: Vec<Child>,
-}
-
-impl Drop for Guard {
+impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
-        cleanup(Some(&self.prefix));
     }
-}
-
-fn ctx(wl: &Workload) -> WorkloadCtx {
-    let d = Deployment {
-        twin_id: 7,
-        contract_id: 1,
-        workloads: vec![wl.clone()],
-        ..Deployment::default()
-    };
-    WorkloadCtx::new(1, Arc::new(d), &wl.name, NodeSecret::new([3; 32]))
 }
 
 fn network_wl(key: &str, subnet: &str, peer_key: &str, peer_subnet: &str, ep: &str) -> Workload {
@@ -161,16 +117,10 @@ async fn main() {
         eprintln!("SKIP mesh_bench: needs root, /dev/net/tun and ip");
         return;
     }
-    cleanup(None);
-    let prefix = format!("{FAMILY}{}-", std::process::id());
-    let mut guard = Guard {
-        prefix: prefix.clone(),
-        children: Vec::new(),
-    };
-    let inet = format!("{prefix}inet");
-    must(&["ip", "netns", "add", &inet]);
-    must(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
-    must(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
+    let guard = Guard::new(FAMILY);
+    let prefix = guard.prefix.clone();
+    let mut children = Children(Vec::new());
+    let inet = internet(&prefix);
     let mut nodes = Vec::new();
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");
@@ -209,7 +159,7 @@ async fn main() {
             node_netns: Some(nodes[i].0.clone()),
             ns_prefix: nr_prefix.clone(),
         });
-        net.provision(&ctx(wl), wl).await.unwrap();
+        net.provision(&ctx(wl, 1), wl).await.unwrap();
         nets.push((net, NrNames::new(7, "bench", &nr_prefix).namespace));
     }
     let (nra, nrb) = (nets[0].1.clone(), nets[1].1.clone());
@@ -242,7 +192,7 @@ async fn main() {
             let dev = format!("zbnwg{i}");
             let sock = format!("/var/run/wireguard/{dev}.sock");
             let _ = std::fs::remove_file(&sock);
-            guard.children.push(
+            children.0.push(
                 Command::new("ip")
                     .args(["netns", "exec", ns, "wireguard-go", &dev])
                     .env("WG_PROCESS_FOREGROUND", "1")
@@ -316,7 +266,8 @@ async fn main() {
         row("wireguard-go (Debian) between the node namespaces", w);
     }
     for (net, _) in &nets {
-        net.deprovision(&ctx(&wa), &wa).await.unwrap();
+        net.deprovision(&ctx(&wa, 1), &wa).await.unwrap();
     }
+    drop(children);
     drop(guard);
 }

@@ -10,7 +10,10 @@
 //! removed at start.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::{Guard, ctx, internet, must, netns_list, sh, skip_reason};
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,81 +21,10 @@ use serde_json::{Value, json};
 use zos_network::resource::wg_ip;
 use zos_network::wg::{generate_private_key, public_key_of};
 use zos_network::{NetConfig, Networks, NrNames};
-use zos_primitive::{NodeSecret, Primitive, WorkloadCtx};
-use zos_types::{Deployment, Workload, WorkloadType};
+use zos_primitive::Primitive;
+use zos_types::{Workload, WorkloadType};
 
 const FAMILY: &str = "zosnt";
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run")
-}
-
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn netns_list() -> Vec<String> {
-    let o = sh(&["ip", "netns", "list"]);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Removes namespaces of this family whose run (pid in the name) is gone, or all of `mine`.
-fn cleanup(mine: Option<&str>) {
-    for ns in netns_list() {
-        let Some(rest) = ns.strip_prefix(FAMILY) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let dead = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if mine.is_some_and(|m| ns.starts_with(m)) || dead {
-            let _ = sh(&["ip", "netns", "del", &ns]);
-        }
-    }
-}
-
-struct Guard {
-    prefix: String,
-    capture: Option<Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.capture.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        cleanup(Some(&self.prefix));
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    if !sh(&["id", "-u"]).stdout.starts_with(b"0") {
-        return Some("not root".into());
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun".into());
-    }
-    for tool in ["ip", "tcpdump", "ping"] {
-        if !sh(&["sh", "-c", &format!("command -v {tool}")])
-            .status
-            .success()
-        {
-            return Some(format!("{tool} missing"));
-        }
-    }
-    None
-}
 
 struct Node {
     ns: String,
@@ -109,16 +41,6 @@ fn network_wl(name: &str, key: &str, subnet: &str, port: u16, peers: Value) -> W
             "wireguard_private_key": key, "wireguard_listen_port": port, "peers": peers}),
         ..Workload::default()
     }
-}
-
-fn ctx(wl: &Workload, contract: u64) -> WorkloadCtx {
-    let d = Deployment {
-        twin_id: 7,
-        contract_id: contract,
-        workloads: vec![wl.clone()],
-        ..Deployment::default()
-    };
-    WorkloadCtx::new(1, Arc::new(d), &wl.name, NodeSecret::new([3; 32]))
 }
 
 fn ping(from_ns: &str, to: &str, within: Duration) -> bool {
@@ -200,21 +122,14 @@ fn classify(pcap: &[u8], ports: &[u16]) -> (usize, usize, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_mesh_over_userspace_wireguard() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(true, &["ip", "tcpdump", "ping"]) {
         eprintln!("SKIP two_nodes_mesh_over_userspace_wireguard: {why}");
         return;
     }
-    cleanup(None);
-    let prefix = format!("{FAMILY}{}-", std::process::id());
-    let mut guard = Guard {
-        prefix: prefix.clone(),
-        capture: None,
-    };
+    let mut guard = Guard::new(FAMILY);
+    let prefix = guard.prefix.clone();
     // The internet: a bridge namespace with one veth per node namespace.
-    let inet = format!("{prefix}inet");
-    must(&["ip", "netns", "add", &inet]);
-    must(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
-    must(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
+    let inet = internet(&prefix);
     let mut nodes = Vec::new();
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");

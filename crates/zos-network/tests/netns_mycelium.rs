@@ -16,8 +16,10 @@
 //! at start.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop, missing_docs)]
 
+mod common;
+use common::{Guard, ctx, internet, must, netns_list, sh, skip_reason};
+
 use std::net::{Ipv6Addr, SocketAddr};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,77 +31,10 @@ use zos_network::mycelium::{MyceliumPlan, TUN};
 use zos_network::resource::NetworksLight;
 use zos_network::wg::generate_private_key;
 use zos_network::{NetConfig, Networks, NrNames};
-use zos_primitive::{NodeSecret, Primitive, WorkloadCtx};
-use zos_types::{Deployment, Workload, WorkloadType};
+use zos_primitive::Primitive;
+use zos_types::{Workload, WorkloadType};
 
 const FAMILY: &str = "mycnr";
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run")
-}
-
-fn must(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn netns_list() -> Vec<String> {
-    let o = sh(&["ip", "netns", "list"]);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Removes namespaces of this family whose run (pid in the name) is gone, or all of `mine`.
-fn cleanup(mine: Option<&str>) {
-    for ns in netns_list() {
-        let Some(rest) = ns.strip_prefix(FAMILY) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let dead = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if mine.is_some_and(|m| ns.starts_with(m)) || dead {
-            let _ = sh(&["ip", "netns", "del", &ns]);
-        }
-    }
-}
-
-struct Guard {
-    prefix: String,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        cleanup(Some(&self.prefix));
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    if !sh(&["id", "-u"]).stdout.starts_with(b"0") {
-        return Some("not root".into());
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun".into());
-    }
-    for tool in ["ip", "nft", "ping"] {
-        if !sh(&["sh", "-c", &format!("command -v {tool}")])
-            .status
-            .success()
-        {
-            return Some(format!("{tool} missing"));
-        }
-    }
-    None
-}
 
 fn network_wl(key: &str, subnet: &str, port: u16, myc: Option<&[u8; 32]>) -> Workload {
     let mut data = json!({"ip_range": "10.1.0.0/16", "subnet": subnet,
@@ -113,16 +48,6 @@ fn network_wl(key: &str, subnet: &str, port: u16, myc: Option<&[u8; 32]>) -> Wor
         data,
         ..Workload::default()
     }
-}
-
-fn ctx(wl: &Workload, contract: u64) -> WorkloadCtx {
-    let d = Deployment {
-        twin_id: 7,
-        contract_id: contract,
-        workloads: vec![wl.clone()],
-        ..Deployment::default()
-    };
-    WorkloadCtx::new(1, Arc::new(d), &wl.name, NodeSecret::new([3; 32]))
 }
 
 fn ping6(from_ns: &str, to: Ipv6Addr, within: Duration) -> bool {
@@ -180,19 +105,13 @@ fn vm(name: &str, node_ns: &str, bridge: &str, tap: &str, addr: Ipv6Addr, gw: Ip
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_on_two_nodes_reach_each_other_over_network_mycelium() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(true, &["ip", "nft", "ping"]) {
         eprintln!("SKIP vms_on_two_nodes_reach_each_other_over_network_mycelium: {why}");
         return;
     }
-    cleanup(None);
-    let prefix = format!("{FAMILY}{}-", std::process::id());
-    let _guard = Guard {
-        prefix: prefix.clone(),
-    };
-    let inet = format!("{prefix}inet");
-    must(&["ip", "netns", "add", &inet]);
-    must(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"]);
-    must(&["ip", "-n", &inet, "link", "set", "br0", "up"]);
+    let guard = Guard::new(FAMILY);
+    let prefix = guard.prefix.clone();
+    let inet = internet(&prefix);
     let mut nodes = Vec::new();
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");

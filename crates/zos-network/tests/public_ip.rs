@@ -15,7 +15,10 @@
 //! removed by a guard also on panic; stale ones of dead runs are removed at start.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::{Guard, must, netns_list, sh, skip_reason};
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,79 +30,6 @@ use zos_primitive::{NodeSecret, PrimitiveRegistry, WorkloadCtx};
 use zos_types::{Deployment, ResultState, Workload, WorkloadType};
 
 const FAMILY: &str = "pip";
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run")
-}
-
-fn must(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn netns_list() -> Vec<String> {
-    let o = sh(&["ip", "netns", "list"]);
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Removes namespaces of this family whose run (pid in the name) is gone, or all of `mine`.
-fn cleanup(mine: Option<&str>) {
-    for ns in netns_list() {
-        let Some(rest) = ns.strip_prefix(FAMILY) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() {
-            continue;
-        }
-        let dead = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if mine.is_some_and(|m| ns.starts_with(m)) || dead {
-            let _ = sh(&["ip", "netns", "del", &ns]);
-        }
-    }
-}
-
-struct Guard {
-    prefix: String,
-    capture: Option<Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.capture.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The node's nft tables live in its namespace: they go with it.
-        cleanup(Some(&self.prefix));
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    if !sh(&["id", "-u"]).stdout.starts_with(b"0") {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "nft", "tcpdump", "ping"] {
-        if !sh(&["sh", "-c", &format!("command -v {tool}")])
-            .status
-            .success()
-        {
-            return Some(format!("{tool} missing"));
-        }
-    }
-    None
-}
 
 /// The ledger's reservations for the test's contract.
 struct Reserved(Vec<ReservedIp>);
@@ -184,16 +114,12 @@ fn captured(inet: &str, guard: &mut Guard, f: impl FnOnce()) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_ip_is_reachable_and_cannot_be_spoofed() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(false, &["ip", "nft", "tcpdump", "ping"]) {
         eprintln!("SKIP: public_ip needs root, ip, nft, tcpdump, ping: {why}");
         return;
     }
-    cleanup(None);
-    let prefix = format!("{FAMILY}{}-", std::process::id());
-    let mut guard = Guard {
-        prefix: prefix.clone(),
-        capture: None,
-    };
+    let mut guard = Guard::new(FAMILY);
+    let prefix = guard.prefix.clone();
     let (inet, node, vm) = (
         format!("{prefix}inet"),
         format!("{prefix}node"),
