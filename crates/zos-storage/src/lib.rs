@@ -50,6 +50,8 @@ pub mod storage;
 pub mod volume;
 /// `zdb` workloads: supervised ZeroDB servers and namespaces.
 pub mod zdb;
+/// ZeroDB servers in processes of their own, outliving the node.
+pub mod zdb_process;
 /// ZeroDB servers: launcher seam, in-process launcher, supervision.
 pub mod zdb_server;
 /// `zmount` workloads: encrypted sparse VM disks.
@@ -65,5 +67,6 @@ pub use primitives::{StorageSet, register, register_with};
 pub use storage::{AllocError, PoolCapacity, Storage, StorageConfig};
 pub use volume::{SnapshotInfo, VolumeError, VolumeInfo};
 pub use zdb::{NamespaceMode, NamespaceSpec, ZdbError, ZdbResult};
+pub use zdb_process::ProcessZdb;
 pub use zdb_server::{InProcessZdb, ZdbExit, ZdbLauncher, ZdbServerSpec};
 pub use zmount::{DiskError, DiskInfo, DiskKey, KeyGeneration};

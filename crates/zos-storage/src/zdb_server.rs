@@ -68,19 +68,13 @@ impl ZdbLauncher for InProcessZdb {
         spec: &ZdbServerSpec,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(SocketAddr, ZdbExit), String> {
-        let cfg = zos_zdb::ServerConfig {
-            data_dir: spec.data_dir.clone(),
-            index_dir: spec.index_dir.clone(),
-            listen: Some(spec.listen),
-            socket: None,
-            admin_password: Some(spec.admin_password.clone()),
-            mode: None,
-            sync: true,
-            datasize: zos_zdb::DEFAULT_DATASIZE,
-            protect: true,
-            at_rest_key: Some(spec.at_rest_key.clone()),
-            ..zos_zdb::ServerConfig::default()
-        };
+        let cfg = server_config(
+            spec.data_dir.clone(),
+            spec.index_dir.clone(),
+            spec.listen,
+            spec.admin_password.clone(),
+            spec.at_rest_key.clone(),
+        );
         let server = zos_zdb::Server::bind(cfg)
             .await
             .map_err(|e| e.to_string())?;
@@ -98,6 +92,30 @@ impl ZdbLauncher for InProcessZdb {
             }
         });
         Ok((addr, exit))
+    }
+}
+
+/// How the node runs a pool's server, in its process or in one of its own: admin password,
+/// at-rest key, `--sync` (on disk before acknowledged) and `--protect`.
+pub(crate) fn server_config(
+    data_dir: PathBuf,
+    index_dir: PathBuf,
+    listen: SocketAddr,
+    admin_password: String,
+    at_rest_key: zos_zdb::crypto::AtRestKey,
+) -> zos_zdb::ServerConfig {
+    zos_zdb::ServerConfig {
+        data_dir,
+        index_dir,
+        listen: Some(listen),
+        socket: None,
+        admin_password: Some(admin_password),
+        mode: None,
+        sync: true,
+        datasize: zos_zdb::DEFAULT_DATASIZE,
+        protect: true,
+        at_rest_key: Some(at_rest_key),
+        ..zos_zdb::ServerConfig::default()
     }
 }
 

@@ -572,7 +572,12 @@ fn ping(port: u16) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    ping_on(&mut s)
+}
+
+/// A RESP PING on an open connection answered with PONG.
+fn ping_on(s: &mut std::net::TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(5000)));
     let mut buf = [0u8; 16];
     s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
         && s.read(&mut buf)
@@ -624,22 +629,31 @@ fn upgrades(
         .unwrap();
     assert!(st.success());
     hub.publish(dir, "v2", &bin, key);
-    // How long ZeroDB is unreachable while the node switches release (it runs in the node's
-    // process): the longest gap between answered PINGs.
+    // ZeroDB runs in a process of its own that PID 1 leaves running through the switch: a
+    // connection opened now must still answer afterwards. New connections are probed too: the
+    // longest gap between answered PINGs.
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", zdb_port)).unwrap();
+    assert!(ping_on(&mut held), "PING on the held connection");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pinger = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let (mut last_ok, mut gap, mut answered) = (Instant::now(), Duration::ZERO, 0);
+            // Used every second (the server closes connections idle for 5 minutes).
+            let (mut held_ok, mut last_held) = (true, Instant::now());
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 if ping(zdb_port) {
                     gap = gap.max(last_ok.elapsed());
                     last_ok = Instant::now();
                     answered += 1;
                 }
+                if held_ok && last_held.elapsed() >= Duration::from_secs(1) {
+                    held_ok = ping_on(&mut held);
+                    last_held = Instant::now();
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            (gap, answered)
+            (gap, answered, held_ok && ping_on(&mut held))
         })
     };
     let t = Instant::now();
@@ -657,10 +671,14 @@ fn upgrades(
     // The old node stops only after the new release was fetched and installed.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (gap, answered) = pinger.join().unwrap();
+    let (gap, answered, held_ok) = pinger.join().unwrap();
     assert!(
         answered > 0,
         "ZeroDB never answered PING during the upgrade"
+    );
+    assert!(
+        held_ok,
+        "the ZeroDB connection opened before the upgrade was closed: the server was restarted"
     );
     eprintln!(
         "image_boot: version set on the ledger -> healthy on v2 {:.1} s (fetched, verified and \

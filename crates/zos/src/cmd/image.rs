@@ -416,6 +416,8 @@ fn node_args(
     for t in &cfg.admin_twins {
         a.push(format!("--admin-twin={t}"));
     }
+    // PID 1 restarts the node for a release switch: ZeroDB keeps serving meanwhile.
+    a.push("--keep-zdb-running".into());
     a
 }
 

@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// all addresses: its workloads are reached from outside the machine.
     #[arg(long)]
     pub zdb_listen: Option<std::net::IpAddr>,
+    /// Leave the ZeroDB servers (processes of their own) running when the node stops; the next
+    /// node re-attaches to them. What the image's PID 1 passes, so that a release switch does
+    /// not close ZeroDB connections.
+    #[arg(long)]
+    pub keep_zdb_running: bool,
     /// Loopback address of the Prometheus endpoint (`GET /metrics`).
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub metrics: Option<SocketAddr>,
@@ -239,7 +244,15 @@ pub async fn run_node_with(
             storage_cfg.zdb_listen = ip;
         }
         let s = Arc::new(zos_storage::Storage::new(manager, keys.secret, storage_cfg));
-        zos_storage::register(&mut registry, s.clone());
+        // Each pool's server is a process of its own (`zos zdb pool-server`): it can outlive
+        // the node (a release switch) and a crash of one does not take down the other.
+        let exe = std::env::current_exe().context("the node's own binary")?;
+        let launcher = zos_storage::ProcessZdb {
+            exe,
+            args: vec!["zdb".into(), "pool-server".into()],
+            keep_on_stop: a.keep_zdb_running,
+        };
+        zos_storage::register_with(&mut registry, s.clone(), Arc::new(launcher));
         storage = Some(s);
     }
     // VMs keep their state next to the node's (the cache pool when there are pools). The

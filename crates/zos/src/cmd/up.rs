@@ -377,6 +377,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         pools: Vec::new(),
         discover_disks: false,
         zdb_listen: None,
+        keep_zdb_running: false,
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], a.metrics_port))),
         admin_twins: vec![twin],
         sync_secs: 3600,

@@ -17,6 +17,14 @@ pub enum ZdbCmd {
     /// Repair a stopped server's files: cut each data file at its first bad entry, rebuild
     /// every index from the data files, report what was lost.
     Repair(DirArgs),
+    /// A node's pool server (started by `zos node run`, which writes its spec and secrets on
+    /// stdin): serves until SIGTERM, outliving the node when it was told to.
+    #[command(hide = true)]
+    PoolServer {
+        /// The pool's `zdb` directory (names the process, for re-attaching).
+        #[arg(long)]
+        root: PathBuf,
+    },
 }
 
 /// The directories of a (stopped) server.
@@ -218,6 +226,14 @@ pub fn run(cmd: ZdbCmd) -> anyhow::Result<()> {
         ZdbCmd::Serve(a) => serve(*a),
         ZdbCmd::Check(d) => check(&d),
         ZdbCmd::Repair(d) => repair(&d),
+        ZdbCmd::PoolServer { root } => {
+            tracing::info!(root = %root.display(), "zdb pool server starting");
+            tokio::runtime::Runtime::new()?
+                .block_on(zos_storage::zdb_process::serve_child(
+                    super::shutdown_signal(),
+                ))
+                .map_err(anyhow::Error::msg)
+        }
     }
 }
 
