@@ -12,7 +12,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{Guard, ctx, internet, must, sh};
+use common::{Guard, ctx, eth0_up, internet, join_internet, must, sh};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,27 +125,8 @@ async fn main() {
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");
         let addr = format!("198.18.9.{}", i + 1);
-        must(&["ip", "netns", "add", &ns]);
-        let port = format!("p{tag}");
-        must(&[
-            "ip", "-n", &inet, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        must(&[
-            "ip", "-n", &inet, "link", "set", &port, "master", "br0", "up",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        join_internet(&inet, &ns, &format!("p{tag}"));
+        eth0_up(&ns, &addr);
         nodes.push((ns, addr));
     }
     // 1. zos: a network resource on each node.

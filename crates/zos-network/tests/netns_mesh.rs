@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{Guard, ctx, internet, must, netns_list, sh, skip_reason};
+use common::{Guard, ctx, eth0_up, internet, join_internet, must, netns_list, sh, skip_reason};
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -133,15 +133,7 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
     let mut nodes = Vec::new();
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");
-        must(&["ip", "netns", "add", &ns]);
-        let port = format!("p{tag}");
-        must(&[
-            "ip", "-n", &inet, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        must(&[
-            "ip", "-n", &inet, "link", "set", &port, "master", "br0", "up",
-        ]);
+        join_internet(&inet, &ns, &format!("p{tag}"));
         for n in [&inet, &ns] {
             must(&[
                 "ip",
@@ -154,18 +146,7 @@ async fn two_nodes_mesh_over_userspace_wireguard() {
             ]);
         }
         let addr = format!("198.18.0.{}", i + 1);
-        must(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        eth0_up(&ns, &addr);
         let nprefix = format!("{ns}-");
         let net = Networks::new(NetConfig {
             node_netns: Some(ns.clone()),

@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::needless_range_loop, missing_docs)]
 
 mod common;
-use common::{Guard, ctx, internet, must, netns_list, sh, skip_reason};
+use common::{Guard, ctx, eth0_up, internet, join_internet, must, netns_list, sh, skip_reason};
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -115,28 +115,9 @@ async fn vms_on_two_nodes_reach_each_other_over_network_mycelium() {
     let mut nodes = Vec::new();
     for (i, tag) in ["a", "b"].iter().enumerate() {
         let ns = format!("{prefix}{tag}");
-        must(&["ip", "netns", "add", &ns]);
-        let port = format!("p{tag}");
-        must(&[
-            "ip", "-n", &inet, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        must(&[
-            "ip", "-n", &inet, "link", "set", &port, "master", "br0", "up",
-        ]);
+        join_internet(&inet, &ns, &format!("p{tag}"));
         let addr = format!("198.18.0.{}", i + 1);
-        must(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        eth0_up(&ns, &addr);
         nodes.push((ns, addr));
     }
     // The host instances (what `zos node run --mycelium` starts): A dials B.

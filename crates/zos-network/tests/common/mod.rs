@@ -111,6 +111,32 @@ pub fn internet(prefix: &str) -> String {
     inet
 }
 
+/// A node namespace `ns` joined to the internet `inet`'s bridge by a veth: `port` on the
+/// bridge, `eth0` in `ns` (still down: [`eth0_up`] addresses it).
+pub fn join_internet(inet: &str, ns: &str, port: &str) {
+    must(&["ip", "netns", "add", ns]);
+    must(&[
+        "ip", "-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ]);
+    must(&["ip", "-n", inet, "link", "set", port, "master", "br0", "up"]);
+}
+
+/// `addr`/24 on `ns`'s `eth0`, and its `eth0` and `lo` up.
+pub fn eth0_up(ns: &str, addr: &str) {
+    must(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ]);
+    must(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+    must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+}
+
 /// The context of `wl` as the only workload of contract `contract` (twin 7, node 1).
 pub fn ctx(wl: &Workload, contract: u64) -> WorkloadCtx {
     let d = Deployment {
