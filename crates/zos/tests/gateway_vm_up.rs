@@ -10,25 +10,17 @@
 mod up;
 #[path = "common/vm_guest.rs"]
 mod vm_guest;
+#[path = "common/vm_up.rs"]
+mod vm_up;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use up::{Up, free_port, grid_namespaces, has, is_root, local_grid_running};
+use vm_up::{VmGrid, ok};
 
 const T: &str = "gateway_to_a_vm_on_another_node";
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn curl_gw(host: &str, port: u16, ca: &Path) -> (bool, String) {
     let o = Command::new("curl")
@@ -46,39 +38,16 @@ fn curl_gw(host: &str, port: u16, ca: &Path) -> (bool, String) {
 
 #[test]
 fn gateway_to_a_vm_on_another_node() {
-    if !is_root() || zos_network::network_support().is_err() || !has("curl") {
-        eprintln!("SKIP: {T}: needs root, /dev/net/tun, ip and curl");
-        return;
-    }
-    if !grid_namespaces().is_empty() {
-        if local_grid_running() {
-            eprintln!("SKIP: {T}: another local grid is running");
-            return;
-        }
-        for ns in grid_namespaces() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some(guest) = rt.block_on(vm_guest::guest(T)) else {
+    let Some(VmGrid {
+        rt: _rt,
+        hub,
+        up,
+        printed,
+        ..
+    }) = vm_up::start(T, &["curl"], &["--gateway-recheck-secs", "2"])
+    else {
         return;
     };
-    let hub = free_port();
-    let (up, printed) = Up::start(
-        2,
-        &[
-            "--vm-guest",
-            guest.to_str().unwrap(),
-            "--hub-port",
-            &hub.to_string(),
-            "--gateway-recheck-secs",
-            "2",
-        ],
-        Duration::from_secs(180),
-    );
     let text = printed.join("\n");
     let sp: u16 = text
         .lines()

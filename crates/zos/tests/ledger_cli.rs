@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{Proc as Server, TempDir};
+use common::TempDir;
+use common::cli::{bare, ledger, term};
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// A client command with the ledger and a hex seed from the environment (`ZOS_SEED`: `ZOS_KEY`
 /// is a key file for every command) and no config file.
@@ -18,18 +18,6 @@ fn zos(url: &str, seed: &str, args: &[&str]) -> Output {
         .env("ZOS_SEED", seed)
         .output()
         .unwrap()
-}
-
-/// The binary with none of the client settings from the test's environment.
-fn bare() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
-    c.env("ZOS_CONFIG", "/nonexistent/zos/config.toml")
-        .env("RUST_LOG", "warn")
-        .env_remove("ZOS_LEDGER")
-        .env_remove("ZOS_RELAY")
-        .env_remove("ZOS_KEY")
-        .env_remove("ZOS_SEED");
-    c
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -43,34 +31,8 @@ fn json(out: &Output) -> serde_json::Value {
 
 #[test]
 fn client_commands_against_a_real_ledger() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = TempDir(std::env::temp_dir().join(format!("zos-ledger-cli-{nanos}")));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args([
-            "ledger",
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&dir.0)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("ledger listening on ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let server = Server(child);
+    let dir = TempDir::new();
+    let (server, url) = ledger(&dir.0, &[]);
 
     let farmer = "11".repeat(32);
     let r = json(&zos(
@@ -259,14 +221,7 @@ fn client_commands_against_a_real_ledger() {
     );
 
     // Clean stop on SIGTERM, then the audit passes.
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term(&server);
     let mut server = server;
     assert!(
         server.0.wait().unwrap().success(),
@@ -288,33 +243,14 @@ fn client_commands_against_a_real_ledger() {
 /// the producer's signature on every block.
 #[test]
 fn tls_ledger_needs_the_pinned_certificate() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = TempDir(std::env::temp_dir().join(format!("zos-ledger-tls-{nanos}")));
+    let dir = TempDir::new();
     let tls = dir.0.join("tls");
     let other = dir.0.join("other-tls");
     zos_ledger::tls::self_signed(&other, &[]).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(["ledger", "serve", "--dev", "--listen", "127.0.0.1:0"])
-        .arg("--data")
-        .arg(dir.0.join("data"))
-        .arg("--tls-self-signed")
-        .arg(&tls)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("ledger listening on ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let server = Server(child);
+    let (server, url) = ledger(
+        &dir.0.join("data"),
+        &["--tls-self-signed", tls.to_str().unwrap()],
+    );
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let cert = tls.join(zos_ledger::tls::CERT_FILE);
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
@@ -354,14 +290,7 @@ fn tls_ledger_needs_the_pinned_certificate() {
     let wrong = with_cert(&other.join(zos_ledger::tls::CERT_FILE), &["balance"]);
     assert_eq!(wrong.status.code(), Some(1));
 
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term(&server);
     let mut server = server;
     assert!(server.0.wait().unwrap().success());
     let v = Command::new(env!("CARGO_BIN_EXE_zos"))

@@ -5,61 +5,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::cli::{ledger_and_relay, ok, term, wait, zos};
 use common::{Proc, TempDir};
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn zos(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
-    // Only what the test gives: no config file, no client settings of the caller's shell.
-    c.args(args)
-        .env("RUST_LOG", "warn")
-        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml");
-    for k in ["ZOS_LEDGER", "ZOS_RELAY", "ZOS_KEY", "ZOS_SEED"] {
-        c.env_remove(k);
-    }
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Starts a server and returns it with the first stderr line's suffix after `marker`.
-fn serve(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(i) = line.find(marker) {
-            break line[i + marker.len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), found)
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn node(ledger: &str, relay: &str, data: &std::path::Path) -> Proc {
     Proc(
@@ -91,77 +41,20 @@ fn call(env: &[(&str, &str)], twin: &str, cmd: &str) -> Option<serde_json::Value
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term(p);
     p.0.wait().unwrap()
 }
 
 #[test]
 fn node_run_registers_serves_and_stops() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = TempDir(std::env::temp_dir().join(format!("zos-node-cli-{nanos}")));
-    let ldir = dir.0.join("ledger");
-    let (_ledger, url) = serve(
-        &[
-            "ledger",
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            ldir.to_str().unwrap(),
-        ],
-        "ledger listening on ",
-    );
-    let (_relay, ws) = serve(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--domain",
-            "local",
-            "--ledger",
-            &url,
-        ],
-        "listening on ",
-    );
+    let dir = TempDir::new();
+    let grid = ledger_and_relay(&dir.0.join("ledger"));
+    let (url, ws) = (grid.url.clone(), grid.ws.clone());
 
     // Twin 1: the user (with its e2e key, reachable through "local").
     let user = "22".repeat(32);
-    let e2e = ok(zos(&[], &["rmb", "e2e-key", "--seed", &user]))
-        .trim()
-        .to_string();
-    let uenv = [
-        ("ZOS_LEDGER", url.as_str()),
-        ("ZOS_SEED", user.as_str()),
-        ("ZOS_RELAY", ws.as_str()),
-    ];
-    ok(zos(
-        &uenv,
-        &["twin", "create", "--relay", "local", "--e2e-key", &e2e],
-    ));
+    let uenv = grid.user_twin(&user);
 
     // The node starts before its farm exists: it idles (twin 2 is not created yet).
     let data = dir.0.join("node");
@@ -172,13 +65,12 @@ fn node_run_registers_serves_and_stops() {
         "an idle node keeps running"
     );
     // Twin 2 + farm 1: the farmer.
-    let farmer = "11".repeat(32);
-    let fenv = [("ZOS_LEDGER", url.as_str()), ("ZOS_SEED", farmer.as_str())];
-    ok(zos(&fenv, &["twin", "create", "--relay", "local"]));
-    ok(zos(&fenv, &["farm", "create", "farm-one"]));
+    grid.farmer(&"11".repeat(32));
 
     // The node registers (twin 3, node 1) and answers over RMB.
-    let v = wait("node answers", || call(&uenv, "3", "zos.system.version"));
+    let v = wait("node answers", Duration::from_secs(60), || {
+        call(&uenv, "3", "zos.system.version")
+    });
     assert_eq!(v["zos"], serde_json::json!(env!("CARGO_PKG_VERSION")));
     // Features follow the primitives this host can run (networks need root and TUN, VMs need
     // QEMU), so the list varies by host; each entry must be one the node knows, once.
@@ -233,9 +125,11 @@ fn node_run_registers_serves_and_stops() {
     let seed = std::fs::read(data.join("seed.txt")).unwrap();
     assert_eq!(&seed[..7], b"\"1.0.0\"");
     let mut n = node(&url, &ws, &data);
-    wait("node answers after restart", || {
-        call(&uenv, "3", "zos.system.version")
-    });
+    wait(
+        "node answers after restart",
+        Duration::from_secs(60),
+        || call(&uenv, "3", "zos.system.version"),
+    );
     assert_eq!(std::fs::read(data.join("seed.txt")).unwrap(), seed);
     let contracts = ok(zos(&uenv, &["contracts", "--node", "1"]));
     assert!(contracts.trim_start().starts_with('['), "{contracts}");

@@ -6,62 +6,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::cli::{ledger_and_relay, ok, wait, zos};
 use common::{Proc, TempDir};
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn zos(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
-    // Only what the test gives: no config file, no client settings of the caller's shell.
-    c.args(args)
-        .env("RUST_LOG", "warn")
-        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml");
-    for k in ["ZOS_LEDGER", "ZOS_RELAY", "ZOS_KEY", "ZOS_SEED"] {
-        c.env_remove(k);
-    }
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Starts a server and returns it with the first stderr line's word after `marker`.
-fn serve(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(i) = line.find(marker) {
-            break line[i + marker.len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), found)
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// `zos node run` for farm 1; `init_request`: as a child of zos PID 1 with that request file.
 fn node(ledger: &str, relay: &str, data: &Path, init_request: Option<&Path>) -> Proc {
@@ -80,17 +30,6 @@ fn node(ledger: &str, relay: &str, data: &Path, init_request: Option<&Path>) -> 
     Proc(c.spawn().unwrap())
 }
 
-fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn stop(p: &mut Proc) {
     let pid = p.0.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -100,32 +39,8 @@ fn stop(p: &mut Proc) {
 #[test]
 fn farmer_reboots_a_node_under_pid1_others_cannot() {
     let dir = TempDir::new();
-    let ldir = dir.0.join("ledger");
-    let (_ledger, url) = serve(
-        &[
-            "ledger",
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            ldir.to_str().unwrap(),
-        ],
-        "ledger listening on ",
-    );
-    let (_relay, ws) = serve(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--domain",
-            "local",
-            "--ledger",
-            &url,
-        ],
-        "listening on ",
-    );
+    let grid = ledger_and_relay(&dir.0.join("ledger"));
+    let (url, ws) = (grid.url.clone(), grid.ws.clone());
 
     // Twin 1 + farm 1: the farmer; twin 2: another user. Both reachable through "local".
     let env_of = |seed: &str| {

@@ -13,24 +13,17 @@
 mod up;
 #[path = "common/vm_guest.rs"]
 mod vm_guest;
+#[path = "common/vm_up.rs"]
+mod vm_up;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use up::{Up, free_port, grid_namespaces, has, is_root, local_grid_running, pids_with};
+use up::{Up, grid_namespaces};
+use vm_up::{VmGrid, guests, ok, wait_log};
 
 const T: &str = "a_vm_with_a_public_ip_on_up";
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn sh(args: &[&str]) -> std::process::Output {
     Command::new(args[0]).args(&args[1..]).output().unwrap()
@@ -47,34 +40,6 @@ fn ping_from(ns: &str, to: &str, within: Duration) -> bool {
         }
     }
     false
-}
-
-fn wait_log(up: &Up, contract: u64, name: &str, want: &str, within: Duration) -> String {
-    let end = Instant::now() + within;
-    loop {
-        let o = up.client(&["vm", "logs", &contract.to_string(), name]);
-        let log = String::from_utf8_lossy(&o.stdout).into_owned();
-        if log.lines().any(|l| l.trim() == want) {
-            return log;
-        }
-        assert!(
-            Instant::now() < end,
-            "vm {name} (contract {contract}): no {want:?} within {within:?}: {log}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn guests(up: &Up) -> Vec<u32> {
-    pids_with(up.data().as_os_str().as_encoded_bytes())
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .unwrap_or_default()
-                .starts_with("qemu")
-        })
-        .collect()
 }
 
 /// The farm's public IPs on the ledger (ip → contract holding it).
@@ -97,38 +62,16 @@ fn farm_ips(up: &Up, rt: &tokio::runtime::Runtime) -> Vec<(String, u64)> {
 
 #[test]
 fn a_vm_with_a_public_ip_on_up() {
-    if !is_root() || zos_network::network_support().is_err() {
-        eprintln!("SKIP: {T}: needs root, /dev/net/tun and ip");
-        return;
-    }
-    for tool in ["nft", "tcpdump", "ping", "curl"] {
-        if !has(tool) {
-            eprintln!("SKIP: {T}: {tool} missing");
-            return;
-        }
-    }
-    if !grid_namespaces().is_empty() {
-        if local_grid_running() {
-            eprintln!("SKIP: {T}: another local grid is running");
-            return;
-        }
-        for ns in grid_namespaces() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some(guest) = rt.block_on(vm_guest::guest(T)) else {
+    let Some(VmGrid {
+        rt,
+        hub,
+        up,
+        printed,
+        ..
+    }) = vm_up::start(T, &["nft", "tcpdump", "ping", "curl"], &[])
+    else {
         return;
     };
-    let hub = free_port().to_string();
-    let (up, printed) = Up::start(
-        2,
-        &["--vm-guest", guest.to_str().unwrap(), "--hub-port", &hub],
-        Duration::from_secs(180),
-    );
     let text = printed.join("\n");
     let public = text
         .lines()

@@ -5,62 +5,23 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{Proc as Server, TempDir};
+use common::TempDir;
+use common::cli::{bare, ledger, ok};
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use zos_ledger::{Call, LedgerClient, dev};
 use zos_types::crypto::{KeyPair, KeyType};
 
 /// `zos ARGS` against `url` with no client settings from the environment.
 fn zos(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml")
-        .env("RUST_LOG", "warn")
-        .env("ZOS_LEDGER", url)
-        .env_remove("ZOS_KEY")
-        .env_remove("ZOS_SEED")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    bare().args(args).env("ZOS_LEDGER", url).output().unwrap()
 }
 
 #[test]
 fn set_version_and_show_the_rollout() {
     let dir = TempDir::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args([
-            "ledger",
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&dir.0)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("ledger listening on ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let _server = Server(child);
+    let (_server, url) = ledger(&dir.0, &[]);
 
     let text = ok(zos(&url, &["ledger", "version"]));
     assert!(text.contains("version: (none set)"), "{text}");

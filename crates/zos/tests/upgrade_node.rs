@@ -12,71 +12,14 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::cli::{ledger_and_relay, ok, term, wait, zos};
 use common::{Proc, TempDir};
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zos_image::release::{self, SlotState};
-
-fn zos(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_zos"));
-    c.args(args)
-        .env("RUST_LOG", "warn")
-        .env("ZOS_CONFIG", "/nonexistent/zos/config.toml");
-    for k in [
-        "ZOS_LEDGER",
-        "ZOS_RELAY",
-        "ZOS_KEY",
-        "ZOS_SEED",
-        "ZOS_HUB",
-        "ZOS_TWIN",
-    ] {
-        c.env_remove(k);
-    }
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Starts a server and returns it with the word after `marker` in its stderr.
-fn serve(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(i) = line.find(marker) {
-            break line[i + marker.len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), found)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -86,26 +29,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn sigterm(p: &mut Proc) {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term(p);
     let end = Instant::now() + Duration::from_secs(30);
     while p.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < end, "node did not stop on SIGTERM");
@@ -225,31 +150,8 @@ fn node_installs_a_signed_release_commits_it_healthy_and_refuses_an_unpinned_one
     let started = Instant::now();
     let dir = TempDir::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_ledger, url) = serve(
-        &[
-            "ledger",
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            dir.0.join("ledger").to_str().unwrap(),
-        ],
-        "ledger listening on ",
-    );
-    let (_relay, ws) = serve(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--domain",
-            "local",
-            "--ledger",
-            &url,
-        ],
-        "listening on ",
-    );
+    let grid = ledger_and_relay(&dir.0.join("ledger"));
+    let (url, ws) = (grid.url.clone(), grid.ws.clone());
     // The hub: twin 1 of the hub may upload (the release publisher's key).
     let publisher =
         zos_types::KeyPair::from_hex_seed(zos_types::KeyType::Ed25519, &"33".repeat(32)).unwrap();
@@ -280,22 +182,8 @@ fn node_installs_a_signed_release_commits_it_healthy_and_refuses_an_unpinned_one
 
     // Twin 1: the admin reading diagnostics (with its e2e key); twin 2 + farm 1: the farmer.
     let user = "22".repeat(32);
-    let e2e = ok(zos(&[], &["rmb", "e2e-key", "--seed", &user]))
-        .trim()
-        .to_string();
-    let uenv = [
-        ("ZOS_LEDGER", url.as_str()),
-        ("ZOS_SEED", user.as_str()),
-        ("ZOS_RELAY", ws.as_str()),
-    ];
-    ok(zos(
-        &uenv,
-        &["twin", "create", "--relay", "local", "--e2e-key", &e2e],
-    ));
-    let farmer = "11".repeat(32);
-    let fenv = [("ZOS_LEDGER", url.as_str()), ("ZOS_SEED", farmer.as_str())];
-    ok(zos(&fenv, &["twin", "create", "--relay", "local"]));
-    ok(zos(&fenv, &["farm", "create", "farm-one"]));
+    let uenv = grid.user_twin(&user);
+    grid.farmer(&"11".repeat(32));
 
     // v2, signed by the pinned key, is the target.
     g.publish("v2", 1);

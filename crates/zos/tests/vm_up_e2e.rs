@@ -15,6 +15,8 @@
 mod up;
 #[path = "common/vm_guest.rs"]
 mod vm_guest;
+#[path = "common/vm_up.rs"]
+mod vm_up;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -22,53 +24,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use up::{Up, free_port, grid_namespaces, has, is_root, local_grid_running, pids_with, zos};
+use up::{Up, grid_namespaces, zos};
+use vm_up::{VmGrid, guests, ok, wait_log};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(name)
-}
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `zos vm logs CONTRACT NAME` until it holds the line `want` (a whole line: the console
-/// also echoes the entrypoint's text).
-fn wait_log(up: &Up, contract: u64, name: &str, want: &str, within: Duration) -> String {
-    let end = Instant::now() + within;
-    loop {
-        let o = up.client(&["vm", "logs", &contract.to_string(), name]);
-        let log = String::from_utf8_lossy(&o.stdout).into_owned();
-        if log.lines().any(|l| l.trim() == want) {
-            return log;
-        }
-        assert!(
-            Instant::now() < end,
-            "vm {name} (contract {contract}): no {want:?} within {within:?}: {log}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// QEMU processes of this grid.
-fn guests(up: &Up) -> Vec<u32> {
-    pids_with(up.data().as_os_str().as_encoded_bytes())
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .unwrap_or_default()
-                .starts_with("qemu")
-        })
-        .collect()
 }
 
 /// A directory named `name` under `dir` (depth-limited).
@@ -239,32 +201,16 @@ fn full_vm(up: &Up, guest: &Path, hub: &str) {
 #[test]
 fn vms_on_up_with_two_nodes() {
     const T: &str = "vms_on_up_with_two_nodes";
-    if !is_root() || zos_network::network_support().is_err() || !has("nsenter") {
-        eprintln!("SKIP: {T}: needs root, /dev/net/tun, ip and nsenter");
-        return;
-    }
-    if !grid_namespaces().is_empty() {
-        if local_grid_running() {
-            eprintln!("SKIP: {T}: another local grid is running");
-            return;
-        }
-        for ns in grid_namespaces() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some(guest) = rt.block_on(vm_guest::guest(T)) else {
+    let Some(VmGrid {
+        rt: _rt,
+        guest,
+        hub,
+        up,
+        printed,
+    }) = vm_up::start(T, &["nsenter"], &[])
+    else {
         return;
     };
-    let hub = free_port().to_string();
-    let (up, printed) = Up::start(
-        2,
-        &["--vm-guest", guest.to_str().unwrap(), "--hub-port", &hub],
-        Duration::from_secs(180),
-    );
     let text = printed.join("\n");
     let flist = format!("http://127.0.0.1:{hub}/flists/0/test-guest.fl");
     assert!(

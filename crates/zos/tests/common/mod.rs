@@ -1,6 +1,8 @@
 //! Scaffolding shared by the black-box tests of the `zos` binary.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod cli;
+
 use std::path::PathBuf;
 use std::process::Child;
 
