@@ -385,8 +385,8 @@ fn watch_power_button(tx: mpsc::Sender<Event>) {
 /// A started node, and the trial PID 1 judges it by when it runs a release on trial.
 #[derive(Debug)]
 pub struct Started {
-    /// The node's process.
-    pub child: std::process::Child,
+    /// The node's process id.
+    pub pid: u32,
     /// Set when the node runs a slot on trial.
     pub trial: Option<Trial>,
 }
@@ -503,8 +503,8 @@ pub fn supervise(
                                     now_secs(),
                                 );
                             }
-                            say(&format!("node started (pid {})", s.child.id()));
-                            node = Some(s.child.id());
+                            say(&format!("node started (pid {})", s.pid));
+                            node = Some(s.pid);
                             if let Some(t) = &s.trial {
                                 say(&format!(
                                     "release {} on trial: it must be healthy within {} s",
@@ -619,10 +619,63 @@ fn reap(node: &mut Option<u32>) -> Option<String> {
     }
 }
 
+/// Starts `exe args…` with PID 1's environment plus `env`, the signal mask cleared and the
+/// signals PID 1 blocks or ignores back at their defaults. std's spawn hands a child PID 1's
+/// blocked SIGTERM: a release that does not unblock it itself (any program but zos) would
+/// ignore the stop and be killed only after the 60 s grace.
+pub fn spawn_clean(
+    exe: &std::path::Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> std::io::Result<u32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+
+    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+    use nix::sys::signal::SigSet;
+    let cstr =
+        |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("a NUL byte in an argument"));
+    let mut argv = vec![cstr(exe.as_os_str().as_bytes())?];
+    for a in args {
+        argv.push(cstr(a.as_bytes())?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if env.iter().any(|(n, _)| k.as_bytes() == n.as_bytes()) {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(cstr(&kv)?);
+    }
+    for (k, v) in env {
+        envp.push(cstr(format!("{k}={v}").as_bytes())?);
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut defaults = SigSet::empty();
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
+        defaults.add(sig);
+    }
+    attr.set_sigdefault(&defaults)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let actions = PosixSpawnFileActions::init()?;
+    let pid = posix_spawn(exe.as_os_str(), &actions, &attr, &argv, &envp)?;
+    u32::try_from(pid.as_raw()).map_err(|_| std::io::Error::other("negative pid"))
+}
+
 /// SIGTERM → power off, SIGINT (Ctrl-Alt-Del) → reboot. PID 1 ignores signals it has no
 /// handler for, so they are blocked in every thread (this runs before any thread starts) and
-/// taken with sigwait on one. Children inherit the mask (std's spawn keeps it): zos unblocks them
-/// first thing in main().
+/// taken with sigwait on one. The node is started with a clean mask ([`spawn_clean`]); zos also
+/// unblocks them first thing in main(), for its own children of other parents.
 fn signals(tx: mpsc::Sender<Event>) {
     use nix::sys::signal::SigSet;
     let mut set = SigSet::empty();
@@ -649,6 +702,53 @@ fn signals(tx: mpsc::Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The node starts with nothing blocked or ignored, whatever PID 1 blocked, and with its
+    /// arguments and environment.
+    #[test]
+    fn children_start_with_a_clean_signal_mask() {
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(Signal::SIGTERM);
+        // This thread's mask is what posix_spawn would hand down without the reset.
+        set.thread_block().unwrap();
+        let pid = spawn_clean(
+            std::path::Path::new("/bin/sleep"),
+            &["30".to_string()],
+            &[("ZOS_SPAWN_TEST", "yes")],
+        )
+        .unwrap();
+        set.thread_unblock().unwrap();
+        // posix_spawn returns once exec has begun (vfork): the new image's arguments and
+        // environment are in place a moment later.
+        let end = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/environ")).map_or(true, |e| e.is_empty())
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let mask = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+        assert_eq!(mask("SigBlk:"), 0, "{status}");
+        let term_pipe =
+            (1u64 << (Signal::SIGTERM as u32 - 1)) | (1 << (Signal::SIGPIPE as u32 - 1));
+        assert_eq!(mask("SigIgn:") & term_pipe, 0, "{status}");
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|e| e == b"ZOS_SPAWN_TEST=yes")
+        );
+        assert_eq!(cmdline, b"/bin/sleep\x0030\x00");
+    }
 
     #[test]
     fn leases_renew_at_half_and_retry_at_half_of_what_is_left() {

@@ -604,22 +604,19 @@ pub fn pid1() -> ! {
                 choice.version,
                 choice.exe.display()
             ));
-            let child = std::process::Command::new(&choice.exe)
-                .args(node_args(
-                    &cfg,
-                    &key_root,
-                    &choice.version,
-                    &pins,
-                    addr.get(),
-                ))
-                .env("PATH", "/usr/sbin:/usr/bin")
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                // Tells the node a supervisor acts on its requests (switch, reboot).
-                .env("ZOS_INIT", "1")
-                .spawn()?;
+            let pid = init::spawn_clean(
+                &choice.exe,
+                &node_args(&cfg, &key_root, &choice.version, &pins, addr.get()),
+                &[
+                    ("PATH", "/usr/sbin:/usr/bin"),
+                    ("RUST_LOG", "info"),
+                    ("NO_COLOR", "1"),
+                    // Tells the node a supervisor acts on its requests (switch, reboot).
+                    ("ZOS_INIT", "1"),
+                ],
+            )?;
             Ok(init::Started {
-                child,
+                pid,
                 trial: choice.trial,
             })
         },
