@@ -54,6 +54,17 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A connection with the test's namespace selected.
+fn connect(client: &redis::Client) -> redis::Connection {
+    let mut con = client.get_connection().unwrap();
+    redis::cmd("SELECT")
+        .arg("1-1-kv")
+        .arg("pw")
+        .query::<()>(&mut con)
+        .unwrap();
+    con
+}
+
 fn ping(con: &mut redis::Connection) -> bool {
     redis::cmd("PING").query::<String>(con).is_ok()
 }
@@ -96,12 +107,7 @@ async fn zdb_servers_outlive_the_node_and_are_re_attached() {
         .await
         .unwrap();
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).unwrap();
-    let mut con = client.get_connection().unwrap();
-    redis::cmd("SELECT")
-        .arg("1-1-kv")
-        .arg("pw")
-        .query::<()>(&mut con)
-        .unwrap();
+    let mut con = connect(&client);
     let _: Vec<u8> = redis::cmd("SET")
         .arg("k")
         .arg("v1")
@@ -150,12 +156,7 @@ async fn zdb_servers_outlive_the_node_and_are_re_attached() {
     .unwrap();
     let pid2 = server_pid(dir);
     assert_ne!(pid2, pid);
-    let mut con = client.get_connection().unwrap();
-    redis::cmd("SELECT")
-        .arg("1-1-kv")
-        .arg("pw")
-        .query::<()>(&mut con)
-        .unwrap();
+    let mut con = connect(&client);
     let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
     assert_eq!(v, "v2", "acknowledged writes survive kill -9");
     st.shutdown().await;
