@@ -22,6 +22,7 @@ mod ctx;
 mod lifecycle;
 mod pools;
 mod primitive;
+pub mod process;
 mod registry;
 mod secret;
 

@@ -280,6 +280,12 @@ pub struct PoolInfo {
     pub used: u64,
 }
 
+/// Where btrfs pools are mounted (`<runtime_dir>/pools/<name>`): a disk mounted below it is
+/// the node's own pool.
+pub fn mount_root(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("pools")
+}
+
 /// How the [`PoolManager`] finds its pools.
 #[derive(Debug, Clone, Default)]
 pub struct PoolConfig {
@@ -374,7 +380,7 @@ impl PoolManager {
                 pool: "lsblk".into(),
                 source,
             })?;
-            for d in usable_disks(&out, &cfg.runtime_dir.join("pools"))? {
+            for d in usable_disks(&out, &mount_root(&cfg.runtime_dir))? {
                 candidates.push(Candidate {
                     name: d.label,
                     kind: d.kind,
@@ -617,7 +623,7 @@ async fn setup_pool(c: Candidate, runtime: &Path) -> Result<Pool, (Pool, PoolErr
             return Err((pool, e));
         }
     }
-    let mnt = runtime.join("pools").join(&pool.name);
+    let mnt = mount_root(runtime).join(&pool.name);
     if !btrfs::is_mountpoint(&mnt) {
         if let Err(e) = btrfs::mount(&c.device, &mnt).await {
             let e = bt(&pool, e);

@@ -73,17 +73,9 @@ fn recorded(root: &Path) -> Option<(u32, SocketAddr)> {
 
 /// `pid` runs (not a zombie) and is the pool server of `root`.
 fn alive(pid: u32, root: &Path) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(cmdline) = zos_primitive::process::live_cmdline(pid) else {
         return false;
     };
-    // The state follows the parenthesised command name, which may hold spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let root = root.as_os_str().as_encoded_bytes();
     args.contains(&CHILD_MARK.as_bytes()) && args.contains(&root)

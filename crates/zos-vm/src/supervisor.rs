@@ -188,17 +188,9 @@ pub fn live_pid(dir: &Path) -> Option<u32> {
 }
 
 fn pid_alive(pid: u32, dir: &Path) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(cmdline) = zos_primitive::process::live_cmdline(pid) else {
         return false;
     };
-    // The state follows the last ')' (the command name may contain anything).
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, Some("Z") | Some("X") | None) {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let needle = dir.as_os_str().as_encoded_bytes();
     cmdline.windows(needle.len().max(1)).any(|w| w == needle)
 }

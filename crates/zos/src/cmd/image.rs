@@ -442,9 +442,9 @@ fn preflight(cfg: &cmdline::BootConfig) -> Result<(), String> {
         ])
         .output()
         .map_err(|e| format!("lsblk: {e}"))?;
-    // The node (`--data=DATA_DIR`) mounts its pools under DATA_DIR/run/pools; one still
-    // mounted there (a VM kept it busy through the node's restart) is the node's own.
-    let own = Path::new(init::DATA_DIR).join("run/pools");
+    // The node (`--data=DATA_DIR`, runtime dir DATA_DIR/run) mounts its pools there; one still
+    // mounted (a VM or ZeroDB kept it busy through the node's restart) is the node's own.
+    let own = zos_storage::pool::mount_root(&Path::new(init::DATA_DIR).join("run"));
     let disks = zos_storage::disks::usable_disks(&String::from_utf8_lossy(&out.stdout), &own)
         .map_err(|e| e.to_string())?;
     if disks.is_empty() {

@@ -62,11 +62,7 @@ pub async fn setup_internet(n: usize) -> anyhow::Result<Vec<NodeNet>> {
         ip(&["netns", "add", &inet]).await?;
     }
     if ip(&["-n", &inet, "link", "show", "br0"]).await.is_err() {
-        let mac = zos_network::ip::bridge_mac();
-        ip(&[
-            "-n", &inet, "link", "add", "br0", "address", &mac, "type", "bridge",
-        ])
-        .await?;
+        zos_network::ip::bridge_add(Some(&inet), "br0").await?;
     }
     ip(&["-n", &inet, "link", "set", "br0", "up"]).await?;
     let mut nodes = Vec::with_capacity(n);
