@@ -166,13 +166,33 @@ async fn zdb_servers_outlive_the_node_and_are_re_attached() {
     // A node not told to keep its servers re-attaches, then stops them with itself.
     let st = node(dir, false).await;
     assert_eq!(server_pid(dir), pid2);
+    let t = std::time::Instant::now();
     st.shutdown().await;
+    // SIGTERM stops it at once; the launcher's SIGKILL would come only after 10 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "the server ignored SIGTERM ({:?})",
+        t.elapsed()
+    );
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while alive(pid2) && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!alive(pid2), "stopped with the node");
     assert!(!ping(&mut con));
+
+    // A server such a node started itself (its stdin lifeline open) stops at its SIGTERM too.
+    let st = node(dir, false).await;
+    let pid3 = server_pid(dir);
+    assert_ne!(pid3, pid2);
+    let t = std::time::Instant::now();
+    st.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "the server ignored SIGTERM ({:?})",
+        t.elapsed()
+    );
+    assert!(!alive(pid3));
 }
 
 /// A server started for a node that does not keep it reads its stdin to the end: when the

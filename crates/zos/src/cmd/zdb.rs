@@ -228,11 +228,15 @@ pub fn run(cmd: ZdbCmd) -> anyhow::Result<()> {
         ZdbCmd::Repair(d) => repair(&d),
         ZdbCmd::PoolServer { root } => {
             tracing::info!(root = %root.display(), "zdb pool server starting");
-            tokio::runtime::Runtime::new()?
-                .block_on(zos_storage::zdb_process::serve_child(
-                    super::shutdown_signal(),
-                ))
-                .map_err(anyhow::Error::msg)
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(zos_storage::zdb_process::serve_child(
+                super::shutdown_signal(),
+            ));
+            // The lifeline read of stdin sits in a blocking thread that returns only when the
+            // node closes the pipe: dropping the runtime would wait for it, and the stopped
+            // server would hang until the node's SIGKILL.
+            rt.shutdown_background();
+            r.map_err(anyhow::Error::msg)
         }
     }
 }
